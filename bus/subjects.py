@@ -1,0 +1,136 @@
+"""Every NATS subject and JetStream resource name staffwork uses, built in one place.
+
+Under a configurable root (default ``sw``; each test uses its own):
+
+========================================  =========================================================
+``<root>.submit``                         session requests from anyone (the lead pool consumes)
+``<root>.s.<session>.task.<agent>``       delegations and follow-ups for a subagent
+``<root>.s.<session>.reply.<thread>``     a subagent's reply to the lead
+``<root>.s.<session>.evt.<kind...>``      trace events (``evt.session.thread_created``)
+``<root>.s.<session>.ctl``                cancel / interrupt
+``<root>.s.<session>.out.<name>``         session lifecycle messages (accepted, status, result)
+``<root>.sys.evt.<kind...>``              events that belong to no session (undecodable traffic)
+========================================  =========================================================
+
+The session id is always the third token, so ``<root>.s.<id>.>`` selects one session's traffic.
+Resource names are derived from the root too, so roots never share a stream or bucket.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from bus.errors import ConfigError
+
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+_KIND = re.compile(r"^[a-z0-9_]+(\.[a-z0-9_]+)*$")
+
+
+def check_token(value: str, what: str) -> str:
+    """Return ``value`` if it is a valid single subject token, else raise :class:`ConfigError`."""
+    if not isinstance(value, str) or not _TOKEN.match(value):
+        raise ConfigError(
+            f"{what} {value!r} is not a valid subject token "
+            "(use 1-128 letters, digits, '_' or '-'; no dots, spaces or wildcards)"
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class Subjects:
+    """Subject builder for one root. ``Subjects("sw").task("ses_1", "logs")`` → ``sw.s.ses_1.task.logs``."""
+
+    root: str = "sw"
+    key: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        parts = self.root.split(".") if isinstance(self.root, str) else [self.root]
+        for part in parts:
+            check_token(part, "subject root part")
+        object.__setattr__(self, "key", "_".join(parts))
+
+    # --- subjects ---
+    @property
+    def all(self) -> str:
+        return f"{self.root}.>"
+
+    @property
+    def submit(self) -> str:
+        return f"{self.root}.submit"
+
+    def session(self, session_id: str) -> str:
+        """Filter for all of one session's traffic."""
+        return f"{self.root}.s.{check_token(session_id, 'session id')}.>"
+
+    def task(self, session_id: str, agent: str) -> str:
+        return f"{self.root}.s.{check_token(session_id, 'session id')}.task.{check_token(agent, 'agent name')}"
+
+    def tasks_for(self, agent: str) -> str:
+        """Filter for one agent's tasks across all sessions."""
+        return f"{self.root}.s.*.task.{check_token(agent, 'agent name')}"
+
+    @property
+    def all_tasks(self) -> str:
+        return f"{self.root}.s.*.task.*"
+
+    def reply(self, session_id: str, thread_id: str) -> str:
+        return f"{self.root}.s.{check_token(session_id, 'session id')}.reply.{check_token(thread_id, 'thread id')}"
+
+    @property
+    def all_replies(self) -> str:
+        return f"{self.root}.s.*.reply.*"
+
+    def ctl(self, session_id: str) -> str:
+        return f"{self.root}.s.{check_token(session_id, 'session id')}.ctl"
+
+    @property
+    def all_ctl(self) -> str:
+        return f"{self.root}.s.*.ctl"
+
+    def out(self, session_id: str, name: str) -> str:
+        return f"{self.root}.s.{check_token(session_id, 'session id')}.out.{check_token(name, 'name')}"
+
+    def event(self, session_id: str, kind: str) -> str:
+        """A trace event's subject; without a session it goes to ``<root>.sys.evt.<kind>``."""
+        if not _KIND.match(kind):
+            raise ConfigError(f"event kind {kind!r} is not valid (lower-case words joined by dots)")
+        if not session_id:
+            return f"{self.root}.sys.evt.{kind}"
+        return f"{self.root}.s.{check_token(session_id, 'session id')}.evt.{kind}"
+
+    def events(self, session_id: str = "*") -> str:
+        sid = session_id if session_id == "*" else check_token(session_id, "session id")
+        return f"{self.root}.s.{sid}.evt.>"
+
+    def session_of(self, subject: str) -> str:
+        """The session id in ``subject``, or ``""`` when it names none."""
+        prefix = f"{self.root}.s."
+        if not subject.startswith(prefix):
+            return ""
+        return subject[len(prefix) :].split(".", 1)[0]
+
+    # --- JetStream resource names (streams, consumers, buckets) ---
+    @property
+    def log_stream(self) -> str:
+        """The stream that keeps all traffic under the root."""
+        return f"{self.key}_log"
+
+    @property
+    def files_bucket(self) -> str:
+        return f"{self.key}_files"
+
+    @property
+    def sessions_bucket(self) -> str:
+        return f"{self.key}_sessions"
+
+    @property
+    def registry_bucket(self) -> str:
+        return f"{self.key}_registry"
+
+    @property
+    def lead_consumer(self) -> str:
+        return "lead"
+
+    def agent_consumer(self, agent: str) -> str:
+        return f"agent_{check_token(agent, 'agent name')}"

@@ -1,0 +1,409 @@
+"""The shared filesystem: each session's workspace as objects ``<session>/<path>`` in a JetStream
+object store, written in the standard object-store layout (any NATS client or ``nats object get``
+reads them) and read with a fast path of our own.
+
+Why not nats-py's ``ObjectStore.get``: it joins chunks with ``bytes +=`` (quadratic: ~10 MB/s on a
+50 MiB object) and paces its ordered consumer with a 250 ms flow-control poll. Here chunks come in
+batches of direct gets (one request returns many chunks, no consumer is created), are streamed to
+the caller as they arrive, and are checked against the recorded size and SHA-256 at the end. Writes
+publish chunks pipelined (many acks in flight) instead of one round trip per chunk.
+
+Who wrote a file (session, thread, agent, tool call) is stored in the object's headers and comes back
+with :meth:`Workspace.stat`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import io
+import json
+import os
+import re
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import BinaryIO
+
+import msgspec
+import nats.errors
+import nats.js.errors
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from bus.connection import Bus
+from bus.errors import BusError, BusTimeout, FileNotFound, IntegrityError, InvalidPath
+from bus.subjects import check_token
+from schemas.files import FileInfo, Provenance
+
+MAX_PATH_BYTES = 1024
+MAX_SEGMENT_BYTES = 255
+DEFAULT_CHUNK_SIZE = 256 * 1024
+_PIPELINE = 32  # chunk publishes in flight at once
+_BATCH = 64  # chunks per direct-get request
+_LIST_BATCH = 256
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+_H_SESSION = "Sw-Session"
+_H_THREAD = "Sw-Thread"
+_H_AGENT = "Sw-Agent"
+_H_TOOL = "Sw-Tool-Call"
+
+
+def normalize_path(path: str) -> str:
+    """Return the canonical relative form of a workspace path, or raise :class:`InvalidPath`.
+
+    ``./a//`` is refused rather than guessed at: empty segments, ``..``, absolute paths, backslashes,
+    NUL and other control characters, segments over 255 bytes and paths over 1024 bytes are errors.
+    ``.`` segments are dropped (``./notes/a.md`` is ``notes/a.md``).
+    """
+    if not isinstance(path, str) or not path:
+        raise InvalidPath(str(path), "the path is empty")
+    if "\x00" in path:
+        raise InvalidPath(path, "it contains a NUL byte")
+    if control := _CONTROL.search(path):
+        raise InvalidPath(path, f"it contains the control character U+{ord(control.group()):04X}")
+    if "\\" in path:
+        raise InvalidPath(path, "it contains a backslash; separate directories with '/'")
+    if path.startswith("/") or re.match(r"^[A-Za-z]:", path):
+        raise InvalidPath(path, "it is absolute; workspace paths are relative to the session's workspace")
+    parts: list[str] = []
+    for part in path.split("/"):
+        if part == "":
+            raise InvalidPath(path, "it has an empty segment ('//' or a trailing '/')")
+        if part == ".":
+            continue
+        if part == "..":
+            raise InvalidPath(path, "it escapes the workspace ('..' is not allowed)")
+        if len(part.encode()) > MAX_SEGMENT_BYTES:
+            raise InvalidPath(path, f"a segment is longer than {MAX_SEGMENT_BYTES} bytes")
+        parts.append(part)
+    if not parts:
+        raise InvalidPath(path, "it names no file")
+    normalized = "/".join(parts)
+    if len(normalized.encode()) > MAX_PATH_BYTES:
+        raise InvalidPath(path, f"it is longer than {MAX_PATH_BYTES} bytes")
+    return normalized
+
+
+class _Options(msgspec.Struct, omit_defaults=True):
+    max_chunk_size: int | None = None
+
+
+class _ObjectInfo(msgspec.Struct, omit_defaults=True):
+    """An object's metadata record, as the object-store layout (ADR-20) defines it."""
+
+    name: str
+    bucket: str
+    nuid: str
+    size: int = 0
+    mtime: str = ""
+    chunks: int = 0
+    digest: str = ""
+    deleted: bool = False
+    description: str | None = None
+    headers: dict[str, list[str]] | None = None
+    options: _Options | None = None
+
+
+_info_decoder = msgspec.json.Decoder(_ObjectInfo)
+_info_encoder = msgspec.json.Encoder()
+
+
+def _digest_text(raw: bytes) -> str:
+    return "SHA-256=" + base64.urlsafe_b64encode(raw).decode()
+
+
+def _header(headers: dict[str, list[str]] | None, key: str) -> str:
+    values = (headers or {}).get(key) or []
+    return values[0] if values else ""
+
+
+class Workspace:
+    """Files of every session, in one object-store bucket (by default the root's ``<key>_files``)."""
+
+    def __init__(
+        self, bus: Bus, bucket: str | None = None, *, chunk_size: int = DEFAULT_CHUNK_SIZE, timeout: float = 30.0
+    ) -> None:
+        self.bus = bus
+        self.bucket = bucket or bus.subjects.files_bucket
+        self.stream = f"OBJ_{self.bucket}"
+        self.chunk_size = chunk_size
+        self.timeout = timeout
+
+    # --- naming ---
+
+    def _name(self, session_id: str, path: str) -> tuple[str, str]:
+        check_token(session_id, "session id")
+        normalized = normalize_path(path)
+        return f"{session_id}/{normalized}", normalized
+
+    def _meta_subject(self, name: str) -> str:
+        return f"$O.{self.bucket}.M.{base64.urlsafe_b64encode(name.encode()).decode()}"
+
+    def _chunk_subject(self, nuid: str) -> str:
+        return f"$O.{self.bucket}.C.{nuid}"
+
+    # --- metadata ---
+
+    async def _info(self, name: str) -> _ObjectInfo | None:
+        subject = self._meta_subject(name)
+        try:
+            raw = await self.bus.js.get_last_msg(self.stream, subject, direct=True)
+        except nats.js.errors.NotFoundError:
+            return None
+        except (nats.errors.TimeoutError, TimeoutError) as exc:
+            raise BusTimeout("read object metadata", subject, self.timeout) from exc
+        if not raw.data:
+            return None
+        return _info_decoder.decode(raw.data)
+
+    def _file_info(self, session_id: str, info: _ObjectInfo) -> FileInfo:
+        path = info.name.split("/", 1)[1]
+        try:
+            modified = datetime.fromisoformat(info.mtime.replace("Z", "+00:00"))
+        except ValueError:
+            modified = datetime.fromtimestamp(0, UTC)
+        return FileInfo(
+            path=path,
+            size=info.size,
+            digest=info.digest,
+            modified=modified,
+            provenance=Provenance(
+                session_id=_header(info.headers, _H_SESSION) or session_id,
+                thread_id=_header(info.headers, _H_THREAD),
+                agent=_header(info.headers, _H_AGENT),
+                tool_call_id=_header(info.headers, _H_TOOL),
+            ),
+        )
+
+    async def stat(self, session_id: str, path: str) -> FileInfo:
+        """The file's size, digest, modification time and provenance."""
+        name, normalized = self._name(session_id, path)
+        info = await self._info(name)
+        if info is None or info.deleted:
+            raise FileNotFound(session_id, normalized)
+        return self._file_info(session_id, info)
+
+    async def exists(self, session_id: str, path: str) -> bool:
+        name, _ = self._name(session_id, path)
+        info = await self._info(name)
+        return info is not None and not info.deleted
+
+    # --- writing ---
+
+    async def put(
+        self,
+        session_id: str,
+        path: str,
+        data: bytes | str | BinaryIO,
+        *,
+        provenance: Provenance | None = None,
+    ) -> FileInfo:
+        """Write (or replace) a file. ``data`` may be bytes, text (UTF-8) or a binary file object."""
+        name, _ = self._name(session_id, path)
+        reader: BinaryIO = io.BytesIO(data.encode() if isinstance(data, str) else data) if isinstance(
+            data, bytes | str
+        ) else data
+        blocking = not isinstance(reader, io.BytesIO)
+        previous = await self._info(name)
+        nuid = os.urandom(16).hex()
+        chunk_subject = self._chunk_subject(nuid)
+        digest = hashlib.sha256()
+        size = chunks = 0
+        pending: list[asyncio.Future[object]] = []
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                block = await loop.run_in_executor(None, reader.read, self.chunk_size) if blocking else reader.read(
+                    self.chunk_size
+                )
+                if not block:
+                    break
+                digest.update(block)
+                size += len(block)
+                chunks += 1
+                pending.append(await self.bus.js.publish_async(chunk_subject, block))
+                if len(pending) >= _PIPELINE:
+                    await self._settle(pending[: _PIPELINE // 2], chunk_subject)
+                    del pending[: _PIPELINE // 2]
+            await self._settle(pending, chunk_subject)
+            pending.clear()
+            prov = provenance or Provenance(session_id=session_id)
+            headers = {_H_SESSION: [prov.session_id or session_id]}
+            for key, value in ((_H_THREAD, prov.thread_id), (_H_AGENT, prov.agent), (_H_TOOL, prov.tool_call_id)):
+                if value:
+                    headers[key] = [value]
+            info = _ObjectInfo(
+                name=name,
+                bucket=self.bucket,
+                nuid=nuid,
+                size=size,
+                mtime=datetime.now(UTC).isoformat(),
+                chunks=chunks,
+                digest=_digest_text(digest.digest()),
+                headers=headers,
+                options=_Options(max_chunk_size=self.chunk_size),
+            )
+            await self.bus.publish_bytes(
+                self._meta_subject(name),
+                _info_encoder.encode(info),
+                headers={"Nats-Rollup": "sub"},
+                timeout=self.timeout,
+            )
+        except BaseException:
+            for future in pending:
+                future.cancel()
+            with contextlib.suppress(Exception):
+                await self.bus.js.purge_stream(self.stream, subject=chunk_subject)
+            raise
+        if previous is not None and not previous.deleted and previous.nuid != nuid:
+            await self.bus.js.purge_stream(self.stream, subject=self._chunk_subject(previous.nuid))
+        return self._file_info(session_id, info)
+
+    async def _settle(self, futures: list[asyncio.Future[object]], subject: str) -> None:
+        if not futures:
+            return
+        try:
+            async with asyncio.timeout(self.timeout):
+                await asyncio.gather(*futures)
+        except TimeoutError as exc:
+            raise BusTimeout("store file chunks", subject, self.timeout) from exc
+        except nats.js.errors.APIError as exc:
+            raise BusError(f"storing file chunks failed: {exc.description}") from exc
+
+    async def delete(self, session_id: str, path: str) -> None:
+        """Delete a file (its metadata becomes a tombstone, its chunks are purged)."""
+        name, normalized = self._name(session_id, path)
+        info = await self._info(name)
+        if info is None or info.deleted:
+            raise FileNotFound(session_id, normalized)
+        tombstone = msgspec.structs.replace(
+            info, deleted=True, size=0, chunks=0, digest="", mtime=datetime.now(UTC).isoformat()
+        )
+        await self.bus.publish_bytes(
+            self._meta_subject(name), _info_encoder.encode(tombstone), headers={"Nats-Rollup": "sub"}
+        )
+        await self.bus.js.purge_stream(self.stream, subject=self._chunk_subject(info.nuid))
+
+    # --- reading ---
+
+    async def open(self, session_id: str, path: str) -> AsyncIterator[bytes]:
+        """Stream a file's content chunk by chunk; raises :class:`IntegrityError` at the end if the
+        content does not match the recorded size and digest."""
+        name, normalized = self._name(session_id, path)
+        info = await self._info(name)
+        if info is None or info.deleted:
+            raise FileNotFound(session_id, normalized)
+        return self._chunks(info, normalized)
+
+    async def _chunks(self, info: _ObjectInfo, path: str) -> AsyncIterator[bytes]:
+        digest = hashlib.sha256()
+        received = size = 0
+        async for block in self._direct_batches(self._chunk_subject(info.nuid), info.chunks):
+            digest.update(block)
+            received += 1
+            size += len(block)
+            yield block
+        if received != info.chunks or size != info.size:
+            raise IntegrityError(path, f"expected {info.size} bytes in {info.chunks} chunks, read {size} in {received}")
+        if _digest_text(digest.digest()) != info.digest:
+            raise IntegrityError(path, f"SHA-256 does not match the recorded {info.digest}")
+
+    async def get(self, session_id: str, path: str) -> bytes:
+        """Read a whole file, digest-checked."""
+        return b"".join([block async for block in await self.open(session_id, path)])
+
+    async def read_text(self, session_id: str, path: str) -> str:
+        return (await self.get(session_id, path)).decode("utf-8", errors="replace")
+
+    async def _direct_batches(self, subject: str, expected: int) -> AsyncIterator[bytes]:
+        """Every message on ``subject`` in stream order, fetched ``_BATCH`` at a time by direct get."""
+        if expected == 0:
+            return
+        nc = self.bus.nc
+        inbox = nc.new_inbox()
+        sub = await nc.subscribe(inbox, pending_bytes_limit=max(256 * 1024 * 1024, 4 * _BATCH * self.chunk_size))
+        try:
+            seq = 1
+            remaining = expected
+            while remaining > 0:
+                request = {"seq": seq, "next_by_subj": subject, "batch": min(_BATCH, remaining)}
+                await nc.publish(f"$JS.API.DIRECT.GET.{self.stream}", json.dumps(request).encode(), reply=inbox)
+                got = 0
+                while True:
+                    msg = await self._next(sub, subject)
+                    status = (msg.headers or {}).get("Status")
+                    if status:
+                        if status == "204" or status == "404":
+                            break
+                        raise BusError(f"reading {subject!r} failed: status {status} {msg.headers}")
+                    if not msg.headers:  # an API error arrives as a JSON body without headers
+                        raise BusError(f"reading {subject!r} failed: {msg.data[:200]!r}")
+                    seq = int(msg.headers["Nats-Sequence"]) + 1
+                    got += 1
+                    remaining -= 1
+                    yield msg.data
+                if got == 0:
+                    return  # nothing more to read: the caller reports the shortfall
+        finally:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
+
+    async def _next(self, sub: Subscription, subject: str) -> Msg:
+        try:
+            return await sub.next_msg(timeout=self.timeout)
+        except (nats.errors.TimeoutError, TimeoutError) as exc:
+            raise BusTimeout("read file chunks", subject, self.timeout) from exc
+
+    # --- listing ---
+
+    async def list(self, session_id: str, prefix: str = "") -> list[FileInfo]:
+        """Files of a session whose path starts with ``prefix`` (a directory or any leading text)."""
+        check_token(session_id, "session id")
+        if prefix:
+            stripped = prefix.rstrip("/")
+            prefix = normalize_path(stripped) + ("/" if prefix.endswith("/") else "") if stripped else ""
+        wanted = f"{session_id}/{prefix}"
+        files: list[FileInfo] = []
+        async for data in self._last_per_subject(f"$O.{self.bucket}.M.>"):
+            info = _info_decoder.decode(data)
+            if not info.deleted and info.name.startswith(wanted):
+                files.append(self._file_info(session_id, info))
+        files.sort(key=lambda f: f.path)
+        return files
+
+    async def _last_per_subject(self, filter_subject: str) -> AsyncIterator[bytes]:
+        nc = self.bus.nc
+        inbox = nc.new_inbox()
+        sub = await nc.subscribe(inbox)
+        try:
+            seq, up_to = 0, 0
+            while True:
+                request: dict[str, object] = {"multi_last": [filter_subject], "batch": _LIST_BATCH}
+                if up_to:
+                    request |= {"seq": seq, "up_to_seq": up_to}
+                await nc.publish(f"$JS.API.DIRECT.GET.{self.stream}", json.dumps(request).encode(), reply=inbox)
+                pending = 0
+                while True:
+                    msg = await self._next(sub, filter_subject)
+                    headers = msg.headers or {}
+                    status = headers.get("Status")
+                    if status == "404":
+                        return
+                    if status:
+                        if status != "204":
+                            raise BusError(f"listing {filter_subject!r} failed: status {status}")
+                        pending = int(headers.get("Nats-Num-Pending", "0"))
+                        up_to = int(headers.get("Nats-UpTo-Sequence", up_to or 0))
+                        break
+                    if not headers:
+                        raise BusError(f"listing {filter_subject!r} failed: {msg.data[:200]!r}")
+                    seq = int(headers["Nats-Sequence"]) + 1
+                    yield msg.data
+                if pending == 0 or not up_to:
+                    return
+        finally:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()

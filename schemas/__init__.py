@@ -1,0 +1,103 @@
+"""staffwork's wire types: every message, spec and trace event, as msgspec Structs.
+
+This package does no I/O and imports nothing else of staffwork, so another system can depend on it
+(or on the JSON Schema that ``staffwork schema`` prints) just to publish messages.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from schemas.base import ErrorInfo, Message, Token, Usage
+from schemas.errors import SpecError, StaffworkError
+from schemas.files import FileInfo, Provenance
+from schemas.ids import new_id
+from schemas.session import (
+    SessionAccepted,
+    SessionCancel,
+    SessionResult,
+    SessionState,
+    SessionStatus,
+    SessionSubmit,
+)
+from schemas.team import AgentSpec, MemoryAttachment, TeamSpec, parse_team, team_from_dict
+from schemas.thread import Delegation, FollowUp, ThreadReply
+from schemas.trace import AnyTraceEvent, TraceEvent, event_kind
+
+#: What a lead consumes: new sessions, its subagents' replies, cancellations.
+LeadInbox = SessionSubmit | ThreadReply | SessionCancel
+#: What a subagent worker consumes.
+WorkerInbox = Delegation | FollowUp
+
+#: Every message another system may publish or read (trace events are listed in ``AnyTraceEvent``).
+SESSION_MESSAGES: tuple[type[Message], ...] = (
+    SessionSubmit,
+    SessionAccepted,
+    SessionStatus,
+    SessionResult,
+    SessionCancel,
+    Delegation,
+    FollowUp,
+    ThreadReply,
+)
+TRACE_EVENTS: tuple[type[TraceEvent], ...] = tuple(AnyTraceEvent.__args__)
+PUBLIC_MESSAGES: tuple[type[Message], ...] = SESSION_MESSAGES + TRACE_EVENTS
+
+
+def tag_of(cls: type[Message]) -> str:
+    """The wire tag of a message class: ``session.submit.v1``."""
+    return str(cls.__struct_config__.tag)
+
+
+def json_schema() -> dict[str, object]:
+    """A JSON Schema document for every public message and for team files.
+
+    ``messages`` maps each wire tag to its definition under ``$defs``; ``team`` is the schema of a
+    team file (TOML or JSON).
+    """
+    types: list[object] = [*PUBLIC_MESSAGES, TeamSpec]
+    schemas, components = msgspec.json.schema_components(types, ref_template="#/$defs/{name}")
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "staffwork messages",
+        "messages": {tag_of(cls): schema for cls, schema in zip(PUBLIC_MESSAGES, schemas, strict=False)},
+        "team": schemas[-1],
+        "$defs": components,
+    }
+
+
+__all__ = [
+    "PUBLIC_MESSAGES",
+    "SESSION_MESSAGES",
+    "TRACE_EVENTS",
+    "AgentSpec",
+    "AnyTraceEvent",
+    "Delegation",
+    "ErrorInfo",
+    "FileInfo",
+    "FollowUp",
+    "LeadInbox",
+    "MemoryAttachment",
+    "Message",
+    "Provenance",
+    "SessionAccepted",
+    "SessionCancel",
+    "SessionResult",
+    "SessionState",
+    "SessionStatus",
+    "SessionSubmit",
+    "SpecError",
+    "StaffworkError",
+    "TeamSpec",
+    "ThreadReply",
+    "Token",
+    "TraceEvent",
+    "Usage",
+    "WorkerInbox",
+    "event_kind",
+    "json_schema",
+    "new_id",
+    "parse_team",
+    "tag_of",
+    "team_from_dict",
+]

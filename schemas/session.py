@@ -1,0 +1,77 @@
+"""Session lifecycle messages: what starts a session, what it reports, how it ends."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from schemas.base import ErrorInfo, Message, Usage
+from schemas.ids import new_id
+from schemas.team import TeamSpec
+
+
+def _session_id() -> str:
+    return new_id("ses")
+
+
+SessionState = Literal[
+    "pending",
+    "running",
+    "idle",
+    "terminated",
+    "canceled",
+    "failed",
+    "budget_reached",
+    "deadline_reached",
+]
+
+
+class SessionSubmit(Message, kw_only=True, tag="session.submit.v1"):
+    """A request to run a team on a task: what other systems publish on ``<root>.submit``.
+
+    Give either ``team`` (the name of a registered team) or ``team_spec`` (the whole team inline).
+    The submitter may choose ``session_id`` (so it knows the id before any reply); otherwise one is
+    generated.
+    """
+
+    session_id: str = msgspec.field(default_factory=_session_id)
+    task: str
+    team: str = ""
+    team_spec: TeamSpec | None = None
+    inputs: list[str] = msgspec.field(default_factory=list)
+    metadata: dict[str, str] = msgspec.field(default_factory=dict)
+    deadline_s: float | None = None
+
+
+class SessionAccepted(Message, kw_only=True, tag="session.accepted.v1"):
+    """A lead took the session and validated its team."""
+
+    team: str
+    lead: str
+
+
+class SessionStatus(Message, kw_only=True, tag="session.status.v1"):
+    """The session changed status. ``stop_reason`` says why it stopped when it did."""
+
+    status: SessionState
+    stop_reason: str = ""
+    usage: Usage = msgspec.field(default_factory=Usage)
+
+
+class SessionResult(Message, kw_only=True, tag="session.result.v1"):
+    """The session's deliverable: the final text, the report's path, every file written, totals."""
+
+    status: SessionState
+    final_text: str = ""
+    report_path: str = ""
+    files: list[str] = msgspec.field(default_factory=list)
+    usage: Usage = msgspec.field(default_factory=Usage)
+    error: ErrorInfo | None = None
+
+
+class SessionCancel(Message, kw_only=True, tag="session.cancel.v1"):
+    """Stop a session (or, with ``thread_id``, one thread of it). No further model calls are made."""
+
+    reason: str = ""
+    thread_id: str = ""

@@ -1,0 +1,299 @@
+"""Agent specs and team specs, and reading them from TOML with errors a person can act on.
+
+A team file looks like::
+
+    name = "incident"
+    model = "claude-sonnet-4-5"        # default for agents that name none
+
+    [lead]
+    name = "lead"
+    system = "You coordinate an incident investigation..."
+
+    [[agents]]
+    name = "logs"
+    description = "Searches application logs for error signatures."
+    tools = ["grep", "read_file"]
+
+Any mistake is reported as one line with the file, the line, the path in the document and the value:
+``team.toml:12: at agents[1].max_turns: expected int, got str 'ten'``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import tomllib
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from schemas.errors import SpecError
+
+#: Agent and team names are subject tokens and file-name safe.
+Name = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_-]{0,47}$")]
+
+DEFAULT_MODEL = "claude-sonnet-4-5"
+MAX_AGENTS = 20
+MAX_MEMORY_STORES = 8
+
+
+class MemoryAttachment(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A memory store an agent may read (``read_only``) or also write (``read_write``)."""
+
+    store: Name
+    access: Literal["read_only", "read_write"] = "read_only"
+    instructions: Annotated[str, msgspec.Meta(max_length=4096)] = ""
+
+
+class AgentSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One agent: who it is (``description`` is what the lead reads to choose it), its model, its
+    system prompt, the tools it may call, its limits and its memory stores."""
+
+    name: Name
+    description: str = ""
+    model: str = ""
+    system: str = ""
+    tools: list[str] = msgspec.field(default_factory=list)
+    max_turns: Annotated[int, msgspec.Meta(ge=1, le=500)] = 20
+    max_tokens: Annotated[int, msgspec.Meta(ge=1, le=128_000)] = 4096
+    memory: Annotated[list[MemoryAttachment], msgspec.Meta(max_length=MAX_MEMORY_STORES)] = msgspec.field(
+        default_factory=list
+    )
+
+    def __post_init__(self) -> None:
+        seen: set[str] = set()
+        for tool in self.tools:
+            if tool in seen:
+                raise ValueError(f"tool {tool!r} is listed twice")
+            seen.add(tool)
+        stores = [m.store for m in self.memory]
+        for store in stores:
+            if stores.count(store) > 1:
+                raise ValueError(f"memory store {store!r} is attached twice")
+
+
+class TeamSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A lead, a roster of at most 20 subagents, and the defaults of the team's sessions."""
+
+    name: Name
+    description: str = ""
+    model: str = DEFAULT_MODEL
+    lead: AgentSpec
+    agents: Annotated[list[AgentSpec], msgspec.Meta(max_length=MAX_AGENTS)] = msgspec.field(
+        default_factory=list
+    )
+    max_concurrent_threads: Annotated[int, msgspec.Meta(ge=1, le=MAX_AGENTS)] = MAX_AGENTS
+    report_path: str = "report.md"
+    budget_usd: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    budget_tokens: Annotated[int, msgspec.Meta(gt=0)] | None = None
+    deadline_s: Annotated[float, msgspec.Meta(gt=0)] | None = None
+
+    def __post_init__(self) -> None:
+        names = [self.lead.name]
+        for agent in self.agents:
+            if agent.name in names:
+                raise ValueError(f"agent name {agent.name!r} is used twice")
+            names.append(agent.name)
+
+    def agent(self, name: str) -> AgentSpec:
+        """The roster agent called ``name``; ``KeyError`` with the known names otherwise."""
+        for agent in self.agents:
+            if agent.name == name:
+                return agent
+        known = ", ".join(a.name for a in self.agents) or "none"
+        raise KeyError(f"agent {name!r} is not in team {self.name!r} (known: {known})")
+
+    def model_of(self, agent: AgentSpec) -> str:
+        return agent.model or self.model
+
+
+# --- reading TOML ----------------------------------------------------------------------------------
+
+_AT = re.compile(r"^(?P<reason>.*) - at `\$(?P<path>[^`]*)`$", re.DOTALL)
+_TOKEN = re.compile(r"\.([A-Za-z0-9_-]+)|\[(\d+)\]")
+_TOML_POS = re.compile(r"\(at line (\d+), column \d+\)")
+_UNKNOWN = re.compile(r"^Object contains unknown field `([^`]*)`$")
+_MISSING = re.compile(r"^Object missing required field `([^`]*)`$")
+
+
+def parse_team(text: str | bytes, *, source: str = "<string>") -> TeamSpec:
+    """Validate a team file's text. Raises :class:`SpecError` naming file, line, path and value."""
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise SpecError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", source=source) from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        match = _TOML_POS.search(str(exc))
+        line = int(match.group(1)) if match else None
+        reason = _TOML_POS.sub("", str(exc)).strip()
+        raise SpecError(f"not valid TOML: {reason}", source=source, line=line) from None
+    return team_from_dict(raw, source=source, text=text)
+
+
+def team_from_dict(raw: Any, *, source: str = "<dict>", text: str | None = None) -> TeamSpec:
+    """Validate an already-parsed team document (from TOML, JSON or code)."""
+    try:
+        return msgspec.convert(raw, TeamSpec)
+    except msgspec.ValidationError as exc:
+        raise _spec_error(str(exc), raw, source, text) from None
+
+
+def _spec_error(message: str, raw: Any, source: str, text: str | None) -> SpecError:
+    match = _AT.match(message)
+    reason, path_text = (match.group("reason"), match.group("path")) if match else (message, "")
+    path: list[str | int] = [m.group(1) if m.group(1) is not None else int(m.group(2)) for m in _TOKEN.finditer(path_text)]
+
+    if unknown := _UNKNOWN.match(reason):
+        field = unknown.group(1)
+        container = _walk(raw, path)
+        value = container.get(field) if isinstance(container, dict) else None
+        path.append(field)
+        known = _field_names(path[:-1])
+        hint = difflib.get_close_matches(field, known, n=1)
+        reason = f"unknown field {field!r}"
+        if value is not None and not isinstance(value, dict):
+            reason += f" = {_show(value)}"
+        if hint:
+            reason += f" (did you mean {hint[0]!r}?)"
+        elif known:
+            reason += f" (known fields: {', '.join(known)})"
+    elif missing := _MISSING.match(reason):
+        path.append(missing.group(1))
+        reason = f"missing required field {missing.group(1)!r}"
+    else:
+        value = _walk(raw, path)
+        reason = reason.replace("`", "")
+        reason = reason[:1].lower() + reason[1:]
+        allowed = _allowed_values(path)
+        if reason.startswith("invalid enum value") and allowed:
+            reason = "expected one of " + ", ".join(repr(v) for v in allowed) + f", got {_show(value)}"
+        elif not isinstance(value, dict | list) and value is not None:
+            reason = f"{reason} {_show(value)}" if reason.startswith("expected") and ", got" in reason else (
+                f"{reason}, got {_show(value)}"
+            )
+
+    line = _find_line(text, path) if text is not None else None
+    return SpecError(reason, source=source, path=_format_path(path), line=line, value=_walk(raw, path))
+
+
+def _show(value: Any) -> str:
+    shown = repr(value)
+    return shown if len(shown) <= 80 else shown[:77] + "..."
+
+
+def _walk(raw: Any, path: list[str | int]) -> Any:
+    node = raw
+    for token in path:
+        try:
+            node = node[token]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return node
+
+
+def _format_path(path: list[str | int]) -> str:
+    out = ""
+    for token in path:
+        out += f"[{token}]" if isinstance(token, int) else (f".{token}" if out else token)
+    return out
+
+
+def _field_names(path: list[str | int]) -> list[str]:
+    """The field names the spec allows at ``path`` (for 'did you mean' hints)."""
+    node = _type_at(path)
+    if isinstance(node, msgspec.inspect.StructType):
+        return [f.encode_name for f in node.fields]
+    return []
+
+
+def _allowed_values(path: list[str | int]) -> list[Any]:
+    """The literal values allowed at ``path``, if it is an enumeration."""
+    node = _type_at(path)
+    return list(node.values) if isinstance(node, msgspec.inspect.LiteralType) else []
+
+
+def _type_at(path: list[str | int]) -> Any:
+    """The spec's type at ``path`` (unwrapped from Optional and constraints), or None."""
+    node: Any = msgspec.inspect.type_info(TeamSpec)
+    for token in path:
+        node = _unwrap(node)
+        if isinstance(token, int):
+            if not isinstance(node, msgspec.inspect.ListType):
+                return None
+            node = node.item_type
+        else:
+            if not isinstance(node, msgspec.inspect.StructType):
+                return None
+            matches = [f.type for f in node.fields if f.encode_name == token]
+            if not matches:
+                return None
+            node = matches[0]
+    return _unwrap(node)
+
+
+def _unwrap(node: Any) -> Any:
+    while True:
+        if isinstance(node, msgspec.inspect.UnionType):
+            inner = [t for t in node.types if not isinstance(t, msgspec.inspect.NoneType)]
+            if len(inner) != 1:
+                return node
+            node = inner[0]
+        elif isinstance(node, msgspec.inspect.Metadata):
+            node = node.type
+        else:
+            return node
+
+
+_HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
+_KEY = re.compile(r"^\s*([A-Za-z0-9_\-\"'. ]+?)\s*=")
+
+
+def _split_key(key: str) -> list[str]:
+    return [part.strip().strip("\"'") for part in key.split(".")]
+
+
+def _find_line(text: str, path: list[str | int]) -> int | None:
+    """Best-effort line number of ``path`` in TOML ``text``: the key's line, or its table's header.
+
+    Understands ``[table]``, ``[[array.of.tables]]``, dotted keys and skips multi-line strings;
+    returns None for anything it cannot place (inline tables, arrays spread over lines).
+    """
+    if not path:
+        return None
+    current: list[str | int] = []
+    counts: dict[tuple[str | int, ...], int] = {}
+    best: int | None = None
+    in_string: str | None = None
+    for number, line in enumerate(text.splitlines(), start=1):
+        if in_string:
+            if line.count(in_string) % 2 == 1:
+                in_string = None
+            continue
+        header = _HEADER.match(line)
+        if header:
+            names: list[str | int] = list(_split_key(header.group(2)))
+            if header.group(1) == "[[":
+                key = tuple(names)
+                counts[key] = counts.get(key, -1) + 1
+                names.append(counts[key])
+            current = names
+            if current == path[: len(current)] and (best is None or len(current) == len(path)):
+                best = number
+            if current == path:
+                return number
+            continue
+        key_match = _KEY.match(line)
+        if key_match:
+            full = current + list(_split_key(key_match.group(1)))
+            if full == path[: len(full)] and len(full) <= len(path):
+                if full == path:
+                    return number
+                best = number
+        for quote in ('"""', "'''"):
+            if line.count(quote) % 2 == 1:
+                in_string = quote
+                break
+    return best

@@ -1,0 +1,46 @@
+"""Messages between the lead and its subagents: delegations, follow-ups and replies."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from schemas.base import ErrorInfo, Message, Usage
+
+
+class Delegation(Message, kw_only=True, tag="thread.delegate.v1"):
+    """The lead's ``delegate(agent, task)`` call: start a new thread of ``agent`` on ``task``."""
+
+    thread_id: str
+    agent: str
+    task: str
+    parent_thread_id: str = ""
+    tool_use_id: str = ""
+
+
+class FollowUp(Message, kw_only=True, tag="thread.follow_up.v1"):
+    """The lead's ``message_agent(thread_id, message)`` call: continue a thread with its history."""
+
+    thread_id: str
+    agent: str
+    message: str
+    parent_thread_id: str = ""
+    tool_use_id: str = ""
+
+
+ThreadOutcome = Literal["completed", "failed", "canceled", "max_turns_reached"]
+
+
+class ThreadReply(Message, kw_only=True, tag="thread.reply.v1"):
+    """A subagent's answer to a delegation or follow-up."""
+
+    thread_id: str
+    agent: str
+    status: ThreadOutcome = "completed"
+    text: str = ""
+    files: list[str] = msgspec.field(default_factory=list)
+    turns: int = 0
+    usage: Usage = msgspec.field(default_factory=Usage)
+    error: ErrorInfo | None = None
+    in_reply_to: str = ""

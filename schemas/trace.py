@@ -1,0 +1,201 @@
+"""Trace events: typed records of what happened, published on ``<root>.s.<session>.evt.<kind>``.
+
+Names follow Anthropic's Managed Agents vocabulary where it has one (``session.thread_created``,
+``agent.tool_use``, ``span.model_request_end``), with a version suffix on the wire tag. Every event
+names its session, and where it applies its thread, agent and span (``parent_span_id`` links spans
+across processes; the W3C ``traceparent`` header carries the same ids).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+from schemas.base import ErrorInfo, Message, Usage
+from schemas.files import Provenance
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class TraceEvent(Message, kw_only=True):
+    """Fields every trace event has. ``session_id`` is empty only for traffic that names none."""
+
+    time: datetime = msgspec.field(default_factory=_now)
+    thread_id: str = ""
+    agent: str = ""
+    span_id: str = ""
+    parent_span_id: str = ""
+
+
+# --- session ---------------------------------------------------------------------------------------
+
+
+class SessionStatusRunning(TraceEvent, kw_only=True, tag="session.status_running.v1"):
+    """The session started (or resumed) work."""
+
+
+class SessionStatusIdle(TraceEvent, kw_only=True, tag="session.status_idle.v1"):
+    """The session finished its work; ``stop_reason`` says how (``end_turn``, ``budget_reached``...)."""
+
+    stop_reason: str = "end_turn"
+    usage: Usage = msgspec.field(default_factory=Usage)
+
+
+class SessionStatusTerminated(TraceEvent, kw_only=True, tag="session.status_terminated.v1"):
+    """The session ended for good (canceled, failed, or finished and archived)."""
+
+    reason: str = ""
+
+
+class SessionErrorEvent(TraceEvent, kw_only=True, tag="session.error.v1"):
+    """Something went wrong in the session; the session may continue."""
+
+    error: ErrorInfo
+
+
+# --- threads ---------------------------------------------------------------------------------------
+
+
+class ThreadCreated(TraceEvent, kw_only=True, tag="session.thread_created.v1"):
+    """A delegation created a thread of ``agent``."""
+
+    parent_thread_id: str = ""
+    task: str = ""
+
+
+class ThreadStatusRunning(TraceEvent, kw_only=True, tag="session.thread_status_running.v1"):
+    """A thread started or resumed work."""
+
+
+class ThreadStatusIdle(TraceEvent, kw_only=True, tag="session.thread_status_idle.v1"):
+    """A thread finished a turn of work and replied."""
+
+    stop_reason: str = "end_turn"
+
+
+class ThreadStatusTerminated(TraceEvent, kw_only=True, tag="session.thread_status_terminated.v1"):
+    """A thread ended for good."""
+
+    reason: str = ""
+
+
+# --- agents ----------------------------------------------------------------------------------------
+
+
+class AgentMessage(TraceEvent, kw_only=True, tag="agent.message.v1"):
+    """Text the model produced."""
+
+    text: str
+
+
+class AgentThinking(TraceEvent, kw_only=True, tag="agent.thinking.v1"):
+    """The model's visible reasoning, when it returns any."""
+
+    text: str
+
+
+class AgentToolUse(TraceEvent, kw_only=True, tag="agent.tool_use.v1"):
+    """The model called a tool."""
+
+    tool_use_id: str
+    name: str
+    input: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class AgentToolResult(TraceEvent, kw_only=True, tag="agent.tool_result.v1"):
+    """A tool's result as the model saw it (``ref`` points to the full output when it was too big)."""
+
+    tool_use_id: str
+    name: str = ""
+    is_error: bool = False
+    content: str = ""
+    ref: str = ""
+
+
+class ThreadMessageSent(TraceEvent, kw_only=True, tag="agent.thread_message_sent.v1"):
+    """A message to another thread: a delegation or a follow-up."""
+
+    to_thread_id: str
+    to_agent: str
+    content: str
+
+
+class ThreadMessageReceived(TraceEvent, kw_only=True, tag="agent.thread_message_received.v1"):
+    """A message from another thread: a subagent's reply, as the lead received it."""
+
+    from_thread_id: str
+    from_agent: str
+    content: str
+
+
+# --- spans -----------------------------------------------------------------------------------------
+
+
+class ModelRequestStart(TraceEvent, kw_only=True, tag="span.model_request_start.v1"):
+    """A model call began."""
+
+    model: str
+
+
+class ModelRequestEnd(TraceEvent, kw_only=True, tag="span.model_request_end.v1"):
+    """A model call ended, with its usage and cost."""
+
+    model: str
+    stop_reason: str = ""
+    usage: Usage = msgspec.field(default_factory=Usage)
+    duration_ms: float = 0.0
+    error: ErrorInfo | None = None
+
+
+# --- workspace and bus -----------------------------------------------------------------------------
+
+
+class FileWritten(TraceEvent, kw_only=True, tag="workspace.file_written.v1"):
+    """A file was written to the session's workspace."""
+
+    path: str
+    size: int
+    digest: str
+    provenance: Provenance
+
+
+class MessageRejected(TraceEvent, kw_only=True, tag="bus.message_rejected.v1"):
+    """An actor could not decode or validate a message; it was terminated, not redelivered."""
+
+    subject: str
+    actor: str
+    reason: str
+    size: int
+    preview: str = ""
+
+
+AnyTraceEvent = (
+    SessionStatusRunning
+    | SessionStatusIdle
+    | SessionStatusTerminated
+    | SessionErrorEvent
+    | ThreadCreated
+    | ThreadStatusRunning
+    | ThreadStatusIdle
+    | ThreadStatusTerminated
+    | AgentMessage
+    | AgentThinking
+    | AgentToolUse
+    | AgentToolResult
+    | ThreadMessageSent
+    | ThreadMessageReceived
+    | ModelRequestStart
+    | ModelRequestEnd
+    | FileWritten
+    | MessageRejected
+)
+
+
+def event_kind(event: TraceEvent | type[TraceEvent]) -> str:
+    """The event's name without its version: ``session.thread_created``."""
+    cls = type(event) if isinstance(event, TraceEvent) else event
+    return str(cls.__struct_config__.tag).rsplit(".", 1)[0]

@@ -1,0 +1,257 @@
+"""Wire types: round trips, compatibility with older and newer producers, team-file errors, JSON Schema."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from bus.codec import Decoder, encode
+from bus.errors import MessageRejected, MessageTooLarge
+from schemas import (
+    PUBLIC_MESSAGES,
+    AgentSpec,
+    Delegation,
+    ErrorInfo,
+    FollowUp,
+    Message,
+    Provenance,
+    SessionAccepted,
+    SessionCancel,
+    SessionResult,
+    SessionStatus,
+    SessionSubmit,
+    SpecError,
+    TeamSpec,
+    ThreadReply,
+    Usage,
+    json_schema,
+    new_id,
+    parse_team,
+    tag_of,
+)
+from schemas import trace as t
+
+FIXTURES = Path(__file__).parent / "fixtures" / "messages"
+SID = "ses_01jd0000000000000000000000"
+NOW = datetime(2026, 11, 1, 10, 0, tzinfo=UTC)
+USAGE = Usage(input_tokens=10, output_tokens=5, cache_read_input_tokens=3, cost_usd=0.0012)
+TEAM = TeamSpec(name="incident", lead=AgentSpec(name="lead"), agents=[AgentSpec(name="logs", tools=["grep"])])
+
+SAMPLES: dict[type[Message], Message] = {
+    m.__class__: m
+    for m in [
+        SessionSubmit(session_id=SID, task="investigate", team_spec=TEAM, inputs=["data/"], metadata={"k": "v"}),
+        SessionAccepted(session_id=SID, team="incident", lead="lead"),
+        SessionStatus(session_id=SID, status="running", usage=USAGE),
+        SessionResult(session_id=SID, status="idle", final_text="done", files=["report.md"], usage=USAGE),
+        SessionCancel(session_id=SID, reason="user", thread_id="thr_1"),
+        Delegation(session_id=SID, thread_id="thr_1", agent="logs", task="grep errors", tool_use_id="tu_1"),
+        FollowUp(session_id=SID, thread_id="thr_1", agent="logs", message="and then?"),
+        ThreadReply(
+            session_id=SID,
+            thread_id="thr_1",
+            agent="logs",
+            status="failed",
+            error=ErrorInfo(kind="model", message="overloaded", retryable=True),
+        ),
+        t.SessionStatusRunning(session_id=SID, time=NOW),
+        t.SessionStatusIdle(session_id=SID, time=NOW, stop_reason="budget_reached", usage=USAGE),
+        t.SessionStatusTerminated(session_id=SID, time=NOW, reason="canceled"),
+        t.SessionErrorEvent(session_id=SID, time=NOW, error=ErrorInfo(kind="x", message="y")),
+        t.ThreadCreated(session_id=SID, time=NOW, thread_id="thr_1", agent="logs", task="grep"),
+        t.ThreadStatusRunning(session_id=SID, time=NOW, thread_id="thr_1"),
+        t.ThreadStatusIdle(session_id=SID, time=NOW, thread_id="thr_1"),
+        t.ThreadStatusTerminated(session_id=SID, time=NOW, thread_id="thr_1", reason="done"),
+        t.AgentMessage(session_id=SID, time=NOW, text="hello"),
+        t.AgentThinking(session_id=SID, time=NOW, text="hmm"),
+        t.AgentToolUse(session_id=SID, time=NOW, tool_use_id="tu_1", name="grep", input={"pattern": "5\\d\\d"}),
+        t.AgentToolResult(session_id=SID, time=NOW, tool_use_id="tu_1", content="3 matches", ref="out/grep.txt"),
+        t.ThreadMessageSent(session_id=SID, time=NOW, to_thread_id="thr_1", to_agent="logs", content="go"),
+        t.ThreadMessageReceived(session_id=SID, time=NOW, from_thread_id="thr_1", from_agent="logs", content="ok"),
+        t.ModelRequestStart(session_id=SID, time=NOW, model="claude-sonnet-4-5", span_id="a" * 16),
+        t.ModelRequestEnd(session_id=SID, time=NOW, model="claude-sonnet-4-5", usage=USAGE, duration_ms=812.5),
+        t.FileWritten(
+            session_id=SID,
+            time=NOW,
+            path="report.md",
+            size=12,
+            digest="SHA-256=abc",
+            provenance=Provenance(session_id=SID, thread_id="thr_1", agent="lead", tool_call_id="tu_9"),
+        ),
+        t.MessageRejected(session_id="", time=NOW, subject="sw.submit", actor="lead", reason="bad", size=3),
+    ]
+}
+
+
+
+def _any_decoder() -> Decoder[Message]:
+    union = PUBLIC_MESSAGES[0]
+    for cls in PUBLIC_MESSAGES[1:]:
+        union = union | cls  # type: ignore[assignment]
+    return Decoder(union)
+
+
+def test_every_public_message_has_a_sample() -> None:
+    missing = [tag_of(cls) for cls in PUBLIC_MESSAGES if cls not in SAMPLES]
+    assert not missing, f"add a sample for {missing}"
+
+
+@pytest.mark.parametrize("cls", PUBLIC_MESSAGES, ids=tag_of)
+def test_round_trip(cls: type[Message]) -> None:
+    sample = SAMPLES[cls]
+    data = encode(sample)
+    assert json.loads(data)["type"] == tag_of(cls)
+    assert _any_decoder().decode(data) == sample
+    assert Decoder(cls).decode(data) == sample
+
+
+def test_tags_are_dotted_and_versioned() -> None:
+    for cls in PUBLIC_MESSAGES:
+        tag = tag_of(cls)
+        noun_verb, _, version = tag.rpartition(".")
+        assert "." in noun_verb and version.startswith("v") and version[1:].isdigit(), tag
+
+
+@pytest.mark.parametrize("path", sorted(FIXTURES.glob("*.v1.json")), ids=lambda p: p.stem)
+def test_old_version_fixture_decodes(path: Path) -> None:
+    """Payloads written by an earlier producer (only the fields v1 had) still decode, with defaults."""
+    decoded = _any_decoder().decode(path.read_bytes())
+    assert tag_of(type(decoded)) == path.name.removesuffix(".json")
+    assert decoded.session_id == SID
+    assert decoded.msg_id  # filled by the default factory when the producer sent none
+
+
+def test_unknown_fields_from_newer_producers_are_ignored() -> None:
+    decoded = _any_decoder().decode((FIXTURES / "from-a-newer-version.json").read_bytes())
+    assert decoded == Delegation(
+        session_id=SID, msg_id=decoded.msg_id, thread_id="thr_2", agent="metrics", task="p99 latency?"
+    )
+
+
+@pytest.mark.parametrize(
+    ("payload", "expected"),
+    [
+        (b"not json", "malformed"),
+        (b'{"type": "session.submit.v9", "session_id": "s", "task": "x"}', "Invalid value 'session.submit.v9'"),
+        (b'{"type": "session.submit.v1", "session_id": "s", "task": 42}', "Expected `str`, got `int` - at `$.task`"),
+        (b'{"type": "session.submit.v1", "session_id": "s"}', "missing required field `task`"),
+    ],
+)
+def test_decode_errors_name_the_problem(payload: bytes, expected: str) -> None:
+    with pytest.raises(MessageRejected) as info:
+        _any_decoder().decode(payload, subject="sw.submit")
+    assert expected in str(info.value)
+    assert "sw.submit" in str(info.value)
+
+
+def test_size_limit() -> None:
+    decoder: Decoder[SessionSubmit] = Decoder(SessionSubmit, max_bytes=100)
+    with pytest.raises(MessageTooLarge, match=r"payload of \d+ bytes is over the 100-byte limit"):
+        decoder.decode(encode(SessionSubmit(session_id=SID, task="x" * 100)))
+
+
+def test_ids_sort_by_time_and_are_tokens() -> None:
+    ids = [new_id("ses") for _ in range(50)]
+    assert all(len(i) == 30 and i.startswith("ses_") for i in ids)
+    assert all(c in "0123456789abcdefghjkmnpqrstvwxyz_se" for i in ids for c in i)
+    assert len(set(ids)) == 50
+
+
+def test_usage_adds_up() -> None:
+    assert (USAGE + USAGE).input_tokens == 20
+    assert (USAGE + USAGE).cost_usd == pytest.approx(0.0024)
+
+
+# --- team files -------------------------------------------------------------------------------------
+
+GOOD_TEAM = """\
+name = "incident"
+model = "claude-sonnet-4-5"
+
+[lead]
+name = "lead"
+system = \"\"\"
+You coordinate.
+= not a key =
+\"\"\"
+
+[[agents]]
+name = "logs"
+description = "Searches logs"
+tools = ["grep", "read_file"]
+
+[[agents]]
+name = "metrics"
+max_turns = 8
+memory = [{ store = "runbooks", access = "read_only" }]
+"""
+
+
+def test_good_team_parses() -> None:
+    team = parse_team(GOOD_TEAM, source="team.toml")
+    assert [a.name for a in team.agents] == ["logs", "metrics"]
+    assert team.agent("metrics").max_turns == 8
+    assert team.model_of(team.agents[0]) == "claude-sonnet-4-5"
+    with pytest.raises(KeyError, match=r"agent 'metrcs' is not in team 'incident' \(known: logs, metrics\)"):
+        team.agent("metrcs")
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            ("max_turns = 8", 'max_turns = "eight"'),
+            "team.toml:18: agents[1].max_turns: expected int, got str 'eight'",
+        ),
+        (
+            ('tools = ["grep", "read_file"]', 'toolz = ["grep"]'),
+            "team.toml:14: agents[0].toolz: unknown field 'toolz' = ['grep'] (did you mean 'tools'?)",
+        ),
+        (("max_turns = 8", "max_turns = 0"), "team.toml:18: agents[1].max_turns: expected int >= 1, got 0"),
+        (('name = "logs"', 'name = "Logs"'), "team.toml:12: agents[0].name: expected str matching regex"),
+        (('name = "metrics"', 'name = "logs"'), "team.toml: agent name 'logs' is used twice"),
+        (('access = "read_only"', 'access = "write"'), "team.toml:19: agents[1].memory[0].access: expected one of 'read_only', 'read_write', got 'write'"),
+        (('[lead]\nname = "lead"', "[lead]"), "team.toml:4: lead.name: missing required field 'name'"),
+        (("[[agents]]\nname = \"logs\"", "[[agents]\nname = \"logs\""), "team.toml:11: not valid TOML: Expected ']]'"),
+    ],
+)
+def test_team_errors_name_file_line_path_and_value(edit: tuple[str, str], message: str) -> None:
+    text = GOOD_TEAM.replace(*edit, 1)
+    assert text != GOOD_TEAM
+    with pytest.raises(SpecError) as info:
+        parse_team(text, source="team.toml")
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_team_roster_is_capped_at_20() -> None:
+    text = 'name = "big"\n[lead]\nname = "lead"\n' + "".join(f'[[agents]]\nname = "a{i}"\n' for i in range(21))
+    with pytest.raises(SpecError, match=r"agents: expected array of length <= 20"):
+        parse_team(text, source="big.toml")
+
+
+def test_spec_error_fields() -> None:
+    with pytest.raises(SpecError) as info:
+        parse_team(GOOD_TEAM.replace("max_turns = 8", 'max_turns = "eight"'), source="team.toml")
+    assert (info.value.source, info.value.line, info.value.path, info.value.value) == (
+        "team.toml",
+        18,
+        "agents[1].max_turns",
+        "eight",
+    )
+
+
+def test_json_schema_covers_every_message() -> None:
+    document = json_schema()
+    assert set(document["messages"]) == {tag_of(cls) for cls in PUBLIC_MESSAGES}  # type: ignore[arg-type]
+    submit = document["messages"]["session.submit.v1"]  # type: ignore[index]
+    ref = submit["$ref"].rsplit("/", 1)[-1]
+    definition = document["$defs"][ref]  # type: ignore[index]
+    assert "task" in definition["required"]
+    assert definition["properties"]["type"] == {"enum": ["session.submit.v1"]}
+    assert "team" in document
+    msgspec.json.encode(document)  # serialisable as is
