@@ -81,7 +81,7 @@ class Bus:
                     error_cb=error_cb,
                     disconnected_cb=disconnected_cb,
                     reconnected_cb=reconnected_cb,
-                    drain_timeout=30,
+                    drain_timeout=5,  # in-flight work is finished by the runtime before; this only flushes
                     allow_reconnect=False,
                 )
         except (OSError, TimeoutError, nats.errors.Error) as exc:

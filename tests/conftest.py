@@ -29,6 +29,7 @@ class NatsServer:
     store_dir: Path
     process: subprocess.Popen[bytes]
     log: list[str]
+    reader: threading.Thread
 
 
 def start_nats_server(store_dir: Path) -> NatsServer:
@@ -56,11 +57,12 @@ def start_nats_server(store_dir: Path) -> NatsServer:
                 ready.set()
         ready.set()  # exited: let the waiter see it
 
-    threading.Thread(target=reader, daemon=True).start()
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
     if not ready.wait(READY_TIMEOUT) or not port:
         proc.kill()
         raise RuntimeError("nats-server did not become ready:\n" + "\n".join(lines[-20:]))
-    return NatsServer(url=f"nats://127.0.0.1:{port}", port=port, store_dir=store_dir, process=proc, log=lines)
+    return NatsServer(url=f"nats://127.0.0.1:{port}", port=port, store_dir=store_dir, process=proc, log=lines, reader=thread)
 
 
 @pytest.fixture(scope="session")
@@ -75,6 +77,9 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer
         except subprocess.TimeoutExpired:
             server.process.kill()
             server.process.wait()
+        server.reader.join(10)
+        assert server.process.stderr is not None
+        server.process.stderr.close()
 
 
 @pytest.fixture

@@ -1,0 +1,122 @@
+"""Subjects, provisioning, publishing with dedup and trace context, connection errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from bus.connection import MSG_ID, TRACEPARENT, Bus
+from bus.errors import BusError, BusUnavailable, ConfigError
+from bus.provision import StreamSettings, agent_consumer, ensure_consumer, provision
+from bus.subjects import Subjects
+from bus.tracing import SpanContext, current_span
+from tests.conftest import NatsServer
+from schemas import SessionSubmit
+from schemas.trace import ThreadCreated
+
+
+def test_subjects_keep_the_session_in_a_fixed_position() -> None:
+    s = Subjects("sw")
+    assert s.submit == "sw.submit"
+    assert s.task("ses_1", "logs") == "sw.s.ses_1.task.logs"
+    assert s.reply("ses_1", "thr_1") == "sw.s.ses_1.reply.thr_1"
+    assert s.event("ses_1", "session.thread_created") == "sw.s.ses_1.evt.session.thread_created"
+    assert s.event("", "bus.message_rejected") == "sw.sys.evt.bus.message_rejected"
+    assert s.ctl("ses_1") == "sw.s.ses_1.ctl"
+    assert s.session("ses_1") == "sw.s.ses_1.>"
+    assert s.session_of("sw.s.ses_1.task.logs") == "ses_1"
+    assert s.session_of("sw.submit") == ""
+    dotted = Subjects("acme.prod")
+    assert dotted.submit == "acme.prod.submit"
+    assert dotted.log_stream == "acme_prod_log"
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda s: s.task("ses.1", "logs"), "session id 'ses.1' is not a valid subject token"),
+        (lambda s: s.task("ses_1", "lo gs"), "agent name 'lo gs' is not a valid subject token"),
+        (lambda s: s.task("ses_1", "*"), "agent name '*' is not a valid subject token"),
+        (lambda s: s.reply("ses_1", ">"), "thread id '>' is not a valid subject token"),
+        (lambda s: s.task("", "logs"), "session id '' is not a valid subject token"),
+        (lambda s: s.event("ses_1", "Bad Kind"), "event kind 'Bad Kind' is not valid"),
+        (lambda s: Subjects("sw..x"), "subject root part '' is not a valid subject token"),
+        (lambda s: Subjects("sw.>"), "subject root part '>' is not a valid subject token"),
+    ],
+)
+def test_bad_tokens_are_named(call: object, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        call(Subjects("sw"))  # type: ignore[operator]
+    assert message in str(info.value)
+
+
+async def test_provisioning_is_idempotent(bus: Bus) -> None:
+    await provision(bus, settings=StreamSettings(max_age=3600), agents=("logs",))
+    await provision(bus, settings=StreamSettings(max_age=3600), agents=("logs",))
+    stream = await bus.js.stream_info(bus.subjects.log_stream)
+    assert stream.config.subjects == [bus.subjects.all]
+    names = {c.name for c in await bus.js.consumers_info(bus.subjects.log_stream)}
+    assert names == {"lead", "agent_logs"}
+    await bus.js.key_value(bus.subjects.sessions_bucket)
+    await bus.js.key_value(bus.subjects.registry_bucket)
+    await bus.js.object_store(bus.subjects.files_bucket)
+
+
+async def test_provisioning_reconciles_changed_settings(bus: Bus) -> None:
+    await provision(bus, settings=StreamSettings(max_age=7200))
+    stream = await bus.js.stream_info(bus.subjects.log_stream)
+    assert stream.config.max_age == 7200
+    spec = agent_consumer(bus, "logs")
+    await ensure_consumer(bus, spec)
+    await ensure_consumer(bus, type(spec)(**{**spec.__dict__, "ack_wait": 90.0}))
+    info = await bus.js.consumer_info(bus.subjects.log_stream, "agent_logs")
+    assert info.config.ack_wait == 90.0
+
+
+async def test_publish_dedups_on_msg_id_and_carries_trace_context(bus: Bus) -> None:
+    sub = await bus.nc.subscribe(bus.subjects.submit)
+    msg = SessionSubmit(session_id="ses_1", task="x")
+    span = SpanContext.new_root()
+    token = current_span.set(span)
+    try:
+        first = await bus.publish(bus.subjects.submit, msg)
+        second = await bus.publish(bus.subjects.submit, msg)
+    finally:
+        current_span.reset(token)
+    assert first == second  # the repeat was recognised as a duplicate, not stored again
+    state = await bus.js.stream_info(bus.subjects.log_stream)
+    assert state.state.messages == 1
+    got = await sub.next_msg(timeout=5)
+    await sub.unsubscribe()
+    assert got.headers[MSG_ID] == msg.msg_id
+    assert SpanContext.from_traceparent(got.headers[TRACEPARENT]) == SpanContext(span.trace_id, span.span_id)
+
+
+async def test_emit_puts_events_on_their_session_subject(bus: Bus) -> None:
+    sub = await bus.nc.subscribe(bus.subjects.events("ses_9"))
+    await bus.emit(ThreadCreated(session_id="ses_9", thread_id="thr_1", agent="logs"))
+    got = await sub.next_msg(timeout=5)
+    await sub.unsubscribe()
+    assert got.subject == f"{bus.subjects.root}.s.ses_9.evt.session.thread_created"
+
+
+async def test_publish_outside_any_stream_is_a_clear_error(nats_server: NatsServer) -> None:
+    bus = await Bus.connect(nats_server.url, root="never_provisioned")
+    try:
+        with pytest.raises(BusError, match="no stream stores subject 'never_provisioned.submit'"):
+            await bus.publish(bus.subjects.submit, SessionSubmit(session_id="s", task="x"), timeout=2)
+    finally:
+        await bus.close()
+
+
+async def test_unreachable_server_fails_fast_with_the_cause() -> None:
+    with pytest.raises(BusUnavailable, match=r"cannot reach NATS at nats://127.0.0.1:1: .*(refused|Connect call failed)"):
+        await Bus.connect("nats://127.0.0.1:1", timeout=5)
+
+
+def test_traceparent_parsing() -> None:
+    span = SpanContext.new_root()
+    assert SpanContext.from_traceparent(span.traceparent) == span
+    child = span.child()
+    assert (child.trace_id, child.parent_span_id) == (span.trace_id, span.span_id)
+    for bad in (None, "", "garbage", "00-" + "0" * 32 + "-" + "1" * 16 + "-01", "01-abc"):
+        assert SpanContext.from_traceparent(bad) is None

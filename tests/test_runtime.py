@@ -1,0 +1,132 @@
+"""The actor runtime in one process: concurrency, rejection of bad input, heartbeats, retries, failures."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import structlog
+
+from bus.codec import Decoder, encode
+from bus.connection import REPLY_TO, Bus
+from bus.runtime import RuntimeSettings
+from schemas.trace import MessageRejected, SessionErrorEvent
+from tests.jobs import Job, JobActor, JobDone, running
+
+DONE = Decoder(JobDone)
+
+
+async def collect(sub: object, count: int, timeout: float = 20.0) -> list[JobDone]:
+    got: list[JobDone] = []
+    async with asyncio.timeout(timeout):
+        while len(got) < count:
+            msg = await sub.next_msg(timeout=timeout)  # type: ignore[attr-defined]
+            got.append(DONE.decode(msg.data))
+    return got
+
+
+async def consumer_state(bus: Bus) -> tuple[int, int, int]:
+    """(pending, ack pending, redelivered) of the jobs consumer, after our acks reached the server."""
+    await bus.nc.flush()
+    info = await bus.js.consumer_info(bus.subjects.log_stream, "jobs")
+    return info.num_pending, info.num_ack_pending, info.num_redelivered
+
+
+async def test_200_messages_concurrency_8_all_handled_once(bus: Bus) -> None:
+    actor = JobActor()
+    done = await bus.nc.subscribe(bus.subjects.out("ses_a", "done"))
+    async with running(bus, actor, RuntimeSettings(concurrency=8)):
+        for n in range(200):
+            await bus.publish(bus.subjects.task("ses_a", "jobs"), Job(session_id="ses_a", n=n, sleep=0.005))
+        replies = await collect(done, 200)
+        assert sorted(r.n for r in replies) == list(range(200))
+        assert all(r.delivery == 1 for r in replies)
+        assert await consumer_state(bus) == (0, 0, 0)
+    assert all(d == [1] for d in actor.deliveries.values()) and len(actor.deliveries) == 200
+    assert 2 <= actor.max_active <= 8
+    await done.unsubscribe()
+
+
+async def test_bad_messages_are_rejected_and_the_next_good_one_is_handled(bus: Bus) -> None:
+    subject = bus.subjects.task("ses_b", "jobs")
+    rejected_sub = await bus.nc.subscribe(f"{bus.subjects.root}.*.evt.bus.message_rejected")
+    session_rejected_sub = await bus.nc.subscribe(bus.subjects.event("ses_b", "bus.message_rejected"))
+    done = await bus.nc.subscribe(bus.subjects.out("ses_b", "done"))
+    with structlog.testing.capture_logs() as logs:
+        async with running(bus, JobActor(), RuntimeSettings(max_bytes=1000)):
+            await bus.publish_bytes(subject, b"\x00garbage{")
+            await bus.publish_bytes(subject, json.dumps({"type": "test.nope.v1", "session_id": "ses_b"}).encode())
+            await bus.publish_bytes(subject, encode(Job(session_id="ses_b", n=1, fail="x" * 2000)))
+            await bus.publish(subject, Job(session_id="ses_b", n=7))
+            [reply] = await collect(done, 1)
+            assert reply.n == 7
+            assert await consumer_state(bus) == (0, 0, 0)  # terminated, not waiting for redelivery
+    reasons = [entry["reason"] for entry in logs if entry["event"] == "message_rejected"]
+    assert len(reasons) == 3
+    assert "JSON is malformed" in reasons[0]
+    assert "Invalid value 'test.nope.v1' - at `$.type`" in reasons[1]
+    assert "payload of 2" in reasons[2] and "over the 1000-byte limit" in reasons[2]
+    no_session = Decoder(MessageRejected).decode((await rejected_sub.next_msg(timeout=5)).data)
+    assert no_session.session_id == "" and no_session.subject == subject and no_session.actor == "jobs"
+    with_session = [Decoder(MessageRejected).decode((await session_rejected_sub.next_msg(timeout=5)).data)]
+    assert with_session[0].session_id == "ses_b"
+    for sub in (rejected_sub, session_rejected_sub, done):
+        await sub.unsubscribe()
+
+
+async def test_handler_longer_than_ack_wait_is_not_redelivered(bus: Bus) -> None:
+    actor = JobActor(ack_wait=0.5)
+    done = await bus.nc.subscribe(bus.subjects.out("ses_c", "done"))
+    async with running(bus, actor):
+        await bus.publish(bus.subjects.task("ses_c", "jobs"), Job(session_id="ses_c", n=1, sleep=2.0))
+        [reply] = await collect(done, 1)
+        assert reply.delivery == 1
+        assert await consumer_state(bus) == (0, 0, 0)
+    assert actor.deliveries == {1: [1]}
+    await done.unsubscribe()
+
+
+async def test_retryable_failure_is_retried(bus: Bus) -> None:
+    actor = JobActor()
+    done = await bus.nc.subscribe(bus.subjects.out("ses_d", "done"))
+    async with running(bus, actor):
+        await bus.publish(bus.subjects.task("ses_d", "jobs"), Job(session_id="ses_d", n=1, fail="retry"))
+        [reply] = await collect(done, 1)
+        assert reply.delivery == 2 and not reply.error
+    assert actor.deliveries == {1: [1, 2]}
+    await done.unsubscribe()
+
+
+async def test_failure_becomes_a_typed_reply_and_an_error_event(bus: Bus) -> None:
+    done = await bus.nc.subscribe(bus.subjects.out("ses_e", "done"))
+    errors = await bus.nc.subscribe(bus.subjects.event("ses_e", "session.error"))
+    actor = JobActor()
+    async with running(bus, actor):
+        await bus.publish(bus.subjects.task("ses_e", "jobs"), Job(session_id="ses_e", n=3, fail="crash"))
+        await bus.publish(bus.subjects.task("ses_e", "jobs"), Job(session_id="ses_e", n=4))
+        replies = {r.n: r for r in await collect(done, 2)}
+        assert replies[3].delivery == -1 and replies[3].error == "job 3 crashed"
+        assert replies[4].delivery == 1
+        event = Decoder(SessionErrorEvent).decode((await errors.next_msg(timeout=5)).data)
+        assert (event.error.kind, event.error.message) == ("RuntimeError", "job 3 crashed")
+        assert event.span_id  # the handler's span
+        assert await consumer_state(bus) == (0, 0, 0)
+    assert actor.deliveries[3] == [1]  # terminated, not redelivered
+    for sub in (done, errors):
+        await sub.unsubscribe()
+
+
+async def test_reply_to_header_routes_the_reply(bus: Bus) -> None:
+    inbox = bus.nc.new_inbox()
+    sub = await bus.nc.subscribe(inbox)
+    async with running(bus, JobActor()):
+        await bus.publish(bus.subjects.task("ses_f", "jobs"), Job(session_id="ses_f", n=5), headers={REPLY_TO: inbox})
+        [reply] = await collect(sub, 1)
+        assert reply.n == 5
+    await sub.unsubscribe()
+
+
+async def test_stop_with_nothing_in_flight_is_prompt(bus: Bus) -> None:
+    async with asyncio.timeout(3):  # far below the pull request's expiry: stop does not wait for it
+        async with running(bus, JobActor(), RuntimeSettings(pull_expires=30.0)):
+            pass

@@ -1,0 +1,142 @@
+"""The shared filesystem on the object store: paths, provenance, listing, integrity, large files."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+
+import pytest
+
+from bus.connection import Bus
+from bus.errors import FileNotFound, IntegrityError, InvalidPath
+from bus.workspace import Workspace, normalize_path
+from schemas import Provenance
+
+SID = "ses_ws"
+
+
+@pytest.mark.parametrize(
+    ("path", "normalized"),
+    [("report.md", "report.md"), ("./notes/a.md", "notes/a.md"), ("a/./b", "a/b"), ("dir/ü ñ.txt", "dir/ü ñ.txt")],
+)
+def test_normalize_accepts(path: str, normalized: str) -> None:
+    assert normalize_path(path) == normalized
+
+
+@pytest.mark.parametrize(
+    ("path", "reason"),
+    [
+        ("", "the path is empty"),
+        ("../etc/passwd", "escapes the workspace"),
+        ("a/../../b", "escapes the workspace"),
+        ("a/..", "escapes the workspace"),
+        ("/etc/passwd", "it is absolute"),
+        ("C:/Windows", "it is absolute"),
+        ("a//b", "empty segment"),
+        ("a/", "empty segment"),
+        ("a\x00b", "NUL byte"),
+        ("a\nb", "control character U+000A"),
+        ("..\\secrets", "backslash"),
+        (".", "names no file"),
+        ("x" * 256, "segment is longer than 255 bytes"),
+        ("/".join(["y" * 200] * 6), "longer than 1024 bytes"),
+    ],
+)
+def test_normalize_rejects_with_a_reason(path: str, reason: str) -> None:
+    with pytest.raises(InvalidPath) as info:
+        normalize_path(path)
+    assert reason in str(info.value)
+    assert repr(path)[:40].strip("'") in str(info.value) or path == ""
+
+
+async def test_put_get_stat_list_delete(bus: Bus) -> None:
+    ws = Workspace(bus)
+    prov = Provenance(session_id=SID, thread_id="thr_7", agent="logs", tool_call_id="toolu_01")
+    info = await ws.put(SID, "findings/errors.md", "# 502s from payments\n", provenance=prov)
+    assert info.path == "findings/errors.md"
+    assert info.size == len(b"# 502s from payments\n")
+    assert info.provenance == prov
+
+    assert await ws.get(SID, "./findings/errors.md") == b"# 502s from payments\n"
+    stat = await ws.stat(SID, "findings/errors.md")
+    assert stat.provenance == prov
+    assert stat.digest == info.digest
+
+    await ws.put(SID, "report.md", b"final")
+    await ws.put("ses_other", "findings/errors.md", b"not mine")
+    assert [f.path for f in await ws.list(SID)] == ["findings/errors.md", "report.md"]
+    assert [f.path for f in await ws.list(SID, "findings/")] == ["findings/errors.md"]
+    assert [f.path for f in await ws.list("ses_other")] == ["findings/errors.md"]
+    assert (await ws.stat(SID, "report.md")).provenance == Provenance(session_id=SID)
+
+    await ws.delete(SID, "report.md")
+    assert not await ws.exists(SID, "report.md")
+    with pytest.raises(FileNotFound, match="no file 'report.md' in the workspace of session 'ses_ws'"):
+        await ws.get(SID, "report.md")
+    assert [f.path for f in await ws.list(SID)] == ["findings/errors.md"]
+
+
+async def test_traversal_is_refused_before_touching_the_store(bus: Bus) -> None:
+    ws = Workspace(bus)
+    for bad in ("../ses_other/findings/errors.md", "/abs", "a/../../x"):
+        with pytest.raises(InvalidPath):
+            await ws.put(SID, bad, b"x")
+        with pytest.raises(InvalidPath):
+            await ws.get(SID, bad)
+    with pytest.raises(Exception, match="session id 'ses/../x' is not a valid subject token"):
+        await ws.put("ses/../x", "a.txt", b"x")
+
+
+async def test_overwrite_replaces_content_and_frees_old_chunks(bus: Bus) -> None:
+    ws = Workspace(bus, chunk_size=1024)
+    await ws.put(SID, "big.bin", os.urandom(50_000))
+    stream = await bus.js.stream_info(ws.stream)
+    before = stream.state.bytes
+    await ws.put(SID, "big.bin", b"small now")
+    assert await ws.get(SID, "big.bin") == b"small now"
+    after = (await bus.js.stream_info(ws.stream)).state.bytes
+    assert after < before / 10
+
+
+async def test_empty_file(bus: Bus) -> None:
+    ws = Workspace(bus)
+    await ws.put(SID, "empty.txt", b"")
+    assert await ws.get(SID, "empty.txt") == b""
+    assert (await ws.stat(SID, "empty.txt")).size == 0
+
+
+async def test_tampered_content_is_detected(bus: Bus) -> None:
+    ws = Workspace(bus, chunk_size=1000)
+    await ws.put(SID, "data.csv", b"a" * 5000)
+    info = await ws._info(f"{SID}/data.csv")
+    assert info is not None
+    seq = (await bus.js.get_msg(ws.stream, subject=f"$O.{ws.bucket}.C.{info.nuid}", next=True, seq=1)).seq
+    await bus.js.delete_msg(ws.stream, seq)  # lose one chunk
+    with pytest.raises(IntegrityError, match="expected 5000 bytes in 5 chunks, read 4000 in 4"):
+        await ws.get(SID, "data.csv")
+
+
+async def test_listing_pages_through_many_files(bus: Bus) -> None:
+    ws = Workspace(bus)
+    for i in range(600):
+        await ws.put(SID, f"many/{i:04d}.txt", b"x")
+    files = await ws.list(SID, "many")
+    assert len(files) == 600
+    assert files[0].path == "many/0000.txt" and files[-1].path == "many/0599.txt"
+
+
+@pytest.mark.slow
+async def test_50_mib_round_trip_is_intact(bus: Bus) -> None:
+    ws = Workspace(bus)
+    data = os.urandom(50 * 1024 * 1024)
+    expected = hashlib.sha256(data).hexdigest()
+    await ws.put(SID, "blob.bin", io.BytesIO(data))
+    del data
+    digest = hashlib.sha256()
+    size = 0
+    async for block in await ws.open(SID, "blob.bin"):
+        digest.update(block)
+        size += len(block)
+    assert size == 50 * 1024 * 1024
+    assert digest.hexdigest() == expected
