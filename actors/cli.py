@@ -54,10 +54,15 @@ class _State:
 
 NatsOption = Annotated[
     str | None,
-    typer.Option("--nats", envvar="STAFFWORK_NATS_URL", help="NATS server URL; without it an embedded server is used."),
+    typer.Option(
+        "--nats", envvar="STAFFWORK_NATS_URL", help="NATS server URL; without it an embedded server is used."
+    ),
 ]
 RootOption = Annotated[
-    str, typer.Option("--root", envvar="STAFFWORK_ROOT", help="Subject root: every subject and stream is under it.")
+    str,
+    typer.Option(
+        "--root", envvar="STAFFWORK_ROOT", help="Subject root: every subject and stream is under it."
+    ),
 ]
 
 
@@ -89,7 +94,9 @@ def _run(factory: Callable[[], Awaitable[T]]) -> T:
 @app.callback()
 def main_options(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show tracebacks and debug logs.")] = False,
-    log_json: Annotated[bool | None, typer.Option("--log-json/--log-console", help="Log format (default: by TTY).")] = None,
+    log_json: Annotated[
+        bool | None, typer.Option("--log-json/--log-console", help="Log format (default: by TTY).")
+    ] = None,
 ) -> None:
     _State.verbose = verbose
     configure_logging("debug" if verbose else "warning", json=log_json)
@@ -107,7 +114,9 @@ def server(
         srv = EmbeddedServer(store or server_store_dir(), host=host, port=port)
         url = await srv.start()
         try:
-            out.print(f"NATS server ready at [bold]{url}[/] (JetStream store {srv.store_dir})", highlight=False)
+            out.print(
+                f"NATS server ready at [bold]{url}[/] (JetStream store {srv.store_dir})", highlight=False
+            )
             out.print(f"export STAFFWORK_NATS_URL={url}", highlight=False)
             stop = asyncio.Event()
             install_stop_signals(stop)
@@ -153,7 +162,11 @@ def doctor(nats: NatsOption = None, root: RootOption = "sw") -> None:
                 started = time.perf_counter()
                 try:
                     async with EmbeddedServer(tmp, port=-1, binary=binary) as srv:
-                        row("embedded server", True, f"started in {(time.perf_counter() - started) * 1000:.0f} ms at {srv.url}")
+                        row(
+                            "embedded server",
+                            True,
+                            f"started in {(time.perf_counter() - started) * 1000:.0f} ms at {srv.url}",
+                        )
                         await _check_server(srv.url, root, row)
                 except StaffworkError as exc:
                     row("embedded server", False, str(exc))
@@ -177,18 +190,27 @@ async def _check_server(url: str, root: str, row: Callable[[str, bool, str], Non
         row(
             "NATS connection",
             True,
-            f"{url} (server {info.get('version', '?')}, connect {(time.perf_counter() - started) * 1000:.1f} ms, "
+            f"{url} (server {info.get('version', '?')}, "
+            f"connect {(time.perf_counter() - started) * 1000:.1f} ms, "
             f"rtt {rtt * 1000:.2f} ms, max payload {info.get('max_payload', 0) // 1024} KiB)",
         )
         try:
             account = await bus.account_info()
-            row("JetStream", True, f"enabled ({account.streams} streams, {account.storage / 1e6:.1f} MB stored)")
+            row(
+                "JetStream",
+                True,
+                f"enabled ({account.streams} streams, {account.storage / 1e6:.1f} MB stored)",
+            )
         except StaffworkError as exc:
             row("JetStream", False, str(exc))
             return
         try:
             stream = await bus.js.stream_info(bus.subjects.log_stream)
-            row(f"root {root!r}", True, f"provisioned ({stream.state.messages} messages in {bus.subjects.log_stream})")
+            row(
+                f"root {root!r}",
+                True,
+                f"provisioned ({stream.state.messages} messages in {bus.subjects.log_stream})",
+            )
         except Exception:
             row(f"root {root!r}", True, "not provisioned yet (staffwork run provisions it)")
     finally:
@@ -197,7 +219,9 @@ async def _check_server(url: str, root: str, row: Callable[[str, bool, str], Non
 
 @app.command()
 def schema(
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to a file instead of stdout.")] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write to a file instead of stdout.")
+    ] = None,
     tag: Annotated[str | None, typer.Option(help="Only this message (e.g. session.submit.v1).")] = None,
 ) -> None:
     """Print the JSON Schema of every public message, so any system can publish without our code."""

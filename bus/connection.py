@@ -49,7 +49,7 @@ class Bus:
     async def connect(
         cls, url: str = DEFAULT_URL, *, root: str = "sw", name: str = "staffwork", timeout: float = 10.0
     ) -> Bus:
-        """Connect to ``url`` (reconnecting forever once connected); :class:`BusUnavailable` after ``timeout``."""
+        """Connect to ``url``, then reconnect forever; :class:`BusUnavailable` if the first try fails."""
         subjects = Subjects(root)
         bound = log.bind(client=name, url=url)
 
@@ -75,9 +75,9 @@ class Bus:
                 await nc.connect(
                     servers=[url],
                     name=name,
-                    connect_timeout=min(timeout, 5.0),
+                    connect_timeout=max(1, int(min(timeout, 5.0))),
                     max_reconnect_attempts=1,  # 0 would mean "forever" to nats-py's server selection
-                    reconnect_time_wait=0.5,
+                    reconnect_time_wait=1,
                     error_cb=error_cb,
                     disconnected_cb=disconnected_cb,
                     reconnected_cb=reconnected_cb,
@@ -149,7 +149,9 @@ class Bus:
         try:
             ack = await self.js.publish(subject, data, timeout=timeout, headers=headers)
         except nats.js.errors.NoStreamResponseError as exc:
-            raise BusError(f"no stream stores subject {subject!r}: was the bus provisioned for this root?") from exc
+            raise BusError(
+                f"no stream stores subject {subject!r}: was the bus provisioned for this root?"
+            ) from exc
         except (nats.errors.TimeoutError, TimeoutError) as exc:
             raise BusTimeout("publish", subject, timeout) from exc
         except nats.errors.ConnectionClosedError as exc:
@@ -163,7 +165,9 @@ class Bus:
             event = msgspec.structs.replace(event, span_id=span.span_id, parent_span_id=span.parent_span_id)
         return await self.publish(self.subjects.event(event.session_id, event_kind(event)), event)
 
-    async def publish_core(self, subject: str, msg: Message, *, headers: dict[str, str] | None = None) -> None:
+    async def publish_core(
+        self, subject: str, msg: Message, *, headers: dict[str, str] | None = None
+    ) -> None:
         """Publish without JetStream (no storage, no ack): for replies to inboxes."""
         await self.nc.publish(subject, encode(msg), headers=self.headers(None, headers))
 

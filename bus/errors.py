@@ -6,7 +6,7 @@
     ├── SpecError                  a team or agent spec is invalid: file, line, path in the document, value
     ├── ConfigError                a setting is invalid: subject root or token, URL, store directory
     ├── ServerError                the embedded nats-server
-    │   ├── ServerNotFound         no nats-server binary: not installed, not on PATH, bad STAFFWORK_NATS_SERVER
+    │   ├── ServerNotFound         no nats-server binary (not installed, not on PATH, bad override)
     │   └── ServerFailed           it exited or never became ready (carries its [FTL]/[ERR] lines)
     ├── BusError                   talking to NATS
     │   ├── BusUnavailable         no server reachable within the deadline
@@ -123,7 +123,9 @@ class MessageTooLarge(MessageRejected):
 
     def __init__(self, *, size: int, limit: int, subject: str = "") -> None:
         self.limit = limit
-        super().__init__(f"payload of {size} bytes is over the {limit}-byte limit", subject=subject, size=size)
+        super().__init__(
+            f"payload of {size} bytes is over the {limit}-byte limit", subject=subject, size=size
+        )
 
 
 class Retryable(StaffworkError):

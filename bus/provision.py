@@ -133,7 +133,9 @@ async def ensure_stream(bus: Bus, config: StreamConfig) -> None:
         await bus.js.update_stream(config)
         log.info("stream_updated", stream=config.name)
     except nats.js.errors.APIError as exc:
-        raise ProvisionError(f"stream {config.name!r} exists with settings that cannot be changed: {exc.description}") from exc
+        raise ProvisionError(
+            f"stream {config.name!r} exists with settings that cannot be changed: {exc.description}"
+        ) from exc
 
 
 async def ensure_consumer(bus: Bus, spec: ConsumerSpec, stream: str | None = None) -> None:
@@ -142,7 +144,9 @@ async def ensure_consumer(bus: Bus, spec: ConsumerSpec, stream: str | None = Non
     try:
         await bus.js.add_consumer(stream, spec.config())
     except nats.js.errors.APIError as exc:
-        raise ProvisionError(f"cannot create consumer {spec.durable!r} on {stream!r}: {exc.description}") from exc
+        raise ProvisionError(
+            f"cannot create consumer {spec.durable!r} on {stream!r}: {exc.description}"
+        ) from exc
     except (nats.errors.TimeoutError, TimeoutError) as exc:
         raise ProvisionError(f"creating consumer {spec.durable!r} on {stream!r} timed out") from exc
 
@@ -180,7 +184,9 @@ async def ensure_object_store(bus: Bus, bucket: str, *, settings: StreamSettings
         raise ProvisionError(f"cannot create object store {bucket!r}: {exc.description}") from exc
 
 
-async def provision(bus: Bus, *, settings: StreamSettings | None = None, agents: tuple[str, ...] = ()) -> None:
+async def provision(
+    bus: Bus, *, settings: StreamSettings | None = None, agents: tuple[str, ...] = ()
+) -> None:
     """Make sure every stream, consumer and bucket the design needs exists for ``bus``'s root."""
     settings = settings or StreamSettings()
     await ensure_stream(bus, log_stream_config(bus, settings))

@@ -50,6 +50,7 @@ from schemas.trace import SessionErrorEvent
 log = structlog.get_logger("staffwork.runtime")
 
 In = TypeVar("In")
+In_contra = TypeVar("In_contra", contravariant=True)
 
 
 @dataclass
@@ -66,7 +67,7 @@ class Context:
     reply_to: str | None = None
 
 
-class Actor(Protocol[In]):
+class Actor(Protocol[In_contra]):
     """An actor's behaviour: which consumer it reads, what it decodes, and how it handles a message."""
 
     role: str
@@ -74,11 +75,11 @@ class Actor(Protocol[In]):
 
     def consumer(self, subjects: Subjects) -> ConsumerSpec: ...
 
-    async def handle(self, msg: In, ctx: Context) -> Message | None: ...
+    async def handle(self, msg: In_contra, ctx: Context) -> Message | None: ...
 
-    def failure(self, msg: In, error: ErrorInfo) -> Message | None: ...
+    def failure(self, msg: In_contra, error: ErrorInfo) -> Message | None: ...
 
-    def reply_subject(self, msg: In, reply: Message, ctx: Context) -> str | None: ...
+    def reply_subject(self, msg: In_contra, reply: Message, ctx: Context) -> str | None: ...
 
 
 class BaseActor(Generic[In]):
@@ -155,9 +156,13 @@ class ActorRuntime(Generic[In]):
         stop_waiter = asyncio.ensure_future(stop.wait())
         async with asyncio.TaskGroup() as tg:
             self._tg = tg
-            sub = await nc.subscribe(inbox, cb=self._on_delivery, pending_msgs_limit=4 * settings.concurrency + 64)
+            sub = await nc.subscribe(
+                inbox, cb=self._on_delivery, pending_msgs_limit=4 * settings.concurrency + 64
+            )
             self.ready.set()
-            self.log.info("actor_started", concurrency=settings.concurrency, filters=list(self.spec.filter_subjects))
+            self.log.info(
+                "actor_started", concurrency=settings.concurrency, filters=list(self.spec.filter_subjects)
+            )
             try:
                 while not stop.is_set():
                     free = settings.concurrency - len(self._inflight)
@@ -282,7 +287,9 @@ class ActorRuntime(Generic[In]):
             raise
         except Exception as exc:
             self.log.exception("handler_failed", subject=msg.subject, delivery=ctx.delivery)
-            await self._fail(msg, decoded, ctx, ErrorInfo(kind=type(exc).__name__, message=str(exc) or repr(exc)))
+            await self._fail(
+                msg, decoded, ctx, ErrorInfo(kind=type(exc).__name__, message=str(exc) or repr(exc))
+            )
             return
         finally:
             heartbeat.cancel()
@@ -333,7 +340,9 @@ class ActorRuntime(Generic[In]):
     async def _retry(self, msg: Msg, request: In, ctx: Context, exc: Retryable) -> None:
         if 0 < self.spec.max_deliver <= ctx.delivery:
             self.log.warning("retries_exhausted", delivery=ctx.delivery, error=str(exc))
-            await self._fail(msg, request, ctx, ErrorInfo(kind="retries_exhausted", message=str(exc), retryable=True))
+            await self._fail(
+                msg, request, ctx, ErrorInfo(kind="retries_exhausted", message=str(exc), retryable=True)
+            )
             return
         delays = self.settings.retry_delays
         delay = exc.delay if exc.delay is not None else delays[min(ctx.delivery - 1, len(delays) - 1)]
@@ -424,7 +433,12 @@ async def serve(
     """A whole actor process: connect, run until SIGTERM/SIGINT, finish in-flight work, drain."""
     stop = asyncio.Event()
     main = asyncio.current_task()
-    install_stop_signals(stop, on_second=main.cancel if main else None)
+
+    def cancel_everything() -> None:
+        if main is not None:
+            main.cancel()
+
+    install_stop_signals(stop, on_second=cancel_everything)
     bus = await Bus.connect(url, root=root, name=name)
     try:
         return await run_actors(bus, actors, stop, settings, on_ready=on_ready)

@@ -60,7 +60,9 @@ def find_server_binary() -> Path:
 def server_version(binary: Path) -> str:
     """The version the binary reports (``v2.11.4``)."""
     try:
-        out = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=10, check=False)
+        out = subprocess.run(
+            [str(binary), "--version"], capture_output=True, text=True, timeout=10, check=False
+        )
     except OSError as exc:
         raise ServerFailed(f"at {binary} could not run: {exc}") from exc
     text = (out.stdout or out.stderr).strip()
@@ -158,19 +160,24 @@ class EmbeddedServer:
         return self.url
 
     async def _read_until_ready(self) -> int:
-        assert self._proc is not None and self._proc.stderr is not None
+        assert self._proc is not None
+        assert self._proc.stderr is not None
         port = 0
         while True:
             raw = await self._proc.stderr.readline()
             if not raw:
                 code = await self._proc.wait()
-                raise ServerFailed(f"exited with code {code} before it was ready", lines=self._fatal, returncode=code)
+                raise ServerFailed(
+                    f"exited with code {code} before it was ready", lines=self._fatal, returncode=code
+                )
             line = self._record(raw)
             if match := _LISTEN.search(line):
                 port = int(match.group(2))
             if _READY in line:
                 if not port:
-                    raise ServerFailed("said it was ready but not which port it listens on", lines=self._fatal)
+                    raise ServerFailed(
+                        "said it was ready but not which port it listens on", lines=self._fatal
+                    )
                 return port
 
     def _record(self, raw: bytes) -> str:
@@ -184,7 +191,8 @@ class EmbeddedServer:
 
     async def _drain_log(self) -> None:
         """Keep reading the server's log so its pipe never fills (a full pipe would block it)."""
-        assert self._proc is not None and self._proc.stderr is not None
+        assert self._proc is not None
+        assert self._proc.stderr is not None
         while raw := await self._proc.stderr.readline():
             self._record(raw)
 

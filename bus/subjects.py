@@ -64,7 +64,9 @@ class Subjects:
         return f"{self.root}.s.{check_token(session_id, 'session id')}.>"
 
     def task(self, session_id: str, agent: str) -> str:
-        return f"{self.root}.s.{check_token(session_id, 'session id')}.task.{check_token(agent, 'agent name')}"
+        return (
+            f"{self.root}.s.{check_token(session_id, 'session id')}.task.{check_token(agent, 'agent name')}"
+        )
 
     def tasks_for(self, agent: str) -> str:
         """Filter for one agent's tasks across all sessions."""
@@ -75,7 +77,8 @@ class Subjects:
         return f"{self.root}.s.*.task.*"
 
     def reply(self, session_id: str, thread_id: str) -> str:
-        return f"{self.root}.s.{check_token(session_id, 'session id')}.reply.{check_token(thread_id, 'thread id')}"
+        sid = check_token(session_id, "session id")
+        return f"{self.root}.s.{sid}.reply.{check_token(thread_id, 'thread id')}"
 
     @property
     def all_replies(self) -> str:

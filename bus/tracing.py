@@ -43,4 +43,6 @@ class SpanContext:
         return f"00-{self.trace_id}-{self.span_id}-01"
 
 
-current_span: contextvars.ContextVar[SpanContext | None] = contextvars.ContextVar("current_span", default=None)
+current_span: contextvars.ContextVar[SpanContext | None] = contextvars.ContextVar(
+    "current_span", default=None
+)

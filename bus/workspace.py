@@ -24,7 +24,7 @@ import os
 import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import msgspec
 import nats.errors
@@ -124,7 +124,12 @@ class Workspace:
     """Files of every session, in one object-store bucket (by default the root's ``<key>_files``)."""
 
     def __init__(
-        self, bus: Bus, bucket: str | None = None, *, chunk_size: int = DEFAULT_CHUNK_SIZE, timeout: float = 30.0
+        self,
+        bus: Bus,
+        bucket: str | None = None,
+        *,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        timeout: float = 30.0,
     ) -> None:
         self.bus = bus
         self.bucket = bucket or bus.subjects.files_bucket
@@ -203,21 +208,25 @@ class Workspace:
     ) -> FileInfo:
         """Write (or replace) a file. ``data`` may be bytes, text (UTF-8) or a binary file object."""
         name, _ = self._name(session_id, path)
-        reader: BinaryIO = io.BytesIO(data.encode() if isinstance(data, str) else data) if isinstance(
-            data, bytes | str
-        ) else data
+        reader: BinaryIO = (
+            io.BytesIO(data.encode() if isinstance(data, str) else data)
+            if isinstance(data, bytes | str)
+            else data
+        )
         blocking = not isinstance(reader, io.BytesIO)
         previous = await self._info(name)
         nuid = os.urandom(16).hex()
         chunk_subject = self._chunk_subject(nuid)
         digest = hashlib.sha256()
         size = chunks = 0
-        pending: list[asyncio.Future[object]] = []
+        pending: list[asyncio.Future[Any]] = []
         loop = asyncio.get_running_loop()
         try:
             while True:
-                block = await loop.run_in_executor(None, reader.read, self.chunk_size) if blocking else reader.read(
-                    self.chunk_size
+                block = (
+                    await loop.run_in_executor(None, reader.read, self.chunk_size)
+                    if blocking
+                    else reader.read(self.chunk_size)
                 )
                 if not block:
                     break
@@ -232,7 +241,11 @@ class Workspace:
             pending.clear()
             prov = provenance or Provenance(session_id=session_id)
             headers = {_H_SESSION: [prov.session_id or session_id]}
-            for key, value in ((_H_THREAD, prov.thread_id), (_H_AGENT, prov.agent), (_H_TOOL, prov.tool_call_id)):
+            for key, value in (
+                (_H_THREAD, prov.thread_id),
+                (_H_AGENT, prov.agent),
+                (_H_TOOL, prov.tool_call_id),
+            ):
                 if value:
                     headers[key] = [value]
             info = _ObjectInfo(
@@ -262,7 +275,7 @@ class Workspace:
             await self.bus.js.purge_stream(self.stream, subject=self._chunk_subject(previous.nuid))
         return self._file_info(session_id, info)
 
-    async def _settle(self, futures: list[asyncio.Future[object]], subject: str) -> None:
+    async def _settle(self, futures: list[asyncio.Future[Any]], subject: str) -> None:
         if not futures:
             return
         try:
@@ -307,7 +320,9 @@ class Workspace:
             size += len(block)
             yield block
         if received != info.chunks or size != info.size:
-            raise IntegrityError(path, f"expected {info.size} bytes in {info.chunks} chunks, read {size} in {received}")
+            raise IntegrityError(
+                path, f"expected {info.size} bytes in {info.chunks} chunks, read {size} in {received}"
+            )
         if _digest_text(digest.digest()) != info.digest:
             raise IntegrityError(path, f"SHA-256 does not match the recorded {info.digest}")
 
@@ -324,13 +339,17 @@ class Workspace:
             return
         nc = self.bus.nc
         inbox = nc.new_inbox()
-        sub = await nc.subscribe(inbox, pending_bytes_limit=max(256 * 1024 * 1024, 4 * _BATCH * self.chunk_size))
+        sub = await nc.subscribe(
+            inbox, pending_bytes_limit=max(256 * 1024 * 1024, 4 * _BATCH * self.chunk_size)
+        )
         try:
             seq = 1
             remaining = expected
             while remaining > 0:
                 request = {"seq": seq, "next_by_subj": subject, "batch": min(_BATCH, remaining)}
-                await nc.publish(f"$JS.API.DIRECT.GET.{self.stream}", json.dumps(request).encode(), reply=inbox)
+                await nc.publish(
+                    f"$JS.API.DIRECT.GET.{self.stream}", json.dumps(request).encode(), reply=inbox
+                )
                 got = 0
                 while True:
                     msg = await self._next(sub, subject)
@@ -384,7 +403,9 @@ class Workspace:
                 request: dict[str, object] = {"multi_last": [filter_subject], "batch": _LIST_BATCH}
                 if up_to:
                     request |= {"seq": seq, "up_to_seq": up_to}
-                await nc.publish(f"$JS.API.DIRECT.GET.{self.stream}", json.dumps(request).encode(), reply=inbox)
+                await nc.publish(
+                    f"$JS.API.DIRECT.GET.{self.stream}", json.dumps(request).encode(), reply=inbox
+                )
                 pending = 0
                 while True:
                     msg = await self._next(sub, filter_subject)

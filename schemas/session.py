@@ -27,7 +27,7 @@ SessionState = Literal[
 ]
 
 
-class SessionSubmit(Message, kw_only=True, tag="session.submit.v1"):
+class SessionSubmit(Message, frozen=True, kw_only=True, tag="session.submit.v1"):
     """A request to run a team on a task: what other systems publish on ``<root>.submit``.
 
     Give either ``team`` (the name of a registered team) or ``team_spec`` (the whole team inline).
@@ -44,14 +44,14 @@ class SessionSubmit(Message, kw_only=True, tag="session.submit.v1"):
     deadline_s: float | None = None
 
 
-class SessionAccepted(Message, kw_only=True, tag="session.accepted.v1"):
+class SessionAccepted(Message, frozen=True, kw_only=True, tag="session.accepted.v1"):
     """A lead took the session and validated its team."""
 
     team: str
     lead: str
 
 
-class SessionStatus(Message, kw_only=True, tag="session.status.v1"):
+class SessionStatus(Message, frozen=True, kw_only=True, tag="session.status.v1"):
     """The session changed status. ``stop_reason`` says why it stopped when it did."""
 
     status: SessionState
@@ -59,7 +59,7 @@ class SessionStatus(Message, kw_only=True, tag="session.status.v1"):
     usage: Usage = msgspec.field(default_factory=Usage)
 
 
-class SessionResult(Message, kw_only=True, tag="session.result.v1"):
+class SessionResult(Message, frozen=True, kw_only=True, tag="session.result.v1"):
     """The session's deliverable: the final text, the report's path, every file written, totals."""
 
     status: SessionState
@@ -70,7 +70,7 @@ class SessionResult(Message, kw_only=True, tag="session.result.v1"):
     error: ErrorInfo | None = None
 
 
-class SessionCancel(Message, kw_only=True, tag="session.cancel.v1"):
+class SessionCancel(Message, frozen=True, kw_only=True, tag="session.cancel.v1"):
     """Stop a session (or, with ``thread_id``, one thread of it). No further model calls are made."""
 
     reason: str = ""

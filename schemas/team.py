@@ -144,7 +144,9 @@ def team_from_dict(raw: Any, *, source: str = "<dict>", text: str | None = None)
 def _spec_error(message: str, raw: Any, source: str, text: str | None) -> SpecError:
     match = _AT.match(message)
     reason, path_text = (match.group("reason"), match.group("path")) if match else (message, "")
-    path: list[str | int] = [m.group(1) if m.group(1) is not None else int(m.group(2)) for m in _TOKEN.finditer(path_text)]
+    path: list[str | int] = [
+        m.group(1) if m.group(1) is not None else int(m.group(2)) for m in _TOKEN.finditer(path_text)
+    ]
 
     if unknown := _UNKNOWN.match(reason):
         field = unknown.group(1)
@@ -171,8 +173,10 @@ def _spec_error(message: str, raw: Any, source: str, text: str | None) -> SpecEr
         if reason.startswith("invalid enum value") and allowed:
             reason = "expected one of " + ", ".join(repr(v) for v in allowed) + f", got {_show(value)}"
         elif not isinstance(value, dict | list) and value is not None:
-            reason = f"{reason} {_show(value)}" if reason.startswith("expected") and ", got" in reason else (
-                f"{reason}, got {_show(value)}"
+            reason = (
+                f"{reason} {_show(value)}"
+                if reason.startswith("expected") and ", got" in reason
+                else (f"{reason}, got {_show(value)}")
             )
 
     line = _find_line(text, path) if text is not None else None

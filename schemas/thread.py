@@ -9,7 +9,7 @@ import msgspec
 from schemas.base import ErrorInfo, Message, Usage
 
 
-class Delegation(Message, kw_only=True, tag="thread.delegate.v1"):
+class Delegation(Message, frozen=True, kw_only=True, tag="thread.delegate.v1"):
     """The lead's ``delegate(agent, task)`` call: start a new thread of ``agent`` on ``task``."""
 
     thread_id: str
@@ -19,7 +19,7 @@ class Delegation(Message, kw_only=True, tag="thread.delegate.v1"):
     tool_use_id: str = ""
 
 
-class FollowUp(Message, kw_only=True, tag="thread.follow_up.v1"):
+class FollowUp(Message, frozen=True, kw_only=True, tag="thread.follow_up.v1"):
     """The lead's ``message_agent(thread_id, message)`` call: continue a thread with its history."""
 
     thread_id: str
@@ -32,7 +32,7 @@ class FollowUp(Message, kw_only=True, tag="thread.follow_up.v1"):
 ThreadOutcome = Literal["completed", "failed", "canceled", "max_turns_reached"]
 
 
-class ThreadReply(Message, kw_only=True, tag="thread.reply.v1"):
+class ThreadReply(Message, frozen=True, kw_only=True, tag="thread.reply.v1"):
     """A subagent's answer to a delegation or follow-up."""
 
     thread_id: str

@@ -21,7 +21,7 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-class TraceEvent(Message, kw_only=True):
+class TraceEvent(Message, frozen=True, kw_only=True):
     """Fields every trace event has. ``session_id`` is empty only for traffic that names none."""
 
     time: datetime = msgspec.field(default_factory=_now)
@@ -34,24 +34,24 @@ class TraceEvent(Message, kw_only=True):
 # --- session ---------------------------------------------------------------------------------------
 
 
-class SessionStatusRunning(TraceEvent, kw_only=True, tag="session.status_running.v1"):
+class SessionStatusRunning(TraceEvent, frozen=True, kw_only=True, tag="session.status_running.v1"):
     """The session started (or resumed) work."""
 
 
-class SessionStatusIdle(TraceEvent, kw_only=True, tag="session.status_idle.v1"):
+class SessionStatusIdle(TraceEvent, frozen=True, kw_only=True, tag="session.status_idle.v1"):
     """The session finished its work; ``stop_reason`` says how (``end_turn``, ``budget_reached``...)."""
 
     stop_reason: str = "end_turn"
     usage: Usage = msgspec.field(default_factory=Usage)
 
 
-class SessionStatusTerminated(TraceEvent, kw_only=True, tag="session.status_terminated.v1"):
+class SessionStatusTerminated(TraceEvent, frozen=True, kw_only=True, tag="session.status_terminated.v1"):
     """The session ended for good (canceled, failed, or finished and archived)."""
 
     reason: str = ""
 
 
-class SessionErrorEvent(TraceEvent, kw_only=True, tag="session.error.v1"):
+class SessionErrorEvent(TraceEvent, frozen=True, kw_only=True, tag="session.error.v1"):
     """Something went wrong in the session; the session may continue."""
 
     error: ErrorInfo
@@ -60,24 +60,26 @@ class SessionErrorEvent(TraceEvent, kw_only=True, tag="session.error.v1"):
 # --- threads ---------------------------------------------------------------------------------------
 
 
-class ThreadCreated(TraceEvent, kw_only=True, tag="session.thread_created.v1"):
+class ThreadCreated(TraceEvent, frozen=True, kw_only=True, tag="session.thread_created.v1"):
     """A delegation created a thread of ``agent``."""
 
     parent_thread_id: str = ""
     task: str = ""
 
 
-class ThreadStatusRunning(TraceEvent, kw_only=True, tag="session.thread_status_running.v1"):
+class ThreadStatusRunning(TraceEvent, frozen=True, kw_only=True, tag="session.thread_status_running.v1"):
     """A thread started or resumed work."""
 
 
-class ThreadStatusIdle(TraceEvent, kw_only=True, tag="session.thread_status_idle.v1"):
+class ThreadStatusIdle(TraceEvent, frozen=True, kw_only=True, tag="session.thread_status_idle.v1"):
     """A thread finished a turn of work and replied."""
 
     stop_reason: str = "end_turn"
 
 
-class ThreadStatusTerminated(TraceEvent, kw_only=True, tag="session.thread_status_terminated.v1"):
+class ThreadStatusTerminated(
+    TraceEvent, frozen=True, kw_only=True, tag="session.thread_status_terminated.v1"
+):
     """A thread ended for good."""
 
     reason: str = ""
@@ -86,19 +88,19 @@ class ThreadStatusTerminated(TraceEvent, kw_only=True, tag="session.thread_statu
 # --- agents ----------------------------------------------------------------------------------------
 
 
-class AgentMessage(TraceEvent, kw_only=True, tag="agent.message.v1"):
+class AgentMessage(TraceEvent, frozen=True, kw_only=True, tag="agent.message.v1"):
     """Text the model produced."""
 
     text: str
 
 
-class AgentThinking(TraceEvent, kw_only=True, tag="agent.thinking.v1"):
+class AgentThinking(TraceEvent, frozen=True, kw_only=True, tag="agent.thinking.v1"):
     """The model's visible reasoning, when it returns any."""
 
     text: str
 
 
-class AgentToolUse(TraceEvent, kw_only=True, tag="agent.tool_use.v1"):
+class AgentToolUse(TraceEvent, frozen=True, kw_only=True, tag="agent.tool_use.v1"):
     """The model called a tool."""
 
     tool_use_id: str
@@ -106,7 +108,7 @@ class AgentToolUse(TraceEvent, kw_only=True, tag="agent.tool_use.v1"):
     input: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
-class AgentToolResult(TraceEvent, kw_only=True, tag="agent.tool_result.v1"):
+class AgentToolResult(TraceEvent, frozen=True, kw_only=True, tag="agent.tool_result.v1"):
     """A tool's result as the model saw it (``ref`` points to the full output when it was too big)."""
 
     tool_use_id: str
@@ -116,7 +118,7 @@ class AgentToolResult(TraceEvent, kw_only=True, tag="agent.tool_result.v1"):
     ref: str = ""
 
 
-class ThreadMessageSent(TraceEvent, kw_only=True, tag="agent.thread_message_sent.v1"):
+class ThreadMessageSent(TraceEvent, frozen=True, kw_only=True, tag="agent.thread_message_sent.v1"):
     """A message to another thread: a delegation or a follow-up."""
 
     to_thread_id: str
@@ -124,7 +126,7 @@ class ThreadMessageSent(TraceEvent, kw_only=True, tag="agent.thread_message_sent
     content: str
 
 
-class ThreadMessageReceived(TraceEvent, kw_only=True, tag="agent.thread_message_received.v1"):
+class ThreadMessageReceived(TraceEvent, frozen=True, kw_only=True, tag="agent.thread_message_received.v1"):
     """A message from another thread: a subagent's reply, as the lead received it."""
 
     from_thread_id: str
@@ -135,13 +137,13 @@ class ThreadMessageReceived(TraceEvent, kw_only=True, tag="agent.thread_message_
 # --- spans -----------------------------------------------------------------------------------------
 
 
-class ModelRequestStart(TraceEvent, kw_only=True, tag="span.model_request_start.v1"):
+class ModelRequestStart(TraceEvent, frozen=True, kw_only=True, tag="span.model_request_start.v1"):
     """A model call began."""
 
     model: str
 
 
-class ModelRequestEnd(TraceEvent, kw_only=True, tag="span.model_request_end.v1"):
+class ModelRequestEnd(TraceEvent, frozen=True, kw_only=True, tag="span.model_request_end.v1"):
     """A model call ended, with its usage and cost."""
 
     model: str
@@ -154,7 +156,7 @@ class ModelRequestEnd(TraceEvent, kw_only=True, tag="span.model_request_end.v1")
 # --- workspace and bus -----------------------------------------------------------------------------
 
 
-class FileWritten(TraceEvent, kw_only=True, tag="workspace.file_written.v1"):
+class FileWritten(TraceEvent, frozen=True, kw_only=True, tag="workspace.file_written.v1"):
     """A file was written to the session's workspace."""
 
     path: str
@@ -163,7 +165,7 @@ class FileWritten(TraceEvent, kw_only=True, tag="workspace.file_written.v1"):
     provenance: Provenance
 
 
-class MessageRejected(TraceEvent, kw_only=True, tag="bus.message_rejected.v1"):
+class MessageRejected(TraceEvent, frozen=True, kw_only=True, tag="bus.message_rejected.v1"):
     """An actor could not decode or validate a message; it was terminated, not redelivered."""
 
     subject: str

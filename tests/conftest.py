@@ -62,7 +62,9 @@ def start_nats_server(store_dir: Path) -> NatsServer:
     if not ready.wait(READY_TIMEOUT) or not port:
         proc.kill()
         raise RuntimeError("nats-server did not become ready:\n" + "\n".join(lines[-20:]))
-    return NatsServer(url=f"nats://127.0.0.1:{port}", port=port, store_dir=store_dir, process=proc, log=lines, reader=thread)
+    return NatsServer(
+        url=f"nats://127.0.0.1:{port}", port=port, store_dir=store_dir, process=proc, log=lines, reader=thread
+    )
 
 
 @pytest.fixture(scope="session")

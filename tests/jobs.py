@@ -22,14 +22,14 @@ from bus.subjects import Subjects
 from schemas.base import ErrorInfo, Message
 
 
-class Job(Message, kw_only=True, tag="test.job.v1"):
+class Job(Message, frozen=True, kw_only=True, tag="test.job.v1"):
     n: int
     sleep: float = 0.0
     sleep_first: float = 0.0  # only on the first delivery
     fail: str = ""  # "retry": Retryable on the first delivery; "crash": always raises
 
 
-class JobDone(Message, kw_only=True, tag="test.job_done.v1"):
+class JobDone(Message, frozen=True, kw_only=True, tag="test.job_done.v1"):
     n: int
     pid: int
     delivery: int
@@ -85,7 +85,9 @@ class JobActor(BaseActor[Job]):
 
 
 @asynccontextmanager
-async def running(bus: Bus, actor: JobActor, settings: RuntimeSettings | None = None) -> AsyncIterator[ActorRuntime[Job]]:
+async def running(
+    bus: Bus, actor: JobActor, settings: RuntimeSettings | None = None
+) -> AsyncIterator[ActorRuntime[Job]]:
     """Run ``actor`` in this process for the duration of the block; stop it gracefully after."""
     stop = asyncio.Event()
     runtime = ActorRuntime(bus, actor, settings)
@@ -114,7 +116,13 @@ def main() -> None:
 
     settings = RuntimeSettings(concurrency=args.concurrency, grace=args.grace)
     runtimes = asyncio.run(
-        serve(args.url, [JobActor(ack_wait=args.ack_wait, announce=True)], root=args.root, settings=settings, on_ready=ready)
+        serve(
+            args.url,
+            [JobActor(ack_wait=args.ack_wait, announce=True)],
+            root=args.root,
+            settings=settings,
+            on_ready=ready,
+        )
     )
     print(f"STOPPED handled={runtimes[0].stats.handled} returned={runtimes[0].stats.returned}", flush=True)
     sys.exit(0)

@@ -9,9 +9,9 @@ from bus.errors import BusError, BusUnavailable, ConfigError
 from bus.provision import StreamSettings, agent_consumer, ensure_consumer, provision
 from bus.subjects import Subjects
 from bus.tracing import SpanContext, current_span
-from tests.conftest import NatsServer
 from schemas import SessionSubmit
 from schemas.trace import ThreadCreated
+from tests.conftest import NatsServer
 
 
 def test_subjects_keep_the_session_in_a_fixed_position() -> None:
@@ -102,14 +102,16 @@ async def test_emit_puts_events_on_their_session_subject(bus: Bus) -> None:
 async def test_publish_outside_any_stream_is_a_clear_error(nats_server: NatsServer) -> None:
     bus = await Bus.connect(nats_server.url, root="never_provisioned")
     try:
-        with pytest.raises(BusError, match="no stream stores subject 'never_provisioned.submit'"):
+        with pytest.raises(BusError, match=r"no stream stores subject 'never_provisioned\.submit'"):
             await bus.publish(bus.subjects.submit, SessionSubmit(session_id="s", task="x"), timeout=2)
     finally:
         await bus.close()
 
 
 async def test_unreachable_server_fails_fast_with_the_cause() -> None:
-    with pytest.raises(BusUnavailable, match=r"cannot reach NATS at nats://127.0.0.1:1: .*(refused|Connect call failed)"):
+    with pytest.raises(
+        BusUnavailable, match=r"cannot reach NATS at nats://127.0.0.1:1: .*(refused|Connect call failed)"
+    ):
         await Bus.connect("nats://127.0.0.1:1", timeout=5)
 
 

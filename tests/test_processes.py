@@ -26,7 +26,12 @@ pytestmark = pytest.mark.slow
 async def worker(server: NatsServer, root: str, *args: str) -> AsyncIterator[asyncio.subprocess.Process]:
     """A worker process running the jobs actor; yielded once it printed READY."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tests.jobs", server.url, root, *args,
+        sys.executable,
+        "-m",
+        "tests.jobs",
+        server.url,
+        root,
+        *args,
         cwd=ROOT_DIR,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -49,7 +54,9 @@ async def next_done(sub: object, timeout: float = 20.0) -> JobDone:
     return DONE.decode(msg.data)
 
 
-async def test_sigterm_lets_the_slow_handler_finish_and_exits_cleanly(nats_server: NatsServer, bus: Bus) -> None:
+async def test_sigterm_lets_the_slow_handler_finish_and_exits_cleanly(
+    nats_server: NatsServer, bus: Bus
+) -> None:
     started = await bus.nc.subscribe(f"{bus.subjects.root}.test.started")
     done = await bus.nc.subscribe(bus.subjects.out("ses_p", "done"))
     async with worker(nats_server, bus.subjects.root) as proc:
@@ -73,12 +80,16 @@ async def test_killed_worker_message_is_redelivered_to_another(nats_server: Nats
     started = await bus.nc.subscribe(f"{bus.subjects.root}.test.started")
     done = await bus.nc.subscribe(bus.subjects.out("ses_k", "done"))
     root = bus.subjects.root
-    async with worker(nats_server, root, "--ack-wait", "1") as a, worker(nats_server, root, "--ack-wait", "1") as b:
+    async with (
+        worker(nats_server, root, "--ack-wait", "1") as a,
+        worker(nats_server, root, "--ack-wait", "1") as b,
+    ):
         # The first delivery hangs for a minute: whoever gets it is killed while holding it.
         await bus.publish(bus.subjects.task("ses_k", "jobs"), Job(session_id="ses_k", n=9, sleep_first=60))
         first = await next_done(started)
         victim, survivor = (a, b) if first.pid == a.pid else (b, a)
-        assert first.pid == victim.pid and first.delivery == 1
+        assert first.pid == victim.pid
+        assert first.delivery == 1
         victim.kill()
         await victim.wait()
         reply = await next_done(done)

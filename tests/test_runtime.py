@@ -42,7 +42,8 @@ async def test_200_messages_concurrency_8_all_handled_once(bus: Bus) -> None:
         assert sorted(r.n for r in replies) == list(range(200))
         assert all(r.delivery == 1 for r in replies)
         assert await consumer_state(bus) == (0, 0, 0)
-    assert all(d == [1] for d in actor.deliveries.values()) and len(actor.deliveries) == 200
+    assert all(d == [1] for d in actor.deliveries.values())
+    assert len(actor.deliveries) == 200
     assert 2 <= actor.max_active <= 8
     await done.unsubscribe()
 
@@ -55,7 +56,9 @@ async def test_bad_messages_are_rejected_and_the_next_good_one_is_handled(bus: B
     with structlog.testing.capture_logs() as logs:
         async with running(bus, JobActor(), RuntimeSettings(max_bytes=1000)):
             await bus.publish_bytes(subject, b"\x00garbage{")
-            await bus.publish_bytes(subject, json.dumps({"type": "test.nope.v1", "session_id": "ses_b"}).encode())
+            await bus.publish_bytes(
+                subject, json.dumps({"type": "test.nope.v1", "session_id": "ses_b"}).encode()
+            )
             await bus.publish_bytes(subject, encode(Job(session_id="ses_b", n=1, fail="x" * 2000)))
             await bus.publish(subject, Job(session_id="ses_b", n=7))
             [reply] = await collect(done, 1)
@@ -65,9 +68,12 @@ async def test_bad_messages_are_rejected_and_the_next_good_one_is_handled(bus: B
     assert len(reasons) == 3
     assert "JSON is malformed" in reasons[0]
     assert "Invalid value 'test.nope.v1' - at `$.type`" in reasons[1]
-    assert "payload of 2" in reasons[2] and "over the 1000-byte limit" in reasons[2]
+    assert "payload of 2" in reasons[2]
+    assert "over the 1000-byte limit" in reasons[2]
     no_session = Decoder(MessageRejected).decode((await rejected_sub.next_msg(timeout=5)).data)
-    assert no_session.session_id == "" and no_session.subject == subject and no_session.actor == "jobs"
+    assert no_session.session_id == ""
+    assert no_session.subject == subject
+    assert no_session.actor == "jobs"
     with_session = [Decoder(MessageRejected).decode((await session_rejected_sub.next_msg(timeout=5)).data)]
     assert with_session[0].session_id == "ses_b"
     for sub in (rejected_sub, session_rejected_sub, done):
@@ -92,7 +98,8 @@ async def test_retryable_failure_is_retried(bus: Bus) -> None:
     async with running(bus, actor):
         await bus.publish(bus.subjects.task("ses_d", "jobs"), Job(session_id="ses_d", n=1, fail="retry"))
         [reply] = await collect(done, 1)
-        assert reply.delivery == 2 and not reply.error
+        assert reply.delivery == 2
+        assert not reply.error
     assert actor.deliveries == {1: [1, 2]}
     await done.unsubscribe()
 
@@ -105,7 +112,8 @@ async def test_failure_becomes_a_typed_reply_and_an_error_event(bus: Bus) -> Non
         await bus.publish(bus.subjects.task("ses_e", "jobs"), Job(session_id="ses_e", n=3, fail="crash"))
         await bus.publish(bus.subjects.task("ses_e", "jobs"), Job(session_id="ses_e", n=4))
         replies = {r.n: r for r in await collect(done, 2)}
-        assert replies[3].delivery == -1 and replies[3].error == "job 3 crashed"
+        assert replies[3].delivery == -1
+        assert replies[3].error == "job 3 crashed"
         assert replies[4].delivery == 1
         event = Decoder(SessionErrorEvent).decode((await errors.next_msg(timeout=5)).data)
         assert (event.error.kind, event.error.message) == ("RuntimeError", "job 3 crashed")
@@ -120,7 +128,9 @@ async def test_reply_to_header_routes_the_reply(bus: Bus) -> None:
     inbox = bus.nc.new_inbox()
     sub = await bus.nc.subscribe(inbox)
     async with running(bus, JobActor()):
-        await bus.publish(bus.subjects.task("ses_f", "jobs"), Job(session_id="ses_f", n=5), headers={REPLY_TO: inbox})
+        await bus.publish(
+            bus.subjects.task("ses_f", "jobs"), Job(session_id="ses_f", n=5), headers={REPLY_TO: inbox}
+        )
         [reply] = await collect(sub, 1)
         assert reply.n == 5
     await sub.unsubscribe()

@@ -44,7 +44,9 @@ TEAM = TeamSpec(name="incident", lead=AgentSpec(name="lead"), agents=[AgentSpec(
 SAMPLES: dict[type[Message], Message] = {
     m.__class__: m
     for m in [
-        SessionSubmit(session_id=SID, task="investigate", team_spec=TEAM, inputs=["data/"], metadata={"k": "v"}),
+        SessionSubmit(
+            session_id=SID, task="investigate", team_spec=TEAM, inputs=["data/"], metadata={"k": "v"}
+        ),
         SessionAccepted(session_id=SID, team="incident", lead="lead"),
         SessionStatus(session_id=SID, status="running", usage=USAGE),
         SessionResult(session_id=SID, status="idle", final_text="done", files=["report.md"], usage=USAGE),
@@ -68,12 +70,20 @@ SAMPLES: dict[type[Message], Message] = {
         t.ThreadStatusTerminated(session_id=SID, time=NOW, thread_id="thr_1", reason="done"),
         t.AgentMessage(session_id=SID, time=NOW, text="hello"),
         t.AgentThinking(session_id=SID, time=NOW, text="hmm"),
-        t.AgentToolUse(session_id=SID, time=NOW, tool_use_id="tu_1", name="grep", input={"pattern": "5\\d\\d"}),
-        t.AgentToolResult(session_id=SID, time=NOW, tool_use_id="tu_1", content="3 matches", ref="out/grep.txt"),
+        t.AgentToolUse(
+            session_id=SID, time=NOW, tool_use_id="tu_1", name="grep", input={"pattern": "5\\d\\d"}
+        ),
+        t.AgentToolResult(
+            session_id=SID, time=NOW, tool_use_id="tu_1", content="3 matches", ref="out/grep.txt"
+        ),
         t.ThreadMessageSent(session_id=SID, time=NOW, to_thread_id="thr_1", to_agent="logs", content="go"),
-        t.ThreadMessageReceived(session_id=SID, time=NOW, from_thread_id="thr_1", from_agent="logs", content="ok"),
+        t.ThreadMessageReceived(
+            session_id=SID, time=NOW, from_thread_id="thr_1", from_agent="logs", content="ok"
+        ),
         t.ModelRequestStart(session_id=SID, time=NOW, model="claude-sonnet-4-5", span_id="a" * 16),
-        t.ModelRequestEnd(session_id=SID, time=NOW, model="claude-sonnet-4-5", usage=USAGE, duration_ms=812.5),
+        t.ModelRequestEnd(
+            session_id=SID, time=NOW, model="claude-sonnet-4-5", usage=USAGE, duration_ms=812.5
+        ),
         t.FileWritten(
             session_id=SID,
             time=NOW,
@@ -85,7 +95,6 @@ SAMPLES: dict[type[Message], Message] = {
         t.MessageRejected(session_id="", time=NOW, subject="sw.submit", actor="lead", reason="bad", size=3),
     ]
 }
-
 
 
 def _any_decoder() -> Decoder[Message]:
@@ -113,7 +122,9 @@ def test_tags_are_dotted_and_versioned() -> None:
     for cls in PUBLIC_MESSAGES:
         tag = tag_of(cls)
         noun_verb, _, version = tag.rpartition(".")
-        assert "." in noun_verb and version.startswith("v") and version[1:].isdigit(), tag
+        assert "." in noun_verb, tag
+        assert version.startswith("v"), tag
+        assert version[1:].isdigit(), tag
 
 
 @pytest.mark.parametrize("path", sorted(FIXTURES.glob("*.v1.json")), ids=lambda p: p.stem)
@@ -136,8 +147,14 @@ def test_unknown_fields_from_newer_producers_are_ignored() -> None:
     ("payload", "expected"),
     [
         (b"not json", "malformed"),
-        (b'{"type": "session.submit.v9", "session_id": "s", "task": "x"}', "Invalid value 'session.submit.v9'"),
-        (b'{"type": "session.submit.v1", "session_id": "s", "task": 42}', "Expected `str`, got `int` - at `$.task`"),
+        (
+            b'{"type": "session.submit.v9", "session_id": "s", "task": "x"}',
+            "Invalid value 'session.submit.v9'",
+        ),
+        (
+            b'{"type": "session.submit.v1", "session_id": "s", "task": 42}',
+            "Expected `str`, got `int` - at `$.task`",
+        ),
         (b'{"type": "session.submit.v1", "session_id": "s"}', "missing required field `task`"),
     ],
 )
@@ -214,9 +231,16 @@ def test_good_team_parses() -> None:
         (("max_turns = 8", "max_turns = 0"), "team.toml:18: agents[1].max_turns: expected int >= 1, got 0"),
         (('name = "logs"', 'name = "Logs"'), "team.toml:12: agents[0].name: expected str matching regex"),
         (('name = "metrics"', 'name = "logs"'), "team.toml: agent name 'logs' is used twice"),
-        (('access = "read_only"', 'access = "write"'), "team.toml:19: agents[1].memory[0].access: expected one of 'read_only', 'read_write', got 'write'"),
+        (
+            ('access = "read_only"', 'access = "write"'),
+            "team.toml:19: agents[1].memory[0].access: "
+            "expected one of 'read_only', 'read_write', got 'write'",
+        ),
         (('[lead]\nname = "lead"', "[lead]"), "team.toml:4: lead.name: missing required field 'name'"),
-        (("[[agents]]\nname = \"logs\"", "[[agents]\nname = \"logs\""), "team.toml:11: not valid TOML: Expected ']]'"),
+        (
+            ('[[agents]]\nname = "logs"', '[[agents]\nname = "logs"'),
+            "team.toml:11: not valid TOML: Expected ']]'",
+        ),
     ],
 )
 def test_team_errors_name_file_line_path_and_value(edit: tuple[str, str], message: str) -> None:
@@ -229,7 +253,9 @@ def test_team_errors_name_file_line_path_and_value(edit: tuple[str, str], messag
 
 
 def test_team_roster_is_capped_at_20() -> None:
-    text = 'name = "big"\n[lead]\nname = "lead"\n' + "".join(f'[[agents]]\nname = "a{i}"\n' for i in range(21))
+    text = 'name = "big"\n[lead]\nname = "lead"\n' + "".join(
+        f'[[agents]]\nname = "a{i}"\n' for i in range(21)
+    )
     with pytest.raises(SpecError, match=r"agents: expected array of length <= 20"):
         parse_team(text, source="big.toml")
 

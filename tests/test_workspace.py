@@ -5,11 +5,12 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 
 import pytest
 
 from bus.connection import Bus
-from bus.errors import FileNotFound, IntegrityError, InvalidPath
+from bus.errors import ConfigError, FileNotFound, IntegrityError, InvalidPath
 from bus.workspace import Workspace, normalize_path
 from schemas import Provenance
 
@@ -18,7 +19,12 @@ SID = "ses_ws"
 
 @pytest.mark.parametrize(
     ("path", "normalized"),
-    [("report.md", "report.md"), ("./notes/a.md", "notes/a.md"), ("a/./b", "a/b"), ("dir/ü ñ.txt", "dir/ü ñ.txt")],
+    [
+        ("report.md", "report.md"),
+        ("./notes/a.md", "notes/a.md"),
+        ("a/./b", "a/b"),
+        ("dir/ü ñ.txt", "dir/ü ñ.txt"),
+    ],
 )
 def test_normalize_accepts(path: str, normalized: str) -> None:
     assert normalize_path(path) == normalized
@@ -72,7 +78,7 @@ async def test_put_get_stat_list_delete(bus: Bus) -> None:
 
     await ws.delete(SID, "report.md")
     assert not await ws.exists(SID, "report.md")
-    with pytest.raises(FileNotFound, match="no file 'report.md' in the workspace of session 'ses_ws'"):
+    with pytest.raises(FileNotFound, match=r"no file 'report\.md' in the workspace of session 'ses_ws'"):
         await ws.get(SID, "report.md")
     assert [f.path for f in await ws.list(SID)] == ["findings/errors.md"]
 
@@ -84,7 +90,7 @@ async def test_traversal_is_refused_before_touching_the_store(bus: Bus) -> None:
             await ws.put(SID, bad, b"x")
         with pytest.raises(InvalidPath):
             await ws.get(SID, bad)
-    with pytest.raises(Exception, match="session id 'ses/../x' is not a valid subject token"):
+    with pytest.raises(ConfigError, match=re.escape("session id 'ses/../x' is not a valid subject token")):
         await ws.put("ses/../x", "a.txt", b"x")
 
 
@@ -123,7 +129,8 @@ async def test_listing_pages_through_many_files(bus: Bus) -> None:
         await ws.put(SID, f"many/{i:04d}.txt", b"x")
     files = await ws.list(SID, "many")
     assert len(files) == 600
-    assert files[0].path == "many/0000.txt" and files[-1].path == "many/0599.txt"
+    assert files[0].path == "many/0000.txt"
+    assert files[-1].path == "many/0599.txt"
 
 
 @pytest.mark.slow
