@@ -7,7 +7,8 @@
     ├── ConfigError                a setting is invalid: subject root or token, URL, store directory
     ├── ServerError                the embedded nats-server
     │   ├── ServerNotFound         no nats-server binary (not installed, not on PATH, bad override)
-    │   └── ServerFailed           it exited or never became ready (carries its [FTL]/[ERR] lines)
+    │   ├── ServerFailed           it exited or never became ready (carries its [FTL]/[ERR] lines)
+    │   └── StoreInUse             another server already runs on the same JetStream store directory
     ├── BusError                   talking to NATS
     │   ├── BusUnavailable         no server reachable within the deadline
     │   ├── BusTimeout             a request or publish got no answer within its deadline
@@ -45,6 +46,7 @@ __all__ = [
     "ServerNotFound",
     "SpecError",
     "StaffworkError",
+    "StoreInUse",
     "WorkspaceError",
 ]
 
@@ -78,6 +80,18 @@ class ServerFailed(ServerError):
         self.returncode = returncode
         detail = " | ".join(self.lines)
         super().__init__(f"nats-server {reason}" + (f": {detail}" if detail else ""))
+
+
+class StoreInUse(ServerError):
+    """Another staffwork-started nats-server holds the store directory (two would corrupt it)."""
+
+    def __init__(self, store_dir: str, owner: str) -> None:
+        self.store_dir = store_dir
+        self.owner = owner
+        super().__init__(
+            f"the JetStream store {store_dir} is in use by another nats-server ({owner}); "
+            "attach to it with --nats, or use another store directory"
+        )
 
 
 class BusError(StaffworkError):

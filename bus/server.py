@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -21,10 +22,11 @@ import sysconfig
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
+from typing import TextIO
 
 import structlog
 
-from bus.errors import ServerFailed, ServerNotFound
+from bus.errors import ServerFailed, ServerNotFound, StoreInUse
 
 log = structlog.get_logger("staffwork.server")
 
@@ -80,6 +82,56 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
         pass
 
 
+class _StoreLock:
+    """An exclusive lock on a store directory, held while our server runs on it.
+
+    nats-server does not lock its store, and two servers on one store corrupt it. The lock file also
+    says who holds it (pid, URL). The kernel releases the lock if we die.
+    """
+
+    NAME = ".staffwork-server.lock"
+
+    def __init__(self, store_dir: Path) -> None:
+        self.path = store_dir / self.NAME
+        self._file: TextIO | None = None
+
+    def acquire(self) -> None:
+        handle = open(self.path, "a+")  # noqa: SIM115 - held open for the server's lifetime
+        try:
+            if sys.platform == "win32":
+                import msvcrt
+
+                msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+            else:
+                import fcntl
+
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            owner = handle.read().strip()
+            handle.close()
+            try:
+                info = json.loads(owner)
+                described = f"pid {info.get('pid')}, {info.get('url')}"
+            except ValueError:
+                described = "starting up"
+            raise StoreInUse(str(self.path.parent), described) from None
+        self._file = handle
+
+    def record(self, pid: int | None, url: str) -> None:
+        handle = self._file
+        if handle is not None:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(json.dumps({"pid": pid, "url": url}))
+            handle.flush()
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
 class EmbeddedServer:
     """A nats-server child process with JetStream, as an async context manager::
 
@@ -114,6 +166,7 @@ class EmbeddedServer:
         self._reader: asyncio.Task[None] | None = None
         self._tail: collections.deque[str] = collections.deque(maxlen=200)
         self._fatal: list[str] = []
+        self._lock = _StoreLock(self.store_dir)
 
     @property
     def pid(self) -> int | None:
@@ -127,6 +180,7 @@ class EmbeddedServer:
         """Start the server and return its URL once it says it is ready."""
         binary = self.binary or find_server_binary()
         self.store_dir.mkdir(parents=True, exist_ok=True)
+        self._lock.acquire()
         args = [str(binary), "-a", self.host, "-p", str(self.port), "-js", "-sd", str(self.store_dir)]
         args += list(self.extra_args)
         kwargs: dict[str, object] = {}
@@ -143,6 +197,7 @@ class EmbeddedServer:
                 **kwargs,  # type: ignore[arg-type]
             )
         except OSError as exc:
+            self._lock.release()
             raise ServerFailed(f"at {binary} could not start: {exc}") from exc
         try:
             async with asyncio.timeout(self.ready_timeout):
@@ -155,6 +210,7 @@ class EmbeddedServer:
             raise
         self.port = port
         self.url = f"nats://{self.host}:{port}"
+        self._lock.record(self.pid, self.url)
         self._reader = asyncio.create_task(self._drain_log(), name="nats-server-log")
         log.debug("nats_server_ready", url=self.url, pid=self.pid, store_dir=str(self.store_dir))
         return self.url
@@ -231,6 +287,7 @@ class EmbeddedServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader
             self._reader = None
+        self._lock.release()
 
     async def __aenter__(self) -> EmbeddedServer:
         await self.start()

@@ -26,7 +26,11 @@ async def collect(sub: object, count: int, timeout: float = 20.0) -> list[JobDon
 
 
 async def consumer_state(bus: Bus) -> tuple[int, int, int]:
-    """(pending, ack pending, redelivered) of the jobs consumer, after our acks reached the server."""
+    """(pending, ack pending, redelivered) of the jobs consumer.
+
+    Call it after the runtime stopped: stopping waits for every handler, and a handler acks only after
+    its reply is out, so a reply in hand does not yet mean an ack was sent.
+    """
     await bus.nc.flush()
     info = await bus.js.consumer_info(bus.subjects.log_stream, "jobs")
     return info.num_pending, info.num_ack_pending, info.num_redelivered
@@ -41,7 +45,7 @@ async def test_200_messages_concurrency_8_all_handled_once(bus: Bus) -> None:
         replies = await collect(done, 200)
         assert sorted(r.n for r in replies) == list(range(200))
         assert all(r.delivery == 1 for r in replies)
-        assert await consumer_state(bus) == (0, 0, 0)
+    assert await consumer_state(bus) == (0, 0, 0)
     assert all(d == [1] for d in actor.deliveries.values())
     assert len(actor.deliveries) == 200
     assert 2 <= actor.max_active <= 8
@@ -63,7 +67,7 @@ async def test_bad_messages_are_rejected_and_the_next_good_one_is_handled(bus: B
             await bus.publish(subject, Job(session_id="ses_b", n=7))
             [reply] = await collect(done, 1)
             assert reply.n == 7
-            assert await consumer_state(bus) == (0, 0, 0)  # terminated, not waiting for redelivery
+    assert await consumer_state(bus) == (0, 0, 0)  # terminated, not waiting for redelivery
     reasons = [entry["reason"] for entry in logs if entry["event"] == "message_rejected"]
     assert len(reasons) == 3
     assert "JSON is malformed" in reasons[0]
@@ -87,7 +91,7 @@ async def test_handler_longer_than_ack_wait_is_not_redelivered(bus: Bus) -> None
         await bus.publish(bus.subjects.task("ses_c", "jobs"), Job(session_id="ses_c", n=1, sleep=2.0))
         [reply] = await collect(done, 1)
         assert reply.delivery == 1
-        assert await consumer_state(bus) == (0, 0, 0)
+    assert await consumer_state(bus) == (0, 0, 0)
     assert actor.deliveries == {1: [1]}
     await done.unsubscribe()
 
@@ -118,7 +122,7 @@ async def test_failure_becomes_a_typed_reply_and_an_error_event(bus: Bus) -> Non
         event = Decoder(SessionErrorEvent).decode((await errors.next_msg(timeout=5)).data)
         assert (event.error.kind, event.error.message) == ("RuntimeError", "job 3 crashed")
         assert event.span_id  # the handler's span
-        assert await consumer_state(bus) == (0, 0, 0)
+    assert await consumer_state(bus) == (0, 0, 0)
     assert actor.deliveries[3] == [1]  # terminated, not redelivered
     for sub in (done, errors):
         await sub.unsubscribe()

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from bus.connection import Bus
-from bus.errors import ServerFailed, ServerNotFound
+from bus.errors import ServerFailed, ServerNotFound, StoreInUse
 from bus.server import EmbeddedServer, find_server_binary, server_version
 
 
@@ -69,6 +69,17 @@ async def test_port_in_use_is_reported(tmp_path: Path) -> None:
     async with EmbeddedServer(tmp_path / "a") as first:
         with pytest.raises(ServerFailed, match="address already in use"):
             await EmbeddedServer(tmp_path / "b", port=first.port).start()
+
+
+async def test_a_store_is_used_by_one_server_at_a_time(tmp_path: Path) -> None:
+    async with EmbeddedServer(tmp_path / "store") as first:
+        second = EmbeddedServer(tmp_path / "store")
+        with pytest.raises(StoreInUse) as info:
+            await second.start()
+        assert f"pid {first.pid}, {first.url}" in str(info.value)
+        assert second.pid is None  # no second server was started
+    async with EmbeddedServer(tmp_path / "store") as again:  # released on stop
+        assert again.url
 
 
 def test_version() -> None:
