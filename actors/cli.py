@@ -25,10 +25,10 @@ from rich.table import Table
 
 from bus.connection import Bus
 from bus.errors import StaffworkError
+from bus.lifecycle import install_stop_signals
 from bus.logs import configure_logging
 from bus.paths import server_store_dir
 from bus.provision import provision
-from bus.runtime import install_stop_signals
 from bus.server import EmbeddedServer, find_server_binary, server_version
 from bus.subjects import Subjects
 from bus.workspace import Workspace

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Generic, TypeVar
 
 import msgspec
@@ -45,10 +46,16 @@ class Decoder(Generic[T]):
 _loose = msgspec.json.Decoder(dict[str, Any])
 
 
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+
+
 def peek_session(data: bytes) -> str:
-    """The ``session_id`` of a payload that may not decode as any message type; ``""`` if none."""
+    """The ``session_id`` of a payload that may not decode as any message type.
+
+    ``""`` when there is none or it is not a valid id (so events about it go to the system subject).
+    """
     try:
         value = _loose.decode(data).get("session_id", "")
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, AttributeError):
         return ""
-    return value if isinstance(value, str) else ""
+    return value if isinstance(value, str) and _TOKEN.match(value) else ""

@@ -34,16 +34,22 @@ DEFAULT_URL = "nats://127.0.0.1:4222"
 MSG_ID = "Nats-Msg-Id"
 TRACEPARENT = "traceparent"
 REPLY_TO = "Sw-Reply-To"
+API_TIMEOUT = 10.0  # JetStream API calls (stream info, direct get, purge, ...)
 
 
 class Bus:
     """A connected client. Use :meth:`connect`; close with :meth:`close` or ``async with``."""
 
-    def __init__(self, nc: NATS, subjects: Subjects, url: str) -> None:
+    def __init__(self, nc: NATS, subjects: Subjects, url: str, online: asyncio.Event | None = None) -> None:
         self.nc = nc
-        self.js: JetStreamContext = nc.jetstream(timeout=10.0)
+        self.api_timeout = API_TIMEOUT
+        self.js: JetStreamContext = nc.jetstream(timeout=self.api_timeout)
         self.subjects = subjects
         self.url = url
+        #: Set while connected; pullers wait on it rather than buffer requests during an outage.
+        self.online = online or asyncio.Event()
+        if nc.is_connected:
+            self.online.set()
 
     @classmethod
     async def connect(
@@ -55,6 +61,7 @@ class Bus:
 
         connected = False
         first_errors: list[Exception] = []
+        online = asyncio.Event()
 
         async def error_cb(exc: Exception) -> None:
             if not connected:
@@ -64,9 +71,11 @@ class Bus:
             bound.warning("nats_error", error=repr(exc))
 
         async def disconnected_cb() -> None:
+            online.clear()
             bound.info("nats_disconnected")
 
         async def reconnected_cb() -> None:
+            online.set()
             bound.info("nats_reconnected")
 
         nc = NATS()
@@ -95,7 +104,7 @@ class Bus:
         nc.options["allow_reconnect"] = True
         nc.options["max_reconnect_attempts"] = -1
         connected = True
-        return cls(nc, subjects, url)
+        return cls(nc, subjects, url, online)
 
     async def close(self) -> None:
         """Drain (flush pending publishes and acks, finish subscriptions), then close."""
@@ -169,12 +178,16 @@ class Bus:
         self, subject: str, msg: Message, *, headers: dict[str, str] | None = None
     ) -> None:
         """Publish without JetStream (no storage, no ack): for replies to inboxes."""
-        await self.nc.publish(subject, encode(msg), headers=self.headers(None, headers))
+        try:
+            await self.nc.publish(subject, encode(msg), headers=self.headers(None, headers))
+        except nats.errors.Error as exc:
+            raise BusError(f"cannot publish to {subject!r}: {exc}") from exc
 
     async def account_info(self, timeout: float = 5.0) -> Any:
         """JetStream account info: proves JetStream is enabled and reachable."""
         try:
-            return await self.js.account_info()
+            async with asyncio.timeout(timeout):
+                return await self.js.account_info()
         except (nats.errors.TimeoutError, TimeoutError) as exc:
             raise BusTimeout("JetStream account info", "$JS.API.INFO", timeout) from exc
         except nats.js.errors.ServiceUnavailableError as exc:

@@ -1,22 +1,25 @@
 """The actor runtime: everything an actor does that is not its behaviour.
 
-An actor is its ``handle(msg, ctx) -> reply``. The runtime, once for every actor:
+An actor (``bus/actor.py``) is its ``handle(msg, ctx) -> reply``. The runtime, once for every actor:
 
 1. makes sure the actor's durable pull consumer exists (or only binds to it);
-2. pulls with bounded concurrency: each pull request asks for as many messages as there are free
-   slots, and each message is dispatched the moment it arrives (no waiting for a full batch);
-3. decodes into the actor's inbox type; a payload over the size limit, one that is not JSON, or one
+2. pulls with bounded concurrency. Each pull request asks for as many messages as there are free
+   slots, on a reply subject of its own, so its credits and its end (``404``/``408``/``409``) are
+   counted per request. Each message is dispatched the moment it arrives (no waiting for a full
+   batch). No pulls are sent while disconnected. Error statuses back off exponentially. A message
+   beyond the bound (from a request that outlived a reconnect) is nak'ed, never run;
+3. decodes into the actor's inbox type. A payload over the size limit, one that is not JSON, or one
    with a wrong tag or field is logged with msgspec's path message, published as a
-   ``bus.message_rejected`` trace event and terminated (never redelivered) — the actor carries on;
-4. calls ``handle`` in a task of its TaskGroup, with the sender's span as parent and the message's
-   session/thread/agent bound to the log context, sending ``in_progress`` heartbeats every third of
-   ``ack_wait`` so a long handler is never redelivered while it is alive;
+   ``bus.message_rejected`` trace event, and terminated (never redelivered). The actor carries on;
+4. calls ``handle`` in a task of its TaskGroup. The sender's span is the parent, and the message's
+   session/thread/agent are bound to the log context. ``in_progress`` heartbeats go out every third
+   of ``ack_wait`` until the message is settled, so a live worker's message is never redelivered;
 5. publishes the reply (to the ``Sw-Reply-To`` header, or wherever the actor routes it) with a dedup
-   id derived from the request, then acks; a :class:`Retryable` failure is nak'ed with backoff, any
-   other failure becomes the actor's typed failure reply (if it has one) and a ``session.error``
+   id derived from the request, then acks. A :class:`Retryable` failure is nak'ed with backoff.
+   Any other failure becomes the actor's typed failure reply (if it has one) and a ``session.error``
    event, and the message is terminated;
-6. on stop: no new pulls, messages still arriving are nak'ed for another worker, in-flight handlers
-   get ``grace`` seconds to finish, the rest are cancelled (and nak'ed), then the connection drains.
+6. on stop: no new pulls; messages still in transit are drained and nak'ed for another worker;
+   in-flight handlers get ``grace`` seconds to finish; the rest are cancelled (and nak'ed).
 
 A worker that dies mid-message (kill -9) never acks: JetStream redelivers after ``ack_wait``.
 """
@@ -26,81 +29,34 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import signal
+import re
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic
 
-import msgspec
 import nats.errors
 import structlog
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
+from bus.actor import Actor, BaseActor, Context, In
 from bus.codec import DEFAULT_MAX_BYTES, Decoder, peek_session
 from bus.connection import REPLY_TO, TRACEPARENT, Bus
-from bus.errors import MessageRejected, Retryable, StaffworkError
-from bus.provision import ConsumerSpec, ensure_consumer
-from bus.subjects import Subjects
+from bus.errors import MessageRejected, Retryable
+from bus.provision import ensure_consumer
 from bus.tracing import SpanContext, current_span
 from schemas.base import ErrorInfo, Message
 from schemas.trace import MessageRejected as MessageRejectedEvent
 from schemas.trace import SessionErrorEvent
 
+__all__ = ["Actor", "ActorRuntime", "BaseActor", "Context", "RuntimeSettings"]
+
 log = structlog.get_logger("staffwork.runtime")
 
-In = TypeVar("In")
-In_contra = TypeVar("In_contra", contravariant=True)
-
-
-@dataclass
-class Context:
-    """What a handler knows about the message in hand, and the bus to act on."""
-
-    bus: Bus
-    subject: str
-    headers: Mapping[str, str]
-    delivery: int
-    stream_seq: int
-    span: SpanContext
-    log: Any
-    reply_to: str | None = None
-
-
-class Actor(Protocol[In_contra]):
-    """An actor's behaviour: which consumer it reads, what it decodes, and how it handles a message."""
-
-    role: str
-    inbox: Any
-
-    def consumer(self, subjects: Subjects) -> ConsumerSpec: ...
-
-    async def handle(self, msg: In_contra, ctx: Context) -> Message | None: ...
-
-    def failure(self, msg: In_contra, error: ErrorInfo) -> Message | None: ...
-
-    def reply_subject(self, msg: In_contra, reply: Message, ctx: Context) -> str | None: ...
-
-
-class BaseActor(Generic[In]):
-    """Defaults for the optional parts of :class:`Actor`."""
-
-    role: str = "actor"
-    inbox: Any = None
-
-    def consumer(self, subjects: Subjects) -> ConsumerSpec:
-        raise NotImplementedError(f"actor {self.role!r} must say which consumer it reads")
-
-    async def handle(self, msg: In, ctx: Context) -> Message | None:
-        raise NotImplementedError(f"actor {self.role!r} has no handler")
-
-    def failure(self, msg: In, error: ErrorInfo) -> Message | None:
-        """The typed failure reply for a message whose handler failed for good (None: no reply)."""
-        return None
-
-    def reply_subject(self, msg: In, reply: Message, ctx: Context) -> str | None:
-        """Where a reply goes: by default the request's ``Sw-Reply-To`` header."""
-        return ctx.reply_to
+_ABANDON_AFTER = 10.0  # seconds to wait for cancelled handlers before giving up on them
+_MAX_BACKOFF = 5.0
+_MAX_BATCH = re.compile(r"Exceeded MaxRequestBatch of (\d+)")
 
 
 @dataclass(frozen=True)
@@ -135,57 +91,45 @@ class ActorRuntime(Generic[In]):
         self.decoder: Decoder[In] = Decoder(actor.inbox, max_bytes=self.settings.max_bytes)
         self.stats = _Stats()
         self.log = log.bind(actor=actor.role, consumer=self.spec.durable)
+        self.ready = asyncio.Event()
         self._inflight: dict[asyncio.Task[None], Msg] = {}
         self._slot_free = asyncio.Event()
-        self._request_done = asyncio.Event()
-        self._credits = 0
+        self._credits: dict[str, int] = {}  # pull request id -> messages it may still deliver
+        self._current = ""
+        self._current_done = asyncio.Event()
+        self._errors = 0  # consecutive error statuses, for backoff
+        self._max_batch = self.settings.concurrency  # lowered if the consumer caps request batches
         self._stopping = False
         self._tg: asyncio.TaskGroup | None = None
-        self.ready = asyncio.Event()
 
     # --- intake ---
 
     async def run(self, stop: asyncio.Event) -> None:
-        settings = self.settings
-        if settings.create_consumer:
+        if self.settings.create_consumer:
             await ensure_consumer(self.bus, self.spec)
-        nc = self.bus.nc
-        inbox = nc.new_inbox()
-        pull_subject = f"$JS.API.CONSUMER.MSG.NEXT.{self.bus.subjects.log_stream}.{self.spec.durable}"
-        expires_ns = int(settings.pull_expires * 1e9)
+        prefix = self.bus.nc.new_inbox()
         stop_waiter = asyncio.ensure_future(stop.wait())
-        async with asyncio.TaskGroup() as tg:
-            self._tg = tg
-            sub = await nc.subscribe(
-                inbox, cb=self._on_delivery, pending_msgs_limit=4 * settings.concurrency + 64
-            )
-            self.ready.set()
-            self.log.info(
-                "actor_started", concurrency=settings.concurrency, filters=list(self.spec.filter_subjects)
-            )
-            try:
-                while not stop.is_set():
-                    free = settings.concurrency - len(self._inflight)
-                    if free <= 0:
-                        self._slot_free.clear()
-                        await _first(stop_waiter, self._slot_free.wait())
-                        continue
-                    self._credits = free
-                    self._request_done.clear()
-                    request = json.dumps({"batch": free, "expires": expires_ns}).encode()
-                    try:
-                        await nc.publish(pull_subject, request, reply=inbox)
-                    except nats.errors.Error as exc:
-                        self.log.warning("pull_failed", error=repr(exc))
-                    # A request lost to a reconnect never ends by itself: give up on it after expiry.
-                    await _first(stop_waiter, self._request_done.wait(), timeout=settings.pull_expires + 2.0)
-            finally:
-                self._stopping = True
-                stop_waiter.cancel()
-                with contextlib.suppress(nats.errors.Error):
-                    await sub.unsubscribe()
-                await self._finish_inflight()
-        self._tg = None
+        try:
+            async with asyncio.TaskGroup() as tg:
+                self._tg = tg
+                sub = await self.bus.nc.subscribe(
+                    f"{prefix}.*", cb=self._on_delivery, pending_msgs_limit=4 * self.settings.concurrency + 64
+                )
+                self.ready.set()
+                self.log.info(
+                    "actor_started",
+                    concurrency=self.settings.concurrency,
+                    filters=list(self.spec.filter_subjects),
+                )
+                try:
+                    await self._pull_loop(prefix, stop_waiter)
+                finally:
+                    self._stopping = True
+                    await self._close_intake(sub)
+                    await self._finish_inflight()
+        finally:
+            stop_waiter.cancel()
+            self._tg = None
         self.log.info(
             "actor_stopped",
             handled=self.stats.handled,
@@ -194,26 +138,96 @@ class ActorRuntime(Generic[In]):
             returned=self.stats.returned,
         )
 
+    async def _pull_loop(self, prefix: str, stop_waiter: asyncio.Future[Any]) -> None:
+        settings = self.settings
+        pull_subject = f"$JS.API.CONSUMER.MSG.NEXT.{self.bus.subjects.log_stream}.{self.spec.durable}"
+        expires_ns = int(settings.pull_expires * 1e9)
+        number = 0
+        while not stop_waiter.done():
+            if not self.bus.online.is_set():  # a pull sent now would be buffered, then go live late
+                await _first(stop_waiter, self.bus.online.wait())
+                continue
+            free = min(settings.concurrency - len(self._inflight), self._max_batch)
+            if free <= 0:
+                self._slot_free.clear()
+                await _first(stop_waiter, self._slot_free.wait())
+                continue
+            if self._errors:
+                await _first(stop_waiter, asyncio.sleep(min(0.1 * 2 ** (self._errors - 1), _MAX_BACKOFF)))
+                if stop_waiter.done():
+                    break
+            number += 1
+            request_id = str(number)
+            self._credits[request_id] = free
+            self._current = request_id
+            self._current_done.clear()
+            request = json.dumps({"batch": free, "expires": expires_ns}).encode()
+            try:
+                await self.bus.nc.publish(pull_subject, request, reply=f"{prefix}.{request_id}")
+            except nats.errors.Error as exc:
+                self.log.warning("pull_failed", error=repr(exc))
+                self._errors += 1
+                continue
+            # A request lost to a reconnect never ends by itself: give up on it after its expiry.
+            await _first(stop_waiter, self._current_done.wait(), timeout=settings.pull_expires + 2.0)
+            self._credits.pop(request_id, None)
+
     async def _on_delivery(self, msg: Msg) -> None:
-        """Subscription callback: route a status, or dispatch a message to a handler task. Never blocks."""
+        """Subscription callback: account a status, or dispatch a message to a handler. Never blocks.
+
+        A status arrives on its request's own reply subject, so it ends exactly that request. A message
+        arrives with its stream subject, so it is counted against the current request; one from an
+        older request that outlived a reconnect can only end the current one early, and the bound on
+        in-flight messages below still holds.
+        """
         headers = msg.headers or {}
         status = headers.get("Status")
         if status and not msg.data:
-            if status in ("404", "408", "409"):
-                if status == "409":
-                    self.log.warning("pull_status", status=status, description=headers.get("Description", ""))
-                self._credits = 0
-                self._request_done.set()
+            request_id = msg.subject.rsplit(".", 1)[-1]
+            if status == "100":
+                return  # idle heartbeat
+            self._credits.pop(request_id, None)
+            if status in ("404", "408"):
+                self._errors = 0
+            else:
+                self._errors += 1
+                description = headers.get("Description", "")
+                if cap := _MAX_BATCH.search(description):
+                    self._max_batch = max(1, int(cap.group(1)))
+                    self._errors = 0  # not an error to back off from: ask for less next time
+                if status == "503":
+                    stream = self.bus.subjects.log_stream
+                    description = f"no consumer {self.spec.durable!r} on stream {stream!r}, or no JetStream"
+                self.log.warning(
+                    "pull_status", status=status, description=description, consecutive=self._errors
+                )
+            if request_id == self._current:
+                self._current_done.set()
             return
-        self._credits -= 1
-        if self._credits <= 0:
-            self._request_done.set()
-        if self._stopping or self._tg is None:
-            await msg.nak()  # taken after stop: hand it straight to another worker
+        credits = self._credits.get(self._current)
+        if credits is not None:
+            if credits <= 1:
+                del self._credits[self._current]
+                self._current_done.set()
+            else:
+                self._credits[self._current] = credits - 1
+        self._errors = 0
+        if self._stopping or self._tg is None or len(self._inflight) >= self.settings.concurrency:
+            await msg.nak()  # after stop, or beyond the bound: hand it straight to another worker
             self.stats.returned += 1
             return
         task = self._tg.create_task(self._process(msg))
         self._inflight[task] = msg
+
+    async def _close_intake(self, sub: Subscription) -> None:
+        """Unsubscribe, and nak whatever the server had already sent (the callback sees ``_stopping``)."""
+        try:
+            async with asyncio.timeout(5.0):
+                await sub.drain()  # type: ignore[no-untyped-call]
+        except (nats.errors.Error, TimeoutError) as exc:
+            self.log.warning("intake_drain_failed", error=repr(exc))
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
 
     async def _finish_inflight(self) -> None:
         tasks = set(self._inflight)
@@ -221,53 +235,65 @@ class ActorRuntime(Generic[In]):
             return
         self.log.info("actor_draining", in_flight=len(tasks), grace_s=self.settings.grace)
         _, pending = await asyncio.wait(tasks, timeout=self.settings.grace)
+        if not pending:
+            return
+        self.log.warning("actor_grace_expired", cancelled=len(pending))
         for task in pending:
             task.cancel()
-        if pending:
-            self.log.warning("actor_grace_expired", cancelled=len(pending))
-            await asyncio.wait(pending)
+        _, stuck = await asyncio.wait(pending, timeout=_ABANDON_AFTER)
+        if stuck:
+            self.log.error("actor_handlers_abandoned", count=len(stuck))
 
     # --- one message ---
 
     async def _process(self, msg: Msg) -> None:
         task = asyncio.current_task()
         structlog.contextvars.clear_contextvars()
+        heartbeat: asyncio.Task[None] | None = None
+        delivery = 1
         try:
-            await self._handle_one(msg)
+            try:
+                decoded = self.decoder.decode(msg.data, subject=msg.subject)
+            except MessageRejected as exc:
+                await self._reject(msg, exc)
+                return
+            ctx = self._context(msg, decoded)
+            delivery = ctx.delivery
+            heartbeat = asyncio.create_task(self._heartbeat(msg))  # until the message is settled
+            await self._settle(msg, decoded, ctx)
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
                 await msg.nak()
             self.stats.returned += 1
             raise
         except Exception:
-            # Publishing the reply or acking failed (the bus is down?): try the message again later.
-            self.log.exception("message_processing_failed", subject=msg.subject)
+            # Publishing the reply, the ack or the failure report failed (is the bus down?).
+            self.log.exception("message_settle_failed", subject=msg.subject, delivery=delivery)
             with contextlib.suppress(Exception):
-                await msg.nak(delay=self.settings.retry_delays[0])
+                if 0 < self.spec.max_deliver <= delivery:
+                    await msg.term()
+                else:
+                    await msg.nak(delay=self.settings.retry_delays[0])
         finally:
+            if heartbeat is not None:
+                heartbeat.cancel()
+                await asyncio.wait({heartbeat})
             if task is not None:
                 self._inflight.pop(task, None)
             self._slot_free.set()
 
-    async def _handle_one(self, msg: Msg) -> None:
-        meta = msg.metadata
+    def _context(self, msg: Msg, decoded: In) -> Context:
         headers = msg.headers or {}
-        try:
-            decoded = self.decoder.decode(msg.data, subject=msg.subject)
-        except MessageRejected as exc:
-            await self._reject(msg, exc)
-            return
-
-        session_id = str(getattr(decoded, "session_id", ""))
         structlog.contextvars.bind_contextvars(
-            session_id=session_id,
+            session_id=str(getattr(decoded, "session_id", "")),
             thread_id=str(getattr(decoded, "thread_id", "")),
             agent=str(getattr(decoded, "agent", "")),
         )
         parent = SpanContext.from_traceparent(headers.get(TRACEPARENT))
         span = parent.child() if parent else SpanContext.new_root()
         current_span.set(span)
-        ctx = Context(
+        meta = msg.metadata
+        return Context(
             bus=self.bus,
             subject=msg.subject,
             headers=headers,
@@ -277,7 +303,8 @@ class ActorRuntime(Generic[In]):
             log=structlog.get_logger("staffwork.actor").bind(actor=self.actor.role),
             reply_to=headers.get(REPLY_TO),
         )
-        heartbeat = asyncio.create_task(self._heartbeat(msg))
+
+    async def _settle(self, msg: Msg, decoded: In, ctx: Context) -> None:
         try:
             reply = await self.actor.handle(decoded, ctx)
         except Retryable as exc:
@@ -291,10 +318,6 @@ class ActorRuntime(Generic[In]):
                 msg, decoded, ctx, ErrorInfo(kind=type(exc).__name__, message=str(exc) or repr(exc))
             )
             return
-        finally:
-            heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
         if reply is not None:
             await self._send_reply(decoded, reply, ctx)
         await msg.ack()
@@ -323,19 +346,19 @@ class ActorRuntime(Generic[In]):
         self.stats.rejected += 1
         self.log.warning("message_rejected", subject=msg.subject, reason=exc.reason, size=len(msg.data))
         await msg.term()
-        preview = msg.data[:200].decode("utf-8", errors="replace")
+        fits = len(msg.data) <= self.settings.max_bytes
         event = MessageRejectedEvent(
-            session_id=peek_session(msg.data) if len(msg.data) <= self.settings.max_bytes else "",
+            session_id=peek_session(msg.data) if fits else "",
             subject=msg.subject,
             actor=self.actor.role,
             reason=exc.reason,
             size=len(msg.data),
-            preview=preview,
+            preview=msg.data[:200].decode("utf-8", errors="replace"),
         )
         try:
             await self.bus.emit(event)
-        except (StaffworkError, msgspec.ValidationError, ValueError) as emit_exc:
-            self.log.warning("reject_event_failed", error=str(emit_exc))
+        except Exception as emit_exc:
+            self.log.warning("reject_event_failed", error=repr(emit_exc))
 
     async def _retry(self, msg: Msg, request: In, ctx: Context, exc: Retryable) -> None:
         if 0 < self.spec.max_deliver <= ctx.delivery:
@@ -351,22 +374,25 @@ class ActorRuntime(Generic[In]):
         await msg.nak(delay=delay)
 
     async def _fail(self, msg: Msg, request: In, ctx: Context, error: ErrorInfo) -> None:
+        """Report a failure for good (typed reply, error event), then terminate: never retried."""
         self.stats.failed += 1
         try:
             reply = self.actor.failure(request, error)
             if reply is not None:
                 await self._send_reply(request, reply, ctx)
-            session_id = str(getattr(request, "session_id", ""))
+        except Exception:
+            self.log.exception("failure_reply_failed")
+        try:
             await self.bus.emit(
                 SessionErrorEvent(
-                    session_id=session_id,
+                    session_id=str(getattr(request, "session_id", "")),
                     thread_id=str(getattr(request, "thread_id", "")),
                     agent=str(getattr(request, "agent", "")),
                     error=error,
                 )
             )
-        except (StaffworkError, ValueError) as exc:
-            self.log.warning("failure_report_failed", error=str(exc))
+        except Exception as exc:
+            self.log.warning("error_event_failed", error=repr(exc))
         await msg.term()
 
 
@@ -378,69 +404,4 @@ async def _first(waiter: asyncio.Future[Any], other: Awaitable[Any], timeout: fl
     finally:
         if not task.done():
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-
-# --- running actors in a process ----------------------------------------------------------------
-
-
-def install_stop_signals(stop: asyncio.Event, on_second: Callable[[], None] | None = None) -> None:
-    """SIGTERM/SIGINT set ``stop`` (graceful); a second one calls ``on_second`` (e.g. cancel all)."""
-    loop = asyncio.get_running_loop()
-
-    def handler(signum: int) -> None:
-        if stop.is_set():
-            if on_second is not None:
-                on_second()
-            return
-        log.info("stop_requested", signal=signal.Signals(signum).name)
-        stop.set()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):  # not on Windows' default loop
-            loop.add_signal_handler(sig, handler, sig)
-
-
-async def run_actors(
-    bus: Bus,
-    actors: Sequence[Actor[Any]],
-    stop: asyncio.Event,
-    settings: RuntimeSettings | None = None,
-    *,
-    on_ready: Callable[[], Awaitable[None]] | None = None,
-) -> list[ActorRuntime[Any]]:
-    """Run ``actors`` on ``bus`` until ``stop`` is set, then let each finish gracefully."""
-    runtimes = [ActorRuntime(bus, actor, settings) for actor in actors]
-    async with asyncio.TaskGroup() as tg:
-        for runtime in runtimes:
-            tg.create_task(runtime.run(stop), name=f"actor-{runtime.actor.role}")
-        if on_ready is not None:
-            await asyncio.gather(*(r.ready.wait() for r in runtimes))
-            await on_ready()
-    return runtimes
-
-
-async def serve(
-    url: str,
-    actors: Sequence[Actor[Any]],
-    *,
-    root: str = "sw",
-    name: str = "staffwork-actor",
-    settings: RuntimeSettings | None = None,
-    on_ready: Callable[[], Awaitable[None]] | None = None,
-) -> list[ActorRuntime[Any]]:
-    """A whole actor process: connect, run until SIGTERM/SIGINT, finish in-flight work, drain."""
-    stop = asyncio.Event()
-    main = asyncio.current_task()
-
-    def cancel_everything() -> None:
-        if main is not None:
-            main.cancel()
-
-    install_stop_signals(stop, on_second=cancel_everything)
-    bus = await Bus.connect(url, root=root, name=name)
-    try:
-        return await run_actors(bus, actors, stop, settings, on_ready=on_ready)
-    finally:
-        await bus.close()
+            await asyncio.wait({task})

@@ -10,6 +10,8 @@ from schemas.ids import new_id
 
 #: An id usable as a NATS subject token: letters, digits, ``_`` and ``-``.
 Token = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,128}$")]
+#: A session id is a token; empty only on events that belong to no session.
+SessionId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{0,128}$")]
 
 
 def _msg_id() -> str:
@@ -24,7 +26,7 @@ class Message(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
     (``Nats-Msg-Id``): publishing the same message twice stores it once.
     """
 
-    session_id: str
+    session_id: SessionId
     msg_id: str = msgspec.field(default_factory=_msg_id)
 
 

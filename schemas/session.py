@@ -6,7 +6,7 @@ from typing import Literal
 
 import msgspec
 
-from schemas.base import ErrorInfo, Message, Usage
+from schemas.base import ErrorInfo, Message, Token, Usage
 from schemas.ids import new_id
 from schemas.team import TeamSpec
 
@@ -35,7 +35,7 @@ class SessionSubmit(Message, frozen=True, kw_only=True, tag="session.submit.v1")
     generated.
     """
 
-    session_id: str = msgspec.field(default_factory=_session_id)
+    session_id: Token = msgspec.field(default_factory=_session_id)
     task: str
     team: str = ""
     team_spec: TeamSpec | None = None

@@ -15,9 +15,10 @@ from contextlib import asynccontextmanager
 
 from bus.connection import Bus
 from bus.errors import Retryable
+from bus.lifecycle import serve
 from bus.logs import configure_logging
 from bus.provision import ConsumerSpec
-from bus.runtime import ActorRuntime, BaseActor, Context, RuntimeSettings, serve
+from bus.runtime import ActorRuntime, BaseActor, Context, RuntimeSettings
 from bus.subjects import Subjects
 from schemas.base import ErrorInfo, Message
 

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import Iterator
 
+import pytest
 import structlog
 
 from bus.codec import Decoder, encode
 from bus.connection import REPLY_TO, Bus
 from bus.runtime import RuntimeSettings
+from schemas.base import ErrorInfo, Message
 from schemas.trace import MessageRejected, SessionErrorEvent
 from tests.jobs import Job, JobActor, JobDone, running
 
@@ -144,3 +148,116 @@ async def test_stop_with_nothing_in_flight_is_prompt(bus: Bus) -> None:
     async with asyncio.timeout(3):  # far below the pull request's expiry: stop does not wait for it
         async with running(bus, JobActor(), RuntimeSettings(pull_expires=30.0)):
             pass
+
+
+class LogWaiter:
+    """A structlog processor that records events and wakes a waiter after ``count`` named ``event``."""
+
+    def __init__(self, event: str, count: int) -> None:
+        self.event, self.count = event, count
+        self.entries: list[dict[str, object]] = []
+        self.reached = asyncio.Event()
+
+    def __call__(self, logger: object, method: str, event_dict: dict[str, object]) -> dict[str, object]:
+        if event_dict.get("event") == self.event:
+            self.entries.append(event_dict)
+            if len(self.entries) >= self.count:
+                self.reached.set()
+        raise structlog.DropEvent
+
+
+@contextlib.contextmanager
+def waiting_for_logs(event: str, count: int) -> Iterator[LogWaiter]:
+    waiter = LogWaiter(event, count)
+    old = structlog.get_config()
+    structlog.configure(processors=[waiter], cache_logger_on_first_use=False)
+    try:
+        yield waiter
+    finally:
+        structlog.configure(**old)
+
+
+async def test_missing_consumer_backs_off_instead_of_spinning(bus: Bus) -> None:
+    """Bound to a consumer that does not exist: a clear warning, and pulls slow down exponentially."""
+    with waiting_for_logs("pull_status", 4) as logs:
+        async with running(bus, JobActor(), RuntimeSettings(create_consumer=False)):
+            started = asyncio.get_running_loop().time()
+            async with asyncio.timeout(20):
+                await logs.reached.wait()
+            elapsed = asyncio.get_running_loop().time() - started
+    assert elapsed >= 0.1 + 0.2 + 0.4  # the backoff before pulls 2, 3 and 4 (a spin takes ~1 ms)
+    assert logs.entries[0]["status"] == "503"
+    assert "no consumer 'jobs'" in str(logs.entries[0]["description"])
+    assert [e["consecutive"] for e in logs.entries[:4]] == [1, 2, 3, 4]
+
+
+async def test_consumer_batch_cap_is_respected(bus: Bus) -> None:
+    """A consumer that allows at most 2 messages per pull still gets all its work done."""
+    spec = JobActor().consumer(bus.subjects)
+    stream = bus.subjects.log_stream
+    config = {
+        "durable_name": spec.durable,
+        "filter_subject": spec.filter_subjects[0],
+        "ack_policy": "explicit",
+        "deliver_policy": "new",
+        "max_batch": 2,
+    }
+    request = json.dumps({"stream_name": stream, "config": config, "action": "create"}).encode()
+    answer = await bus.nc.request(f"$JS.API.CONSUMER.CREATE.{stream}.{spec.durable}", request, timeout=5)
+    assert b'"error"' not in answer.data, answer.data
+    done = await bus.nc.subscribe(bus.subjects.out("ses_g", "done"))
+    async with running(bus, JobActor(), RuntimeSettings(concurrency=8, create_consumer=False)) as runtime:
+        for n in range(10):
+            await bus.publish(bus.subjects.task("ses_g", "jobs"), Job(session_id="ses_g", n=n))
+        assert sorted(r.n for r in await collect(done, 10)) == list(range(10))
+        assert runtime._max_batch == 2
+    await done.unsubscribe()
+
+
+async def test_heartbeats_cover_a_slow_reply(bus: Bus, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Publishing the reply outlasts ack_wait: the message is still not redelivered."""
+    publish = bus.publish
+
+    async def slow_publish(subject: str, msg: object, **kwargs: object) -> int:
+        if subject.endswith(".out.done"):
+            await asyncio.sleep(1.5)  # the bus is slow to confirm (ack_wait is 0.5 s)
+        return await publish(subject, msg, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(bus, "publish", slow_publish)
+    actor = JobActor(ack_wait=0.5)
+    done = await bus.nc.subscribe(bus.subjects.out("ses_h", "done"))
+    async with running(bus, actor):
+        await publish(bus.subjects.task("ses_h", "jobs"), Job(session_id="ses_h", n=1))
+        [reply] = await collect(done, 1)
+        assert reply.delivery == 1
+    assert actor.deliveries == {1: [1]}
+    assert await consumer_state(bus) == (0, 0, 0)
+    await done.unsubscribe()
+
+
+class BrokenFailureActor(JobActor):
+    def failure(self, msg: Job, error: ErrorInfo) -> Message | None:
+        raise ValueError("the failure reply itself is broken")
+
+
+async def test_a_crash_is_terminated_even_when_reporting_it_fails(bus: Bus) -> None:
+    errors = await bus.nc.subscribe(bus.subjects.event("ses_i", "session.error"))
+    actor = BrokenFailureActor()
+    async with running(bus, actor):
+        await bus.publish(bus.subjects.task("ses_i", "jobs"), Job(session_id="ses_i", n=1, fail="crash"))
+        event = Decoder(SessionErrorEvent).decode((await errors.next_msg(timeout=10)).data)
+        assert event.error.message == "job 1 crashed"
+    assert actor.deliveries == {1: [1]}  # ran once: terminated, not retried
+    assert await consumer_state(bus) == (0, 0, 0)
+    await errors.unsubscribe()
+
+
+async def test_bad_session_id_is_rejected_and_reported_on_the_system_subject(bus: Bus) -> None:
+    system = await bus.nc.subscribe(bus.subjects.event("", "bus.message_rejected"))
+    async with running(bus, JobActor()):
+        payload = encode({"type": "test.job.v1", "session_id": "a b", "n": 1})
+        await bus.publish_bytes(bus.subjects.task("ses_j", "jobs"), payload)
+        event = Decoder(MessageRejected).decode((await system.next_msg(timeout=10)).data)
+    assert event.session_id == ""
+    assert "at `$.session_id`" in event.reason
+    await system.unsubscribe()

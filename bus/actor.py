@@ -1,0 +1,70 @@
+"""The actor contract: what an actor is (its behaviour) and what it knows about a message in hand.
+
+Everything else (connecting, pulling, decoding, acking, heartbeats, tracing, shutdown) is the
+runtime's job (``bus/runtime.py``), done once for every actor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar
+
+from bus.connection import Bus
+from bus.provision import ConsumerSpec
+from bus.subjects import Subjects
+from bus.tracing import SpanContext
+from schemas.base import ErrorInfo, Message
+
+In = TypeVar("In")
+In_contra = TypeVar("In_contra", contravariant=True)
+
+
+@dataclass
+class Context:
+    """What a handler knows about the message in hand, and the bus to act on."""
+
+    bus: Bus
+    subject: str
+    headers: Mapping[str, str]
+    delivery: int
+    stream_seq: int
+    span: SpanContext
+    log: Any
+    reply_to: str | None = None
+
+
+class Actor(Protocol[In_contra]):
+    """An actor's behaviour: which consumer it reads, what it decodes, and how it handles a message."""
+
+    role: str
+    inbox: Any
+
+    def consumer(self, subjects: Subjects) -> ConsumerSpec: ...
+
+    async def handle(self, msg: In_contra, ctx: Context) -> Message | None: ...
+
+    def failure(self, msg: In_contra, error: ErrorInfo) -> Message | None: ...
+
+    def reply_subject(self, msg: In_contra, reply: Message, ctx: Context) -> str | None: ...
+
+
+class BaseActor(Generic[In]):
+    """Defaults for the optional parts of :class:`Actor`."""
+
+    role: str = "actor"
+    inbox: Any = None
+
+    def consumer(self, subjects: Subjects) -> ConsumerSpec:
+        raise NotImplementedError(f"actor {self.role!r} must say which consumer it reads")
+
+    async def handle(self, msg: In, ctx: Context) -> Message | None:
+        raise NotImplementedError(f"actor {self.role!r} has no handler")
+
+    def failure(self, msg: In, error: ErrorInfo) -> Message | None:
+        """The typed failure reply for a message whose handler failed for good (None: no reply)."""
+        return None
+
+    def reply_subject(self, msg: In, reply: Message, ctx: Context) -> str | None:
+        """Where a reply goes: by default the request's ``Sw-Reply-To`` header."""
+        return ctx.reply_to
