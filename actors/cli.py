@@ -89,6 +89,9 @@ def _run(factory: Callable[[], Awaitable[T]]) -> T:
     except (StaffworkError, OSError) as exc:
         _fail(exc)
         raise  # unreachable: _fail exits
+    except Exception as exc:  # a bug or an untranslated error: still one line, the traceback on -v
+        _fail(RuntimeError(f"unexpected {type(exc).__name__}: {exc} (run with --verbose for the traceback)"))
+        raise
 
 
 @app.callback()

@@ -19,6 +19,7 @@
     └── WorkspaceError             the shared filesystem
         ├── InvalidPath            empty, absolute, escaping (..), NUL or control characters, too long
         ├── FileNotFound           no such file in the session's workspace
+        ├── FileChanged            the file was replaced or deleted while it was being read
         └── IntegrityError         content does not match the recorded digest or size
 
 Errors carry their facts as attributes and say them in one line naming the offending value. The
@@ -34,6 +35,7 @@ __all__ = [
     "BusTimeout",
     "BusUnavailable",
     "ConfigError",
+    "FileChanged",
     "FileNotFound",
     "IntegrityError",
     "InvalidPath",
@@ -170,6 +172,14 @@ class FileNotFound(WorkspaceError):
         self.session_id = session_id
         self.path = path
         super().__init__(f"no file {path!r} in the workspace of session {session_id!r}")
+
+
+class FileChanged(WorkspaceError):
+    """The file at ``path`` was replaced or deleted while it was being read; read it again."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        super().__init__(f"file {path!r} was replaced or deleted while it was being read; read it again")
 
 
 class IntegrityError(WorkspaceError):

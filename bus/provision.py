@@ -121,6 +121,10 @@ def log_stream_config(bus: Bus, settings: StreamSettings) -> StreamConfig:
     )
 
 
+def _unavailable(exc: BaseException) -> ProvisionError:
+    return ProvisionError(f"JetStream is not available on this server (start nats-server with -js): {exc!r}")
+
+
 async def ensure_stream(bus: Bus, config: StreamConfig) -> None:
     """Create the stream, or update it when it exists with other settings."""
     try:
@@ -129,6 +133,12 @@ async def ensure_stream(bus: Bus, config: StreamConfig) -> None:
     except nats.js.errors.BadRequestError as exc:
         if exc.err_code != _STREAM_IN_USE:
             raise ProvisionError(f"cannot create stream {config.name!r}: {exc.description}") from exc
+    except (nats.js.errors.ServiceUnavailableError, nats.errors.NoRespondersError) as exc:
+        raise _unavailable(exc) from exc
+    except nats.js.errors.APIError as exc:
+        raise ProvisionError(f"cannot create stream {config.name!r}: {exc.description}") from exc
+    except (nats.errors.TimeoutError, TimeoutError) as exc:
+        raise ProvisionError(f"creating stream {config.name!r} timed out (is JetStream enabled?)") from exc
     try:
         await bus.js.update_stream(config)
         log.info("stream_updated", stream=config.name)
@@ -143,6 +153,8 @@ async def ensure_consumer(bus: Bus, spec: ConsumerSpec, stream: str | None = Non
     stream = stream or bus.subjects.log_stream
     try:
         await bus.js.add_consumer(stream, spec.config())
+    except nats.errors.NoRespondersError as exc:
+        raise _unavailable(exc) from exc
     except nats.js.errors.APIError as exc:
         raise ProvisionError(
             f"cannot create consumer {spec.durable!r} on {stream!r}: {exc.description}"

@@ -34,6 +34,7 @@ _EXE = "nats-server.exe" if os.name == "nt" else "nats-server"
 _LISTEN = re.compile(r"Listening for client connections on (\S+):(\d+)")
 _READY = "Server is ready"
 _FATAL = re.compile(r"\[(FTL|ERR)\]")
+_LINE_LIMIT = 1024 * 1024  # longest log line read whole; longer ones are read in pieces
 
 
 def find_server_binary() -> Path:
@@ -194,6 +195,7 @@ class EmbeddedServer:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.PIPE,
+                limit=_LINE_LIMIT,
                 **kwargs,  # type: ignore[arg-type]
             )
         except OSError as exc:
@@ -205,7 +207,7 @@ class EmbeddedServer:
         except TimeoutError:
             await self.stop()
             raise ServerFailed(f"was not ready after {self.ready_timeout:g}s", lines=self._fatal) from None
-        except ServerFailed:
+        except BaseException:  # ServerFailed, or we were cancelled: never leave the child running
             await self.stop()
             raise
         self.port = port
@@ -242,14 +244,23 @@ class EmbeddedServer:
         if _FATAL.search(line):
             self._fatal.append(line.split("] ", 2)[-1] if "] " in line else line)
         if self.on_log is not None:
-            self.on_log(line)
+            try:
+                self.on_log(line)
+            except Exception:
+                log.exception("nats_server_log_callback_failed")
         return line
 
     async def _drain_log(self) -> None:
         """Keep reading the server's log so its pipe never fills (a full pipe would block it)."""
         assert self._proc is not None
         assert self._proc.stderr is not None
-        while raw := await self._proc.stderr.readline():
+        while True:
+            try:
+                raw = await self._proc.stderr.readline()
+            except ValueError:  # a line over the limit: take what is buffered and go on
+                raw = await self._proc.stderr.read(_LINE_LIMIT)
+            if not raw:
+                return
             self._record(raw)
 
     @property

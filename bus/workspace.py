@@ -31,9 +31,10 @@ import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from bus.connection import Bus
-from bus.errors import BusError, BusTimeout, FileNotFound, IntegrityError, InvalidPath
+from bus.errors import BusError, BusTimeout, FileChanged, FileNotFound, IntegrityError, InvalidPath
 from bus.subjects import check_token
 from schemas.files import FileInfo, Provenance
 
@@ -158,11 +159,27 @@ class Workspace:
             raw = await self.bus.js.get_last_msg(self.stream, subject, direct=True)
         except nats.js.errors.NotFoundError:
             return None
+        except nats.errors.NoRespondersError as exc:
+            raise self._missing_bucket() from exc
         except (nats.errors.TimeoutError, TimeoutError) as exc:
-            raise BusTimeout("read object metadata", subject, self.timeout) from exc
+            raise BusTimeout("read object metadata", subject, self.bus.api_timeout) from exc
         if not raw.data:
             return None
         return _info_decoder.decode(raw.data)
+
+    def _missing_bucket(self) -> BusError:
+        return BusError(
+            f"the shared filesystem (object store {self.bucket!r}) does not exist: "
+            f"was the bus provisioned for root {self.bus.subjects.root!r}?"
+        )
+
+    async def _purge(self, subject: str) -> None:
+        try:
+            await self.bus.js.purge_stream(self.stream, subject=subject)
+        except nats.js.errors.NotFoundError as exc:
+            raise self._missing_bucket() from exc
+        except (nats.errors.TimeoutError, TimeoutError) as exc:
+            raise BusTimeout("purge", subject, self.bus.api_timeout) from exc
 
     def _file_info(self, session_id: str, info: _ObjectInfo) -> FileInfo:
         path = info.name.split("/", 1)[1]
@@ -221,6 +238,7 @@ class Workspace:
         size = chunks = 0
         pending: list[asyncio.Future[Any]] = []
         loop = asyncio.get_running_loop()
+        meta_sent = False
         try:
             while True:
                 block = (
@@ -259,6 +277,7 @@ class Workspace:
                 headers=headers,
                 options=_Options(max_chunk_size=self.chunk_size),
             )
+            meta_sent = True
             await self.bus.publish_bytes(
                 self._meta_subject(name),
                 _info_encoder.encode(info),
@@ -269,10 +288,14 @@ class Workspace:
             for future in pending:
                 future.cancel()
             with contextlib.suppress(Exception):
-                await self.bus.js.purge_stream(self.stream, subject=chunk_subject)
+                # The metadata may have been stored although its ack never came: then the new
+                # chunks are the file now, and purging them would lose both versions.
+                current = await self._info(name) if meta_sent else None
+                if current is None or current.nuid != nuid:
+                    await self._purge(chunk_subject)
             raise
         if previous is not None and not previous.deleted and previous.nuid != nuid:
-            await self.bus.js.purge_stream(self.stream, subject=self._chunk_subject(previous.nuid))
+            await self._purge(self._chunk_subject(previous.nuid))
         return self._file_info(session_id, info)
 
     async def _settle(self, futures: list[asyncio.Future[Any]], subject: str) -> None:
@@ -283,6 +306,8 @@ class Workspace:
                 await asyncio.gather(*futures)
         except TimeoutError as exc:
             raise BusTimeout("store file chunks", subject, self.timeout) from exc
+        except nats.js.errors.NoStreamResponseError as exc:
+            raise self._missing_bucket() from exc
         except nats.js.errors.APIError as exc:
             raise BusError(f"storing file chunks failed: {exc.description}") from exc
 
@@ -298,7 +323,7 @@ class Workspace:
         await self.bus.publish_bytes(
             self._meta_subject(name), _info_encoder.encode(tombstone), headers={"Nats-Rollup": "sub"}
         )
-        await self.bus.js.purge_stream(self.stream, subject=self._chunk_subject(info.nuid))
+        await self._purge(self._chunk_subject(info.nuid))
 
     # --- reading ---
 
@@ -320,6 +345,9 @@ class Workspace:
             size += len(block)
             yield block
         if received != info.chunks or size != info.size:
+            now = await self._info(info.name)
+            if now is None or now.deleted or now.nuid != info.nuid:
+                raise FileChanged(path)
             raise IntegrityError(
                 path, f"expected {info.size} bytes in {info.chunks} chunks, read {size} in {received}"
             )
@@ -327,7 +355,10 @@ class Workspace:
             raise IntegrityError(path, f"SHA-256 does not match the recorded {info.digest}")
 
     async def get(self, session_id: str, path: str) -> bytes:
-        """Read a whole file, digest-checked."""
+        """Read a whole file, digest-checked. A file replaced while being read is read again."""
+        for _ in range(2):
+            with contextlib.suppress(FileChanged):
+                return b"".join([block async for block in await self.open(session_id, path)])
         return b"".join([block async for block in await self.open(session_id, path)])
 
     async def read_text(self, session_id: str, path: str) -> str:
@@ -379,11 +410,16 @@ class Workspace:
     # --- listing ---
 
     async def list(self, session_id: str, prefix: str = "") -> list[FileInfo]:
-        """Files of a session whose path starts with ``prefix`` (a directory or any leading text)."""
+        """Files of a session whose path starts with ``prefix`` (a directory or any leading text).
+
+        ``""``, ``"."``, ``"./"`` and ``"/"`` all mean the whole workspace.
+        """
         check_token(session_id, "session id")
-        if prefix:
-            stripped = prefix.rstrip("/")
-            prefix = normalize_path(stripped) + ("/" if prefix.endswith("/") else "") if stripped else ""
+        stripped = prefix.strip("/")
+        if stripped in ("", "."):
+            prefix = ""
+        else:
+            prefix = normalize_path(stripped) + ("/" if prefix.endswith("/") else "")
         wanted = f"{session_id}/{prefix}"
         files: list[FileInfo] = []
         async for data in self._last_per_subject(f"$O.{self.bucket}.M.>"):
@@ -394,37 +430,36 @@ class Workspace:
         return files
 
     async def _last_per_subject(self, filter_subject: str) -> AsyncIterator[bytes]:
-        nc = self.bus.nc
-        inbox = nc.new_inbox()
-        sub = await nc.subscribe(inbox)
+        """The last message of every subject matching ``filter_subject``, via an ephemeral consumer
+        (memory, no acks, removed after use): the server's multi-subject direct get stops at 1024."""
+        config = ConsumerConfig(
+            filter_subject=filter_subject,
+            deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+            ack_policy=AckPolicy.NONE,
+            mem_storage=True,
+            num_replicas=1,
+            inactive_threshold=60.0,
+        )
         try:
-            seq, up_to = 0, 0
-            while True:
-                request: dict[str, object] = {"multi_last": [filter_subject], "batch": _LIST_BATCH}
-                if up_to:
-                    request |= {"seq": seq, "up_to_seq": up_to}
-                await nc.publish(
-                    f"$JS.API.DIRECT.GET.{self.stream}", json.dumps(request).encode(), reply=inbox
-                )
-                pending = 0
-                while True:
-                    msg = await self._next(sub, filter_subject)
-                    headers = msg.headers or {}
-                    status = headers.get("Status")
-                    if status == "404":
-                        return
-                    if status:
-                        if status != "204":
-                            raise BusError(f"listing {filter_subject!r} failed: status {status}")
-                        pending = int(headers.get("Nats-Num-Pending", "0"))
-                        up_to = int(headers.get("Nats-UpTo-Sequence", up_to or 0))
-                        break
-                    if not headers:
-                        raise BusError(f"listing {filter_subject!r} failed: {msg.data[:200]!r}")
-                    seq = int(headers["Nats-Sequence"]) + 1
+            async with asyncio.timeout(self.timeout):
+                info = await self.bus.js.add_consumer(self.stream, config)
+        except nats.js.errors.NotFoundError as exc:
+            raise self._missing_bucket() from exc
+        except (nats.errors.TimeoutError, TimeoutError) as exc:
+            raise BusTimeout("list files", filter_subject, self.timeout) from exc
+        remaining = info.num_pending or 0
+        psub = await self.bus.js.pull_subscribe_bind(info.name, self.stream)
+        try:
+            while remaining > 0:
+                try:
+                    batch = await psub.fetch(min(_LIST_BATCH, remaining), timeout=self.timeout)
+                except (nats.errors.TimeoutError, TimeoutError) as exc:
+                    raise BusTimeout("list files", filter_subject, self.timeout) from exc
+                for msg in batch:
+                    remaining -= 1
                     yield msg.data
-                if pending == 0 or not up_to:
-                    return
         finally:
-            with contextlib.suppress(nats.errors.Error):
-                await sub.unsubscribe()
+            with contextlib.suppress(nats.errors.Error, TimeoutError):
+                await psub.unsubscribe()
+            with contextlib.suppress(nats.errors.Error, TimeoutError):
+                await self.bus.js.delete_consumer(self.stream, info.name)

@@ -32,11 +32,12 @@ class NatsServer:
     reader: threading.Thread
 
 
-def start_nats_server(store_dir: Path) -> NatsServer:
+def start_nats_server(store_dir: Path, *, jetstream: bool = True) -> NatsServer:
     """Start ``nats-server -p -1 -js -sd <dir>`` and block until it logs "Server is ready"."""
     binary = find_server_binary()
+    js = ["-js", "-sd", str(store_dir)] if jetstream else []
     proc = subprocess.Popen(
-        [str(binary), "-a", "127.0.0.1", "-p", "-1", "-js", "-sd", str(store_dir)],
+        [str(binary), "-a", "127.0.0.1", "-p", "-1", *js],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
@@ -67,21 +68,35 @@ def start_nats_server(store_dir: Path) -> NatsServer:
     )
 
 
+def stop_nats_server(server: NatsServer) -> None:
+    server.process.terminate()
+    try:
+        server.process.wait(10)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        server.process.wait()
+    server.reader.join(10)
+    assert server.process.stderr is not None
+    server.process.stderr.close()
+
+
 @pytest.fixture(scope="session")
 def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
     server = start_nats_server(tmp_path_factory.mktemp("nats"))
     try:
         yield server
     finally:
-        server.process.terminate()
-        try:
-            server.process.wait(10)
-        except subprocess.TimeoutExpired:
-            server.process.kill()
-            server.process.wait()
-        server.reader.join(10)
-        assert server.process.stderr is not None
-        server.process.stderr.close()
+        stop_nats_server(server)
+
+
+@pytest.fixture
+def plain_nats_server(tmp_path: Path) -> Iterator[NatsServer]:
+    """A server without JetStream."""
+    server = start_nats_server(tmp_path, jetstream=False)
+    try:
+        yield server
+    finally:
+        stop_nats_server(server)
 
 
 @pytest.fixture

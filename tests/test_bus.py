@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bus.connection import MSG_ID, TRACEPARENT, Bus
-from bus.errors import BusError, BusUnavailable, ConfigError
+from bus.errors import BusError, BusUnavailable, ConfigError, ProvisionError
 from bus.provision import StreamSettings, agent_consumer, ensure_consumer, provision
 from bus.subjects import Subjects
 from bus.tracing import SpanContext, current_span
@@ -122,3 +122,14 @@ def test_traceparent_parsing() -> None:
     assert (child.trace_id, child.parent_span_id) == (span.trace_id, span.span_id)
     for bad in (None, "", "garbage", "00-" + "0" * 32 + "-" + "1" * 16 + "-01", "01-abc"):
         assert SpanContext.from_traceparent(bad) is None
+
+
+async def test_provisioning_without_jetstream_says_so(plain_nats_server: NatsServer) -> None:
+    bus = await Bus.connect(plain_nats_server.url, root="nojs")
+    try:
+        with pytest.raises(
+            ProvisionError, match=r"JetStream is not available on this server \(start nats-server"
+        ):
+            await provision(bus)
+    finally:
+        await bus.close()

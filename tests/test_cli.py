@@ -134,3 +134,13 @@ def test_server_runs_in_the_foreground_until_interrupted(tmp_path: Path) -> None
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+
+
+def test_run_against_a_server_without_jetstream_is_one_clear_line(
+    tmp_path: Path, plain_nats_server: NatsServer
+) -> None:
+    result = staffwork("run", "--nats", plain_nats_server.url, home=tmp_path)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: JetStream is not available on this server")

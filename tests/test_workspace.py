@@ -10,7 +10,15 @@ import re
 import pytest
 
 from bus.connection import Bus
-from bus.errors import ConfigError, FileNotFound, IntegrityError, InvalidPath
+from bus.errors import (
+    BusError,
+    BusTimeout,
+    ConfigError,
+    FileChanged,
+    FileNotFound,
+    IntegrityError,
+    InvalidPath,
+)
 from bus.workspace import Workspace, normalize_path
 from schemas import Provenance
 
@@ -147,3 +155,64 @@ async def test_50_mib_round_trip_is_intact(bus: Bus) -> None:
         size += len(block)
     assert size == 50 * 1024 * 1024
     assert digest.hexdigest() == expected
+
+
+async def test_whole_workspace_prefixes_list_everything(bus: Bus) -> None:
+    ws = Workspace(bus)
+    await ws.put(SID, "a.txt", b"a")
+    await ws.put(SID, "d/b.txt", b"b")
+    for prefix in ("", ".", "./", "/"):
+        assert [f.path for f in await ws.list(SID, prefix)] == ["a.txt", "d/b.txt"]
+    assert [f.path for f in await ws.list(SID, "./d/")] == ["d/b.txt"]
+
+
+@pytest.mark.slow
+async def test_listing_works_past_1024_objects_in_the_bucket(bus: Bus) -> None:
+    """The server's multi-subject direct get stops at 1024 subjects; listing must not."""
+    ws = Workspace(bus)
+    for i in range(1100):
+        await ws.put("ses_busy", f"f/{i}.txt", b"x")
+    await ws.put(SID, "mine.txt", b"y")
+    assert [f.path for f in await ws.list(SID)] == ["mine.txt"]
+    assert len(await ws.list("ses_busy")) == 1100
+    consumers = await bus.js.consumers_info(ws.stream)
+    assert consumers == []  # the listing's ephemeral consumers are removed
+
+
+async def test_put_whose_metadata_ack_was_lost_keeps_the_new_file(
+    bus: Bus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ws = Workspace(bus)
+    await ws.put(SID, "notes.md", b"old")
+    publish_bytes = bus.publish_bytes
+
+    async def stored_but_unacknowledged(subject: str, data: bytes, **kwargs: object) -> int:
+        await publish_bytes(subject, data, **kwargs)  # type: ignore[arg-type]
+        raise BusTimeout("publish", subject, 10)
+
+    monkeypatch.setattr(bus, "publish_bytes", stored_but_unacknowledged)
+    with pytest.raises(BusTimeout):
+        await ws.put(SID, "notes.md", b"new")
+    monkeypatch.undo()
+    assert await ws.get(SID, "notes.md") == b"new"  # not purged from under its own metadata
+
+
+async def test_a_file_replaced_while_streaming_is_reported_as_changed(bus: Bus) -> None:
+    ws = Workspace(bus, chunk_size=1000)
+    await ws.put(SID, "log.txt", b"a" * 200_000)
+    stream = await ws.open(SID, "log.txt")
+    first = await anext(stream)
+    assert first == b"a" * 1000
+    await ws.put(SID, "log.txt", b"b" * 10)
+    with pytest.raises(FileChanged, match=r"'log\.txt' was replaced or deleted while it was being read"):
+        async for _ in stream:
+            pass
+    assert await ws.get(SID, "log.txt") == b"b" * 10
+
+
+async def test_a_missing_bucket_is_a_clear_error(bus: Bus) -> None:
+    ws = Workspace(bus, bucket="never_created")
+    with pytest.raises(BusError, match=r"object store 'never_created'\) does not exist"):
+        await ws.stat(SID, "a.txt")
+    with pytest.raises(BusError, match=r"object store 'never_created'\) does not exist"):
+        await ws.list(SID)
