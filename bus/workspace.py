@@ -253,9 +253,9 @@ class Workspace:
                 chunks += 1
                 pending.append(await self.bus.js.publish_async(chunk_subject, block))
                 if len(pending) >= _PIPELINE:
-                    await self._settle(pending[: _PIPELINE // 2], chunk_subject)
+                    await self._await_acks(pending[: _PIPELINE // 2], chunk_subject)
                     del pending[: _PIPELINE // 2]
-            await self._settle(pending, chunk_subject)
+            await self._await_acks(pending, chunk_subject)
             pending.clear()
             prov = provenance or Provenance(session_id=session_id)
             headers = {_H_SESSION: [prov.session_id or session_id]}
@@ -298,7 +298,7 @@ class Workspace:
             await self._purge(self._chunk_subject(previous.nuid))
         return self._file_info(session_id, info)
 
-    async def _settle(self, futures: list[asyncio.Future[Any]], subject: str) -> None:
+    async def _await_acks(self, futures: list[asyncio.Future[Any]], subject: str) -> None:
         if not futures:
             return
         try:
