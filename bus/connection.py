@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any
 
@@ -21,8 +22,9 @@ import structlog
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
-from bus.codec import encode
+from bus.codec import Decoder, encode
 from bus.errors import BusError, BusTimeout, BusUnavailable
+from bus.state import KV, Listener
 from bus.subjects import Subjects
 from bus.tracing import SpanContext, current_span
 from schemas.base import Message
@@ -182,6 +184,35 @@ class Bus:
             await self.nc.publish(subject, encode(msg), headers=self.headers(None, headers))
         except nats.errors.Error as exc:
             raise BusError(f"cannot publish to {subject!r}: {exc}") from exc
+
+    async def kv(self, bucket: str) -> KV:
+        """A KV bucket (it must exist: provisioning creates the design's buckets)."""
+        try:
+            return KV(await self.js.key_value(bucket), bucket)
+        except nats.js.errors.BucketNotFoundError as exc:
+            raise BusError(f"KV bucket {bucket!r} does not exist: was the bus provisioned?") from exc
+
+    async def listen(
+        self, subject: str, type: Any, callback: Callable[[Any], Awaitable[None] | None]
+    ) -> Listener[Any]:
+        """Subscribe to ``subject`` (core, not durable), decoding each message into ``type``."""
+        listener: Listener[Any] = Listener(Decoder(type), callback)
+        listener._sub = await self.nc.subscribe(subject, cb=listener._on_message)
+        return listener
+
+    async def last(self, subject: str) -> bytes | None:
+        """The last message stored on ``subject`` in the log stream, or None."""
+        try:
+            raw = await self.js.get_last_msg(self.subjects.log_stream, subject, direct=True)
+        except nats.js.errors.NotFoundError:
+            return None
+        except nats.errors.NoRespondersError as exc:
+            raise BusError(
+                f"no log stream for root {self.subjects.root!r}: was the bus provisioned?"
+            ) from exc
+        except (nats.errors.TimeoutError, TimeoutError) as exc:
+            raise BusTimeout("read last message", subject, self.api_timeout) from exc
+        return raw.data or None
 
     async def account_info(self, timeout: float = 5.0) -> Any:
         """JetStream account info: proves JetStream is enabled and reachable."""

@@ -12,7 +12,8 @@
     ├── BusError                   talking to NATS
     │   ├── BusUnavailable         no server reachable within the deadline
     │   ├── BusTimeout             a request or publish got no answer within its deadline
-    │   └── ProvisionError         a stream, consumer or bucket could not be created or reconciled
+    │   ├── ProvisionError         a stream, consumer or bucket could not be created or reconciled
+    │   └── HistoryConflict        another worker extended the same thread first
     ├── MessageRejected            a message failed to decode or validate: terminated, never redelivered
     │   └── MessageTooLarge        its payload is over the size limit
     ├── Retryable                  a handler's transient failure: the runtime naks it with backoff
@@ -37,6 +38,7 @@ __all__ = [
     "ConfigError",
     "FileChanged",
     "FileNotFound",
+    "HistoryConflict",
     "IntegrityError",
     "InvalidPath",
     "MessageRejected",
@@ -121,6 +123,19 @@ class BusTimeout(BusError):
 
 class ProvisionError(BusError):
     """A stream, consumer or bucket could not be created or brought to the wanted config."""
+
+
+class HistoryConflict(BusError):
+    """Appending to a thread's history failed: another worker extended it since we read it."""
+
+    def __init__(self, session_id: str, thread_id: str, index: int) -> None:
+        self.session_id = session_id
+        self.thread_id = thread_id
+        self.index = index
+        super().__init__(
+            f"thread {thread_id!r} of session {session_id!r} already has an entry {index}: "
+            "another worker is extending it"
+        )
 
 
 class MessageRejected(StaffworkError):

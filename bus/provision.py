@@ -35,6 +35,7 @@ from nats.js.api import (
 
 from bus.connection import Bus
 from bus.errors import ProvisionError
+from bus.subjects import Subjects
 
 log = structlog.get_logger("staffwork.provision")
 
@@ -91,16 +92,20 @@ class ConsumerSpec:
         )
 
 
-def lead_consumer(bus: Bus) -> ConsumerSpec:
+def lead_consumer(subjects: Subjects, *, ack_wait: float = 30.0) -> ConsumerSpec:
     return ConsumerSpec(
-        durable=bus.subjects.lead_consumer, filter_subjects=(bus.subjects.submit,), description="lead pool"
+        durable=subjects.lead_consumer,
+        filter_subjects=(subjects.submit,),
+        ack_wait=ack_wait,
+        description="lead pool",
     )
 
 
-def agent_consumer(bus: Bus, agent: str) -> ConsumerSpec:
+def agent_consumer(subjects: Subjects, agent: str, *, ack_wait: float = 30.0) -> ConsumerSpec:
     return ConsumerSpec(
-        durable=bus.subjects.agent_consumer(agent),
-        filter_subjects=(bus.subjects.tasks_for(agent),),
+        durable=subjects.agent_consumer(agent),
+        filter_subjects=(subjects.tasks_for(agent),),
+        ack_wait=ack_wait,
         description=f"tasks of agent {agent}",
     )
 
@@ -202,9 +207,9 @@ async def provision(
     """Make sure every stream, consumer and bucket the design needs exists for ``bus``'s root."""
     settings = settings or StreamSettings()
     await ensure_stream(bus, log_stream_config(bus, settings))
-    await ensure_consumer(bus, lead_consumer(bus))
+    await ensure_consumer(bus, lead_consumer(bus.subjects))
     for agent in agents:
-        await ensure_consumer(bus, agent_consumer(bus, agent))
+        await ensure_consumer(bus, agent_consumer(bus.subjects, agent))
     await ensure_kv(bus, bus.subjects.sessions_bucket, history=16, settings=settings)
     await ensure_kv(bus, bus.subjects.registry_bucket, history=8, settings=settings)
     await ensure_object_store(bus, bus.subjects.files_bucket, settings=settings)

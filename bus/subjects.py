@@ -8,6 +8,7 @@ Under a configurable root (default ``sw``; each test uses its own):
 ``<root>.s.<session>.reply.<thread>``     a subagent's reply to the lead
 ``<root>.s.<session>.evt.<kind...>``      trace events (``evt.session.thread_created``)
 ``<root>.s.<session>.ctl``                cancel / interrupt
+``<root>.s.<session>.hist.<thread>``      a thread's history log (model turns, tool calls, results)
 ``<root>.s.<session>.out.<name>``         session lifecycle messages (accepted, status, result)
 ``<root>.sys.evt.<kind...>``              events that belong to no session (undecodable traffic)
 ========================================  =========================================================
@@ -79,6 +80,15 @@ class Subjects:
     def reply(self, session_id: str, thread_id: str) -> str:
         sid = check_token(session_id, "session id")
         return f"{self.root}.s.{sid}.reply.{check_token(thread_id, 'thread id')}"
+
+    def history(self, session_id: str, thread_id: str) -> str:
+        """A thread's append-only history log."""
+        sid = check_token(session_id, "session id")
+        return f"{self.root}.s.{sid}.hist.{check_token(thread_id, 'thread id')}"
+
+    def replies(self, session_id: str) -> str:
+        """Filter for every reply of one session."""
+        return f"{self.root}.s.{check_token(session_id, 'session id')}.reply.*"
 
     @property
     def all_replies(self) -> str:

@@ -19,7 +19,6 @@ import base64
 import contextlib
 import hashlib
 import io
-import json
 import os
 import re
 from collections.abc import AsyncIterator
@@ -29,11 +28,10 @@ from typing import Any, BinaryIO
 import msgspec
 import nats.errors
 import nats.js.errors
-from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from bus.connection import Bus
+from bus.direct import read_subject
 from bus.errors import BusError, BusTimeout, FileChanged, FileNotFound, IntegrityError, InvalidPath
 from bus.subjects import check_token
 from schemas.files import FileInfo, Provenance
@@ -339,7 +337,17 @@ class Workspace:
     async def _chunks(self, info: _ObjectInfo, path: str) -> AsyncIterator[bytes]:
         digest = hashlib.sha256()
         received = size = 0
-        async for block in self._direct_batches(self._chunk_subject(info.nuid), info.chunks):
+        chunks = read_subject(
+            self.bus,
+            self.stream,
+            self._chunk_subject(info.nuid),
+            limit=info.chunks,
+            batch=_BATCH,
+            timeout=self.timeout,
+            pending_bytes=max(256 * 1024 * 1024, 4 * _BATCH * self.chunk_size),
+        )
+        async for stored in chunks:
+            block = stored.data
             digest.update(block)
             received += 1
             size += len(block)
@@ -363,49 +371,6 @@ class Workspace:
 
     async def read_text(self, session_id: str, path: str) -> str:
         return (await self.get(session_id, path)).decode("utf-8", errors="replace")
-
-    async def _direct_batches(self, subject: str, expected: int) -> AsyncIterator[bytes]:
-        """Every message on ``subject`` in stream order, fetched ``_BATCH`` at a time by direct get."""
-        if expected == 0:
-            return
-        nc = self.bus.nc
-        inbox = nc.new_inbox()
-        sub = await nc.subscribe(
-            inbox, pending_bytes_limit=max(256 * 1024 * 1024, 4 * _BATCH * self.chunk_size)
-        )
-        try:
-            seq = 1
-            remaining = expected
-            while remaining > 0:
-                request = {"seq": seq, "next_by_subj": subject, "batch": min(_BATCH, remaining)}
-                await nc.publish(
-                    f"$JS.API.DIRECT.GET.{self.stream}", json.dumps(request).encode(), reply=inbox
-                )
-                got = 0
-                while True:
-                    msg = await self._next(sub, subject)
-                    status = (msg.headers or {}).get("Status")
-                    if status:
-                        if status == "204" or status == "404":
-                            break
-                        raise BusError(f"reading {subject!r} failed: status {status} {msg.headers}")
-                    if not msg.headers:  # an API error arrives as a JSON body without headers
-                        raise BusError(f"reading {subject!r} failed: {msg.data[:200]!r}")
-                    seq = int(msg.headers["Nats-Sequence"]) + 1
-                    got += 1
-                    remaining -= 1
-                    yield msg.data
-                if got == 0:
-                    return  # nothing more to read: the caller reports the shortfall
-        finally:
-            with contextlib.suppress(nats.errors.Error):
-                await sub.unsubscribe()
-
-    async def _next(self, sub: Subscription, subject: str) -> Msg:
-        try:
-            return await sub.next_msg(timeout=self.timeout)
-        except (nats.errors.TimeoutError, TimeoutError) as exc:
-            raise BusTimeout("read file chunks", subject, self.timeout) from exc
 
     # --- listing ---
 

@@ -118,6 +118,14 @@ class AgentToolResult(TraceEvent, frozen=True, kw_only=True, tag="agent.tool_res
     ref: str = ""
 
 
+class ToolDenied(TraceEvent, frozen=True, kw_only=True, tag="agent.tool_denied.v1"):
+    """Security: the model called a tool its agent may not use; the worker refused it."""
+
+    tool_use_id: str
+    name: str
+    allowed: list[str] = msgspec.field(default_factory=list)
+
+
 class ThreadMessageSent(TraceEvent, frozen=True, kw_only=True, tag="agent.thread_message_sent.v1"):
     """A message to another thread: a delegation or a follow-up."""
 
@@ -188,6 +196,7 @@ AnyTraceEvent = (
     | AgentThinking
     | AgentToolUse
     | AgentToolResult
+    | ToolDenied
     | ThreadMessageSent
     | ThreadMessageReceived
     | ModelRequestStart

@@ -65,7 +65,7 @@ async def test_provisioning_reconciles_changed_settings(bus: Bus) -> None:
     await provision(bus, settings=StreamSettings(max_age=7200))
     stream = await bus.js.stream_info(bus.subjects.log_stream)
     assert stream.config.max_age == 7200
-    spec = agent_consumer(bus, "logs")
+    spec = agent_consumer(bus.subjects, "logs")
     await ensure_consumer(bus, spec)
     await ensure_consumer(bus, type(spec)(**{**spec.__dict__, "ack_wait": 90.0}))
     info = await bus.js.consumer_info(bus.subjects.log_stream, "agent_logs")

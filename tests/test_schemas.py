@@ -76,6 +76,7 @@ SAMPLES: dict[type[Message], Message] = {
         t.AgentToolResult(
             session_id=SID, time=NOW, tool_use_id="tu_1", content="3 matches", ref="out/grep.txt"
         ),
+        t.ToolDenied(session_id=SID, time=NOW, tool_use_id="tu_2", name="sql", allowed=["grep"]),
         t.ThreadMessageSent(session_id=SID, time=NOW, to_thread_id="thr_1", to_agent="logs", content="go"),
         t.ThreadMessageReceived(
             session_id=SID, time=NOW, from_thread_id="thr_1", from_agent="logs", content="ok"

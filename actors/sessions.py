@@ -1,0 +1,151 @@
+"""Session state shared by all actors: the session directory (KV) and cancellation.
+
+The lead records each session in the ``<key>_sessions`` KV bucket when it takes it: the team (so a
+subagent worker in another process knows the agents' specs), the task and the status. Workers read
+the team from there, and check the status so work for a canceled session stops at once.
+
+Cancelling a session writes ``canceled`` to the directory and publishes ``session.cancel.v1`` on
+``<root>.s.<session>.ctl``; every lead and worker process watches those subjects and stops that
+session's work within moments. Work picked up later sees the status in the directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from typing import Any
+
+import msgspec
+import structlog
+
+from bus.connection import Bus
+from bus.state import KV, Listener
+from schemas.session import SessionCancel, SessionState
+from schemas.team import TeamSpec
+
+log = structlog.get_logger("staffwork.sessions")
+
+TERMINAL: frozenset[str] = frozenset(
+    {"idle", "terminated", "canceled", "failed", "budget_reached", "deadline_reached"}
+)
+
+
+class SessionRecord(msgspec.Struct, kw_only=True):
+    session_id: str
+    team: TeamSpec
+    task: str
+    status: SessionState = "running"
+    stop_reason: str = ""
+
+
+_record = msgspec.json.Decoder(SessionRecord)
+_encoder = msgspec.json.Encoder()
+
+
+class SessionDirectory:
+    """Session records in KV, with the teams cached (a session's team never changes)."""
+
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+        self._teams: dict[str, TeamSpec] = {}
+
+    async def _kv(self) -> KV:
+        return await self.bus.kv(self.bus.subjects.sessions_bucket)
+
+    async def get(self, session_id: str) -> SessionRecord | None:
+        value = await (await self._kv()).get(session_id)
+        return _record.decode(value) if value else None
+
+    async def start(self, session_id: str, team: TeamSpec, task: str) -> SessionRecord:
+        """Record a session as running, unless it is already recorded (a redelivered submit)."""
+        existing = await self.get(session_id)
+        if existing is not None:
+            self._teams[session_id] = existing.team
+            return existing
+        record = SessionRecord(session_id=session_id, team=team, task=task)
+        if not await (await self._kv()).create(session_id, _encoder.encode(record)):
+            again = await self.get(session_id)  # another lead recorded it a moment ago
+            if again is not None:
+                return again
+        self._teams[session_id] = team
+        return record
+
+    async def set_status(self, session_id: str, status: SessionState, stop_reason: str = "") -> None:
+        record = await self.get(session_id)
+        if record is None:
+            return
+        if record.status == "canceled" and status != "canceled":
+            return  # a canceled session stays canceled
+        record.status = status
+        record.stop_reason = stop_reason
+        await (await self._kv()).put(session_id, _encoder.encode(record))
+
+    async def team(self, session_id: str) -> TeamSpec | None:
+        if session_id in self._teams:
+            return self._teams[session_id]
+        record = await self.get(session_id)
+        if record is None:
+            return None
+        self._teams[session_id] = record.team
+        return record.team
+
+    async def is_canceled(self, session_id: str) -> bool:
+        record = await self.get(session_id)
+        return record is not None and record.status == "canceled"
+
+
+async def cancel_session(bus: Bus, session_id: str, reason: str = "canceled") -> None:
+    """Cancel a session: mark it in the directory and tell every lead and worker."""
+    await SessionDirectory(bus).set_status(session_id, "canceled", reason)
+    await bus.publish(bus.subjects.ctl(session_id), SessionCancel(session_id=session_id, reason=reason))
+
+
+class CancelWatch:
+    """Watches ``<root>.s.*.ctl`` in this process and keeps one event per canceled session."""
+
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+        self._events: dict[str, asyncio.Event] = defaultdict(asyncio.Event)
+        self._listener: Listener[SessionCancel] | None = None
+
+    async def start(self) -> None:
+        if self._listener is None:
+            self._listener = await self.bus.listen(self.bus.subjects.all_ctl, SessionCancel, self._on_cancel)
+
+    async def stop(self) -> None:
+        if self._listener is not None:
+            await self._listener.close()
+            self._listener = None
+
+    def _on_cancel(self, cancel: SessionCancel) -> None:
+        log.info("session_cancel_seen", session_id=cancel.session_id, reason=cancel.reason)
+        self._events[cancel.session_id].set()
+
+    def event(self, session_id: str) -> asyncio.Event:
+        return self._events[session_id]
+
+    def forget(self, session_id: str) -> None:
+        self._events.pop(session_id, None)
+
+
+async def race_cancel(work: asyncio.Future[Any], *events: tuple[asyncio.Event, str]) -> str:
+    """Wait for ``work`` or the first of ``events`` (each with its name); cancel ``work`` if an
+    event wins, and return that event's name (or ``"done"``)."""
+    waiters = {asyncio.ensure_future(event.wait()): name for event, name in events}
+    try:
+        done, _ = await asyncio.wait({work, *waiters}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        work.cancel()  # we are being cancelled: the work goes with us, never orphaned
+        await asyncio.wait({work})
+        raise
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+    if work in done:
+        return "done"
+    work.cancel()
+    await asyncio.wait({work})
+    for waiter, name in waiters.items():
+        if waiter in done:
+            return name
+    return "done"

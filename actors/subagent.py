@@ -1,0 +1,212 @@
+"""The subagent worker: runs delegations and follow-ups on threads whose history lives in JetStream.
+
+One :class:`SubagentActor` serves one agent (one durable consumer, ``agent_<name>``); a worker process
+runs one per agent it is allowed to serve (all agents of a team, or only named ones, so a container
+holding a database credential runs only the agent that may use it).
+
+For a delegation the thread is created (``session.thread_created``) and the task becomes its first
+turn; a follow-up is appended to the thread's existing history, so the agent continues with
+everything from its earlier turns, whichever worker picks it up. The same message delivered twice
+(redelivery after a crash, or a duplicate publish) never creates a second thread and never repeats
+finished work: the trigger's id is in the log, and a finished answer is sent again as is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from typing import Any
+
+from actors.loop import AgentLoop, LoopResult
+from actors.models.base import Model
+from actors.sessions import CancelWatch, SessionDirectory, race_cancel
+from actors.tools.base import Toolbox, ToolContext
+from actors.tools.registry import tools_for
+from bus.actor import BaseActor, Context
+from bus.errors import Retryable
+from bus.history import ThreadHistory, ThreadLog
+from bus.provision import ConsumerSpec, agent_consumer
+from bus.subjects import Subjects
+from bus.workspace import Workspace
+from schemas.base import ErrorInfo, Message
+from schemas.conversation import TextBlock, ThreadTurn, Turn
+from schemas.team import AgentSpec, TeamSpec
+from schemas.thread import Delegation, FollowUp, ThreadReply
+from schemas.trace import ThreadCreated, ThreadStatusIdle, ThreadStatusRunning
+
+SubagentInbox = Delegation | FollowUp
+
+
+def subagent_system_prompt(team: TeamSpec, spec: AgentSpec) -> str:
+    base = spec.system or f"You are {spec.name}, a specialist on the team {team.name!r}."
+    return (
+        f"{base}\n\nYou work on one task delegated by the team's lead. Files you write go to the session's "
+        "shared workspace, which the lead and the other agents can read. Answer with your findings: "
+        "the lead reads only your final message."
+    )
+
+
+class SubagentActor(BaseActor[SubagentInbox]):
+    role = "subagent"
+    inbox = SubagentInbox
+
+    def __init__(
+        self,
+        agent: str,
+        *,
+        model: Model,
+        directory: SessionDirectory,
+        cancels: CancelWatch,
+        ack_wait: float = 30.0,
+        max_deliver: int = 5,
+    ) -> None:
+        self.agent = agent
+        self.role = f"subagent:{agent}"
+        self.model = model
+        self.directory = directory
+        self.cancels = cancels
+        self.ack_wait = ack_wait
+        self.max_deliver = max_deliver
+
+    def consumer(self, subjects: Subjects) -> ConsumerSpec:
+        spec = agent_consumer(subjects, self.agent, ack_wait=self.ack_wait)
+        return dataclasses.replace(spec, max_deliver=self.max_deliver)
+
+    def reply_subject(self, msg: SubagentInbox, reply: Message, ctx: Context) -> str | None:
+        return ctx.bus.subjects.reply(msg.session_id, msg.thread_id)
+
+    def failure(self, msg: SubagentInbox, error: ErrorInfo) -> Message | None:
+        return ThreadReply(
+            session_id=msg.session_id,
+            thread_id=msg.thread_id,
+            agent=msg.agent,
+            status="failed",
+            text=error.message,
+            error=error,
+            in_reply_to=msg.msg_id,
+        )
+
+    def _reply(self, msg: SubagentInbox, **fields: Any) -> ThreadReply:
+        return ThreadReply(
+            session_id=msg.session_id,
+            thread_id=msg.thread_id,
+            agent=msg.agent,
+            in_reply_to=msg.msg_id,
+            **fields,
+        )
+
+    async def handle(self, msg: SubagentInbox, ctx: Context) -> Message | None:
+        bus = ctx.bus
+        team = await self.directory.team(msg.session_id)
+        if team is None:
+            error = ErrorInfo(kind="unknown_session", message=f"session {msg.session_id!r} is not recorded")
+            return self._reply(msg, status="failed", text=error.message, error=error)
+        try:
+            spec = team.agent(msg.agent)
+        except KeyError as exc:
+            error = ErrorInfo(kind="unknown_agent", message=str(exc.args[0]))
+            return self._reply(msg, status="failed", text=error.message, error=error)
+        if await self.directory.is_canceled(msg.session_id):
+            return self._reply(msg, status="canceled", text="the session was canceled")
+
+        log = ThreadLog(bus)
+        history = await log.load(msg.session_id, msg.thread_id)
+        if not await self._start_turn(bus, log, history, msg, spec):
+            error = ErrorInfo(
+                kind="unknown_thread", message=f"no thread {msg.thread_id!r} in session {msg.session_id!r}"
+            )
+            return self._reply(msg, status="failed", text=error.message, error=error)
+
+        trigger_index = next(e.index for e in history.entries if e.trigger == msg.msg_id)
+        last = history.last
+        assert last is not None
+        if last.index > trigger_index and last.turn.role == "assistant" and not last.turn.tool_uses:
+            # This request was answered before (the reply was lost with a crashed worker): answer again.
+            return self._reply(msg, status="completed", text=last.turn.text, turns=_model_turns(history))
+
+        workspace = Workspace(bus)
+        fields: dict[str, Any] = {
+            "session_id": msg.session_id,
+            "thread_id": msg.thread_id,
+            "agent": msg.agent,
+        }
+        await bus.emit(ThreadStatusRunning(**fields))
+        loop = AgentLoop(
+            bus=bus,
+            model=self.model,
+            log=log,
+            history=history,
+            spec=spec,
+            model_name=team.model_of(spec),
+            system=subagent_system_prompt(team, spec),
+            toolbox=Toolbox(tools_for(spec)),
+            tool_context=lambda tool_use_id: ToolContext(
+                bus=bus,
+                workspace=workspace,
+                session_id=msg.session_id,
+                thread_id=msg.thread_id,
+                agent=msg.agent,
+                tool_use_id=tool_use_id,
+            ),
+        )
+        work: asyncio.Task[LoopResult] = asyncio.ensure_future(loop.run())
+        outcome = await race_cancel(work, (self.cancels.event(msg.session_id), "canceled"))
+        if outcome == "canceled":
+            await bus.emit(ThreadStatusIdle(stop_reason="canceled", **fields))
+            return self._reply(msg, status="canceled", text="the session was canceled", usage=loop.usage)
+        result = work.result()
+        await bus.emit(ThreadStatusIdle(stop_reason=result.stop_reason, **fields))
+        written = [
+            f.path for f in await workspace.list(msg.session_id) if f.provenance.thread_id == msg.thread_id
+        ]
+        return self._reply(
+            msg,
+            status=result.status,
+            text=result.text,
+            files=written,
+            turns=result.model_turns,
+            usage=result.usage,
+            error=result.error,
+        )
+
+    async def _start_turn(
+        self, bus: Any, log: ThreadLog, history: ThreadHistory, msg: SubagentInbox, spec: AgentSpec
+    ) -> bool:
+        """Make sure the request is in the thread's history (once). False if a follow-up has no thread."""
+        if history.has_trigger(msg.msg_id):
+            return True  # redelivered: already recorded
+        if isinstance(msg, Delegation):
+            if history.entries:
+                raise Retryable(f"thread {msg.thread_id!r} already exists for another request")
+            await bus.emit(
+                ThreadCreated(
+                    session_id=msg.session_id,
+                    thread_id=msg.thread_id,
+                    agent=msg.agent,
+                    parent_thread_id=msg.parent_thread_id,
+                    task=msg.task,
+                )
+            )
+            text = msg.task
+        else:
+            if not history.entries:
+                return False
+            last = history.last
+            assert last is not None
+            if last.turn.role == "user" or last.turn.tool_uses:
+                raise Retryable(f"thread {msg.thread_id!r} is still working on an earlier request", delay=1.0)
+            text = msg.message
+        entry = ThreadTurn(
+            session_id=msg.session_id,
+            thread_id=msg.thread_id,
+            agent=spec.name,
+            index=len(history.entries),
+            turn=Turn(role="user", content=[TextBlock(text=text)]),
+            trigger=msg.msg_id,
+        )
+        await log.append(history, entry)
+        return True
+
+
+def _model_turns(history: ThreadHistory) -> int:
+    return sum(1 for entry in history.entries if entry.turn.role == "assistant")

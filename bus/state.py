@@ -1,0 +1,88 @@
+"""Small typed views of JetStream for actors: a KV bucket, a decoding subscription, the last message.
+
+Actors use these instead of nats-py, so the transport stays in ``bus/``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
+
+import nats.errors
+import nats.js.errors
+import structlog
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js.kv import KeyValue
+
+from bus.codec import Decoder
+from bus.errors import BusError, BusTimeout, MessageRejected
+
+T = TypeVar("T")
+log = structlog.get_logger("staffwork.bus")
+
+
+class KV:
+    """One KV bucket: ``get``, ``create`` (only if absent), ``put``; errors translated."""
+
+    def __init__(self, kv: KeyValue, bucket: str) -> None:
+        self._kv = kv
+        self.bucket = bucket
+
+    async def get(self, key: str) -> bytes | None:
+        try:
+            entry = await self._kv.get(key)
+        except nats.js.errors.KeyNotFoundError:
+            return None
+        except (nats.errors.TimeoutError, TimeoutError) as exc:
+            raise BusTimeout("KV get", f"{self.bucket}/{key}", 10.0) from exc
+        return entry.value or None
+
+    async def create(self, key: str, value: bytes) -> bool:
+        """Store ``value`` unless ``key`` exists; False if it did."""
+        try:
+            await self._kv.create(key, value)
+        except nats.js.errors.KeyWrongLastSequenceError:
+            return False
+        except nats.js.errors.APIError as exc:
+            raise BusError(f"KV create {self.bucket}/{key} failed: {exc.description}") from exc
+        return True
+
+    async def put(self, key: str, value: bytes) -> None:
+        try:
+            await self._kv.put(key, value)
+        except nats.js.errors.APIError as exc:
+            raise BusError(f"KV put {self.bucket}/{key} failed: {exc.description}") from exc
+
+
+class Listener(Generic[T]):
+    """A core subscription that decodes each message into ``T`` and hands it to a callback.
+
+    Undecodable messages are logged and skipped; a failing callback is logged and does not stop
+    the listener.
+    """
+
+    def __init__(self, decoder: Decoder[T], callback: Callable[[T], Awaitable[None] | None]) -> None:
+        self._decoder = decoder
+        self._callback = callback
+        self._sub: Subscription | None = None
+
+    async def _on_message(self, msg: Msg) -> None:
+        try:
+            value = self._decoder.decode(msg.data, subject=msg.subject)
+        except MessageRejected as exc:
+            log.warning("listener_rejected", subject=msg.subject, reason=exc.reason)
+            return
+        try:
+            result = self._callback(value)
+            if result is not None:
+                await result
+        except Exception:
+            log.exception("listener_callback_failed", subject=msg.subject)
+
+    async def close(self) -> None:
+        if self._sub is not None:
+            with contextlib.suppress(nats.errors.Error):
+                await self._sub.unsubscribe()
+            self._sub = None
