@@ -3,13 +3,20 @@ cancel and budget."""
 
 from __future__ import annotations
 
+import asyncio
+
+import pytest
+
 from actors.models.base import ModelRequest, ModelResponse
-from actors.models.scripted import ScriptedModel, text
+from actors.models.scripted import ScriptedModel, calls, text
+from actors.sessions import cancel_session
 from actors.workers import running_agents
+from bus.codec import Decoder
 from bus.connection import Bus
 from bus.workspace import Workspace
-from schemas import SessionSubmit
-from tests.agents import fan_out_lead, submit_and_wait, team
+from schemas import SessionResult, SessionSubmit, Usage
+from schemas.trace import ToolDenied
+from tests.agents import fan_out_lead, submit_and_wait, team, tool_results
 
 AGENTS = ["deploys", "logs", "metrics", "tickets", "traces"]
 
@@ -33,3 +40,135 @@ async def test_lead_fans_out_to_five_subagents_in_parallel(bus: Bus) -> None:
     report = await Workspace(bus).read_text(result.session_id, "report.md")
     assert report == result.final_text
     model.assert_done()
+
+
+def max_overlap(intervals: list[tuple[float, float]]) -> int:
+    points = sorted(
+        [(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals], key=lambda p: (p[0], p[1])
+    )
+    best = current = 0
+    for _, step in points:
+        current += step
+        best = max(best, current)
+    return best
+
+
+@pytest.mark.parametrize("cap", [20, 4])
+async def test_twenty_parallel_delegations_respect_the_thread_cap(bus: Bus, cap: int) -> None:
+    delegations = calls(
+        *[(f"toolu_{i}", "delegate", {"agent": "worker", "task": f"part {i}"}) for i in range(20)]
+    )
+    model = ScriptedModel({"lead": [delegations, text("done")]}, responder=echo, latency=0.2)
+    async with running_agents(bus, model, agents=["worker"]):
+        result = await submit_and_wait(
+            bus, SessionSubmit(task="split it", team_spec=team("worker", max_concurrent_threads=cap))
+        )
+    assert result.status == "idle", result.final_text
+    worker_calls = model.calls_by("worker")
+    assert len(worker_calls) == 20  # none dropped
+    assert max_overlap([(c.started, c.ended) for c in worker_calls]) == cap
+
+
+async def test_follow_up_continues_the_same_thread_with_its_history(bus: Bus) -> None:
+    def follow_up(request: ModelRequest) -> ModelResponse:
+        [result] = tool_results(request)
+        thread_id = result.content.split()[1]  # "[thread <id> · agent ..."
+        return calls(("toolu_fu", "message_agent", {"thread_id": thread_id, "message": "and the p99?"}))
+
+    model = ScriptedModel(
+        {
+            "lead": [
+                calls(("toolu_d", "delegate", {"agent": "metrics", "task": "p50 latency?"})),
+                follow_up,
+                text("ok"),
+            ],
+            "metrics": [text("p50 is 120 ms"), text("p99 is 900 ms")],
+        }
+    )
+    async with running_agents(bus, model, agents=["metrics"]):
+        result = await submit_and_wait(bus, SessionSubmit(task="latency", team_spec=team("metrics")))
+    assert result.status == "idle", result.final_text
+    first, second = model.calls_by("metrics")
+    assert first.thread_id == second.thread_id
+    assert [t.text for t in second.request.messages] == ["p50 latency?", "p50 is 120 ms", "and the p99?"]
+    lead_calls = model.calls_by("lead")
+    assert "p99 is 900 ms" in tool_results(lead_calls[2].request)[0].content
+    model.assert_done()
+
+
+async def test_a_tool_the_agent_does_not_have_is_refused_and_recorded(bus: Bus) -> None:
+    denied = await bus.nc.subscribe(bus.subjects.events("*").replace(".evt.>", ".evt.agent.tool_denied"))
+    model = ScriptedModel(
+        {
+            "lead": fan_out_lead(["logs"]),
+            "logs": [calls(("toolu_sql", "sql", {"query": "SELECT 1"})), text("could not query")],
+        }
+    )
+    async with running_agents(bus, model, agents=["logs"]):
+        result = await submit_and_wait(bus, SessionSubmit(task="x", team_spec=team("logs", tools=("grep",))))
+    assert result.status == "idle"
+    [refused] = tool_results(model.calls_by("logs")[1].request)
+    assert refused.is_error
+    assert refused.content == "tool 'sql' is not available to agent 'logs' (its tools: grep)"
+    event = Decoder(ToolDenied).decode((await denied.next_msg(timeout=5)).data)
+    assert (event.name, event.agent, event.allowed) == ("sql", "logs", ["grep"])
+    await denied.unsubscribe()
+
+
+async def test_bad_tool_arguments_and_tool_errors_go_back_to_the_model(bus: Bus) -> None:
+    model = ScriptedModel(
+        {
+            "lead": fan_out_lead(["logs"]),
+            "logs": [
+                calls(
+                    ("toolu_a", "read_file", {"path": "x.txt", "offset": "ten"}),
+                    ("toolu_b", "read_file", {"path": "missing.txt"}),
+                    ("toolu_c", "read_file", {"path": "../../etc/passwd"}),
+                ),
+                text("I could not read them"),
+            ],
+        }
+    )
+    async with running_agents(bus, model, agents=["logs"]):
+        result = await submit_and_wait(
+            bus, SessionSubmit(task="x", team_spec=team("logs", tools=("read_file",)))
+        )
+    assert result.status == "idle"
+    bad_type, missing, escape = tool_results(model.calls_by("logs")[1].request)
+    assert bad_type.is_error and "Expected `int`, got `str` - at `$.offset`" in bad_type.content
+    assert missing.is_error and "no file 'missing.txt'" in missing.content
+    assert escape.is_error and "escapes the workspace" in escape.content
+
+
+async def test_cancel_stops_the_lead_and_every_thread(bus: Bus) -> None:
+    model = ScriptedModel({"lead": fan_out_lead(AGENTS)}, responder=echo, latency=dict.fromkeys(AGENTS, 30.0))
+    submit = SessionSubmit(task="slow", team_spec=team(*AGENTS))
+    async with running_agents(bus, model, agents=AGENTS):
+        started = await bus.nc.subscribe(bus.subjects.event(submit.session_id, "span.model_request_start"))
+        results = await bus.nc.subscribe(bus.subjects.out(submit.session_id, "result"))
+        await bus.publish(bus.subjects.submit, submit)
+        for _ in range(6):  # the lead's first call, then the five subagents' calls are under way
+            await started.next_msg(timeout=10)
+        calls_before = len(model.calls)
+        async with asyncio.timeout(5):  # within seconds, not after the 30 s model calls
+            await cancel_session(bus, submit.session_id, "user")
+            result = Decoder(SessionResult).decode((await results.next_msg(timeout=5)).data)
+    assert result.status == "canceled"
+    assert len(model.calls) == calls_before  # no model call was made after the cancel
+    for sub in (started, results):
+        await sub.unsubscribe()
+
+
+async def test_budget_reached_stops_cleanly(bus: Bus) -> None:
+    expensive = Usage(input_tokens=800, output_tokens=400)
+    delegations = calls(
+        ("toolu_1", "delegate", {"agent": "logs", "task": "a"}), usage=Usage(input_tokens=100)
+    )
+    model = ScriptedModel({"lead": [delegations]}, responder=lambda r: text("spent a lot", usage=expensive))
+    async with running_agents(bus, model, agents=["logs"]):
+        result = await submit_and_wait(
+            bus, SessionSubmit(task="x", team_spec=team("logs", budget_tokens=1000))
+        )
+    assert result.status == "budget_reached"
+    assert result.usage.input_tokens + result.usage.output_tokens >= 1000
+    assert len(model.calls_by("lead")) == 1  # no lead turn after the budget was spent

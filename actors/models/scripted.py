@@ -2,8 +2,8 @@
 
 Steps are given per agent (parallel threads of different agents call in any order). A step is a
 :class:`ModelResponse`, or a function of the request that returns one (for scripts that must work
-whichever thread or process asks). ``latency`` makes every call take that long, as a stand-in for
-a real model.
+whichever thread or process asks). ``latency`` makes every call take that long (or, as a mapping,
+each agent's calls), as a stand-in for a real model.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ class ScriptedModel:
         steps: Mapping[str, Iterable[Step]] | None = None,
         *,
         responder: Callable[[ModelRequest], ModelResponse] | None = None,
-        latency: float = 0.0,
+        latency: float | Mapping[str, float] = 0.0,
     ) -> None:
         self._steps: dict[str, deque[Step]] = defaultdict(deque)
         for agent, agent_steps in (steps or {}).items():
@@ -77,8 +77,9 @@ class ScriptedModel:
             self.calls.append(call)
             queue = self._steps.get(request.agent)
             step: Step | None = queue.popleft() if queue else self.responder
-        if self.latency:
-            await asyncio.sleep(self.latency)
+        latency = self.latency.get(request.agent, 0.0) if isinstance(self.latency, Mapping) else self.latency
+        if latency:
+            await asyncio.sleep(latency)
         call.ended = time.monotonic()
         if step is None:
             raise ModelFatal(
