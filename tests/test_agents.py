@@ -135,9 +135,12 @@ async def test_bad_tool_arguments_and_tool_errors_go_back_to_the_model(bus: Bus)
         )
     assert result.status == "idle"
     bad_type, missing, escape = tool_results(model.calls_by("logs")[1].request)
-    assert bad_type.is_error and "Expected `int`, got `str` - at `$.offset`" in bad_type.content
-    assert missing.is_error and "no file 'missing.txt'" in missing.content
-    assert escape.is_error and "escapes the workspace" in escape.content
+    assert bad_type.is_error
+    assert "Expected `int`, got `str` - at `$.offset`" in bad_type.content
+    assert missing.is_error
+    assert "no file 'missing.txt'" in missing.content
+    assert escape.is_error
+    assert "escapes the workspace" in escape.content
 
 
 async def test_cancel_stops_the_lead_and_every_thread(bus: Bus) -> None:
