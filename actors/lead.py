@@ -33,6 +33,7 @@ from actors.tools.registry import check_team_tools, tools_for
 from bus.actor import BaseActor, Context
 from bus.codec import Decoder
 from bus.connection import Bus
+from bus.errors import HistoryConflict, Retryable
 from bus.history import ThreadLog
 from bus.provision import ConsumerSpec, agent_consumer, ensure_consumer, lead_consumer
 from bus.state import Listener
@@ -141,7 +142,10 @@ class LeadActor(BaseActor[SessionSubmit]):
         )
 
     async def handle(self, msg: SessionSubmit, ctx: Context) -> Message | None:
-        return await LeadRun(self, msg, ctx.bus).run()
+        try:
+            return await LeadRun(self, msg, ctx.bus).run()
+        except HistoryConflict as exc:  # another lead is driving this session: try again later
+            raise Retryable(str(exc), delay=2.0) from exc
 
 
 class LeadRun:

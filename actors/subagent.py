@@ -23,7 +23,7 @@ from actors.sessions import CancelWatch, SessionDirectory, race_cancel
 from actors.tools.base import Toolbox, ToolContext
 from actors.tools.registry import tools_for
 from bus.actor import BaseActor, Context
-from bus.errors import Retryable
+from bus.errors import HistoryConflict, Retryable
 from bus.history import ThreadHistory, ThreadLog
 from bus.provision import ConsumerSpec, agent_consumer
 from bus.subjects import Subjects
@@ -67,6 +67,7 @@ class SubagentActor(BaseActor[SubagentInbox]):
         self.cancels = cancels
         self.ack_wait = ack_wait
         self.max_deliver = max_deliver
+        self._threads: dict[str, asyncio.Lock] = {}
 
     def consumer(self, subjects: Subjects) -> ConsumerSpec:
         spec = agent_consumer(subjects, self.agent, ack_wait=self.ack_wait)
@@ -96,6 +97,23 @@ class SubagentActor(BaseActor[SubagentInbox]):
         )
 
     async def handle(self, msg: SubagentInbox, ctx: Context) -> Message | None:
+        """One request at a time per thread in this process; a duplicate waits, then finds the answer.
+
+        Across processes the history log decides: whoever appends second gets a conflict and retries
+        later (by then the thread's answer is in the log).
+        """
+        key = f"{msg.session_id}/{msg.thread_id}"
+        lock = self._threads.setdefault(key, asyncio.Lock())
+        try:
+            async with lock:
+                return await self._handle(msg, ctx)
+        except HistoryConflict as exc:
+            raise Retryable(str(exc), delay=1.0) from exc
+        finally:
+            if not lock.locked():
+                self._threads.pop(key, None)
+
+    async def _handle(self, msg: SubagentInbox, ctx: Context) -> Message | None:
         bus = ctx.bus
         team = await self.directory.team(msg.session_id)
         if team is None:

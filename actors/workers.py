@@ -9,7 +9,7 @@ process until SIGTERM.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -116,8 +116,9 @@ async def serve_agents(
     lead: bool,
     agents: Sequence[str],
     settings: AgentSettings | None = None,
+    on_ready: Callable[[], Awaitable[None] | None] | None = None,
 ) -> None:
-    """Run the actors until ``stop`` is set (a process's main loop)."""
+    """Run the actors until ``stop`` is set (a process's main loop); ``on_ready`` once all consume."""
     settings = settings or AgentSettings()
     cancels = CancelWatch(bus)
     await cancels.start()
@@ -134,6 +135,11 @@ async def serve_agents(
         async with asyncio.TaskGroup() as tg:
             for runtime in runtimes:
                 tg.create_task(runtime.run(stop))
+            await asyncio.gather(*(r.ready.wait() for r in runtimes))
+            if on_ready is not None:
+                result = on_ready()
+                if result is not None:
+                    await result
     finally:
         await cancels.stop()
 

@@ -3,7 +3,7 @@
 A team file looks like::
 
     name = "incident"
-    model = "claude-sonnet-4-5"        # default for agents that name none
+    model = "claude-sonnet-4-6"        # default for agents that name none
 
     [lead]
     name = "lead"
@@ -32,7 +32,7 @@ from schemas.errors import SpecError
 #: Agent and team names are subject tokens and file-name safe.
 Name = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_-]{0,47}$")]
 
-DEFAULT_MODEL = "claude-sonnet-4-5"
+DEFAULT_MODEL = "claude-sonnet-4-6"
 MAX_AGENTS = 20
 MAX_MEMORY_STORES = 8
 

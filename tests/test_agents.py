@@ -9,12 +9,13 @@ import pytest
 
 from actors.models.base import ModelRequest, ModelResponse
 from actors.models.scripted import ScriptedModel, calls, text
-from actors.sessions import cancel_session
+from actors.sessions import SessionDirectory, cancel_session
 from actors.workers import running_agents
 from bus.codec import Decoder
 from bus.connection import Bus
+from bus.direct import read_subject
 from bus.workspace import Workspace
-from schemas import SessionResult, SessionSubmit, Usage
+from schemas import Delegation, SessionResult, SessionSubmit, ThreadReply, Usage
 from schemas.trace import ToolDenied
 from tests.agents import fan_out_lead, submit_and_wait, team, tool_results
 
@@ -175,3 +176,22 @@ async def test_budget_reached_stops_cleanly(bus: Bus) -> None:
     assert result.status == "budget_reached"
     assert result.usage.input_tokens + result.usage.output_tokens >= 1000
     assert len(model.calls_by("lead")) == 1  # no lead turn after the budget was spent
+
+
+async def test_a_duplicate_delegation_never_makes_a_second_thread(bus: Bus) -> None:
+    spec = team("logs")
+    await SessionDirectory(bus).start("ses_dup", spec, "x")
+    model = ScriptedModel({"logs": [text("the answer")]}, latency=0.3)
+    replies = await bus.nc.subscribe(bus.subjects.reply("ses_dup", "t-dup"))
+    request = Delegation(
+        session_id="ses_dup", msg_id="dlg-dup", thread_id="t-dup", agent="logs", task="find it"
+    )
+    async with running_agents(bus, model, lead=False, agents=["logs"]):
+        for copy in range(2):  # the same message twice, as two stream entries (past JetStream's dedup)
+            await bus.publish(bus.subjects.task("ses_dup", "logs"), request, msg_id=f"copy-{copy}")
+        answers = [Decoder(ThreadReply).decode((await replies.next_msg(timeout=10)).data) for _ in range(2)]
+    assert [a.text for a in answers] == ["the answer", "the answer"]
+    assert len(model.calls) == 1  # the duplicate found the finished answer in the thread's log
+    created = bus.subjects.event("ses_dup", "session.thread_created")
+    assert len([m async for m in read_subject(bus, bus.subjects.log_stream, created)]) == 1  # one thread
+    await replies.unsubscribe()
