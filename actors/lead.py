@@ -235,6 +235,7 @@ class LeadRun:
                 services={"lead": self},
             ),
             on_usage=self._count,
+            roster=[a.name for a in team.agents],
         )
         work: asyncio.Task[LoopResult] = asyncio.ensure_future(loop.run())
         deadline = self.submit.deadline_s or team.deadline_s

@@ -77,6 +77,7 @@ class AgentLoop:
         toolbox: Toolbox,
         tool_context: Callable[[str], ToolContext],
         on_usage: Callable[[Usage], None] | None = None,
+        roster: list[str] | None = None,
     ) -> None:
         self.bus = bus
         self.model = model
@@ -88,6 +89,7 @@ class AgentLoop:
         self.toolbox = toolbox
         self.tool_context = tool_context
         self.on_usage = on_usage
+        self.roster = roster or []
         self.usage = Usage()
 
     @property
@@ -168,6 +170,8 @@ class AgentLoop:
             agent=self.spec.name,
             thread_id=self.history.thread_id,
             session_id=self.history.session_id,
+            roster=self.roster,
+            playbook=self.spec.playbook,
         )
         fields = self._event_fields()
         await self.bus.emit(ModelRequestStart(model=self.model_name, **fields))

@@ -45,6 +45,22 @@ class MemoryAttachment(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     instructions: Annotated[str, msgspec.Meta(max_length=4096)] = ""
 
 
+class PlaybookCall(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One tool call of an offline playbook. String inputs may use ``{task}``."""
+
+    tool: str
+    input: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class Playbook(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What an agent does under the offline model: these tool calls (in one turn, concurrently), then
+    an answer from a template over their real results: ``{task}``, ``{results}`` (all, in order) and
+    ``{result[0]}``, ``{result[1]}``, ..."""
+
+    calls: list[PlaybookCall] = msgspec.field(default_factory=list)
+    answer: str = "{results}"
+
+
 class AgentSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """One agent: who it is (``description`` is what the lead reads to choose it), its model, its
     system prompt, the tools it may call, its limits and its memory stores."""
@@ -59,6 +75,7 @@ class AgentSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     memory: Annotated[list[MemoryAttachment], msgspec.Meta(max_length=MAX_MEMORY_STORES)] = msgspec.field(
         default_factory=list
     )
+    playbook: Playbook | None = None
 
     def __post_init__(self) -> None:
         seen: set[str] = set()

@@ -15,6 +15,7 @@ import msgspec
 from schemas.base import Usage
 from schemas.conversation import ContentBlock, ToolSpec, ToolUseBlock, Turn
 from schemas.errors import StaffworkError
+from schemas.team import Playbook
 
 #: Stop reasons of the Messages API that the loops handle.
 END_TURN = "end_turn"
@@ -31,10 +32,13 @@ class ModelRequest(msgspec.Struct, frozen=True, kw_only=True):
     messages: list[Turn]
     tools: list[ToolSpec] = msgspec.field(default_factory=list)
     max_tokens: int = 4096
-    #: who is asking, for logs, traces and the offline model's playbooks
+    #: who is asking, for logs, traces and the offline model
     agent: str = ""
     thread_id: str = ""
     session_id: str = ""
+    #: hints for the offline model (real providers ignore them): the lead's roster, the playbook
+    roster: list[str] = msgspec.field(default_factory=list)
+    playbook: Playbook | None = None
 
 
 class ModelResponse(msgspec.Struct, frozen=True, kw_only=True):
