@@ -129,6 +129,13 @@ class LeadActor(BaseActor[SessionSubmit]):
         self.directory = directory
         self.cancels = cancels
         self.settings = settings or LeadSettings()
+        self._consumers: set[str] = set()  # agent consumers this process already made sure of
+
+    async def ensure_agent_consumer(self, bus: Bus, agent: str) -> None:
+        if agent not in self._consumers:
+            spec = agent_consumer(bus.subjects, agent, ack_wait=self.settings.subagent_ack_wait)
+            await ensure_consumer(bus, spec)
+            self._consumers.add(agent)
 
     def consumer(self, subjects: Subjects) -> ConsumerSpec:
         return lead_consumer(subjects, ack_wait=self.settings.ack_wait)
@@ -178,11 +185,7 @@ class LeadRun:
         if record.status == "canceled":
             return self._result("canceled", "the session was canceled")
         self._slots = asyncio.Semaphore(team.max_concurrent_threads)
-        for agent in team.agents:
-            await ensure_consumer(
-                self.bus,
-                agent_consumer(self.bus.subjects, agent.name, ack_wait=self.actor.settings.subagent_ack_wait),
-            )
+        await asyncio.gather(*(self.actor.ensure_agent_consumer(self.bus, a.name) for a in team.agents))
         await self.bus.publish(
             self.bus.subjects.out(self.sid, "accepted"),
             SessionAccepted(session_id=self.sid, team=team.name, lead=team.lead.name),
@@ -364,7 +367,7 @@ class LeadRun:
         self._threads[thread_id] = agent
         request = Delegation(
             session_id=self.sid,
-            msg_id=f"dlg-{thread_id}",
+            msg_id=f"dlg-{self.sid}-{thread_id}",  # unique across sessions: JetStream dedups on it
             thread_id=thread_id,
             agent=agent,
             task=task,
@@ -381,7 +384,7 @@ class LeadRun:
             raise ToolError(f"no thread {thread_id!r} in this session (threads: {known})")
         request = FollowUp(
             session_id=self.sid,
-            msg_id=f"fup-{thread_id_for(tool_use_id)}",
+            msg_id=f"fup-{self.sid}-{thread_id_for(tool_use_id)}",
             thread_id=thread_id,
             agent=agent,
             message=message,

@@ -14,6 +14,7 @@ finished work: the trigger's id is in the log, and a finished answer is sent aga
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 from typing import Any
 
@@ -23,13 +24,13 @@ from actors.sessions import CancelWatch, SessionDirectory, race_cancel
 from actors.tools.base import Toolbox, ToolContext
 from actors.tools.registry import tools_for
 from bus.actor import BaseActor, Context
-from bus.errors import HistoryConflict, Retryable
+from bus.errors import HistoryConflict, InvalidPath, Retryable
 from bus.history import ThreadHistory, ThreadLog
 from bus.provision import ConsumerSpec, agent_consumer
 from bus.subjects import Subjects
-from bus.workspace import Workspace
+from bus.workspace import Workspace, normalize_path
 from schemas.base import ErrorInfo, Message
-from schemas.conversation import TextBlock, ThreadTurn, Turn
+from schemas.conversation import TextBlock, ThreadTurn, ToolResultBlock, Turn
 from schemas.team import AgentSpec, TeamSpec
 from schemas.thread import Delegation, FollowUp, ThreadReply
 from schemas.trace import ThreadCreated, ThreadStatusIdle, ThreadStatusRunning
@@ -174,14 +175,11 @@ class SubagentActor(BaseActor[SubagentInbox]):
             return self._reply(msg, status="canceled", text="the session was canceled", usage=loop.usage)
         result = work.result()
         await bus.emit(ThreadStatusIdle(stop_reason=result.stop_reason, **fields))
-        written = [
-            f.path for f in await workspace.list(msg.session_id) if f.provenance.thread_id == msg.thread_id
-        ]
         return self._reply(
             msg,
             status=result.status,
             text=result.text,
-            files=written,
+            files=written_files(history),
             turns=result.model_turns,
             usage=result.usage,
             error=result.error,
@@ -224,6 +222,26 @@ class SubagentActor(BaseActor[SubagentInbox]):
         )
         await log.append(history, entry)
         return True
+
+
+def written_files(history: ThreadHistory) -> list[str]:
+    """The files this thread wrote, from its log: its successful ``write_file`` calls, in order."""
+    failed = {
+        block.tool_use_id
+        for entry in history.entries
+        for block in entry.turn.content
+        if isinstance(block, ToolResultBlock) and block.is_error
+    }
+    paths: list[str] = []
+    for entry in history.entries:
+        for use in entry.turn.tool_uses:
+            path = use.input.get("path")
+            if use.name == "write_file" and use.id not in failed and isinstance(path, str):
+                with contextlib.suppress(InvalidPath):
+                    normalized = normalize_path(path)
+                    if normalized not in paths:
+                        paths.append(normalized)
+    return paths
 
 
 def _model_turns(history: ThreadHistory) -> int:

@@ -39,6 +39,13 @@ REPLY_TO = "Sw-Reply-To"
 API_TIMEOUT = 10.0  # JetStream API calls (stream info, direct get, purge, ...)
 
 
+def _log_emit_failure(future: asyncio.Future[Any]) -> None:
+    if future.cancelled():
+        return
+    if (exc := future.exception()) is not None:
+        log.warning("trace_event_not_stored", error=repr(exc))
+
+
 class Bus:
     """A connected client. Use :meth:`connect`; close with :meth:`close` or ``async with``."""
 
@@ -169,12 +176,23 @@ class Bus:
             raise BusUnavailable(self.url, "connection closed") from exc
         return int(ack.seq)
 
-    async def emit(self, event: TraceEvent) -> int:
-        """Publish a trace event on its session's event subject, stamped with the current span."""
+    async def emit(self, event: TraceEvent) -> None:
+        """Publish a trace event on its session's event subject, stamped with the current span.
+
+        Pipelined: it does not wait for JetStream's ack (the work it describes need not wait for
+        the audit trail). Events from one connection are stored in the order they are emitted, and
+        before anything published after them; a rejected one is logged.
+        """
         span = current_span.get()
         if span is not None and not event.span_id:
             event = msgspec.structs.replace(event, span_id=span.span_id, parent_span_id=span.parent_span_id)
-        return await self.publish(self.subjects.event(event.session_id, event_kind(event)), event)
+        subject = self.subjects.event(event.session_id, event_kind(event))
+        headers = self.headers(event.msg_id)
+        try:
+            future = await self.js.publish_async(subject, encode(event), headers=headers)
+        except nats.errors.Error as exc:
+            raise BusError(f"cannot publish trace event on {subject!r}: {exc}") from exc
+        future.add_done_callback(_log_emit_failure)
 
     async def publish_core(
         self, subject: str, msg: Message, *, headers: dict[str, str] | None = None

@@ -195,3 +195,26 @@ async def test_a_duplicate_delegation_never_makes_a_second_thread(bus: Bus) -> N
     created = bus.subjects.event("ses_dup", "session.thread_created")
     assert len([m async for m in read_subject(bus, bus.subjects.log_stream, created)]) == 1  # one thread
     await replies.unsubscribe()
+
+
+async def test_sessions_reusing_tool_use_ids_do_not_collide(bus: Bus) -> None:
+    """Message ids are unique per session, so JetStream's dedup never drops another session's work."""
+    model = ScriptedModel({"lead": fan_out_lead(["logs"]) + fan_out_lead(["logs"])}, responder=echo)
+    async with running_agents(bus, model, agents=["logs"]):
+        for _ in range(2):
+            result = await submit_and_wait(
+                bus, SessionSubmit(task="again", team_spec=team("logs")), timeout=20
+            )
+            assert result.status == "idle"
+            assert "logs did: task for logs" in result.final_text
+
+
+async def test_deadline_reached_stops_the_session(bus: Bus) -> None:
+    model = ScriptedModel({"lead": fan_out_lead(["logs"])}, responder=echo, latency={"logs": 30.0})
+    async with running_agents(bus, model, agents=["logs"]):
+        async with asyncio.timeout(10):  # long before the 30 s model call would end
+            result = await submit_and_wait(
+                bus, SessionSubmit(task="x", team_spec=team("logs"), deadline_s=0.5)
+            )
+    assert result.status == "deadline_reached"
+    assert result.final_text == "the session stopped: deadline reached"
