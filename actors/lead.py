@@ -19,6 +19,8 @@ wall-clock deadline (``deadline_reached``). Cancelling the session stops the lea
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 from dataclasses import dataclass
 from typing import Annotated, Any, cast
 
@@ -33,6 +35,7 @@ from actors.tools.registry import check_team_tools, tools_for
 from bus.actor import BaseActor, Context
 from bus.codec import Decoder
 from bus.connection import Bus
+from bus.direct import read_subject
 from bus.errors import HistoryConflict, Retryable
 from bus.history import ThreadLog
 from bus.provision import ConsumerSpec, agent_consumer, ensure_consumer, lead_consumer
@@ -56,7 +59,9 @@ from schemas.trace import (
 log = structlog.get_logger("staffwork.lead")
 
 LEAD_THREAD = "lead"
-_replies: Decoder[ThreadReply] = Decoder(ThreadReply, max_bytes=4 * 1024 * 1024)
+REPLY_RECHECK = 10.0
+_REPLY_BYTES = 4 * 1024 * 1024
+_replies: Decoder[ThreadReply] = Decoder(ThreadReply, max_bytes=_REPLY_BYTES)
 
 
 def thread_id_for(tool_use_id: str) -> str:
@@ -134,7 +139,7 @@ class LeadActor(BaseActor[SessionSubmit]):
     async def ensure_agent_consumer(self, bus: Bus, agent: str) -> None:
         if agent not in self._consumers:
             spec = agent_consumer(bus.subjects, agent, ack_wait=self.settings.subagent_ack_wait)
-            await ensure_consumer(bus, spec)
+            await ensure_consumer(bus, spec, update=False)  # a worker's own settings win
             self._consumers.add(agent)
 
     def consumer(self, subjects: Subjects) -> ConsumerSpec:
@@ -164,6 +169,7 @@ class LeadRun:
         self.bus = bus
         self.sid = submit.session_id
         self.usage = Usage()
+        self.started = time.time()
         self.team: TeamSpec | None = None
         self.workspace = Workspace(bus)
         self.log = ThreadLog(bus)
@@ -182,6 +188,7 @@ class LeadRun:
             return self._result("failed", str(exc), error=ErrorInfo(kind="team", message=str(exc)))
         self.team = team
         record = await self.actor.directory.start(self.sid, team, self.submit.task)
+        self.started = record.started
         if record.status == "canceled":
             return self._result("canceled", "the session was canceled")
         self._slots = asyncio.Semaphore(team.max_concurrent_threads)
@@ -195,10 +202,16 @@ class LeadRun:
             SessionStatusRunning(session_id=self.sid, thread_id=LEAD_THREAD, agent=team.lead.name)
         )
         self._replies = await self.bus.listen(
-            self.bus.subjects.replies(self.sid), ThreadReply, self._on_reply
+            self.bus.subjects.replies(self.sid), ThreadReply, self._on_reply, max_bytes=_REPLY_BYTES
         )
         try:
             return await self._drive(team)
+        except (Retryable, HistoryConflict):
+            raise  # another try (or another lead) will continue the session
+        except Exception as exc:
+            with contextlib.suppress(Exception):  # stop its threads; the runtime reports the failure
+                await cancel_session(self.bus, self.sid, f"the lead failed: {exc}", status="failed")
+            raise
         finally:
             await self._replies.close()
             self.actor.cancels.forget(self.sid)
@@ -215,6 +228,8 @@ class LeadRun:
                 trigger=self.submit.msg_id,
             )
             await self.log.append(history, first)
+        for entry in history.entries:  # a replay: the lead's model usage so far counts
+            self._count(entry.usage)
         for entry in history.entries:  # threads started before a replay
             for use in entry.turn.tool_uses:
                 if use.name == "delegate" and isinstance(use.input.get("agent"), str):
@@ -243,7 +258,10 @@ class LeadRun:
         work: asyncio.Task[LoopResult] = asyncio.ensure_future(loop.run())
         deadline = self.submit.deadline_s or team.deadline_s
         deadline_hit = asyncio.Event()
-        timer = asyncio.get_running_loop().call_later(deadline, deadline_hit.set) if deadline else None
+        timer = None
+        if deadline:  # measured from the session's recorded start, so a replaying lead does not reset it
+            left = max(0.0, deadline - (time.time() - self.started))
+            timer = asyncio.get_running_loop().call_later(left, deadline_hit.set)
         try:
             outcome = await race_cancel(
                 work,
@@ -255,9 +273,9 @@ class LeadRun:
             if timer is not None:
                 timer.cancel()
         if outcome != "done":
-            if outcome != "canceled":  # stop the threads still running for this session
-                await cancel_session(self.bus, self.sid, outcome)
             status = cast(SessionState, outcome)
+            if outcome != "canceled":  # stop the threads still running for this session
+                await cancel_session(self.bus, self.sid, outcome, status=status)
             return await self._finish(
                 status, f"the session stopped: {outcome.replace('_', ' ')}", stop=outcome
             )
@@ -352,6 +370,28 @@ class LeadRun:
 
     # --- delegation ---
 
+    async def _stored_reply(self, request: Delegation | FollowUp) -> ThreadReply | None:
+        """The reply to ``request`` if it is already in the stream (a replay, or a missed message)."""
+        subject = self.bus.subjects.reply(self.sid, request.thread_id)
+        async for stored in read_subject(self.bus, self.bus.subjects.log_stream, subject):
+            reply = _replies.decode(stored.data, subject=subject)
+            if reply.in_reply_to == request.msg_id:
+                return reply
+        return None
+
+    async def _await_reply(
+        self, request: Delegation | FollowUp, future: asyncio.Future[ThreadReply]
+    ) -> ThreadReply:
+        """Wait for the reply; every ``REPLY_RECHECK`` seconds also look in the stream, so a reply
+        published while this connection was down (the live subscription missed it) is still found."""
+        while True:
+            try:
+                return await asyncio.wait_for(asyncio.shield(future), REPLY_RECHECK)
+            except TimeoutError:
+                stored = await self._stored_reply(request)
+                if stored is not None:
+                    return stored
+
     def _on_reply(self, reply: ThreadReply) -> None:
         future = self._pending.get(reply.in_reply_to)
         if future is not None and not future.done():
@@ -403,11 +443,8 @@ class LeadRun:
             future: asyncio.Future[ThreadReply] = asyncio.get_running_loop().create_future()
             self._pending[request.msg_id] = future
             try:
-                stored = await self.bus.last(self.bus.subjects.reply(self.sid, request.thread_id))
-                earlier = _replies.decode(stored) if stored else None
-                if earlier is not None and earlier.in_reply_to == request.msg_id:
-                    reply = earlier
-                else:
+                reply = await self._stored_reply(request)
+                if reply is None:
                     fields: dict[str, Any] = {
                         "session_id": self.sid,
                         "thread_id": LEAD_THREAD,
@@ -419,7 +456,7 @@ class LeadRun:
                         )
                     )
                     await self.bus.publish(self.bus.subjects.task(self.sid, agent), request)
-                    reply = await future
+                    reply = await self._await_reply(request, future)
             finally:
                 self._pending.pop(request.msg_id, None)
         self._count(reply.usage)

@@ -51,6 +51,32 @@ from schemas.trace import (
 )
 
 TRACE_TEXT_LIMIT = 20_000
+#: stop reasons of the note turns the loop records when a request stops without an answer
+STOPPED = frozenset({"max_turns", "error"})
+
+
+def turns_since_trigger(history: ThreadHistory) -> int:
+    count = 0
+    for entry in reversed(history.entries):
+        if entry.trigger:
+            break
+        if entry.turn.role == "assistant" and entry.stop_reason not in STOPPED:
+            count += 1
+    return count
+
+
+def answer_for(history: ThreadHistory, trigger: str) -> ThreadTurn | None:
+    """The turn that ended the request ``trigger`` (its answer, or a stop note), if it has ended."""
+    start = next((i for i, e in enumerate(history.entries) if e.trigger == trigger), None)
+    if start is None:
+        return None
+    answer = None
+    for entry in history.entries[start + 1 :]:
+        if entry.trigger:
+            break  # the next request starts here
+        if entry.turn.role == "assistant" and not entry.turn.tool_uses and entry.stop_reason != PAUSE_TURN:
+            answer = entry
+    return answer
 
 
 @dataclass
@@ -94,26 +120,37 @@ class AgentLoop:
 
     @property
     def model_turns(self) -> int:
-        return sum(1 for entry in self.history.entries if entry.turn.role == "assistant")
+        """Model turns spent on the current request (since its task or follow-up): each request of a
+        thread gets ``max_turns`` of its own."""
+        return turns_since_trigger(self.history)
 
     async def run(self) -> LoopResult:
         while True:
             last = self.history.last
             if last is None:
                 raise ValueError(f"thread {self.history.thread_id!r} has no history to continue")
+            if last.stop_reason in STOPPED:  # the request already ended (a resumed, finished run)
+                return self._stopped(last)
             if last.turn.role == "user" or last.stop_reason == PAUSE_TURN:
                 if self.model_turns >= self.spec.max_turns:
-                    return self._result("max_turns_reached", self._last_text(), "max_turns")
+                    text = self._last_text()
+                    limit = self.spec.max_turns
+                    await self._note(
+                        f"[stopped: this request reached its limit of {limit} model turns]", "max_turns"
+                    )
+                    return self._result("max_turns_reached", text, "max_turns")
                 try:
                     await self._model_turn()
                 except ModelFatal as exc:
+                    await self._note(f"[stopped: the model call failed: {exc}]", "error")
                     error = ErrorInfo(kind="model", message=str(exc))
                     return self._result("failed", str(exc), "error", error)
                 continue
             uses = last.turn.tool_uses
             if uses:
-                results = await asyncio.gather(*(self._run_tool(use) for use in uses))
-                await self._append(Turn(role="user", content=list(results)))
+                async with asyncio.TaskGroup() as tg:  # one failing call cancels its siblings
+                    tasks = [tg.create_task(self._run_tool(use)) for use in uses]
+                await self._append(Turn(role="user", content=[task.result() for task in tasks]))
                 continue
             if last.stop_reason == REFUSAL:
                 error = ErrorInfo(kind="refusal", message="the model refused to continue")
@@ -122,6 +159,16 @@ class AgentLoop:
             if last.stop_reason == MAX_TOKENS:
                 text += f"\n\n[answer cut short: the model reached max_tokens ({self.spec.max_tokens})]"
             return self._result("completed", text, last.stop_reason)
+
+    async def _note(self, text: str, stop: str) -> None:
+        """Record that the request stopped (an assistant turn, so a follow-up can continue the thread)."""
+        await self._append(Turn(role="assistant", content=[TextBlock(text=text)]), stop_reason=stop)
+
+    def _stopped(self, last: ThreadTurn) -> LoopResult:
+        if last.stop_reason == "max_turns":
+            return self._result("max_turns_reached", self._last_text(), "max_turns")
+        error = ErrorInfo(kind="model", message=last.turn.text)
+        return self._result("failed", last.turn.text, last.stop_reason, error)
 
     def _result(
         self, status: ThreadOutcome, text: str, stop: str, error: ErrorInfo | None = None
@@ -137,7 +184,7 @@ class AgentLoop:
 
     def _last_text(self) -> str:
         for entry in reversed(self.history.entries):
-            if entry.turn.role == "assistant" and entry.turn.text:
+            if entry.turn.role == "assistant" and entry.turn.text and entry.stop_reason not in STOPPED:
                 return entry.turn.text
         return ""
 
@@ -193,8 +240,9 @@ class AgentLoop:
         self.usage = self.usage + response.usage
         if self.on_usage is not None:
             self.on_usage(response.usage)
+        content = response.content or [TextBlock(text="(no answer)")]  # the API refuses empty turns later
         await self._append(
-            Turn(role="assistant", content=response.content),
+            Turn(role="assistant", content=content),
             usage=response.usage,
             model=response.model or self.model_name,
             stop_reason=response.stop_reason,

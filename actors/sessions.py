@@ -12,8 +12,9 @@ session's work within moments. Work picked up later sees the status in the direc
 from __future__ import annotations
 
 import asyncio
-from collections import defaultdict
-from typing import Any
+import time
+from collections import OrderedDict
+from typing import Any, TypeVar
 
 import msgspec
 import structlog
@@ -25,9 +26,33 @@ from schemas.team import TeamSpec
 
 log = structlog.get_logger("staffwork.sessions")
 
+STOPPED: frozenset[str] = frozenset({"canceled", "budget_reached", "deadline_reached", "failed"})
 TERMINAL: frozenset[str] = frozenset(
     {"idle", "terminated", "canceled", "failed", "budget_reached", "deadline_reached"}
 )
+
+
+T = TypeVar("T")
+
+
+class _Bounded(OrderedDict[str, T]):
+    """A dict that forgets its least recently used entries beyond ``limit`` (long-lived processes)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def get(self, key: str, default: T | None = None) -> T | None:  # type: ignore[override]
+        if key in self:
+            self.move_to_end(key)
+            return self[key]
+        return default
+
+    def __setitem__(self, key: str, value: T) -> None:
+        super().__setitem__(key, value)
+        self.move_to_end(key)
+        while len(self) > self.limit:
+            self.popitem(last=False)
 
 
 class SessionRecord(msgspec.Struct, kw_only=True):
@@ -36,6 +61,7 @@ class SessionRecord(msgspec.Struct, kw_only=True):
     task: str
     status: SessionState = "running"
     stop_reason: str = ""
+    started: float = msgspec.field(default_factory=time.time)
 
 
 _record = msgspec.json.Decoder(SessionRecord)
@@ -47,7 +73,7 @@ class SessionDirectory:
 
     def __init__(self, bus: Bus) -> None:
         self.bus = bus
-        self._teams: dict[str, TeamSpec] = {}
+        self._teams: _Bounded[TeamSpec] = _Bounded(1000)
 
     async def _kv(self) -> KV:
         return await self.bus.kv(self.bus.subjects.sessions_bucket)
@@ -71,18 +97,25 @@ class SessionDirectory:
         return record
 
     async def set_status(self, session_id: str, status: SessionState, stop_reason: str = "") -> None:
-        record = await self.get(session_id)
-        if record is None:
-            return
-        if record.status == "canceled" and status != "canceled":
-            return  # a canceled session stays canceled
-        record.status = status
-        record.stop_reason = stop_reason
-        await (await self._kv()).put(session_id, _encoder.encode(record))
+        """Change a session's status (compare-and-set, so a concurrent cancel is never overwritten)."""
+        kv = await self._kv()
+        for _ in range(10):
+            current = await kv.entry(session_id)
+            if current is None:
+                return
+            record = _record.decode(current[0])
+            if record.status in STOPPED and status != record.status:
+                return  # a stopped session stays stopped (a late "idle" never undoes a cancel)
+            record.status = status
+            record.stop_reason = stop_reason
+            if await kv.update(session_id, _encoder.encode(record), current[1]):
+                return
+        log.warning("session_status_contended", session_id=session_id, status=status)
 
     async def team(self, session_id: str) -> TeamSpec | None:
-        if session_id in self._teams:
-            return self._teams[session_id]
+        cached = self._teams.get(session_id)
+        if cached is not None:
+            return cached
         record = await self.get(session_id)
         if record is None:
             return None
@@ -90,13 +123,17 @@ class SessionDirectory:
         return record.team
 
     async def is_canceled(self, session_id: str) -> bool:
+        """Whether the session's work was stopped (canceled, or a budget, deadline or failure)."""
         record = await self.get(session_id)
-        return record is not None and record.status == "canceled"
+        return record is not None and record.status in STOPPED
 
 
-async def cancel_session(bus: Bus, session_id: str, reason: str = "canceled") -> None:
-    """Cancel a session: mark it in the directory and tell every lead and worker."""
-    await SessionDirectory(bus).set_status(session_id, "canceled", reason)
+async def cancel_session(
+    bus: Bus, session_id: str, reason: str = "canceled", *, status: SessionState = "canceled"
+) -> None:
+    """Stop a session's work: mark it in the directory (``canceled``, or why it stopped:
+    ``budget_reached``, ``deadline_reached``, ``failed``) and tell every lead and worker."""
+    await SessionDirectory(bus).set_status(session_id, status, reason)
     await bus.publish(bus.subjects.ctl(session_id), SessionCancel(session_id=session_id, reason=reason))
 
 
@@ -105,7 +142,7 @@ class CancelWatch:
 
     def __init__(self, bus: Bus) -> None:
         self.bus = bus
-        self._events: dict[str, asyncio.Event] = defaultdict(asyncio.Event)
+        self._events: _Bounded[asyncio.Event] = _Bounded(10_000)
         self._listener: Listener[SessionCancel] | None = None
 
     async def start(self) -> None:
@@ -119,10 +156,13 @@ class CancelWatch:
 
     def _on_cancel(self, cancel: SessionCancel) -> None:
         log.info("session_cancel_seen", session_id=cancel.session_id, reason=cancel.reason)
-        self._events[cancel.session_id].set()
+        self.event(cancel.session_id).set()
 
     def event(self, session_id: str) -> asyncio.Event:
-        return self._events[session_id]
+        event = self._events.get(session_id)
+        if event is None:
+            event = self._events[session_id] = asyncio.Event()
+        return event
 
     def forget(self, session_id: str) -> None:
         self._events.pop(session_id, None)

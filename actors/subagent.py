@@ -18,7 +18,7 @@ import contextlib
 import dataclasses
 from typing import Any
 
-from actors.loop import AgentLoop, LoopResult
+from actors.loop import AgentLoop, LoopResult, answer_for
 from actors.models.base import Model
 from actors.sessions import CancelWatch, SessionDirectory, race_cancel
 from actors.tools.base import Toolbox, ToolContext
@@ -31,11 +31,19 @@ from bus.subjects import Subjects
 from bus.workspace import Workspace, normalize_path
 from schemas.base import ErrorInfo, Message
 from schemas.conversation import TextBlock, ThreadTurn, ToolResultBlock, Turn
+from schemas.files import Provenance
 from schemas.team import AgentSpec, TeamSpec
-from schemas.thread import Delegation, FollowUp, ThreadReply
+from schemas.thread import Delegation, FollowUp, ThreadOutcome, ThreadReply
 from schemas.trace import ThreadCreated, ThreadStatusIdle, ThreadStatusRunning
 
 SubagentInbox = Delegation | FollowUp
+MAX_REPLY_CHARS = 100_000
+#: how a request that ended with this stop reason is reported when its answer is sent again
+_ENDED_AS: dict[str, ThreadOutcome] = {
+    "max_turns": "max_turns_reached",
+    "error": "failed",
+    "refusal": "failed",
+}
 
 
 def subagent_system_prompt(team: TeamSpec, spec: AgentSpec) -> str:
@@ -68,7 +76,7 @@ class SubagentActor(BaseActor[SubagentInbox]):
         self.cancels = cancels
         self.ack_wait = ack_wait
         self.max_deliver = max_deliver
-        self._threads: dict[str, asyncio.Lock] = {}
+        self._threads: dict[str, tuple[asyncio.Lock, int]] = {}  # lock, requests using it
 
     def consumer(self, subjects: Subjects) -> ConsumerSpec:
         spec = agent_consumer(subjects, self.agent, ack_wait=self.ack_wait)
@@ -104,15 +112,22 @@ class SubagentActor(BaseActor[SubagentInbox]):
         later (by then the thread's answer is in the log).
         """
         key = f"{msg.session_id}/{msg.thread_id}"
-        lock = self._threads.setdefault(key, asyncio.Lock())
+        lock, users = self._threads.get(key, (asyncio.Lock(), 0))
+        self._threads[key] = (lock, users + 1)
         try:
             async with lock:
                 return await self._handle(msg, ctx)
-        except HistoryConflict as exc:
-            raise Retryable(str(exc), delay=1.0) from exc
+        except HistoryConflict:
+            # Another process extended this thread first: it owns the work and will reply. Step
+            # aside (ack without a reply); if that process dies, its own delivery comes back.
+            ctx.log.info("thread_taken_by_another_worker", thread_id=msg.thread_id)
+            return None
         finally:
-            if not lock.locked():
-                self._threads.pop(key, None)
+            lock, users = self._threads[key]
+            if users <= 1:
+                del self._threads[key]
+            else:
+                self._threads[key] = (lock, users - 1)
 
     async def _handle(self, msg: SubagentInbox, ctx: Context) -> Message | None:
         bus = ctx.bus
@@ -136,12 +151,11 @@ class SubagentActor(BaseActor[SubagentInbox]):
             )
             return self._reply(msg, status="failed", text=error.message, error=error)
 
-        trigger_index = next(e.index for e in history.entries if e.trigger == msg.msg_id)
-        last = history.last
-        assert last is not None
-        if last.index > trigger_index and last.turn.role == "assistant" and not last.turn.tool_uses:
-            # This request was answered before (the reply was lost with a crashed worker): answer again.
-            return self._reply(msg, status="completed", text=last.turn.text, turns=_model_turns(history))
+        answered = answer_for(history, msg.msg_id)
+        if answered is not None:
+            # This request was answered before (a redelivery, or a duplicate): answer it again.
+            status = _ENDED_AS.get(answered.stop_reason, "completed")
+            return self._reply(msg, status=status, text=answered.turn.text, files=written_files(history))
 
         workspace = Workspace(bus)
         fields: dict[str, Any] = {
@@ -175,10 +189,21 @@ class SubagentActor(BaseActor[SubagentInbox]):
             return self._reply(msg, status="canceled", text="the session was canceled", usage=loop.usage)
         result = work.result()
         await bus.emit(ThreadStatusIdle(stop_reason=result.stop_reason, **fields))
+        text = result.text
+        if len(text) > MAX_REPLY_CHARS:  # keep the message small: the whole answer goes to the workspace
+            path = f"replies/{msg.thread_id}-{msg.msg_id}.md"
+            await workspace.put(
+                msg.session_id,
+                path,
+                text,
+                provenance=Provenance(session_id=msg.session_id, thread_id=msg.thread_id, agent=msg.agent),
+            )
+            note = f"[answer cut: all {len(text)} characters are in the workspace at {path}]"
+            text = f"{text[: MAX_REPLY_CHARS // 10]}\n\n{note}"
         return self._reply(
             msg,
             status=result.status,
-            text=result.text,
+            text=text,
             files=written_files(history),
             turns=result.model_turns,
             usage=result.usage,
@@ -210,7 +235,10 @@ class SubagentActor(BaseActor[SubagentInbox]):
             last = history.last
             assert last is not None
             if last.turn.role == "user" or last.turn.tool_uses:
-                raise Retryable(f"thread {msg.thread_id!r} is still working on an earlier request", delay=1.0)
+                # Its earlier request is still running (or will resume when its delivery comes back).
+                raise Retryable(
+                    f"thread {msg.thread_id!r} is still working on an earlier request", delay=self.ack_wait
+                )
             text = msg.message
         entry = ThreadTurn(
             session_id=msg.session_id,
@@ -242,7 +270,3 @@ def written_files(history: ThreadHistory) -> list[str]:
                     if normalized not in paths:
                         paths.append(normalized)
     return paths
-
-
-def _model_turns(history: ThreadHistory) -> int:
-    return sum(1 for entry in history.entries if entry.turn.role == "assistant")

@@ -22,7 +22,7 @@ import structlog
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
-from bus.codec import Decoder, encode
+from bus.codec import DEFAULT_MAX_BYTES, Decoder, encode
 from bus.errors import BusError, BusTimeout, BusUnavailable
 from bus.state import KV, Listener
 from bus.subjects import Subjects
@@ -211,10 +211,15 @@ class Bus:
             raise BusError(f"KV bucket {bucket!r} does not exist: was the bus provisioned?") from exc
 
     async def listen(
-        self, subject: str, type: Any, callback: Callable[[Any], Awaitable[None] | None]
+        self,
+        subject: str,
+        type: Any,
+        callback: Callable[[Any], Awaitable[None] | None],
+        *,
+        max_bytes: int = DEFAULT_MAX_BYTES,
     ) -> Listener[Any]:
         """Subscribe to ``subject`` (core, not durable), decoding each message into ``type``."""
-        listener: Listener[Any] = Listener(Decoder(type), callback)
+        listener: Listener[Any] = Listener(Decoder(type, max_bytes=max_bytes), callback)
         listener._sub = await self.nc.subscribe(subject, cb=listener._on_message)
         return listener
 

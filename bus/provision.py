@@ -153,9 +153,20 @@ async def ensure_stream(bus: Bus, config: StreamConfig) -> None:
         ) from exc
 
 
-async def ensure_consumer(bus: Bus, spec: ConsumerSpec, stream: str | None = None) -> None:
-    """Create the durable consumer, or update it in place (create-or-update is idempotent)."""
+async def ensure_consumer(
+    bus: Bus, spec: ConsumerSpec, stream: str | None = None, *, update: bool = True
+) -> None:
+    """Create the durable consumer, or update it in place (create-or-update is idempotent).
+
+    With ``update=False`` an existing consumer is left as it is (its owner's settings win).
+    """
     stream = stream or bus.subjects.log_stream
+    if not update:
+        try:
+            await bus.js.consumer_info(stream, spec.durable)
+            return
+        except nats.js.errors.NotFoundError:
+            pass
     try:
         await bus.js.add_consumer(stream, spec.config())
     except nats.errors.NoRespondersError as exc:

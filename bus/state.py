@@ -39,6 +39,28 @@ class KV:
             raise BusTimeout("KV get", f"{self.bucket}/{key}", 10.0) from exc
         return entry.value or None
 
+    async def entry(self, key: str) -> tuple[bytes, int] | None:
+        """The value and its revision (for :meth:`update`), or None."""
+        try:
+            entry = await self._kv.get(key)
+        except nats.js.errors.KeyNotFoundError:
+            return None
+        except (nats.errors.TimeoutError, TimeoutError) as exc:
+            raise BusTimeout("KV get", f"{self.bucket}/{key}", 10.0) from exc
+        if not entry.value or entry.revision is None:
+            return None
+        return entry.value, entry.revision
+
+    async def update(self, key: str, value: bytes, revision: int) -> bool:
+        """Replace the value if it is still at ``revision``; False if someone changed it since."""
+        try:
+            await self._kv.update(key, value, last=revision)
+        except nats.js.errors.KeyWrongLastSequenceError:
+            return False
+        except nats.js.errors.APIError as exc:
+            raise BusError(f"KV update {self.bucket}/{key} failed: {exc.description}") from exc
+        return True
+
     async def create(self, key: str, value: bytes) -> bool:
         """Store ``value`` unless ``key`` exists; False if it did."""
         try:

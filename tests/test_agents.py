@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 
+import msgspec
 import pytest
 
+from actors.loop import answer_for
 from actors.models.base import ModelRequest, ModelResponse
 from actors.models.scripted import ScriptedModel, calls, text
 from actors.sessions import SessionDirectory, cancel_session
@@ -14,8 +16,10 @@ from actors.workers import running_agents
 from bus.codec import Decoder
 from bus.connection import Bus
 from bus.direct import read_subject
+from bus.history import ThreadHistory
 from bus.workspace import Workspace
 from schemas import Delegation, SessionResult, SessionSubmit, ThreadReply, Usage
+from schemas.conversation import TextBlock, ThreadTurn, Turn
 from schemas.trace import ToolDenied
 from tests.agents import fan_out_lead, submit_and_wait, team, tool_results
 
@@ -218,3 +222,133 @@ async def test_deadline_reached_stops_the_session(bus: Bus) -> None:
             )
     assert result.status == "deadline_reached"
     assert result.final_text == "the session stopped: deadline reached"
+
+
+def thread_of(request: ModelRequest) -> str:
+    return tool_results(request)[0].content.split()[1]  # "[thread <id> · agent ..."
+
+
+async def test_two_follow_ups_to_one_thread_in_one_turn_each_get_their_answer(bus: Bus) -> None:
+    def two_follow_ups(request: ModelRequest) -> ModelResponse:
+        thread = thread_of(request)
+        return calls(
+            ("toolu_a", "message_agent", {"thread_id": thread, "message": "question A"}),
+            ("toolu_b", "message_agent", {"thread_id": thread, "message": "question B"}),
+        )
+
+    def answer(request: ModelRequest) -> ModelResponse:
+        return text(f"answer to {request.messages[-1].text}")
+
+    model = ScriptedModel(
+        {
+            "lead": [
+                calls(("toolu_d", "delegate", {"agent": "logs", "task": "start"})),
+                two_follow_ups,
+                text("ok"),
+            ]
+        },
+        responder=answer,
+    )
+    async with running_agents(bus, model, agents=["logs"]):
+        result = await submit_and_wait(bus, SessionSubmit(task="x", team_spec=team("logs")))
+    assert result.status == "idle"
+    first, second = tool_results(model.calls_by("lead")[2].request)
+    assert "answer to question A" in first.content
+    assert "answer to question B" in second.content
+
+
+async def test_a_huge_answer_goes_to_the_workspace(bus: Bus) -> None:
+    big = "x" * 300_000
+    model = ScriptedModel({"lead": fan_out_lead(["logs"])}, responder=lambda r: text(big))
+    async with running_agents(bus, model, agents=["logs"]):
+        result = await submit_and_wait(bus, SessionSubmit(task="x", team_spec=team("logs")), timeout=20)
+    assert result.status == "idle"
+    [spilled] = [f for f in result.files if f.startswith("replies/")]
+    assert await Workspace(bus).read_text(result.session_id, spilled) == big
+    assert f"all 300000 characters are in the workspace at {spilled}" in result.final_text
+
+
+async def test_a_stopped_session_keeps_its_reason_in_the_directory(bus: Bus) -> None:
+    model = ScriptedModel(
+        {
+            "lead": [
+                calls(("toolu_1", "delegate", {"agent": "logs", "task": "a"}), usage=Usage(input_tokens=5000))
+            ]
+        }
+    )
+    submit = SessionSubmit(task="x", team_spec=team("logs", budget_tokens=1000))
+    async with running_agents(bus, model, agents=["logs"]):
+        result = await submit_and_wait(bus, submit)
+    assert result.status == "budget_reached"
+    record = await SessionDirectory(bus).get(submit.session_id)
+    assert record is not None
+    assert record.status == "budget_reached"
+
+
+async def test_a_follow_up_continues_a_thread_that_hit_its_turn_limit(bus: Bus) -> None:
+    def follow_up(request: ModelRequest) -> ModelResponse:
+        return calls(("toolu_f", "message_agent", {"thread_id": thread_of(request), "message": "now answer"}))
+
+    spec = team("logs", tools=("list_files",))
+    spec = msgspec.structs.replace(spec, agents=[msgspec.structs.replace(spec.agents[0], max_turns=1)])
+    model = ScriptedModel(
+        {
+            "lead": [
+                calls(("toolu_d", "delegate", {"agent": "logs", "task": "look"})),
+                follow_up,
+                text("ok"),
+            ],
+            "logs": [calls(("toolu_l", "list_files", {})), text("here is my answer")],
+        }
+    )
+    async with running_agents(bus, model, agents=["logs"]):
+        result = await submit_and_wait(bus, SessionSubmit(task="x", team_spec=spec))
+    assert result.status == "idle"
+    lead_calls = model.calls_by("lead")
+    assert "max_turns_reached" in tool_results(lead_calls[1].request)[0].content
+    assert "here is my answer" in tool_results(lead_calls[2].request)[0].content
+    model.assert_done()
+
+
+async def test_an_empty_model_answer_does_not_break_follow_ups(bus: Bus) -> None:
+    def follow_up(request: ModelRequest) -> ModelResponse:
+        return calls(("toolu_f", "message_agent", {"thread_id": thread_of(request), "message": "again?"}))
+
+    model = ScriptedModel(
+        {
+            "lead": [calls(("toolu_d", "delegate", {"agent": "logs", "task": "q"})), follow_up, text("ok")],
+            "logs": [ModelResponse(content=[], stop_reason="end_turn"), text("second answer")],
+        }
+    )
+    async with running_agents(bus, model, agents=["logs"]):
+        result = await submit_and_wait(bus, SessionSubmit(task="x", team_spec=team("logs")))
+    assert result.status == "idle"
+    second = model.calls_by("logs")[1].request
+    assert [t.text for t in second.messages] == ["q", "(no answer)", "again?"]  # no empty turn sent back
+
+
+def test_answer_for_finds_the_turn_that_answered_each_request() -> None:
+    def entry(index: int, role: str, words: str, trigger: str = "", stop: str = "") -> ThreadTurn:
+        turn = Turn(role=role, content=[TextBlock(text=words)])  # type: ignore[arg-type]
+        return ThreadTurn(
+            session_id="s",
+            thread_id="t",
+            agent="a",
+            index=index,
+            turn=turn,
+            trigger=trigger,
+            stop_reason=stop,
+        )
+
+    history = ThreadHistory(session_id="s", thread_id="t")
+    history.entries = [
+        entry(0, "user", "task", trigger="dlg"),
+        entry(1, "assistant", "answer 1", stop="end_turn"),
+        entry(2, "user", "question A", trigger="fup-a"),
+        entry(3, "assistant", "[stopped: limit]", stop="max_turns"),
+        entry(4, "user", "question B", trigger="fup-b"),
+    ]
+    assert answer_for(history, "dlg") is history.entries[1]
+    assert answer_for(history, "fup-a") is history.entries[3]
+    assert answer_for(history, "fup-b") is None  # still running
+    assert answer_for(history, "unknown") is None

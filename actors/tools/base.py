@@ -93,7 +93,12 @@ class Tool:
             return self._error(ctx, f"{self.name} failed: {type(exc).__name__}: {exc}")
         text = result if isinstance(result, str) else msgspec.json.encode(result).decode()
         if len(text) > MAX_OUTPUT:
-            text = await _spill(ctx, self.name, text)
+            try:
+                text = await _spill(ctx, self.name, text)
+            except StaffworkError as exc:  # the output is still useful cut short
+                log.warning("tool_output_not_stored", tool=self.name, error=str(exc))
+                note = f"[{self.name} output truncated at {MAX_OUTPUT} of {len(text)} characters]"
+                text = f"{text[:MAX_OUTPUT]}\n\n{note}"
         return ToolResultBlock(tool_use_id=ctx.tool_use_id, content=text)
 
     def _error(self, ctx: ToolContext, message: str) -> ToolResultBlock:
