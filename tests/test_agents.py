@@ -352,3 +352,36 @@ def test_answer_for_finds_the_turn_that_answered_each_request() -> None:
     assert answer_for(history, "fup-a") is history.entries[3]
     assert answer_for(history, "fup-b") is None  # still running
     assert answer_for(history, "unknown") is None
+
+
+async def test_stop_reasons_pause_turn_refusal_and_max_tokens_are_handled(bus: Bus) -> None:
+    lead = calls(
+        *[(f"toolu_{a}", "delegate", {"agent": a, "task": "go"}) for a in ("pauser", "refuser", "rambler")]
+    )
+    model = ScriptedModel(
+        {
+            "lead": [lead, text("done")],
+            "pauser": [
+                ModelResponse(content=[TextBlock(text="part one")], stop_reason="pause_turn"),
+                text("part two"),
+            ],
+            "refuser": [
+                ModelResponse(content=[TextBlock(text="I can't help with that")], stop_reason="refusal")
+            ],
+            "rambler": [
+                ModelResponse(content=[TextBlock(text="a long answer that")], stop_reason="max_tokens")
+            ],
+        }
+    )
+    async with running_agents(bus, model, agents=["pauser", "refuser", "rambler"]):
+        result = await submit_and_wait(
+            bus, SessionSubmit(task="x", team_spec=team("pauser", "refuser", "rambler"))
+        )
+    assert result.status == "idle"
+    paused, refused, cut = tool_results(model.calls_by("lead")[1].request)
+    assert "part two" in paused.content  # pause_turn: the model was asked to continue
+    assert len(model.calls_by("pauser")) == 2
+    assert refused.is_error  # refusal: the thread failed, and the lead is told so
+    assert "failed" in refused.content
+    assert "[answer cut short: the model reached max_tokens (4096)]" in cut.content
+    model.assert_done()
