@@ -20,7 +20,6 @@ from actors.sessions import CancelWatch, SessionDirectory
 from actors.subagent import SubagentActor
 from bus.actor import Actor
 from bus.connection import Bus
-from bus.lifecycle import run_actors
 from bus.runtime import ActorRuntime, RuntimeSettings
 
 
@@ -80,32 +79,23 @@ async def running_agents(
     lead: bool = True,
     agents: Sequence[str] = (),
     settings: AgentSettings | None = None,
-) -> AsyncIterator[list[ActorRuntime[Any]]]:
+) -> AsyncIterator[None]:
     """Run a lead and/or subagent workers on ``bus`` for the duration of the block."""
-    settings = settings or AgentSettings()
-    cancels = CancelWatch(bus)
-    await cancels.start()
-    built = agent_actors(
-        model=model,
-        directory=SessionDirectory(bus),
-        cancels=cancels,
-        lead=lead,
-        agents=agents,
-        settings=settings,
-    )
     stop = asyncio.Event()
-    runtimes = [ActorRuntime(bus, actor, runtime_settings) for actor, runtime_settings in built]
+    ready = asyncio.Event()
+    serving = asyncio.ensure_future(
+        serve_agents(bus, model, stop, lead=lead, agents=agents, settings=settings, on_ready=ready.set)
+    )
+    waiting = asyncio.ensure_future(ready.wait())
     try:
-        async with asyncio.TaskGroup() as tg:
-            for runtime in runtimes:
-                tg.create_task(runtime.run(stop))
-            await asyncio.gather(*(r.ready.wait() for r in runtimes))
-            try:
-                yield runtimes
-            finally:
-                stop.set()
+        await asyncio.wait({serving, waiting}, return_when=asyncio.FIRST_COMPLETED)
+        if serving.done():
+            serving.result()  # it failed to start: raise why
+        yield
     finally:
-        await cancels.stop()
+        waiting.cancel()
+        stop.set()
+        await serving
 
 
 async def serve_agents(
@@ -144,4 +134,4 @@ async def serve_agents(
         await cancels.stop()
 
 
-__all__ = ["AgentSettings", "agent_actors", "run_actors", "running_agents", "serve_agents"]
+__all__ = ["AgentSettings", "agent_actors", "running_agents", "serve_agents"]

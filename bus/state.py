@@ -31,13 +31,8 @@ class KV:
         self.bucket = bucket
 
     async def get(self, key: str) -> bytes | None:
-        try:
-            entry = await self._kv.get(key)
-        except nats.js.errors.KeyNotFoundError:
-            return None
-        except (nats.errors.TimeoutError, TimeoutError) as exc:
-            raise BusTimeout("KV get", f"{self.bucket}/{key}", 10.0) from exc
-        return entry.value or None
+        current = await self.entry(key)
+        return current[0] if current else None
 
     async def entry(self, key: str) -> tuple[bytes, int] | None:
         """The value and its revision (for :meth:`update`), or None."""

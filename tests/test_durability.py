@@ -4,12 +4,8 @@ the session still completes, without redoing finished work."""
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
 from collections import Counter
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from pathlib import Path
+from contextlib import AbstractAsyncContextManager
 
 import pytest
 
@@ -21,38 +17,17 @@ from schemas.trace import ModelRequestStart
 from tests.agents import team, wait_result
 from tests.agents_proc import AGENTS
 from tests.conftest import NatsServer
+from tests.procs import ready_process
 
-ROOT_DIR = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
 STARTS = Decoder(ModelRequestStart)
 
 
-@asynccontextmanager
-async def agents_process(
+def agents_process(
     server: NatsServer, root: str, *args: str
-) -> AsyncIterator[asyncio.subprocess.Process]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "tests.agents_proc",
-        server.url,
-        root,
-        *args,
-        cwd=ROOT_DIR,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
-        assert proc.stdout is not None
-        async with asyncio.timeout(20):
-            line = await proc.stdout.readline()
-        assert line.strip() == b"READY", line + (await proc.stderr.read() if proc.stderr else b"")
-        yield proc
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-        await proc.communicate()
+) -> AbstractAsyncContextManager[asyncio.subprocess.Process]:
+    """A lead and/or worker process on the deterministic script; yielded once it printed READY."""
+    return ready_process("tests.agents_proc", server.url, root, *args)
 
 
 async def model_calls(bus: Bus, session_id: str) -> Counter[str]:

@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from pathlib import Path
+from contextlib import AbstractAsyncContextManager
 
 import pytest
 
@@ -16,37 +12,17 @@ from bus.codec import Decoder
 from bus.connection import Bus
 from tests.conftest import NatsServer
 from tests.jobs import Job, JobDone
+from tests.procs import ready_process
 
-ROOT_DIR = Path(__file__).resolve().parent.parent
 DONE = Decoder(JobDone)
 pytestmark = pytest.mark.slow
 
 
-@asynccontextmanager
-async def worker(server: NatsServer, root: str, *args: str) -> AsyncIterator[asyncio.subprocess.Process]:
+def worker(
+    server: NatsServer, root: str, *args: str
+) -> AbstractAsyncContextManager[asyncio.subprocess.Process]:
     """A worker process running the jobs actor; yielded once it printed READY."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "tests.jobs",
-        server.url,
-        root,
-        *args,
-        cwd=ROOT_DIR,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
-        assert proc.stdout is not None
-        async with asyncio.timeout(20):
-            line = await proc.stdout.readline()
-        assert line.strip() == b"READY", line + (await proc.stderr.read() if proc.stderr else b"")
-        yield proc
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-        await proc.communicate()
+    return ready_process("tests.jobs", server.url, root, *args)
 
 
 async def next_done(sub: object, timeout: float = 20.0) -> JobDone:

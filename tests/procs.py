@@ -1,0 +1,37 @@
+"""Starting test helper modules as real processes, ready when they print READY."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+ROOT_DIR = Path(__file__).resolve().parent.parent
+
+
+@asynccontextmanager
+async def ready_process(module: str, *args: str) -> AsyncIterator[asyncio.subprocess.Process]:
+    """``python -m module args...``, yielded once it printed READY; killed if still running after."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        module,
+        *args,
+        cwd=ROOT_DIR,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert proc.stdout is not None
+        async with asyncio.timeout(20):
+            line = await proc.stdout.readline()
+        assert line.strip() == b"READY", line + (await proc.stderr.read() if proc.stderr else b"")
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.communicate()
