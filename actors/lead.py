@@ -29,7 +29,7 @@ import structlog
 
 from actors.loop import AgentLoop, LoopResult
 from actors.models.base import Model
-from actors.sessions import CancelWatch, SessionDirectory, cancel_session, race_cancel
+from actors.sessions import TERMINAL, CancelWatch, SessionDirectory, cancel_session, race_cancel
 from actors.tools.base import Tool, Toolbox, ToolContext, ToolError, tool
 from actors.tools.registry import check_team_tools, tools_for
 from bus.actor import BaseActor, Context
@@ -189,6 +189,10 @@ class LeadRun:
         self.team = team
         record = await self.actor.directory.start(self.sid, team, self.submit.task)
         self.started = record.started
+        if record.status in TERMINAL:  # a finished session submitted again: its result stands
+            stored = await self.bus.last(self.bus.subjects.out(self.sid, "result"))
+            if stored:
+                return msgspec.json.decode(stored, type=SessionResult)
         if record.status == "canceled":
             return self._result("canceled", "the session was canceled")
         self._slots = asyncio.Semaphore(team.max_concurrent_threads)

@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from actors.gateway import SubmitGateway
 from actors.lead import LeadActor, LeadSettings
 from actors.models.base import Model
 from actors.sessions import CancelWatch, SessionDirectory
@@ -112,6 +113,9 @@ async def serve_agents(
     settings = settings or AgentSettings()
     cancels = CancelWatch(bus)
     await cancels.start()
+    gateway = SubmitGateway(bus) if lead else None
+    if gateway is not None:
+        await gateway.start()
     try:
         built = agent_actors(
             model=model,
@@ -131,6 +135,8 @@ async def serve_agents(
                 if result is not None:
                     await result
     finally:
+        if gateway is not None:
+            await gateway.stop()
         await cancels.stop()
 
 

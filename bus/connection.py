@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from types import TracebackType
 from typing import Any
 
@@ -24,7 +24,7 @@ from nats.js import JetStreamContext
 
 from bus.codec import DEFAULT_MAX_BYTES, Decoder, encode
 from bus.errors import BusError, BusTimeout, BusUnavailable
-from bus.state import KV, Listener
+from bus.state import KV, Listener, Responder, follow
 from bus.subjects import Subjects
 from bus.tracing import SpanContext, current_span
 from schemas.base import Message
@@ -222,6 +222,34 @@ class Bus:
         listener: Listener[Any] = Listener(Decoder(type, max_bytes=max_bytes), callback)
         listener._sub = await self.nc.subscribe(subject, cb=listener._on_message)
         return listener
+
+    async def respond(
+        self, subject: str, handler: Callable[[bytes], Awaitable[bytes]], *, queue: str
+    ) -> Responder:
+        """Answer requests on ``subject``; every process with the same ``queue`` shares them."""
+        responder = Responder(handler)
+        responder._nc = self.nc
+        responder._sub = await self.nc.subscribe(subject, queue=queue, cb=responder._on_request)
+        return responder
+
+    async def publish_once(self, subject: str, msg: Message, *, msg_id: str, timeout: float = 10.0) -> bool:
+        """Store ``msg`` unless a message with ``msg_id`` was stored within the dedup window.
+
+        True if it was stored now, False if JetStream recognised it as a duplicate.
+        """
+        try:
+            ack = await self.js.publish(subject, encode(msg), timeout=timeout, headers=self.headers(msg_id))
+        except nats.js.errors.NoStreamResponseError as exc:
+            raise BusError(
+                f"no stream stores subject {subject!r}: was the bus provisioned for this root?"
+            ) from exc
+        except (nats.errors.TimeoutError, TimeoutError) as exc:
+            raise BusTimeout("publish", subject, timeout) from exc
+        return not ack.duplicate
+
+    def follow(self, subject: str, type: Any) -> AsyncIterator[Any]:
+        """Messages on ``subject`` in the log stream from the first stored one, then live."""
+        return follow(self.js, self.subjects.log_stream, subject, Decoder(type, max_bytes=4 * 1024 * 1024))
 
     async def last(self, subject: str) -> bytes | None:
         """The last message stored on ``subject`` in the log stream, or None."""

@@ -114,7 +114,7 @@ def log_stream_config(bus: Bus, settings: StreamSettings) -> StreamConfig:
     return StreamConfig(
         name=bus.subjects.log_stream,
         description=f"staffwork traffic under {bus.subjects.root}",
-        subjects=[bus.subjects.all],
+        subjects=bus.subjects.logged,
         retention=RetentionPolicy.LIMITS,
         storage=settings.storage,
         num_replicas=settings.replicas,

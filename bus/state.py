@@ -6,14 +6,15 @@ Actors use these instead of nats-py, so the transport stays in ``bus/``.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable, Callable
-from typing import Generic, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Generic, TypeVar
 
 import nats.errors
 import nats.js.errors
 import structlog
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.js.api import DeliverPolicy
 from nats.js.kv import KeyValue
 
 from bus.codec import Decoder
@@ -56,6 +57,14 @@ class KV:
             raise BusError(f"KV update {self.bucket}/{key} failed: {exc.description}") from exc
         return True
 
+    async def keys(self, prefix: str = "") -> list[str]:
+        """The keys (optionally only those starting with ``prefix``), sorted; [] for an empty bucket."""
+        try:
+            keys = await self._kv.keys()
+        except nats.js.errors.NoKeysError:
+            return []
+        return sorted(k for k in keys if k.startswith(prefix))
+
     async def create(self, key: str, value: bytes) -> bool:
         """Store ``value`` unless ``key`` exists; False if it did."""
         try:
@@ -71,6 +80,51 @@ class KV:
             await self._kv.put(key, value)
         except nats.js.errors.APIError as exc:
             raise BusError(f"KV put {self.bucket}/{key} failed: {exc.description}") from exc
+
+
+class Responder:
+    """Answers requests on a subject (in a queue group, so several processes share the work).
+
+    The handler gets the raw payload (so it can report malformed input itself) and returns the reply
+    bytes. Replies are published to the request's reply subject without echoing its headers.
+    """
+
+    def __init__(self, handler: Callable[[bytes], Awaitable[bytes]]) -> None:
+        self._handler = handler
+        self._sub: Subscription | None = None
+        self._nc: Any = None
+
+    async def _on_request(self, msg: Msg) -> None:
+        if not msg.reply:
+            return
+        try:
+            answer = await self._handler(msg.data)
+        except Exception:
+            log.exception("responder_failed", subject=msg.subject)
+            return
+        with contextlib.suppress(nats.errors.Error):
+            await self._nc.publish(msg.reply, answer)
+
+    async def close(self) -> None:
+        if self._sub is not None:
+            with contextlib.suppress(nats.errors.Error):
+                await self._sub.unsubscribe()
+            self._sub = None
+
+
+async def follow(js: Any, stream: str, subject: str, decoder: Decoder[T]) -> AsyncIterator[T]:
+    """Every message stored on ``subject`` from the first, then new ones as they come (an ordered
+    consumer). Messages that do not decode are skipped."""
+    sub = await js.subscribe(subject, stream=stream, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
+    try:
+        async for msg in sub.messages:
+            try:
+                yield decoder.decode(msg.data, subject=msg.subject)
+            except MessageRejected:
+                continue
+    finally:
+        with contextlib.suppress(nats.errors.Error):
+            await sub.unsubscribe()
 
 
 class Listener(Generic[T]):

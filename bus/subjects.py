@@ -4,6 +4,7 @@ Under a configurable root (default ``sw``; each test uses its own):
 
 ========================================  =========================================================
 ``<root>.submit``                         session requests from anyone (the lead pool consumes)
+``<root>.api.submit``                     request/reply: validated submit, answered with the session id
 ``<root>.s.<session>.task.<agent>``       delegations and follow-ups for a subagent
 ``<root>.s.<session>.reply.<thread>``     a subagent's reply to the lead
 ``<root>.s.<session>.evt.<kind...>``      trace events (``evt.session.thread_created``)
@@ -57,8 +58,22 @@ class Subjects:
         return f"{self.root}.>"
 
     @property
+    def logged(self) -> list[str]:
+        """What the log stream keeps: session requests, all session traffic, system events.
+
+        Request/reply APIs (``<root>.api.>``) are not logged: a stream capturing a request's subject
+        would answer it with its own publish acknowledgement before the real responder.
+        """
+        return [self.submit, f"{self.root}.s.>", f"{self.root}.sys.>"]
+
+    @property
     def submit(self) -> str:
         return f"{self.root}.submit"
+
+    @property
+    def api_submit(self) -> str:
+        """Request/reply: validate a submit, start the session, answer with its id (or the error)."""
+        return f"{self.root}.api.submit"
 
     def session(self, session_id: str) -> str:
         """Filter for all of one session's traffic."""

@@ -19,6 +19,7 @@ from schemas.session import (
     SessionState,
     SessionStatus,
     SessionSubmit,
+    SubmitReply,
 )
 from schemas.team import AgentSpec, MemoryAttachment, TeamSpec, parse_team, team_from_dict
 from schemas.thread import Delegation, FollowUp, ThreadReply
@@ -32,6 +33,7 @@ WorkerInbox = Delegation | FollowUp
 #: Every message another system may publish or read (trace events are listed in ``AnyTraceEvent``).
 SESSION_MESSAGES: tuple[type[Message], ...] = (
     SessionSubmit,
+    SubmitReply,
     SessionAccepted,
     SessionStatus,
     SessionResult,
@@ -88,6 +90,7 @@ __all__ = [
     "SessionSubmit",
     "SpecError",
     "StaffworkError",
+    "SubmitReply",
     "TeamSpec",
     "ThreadReply",
     "Token",

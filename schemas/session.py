@@ -42,6 +42,19 @@ class SessionSubmit(Message, frozen=True, kw_only=True, tag="session.submit.v1")
     inputs: list[str] = msgspec.field(default_factory=list)
     metadata: dict[str, str] = msgspec.field(default_factory=dict)
     deadline_s: float | None = None
+    #: the same key twice starts one session (the session id is derived from it)
+    idempotency_key: str = ""
+
+
+class SubmitReply(Message, frozen=True, kw_only=True, tag="session.submit_reply.v1"):
+    """The answer to a request on ``<root>.api.submit``: the session id, or why it was refused."""
+
+    accepted: bool
+    duplicate: bool = False
+    error: ErrorInfo | None = None
+    #: where to watch: ``<root>.s.<session>.evt.>`` (trace), ``<root>.s.<session>.out.result``
+    events_subject: str = ""
+    result_subject: str = ""
 
 
 class SessionAccepted(Message, frozen=True, kw_only=True, tag="session.accepted.v1"):

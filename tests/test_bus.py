@@ -53,7 +53,11 @@ async def test_provisioning_is_idempotent(bus: Bus) -> None:
     await provision(bus, settings=StreamSettings(max_age=3600), agents=("logs",))
     await provision(bus, settings=StreamSettings(max_age=3600), agents=("logs",))
     stream = await bus.js.stream_info(bus.subjects.log_stream)
-    assert stream.config.subjects == [bus.subjects.all]
+    assert stream.config.subjects == [
+        bus.subjects.submit,
+        f"{bus.subjects.root}.s.>",
+        f"{bus.subjects.root}.sys.>",
+    ]
     names = {c.name for c in await bus.js.consumers_info(bus.subjects.log_stream)}
     assert names == {"lead", "agent_logs"}
     await bus.js.key_value(bus.subjects.sessions_bucket)

@@ -25,6 +25,7 @@ from schemas import (
     SessionStatus,
     SessionSubmit,
     SpecError,
+    SubmitReply,
     TeamSpec,
     ThreadReply,
     Usage,
@@ -48,6 +49,7 @@ SAMPLES: dict[type[Message], Message] = {
             session_id=SID, task="investigate", team_spec=TEAM, inputs=["data/"], metadata={"k": "v"}
         ),
         SessionAccepted(session_id=SID, team="incident", lead="lead"),
+        SubmitReply(session_id=SID, accepted=False, error=ErrorInfo(kind="invalid_request", message="bad")),
         SessionStatus(session_id=SID, status="running", usage=USAGE),
         SessionResult(session_id=SID, status="idle", final_text="done", files=["report.md"], usage=USAGE),
         SessionCancel(session_id=SID, reason="user", thread_id="thr_1"),

@@ -1,0 +1,150 @@
+"""The Python client: start sessions, follow them, read their files. The CLI uses it too.
+
+::
+
+    async with await Client.connect("nats://127.0.0.1:4222") as client:
+        session_id = await client.submit("Why did checkout fail?", team="incident")
+        async for event in client.events(session_id):
+            print(event_kind(event), event.agent)
+        result = await client.wait(session_id)
+        report = await client.read_file(session_id, result.report_path)
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from types import TracebackType
+
+from actors.sessions import SessionDirectory, SessionRecord, cancel_session
+from bus.codec import Decoder, encode
+from bus.connection import Bus
+from bus.errors import BusTimeout, StaffworkError
+from bus.workspace import Workspace
+from schemas.files import FileInfo
+from schemas.session import SessionResult, SessionSubmit, SubmitReply
+from schemas.team import TeamSpec
+from schemas.trace import AnyTraceEvent, SessionStatusIdle, SessionStatusTerminated
+
+_result: Decoder[SessionResult] = Decoder(SessionResult, max_bytes=4 * 1024 * 1024)
+_reply: Decoder[SubmitReply] = Decoder(SubmitReply)
+
+
+class SubmitRefused(StaffworkError):
+    """The gateway refused a session request; ``kind`` and the message say why."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        self.kind = kind
+        super().__init__(message)
+
+
+class Client:
+    def __init__(self, bus: Bus, *, owns_bus: bool = False) -> None:
+        self.bus = bus
+        self.workspace = Workspace(bus)
+        self.directory = SessionDirectory(bus)
+        self._owns_bus = owns_bus
+
+    @classmethod
+    async def connect(cls, url: str, *, root: str = "sw", name: str = "staffwork-client") -> Client:
+        return cls(await Bus.connect(url, root=root, name=name), owns_bus=True)
+
+    async def close(self) -> None:
+        if self._owns_bus:
+            await self.bus.close()
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def submit(
+        self,
+        task: str,
+        *,
+        team: str | TeamSpec,
+        inputs: list[str] | None = None,
+        session_id: str | None = None,
+        idempotency_key: str = "",
+        deadline_s: float | None = None,
+        timeout: float = 10.0,
+    ) -> str:
+        """Start a session (through the gateway, which validates it); return its id."""
+        fields: dict[str, object] = {"task": task, "inputs": inputs or [], "idempotency_key": idempotency_key}
+        fields |= {"team_spec": team} if isinstance(team, TeamSpec) else {"team": team}
+        if session_id:
+            fields["session_id"] = session_id
+        if deadline_s is not None:
+            fields["deadline_s"] = deadline_s
+        request = SessionSubmit(**fields)  # type: ignore[arg-type]
+        try:
+            answer = await self.bus.nc.request(self.bus.subjects.api_submit, encode(request), timeout=timeout)
+        except Exception as exc:
+            raise BusTimeout("submit (is a lead running?)", self.bus.subjects.api_submit, timeout) from exc
+        reply = _reply.decode(answer.data)
+        if not reply.accepted:
+            error = reply.error
+            raise SubmitRefused(error.kind if error else "refused", error.message if error else "refused")
+        return reply.session_id
+
+    async def wait(self, session_id: str, timeout: float | None = None) -> SessionResult:
+        """The session's result, once there is one (it may already be stored)."""
+        subject = self.bus.subjects.out(session_id, "result")
+        async for result in self._results(subject, timeout):
+            return result
+        raise BusTimeout("wait for the session's result", subject, timeout or 0.0)
+
+    async def _results(self, subject: str, timeout: float | None) -> AsyncIterator[SessionResult]:
+        stream = self.bus.follow(subject, SessionResult)
+        try:
+            async with asyncio.timeout(timeout):
+                async for result in stream:
+                    yield result
+                    return
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
+
+    async def events(self, session_id: str) -> AsyncIterator[AnyTraceEvent]:
+        """The session's trace events from the first, then live, until the session goes idle."""
+        stream = self.bus.follow(self.bus.subjects.events(session_id), AnyTraceEvent)
+        try:
+            async for event in stream:
+                yield event
+                if (
+                    isinstance(event, SessionStatusIdle | SessionStatusTerminated)
+                    and event.thread_id == "lead"
+                ):
+                    return
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
+
+    async def read_file(self, session_id: str, path: str) -> bytes:
+        return await self.workspace.get(session_id, path)
+
+    async def files(self, session_id: str, prefix: str = "") -> list[FileInfo]:
+        return await self.workspace.list(session_id, prefix)
+
+    async def upload(self, session_id: str, directory: Path, *, under: str = "") -> list[str]:
+        """Put every file below ``directory`` into the session's workspace; return their paths."""
+        paths = []
+        found = await asyncio.to_thread(lambda: sorted(p for p in directory.rglob("*") if p.is_file()))
+        for file in found:
+            relative = file.relative_to(directory).as_posix()
+            path = f"{under.strip('/')}/{relative}" if under.strip("/") else relative
+            with file.open("rb") as handle:
+                await self.workspace.put(session_id, path, handle)
+            paths.append(path)
+        return paths
+
+    async def status(self, session_id: str) -> SessionRecord | None:
+        return await self.directory.get(session_id)
+
+    async def cancel(self, session_id: str, reason: str = "canceled by the user") -> None:
+        await cancel_session(self.bus, session_id, reason)
+
+
+__all__ = ["Client", "SubmitRefused"]

@@ -1,0 +1,143 @@
+"""Tasks from other systems: hand-written JSON on NATS, no staffwork code on the publishing side."""
+
+from __future__ import annotations
+
+import json
+
+import msgspec
+import nats
+import pytest
+
+from actors.client import Client, SubmitRefused
+from actors.models.offline import OfflineModel
+from actors.models.scripted import ScriptedModel, text
+from actors.registry import register_team
+from actors.workers import running_agents
+from bus.connection import Bus
+from bus.direct import read_subject
+from schemas.trace import event_kind
+from tests.agents import fan_out_lead, team
+from tests.conftest import NatsServer
+
+HAND_WRITTEN = {
+    "type": "session.submit.v1",
+    "task": "Summarise the incident",
+    "team_spec": {
+        "name": "handmade",
+        "lead": {"name": "lead"},
+        "agents": [{"name": "notes", "description": "takes notes"}],
+    },
+}
+
+
+async def plain_request(server: NatsServer, subject: str, payload: bytes) -> dict[str, object]:
+    """What any other system does: connect, request, parse JSON. No staffwork imports."""
+    nc = await nats.connect(server.url)
+    try:
+        answer = await nc.request(subject, payload, timeout=10)
+        return json.loads(answer.data)  # type: ignore[no-any-return]
+    finally:
+        await nc.close()
+
+
+async def test_hand_written_json_starts_a_session_and_the_result_arrives(
+    nats_server: NatsServer, bus: Bus
+) -> None:
+    root = bus.subjects.root
+    async with running_agents(bus, OfflineModel(), agents=["notes"]):
+        nc = await nats.connect(nats_server.url)
+        try:
+            reply = json.loads(
+                (await nc.request(f"{root}.api.submit", json.dumps(HAND_WRITTEN).encode(), timeout=10)).data
+            )
+            assert reply["type"] == "session.submit_reply.v1"
+            assert reply["accepted"] is True
+            assert reply["result_subject"] == f"{root}.s.{reply['session_id']}.out.result"
+            js = nc.jetstream()
+            sub = await js.subscribe(reply["result_subject"], ordered_consumer=True, deliver_policy="all")
+            result = json.loads((await sub.next_msg(timeout=20)).data)
+            await sub.unsubscribe()
+        finally:
+            await nc.close()
+    assert result["type"] == "session.result.v1"
+    assert result["status"] == "idle"
+    assert "Summarise the incident" in result["final_text"]
+
+
+@pytest.mark.parametrize(
+    ("payload", "kind", "message"),
+    [
+        (b"{not json", "invalid_request", "not a valid session.submit.v1: JSON is malformed"),
+        (
+            json.dumps({"type": "session.submit.v1", "team": "handmade"}).encode(),
+            "invalid_request",
+            "Object missing required field `task`",
+        ),
+        (
+            json.dumps({"type": "session.submit.v1", "task": "x", "team": "nosuchteam"}).encode(),
+            "unknown_team",
+            "team 'nosuchteam' is not registered (known: demo)",
+        ),
+        (
+            json.dumps({"type": "session.submit.v1", "task": "x"}).encode(),
+            "invalid_request",
+            "give 'team' (a registered team's name) or 'team_spec'",
+        ),
+        (
+            json.dumps(
+                {
+                    **HAND_WRITTEN,
+                    "team_spec": {**HAND_WRITTEN["team_spec"], "lead": {"name": "lead", "tools": ["rm"]}},
+                }  # type: ignore[dict-item]
+            ).encode(),
+            "invalid_team",
+            "unknown tool 'rm' for agent 'lead'",
+        ),
+    ],
+)
+async def test_bad_requests_get_an_error_reply_naming_the_problem(
+    nats_server: NatsServer, bus: Bus, payload: bytes, kind: str, message: str
+) -> None:
+    await register_team(bus, msgspec.structs.replace(team("notes"), name="demo"))
+    async with running_agents(bus, OfflineModel(), agents=["notes"]):
+        reply = await plain_request(nats_server, bus.subjects.api_submit, payload)
+        assert reply["accepted"] is False
+        assert reply["error"]["kind"] == kind  # type: ignore[index]
+        assert message in reply["error"]["message"]  # type: ignore[index]
+        # and nothing else broke: a good request still works
+        good = await plain_request(nats_server, bus.subjects.api_submit, json.dumps(HAND_WRITTEN).encode())
+        assert good["accepted"] is True
+        async with Client(bus) as client:
+            assert (await client.wait(str(good["session_id"]), timeout=20)).status == "idle"
+
+
+async def test_the_same_idempotency_key_twice_starts_one_session(nats_server: NatsServer, bus: Bus) -> None:
+    model = ScriptedModel({"lead": fan_out_lead(["notes"])}, responder=lambda request: text("ok"))
+    payload = json.dumps({**HAND_WRITTEN, "idempotency_key": "ticket-4711"}).encode()
+    async with running_agents(bus, model, agents=["notes"]):
+        first = await plain_request(nats_server, bus.subjects.api_submit, payload)
+        second = await plain_request(nats_server, bus.subjects.api_submit, payload)
+        assert first["session_id"] == second["session_id"]
+        assert (first["duplicate"], second["duplicate"]) == (False, True)
+        async with Client(bus) as client:
+            result = await client.wait(str(first["session_id"]), timeout=20)
+    assert result.status == "idle"
+    stored = [m async for m in read_subject(bus, bus.subjects.log_stream, bus.subjects.submit)]
+    assert len(stored) == 1  # one session request was stored
+    assert len(model.calls_by("lead")) == 2  # one session's two lead turns
+    model.assert_done()
+
+
+async def test_the_python_client_submits_follows_and_reads(bus: Bus) -> None:
+    await register_team(bus, team("notes"))
+    async with running_agents(bus, OfflineModel(), agents=["notes"]), Client(bus) as client:
+        session_id = await client.submit("write it down", team="testteam")
+        kinds = [event_kind(e) async for e in client.events(session_id)]
+        result = await client.wait(session_id, timeout=20)
+        report = await client.read_file(session_id, result.report_path)
+        with pytest.raises(SubmitRefused, match="team 'ghost' is not registered"):
+            await client.submit("x", team="ghost")
+    assert kinds[0] == "session.status_running"
+    assert kinds[-1] == "session.status_idle"
+    assert "session.thread_created" in kinds
+    assert report.decode() == result.final_text
