@@ -19,10 +19,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
+import msgspec
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from actors.cli_run import RunOutcome, bus_target, load_example, load_team, run_session
+from actors.client import Client
 from bus.connection import Bus
 from bus.errors import StaffworkError
 from bus.lifecycle import install_stop_signals
@@ -30,9 +33,11 @@ from bus.logs import configure_logging
 from bus.paths import server_store_dir
 from bus.provision import provision
 from bus.server import EmbeddedServer, find_server_binary, server_version
-from bus.subjects import Subjects
 from bus.workspace import Workspace
 from schemas import json_schema
+from schemas.ids import new_id
+from schemas.session import SessionResult
+from schemas.team import TeamSpec
 
 T = TypeVar("T")
 
@@ -242,44 +247,206 @@ def schema(
         sys.stdout.write(text + "\n")
 
 
+TeamOption = Annotated[Path | None, typer.Option("--team", help="A team file (TOML).")]
+ExampleOption = Annotated[
+    str | None, typer.Option("--example", help="A bundled example team (e.g. incident).")
+]
+InputOption = Annotated[
+    list[Path] | None, typer.Option("--input", help="A directory to upload into the session's workspace.")
+]
+
+
+def _team_and_task(
+    team: Path | None, example: str | None, task: str | None, inputs: list[Path]
+) -> tuple[TeamSpec, str, list[Path]]:
+    if team is not None and example is not None:
+        raise StaffworkError("give --team FILE or --example NAME, not both")
+    if team is not None:
+        if not task:
+            raise StaffworkError('give the TASK to run (staffwork run --team team.toml "...")')
+        return load_team(team), task, inputs
+    if example is None:
+        raise StaffworkError("give --team FILE or --example NAME (try: staffwork run --example incident)")
+    bundled = load_example(example)
+    return bundled.team, task or bundled.task, [bundled.data, *inputs]
+
+
 @app.command()
-def run(nats: NatsOption = None, root: RootOption = "sw") -> None:
-    """Bring up the bus (the embedded server unless --nats is given), provision it and report readiness."""
+def run(
+    task: Annotated[
+        str | None, typer.Argument(help="What the team should do (examples have a default).")
+    ] = None,
+    team: TeamOption = None,
+    example: ExampleOption = None,
+    inputs: InputOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one machine-readable result.")] = False,
+    timeout: Annotated[float | None, typer.Option(help="Give up after this many seconds.")] = None,
+    nats: NatsOption = None,
+    root: RootOption = "sw",
+) -> None:
+    """Run a team on a task and follow it live; at the end, the deliverable, files, usage and cost."""
+
+    async def go() -> RunOutcome:
+        spec, text, folders = _team_and_task(team, example, task, list(inputs or []))
+        async with bus_target(nats, root, name="staffwork-run") as target:
+            if not as_json:
+                err.print(f"bus: {target.where}", highlight=False)
+                err.print(f"model: {_model_line()}", highlight=False)
+                err.print(f"team: {spec.name} (lead + {len(spec.agents)} agents)", highlight=False)
+            return await run_session(
+                target, spec, text, folders, console=err, live=not as_json, timeout=timeout
+            )
+
+    outcome = _run(go)
+    result = outcome.result
+    if as_json:
+        sys.stdout.write(json.dumps(outcome.as_json(), indent=2) + "\n")
+    else:
+        out.print()
+        out.print(result.final_text, markup=False, highlight=False)
+        out.print()
+        usage = result.usage
+        out.print(
+            f"status: {result.status}   session: {result.session_id}   wall time: {outcome.wall_s:.1f}s",
+            highlight=False,
+        )
+        out.print(f"files: {', '.join(result.files) or 'none'}", highlight=False)
+        out.print(
+            f"usage: {usage.input_tokens:,} input + {usage.output_tokens:,} output tokens, "
+            f"cost ${usage.cost_usd:.4f} (model: {outcome.model})",
+            highlight=False,
+        )
+    if result.status not in ("idle",):
+        raise typer.Exit(2)
+
+
+def _model_line() -> str:
+    if os.environ.get("ANTHROPIC_API_KEY"):
+        return "Claude (ANTHROPIC_API_KEY is set)"
+    return "offline (no ANTHROPIC_API_KEY: deterministic playbooks over the real data, no network)"
+
+
+@app.command()
+def submit(
+    task: Annotated[str | None, typer.Argument(help="What the team should do.")] = None,
+    team: TeamOption = None,
+    example: ExampleOption = None,
+    inputs: InputOption = None,
+    nats: NatsOption = None,
+    root: RootOption = "sw",
+) -> None:
+    """Start a session and print its id, without waiting (a lead must be running: staffwork up)."""
+
+    async def go() -> str:
+        spec, text, folders = _team_and_task(team, example, task, list(inputs or []))
+        async with bus_target(nats, root, name="staffwork-submit") as target:
+            await provision(target.bus)
+            client = Client(target.bus)
+            session_id = new_id("ses")
+            uploaded: list[str] = []
+            for folder in folders:
+                uploaded += await client.upload(session_id, folder)
+            return await client.submit(text, team=spec, inputs=uploaded, session_id=session_id)
+
+    out.print(_run(go), highlight=False)
+
+
+@app.command()
+def status(session: str, nats: NatsOption = None, root: RootOption = "sw") -> None:
+    """A session's status, and its result once it has one."""
 
     async def go() -> None:
-        started = time.perf_counter()
-        srv: EmbeddedServer | None = None
-        url = nats
-        try:
-            if url is None:
-                srv = EmbeddedServer(server_store_dir(), port=-1)
-                url = await srv.start()
-            server_ms = (time.perf_counter() - started) * 1000
-            async with await Bus.connect(url, root=root, name="staffwork-run") as bus:
-                await provision(bus)
-                check_started = time.perf_counter()
-                workspace = Workspace(bus)
-                session = f"selfcheck-{os.getpid()}"
-                await workspace.put(session, "ready.txt", b"staffwork is ready\n")
-                back = await workspace.get(session, "ready.txt")
-                await workspace.delete(session, "ready.txt")
-                check_ms = (time.perf_counter() - check_started) * 1000
-                if back != b"staffwork is ready\n":
-                    raise StaffworkError("the shared filesystem returned different bytes than were written")
-                subjects = Subjects(root)
-                where = f"embedded nats-server, store {srv.store_dir}" if srv else "external server"
-                out.print(f"[bold green]ready[/] staffwork {_version()} on {url} ({where})", highlight=False)
+        async with bus_target(nats, root, name="staffwork-status") as target:
+            client = Client(target.bus)
+            record = await client.status(session)
+            if record is None:
+                raise StaffworkError(f"no session {session!r} (under root {root!r})")
+            out.print(
+                f"{session}: {record.status}  team {record.team.name}  task: {record.task}", highlight=False
+            )
+            stored = await target.bus.last(target.bus.subjects.out(session, "result"))
+            if stored:
+                result = msgspec.json.decode(stored, type=SessionResult)
                 out.print(
-                    f"  bus up in {server_ms:.0f} ms; JetStream provisioned under root {root!r}: stream "
-                    f"{subjects.log_stream}, buckets {subjects.files_bucket}, {subjects.sessions_bucket}, "
-                    f"{subjects.registry_bucket}; shared filesystem write/read/delete in {check_ms:.1f} ms",
+                    f"report: {result.report_path or '-'}  files: {', '.join(result.files) or 'none'}",
                     highlight=False,
                 )
-        finally:
-            if srv is not None:
-                await srv.stop()
 
     _run(go)
+
+
+@app.command()
+def cancel(session: str, nats: NatsOption = None, root: RootOption = "sw") -> None:
+    """Stop a session: the lead and every running thread stop within moments."""
+
+    async def go() -> None:
+        async with bus_target(nats, root, name="staffwork-cancel") as target:
+            client = Client(target.bus)
+            if await client.status(session) is None:
+                raise StaffworkError(f"no session {session!r} (under root {root!r})")
+            await client.cancel(session)
+            out.print(f"{session}: canceled", highlight=False)
+
+    _run(go)
+
+
+fs_app = typer.Typer(help="A session's workspace: ls, cat, put, get.", no_args_is_help=True)
+app.add_typer(fs_app, name="fs")
+
+
+@fs_app.command("ls")
+def fs_ls(session: str, prefix: str = "", nats: NatsOption = None, root: RootOption = "sw") -> None:
+    """List a session's files with size and who wrote them."""
+
+    async def go() -> None:
+        async with bus_target(nats, root, name="staffwork-fs") as target:
+            for info in await Workspace(target.bus).list(session, prefix):
+                who = info.provenance.agent or "user"
+                out.print(f"{info.size:>10,}  {info.path}  ({who})", highlight=False)
+
+    _run(go)
+
+
+@fs_app.command("cat")
+def fs_cat(session: str, path: str, nats: NatsOption = None, root: RootOption = "sw") -> None:
+    """Print a file of a session's workspace."""
+
+    async def go() -> bytes:
+        async with bus_target(nats, root, name="staffwork-fs") as target:
+            return await Workspace(target.bus).get(session, path)
+
+    sys.stdout.buffer.write(_run(go))
+
+
+@fs_app.command("get")
+def fs_get(
+    session: str, path: str, local_path: Path, nats: NatsOption = None, root: RootOption = "sw"
+) -> None:
+    """Copy a file from a session's workspace to a local file."""
+
+    async def go() -> bytes:
+        async with bus_target(nats, root, name="staffwork-fs") as target:
+            return await Workspace(target.bus).get(session, path)
+
+    data = _run(go)
+    local_path.write_bytes(data)
+    out.print(f"wrote {len(data):,} bytes to {local_path}", highlight=False)
+
+
+@fs_app.command("put")
+def fs_put(
+    session: str, local_path: Path, path: str, nats: NatsOption = None, root: RootOption = "sw"
+) -> None:
+    """Copy a local file into a session's workspace."""
+
+    async def go() -> int:
+        async with bus_target(nats, root, name="staffwork-fs") as target:
+            await provision(target.bus)
+            with local_path.open("rb") as handle:
+                info = await Workspace(target.bus).put(session, path, handle)
+            return info.size
+
+    out.print(f"stored {_run(go):,} bytes at {path}", highlight=False)
 
 
 def main() -> None:

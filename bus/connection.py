@@ -55,6 +55,7 @@ class Bus:
         self.js: JetStreamContext = nc.jetstream(timeout=self.api_timeout)
         self.subjects = subjects
         self.url = url
+        self._stream_slots: asyncio.Semaphore | None = None
         #: Set while connected; pullers wait on it rather than buffer requests during an outage.
         self.online = online or asyncio.Event()
         if nc.is_connected:
@@ -203,6 +204,12 @@ class Bus:
         except nats.errors.Error as exc:
             raise BusError(f"cannot publish to {subject!r}: {exc}") from exc
 
+    def stream_slots(self, limit: int) -> asyncio.Semaphore:
+        """Bounds the large reads (file streams) in flight on this connection at once."""
+        if self._stream_slots is None:
+            self._stream_slots = asyncio.Semaphore(limit)
+        return self._stream_slots
+
     async def kv(self, bucket: str) -> KV:
         """A KV bucket (it must exist: provisioning creates the design's buckets)."""
         try:
@@ -250,6 +257,24 @@ class Bus:
     def follow(self, subject: str, type: Any) -> AsyncIterator[Any]:
         """Messages on ``subject`` in the log stream from the first stored one, then live."""
         return follow(self.js, self.subjects.log_stream, subject, Decoder(type, max_bytes=4 * 1024 * 1024))
+
+    async def has_responders(self, subject: str, timeout: float = 2.0) -> bool:
+        """Whether anyone answers requests on ``subject`` (NATS says "no responders" at once if not)."""
+        try:
+            await self.nc.request(subject, b"", timeout=timeout)
+        except nats.errors.NoRespondersError:
+            return False
+        except (nats.errors.TimeoutError, TimeoutError):
+            return True  # someone is subscribed, just slow to answer
+        return True
+
+    async def consumer_active(self, durable: str) -> bool:
+        """Whether some worker is pulling from the consumer right now (it has waiting pull requests)."""
+        try:
+            info = await self.js.consumer_info(self.subjects.log_stream, durable)
+        except nats.js.errors.NotFoundError:
+            return False
+        return bool(info.num_waiting)
 
     async def last(self, subject: str) -> bytes | None:
         """The last message stored on ``subject`` in the log stream, or None."""

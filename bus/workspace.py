@@ -40,7 +40,11 @@ MAX_PATH_BYTES = 1024
 MAX_SEGMENT_BYTES = 255
 DEFAULT_CHUNK_SIZE = 256 * 1024
 _PIPELINE = 32  # chunk publishes in flight at once
-_BATCH = 64  # chunks per direct-get request
+# Chunks per direct-get request, and file streams at once per connection: together they bound what
+# the server may have in flight towards one client (16 x 256 KiB x 4 = 16 MiB), far below the point
+# where it drops a client as a slow consumer (64 MiB pending by default).
+_BATCH = 16
+_STREAMS = 4
 _LIST_BATCH = 256
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -346,12 +350,13 @@ class Workspace:
             timeout=self.timeout,
             pending_bytes=max(256 * 1024 * 1024, 4 * _BATCH * self.chunk_size),
         )
-        async for stored in chunks:
-            block = stored.data
-            digest.update(block)
-            received += 1
-            size += len(block)
-            yield block
+        async with self.bus.stream_slots(_STREAMS):
+            async for stored in chunks:
+                block = stored.data
+                digest.update(block)
+                received += 1
+                size += len(block)
+                yield block
         if received != info.chunks or size != info.size:
             now = await self._info(info.name)
             if now is None or now.deleted or now.nuid != info.nuid:

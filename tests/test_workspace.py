@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import os
@@ -216,3 +217,14 @@ async def test_a_missing_bucket_is_a_clear_error(bus: Bus) -> None:
         await ws.stat(SID, "a.txt")
     with pytest.raises(BusError, match=r"object store 'never_created'\) does not exist"):
         await ws.list(SID)
+
+
+@pytest.mark.slow
+async def test_many_concurrent_large_reads_do_not_overrun_the_connection(bus: Bus) -> None:
+    """Eight readers of a 12 MiB file at once on one connection: the server must never see a slow
+    consumer (it would drop the connection and the reads would time out)."""
+    ws = Workspace(bus)
+    data = os.urandom(12 * 1024 * 1024)
+    await ws.put(SID, "big.bin", data)
+    results = await asyncio.gather(*(ws.get(SID, "big.bin") for _ in range(8)))
+    assert all(r == data for r in results)

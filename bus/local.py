@@ -1,0 +1,111 @@
+"""The per-user embedded server: one at a time, found by every command through a state file.
+
+``up``, ``server`` and ``run`` write ``<data dir>/server.json`` (pid, URL, mode) when they start the
+embedded server; ``run``, ``submit``, ``status``, ``fs``... read it and attach instead of starting a
+second server (the store lock in ``bus.server`` makes a second server on the same store impossible
+anyway). Commands attached to a server register themselves under ``<data dir>/clients/<pid>``, and
+the process that owns the server waits for them to finish before stopping it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from bus.paths import data_dir
+
+
+@dataclass(frozen=True)
+class LocalServer:
+    url: str
+    pid: int
+    mode: str  # "up", "server" or "run"
+    store: str
+
+
+def _state_file() -> Path:
+    return data_dir() / "server.json"
+
+
+def _clients_dir() -> Path:
+    return data_dir() / "clients"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def running_server() -> LocalServer | None:
+    """The server another staffwork command runs for this user, if its process is alive."""
+    try:
+        state = json.loads(_state_file().read_text())
+        server = LocalServer(**state)
+    except (OSError, ValueError, TypeError):
+        return None
+    return server if _alive(server.pid) else None
+
+
+def announce(server: LocalServer) -> None:
+    path = _state_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(asdict(server)))
+    temporary.replace(path)
+
+
+def withdraw(pid: int) -> None:
+    """Remove the state file if it is ``pid``'s."""
+    current = running_server()
+    if current is None or current.pid == pid:
+        with contextlib.suppress(OSError):
+            _state_file().unlink()
+
+
+@contextlib.contextmanager
+def attached() -> Iterator[Path]:
+    """Register this process as using the running server (the owner waits for it)."""
+    directory = _clients_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    marker = directory / str(os.getpid())
+    marker.write_text("")
+    try:
+        yield marker
+    finally:
+        with contextlib.suppress(OSError):
+            marker.unlink()
+
+
+def other_clients() -> list[int]:
+    """Live processes attached to the server (stale markers of dead ones are removed)."""
+    alive = []
+    for marker in _clients_dir().glob("*") if _clients_dir().exists() else []:
+        try:
+            pid = int(marker.name)
+        except ValueError:
+            continue
+        if pid != os.getpid() and _alive(pid):
+            alive.append(pid)
+        elif pid != os.getpid():
+            with contextlib.suppress(OSError):
+                marker.unlink()
+    return alive
+
+
+async def wait_for_clients(timeout: float = 3600.0, poll: float = 0.5) -> list[int]:
+    """Wait until no other process uses the server (or ``timeout``); return those still there."""
+    deadline = time.monotonic() + timeout
+    while (others := other_clients()) and time.monotonic() < deadline:  # noqa: ASYNC110 - other processes can only be polled
+        await asyncio.sleep(poll)
+    return others
