@@ -24,8 +24,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from actors.cli_run import RunOutcome, bus_target, load_example, load_team, run_session
+from actors.cli_run import EXAMPLES, RunOutcome, bus_target, load_example, load_team, run_session
 from actors.client import Client
+from actors.models import default_model
+from actors.registry import register_team, registered_teams
+from actors.workers import serve_agents
+from bus import local
 from bus.connection import Bus
 from bus.errors import StaffworkError
 from bus.lifecycle import install_stop_signals
@@ -447,6 +451,149 @@ def fs_put(
             return info.size
 
     out.print(f"stored {_run(go):,} bytes at {path}", highlight=False)
+
+
+ROLES = ("lead", "subagent")
+
+
+@app.command()
+def actor(
+    role: Annotated[str, typer.Argument(help="lead or subagent")],
+    agents: Annotated[
+        str, typer.Option(help="Comma-separated agents to serve (subagent; default: all registered).")
+    ] = "",
+    nats: NatsOption = None,
+    root: RootOption = "sw",
+) -> None:
+    """Run one actor process against a NATS server (what a container runs)."""
+    if role not in ROLES:
+        _fail(StaffworkError(f"unknown role {role!r} (roles: {', '.join(ROLES)})"))
+
+    async def go() -> None:
+        url = nats or (running.url if (running := local.running_server()) else None)
+        if url is None:
+            raise StaffworkError("no NATS server: give --nats URL (or start one with staffwork up)")
+        async with await Bus.connect(url, root=root, name=f"staffwork-{role}") as bus:
+            await provision(bus)
+            names = [a for a in agents.split(",") if a]
+            if role == "subagent" and not names:
+                names = sorted({a.name for team in await registered_teams(bus) for a in team.agents})
+                if not names:
+                    raise StaffworkError("no agents to serve: give --agents a,b or register a team first")
+            stop = asyncio.Event()
+            install_stop_signals(stop)
+
+            def ready() -> None:
+                served = "lead" if role == "lead" else ", ".join(names)
+                err.print(f"{role} ready on {url} (root {root!r}): {served}", highlight=False)
+
+            await serve_agents(
+                bus,
+                default_model(),
+                stop,
+                lead=role == "lead",
+                agents=names if role == "subagent" else [],
+                on_ready=ready,
+            )
+
+    _run(go)
+
+
+@app.command()
+def up(
+    port: Annotated[int, typer.Option(help="Client port (-1 picks a free one).")] = -1,
+    nats: NatsOption = None,
+    root: RootOption = "sw",
+) -> None:
+    """The embedded server plus every actor as its own process (lead, one worker per agent of the
+    registered teams); logs prefixed by role; Ctrl-C stops them all gracefully."""
+
+    async def go() -> None:
+        if nats is None and (running := local.running_server()) is not None:
+            raise StaffworkError(
+                f"a staffwork {running.mode} already runs at {running.url} (pid {running.pid}): "
+                "use it, or stop it first"
+            )
+        server = None
+        url = nats
+        if url is None:
+            server = EmbeddedServer(server_store_dir(), port=port)
+            url = await server.start()
+            local.announce(
+                local.LocalServer(url=url, pid=os.getpid(), mode="up", store=str(server.store_dir))
+            )
+        try:
+            async with await Bus.connect(url, root=root, name="staffwork-up") as bus:
+                await provision(bus)
+                for example in sorted(p.parent.name for p in EXAMPLES.glob("*/team.toml")):
+                    await register_team(bus, load_example(example).team)
+                teams = await registered_teams(bus)
+            agent_names = sorted({a.name for team in teams for a in team.agents})
+            roles = [("lead", ["lead"])] + [(f"agent:{a}", ["subagent", "--agents", a]) for a in agent_names]
+            out.print(f"staffwork is up: NATS at [bold]{url}[/] (root {root!r})", highlight=False)
+            out.print(
+                f"teams: {', '.join(t.name for t in teams)}; processes: {', '.join(r for r, _ in roles)}",
+                highlight=False,
+            )
+            out.print(f"export STAFFWORK_NATS_URL={url}", highlight=False)
+            await _supervise(url, root, roles)
+        finally:
+            if server is not None:
+                local.withdraw(os.getpid())
+                await server.stop()
+        out.print("staffwork is down")
+
+    _run(go)
+
+
+async def _supervise(url: str, root: str, roles: list[tuple[str, list[str]]]) -> None:
+    """Start one process per role, prefix their output, stop them all on SIGINT/SIGTERM."""
+    stop = asyncio.Event()
+    install_stop_signals(stop)
+    procs: list[tuple[str, asyncio.subprocess.Process]] = []
+
+    async def relay(name: str, stream: asyncio.StreamReader) -> None:
+        while line := await stream.readline():
+            out.print(
+                f"[cyan]\\[{name}][/] {line.decode(errors='replace').rstrip()}", highlight=False, markup=True
+            )
+
+    async with asyncio.TaskGroup() as tg:
+        for name, args in roles:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "actors.cli",
+                "--log-console",
+                "actor",
+                *args,
+                "--nats",
+                url,
+                "--root",
+                root,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                start_new_session=True,
+            )
+            procs.append((name, proc))
+            assert proc.stdout is not None
+            tg.create_task(relay(name, proc.stdout))
+        exits = [asyncio.ensure_future(p.wait()) for _, p in procs]
+        stopper = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({stopper, *exits}, return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        for name, proc in procs:
+            if proc.returncode is not None and not stop.is_set():
+                err.print(f"{name} exited with code {proc.returncode}; stopping the others", highlight=False)
+            if proc.returncode is None:
+                proc.terminate()
+        _, pending = await asyncio.wait(exits, timeout=45)
+        for _, proc in procs:
+            if proc.returncode is None:
+                proc.kill()
+        if pending:
+            await asyncio.wait(pending)
 
 
 def main() -> None:
