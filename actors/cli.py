@@ -293,6 +293,7 @@ def run(
     async def go() -> RunOutcome:
         spec, text, folders = _team_and_task(team, example, task, list(inputs or []))
         async with bus_target(nats, root, name="staffwork-run") as target:
+            await provision(target.bus)  # a bus that cannot be used says so before anything else
             if not as_json:
                 err.print(f"bus: {target.where}", highlight=False)
                 err.print(f"model: {_model_line()}", highlight=False)

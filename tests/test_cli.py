@@ -55,26 +55,32 @@ def test_schema_unknown_tag_is_one_line(tmp_path: Path) -> None:
     assert "no message with tag 'thread.delegate.v7' (known: " in result.stderr
 
 
-def test_run_starts_the_embedded_server_and_reports_ready(tmp_path: Path) -> None:
-    for _ in range(2):  # the second run reuses the persistent store and provisioning is idempotent
-        result = staffwork("run", home=tmp_path)
+def test_run_uses_the_persistent_embedded_store(tmp_path: Path) -> None:
+    for _ in range(2):  # the second run reuses the store; provisioning is idempotent
+        result = staffwork("run", "--example", "incident", "--json", home=tmp_path, timeout=120)
         assert result.returncode == 0, result.stderr
-        assert re.search(
-            r"^ready staffwork \S+ on nats://127\.0\.0\.1:\d+ \(embedded nats-server", result.stdout
-        )
-        assert "JetStream provisioned under root 'sw'" in result.stdout
+        assert json.loads(result.stdout)["status"] == "idle"
     assert (tmp_path / "nats" / "jetstream").is_dir()
+    assert not (tmp_path / "server.json").exists()  # the server it started is gone again
 
 
 def test_run_against_an_external_server(tmp_path: Path, nats_server: NatsServer, root: str) -> None:
-    result = staffwork("run", "--nats", nats_server.url, "--root", root, home=tmp_path)
+    result = staffwork(
+        "run", "--example", "incident", "--nats", nats_server.url, "--root", root, home=tmp_path
+    )
     assert result.returncode == 0, result.stderr
-    assert f"on {nats_server.url} (external server)" in result.stdout
+    assert f"bus: NATS at {nats_server.url}" in result.stderr
     assert not (tmp_path / "nats").exists()
 
 
 def test_run_without_a_server_binary_is_one_clear_line(tmp_path: Path) -> None:
-    result = staffwork("run", home=tmp_path, env={"STAFFWORK_NATS_SERVER": str(tmp_path / "missing")})
+    result = staffwork(
+        "run",
+        "--example",
+        "incident",
+        home=tmp_path,
+        env={"STAFFWORK_NATS_SERVER": str(tmp_path / "missing")},
+    )
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         "error: nats-server binary not found (looked in: "
@@ -85,11 +91,19 @@ def test_run_without_a_server_binary_is_one_clear_line(tmp_path: Path) -> None:
 
 
 def test_run_with_an_unreachable_url_is_one_clear_line(tmp_path: Path) -> None:
-    result = staffwork("run", "--nats", "nats://127.0.0.1:1", home=tmp_path)
+    result = staffwork("run", "--example", "incident", "--nats", "nats://127.0.0.1:1", home=tmp_path)
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1
     assert lines[0].startswith("error: cannot reach NATS at nats://127.0.0.1:1: ")
+
+
+def test_run_needs_a_team(tmp_path: Path) -> None:
+    result = staffwork("run", "do something", home=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "error: give --team FILE or --example NAME (try: staffwork run --example incident)"
+    )
 
 
 def test_doctor_checks_binary_and_jetstream(tmp_path: Path) -> None:
@@ -139,8 +153,112 @@ def test_server_runs_in_the_foreground_until_interrupted(tmp_path: Path) -> None
 def test_run_against_a_server_without_jetstream_is_one_clear_line(
     tmp_path: Path, plain_nats_server: NatsServer
 ) -> None:
-    result = staffwork("run", "--nats", plain_nats_server.url, home=tmp_path)
+    result = staffwork("run", "--example", "incident", "--nats", plain_nats_server.url, home=tmp_path)
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("error: JetStream is not available on this server")
+
+
+@pytest.mark.slow
+def test_run_the_incident_example_prints_the_report(tmp_path: Path) -> None:
+    from examples.incident.generate import generate
+
+    truth = generate(tmp_path / "truth")
+    result = staffwork("run", "--example", "incident", home=tmp_path, timeout=120)
+    assert result.returncode == 0, result.stderr
+    for fact in (
+        truth.deploy_id,
+        truth.service,
+        truth.error_signature,
+        truth.metric,
+        str(truth.affected_customers),
+    ):
+        assert fact in result.stdout
+    assert re.search(r"^status: idle   session: ses_\w+   wall time: [\d.]+s$", result.stdout, re.MULTILINE)
+    assert "model: offline" in result.stderr  # the run says which model it used
+
+
+@pytest.mark.slow
+def test_run_json_has_the_documented_keys(tmp_path: Path) -> None:
+    result = staffwork("run", "--example", "incident", "--json", home=tmp_path, timeout=120)
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert set(document) == {
+        "session_id",
+        "status",
+        "final_text",
+        "report_path",
+        "files",
+        "threads",
+        "usage",
+        "cost_usd",
+        "wall_s",
+        "model",
+        "error",
+    }
+    assert document["status"] == "idle"
+    assert {t["agent"] for t in document["threads"]} == {"lead", "deploys", "logs", "metrics", "tickets"}
+    assert set(document["threads"][0]) == {
+        "thread_id",
+        "agent",
+        "status",
+        "started",
+        "ended",
+        "turns",
+        "tool_calls",
+        "tokens",
+        "cost_usd",
+    }
+
+
+def test_run_with_a_broken_team_file_is_one_line(tmp_path: Path) -> None:
+    team = tmp_path / "team.toml"
+    team.write_text('name = "t"\n[lead]\nname = "lead"\nmodle = "x"\n')
+    result = staffwork("run", "--team", str(team), "do it", home=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"error: {team}:4: lead.modle: unknown field 'modle' = 'x' (did you mean 'model'?)"
+    ]
+
+
+@pytest.mark.slow
+def test_up_in_one_terminal_and_run_submit_status_fs_in_another(tmp_path: Path) -> None:
+    environment = {**os.environ, "STAFFWORK_HOME": str(tmp_path), "PYTHONUNBUFFERED": "1"}
+    environment.pop("STAFFWORK_NATS_URL", None)
+    up = subprocess.Popen(
+        [*STAFFWORK, "up"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=environment,
+        cwd=ROOT_DIR,
+    )
+    try:
+        assert up.stdout is not None
+        ready = 0
+        while ready < 5:  # the lead and the four incident agents
+            line = up.stdout.readline()
+            assert line, "staffwork up ended early"
+            ready += " ready on nats://" in line
+        result = staffwork("run", "--example", "incident", "--json", home=tmp_path, timeout=120)
+        assert result.returncode == 0, result.stderr
+        session = json.loads(result.stdout)["session_id"]
+        status = staffwork("status", session, home=tmp_path)
+        assert f"{session}: idle  team incident" in status.stdout
+        listing = staffwork("fs", "ls", session, home=tmp_path)
+        assert "incident-report.md  (lead)" in listing.stdout
+        report = staffwork("fs", "cat", session, "incident-report.md", home=tmp_path)
+        assert report.stdout.startswith("# Report")
+        submitted = staffwork("submit", "--example", "incident", home=tmp_path)
+        assert submitted.returncode == 0, submitted.stderr
+        assert re.fullmatch(r"ses_\w+\n", submitted.stdout)
+        up.send_signal(signal.SIGINT)
+        up.wait(timeout=60)
+        assert up.returncode == 0
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
+        if up.stdout is not None:
+            up.stdout.close()
