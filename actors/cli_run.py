@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -56,6 +57,7 @@ class Target:
     bus: Bus
     url: str
     where: str  # a sentence for the user
+    owned: bool = False  # this process started the server (others may attach to it)
 
 
 @contextlib.asynccontextmanager
@@ -71,7 +73,7 @@ async def bus_target(nats: str | None, root: str, *, name: str = "staffwork") ->
         try:
             url = await server.start()
         except StoreInUse:
-            running = local.running_server()  # another command started it a moment ago
+            running = await local.announced(timeout=15.0)  # another command is starting it right now
             if running is None:
                 raise
         else:
@@ -80,7 +82,9 @@ async def bus_target(nats: str | None, root: str, *, name: str = "staffwork") ->
             )
             try:
                 async with await Bus.connect(url, root=root, name=name) as bus:
-                    yield Target(bus, url, f"embedded nats-server at {url} (store {server.store_dir})")
+                    yield Target(
+                        bus, url, f"embedded nats-server at {url} (store {server.store_dir})", owned=True
+                    )
             finally:
                 if others := local.other_clients():
                     Console(stderr=True).print(
@@ -120,8 +124,16 @@ def load_example(name: str) -> Example:
     if name == "incident":
         from examples.incident.generate import generate
 
-        if not (data / "app.jsonl").exists():
-            generate(data)
+        if not data.exists():
+            # Generate privately, then rename into place: a command starting at the same moment never
+            # reads half-written files (the rename is atomic; if another process won, use its data).
+            private = data.with_name(f".{name}-{os.getpid()}")
+            shutil.rmtree(private, ignore_errors=True)
+            generate(private)
+            try:
+                private.rename(data)
+            except OSError:
+                shutil.rmtree(private, ignore_errors=True)
         task = (
             "Payments are failing since this afternoon. Find out what happened and write the incident report."
         )
@@ -280,6 +292,10 @@ async def run_session(
                     if display is not None:
                         display.update(progress.table())
                 result = await client.wait(session_id)
+        if target.owned and (not has_lead or missing) and local.other_clients():
+            # Commands attached to our server may be relying on the actors we run: keep serving.
+            console.print("other staffwork commands are using this server's actors: waiting for them")
+            await local.wait_for_clients()
     model_name = "offline" if model.name == "offline" else f"{model.name}"
     return RunOutcome(
         result=result, progress=progress, wall_s=time.perf_counter() - started, model=model_name

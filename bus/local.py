@@ -57,6 +57,14 @@ def running_server() -> LocalServer | None:
     return server if _alive(server.pid) else None
 
 
+async def announced(timeout: float, poll: float = 0.1) -> LocalServer | None:
+    """Wait for another process (which holds the store) to announce its server."""
+    deadline = time.monotonic() + timeout
+    while (server := running_server()) is None and time.monotonic() < deadline:  # noqa: ASYNC110 - a file written by another process
+        await asyncio.sleep(poll)
+    return server
+
+
 def announce(server: LocalServer) -> None:
     path = _state_file()
     path.parent.mkdir(parents=True, exist_ok=True)

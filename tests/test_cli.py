@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -262,3 +263,36 @@ def test_up_in_one_terminal_and_run_submit_status_fs_in_another(tmp_path: Path) 
             up.wait()
         if up.stdout is not None:
             up.stdout.close()
+
+
+@pytest.mark.slow
+def test_two_runs_at_once_share_one_server(tmp_path: Path) -> None:
+    """The first run owns the server and its actors; the second attaches to them. Both finish, on one
+    store, and the server is stopped once neither needs it."""
+    environment = {**os.environ, "STAFFWORK_HOME": str(tmp_path)}
+    environment.pop("STAFFWORK_NATS_URL", None)
+    command = [*STAFFWORK, "run", "--example", "incident", "--json"]
+    first = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment, cwd=ROOT_DIR
+    )
+    assert first.stderr is not None
+    # "--json" keeps stdout clean; the structured logs on stderr stay quiet until the bus is up
+    second = None
+    try:
+        while not (tmp_path / "server.json").exists():
+            if first.poll() is not None:
+                pytest.fail(f"the first run ended early: {first.stderr.read()}")
+            time.sleep(0.05)  # waiting for another process's file: nothing to subscribe to
+        second = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment, cwd=ROOT_DIR
+        )
+        results = [proc.communicate(timeout=180) for proc in (first, second)]
+        for proc, (stdout, stderr) in zip((first, second), results, strict=True):
+            assert proc.returncode == 0, stderr
+            assert json.loads(stdout)["status"] == "idle"
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    assert not (tmp_path / "server.json").exists()  # the owner stopped the server after the other finished
