@@ -165,8 +165,12 @@ class Bus:
     async def publish_bytes(
         self, subject: str, data: bytes, *, headers: dict[str, str] | None = None, timeout: float = 10.0
     ) -> int:
+        return int((await self._store(subject, data, headers, timeout)).seq)
+
+    async def _store(self, subject: str, data: bytes, headers: dict[str, str] | None, timeout: float) -> Any:
+        """A JetStream publish with nats-py's errors translated; returns the PubAck."""
         try:
-            ack = await self.js.publish(subject, data, timeout=timeout, headers=headers)
+            return await self.js.publish(subject, data, timeout=timeout, headers=headers)
         except nats.js.errors.NoStreamResponseError as exc:
             raise BusError(
                 f"no stream stores subject {subject!r}: was the bus provisioned for this root?"
@@ -175,7 +179,6 @@ class Bus:
             raise BusTimeout("publish", subject, timeout) from exc
         except nats.errors.ConnectionClosedError as exc:
             raise BusUnavailable(self.url, "connection closed") from exc
-        return int(ack.seq)
 
     async def emit(self, event: TraceEvent) -> None:
         """Publish a trace event on its session's event subject, stamped with the current span.
@@ -244,14 +247,7 @@ class Bus:
 
         True if it was stored now, False if JetStream recognised it as a duplicate.
         """
-        try:
-            ack = await self.js.publish(subject, encode(msg), timeout=timeout, headers=self.headers(msg_id))
-        except nats.js.errors.NoStreamResponseError as exc:
-            raise BusError(
-                f"no stream stores subject {subject!r}: was the bus provisioned for this root?"
-            ) from exc
-        except (nats.errors.TimeoutError, TimeoutError) as exc:
-            raise BusTimeout("publish", subject, timeout) from exc
+        ack = await self._store(subject, encode(msg), self.headers(msg_id), timeout)
         return not ack.duplicate
 
     def follow(self, subject: str, type: Any) -> AsyncIterator[Any]:
