@@ -28,6 +28,7 @@ from actors.cli_run import EXAMPLES, RunOutcome, bus_target, load_example, load_
 from actors.client import Client
 from actors.models import default_model
 from actors.registry import register_team, registered_teams
+from actors.sessions import TERMINAL, SessionRecord
 from actors.workers import serve_agents
 from bus import local
 from bus.connection import Bus
@@ -37,6 +38,7 @@ from bus.logs import configure_logging
 from bus.paths import server_store_dir
 from bus.provision import provision
 from bus.server import EmbeddedServer, find_server_binary, server_version
+from bus.subjects import check_token
 from bus.workspace import Workspace
 from schemas import json_schema
 from schemas.ids import new_id
@@ -260,11 +262,19 @@ InputOption = Annotated[
 ]
 
 
+def _directories(paths: list[Path]) -> list[Path]:
+    for path in paths:
+        if not path.is_dir():
+            raise StaffworkError(f"--input {str(path)!r} is not a directory")
+    return paths
+
+
 def _team_and_task(
     team: Path | None, example: str | None, task: str | None, inputs: list[Path]
 ) -> tuple[TeamSpec, str, list[Path]]:
     if team is not None and example is not None:
         raise StaffworkError("give --team FILE or --example NAME, not both")
+    inputs = _directories(inputs)
     if team is not None:
         if not task:
             raise StaffworkError('give the TASK to run (staffwork run --team team.toml "...")')
@@ -362,10 +372,7 @@ def status(session: str, nats: NatsOption = None, root: RootOption = "sw") -> No
 
     async def go() -> None:
         async with bus_target(nats, root, name="staffwork-status") as target:
-            client = Client(target.bus)
-            record = await client.status(session)
-            if record is None:
-                raise StaffworkError(f"no session {session!r} (under root {root!r})")
+            record = await _session(target.bus, session, root)
             out.print(
                 f"{session}: {record.status}  team {record.team.name}  task: {record.task}", highlight=False
             )
@@ -386,13 +393,24 @@ def cancel(session: str, nats: NatsOption = None, root: RootOption = "sw") -> No
 
     async def go() -> None:
         async with bus_target(nats, root, name="staffwork-cancel") as target:
-            client = Client(target.bus)
-            if await client.status(session) is None:
-                raise StaffworkError(f"no session {session!r} (under root {root!r})")
-            await client.cancel(session)
+            record = await _session(target.bus, session, root)
+            if record.status in TERMINAL:
+                out.print(f"{session}: already ended ({record.status}); nothing to cancel", highlight=False)
+                return
+            await Client(target.bus).cancel(session)
             out.print(f"{session}: canceled", highlight=False)
 
     _run(go)
+
+
+async def _session(bus: Bus, session: str, root: str) -> SessionRecord:
+    """The session's record, or one clear error (a malformed id, or no such session)."""
+    check_token(session, "session id")
+    await provision(bus)  # on a fresh store there is no directory yet: that is "no session", not a crash
+    record = await Client(bus).status(session)
+    if record is None:
+        raise StaffworkError(f"no session {session!r} (under root {root!r})")
+    return record
 
 
 fs_app = typer.Typer(help="A session's workspace: ls, cat, put, get.", no_args_is_help=True)
@@ -429,12 +447,18 @@ def fs_get(
 ) -> None:
     """Copy a file from a session's workspace to a local file."""
 
+    if local_path.is_dir() or not local_path.parent.is_dir():
+        _fail(StaffworkError(f"cannot write {str(local_path)!r}: not a file in an existing directory"))
+
     async def go() -> bytes:
         async with bus_target(nats, root, name="staffwork-fs") as target:
             return await Workspace(target.bus).get(session, path)
 
     data = _run(go)
-    local_path.write_bytes(data)
+    try:
+        local_path.write_bytes(data)
+    except OSError as exc:
+        _fail(StaffworkError(f"cannot write {str(local_path)!r}: {exc.strerror}"))
     out.print(f"wrote {len(data):,} bytes to {local_path}", highlight=False)
 
 

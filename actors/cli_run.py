@@ -31,7 +31,7 @@ from actors.models import default_model
 from actors.workers import running_agents
 from bus import local
 from bus.connection import Bus
-from bus.errors import StoreInUse
+from bus.errors import BusTimeout, StaffworkError, StoreInUse
 from bus.paths import data_dir, server_store_dir
 from bus.provision import provision
 from bus.server import EmbeddedServer
@@ -285,13 +285,30 @@ async def run_session(
         display = (
             Live(progress.table(), console=console, refresh_per_second=8, transient=False) if live else None
         )
-        with display if display is not None else contextlib.nullcontext():
-            async with asyncio.timeout(timeout):
-                async for event in client.events(session_id):
-                    progress.apply(event)
-                    if display is not None:
-                        display.update(progress.table())
-                result = await client.wait(session_id)
+
+        async def follow() -> None:
+            async for event in client.events(session_id):
+                progress.apply(event)
+                if display is not None:
+                    display.update(progress.table())
+
+        with contextlib.ExitStack() as finish:
+            if display is not None:
+                finish.callback(console.line)  # the display's last frame ends without a newline
+                finish.enter_context(display)
+            follower = asyncio.ensure_future(follow())
+            try:
+                # The result decides the end: a session that fails never goes idle, but has a result.
+                result = await client.wait(session_id, timeout=timeout)
+                with contextlib.suppress(TimeoutError):  # let the display catch up with the last events
+                    await asyncio.wait_for(asyncio.shield(follower), 2.0)
+            except BusTimeout:
+                await client.cancel(session_id, f"gave up after {timeout:g}s")
+                raise StaffworkError(f"gave up after {timeout:g}s; session {session_id} canceled") from None
+            finally:
+                follower.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await follower
         if target.owned and (not has_lead or missing) and local.other_clients():
             # Commands attached to our server may be relying on the actors we run: keep serving.
             console.print("other staffwork commands are using this server's actors: waiting for them")

@@ -20,7 +20,7 @@ from types import TracebackType
 from actors.sessions import SessionDirectory, SessionRecord, cancel_session
 from bus.codec import Decoder, encode
 from bus.connection import Bus
-from bus.errors import BusTimeout, StaffworkError
+from bus.errors import BusError, BusTimeout, StaffworkError
 from bus.workspace import Workspace
 from schemas.files import FileInfo
 from schemas.session import SessionResult, SessionSubmit, SubmitReply
@@ -81,10 +81,15 @@ class Client:
         if deadline_s is not None:
             fields["deadline_s"] = deadline_s
         request = SessionSubmit(**fields)  # type: ignore[arg-type]
+        if not await self.bus.has_responders(self.bus.subjects.api_submit, timeout=timeout):
+            raise BusError(
+                f"no lead answers {self.bus.subjects.api_submit!r}: "
+                "start one (staffwork up, or staffwork actor lead)"
+            )
         try:
             answer = await self.bus.nc.request(self.bus.subjects.api_submit, encode(request), timeout=timeout)
         except Exception as exc:
-            raise BusTimeout("submit (is a lead running?)", self.bus.subjects.api_submit, timeout) from exc
+            raise BusTimeout("submit", self.bus.subjects.api_submit, timeout) from exc
         reply = _reply.decode(answer.data)
         if not reply.accepted:
             error = reply.error
@@ -94,8 +99,11 @@ class Client:
     async def wait(self, session_id: str, timeout: float | None = None) -> SessionResult:
         """The session's result, once there is one (it may already be stored)."""
         subject = self.bus.subjects.out(session_id, "result")
-        async for result in self._results(subject, timeout):
-            return result
+        try:
+            async for result in self._results(subject, timeout):
+                return result
+        except TimeoutError:
+            pass
         raise BusTimeout("wait for the session's result", subject, timeout or 0.0)
 
     async def _results(self, subject: str, timeout: float | None) -> AsyncIterator[SessionResult]:

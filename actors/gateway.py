@@ -61,8 +61,18 @@ class SubmitGateway:
         except MessageRejected as exc:
             return self._refuse("invalid_request", f"not a valid session.submit.v1: {exc.reason}")
         if submit.idempotency_key:
-            submit = msgspec.structs.replace(submit, session_id=session_id_for_key(submit.idempotency_key))
+            derived = session_id_for_key(submit.idempotency_key)
+            if b'"session_id"' in data and submit.session_id != derived:
+                return self._refuse(
+                    "invalid_request",
+                    f"session_id {submit.session_id!r} contradicts idempotency_key "
+                    f"{submit.idempotency_key!r} (which means session {derived!r}); give one or the other",
+                )
+            submit = msgspec.structs.replace(submit, session_id=derived)
         sid = submit.session_id
+        # The message id decides JetStream's dedup of the request and of the lead's result: it must be
+        # the session's, never one a caller chose for another purpose.
+        submit = msgspec.structs.replace(submit, msg_id=f"submit-{sid}")
         team = submit.team_spec
         if team is None:
             if not submit.team:
@@ -79,11 +89,11 @@ class SubmitGateway:
             check_team_tools(team)
         except SpecError as exc:
             return self._refuse("invalid_team", str(exc), sid)
-        duplicate = await self.directory.get(sid) is not None
+        # Recording the session first (a KV create) makes a second request with the same id a
+        # duplicate even long after JetStream's dedup window, and even before a lead has picked it up.
+        duplicate = not await self.directory.create_pending(sid, team, submit.task)
         if not duplicate:
-            duplicate = not await self.bus.publish_once(
-                self.bus.subjects.submit, submit, msg_id=f"submit-{sid}"
-            )
+            await self.bus.publish_once(self.bus.subjects.submit, submit, msg_id=submit.msg_id)
         subjects = self.bus.subjects
         return encode(
             SubmitReply(

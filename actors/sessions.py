@@ -82,11 +82,19 @@ class SessionDirectory:
         value = await (await self._kv()).get(session_id)
         return _record.decode(value) if value else None
 
+    async def create_pending(self, session_id: str, team: TeamSpec, task: str) -> bool:
+        """Record a new session as ``pending`` (accepted, not yet taken by a lead). False if it exists."""
+        record = SessionRecord(session_id=session_id, team=team, task=task, status="pending")
+        return await (await self._kv()).create(session_id, _encoder.encode(record))
+
     async def start(self, session_id: str, team: TeamSpec, task: str) -> SessionRecord:
         """Record a session as running, unless it is already recorded (a redelivered submit)."""
         existing = await self.get(session_id)
         if existing is not None:
             self._teams[session_id] = existing.team
+            if existing.status == "pending":  # accepted by the gateway, now taken by a lead
+                await self.set_status(session_id, "running")
+                existing.status = "running"
             return existing
         record = SessionRecord(session_id=session_id, team=team, task=task)
         if not await (await self._kv()).create(session_id, _encoder.encode(record)):
@@ -132,8 +140,15 @@ async def cancel_session(
     bus: Bus, session_id: str, reason: str = "canceled", *, status: SessionState = "canceled"
 ) -> None:
     """Stop a session's work: mark it in the directory (``canceled``, or why it stopped:
-    ``budget_reached``, ``deadline_reached``, ``failed``) and tell every lead and worker."""
-    await SessionDirectory(bus).set_status(session_id, status, reason)
+    ``budget_reached``, ``deadline_reached``, ``failed``) and tell every lead and worker.
+
+    A session that already ended keeps its status (the lead's own budget/deadline stop still
+    reaches its threads)."""
+    directory = SessionDirectory(bus)
+    record = await directory.get(session_id)
+    if record is not None and record.status in TERMINAL and status == "canceled":
+        return
+    await directory.set_status(session_id, status, reason)
     await bus.publish(bus.subjects.ctl(session_id), SessionCancel(session_id=session_id, reason=reason))
 
 

@@ -106,6 +106,9 @@ class TeamSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     deadline_s: Annotated[float, msgspec.Meta(gt=0)] | None = None
 
     def __post_init__(self) -> None:
+        report = self.report_path
+        if not report or report.startswith("/") or "\\" in report or ".." in report.split("/"):
+            raise ValueError(f"report_path {report!r} must be a relative path inside the session's workspace")
         names = [self.lead.name]
         for agent in self.agents:
             if agent.name in names:

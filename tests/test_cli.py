@@ -247,6 +247,8 @@ def test_up_in_one_terminal_and_run_submit_status_fs_in_another(tmp_path: Path) 
         session = json.loads(result.stdout)["session_id"]
         status = staffwork("status", session, home=tmp_path)
         assert f"{session}: idle  team incident" in status.stdout
+        canceled = staffwork("cancel", session, home=tmp_path)
+        assert f"{session}: already ended (idle); nothing to cancel" in canceled.stdout
         listing = staffwork("fs", "ls", session, home=tmp_path)
         assert "incident-report.md  (lead)" in listing.stdout
         report = staffwork("fs", "cat", session, "incident-report.md", home=tmp_path)
@@ -296,3 +298,32 @@ def test_two_runs_at_once_share_one_server(tmp_path: Path) -> None:
                 proc.kill()
                 proc.communicate()
     assert not (tmp_path / "server.json").exists()  # the owner stopped the server after the other finished
+
+
+def test_run_timeout_cancels_the_session_and_says_so(tmp_path: Path) -> None:
+    result = staffwork("run", "--example", "incident", "--timeout", "0.05", home=tmp_path, timeout=120)
+    assert result.returncode == 1
+    [line] = [text for text in result.stderr.splitlines() if text.startswith("error:")]
+    assert re.fullmatch(r"error: gave up after 0\.05s; session ses_\w+ canceled", line)
+
+
+def test_status_of_a_malformed_or_unknown_session_is_one_line(tmp_path: Path) -> None:
+    bad = staffwork("status", "a b", home=tmp_path)
+    assert bad.returncode == 1
+    assert bad.stderr.strip() == (
+        "error: session id 'a b' is not a valid subject token "
+        "(use 1-128 letters, digits, '_' or '-'; no dots, spaces or wildcards)"
+    )
+    unknown = staffwork("status", "ses_nothing", home=tmp_path)
+    assert unknown.returncode == 1
+    assert unknown.stderr.strip() == "error: no session 'ses_nothing' (under root 'sw')"
+
+
+def test_a_report_path_escaping_the_workspace_is_refused(tmp_path: Path) -> None:
+    team = tmp_path / "team.toml"
+    team.write_text('name = "t"\nreport_path = "../escape.md"\n[lead]\nname = "lead"\n')
+    result = staffwork("run", "--team", str(team), "x", home=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"error: {team}: report_path '../escape.md' must be a relative path inside the session's workspace"
+    )

@@ -141,3 +141,26 @@ async def test_the_python_client_submits_follows_and_reads(bus: Bus) -> None:
     assert kinds[-1] == "session.status_idle"
     assert "session.thread_created" in kinds
     assert report.decode() == result.final_text
+
+
+async def test_a_callers_msg_id_never_costs_a_later_session_its_result(
+    nats_server: NatsServer, bus: Bus
+) -> None:
+    payload = json.dumps({**HAND_WRITTEN, "msg_id": "my-own-id"}).encode()
+    async with running_agents(bus, OfflineModel(), agents=["notes"]):
+        first = await plain_request(nats_server, bus.subjects.api_submit, payload)
+        second = await plain_request(nats_server, bus.subjects.api_submit, payload)
+        assert first["session_id"] != second["session_id"]
+        async with Client(bus) as client:
+            for reply in (first, second):
+                assert (await client.wait(str(reply["session_id"]), timeout=20)).status == "idle"
+
+
+async def test_a_session_id_contradicting_the_idempotency_key_is_refused(
+    nats_server: NatsServer, bus: Bus
+) -> None:
+    payload = json.dumps({**HAND_WRITTEN, "idempotency_key": "k-1", "session_id": "ses_mine"}).encode()
+    async with running_agents(bus, OfflineModel(), agents=["notes"]):
+        reply = await plain_request(nats_server, bus.subjects.api_submit, payload)
+    assert reply["accepted"] is False
+    assert "session_id 'ses_mine' contradicts idempotency_key 'k-1'" in reply["error"]["message"]  # type: ignore[index]
