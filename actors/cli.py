@@ -37,7 +37,7 @@ from bus.lifecycle import install_stop_signals
 from bus.logs import configure_logging
 from bus.paths import server_store_dir
 from bus.provision import provision
-from bus.server import EmbeddedServer, find_server_binary, server_version
+from bus.server import EmbeddedServer, die_with_parent, find_server_binary, server_version
 from bus.subjects import check_token
 from bus.workspace import Workspace
 from schemas import json_schema
@@ -127,6 +127,10 @@ def server(
     async def go() -> None:
         srv = EmbeddedServer(store or server_store_dir(), host=host, port=port)
         url = await srv.start()
+        if store is None:  # the user's default store: other commands find and use this server
+            local.announce(
+                local.LocalServer(url=url, pid=os.getpid(), mode="server", store=str(srv.store_dir))
+            )
         try:
             out.print(
                 f"NATS server ready at [bold]{url}[/] (JetStream store {srv.store_dir})", highlight=False
@@ -143,6 +147,7 @@ def server(
             else:
                 waiter.cancel()
         finally:
+            local.withdraw(os.getpid())
             await srv.stop()
         out.print("NATS server stopped")
 
@@ -561,18 +566,24 @@ def up(
                 highlight=False,
             )
             out.print(f"export STAFFWORK_NATS_URL={url}", highlight=False)
-            await _supervise(url, root, roles)
+            clean = await _supervise(url, root, roles)
         finally:
             if server is not None:
-                local.withdraw(os.getpid())
+                local.withdraw(os.getpid())  # no new command attaches from now on
+                if others := local.other_clients():
+                    err.print(f"waiting for {len(others)} staffwork command(s) still using this server")
+                    await local.wait_for_clients()
                 await server.stop()
         out.print("staffwork is down")
+        if not clean:
+            raise StaffworkError("an actor process exited unexpectedly (see its log above)")
 
     _run(go)
 
 
-async def _supervise(url: str, root: str, roles: list[tuple[str, list[str]]]) -> None:
-    """Start one process per role, prefix their output, stop them all on SIGINT/SIGTERM."""
+async def _supervise(url: str, root: str, roles: list[tuple[str, list[str]]]) -> bool:
+    """Start one process per role, prefix their output, stop them all on SIGINT/SIGTERM. False if a
+    process exited on its own (the others are stopped then too)."""
     stop = asyncio.Event()
     install_stop_signals(stop)
     procs: list[tuple[str, asyncio.subprocess.Process]] = []
@@ -600,6 +611,7 @@ async def _supervise(url: str, root: str, roles: list[tuple[str, list[str]]]) ->
                 stderr=asyncio.subprocess.STDOUT,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
                 start_new_session=True,
+                preexec_fn=die_with_parent if sys.platform.startswith("linux") else None,
             )
             procs.append((name, proc))
             assert proc.stdout is not None
@@ -608,6 +620,7 @@ async def _supervise(url: str, root: str, roles: list[tuple[str, list[str]]]) ->
         stopper = asyncio.ensure_future(stop.wait())
         await asyncio.wait({stopper, *exits}, return_when=asyncio.FIRST_COMPLETED)
         stopper.cancel()
+        clean = stop.is_set()
         for name, proc in procs:
             if proc.returncode is not None and not stop.is_set():
                 err.print(f"{name} exited with code {proc.returncode}; stopping the others", highlight=False)
@@ -619,6 +632,7 @@ async def _supervise(url: str, root: str, roles: list[tuple[str, list[str]]]) ->
                 proc.kill()
         if pending:
             await asyncio.wait(pending)
+    return clean
 
 
 def main() -> None:

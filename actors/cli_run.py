@@ -68,32 +68,37 @@ async def bus_target(nats: str | None, root: str, *, name: str = "staffwork") ->
             yield Target(bus, nats, f"NATS at {nats}")
         return
     running = local.running_server()
+    server: EmbeddedServer | None = None
     if running is None:
         server = EmbeddedServer(server_store_dir(), port=-1)
         try:
-            url = await server.start()
+            await server.start()
         except StoreInUse:
-            running = await local.announced(timeout=15.0)  # another command is starting it right now
+            # Another command holds the store: it is starting its server (wait for its announcement)
+            # or stopping it (then the store frees up and we start our own).
+            running = await local.announced(timeout=15.0)
             if running is None:
-                raise
-        else:
-            local.announce(
-                local.LocalServer(url=url, pid=os.getpid(), mode="run", store=str(server.store_dir))
-            )
-            try:
-                async with await Bus.connect(url, root=root, name=name) as bus:
-                    yield Target(
-                        bus, url, f"embedded nats-server at {url} (store {server.store_dir})", owned=True
-                    )
-            finally:
-                if others := local.other_clients():
-                    Console(stderr=True).print(
-                        f"waiting for {len(others)} other staffwork command(s) using this server"
-                    )
-                    await local.wait_for_clients()
-                local.withdraw(os.getpid())
-                await server.stop()
-            return
+                await server.start()  # the other one stopped meanwhile; if not, its error stands
+            else:
+                server = None
+    if server is not None:
+        url = server.url
+        local.announce(local.LocalServer(url=url, pid=os.getpid(), mode="run", store=str(server.store_dir)))
+        try:
+            async with await Bus.connect(url, root=root, name=name) as bus:
+                yield Target(
+                    bus, url, f"embedded nats-server at {url} (store {server.store_dir})", owned=True
+                )
+        finally:
+            if others := local.other_clients():
+                Console(stderr=True).print(
+                    f"waiting for {len(others)} other staffwork command(s) using this server"
+                )
+                await local.wait_for_clients()
+            local.withdraw(os.getpid())
+            await server.stop()
+        return
+    assert running is not None
     with local.attached():
         async with await Bus.connect(running.url, root=root, name=name) as bus:
             yield Target(bus, running.url, f"the running staffwork {running.mode} at {running.url}")

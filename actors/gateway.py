@@ -74,6 +74,8 @@ class SubmitGateway:
         # the session's, never one a caller chose for another purpose.
         submit = msgspec.structs.replace(submit, msg_id=f"submit-{sid}")
         team = submit.team_spec
+        if team is not None and submit.team:
+            return self._refuse("invalid_request", "give 'team' or 'team_spec', not both", sid)
         if team is None:
             if not submit.team:
                 return self._refuse(

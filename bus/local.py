@@ -13,10 +13,13 @@ import asyncio
 import contextlib
 import json
 import os
+import socket
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from bus.paths import data_dir
 
@@ -48,13 +51,25 @@ def _alive(pid: int) -> bool:
 
 
 def running_server() -> LocalServer | None:
-    """The server another staffwork command runs for this user, if its process is alive."""
+    """The server another staffwork command runs for this user: its process is alive and its port
+    accepts connections (a pid alone can be reused by an unrelated process)."""
     try:
         state = json.loads(_state_file().read_text())
         server = LocalServer(**state)
     except (OSError, ValueError, TypeError):
         return None
-    return server if _alive(server.pid) else None
+    if not _alive(server.pid) or not _listening(server.url):
+        return None
+    return server
+
+
+def _listening(url: str) -> bool:
+    host, _, port = url.removeprefix("nats://").rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=1.0):
+            return True
+    except (OSError, ValueError):
+        return False
 
 
 async def announced(timeout: float, poll: float = 0.1) -> LocalServer | None:
@@ -83,16 +98,31 @@ def withdraw(pid: int) -> None:
 
 @contextlib.contextmanager
 def attached() -> Iterator[Path]:
-    """Register this process as using the running server (the owner waits for it)."""
+    """Register this process as using the running server (the owner waits for it). The marker is
+    locked for as long as this process lives, so a marker nobody holds is stale, whatever its pid."""
     directory = _clients_dir()
     directory.mkdir(parents=True, exist_ok=True)
     marker = directory / str(os.getpid())
-    marker.write_text("")
+    with marker.open("a") as handle:
+        _lock(handle, blocking=True)
+        try:
+            yield marker
+        finally:
+            with contextlib.suppress(OSError):
+                marker.unlink()
+
+
+def _lock(handle: Any, *, blocking: bool) -> bool:
+    """Lock an open file; False if ``blocking`` is off and another process holds it."""
+    if sys.platform == "win32":  # pragma: no cover
+        return True
+    import fcntl
+
     try:
-        yield marker
-    finally:
-        with contextlib.suppress(OSError):
-            marker.unlink()
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+    except OSError:
+        return False
+    return True
 
 
 def other_clients() -> list[int]:
@@ -103,9 +133,16 @@ def other_clients() -> list[int]:
             pid = int(marker.name)
         except ValueError:
             continue
-        if pid != os.getpid() and _alive(pid):
+        if pid == os.getpid():
+            continue
+        try:
+            with marker.open("a") as handle:
+                held = not _lock(handle, blocking=False)
+        except OSError:
+            continue
+        if held:
             alive.append(pid)
-        elif pid != os.getpid():
+        else:  # nobody holds it: its process is gone (even if the pid now belongs to another)
             with contextlib.suppress(OSError):
                 marker.unlink()
     return alive

@@ -72,7 +72,7 @@ def server_version(binary: Path) -> str:
     return text.split(":", 1)[-1].strip() or text
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+def die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
     """On Linux, have the kernel stop the server if the process that started it dies (even kill -9)."""
     try:
         import ctypes
@@ -188,7 +188,7 @@ class EmbeddedServer:
         if os.name == "posix":
             kwargs["start_new_session"] = True
             if sys.platform.startswith("linux"):
-                kwargs["preexec_fn"] = _die_with_parent
+                kwargs["preexec_fn"] = die_with_parent
         try:
             self._proc = await asyncio.create_subprocess_exec(
                 *args,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -36,12 +36,12 @@ class SessionSubmit(Message, frozen=True, kw_only=True, tag="session.submit.v1")
     """
 
     session_id: Token = msgspec.field(default_factory=_session_id)
-    task: str
+    task: Annotated[str, msgspec.Meta(min_length=1)]
     team: str = ""
     team_spec: TeamSpec | None = None
     inputs: list[str] = msgspec.field(default_factory=list)
     metadata: dict[str, str] = msgspec.field(default_factory=dict)
-    deadline_s: float | None = None
+    deadline_s: Annotated[float, msgspec.Meta(gt=0)] | None = None
     #: the same key twice starts one session (the session id is derived from it)
     idempotency_key: str = ""
 

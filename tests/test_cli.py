@@ -327,3 +327,18 @@ def test_a_report_path_escaping_the_workspace_is_refused(tmp_path: Path) -> None
     assert result.stderr.strip() == (
         f"error: {team}: report_path '../escape.md' must be a relative path inside the session's workspace"
     )
+
+
+@pytest.mark.slow
+def test_stale_state_and_client_markers_are_ignored(tmp_path: Path) -> None:
+    """A state file or client marker left by a dead process (its pid now someone else's) neither
+    attaches a command to a dead server nor makes an owner wait."""
+    (tmp_path / "server.json").write_text(
+        json.dumps({"url": "nats://127.0.0.1:1", "pid": 1, "mode": "run", "store": "x"})
+    )
+    (tmp_path / "clients").mkdir()
+    (tmp_path / "clients" / "1").write_text("")  # pid 1 is alive, but holds no lock on it
+    result = staffwork("run", "--example", "incident", "--json", home=tmp_path, timeout=100)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["status"] == "idle"
+    assert not (tmp_path / "clients" / "1").exists()

@@ -84,6 +84,16 @@ async def test_hand_written_json_starts_a_session_and_the_result_arrives(
             "give 'team' (a registered team's name) or 'team_spec'",
         ),
         (
+            json.dumps({**HAND_WRITTEN, "task": ""}).encode(),
+            "invalid_request",
+            "Expected `str` of length >= 1 - at `$.task`",
+        ),
+        (
+            json.dumps({**HAND_WRITTEN, "team": "demo"}).encode(),
+            "invalid_request",
+            "give 'team' or 'team_spec', not both",
+        ),
+        (
             json.dumps(
                 {
                     **HAND_WRITTEN,
