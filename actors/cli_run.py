@@ -318,7 +318,6 @@ async def run_session(
             # Commands attached to our server may be relying on the actors we run: keep serving.
             console.print("other staffwork commands are using this server's actors: waiting for them")
             await local.wait_for_clients()
-    model_name = "offline" if model.name == "offline" else f"{model.name}"
     return RunOutcome(
-        result=result, progress=progress, wall_s=time.perf_counter() - started, model=model_name
+        result=result, progress=progress, wall_s=time.perf_counter() - started, model=model.name
     )
