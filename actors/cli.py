@@ -26,6 +26,7 @@ from rich.table import Table
 
 from actors.cli_run import EXAMPLES, RunOutcome, bus_target, load_example, load_team, run_session
 from actors.client import Client
+from actors.collector import TraceStore, serve_collector
 from actors.models import default_model
 from actors.registry import register_team, registered_teams
 from actors.sessions import TERMINAL, SessionRecord
@@ -35,7 +36,7 @@ from bus.connection import Bus
 from bus.errors import StaffworkError
 from bus.lifecycle import install_stop_signals
 from bus.logs import configure_logging
-from bus.paths import server_store_dir
+from bus.paths import data_dir, server_store_dir
 from bus.provision import provision
 from bus.server import EmbeddedServer, die_with_parent, find_server_binary, server_version
 from bus.subjects import check_token
@@ -483,15 +484,16 @@ def fs_put(
     out.print(f"stored {_run(go):,} bytes at {path}", highlight=False)
 
 
-ROLES = ("lead", "subagent")
+ROLES = ("lead", "subagent", "collector")
 
 
 @app.command()
 def actor(
-    role: Annotated[str, typer.Argument(help="lead or subagent")],
+    role: Annotated[str, typer.Argument(help="lead, subagent or collector")],
     agents: Annotated[
         str, typer.Option(help="Comma-separated agents to serve (subagent; default: all registered).")
     ] = "",
+    db: Annotated[Path | None, typer.Option(help="The collector's SQLite database.")] = None,
     nats: NatsOption = None,
     root: RootOption = "sw",
 ) -> None:
@@ -505,6 +507,9 @@ def actor(
             raise StaffworkError("no NATS server: give --nats URL (or start one with staffwork up)")
         async with await Bus.connect(url, root=root, name=f"staffwork-{role}") as bus:
             await provision(bus)
+            if role == "collector":
+                await _collect(bus, url, db or data_dir() / "trace.db")
+                return
             names = [a for a in agents.split(",") if a]
             if role == "subagent" and not names:
                 names = sorted({a.name for team in await registered_teams(bus) for a in team.agents})
@@ -527,6 +532,21 @@ def actor(
             )
 
     _run(go)
+
+
+async def _collect(bus: Bus, url: str, db: Path) -> None:
+    store = TraceStore(db)
+    stop = asyncio.Event()
+    install_stop_signals(stop)
+    try:
+        await serve_collector(
+            bus,
+            store,
+            stop,
+            on_ready=lambda: err.print(f"collector ready on {url}: {store.path}", highlight=False),
+        )
+    finally:
+        store.close()
 
 
 @app.command()
@@ -559,7 +579,9 @@ def up(
                     await register_team(bus, load_example(example).team)
                 teams = await registered_teams(bus)
             agent_names = sorted({a.name for team in teams for a in team.agents})
-            roles = [("lead", ["lead"])] + [(f"agent:{a}", ["subagent", "--agents", a]) for a in agent_names]
+            roles = [("lead", ["lead"]), ("collector", ["collector"])] + [
+                (f"agent:{a}", ["subagent", "--agents", a]) for a in agent_names
+            ]
             out.print(f"staffwork is up: NATS at [bold]{url}[/] (root {root!r})", highlight=False)
             out.print(
                 f"teams: {', '.join(t.name for t in teams)}; processes: {', '.join(r for r, _ in roles)}",

@@ -50,6 +50,7 @@ from schemas.session import SessionAccepted, SessionResult, SessionState, Sessio
 from schemas.team import TeamSpec
 from schemas.thread import Delegation, FollowUp, ThreadReply
 from schemas.trace import (
+    FileWritten,
     SessionStatusIdle,
     SessionStatusRunning,
     ThreadMessageReceived,
@@ -288,7 +289,18 @@ class LeadRun:
             return await self._finish("failed", result.text, error=result.error, stop=result.stop_reason)
         report = team.report_path
         writer = Provenance(session_id=self.sid, thread_id=LEAD_THREAD, agent=team.lead.name)
-        await self.workspace.put(self.sid, report, result.text, provenance=writer)
+        info = await self.workspace.put(self.sid, report, result.text, provenance=writer)
+        await self.bus.emit(
+            FileWritten(
+                session_id=self.sid,
+                thread_id=LEAD_THREAD,
+                agent=team.lead.name,
+                path=info.path,
+                size=info.size,
+                digest=info.digest,
+                provenance=writer,
+            )
+        )
         return await self._finish("idle", result.text, report=report, stop=result.stop_reason)
 
     def _task_text(self) -> str:

@@ -13,8 +13,11 @@ ROOT_DIR = Path(__file__).resolve().parent.parent
 
 
 @asynccontextmanager
-async def ready_process(module: str, *args: str) -> AsyncIterator[asyncio.subprocess.Process]:
-    """``python -m module args...``, yielded once it printed READY; killed if still running after."""
+async def ready_process(
+    module: str, *args: str, ready_word: bytes = b"READY"
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    """``python -m module args...``, yielded once it printed ``ready_word`` (on stdout, or on stderr
+    for ``staffwork`` commands); killed if still running after."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -22,14 +25,16 @@ async def ready_process(module: str, *args: str) -> AsyncIterator[asyncio.subpro
         *args,
         cwd=ROOT_DIR,
         stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT if ready_word != b"READY" else asyncio.subprocess.PIPE,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:
         assert proc.stdout is not None
         async with asyncio.timeout(20):
             line = await proc.stdout.readline()
-        assert line.strip() == b"READY", line + (await proc.stderr.read() if proc.stderr else b"")
+            while ready_word != b"READY" and line and ready_word not in line:
+                line = await proc.stdout.readline()
+        assert ready_word in line, line + (await proc.stderr.read() if proc.stderr else b"")
         yield proc
     finally:
         if proc.returncode is None:

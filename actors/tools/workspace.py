@@ -18,6 +18,7 @@ from actors.tools.base import Tool, ToolContext, ToolError, tool
 from actors.tools.sql import cut, plural, sql
 from bus.errors import FileNotFound
 from bus.workspace import normalize_path
+from schemas.trace import FileWritten
 
 GREP_LINE_CHARS = 300
 SQL_CELL_CHARS = 500
@@ -67,6 +68,17 @@ async def write_file(ctx: ToolContext, *, path: str, content: str) -> str:
     Directories need no creating: `notes/a.md` is just a path. The file records who wrote it.
     """
     info = await ctx.workspace.put(ctx.session_id, path, content, provenance=ctx.provenance)
+    await ctx.bus.emit(
+        FileWritten(
+            session_id=ctx.session_id,
+            thread_id=ctx.thread_id,
+            agent=ctx.agent,
+            path=info.path,
+            size=info.size,
+            digest=info.digest,
+            provenance=info.provenance,
+        )
+    )
     return f"wrote {info.size} bytes to {info.path}"
 
 
