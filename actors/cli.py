@@ -15,6 +15,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -30,9 +31,12 @@ from actors.collector import TraceStore, serve_collector
 from actors.models import default_model
 from actors.registry import register_team, registered_teams
 from actors.sessions import TERMINAL, SessionRecord
+from actors.trace_view import render
 from actors.workers import serve_agents
 from bus import local
+from bus.codec import Decoder
 from bus.connection import Bus
+from bus.direct import read_subject
 from bus.errors import StaffworkError
 from bus.lifecycle import install_stop_signals
 from bus.logs import configure_logging
@@ -45,6 +49,7 @@ from schemas import json_schema
 from schemas.ids import new_id
 from schemas.session import SessionResult
 from schemas.team import TeamSpec
+from schemas.trace import AnyTraceEvent
 
 T = TypeVar("T")
 
@@ -407,6 +412,44 @@ def cancel(session: str, nats: NatsOption = None, root: RootOption = "sw") -> No
             out.print(f"{session}: canceled", highlight=False)
 
     _run(go)
+
+
+@app.command()
+def trace(session: str, nats: NatsOption = None, root: RootOption = "sw") -> None:
+    """A session as a tree: each thread, its model calls and tool calls, durations, tokens and cost."""
+
+    async def go() -> list[Any]:
+        async with bus_target(nats, root, name="staffwork-trace") as target:
+            await _session(target.bus, session, root)
+            subject = target.bus.subjects.events(session)
+            decoder: Decoder[Any] = Decoder(AnyTraceEvent, max_bytes=4 * 1024 * 1024)
+            return [
+                decoder.decode(m.data)
+                async for m in read_subject(target.bus, target.bus.subjects.log_stream, subject)
+            ]
+
+    tree = render(session, _run(go))
+    (out if out.is_terminal else Console(soft_wrap=True, width=240)).print(tree)  # a pipe gets whole lines
+
+
+@app.command()
+def sessions(nats: NatsOption = None, root: RootOption = "sw") -> None:
+    """Recent sessions: status, team, task."""
+
+    async def go() -> list[SessionRecord]:
+        async with bus_target(nats, root, name="staffwork-sessions") as target:
+            await provision(target.bus)
+            kv = await target.bus.kv(target.bus.subjects.sessions_bucket)
+            directory = Client(target.bus).directory
+            records = [await directory.get(key) for key in await kv.keys()]
+            return sorted((r for r in records if r is not None), key=lambda r: r.started, reverse=True)
+
+    for record in _run(go)[:50]:
+        started = datetime.fromtimestamp(record.started).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+        out.print(
+            f"{record.session_id}  {started}  {record.status:<16} {record.team.name:<12} {record.task[:60]}",
+            highlight=False,
+        )
 
 
 async def _session(bus: Bus, session: str, root: str) -> SessionRecord:

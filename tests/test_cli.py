@@ -342,3 +342,24 @@ def test_stale_state_and_client_markers_are_ignored(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["status"] == "idle"
     assert not (tmp_path / "clients" / "1").exists()
+
+
+@pytest.mark.slow
+def test_trace_and_sessions_work_after_the_run_ended(tmp_path: Path) -> None:
+    run = staffwork("run", "--example", "incident", "--json", home=tmp_path, timeout=120)
+    session = json.loads(run.stdout)["session_id"]
+    tree = staffwork("trace", session, home=tmp_path)  # a new process, a new server on the same store
+    assert tree.returncode == 0, tree.stderr
+    lines = tree.stdout.splitlines()
+    assert re.match(rf"session {session} · idle · [\d.]+s · 0 tokens · \$0\.0000 · 5 threads", lines[0])
+    assert any(re.search(r"lead \(lead\) · idle · [\d.]+s · 2 turns", line) for line in lines)
+    for agent in ("deploys", "logs", "metrics", "tickets"):
+        assert any("→ thread t-toolu_off_lead_1_" in line and f"({agent})" in line for line in lines)
+        assert any(re.search(rf"{agent} \(t-[\w-]+\) · idle · [\d.]+s · 2 turns", line) for line in lines)
+    assert any("✓ sql(query=" in line for line in lines)
+    assert any("✓ grep(pattern=" in line for line in lines)
+    assert any("wrote incident-report.md" in line for line in lines)
+    listing = staffwork("sessions", home=tmp_path)
+    assert re.search(rf"^{session}  \S+ \S+  idle\s+incident", listing.stdout, re.MULTILINE)
+    unknown = staffwork("trace", "ses_nothing", home=tmp_path)
+    assert unknown.stderr.strip() == "error: no session 'ses_nothing' (under root 'sw')"

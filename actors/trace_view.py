@@ -1,0 +1,144 @@
+"""A session as a tree, from its trace events: who did what, in what order, at what cost.
+
+The lead's thread is the root; each delegation shows the subagent thread it started, with that
+thread's model calls and tool calls; every node carries its duration, tokens and cost, and the
+session's totals come last. Built from the events alone, so it works from the stream (no collector
+needed) and after the run has ended.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from rich.tree import Tree
+
+from schemas.trace import (
+    AgentToolResult,
+    AgentToolUse,
+    AnyTraceEvent,
+    FileWritten,
+    ModelRequestEnd,
+    SessionErrorEvent,
+    SessionStatusIdle,
+    ThreadCreated,
+    ThreadMessageSent,
+    ThreadStatusIdle,
+)
+
+
+@dataclass
+class ThreadNode:
+    thread_id: str
+    agent: str
+    started: datetime | None = None
+    ended: datetime | None = None
+    turns: int = 0
+    tokens: int = 0
+    cost: float = 0.0
+    status: str = "running"
+    steps: list[str] = field(default_factory=list)
+    children: list[str] = field(default_factory=list)
+
+
+def _seconds(start: datetime | None, end: datetime | None) -> str:
+    return f"{(end - start).total_seconds():.2f}s" if start and end else "-"
+
+
+def build(events: list[AnyTraceEvent]) -> tuple[dict[str, ThreadNode], dict[str, float | int | str]]:
+    """Threads (keyed by id, ``lead`` first) with their steps, and the session's totals."""
+    threads: dict[str, ThreadNode] = {}
+    tool_names: dict[str, str] = {}
+    results: dict[str, AgentToolResult] = {}
+    delegated: dict[str, str] = defaultdict(str)  # child thread -> parent thread
+    totals: dict[str, float | int | str] = {"tokens": 0, "cost": 0.0, "status": "running", "errors": 0}
+    first: datetime | None = None
+    last: datetime | None = None
+
+    def node(event: AnyTraceEvent) -> ThreadNode:
+        thread = event.thread_id or "lead"
+        if thread not in threads:
+            threads[thread] = ThreadNode(thread, event.agent)
+        found = threads[thread]
+        found.started = found.started or event.time
+        return found
+
+    for event in events:
+        first = first or event.time
+        last = event.time
+        if isinstance(event, AgentToolResult):
+            results[event.tool_use_id] = event
+    for event in events:
+        current = node(event)
+        if isinstance(event, ThreadCreated):
+            delegated[event.thread_id] = event.parent_thread_id or "lead"
+        elif isinstance(event, ModelRequestEnd):
+            current.turns += 1
+            tokens = event.usage.input_tokens + event.usage.output_tokens
+            current.tokens += tokens
+            current.cost += event.usage.cost_usd
+            totals["tokens"] = int(totals["tokens"]) + tokens
+            totals["cost"] = float(totals["cost"]) + event.usage.cost_usd
+            failure = f" ✗ {event.error.message}" if event.error else ""
+            current.steps.append(
+                f"model call {current.turns} · {event.model} · {event.duration_ms / 1000:.2f}s · "
+                f"{tokens:,} tokens · ${event.usage.cost_usd:.4f} · {event.stop_reason or '-'}{failure}"
+            )
+        elif isinstance(event, AgentToolUse):
+            tool_names[event.tool_use_id] = event.name
+            result = results.get(event.tool_use_id)
+            mark = "?" if result is None else ("✗" if result.is_error else "✓")
+            duration = _seconds(event.time, result.time if result else None)
+            arguments = ", ".join(f"{k}={' '.join(repr(v).split())}"[:60] for k, v in event.input.items())
+            current.steps.append(f"{mark} {event.name}({arguments}) · {duration} · {event.tool_use_id}")
+        elif isinstance(event, ThreadMessageSent):
+            current.children.append(event.to_thread_id)
+            current.steps.append(f"→ thread {event.to_thread_id} ({event.to_agent})")
+        elif isinstance(event, FileWritten):
+            current.steps.append(f"wrote {event.path} ({event.size:,} bytes)")
+        elif isinstance(event, ThreadStatusIdle):
+            current.ended = event.time
+            current.status = "idle" if event.stop_reason == "end_turn" else event.stop_reason
+        elif isinstance(event, SessionStatusIdle):
+            current.ended = event.time
+            stop = event.stop_reason
+            current.status = totals["status"] = "idle" if stop in ("end_turn", "") else stop
+        elif isinstance(event, SessionErrorEvent):
+            totals["errors"] = int(totals["errors"]) + 1
+            current.steps.append(f"✗ error: {event.error.message}")
+    totals["duration"] = _seconds(first, last)
+    if "lead" in threads:
+        ordered = {"lead": threads["lead"], **{k: v for k, v in threads.items() if k != "lead"}}
+        threads = ordered
+    return threads, totals
+
+
+def render(session_id: str, events: list[AnyTraceEvent]) -> Tree:
+    threads, totals = build(events)
+    tree = Tree(
+        f"[bold]session {session_id}[/] · {totals['status']} · {totals['duration']} · "
+        f"{int(totals['tokens']):,} tokens · ${float(totals['cost']):.4f} · {len(threads)} threads"
+    )
+
+    def add(parent: Tree, thread_id: str, seen: set[str]) -> None:
+        thread = threads.get(thread_id)
+        if thread is None or thread_id in seen:
+            return
+        seen.add(thread_id)
+        branch = parent.add(
+            f"[bold]{thread.agent}[/] ({thread.thread_id}) · {thread.status} · "
+            f"{_seconds(thread.started, thread.ended)} · {thread.turns} turns · {thread.tokens:,} tokens · "
+            f"${thread.cost:.4f}"
+        )
+        for step in thread.steps:
+            leaf = branch.add(step, highlight=False)
+            if step.startswith("→ thread "):
+                add(leaf, step.split()[2], seen)
+
+    seen: set[str] = set()
+    if "lead" in threads:
+        add(tree, "lead", seen)
+    for thread_id in threads:  # threads whose delegation is not in the trace (still shown)
+        add(tree, thread_id, seen)
+    return tree
