@@ -32,6 +32,7 @@ from actors.models.base import Model
 from actors.sessions import TERMINAL, CancelWatch, SessionDirectory, cancel_session, race_cancel
 from actors.tools.base import Tool, Toolbox, ToolContext, ToolError, tool
 from actors.tools.registry import check_team_tools, tools_for
+from actors.tools.workspace import write_and_record
 from bus.actor import BaseActor, Context
 from bus.codec import Decoder
 from bus.connection import Bus
@@ -50,7 +51,6 @@ from schemas.session import SessionAccepted, SessionResult, SessionState, Sessio
 from schemas.team import TeamSpec
 from schemas.thread import Delegation, FollowUp, ThreadReply
 from schemas.trace import (
-    FileWritten,
     SessionStatusIdle,
     SessionStatusRunning,
     ThreadMessageReceived,
@@ -289,18 +289,7 @@ class LeadRun:
             return await self._finish("failed", result.text, error=result.error, stop=result.stop_reason)
         report = team.report_path
         writer = Provenance(session_id=self.sid, thread_id=LEAD_THREAD, agent=team.lead.name)
-        info = await self.workspace.put(self.sid, report, result.text, provenance=writer)
-        await self.bus.emit(
-            FileWritten(
-                session_id=self.sid,
-                thread_id=LEAD_THREAD,
-                agent=team.lead.name,
-                path=info.path,
-                size=info.size,
-                digest=info.digest,
-                provenance=writer,
-            )
-        )
+        await write_and_record(self.bus, self.workspace, writer, report, result.text)
         return await self._finish("idle", result.text, report=report, stop=result.stop_reason)
 
     def _task_text(self) -> str:

@@ -23,6 +23,7 @@ from actors.models.base import Model
 from actors.sessions import CancelWatch, SessionDirectory, race_cancel
 from actors.tools.base import Toolbox, ToolContext
 from actors.tools.registry import tools_for
+from actors.tools.workspace import write_and_record
 from bus.actor import BaseActor, Context
 from bus.errors import HistoryConflict, InvalidPath, Retryable
 from bus.history import ThreadHistory, ThreadLog
@@ -192,12 +193,8 @@ class SubagentActor(BaseActor[SubagentInbox]):
         text = result.text
         if len(text) > MAX_REPLY_CHARS:  # keep the message small: the whole answer goes to the workspace
             path = f"replies/{msg.thread_id}-{msg.msg_id}.md"
-            await workspace.put(
-                msg.session_id,
-                path,
-                text,
-                provenance=Provenance(session_id=msg.session_id, thread_id=msg.thread_id, agent=msg.agent),
-            )
+            writer = Provenance(session_id=msg.session_id, thread_id=msg.thread_id, agent=msg.agent)
+            await write_and_record(bus, workspace, writer, path, text)
             note = f"[answer cut: all {len(text)} characters are in the workspace at {path}]"
             text = f"{text[: MAX_REPLY_CHARS // 10]}\n\n{note}"
         return self._reply(

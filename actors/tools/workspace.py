@@ -16,8 +16,10 @@ import msgspec
 
 from actors.tools.base import Tool, ToolContext, ToolError, tool
 from actors.tools.sql import cut, plural, sql
+from bus.connection import Bus
 from bus.errors import FileNotFound
-from bus.workspace import normalize_path
+from bus.workspace import Workspace, normalize_path
+from schemas.files import FileInfo, Provenance
 from schemas.trace import FileWritten
 
 GREP_LINE_CHARS = 300
@@ -67,19 +69,28 @@ async def write_file(ctx: ToolContext, *, path: str, content: str) -> str:
 
     Directories need no creating: `notes/a.md` is just a path. The file records who wrote it.
     """
-    info = await ctx.workspace.put(ctx.session_id, path, content, provenance=ctx.provenance)
-    await ctx.bus.emit(
+    info = await write_and_record(ctx.bus, ctx.workspace, ctx.provenance, path, content)
+    return f"wrote {info.size} bytes to {info.path}"
+
+
+async def write_and_record(
+    bus: Bus, workspace: Workspace, writer: Provenance, path: str, content: str
+) -> FileInfo:
+    """Write a file on an agent's behalf: stored with its provenance, and ``workspace.file_written``
+    in the trace (the tool, the lead's report and a subagent's oversized answer all go through here)."""
+    info = await workspace.put(writer.session_id, path, content, provenance=writer)
+    await bus.emit(
         FileWritten(
-            session_id=ctx.session_id,
-            thread_id=ctx.thread_id,
-            agent=ctx.agent,
+            session_id=writer.session_id,
+            thread_id=writer.thread_id,
+            agent=writer.agent,
             path=info.path,
             size=info.size,
             digest=info.digest,
             provenance=info.provenance,
         )
     )
-    return f"wrote {info.size} bytes to {info.path}"
+    return info
 
 
 # --- read ---
