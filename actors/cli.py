@@ -7,6 +7,7 @@ Every error is one line on stderr naming the offending value, and a non-zero exi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -607,43 +608,42 @@ def up(
                 f"a staffwork {running.mode} already runs at {running.url} (pid {running.pid}): "
                 "use it, or stop it first"
             )
-        server = None
-        url = nats
-        if url is None:
-            server = EmbeddedServer(server_store_dir(), port=port)
-            url = await server.start()
-            local.announce(
-                local.LocalServer(url=url, pid=os.getpid(), mode="up", store=str(server.store_dir))
-            )
-        try:
-            async with await Bus.connect(url, root=root, name="staffwork-up") as bus:
-                await provision(bus)
-                for example in sorted(p.parent.name for p in EXAMPLES.glob("*/team.toml")):
-                    await register_team(bus, load_example(example).team)
-                teams = await registered_teams(bus)
-            agent_names = sorted({a.name for team in teams for a in team.agents})
-            roles = [("lead", ["lead"]), ("collector", ["collector"])] + [
-                (f"agent:{a}", ["subagent", "--agents", a]) for a in agent_names
-            ]
-            out.print(f"staffwork is up: NATS at [bold]{url}[/] (root {root!r})", highlight=False)
-            out.print(
-                f"teams: {', '.join(t.name for t in teams)}; processes: {', '.join(r for r, _ in roles)}",
-                highlight=False,
-            )
-            out.print(f"export STAFFWORK_NATS_URL={url}", highlight=False)
-            clean = await _supervise(url, root, roles)
-        finally:
-            if server is not None:
-                local.withdraw(os.getpid())  # no new command attaches from now on
-                if others := local.other_clients():
-                    err.print(f"waiting for {len(others)} staffwork command(s) still using this server")
-                    await local.wait_for_clients()
-                await server.stop()
+        async with contextlib.AsyncExitStack() as owned:
+            url = nats
+            if url is None:
+                server = EmbeddedServer(server_store_dir(), port=port)
+                url = await server.start()
+
+                def waiting(count: int) -> None:
+                    err.print(f"waiting for {count} staffwork command(s) still using this server")
+
+                await owned.enter_async_context(local.serving(server, "up", on_wait=waiting))
+            clean = await _up(url, root)
         out.print("staffwork is down")
         if not clean:
             raise StaffworkError("an actor process exited unexpectedly (see its log above)")
 
     _run(go)
+
+
+async def _up(url: str, root: str) -> bool:
+    """Register the bundled teams, then supervise one process per role until stopped."""
+    async with await Bus.connect(url, root=root, name="staffwork-up") as bus:
+        await provision(bus)
+        for example in sorted(p.parent.name for p in EXAMPLES.glob("*/team.toml")):
+            await register_team(bus, load_example(example).team)
+        teams = await registered_teams(bus)
+    agent_names = sorted({a.name for team in teams for a in team.agents})
+    roles = [("lead", ["lead"]), ("collector", ["collector"])] + [
+        (f"agent:{a}", ["subagent", "--agents", a]) for a in agent_names
+    ]
+    out.print(f"staffwork is up: NATS at [bold]{url}[/] (root {root!r})", highlight=False)
+    out.print(
+        f"teams: {', '.join(t.name for t in teams)}; processes: {', '.join(r for r, _ in roles)}",
+        highlight=False,
+    )
+    out.print(f"export STAFFWORK_NATS_URL={url}", highlight=False)
+    return await _supervise(url, root, roles)
 
 
 async def _supervise(url: str, root: str, roles: list[tuple[str, list[str]]]) -> bool:

@@ -83,20 +83,16 @@ async def bus_target(nats: str | None, root: str, *, name: str = "staffwork") ->
                 server = None
     if server is not None:
         url = server.url
-        local.announce(local.LocalServer(url=url, pid=os.getpid(), mode="run", store=str(server.store_dir)))
-        try:
-            async with await Bus.connect(url, root=root, name=name) as bus:
-                yield Target(
-                    bus, url, f"embedded nats-server at {url} (store {server.store_dir})", owned=True
-                )
-        finally:
-            if others := local.other_clients():
-                Console(stderr=True).print(
-                    f"waiting for {len(others)} other staffwork command(s) using this server"
-                )
-                await local.wait_for_clients()
-            local.withdraw(os.getpid())
-            await server.stop()
+
+        def waiting(count: int) -> None:
+            Console(stderr=True).print(f"waiting for {count} other staffwork command(s) using this server")
+
+        where = f"embedded nats-server at {url} (store {server.store_dir})"
+        async with (
+            local.serving(server, "run", on_wait=waiting),
+            await Bus.connect(url, root=root, name=name) as bus,
+        ):
+            yield Target(bus, url, where, owned=True)
         return
     assert running is not None
     with local.attached():

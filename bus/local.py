@@ -16,12 +16,13 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from bus.paths import data_dir
+from bus.server import EmbeddedServer
 
 
 @dataclass(frozen=True)
@@ -146,6 +147,24 @@ def other_clients() -> list[int]:
             with contextlib.suppress(OSError):
                 marker.unlink()
     return alive
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    server: EmbeddedServer, mode: str, *, on_wait: Callable[[int], None] | None = None
+) -> AsyncIterator[LocalServer]:
+    """Own an embedded server as this user's: announce it; on the way out, withdraw the announcement
+    first (no new command attaches), wait for the commands still attached, then stop the server."""
+    entry = LocalServer(url=server.url, pid=os.getpid(), mode=mode, store=str(server.store_dir))
+    announce(entry)
+    try:
+        yield entry
+    finally:
+        withdraw(entry.pid)
+        if (others := other_clients()) and on_wait is not None:
+            on_wait(len(others))
+        await wait_for_clients()
+        await server.stop()
 
 
 async def wait_for_clients(timeout: float = 3600.0, poll: float = 0.5) -> list[int]:
