@@ -33,7 +33,6 @@ from bus import local
 from bus.connection import Bus
 from bus.errors import BusTimeout, StaffworkError, StoreInUse
 from bus.paths import data_dir, server_store_dir
-from bus.provision import provision
 from bus.server import EmbeddedServer
 from schemas.ids import new_id
 from schemas.session import SessionResult
@@ -267,9 +266,9 @@ async def run_session(
     live: bool,
     timeout: float | None = None,
 ) -> RunOutcome:
+    """Run one session on an already provisioned bus (the ``run`` command provisions it first)."""
     bus = target.bus
     started = time.perf_counter()
-    await provision(bus)
     model = default_model()
     has_lead = await bus.has_responders(bus.subjects.api_submit)
     missing = [a.name for a in team.agents if not (has_lead and await bus.consumer_active(f"agent_{a.name}"))]

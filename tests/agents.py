@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from actors.client import Client
 from actors.models.base import ModelRequest, ModelResponse
 from actors.models.scripted import calls, text
 from bus.codec import Decoder
@@ -57,12 +58,4 @@ async def submit_and_wait(bus: Bus, submit: SessionSubmit, timeout: float = 60.0
 
 async def wait_result(bus: Bus, session_id: str, timeout: float = 60.0) -> SessionResult:
     """The session's result once it is stored (it may already be)."""
-    sub = await bus.nc.subscribe(bus.subjects.out(session_id, "result"))
-    try:
-        stored = await bus.last(bus.subjects.out(session_id, "result"))
-        if stored:
-            return RESULT.decode(stored)
-        msg = await sub.next_msg(timeout=timeout)
-        return RESULT.decode(msg.data)
-    finally:
-        await sub.unsubscribe()
+    return await Client(bus).wait(session_id, timeout=timeout)
