@@ -15,8 +15,8 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Awaitable, Callable
-from datetime import datetime
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -25,6 +25,7 @@ import msgspec
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from actors.cli_run import EXAMPLES, RunOutcome, bus_target, load_example, load_team, run_session
 from actors.client import Client
@@ -32,19 +33,20 @@ from actors.collector import TraceStore, serve_collector
 from actors.models import default_model
 from actors.registry import register_team, registered_teams
 from actors.sessions import TERMINAL, SessionRecord
+from actors.tail import event_subjects, line, parse_duration
 from actors.trace_view import render
 from actors.workers import serve_agents
 from bus import local
 from bus.codec import Decoder
 from bus.connection import Bus
-from bus.direct import read_subject
-from bus.errors import StaffworkError
+from bus.direct import StoredMsg, read_subject, tail_subjects
+from bus.errors import MessageRejected, StaffworkError
 from bus.lifecycle import install_stop_signals
 from bus.logs import configure_logging
 from bus.paths import data_dir, server_store_dir
 from bus.provision import provision
 from bus.server import EmbeddedServer, die_with_parent, find_server_binary, server_version
-from bus.subjects import check_token
+from bus.subjects import Subjects, check_token
 from bus.workspace import Workspace
 from schemas import json_schema
 from schemas.ids import new_id
@@ -337,7 +339,7 @@ def run(
             f"status: {result.status}   session: {result.session_id}   wall time: {outcome.wall_s:.1f}s",
             highlight=False,
         )
-        out.print(f"files: {', '.join(result.files) or 'none'}", highlight=False)
+        out.print(f"files: {', '.join(result.files) or 'none'}", highlight=False, markup=False)
         out.print(
             f"usage: {usage.input_tokens:,} input + {usage.output_tokens:,} output tokens, "
             f"cost ${usage.cost_usd:.4f} (model: {outcome.model})",
@@ -386,7 +388,9 @@ def status(session: str, nats: NatsOption = None, root: RootOption = "sw") -> No
         async with bus_target(nats, root, name="staffwork-status") as target:
             record = await _session(target.bus, session, root)
             out.print(
-                f"{session}: {record.status}  team {record.team.name}  task: {record.task}", highlight=False
+                f"{session}: {record.status}  team {record.team.name}  task: {record.task}",
+                highlight=False,
+                markup=False,
             )
             stored = await target.bus.last(target.bus.subjects.out(session, "result"))
             if stored:
@@ -394,6 +398,7 @@ def status(session: str, nats: NatsOption = None, root: RootOption = "sw") -> No
                 out.print(
                     f"report: {result.report_path or '-'}  files: {', '.join(result.files) or 'none'}",
                     highlight=False,
+                    markup=False,
                 )
 
     _run(go)
@@ -416,6 +421,95 @@ def cancel(session: str, nats: NatsOption = None, root: RootOption = "sw") -> No
 
 
 @app.command()
+def tail(
+    session: Annotated[str | None, typer.Option(help="Only this session's events.")] = None,
+    agent: Annotated[str | None, typer.Option(help="Only this agent's events.")] = None,
+    kind: Annotated[
+        str | None, typer.Option(help="Only this kind (agent.tool_use) or family (agent, span, session).")
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option(help="Start this long ago (30s, 10m, 2h, 1d) instead of with new events.")
+    ] = None,
+    follow: Annotated[
+        bool, typer.Option("--follow/--no-follow", help="Keep following, or stop at the last stored event.")
+    ] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    nats: NatsOption = None,
+    root: RootOption = "sw",
+) -> None:
+    """Follow trace events as they happen, one line each, coloured by agent (works without the collector)."""
+    start = datetime.now(UTC) - parse_duration(since) if since else None
+    try:
+        subjects = event_subjects(Subjects(root), session, kind)
+    except StaffworkError as exc:
+        _fail(exc)
+    console = _TailConsole(soft_wrap=True, width=None if out.is_terminal else 240)
+
+    async def go() -> None:
+        async with bus_target(nats, root, name="staffwork-tail") as target:
+            await provision(target.bus)
+            decoder: Decoder[Any] = Decoder(AnyTraceEvent, max_bytes=4 * 1024 * 1024)
+            stream = target.bus.subjects.log_stream
+            messages = tail_subjects(
+                target.bus,
+                stream,
+                subjects,
+                since=start,
+                follow=follow,
+                on_following=lambda: err.print(
+                    f"following {' and '.join(subjects)} (Ctrl-C to stop)", highlight=False, markup=False
+                ),
+            )
+            async with contextlib.aclosing(messages):
+                try:
+                    await _print_events(messages, decoder, console, agent, as_json, with_session=not session)
+                except BrokenPipeError:  # the reader went away (| head): stop quietly, as Unix tools do
+                    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+    _run(go)
+
+
+async def _print_events(
+    messages: AsyncGenerator[StoredMsg, None],
+    decoder: Decoder[Any],
+    console: Console,
+    agent: str | None,
+    as_json: bool,
+    *,
+    with_session: bool,
+) -> None:
+    async for msg in messages:
+        try:
+            event = decoder.decode(msg.data, subject=msg.subject)
+        except MessageRejected as exc:
+            if agent is None:
+                _tail_undecodable(console, msg.subject, msg.seq, exc.reason, as_json)
+            continue
+        if agent is not None and event.agent != agent:
+            continue
+        if as_json:
+            sys.stdout.write(msg.data.decode(errors="replace") + "\n")
+            sys.stdout.flush()
+        else:
+            console.print(line(event, with_session=with_session))
+
+
+class _TailConsole(Console):
+    def on_broken_pipe(self) -> None:  # rich exits with 1; tail stops quietly instead
+        self.quiet = True
+        raise BrokenPipeError
+
+
+def _tail_undecodable(console: Console, subject: str, seq: int, reason: str, as_json: bool) -> None:
+    if as_json:
+        record = {"type": "undecodable", "subject": subject, "seq": seq, "error": reason}
+        sys.stdout.write(json.dumps(record) + "\n")
+        sys.stdout.flush()
+    else:
+        console.print(Text(f"undecodable message #{seq} on {subject}: {reason}", style="red"))
+
+
+@app.command()
 def trace(session: str, nats: NatsOption = None, root: RootOption = "sw") -> None:
     """A session as a tree: each thread, its model calls and tool calls, durations, tokens and cost."""
 
@@ -434,8 +528,13 @@ def trace(session: str, nats: NatsOption = None, root: RootOption = "sw") -> Non
 
 
 @app.command()
-def sessions(nats: NatsOption = None, root: RootOption = "sw") -> None:
-    """Recent sessions: status, team, task."""
+def sessions(
+    limit: Annotated[int, typer.Option(help="How many of the most recent sessions.")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    nats: NatsOption = None,
+    root: RootOption = "sw",
+) -> None:
+    """Recent sessions: status, duration, threads, cost, team and task."""
 
     async def go() -> list[SessionRecord]:
         async with bus_target(nats, root, name="staffwork-sessions") as target:
@@ -445,11 +544,35 @@ def sessions(nats: NatsOption = None, root: RootOption = "sw") -> None:
             records = [await directory.get(key) for key in await kv.keys()]
             return sorted((r for r in records if r is not None), key=lambda r: r.started, reverse=True)
 
-    for record in _run(go)[:50]:
+    records = _run(go)[:limit]
+    if as_json:
+        for record in records:
+            row = msgspec.to_builtins(record)
+            row.pop("team")
+            sys.stdout.write(json.dumps({"team": record.team.name, **row}) + "\n")
+        return
+    if not records:
+        err.print("no sessions yet (start one with: staffwork run --example incident)", highlight=False)
+        return
+    out.print(
+        f"{'SESSION':<30}  {'STARTED':<19}  {'STATUS':<16} {'DURATION':>9} {'THREADS':>7} {'COST':>9}  "
+        f"{'TEAM':<12} TASK",
+        highlight=False,
+    )
+    now = time.time()
+    for record in records:
         started = datetime.fromtimestamp(record.started).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+        running = record.status not in TERMINAL
+        duration = (record.ended or now) - record.started if (record.ended or running) else None
+        shown = "-" if duration is None else f"{duration:.1f}s" + ("…" if running else "")
+        threads = str(record.threads) if record.ended else "-"
+        cost = f"${record.usage.cost_usd:.4f}" if record.ended else "-"
+        task = " ".join(record.task.split())
         out.print(
-            f"{record.session_id}  {started}  {record.status:<16} {record.team.name:<12} {record.task[:60]}",
+            f"{record.session_id:<30}  {started}  {record.status:<16} {shown:>9} {threads:>7} {cost:>9}  "
+            f"{record.team.name:<12} {task[:60]}",
             highlight=False,
+            markup=False,
         )
 
 
@@ -475,7 +598,7 @@ def fs_ls(session: str, prefix: str = "", nats: NatsOption = None, root: RootOpt
         async with bus_target(nats, root, name="staffwork-fs") as target:
             for info in await Workspace(target.bus).list(session, prefix):
                 who = info.provenance.agent or "user"
-                out.print(f"{info.size:>10,}  {info.path}  ({who})", highlight=False)
+                out.print(f"{info.size:>10,}  {info.path}  ({who})", highlight=False, markup=False)
 
     _run(go)
 

@@ -324,7 +324,14 @@ class LeadRun:
         stop: str = "",
         error: ErrorInfo | None = None,
     ) -> SessionResult:
-        await self.actor.directory.set_status(self.sid, status, stop or status)
+        await self.actor.directory.set_status(
+            self.sid,
+            status,
+            stop or status,
+            ended=time.time(),
+            threads=1 + len(self._threads),
+            usage=self.usage,
+        )
         assert self.team is not None
         await self.bus.emit(
             SessionStatusIdle(

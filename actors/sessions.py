@@ -21,6 +21,7 @@ import structlog
 
 from bus.connection import Bus
 from bus.state import KV, Listener
+from schemas.base import Usage
 from schemas.session import SessionCancel, SessionState
 from schemas.team import TeamSpec
 
@@ -62,6 +63,9 @@ class SessionRecord(msgspec.Struct, kw_only=True):
     status: SessionState = "running"
     stop_reason: str = ""
     started: float = msgspec.field(default_factory=time.time)
+    ended: float = 0.0  # when the lead finished it (0 while it runs)
+    threads: int = 0  # the lead's thread and the subagent threads it started
+    usage: Usage = msgspec.field(default_factory=Usage)
 
 
 _record = msgspec.json.Decoder(SessionRecord)
@@ -104,8 +108,18 @@ class SessionDirectory:
         self._teams[session_id] = team
         return record
 
-    async def set_status(self, session_id: str, status: SessionState, stop_reason: str = "") -> None:
-        """Change a session's status (compare-and-set, so a concurrent cancel is never overwritten)."""
+    async def set_status(
+        self,
+        session_id: str,
+        status: SessionState,
+        stop_reason: str = "",
+        *,
+        ended: float = 0.0,
+        threads: int = 0,
+        usage: Usage | None = None,
+    ) -> None:
+        """Change a session's status (compare-and-set, so a concurrent cancel is never overwritten);
+        the lead also records when it ended, how many threads it ran and their usage."""
         kv = await self._kv()
         for _ in range(10):
             current = await kv.entry(session_id)
@@ -113,9 +127,14 @@ class SessionDirectory:
                 return
             record = _record.decode(current[0])
             if record.status in STOPPED and status != record.status:
-                return  # a stopped session stays stopped (a late "idle" never undoes a cancel)
-            record.status = status
-            record.stop_reason = stop_reason
+                if not ended:
+                    return  # a stopped session stays stopped (a late "idle" never undoes a cancel)
+            else:
+                record.status = status
+                record.stop_reason = stop_reason
+            if ended:
+                record.ended, record.threads = ended, threads
+                record.usage = usage or record.usage
             if await kv.update(session_id, _encoder.encode(record), current[1]):
                 return
         log.warning("session_status_contended", session_id=session_id, status=status)

@@ -7,12 +7,16 @@ the thread log reads a thread's history.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import heapq
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import nats.errors
+from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from bus.connection import Bus
 from bus.errors import BusError, BusTimeout
@@ -35,8 +39,10 @@ async def read_subject(
     batch: int = 64,
     timeout: float = 30.0,
     pending_bytes: int = 256 * 1024 * 1024,
-) -> AsyncIterator[StoredMsg]:
-    """Every message stored on ``subject`` in ``stream`` (at most ``limit``), in stream order."""
+    since: datetime | None = None,
+) -> AsyncGenerator[StoredMsg, None]:
+    """Every message stored on ``subject`` (wildcards allowed) in ``stream`` (at most ``limit``; only
+    those stored at or after ``since``), in stream order."""
     if limit == 0:
         return
     nc = bus.nc
@@ -47,7 +53,10 @@ async def read_subject(
         remaining = limit
         while remaining is None or remaining > 0:
             size = batch if remaining is None else min(batch, remaining)
-            request = {"seq": seq, "next_by_subj": subject, "batch": size}
+            request: dict[str, object] = {"seq": seq, "next_by_subj": subject, "batch": size}
+            if since is not None and seq == 1:  # the first batch starts at a time, the next ones at a seq
+                del request["seq"]
+                request["start_time"] = since.astimezone(UTC).isoformat().replace("+00:00", "Z")
             await nc.publish(f"$JS.API.DIRECT.GET.{stream}", json.dumps(request).encode(), reply=inbox)
             got = 0
             more = 0
@@ -79,3 +88,120 @@ async def read_subject(
     finally:
         with contextlib.suppress(nats.errors.Error):
             await sub.unsubscribe()
+
+
+async def watch_subject(
+    bus: Bus,
+    stream: str,
+    subject: str,
+    *,
+    start_seq: int | None = None,
+    subscribed: asyncio.Event | None = None,
+) -> AsyncGenerator[StoredMsg, None]:
+    """Messages on ``subject`` (wildcards allowed) as they are stored: from ``start_seq`` when given,
+    else only new ones. An ordered consumer: nothing is skipped or repeated, and it survives
+    reconnects."""
+    config = ConsumerConfig(opt_start_seq=start_seq) if start_seq else None
+    sub = await bus.js.subscribe(
+        subject,
+        stream=stream,
+        ordered_consumer=True,
+        config=config,
+        deliver_policy=DeliverPolicy.BY_START_SEQUENCE if start_seq else DeliverPolicy.NEW,
+    )
+    if subscribed is not None:
+        subscribed.set()
+    try:
+        async for msg in sub.messages:
+            yield StoredMsg(
+                subject=msg.subject,
+                seq=msg.metadata.sequence.stream,
+                data=msg.data,
+                headers=msg.headers or {},
+            )
+    finally:
+        with contextlib.suppress(nats.errors.Error):
+            await sub.unsubscribe()
+
+
+async def tail_subjects(
+    bus: Bus,
+    stream: str,
+    subjects: list[str],
+    *,
+    since: datetime | None = None,
+    follow: bool = True,
+    on_following: Callable[[], None] | None = None,
+) -> AsyncGenerator[StoredMsg, None]:
+    """Messages on any of ``subjects``, in stream order: the stored ones first (those stored at or
+    after ``since``; all of them when not following and no ``since``), then, when following, new
+    ones as they are stored, with no gap and no repeat between the two. ``on_following`` is called
+    once the live part is subscribed."""
+    last = 0
+    if follow:
+        info = await bus.js.stream_info(stream)
+        last = info.state.last_seq
+    if since is not None or not follow:
+        readers = [read_subject(bus, stream, subject, since=since) for subject in subjects]
+        async with contextlib.aclosing(_merge_ordered(readers)) as stored:
+            async for msg in stored:
+                last = max(last, msg.seq)
+                yield msg
+    if not follow:
+        return
+    queue: asyncio.Queue[StoredMsg] = asyncio.Queue(maxsize=10_000)
+
+    subscribed = [asyncio.Event() for _ in subjects]
+
+    async def pump(subject: str, ready: asyncio.Event) -> None:
+        async for msg in watch_subject(bus, stream, subject, start_seq=last + 1, subscribed=ready):
+            await queue.put(msg)
+
+    pumps = [
+        asyncio.create_task(pump(subject, ready)) for subject, ready in zip(subjects, subscribed, strict=True)
+    ]
+    getter: asyncio.Future[StoredMsg] | None = None
+    try:
+        readiness = asyncio.ensure_future(_all_set(subscribed))
+        await asyncio.wait([readiness, *pumps], return_when=asyncio.FIRST_COMPLETED)
+        readiness.cancel()
+        if on_following is not None and all(ready.is_set() for ready in subscribed):
+            on_following()
+        while True:
+            getter = asyncio.ensure_future(queue.get())
+            done, _ = await asyncio.wait([getter, *pumps], return_when=asyncio.FIRST_COMPLETED)
+            if getter not in done:
+                for pump_task in done:
+                    pump_task.result()  # a watcher failed: raise its error
+                raise BusError(f"following {', '.join(subjects)} stopped")
+            yield getter.result()
+    finally:
+        if getter is not None:
+            getter.cancel()
+        for pump_task in pumps:
+            pump_task.cancel()
+        await asyncio.gather(*pumps, return_exceptions=True)
+
+
+async def _all_set(events: list[asyncio.Event]) -> None:
+    for event in events:
+        await event.wait()
+
+
+async def _merge_ordered(readers: list[AsyncGenerator[StoredMsg, None]]) -> AsyncGenerator[StoredMsg, None]:
+    """Merge iterators that are each in stream order into one in stream order."""
+    heads: list[tuple[int, int, StoredMsg]] = []
+    try:
+        for index, reader in enumerate(readers):
+            first = await anext(reader, None)
+            if first is not None:
+                heapq.heappush(heads, (first.seq, index, first))
+        while heads:
+            _, index, msg = heapq.heappop(heads)
+            yield msg
+            following = await anext(readers[index], None)
+            if following is not None:
+                heapq.heappush(heads, (following.seq, index, following))
+    finally:
+        for reader in readers:
+            await reader.aclose()

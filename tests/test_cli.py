@@ -360,6 +360,19 @@ def test_trace_and_sessions_work_after_the_run_ended(tmp_path: Path) -> None:
     assert any("✓ grep(pattern=" in line for line in lines)
     assert any("wrote incident-report.md" in line for line in lines)
     listing = staffwork("sessions", home=tmp_path)
-    assert re.search(rf"^{session}  \S+ \S+  idle\s+incident", listing.stdout, re.MULTILINE)
+    assert listing.stdout.startswith("SESSION ")
+    assert re.search(
+        rf"^{session}  \S+ \S+  idle\s+\d+\.\ds\s+5\s+\$0\.0000  incident\s+Payments",
+        listing.stdout,
+        re.MULTILINE,
+    ), listing.stdout
+    as_json = json.loads(staffwork("sessions", "--json", home=tmp_path).stdout.splitlines()[0])
+    assert (as_json["session_id"], as_json["team"], as_json["status"], as_json["threads"]) == (
+        session,
+        "incident",
+        "idle",
+        5,
+    )
+    assert as_json["ended"] > as_json["started"]
     unknown = staffwork("trace", "ses_nothing", home=tmp_path)
     assert unknown.stderr.strip() == "error: no session 'ses_nothing' (under root 'sw')"
