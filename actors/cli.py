@@ -31,9 +31,11 @@ from actors.cli_run import EXAMPLES, RunOutcome, bus_target, load_example, load_
 from actors.client import Client
 from actors.collector import TraceStore, serve_collector
 from actors.models import default_model
+from actors.provenance import file_origin, render_origin
 from actors.registry import register_team, registered_teams
 from actors.sessions import TERMINAL, SessionRecord
 from actors.tail import event_subjects, line, parse_duration
+from actors.trace_html import render_html
 from actors.trace_view import render
 from actors.workers import serve_agents
 from bus import local
@@ -510,21 +512,57 @@ def _tail_undecodable(console: Console, subject: str, seq: int, reason: str, as_
 
 
 @app.command()
-def trace(session: str, nats: NatsOption = None, root: RootOption = "sw") -> None:
-    """A session as a tree: each thread, its model calls and tool calls, durations, tokens and cost."""
+def trace(
+    session: str,
+    file: Annotated[
+        str | None, typer.Option("--file", help="Provenance of this workspace file instead of the tree.")
+    ] = None,
+    html: Annotated[
+        Path | None, typer.Option("--html", help="Also write a self-contained timeline page to this file.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="The events (or the provenance) as JSON.")] = False,
+    nats: NatsOption = None,
+    root: RootOption = "sw",
+) -> None:
+    """A session as a tree: each thread, its model calls and tool calls, durations, tokens and cost.
+
+    With --file, where a file came from: the thread, agent and tool call that wrote it and the tool
+    results that thread had read before (followed into the subagents whose replies it read)."""
 
     async def go() -> list[Any]:
         async with bus_target(nats, root, name="staffwork-trace") as target:
             await _session(target.bus, session, root)
             subject = target.bus.subjects.events(session)
             decoder: Decoder[Any] = Decoder(AnyTraceEvent, max_bytes=4 * 1024 * 1024)
-            return [
-                decoder.decode(m.data)
-                async for m in read_subject(target.bus, target.bus.subjects.log_stream, subject)
-            ]
+            found = []
+            async for m in read_subject(target.bus, target.bus.subjects.log_stream, subject):
+                with contextlib.suppress(MessageRejected):  # undecodable traffic is not part of the tree
+                    found.append(decoder.decode(m.data, subject=m.subject))
+            return found
 
-    tree = render(session, _run(go))
-    (out if out.is_terminal else Console(soft_wrap=True, width=240)).print(tree)  # a pipe gets whole lines
+    events = _run(go)
+    wide = out if out.is_terminal else Console(soft_wrap=True, width=240)  # a pipe gets whole lines
+    if file is not None:
+        try:
+            origin = file_origin(events, file)
+        except StaffworkError as exc:
+            _fail(exc)
+        if as_json:
+            sys.stdout.write(json.dumps(origin.to_dict(), indent=2) + "\n")
+        else:
+            wide.print(render_origin(origin))
+        return
+    if html is not None:
+        try:
+            html.write_text(render_html(session, events), encoding="utf-8")
+        except OSError as exc:
+            _fail(StaffworkError(f"--html: cannot write {str(html)!r}: {exc.strerror or exc}"))
+        err.print(f"wrote the timeline to {html}", highlight=False, markup=False)
+    if as_json:
+        for event in events:
+            sys.stdout.write(msgspec.json.encode(event).decode() + "\n")
+        return
+    wide.print(render(session, events))
 
 
 @app.command()

@@ -359,6 +359,19 @@ def test_trace_and_sessions_work_after_the_run_ended(tmp_path: Path) -> None:
     assert any("✓ sql(query=" in line for line in lines)
     assert any("✓ grep(pattern=" in line for line in lines)
     assert any("wrote incident-report.md" in line for line in lines)
+    origin = staffwork("trace", session, "--file", "incident-report.md", home=tmp_path)
+    assert origin.returncode == 0, origin.stderr
+    assert "written by lead (thread lead)" in origin.stdout
+    for agent in ("deploys", "logs", "metrics", "tickets"):
+        assert re.search(
+            rf"answered by {agent} \(thread t-toolu_off_lead_1_\d\), which had read:", origin.stdout
+        )
+    assert "✓ sql(query=" in origin.stdout
+    page = tmp_path / "timeline.html"
+    timeline = staffwork("trace", session, "--html", str(page), home=tmp_path)
+    assert timeline.returncode == 0, timeline.stderr
+    assert f"wrote the timeline to {page}" in timeline.stderr
+    assert session in page.read_text()
     listing = staffwork("sessions", home=tmp_path)
     assert listing.stdout.startswith("SESSION ")
     assert re.search(
