@@ -6,7 +6,7 @@ runtime's job (``bus/runtime.py``), done once for every actor.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -32,6 +32,7 @@ class Context:
     span: SpanContext
     log: Any
     reply_to: str | None = None
+    raw: bytes = b""  # the message as it arrived (the JSON the actor's inbox was decoded from)
 
 
 class Actor(Protocol[In_contra]):
@@ -47,6 +48,14 @@ class Actor(Protocol[In_contra]):
     def failure(self, msg: In_contra, error: ErrorInfo) -> Message | None: ...
 
     def reply_subject(self, msg: In_contra, reply: Message, ctx: Context) -> str | None: ...
+
+
+class BatchActor(Protocol[In_contra]):
+    """An actor that can also take its messages many at a time (the trace collector: one SQLite
+    transaction per batch). The runtime acks a batch when ``handle_batch`` returns; if it raises,
+    the batch's messages go through ``handle`` one by one, with the usual failure semantics."""
+
+    async def handle_batch(self, batch: Sequence[tuple[In_contra, Context]]) -> None: ...
 
 
 class BaseActor(Generic[In]):

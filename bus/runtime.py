@@ -21,6 +21,11 @@ An actor (``bus/actor.py``) is its ``handle(msg, ctx) -> reply``. The runtime, o
 6. on stop: no new pulls; messages still in transit are drained and nak'ed for another worker;
    in-flight handlers get ``grace`` seconds to finish; the rest are cancelled (and nak'ed).
 
+An actor with ``handle_batch`` (:class:`~bus.actor.BatchActor`) gets its messages in batches of up to
+``batch_size`` instead: one task takes whatever has arrived, decodes it (rejecting as above), hands
+the batch over and acks every message when it returns. One heartbeat covers the batch. If the batch
+fails, its messages go through ``handle`` one at a time, so one bad message cannot hold up the rest.
+
 A worker that dies mid-message (kill -9) never acks: JetStream redelivers after ``ack_wait``.
 """
 
@@ -40,7 +45,7 @@ import structlog
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from bus.actor import Actor, BaseActor, Context, In
+from bus.actor import Actor, BaseActor, BatchActor, Context, In
 from bus.codec import DEFAULT_MAX_BYTES, Decoder, peek_session
 from bus.connection import REPLY_TO, TRACEPARENT, Bus
 from bus.errors import MessageRejected, Retryable
@@ -56,6 +61,7 @@ log = structlog.get_logger("staffwork.runtime")
 
 _ABANDON_AFTER = 10.0  # seconds to wait for cancelled handlers before giving up on them
 _MAX_BACKOFF = 5.0
+_UNTRACED = SpanContext(trace_id="0" * 32, span_id="0" * 16)
 _MAX_BATCH = re.compile(r"Exceeded MaxRequestBatch of (\d+)")
 
 
@@ -68,6 +74,7 @@ class RuntimeSettings:
     heartbeat: float | None = None  # default: a third of the consumer's ack_wait
     retry_delays: tuple[float, ...] = (1.0, 5.0, 15.0, 60.0)
     create_consumer: bool = True
+    batch_size: int = 256  # messages per handle_batch call (actors that have one)
 
 
 @dataclass
@@ -91,6 +98,7 @@ class ActorRuntime(Generic[In]):
         self.decoder: Decoder[In] = Decoder(actor.inbox, max_bytes=self.settings.max_bytes)
         self.stats = _Stats()
         self.log = log.bind(actor=actor.role, consumer=self.spec.durable)
+        self._actor_log = structlog.get_logger("staffwork.actor").bind(actor=actor.role)
         self.ready = asyncio.Event()
         self._inflight: dict[asyncio.Task[None], Msg] = {}
         self._slot_free = asyncio.Event()
@@ -101,6 +109,10 @@ class ActorRuntime(Generic[In]):
         self._max_batch = self.settings.concurrency  # lowered if the consumer caps request batches
         self._stopping = False
         self._tg: asyncio.TaskGroup | None = None
+        self._batcher: BatchActor[In] | None = actor if hasattr(actor, "handle_batch") else None  # type: ignore[assignment]
+        self._arrived: list[Msg] = []  # batch mode: delivered, not yet taken
+        self._taken = 0  # batch mode: in the batch being handled
+        self._arrival = asyncio.Event()
 
     # --- intake ---
 
@@ -115,18 +127,21 @@ class ActorRuntime(Generic[In]):
                 sub = await self.bus.nc.subscribe(
                     f"{prefix}.*", cb=self._on_delivery, pending_msgs_limit=4 * self.settings.concurrency + 64
                 )
+                batches = tg.create_task(self._batch_loop()) if self._batcher is not None else None
                 self.ready.set()
                 self.log.info(
                     "actor_started",
                     concurrency=self.settings.concurrency,
                     filters=list(self.spec.filter_subjects),
+                    batches=self._batcher is not None,
                 )
                 try:
                     await self._pull_loop(prefix, stop_waiter)
                 finally:
                     self._stopping = True
                     await self._close_intake(sub)
-                    await self._finish_inflight()
+                    self._arrival.set()  # the batch loop finishes what has arrived, then ends
+                    await self._finish_inflight(*([batches] if batches is not None else []))
         finally:
             stop_waiter.cancel()
             self._tg = None
@@ -147,7 +162,7 @@ class ActorRuntime(Generic[In]):
             if not self.bus.online.is_set():  # a pull sent now would be buffered, then go live late
                 await _first(stop_waiter, self.bus.online.wait())
                 continue
-            free = min(settings.concurrency - len(self._inflight), self._max_batch)
+            free = min(settings.concurrency - self._load(), self._max_batch)
             if free <= 0:
                 self._slot_free.clear()
                 await _first(stop_waiter, self._slot_free.wait())
@@ -212,12 +227,20 @@ class ActorRuntime(Generic[In]):
             else:
                 self._credits[self._current] = credits - 1
         self._errors = 0
-        if self._stopping or self._tg is None or len(self._inflight) >= self.settings.concurrency:
+        if self._stopping or self._tg is None or self._load() >= self.settings.concurrency:
             await msg.nak()  # after stop, or beyond the bound: hand it straight to another worker
             self.stats.returned += 1
             return
+        if self._batcher is not None:
+            self._arrived.append(msg)
+            self._arrival.set()
+            return
         task = self._tg.create_task(self._process(msg))
         self._inflight[task] = msg
+
+    def _load(self) -> int:
+        """Messages delivered and not yet settled."""
+        return len(self._inflight) + len(self._arrived) + self._taken
 
     async def _close_intake(self, sub: Subscription) -> None:
         """Unsubscribe, and nak whatever the server had already sent (the callback sees ``_stopping``)."""
@@ -229,8 +252,8 @@ class ActorRuntime(Generic[In]):
             with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()
 
-    async def _finish_inflight(self) -> None:
-        tasks = set(self._inflight)
+    async def _finish_inflight(self, *more: asyncio.Task[None]) -> None:
+        tasks = set(self._inflight) | set(more)
         if not tasks:
             return
         self.log.info("actor_draining", in_flight=len(tasks), grace_s=self.settings.grace)
@@ -244,13 +267,75 @@ class ActorRuntime(Generic[In]):
         if stuck:
             self.log.error("actor_handlers_abandoned", count=len(stuck))
 
+    # --- batches ---
+
+    async def _batch_loop(self) -> None:
+        """Batch mode: hand over whatever has arrived, up to ``batch_size`` at a time, until stopped
+        and nothing is left."""
+        while True:
+            if not self._arrived:
+                if self._stopping:
+                    return
+                self._arrival.clear()
+                await self._arrival.wait()
+                continue
+            batch = self._arrived[: self.settings.batch_size]
+            del self._arrived[: len(batch)]
+            self._taken = len(batch)
+            try:
+                await self._process_batch(batch)
+            finally:
+                self._taken = 0
+                self._slot_free.set()
+
+    async def _process_batch(self, msgs: list[Msg]) -> None:
+        assert self._batcher is not None
+        items: list[tuple[Msg, In, Context]] = []
+        for msg in msgs:
+            try:
+                decoded = self.decoder.decode(msg.data, subject=msg.subject)
+            except MessageRejected as exc:
+                await self._reject(msg, exc)
+                continue
+            items.append((msg, decoded, self._context(msg, decoded, bind=False)))
+        if not items:
+            return
+        held = [msg for msg, _, _ in items]
+        heartbeat = asyncio.create_task(self._heartbeat(*held))
+        try:
+            try:
+                await self._batcher.handle_batch([(decoded, ctx) for _, decoded, ctx in items])
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.log.exception("batch_failed", size=len(items))
+                for msg, decoded, ctx in items:  # one at a time: only the bad ones fail
+                    await self._settle_guarded(msg, decoded, ctx)
+                return
+            for msg, _, _ in items:
+                await msg.ack()
+            self.stats.handled += len(items)
+        except asyncio.CancelledError:
+            for msg, _, _ in items:
+                with contextlib.suppress(Exception):
+                    await msg.nak()
+            self.stats.returned += len(items)
+            raise
+        except Exception:
+            self.log.exception("batch_settle_failed", size=len(items))
+            for msg, _, _ in items:
+                with contextlib.suppress(Exception):
+                    await msg.nak(delay=self.settings.retry_delays[0])
+        finally:
+            heartbeat.cancel()
+            await asyncio.wait({heartbeat})
+
     # --- one message ---
 
     async def _process(self, msg: Msg) -> None:
         task = asyncio.current_task()
         structlog.contextvars.clear_contextvars()
         heartbeat: asyncio.Task[None] | None = None
-        delivery = 1
         try:
             try:
                 decoded = self.decoder.decode(msg.data, subject=msg.subject)
@@ -258,22 +343,13 @@ class ActorRuntime(Generic[In]):
                 await self._reject(msg, exc)
                 return
             ctx = self._context(msg, decoded)
-            delivery = ctx.delivery
             heartbeat = asyncio.create_task(self._heartbeat(msg))  # until the message is settled
-            await self._settle(msg, decoded, ctx)
+            await self._settle_guarded(msg, decoded, ctx)
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
                 await msg.nak()
             self.stats.returned += 1
             raise
-        except Exception:
-            # Publishing the reply, the ack or the failure report failed (is the bus down?).
-            self.log.exception("message_settle_failed", subject=msg.subject, delivery=delivery)
-            with contextlib.suppress(Exception):
-                if 0 < self.spec.max_deliver <= delivery:
-                    await msg.term()
-                else:
-                    await msg.nak(delay=self.settings.retry_delays[0])
         finally:
             if heartbeat is not None:
                 heartbeat.cancel()
@@ -282,26 +358,45 @@ class ActorRuntime(Generic[In]):
                 self._inflight.pop(task, None)
             self._slot_free.set()
 
-    def _context(self, msg: Msg, decoded: In) -> Context:
+    async def _settle_guarded(self, msg: Msg, decoded: In, ctx: Context) -> None:
+        try:
+            await self._settle(msg, decoded, ctx)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # Publishing the reply, the ack or the failure report failed (is the bus down?).
+            self.log.exception("message_settle_failed", subject=msg.subject, delivery=ctx.delivery)
+            with contextlib.suppress(Exception):
+                if 0 < self.spec.max_deliver <= ctx.delivery:
+                    await msg.term()
+                else:
+                    await msg.nak(delay=self.settings.retry_delays[0])
+
+    def _context(self, msg: Msg, decoded: In, *, bind: bool = True) -> Context:
+        """The handler's context. With ``bind`` (one handler per task) its span is a child of the
+        sender's and becomes the task's current span and log context; a batch's messages get none."""
         headers = msg.headers or {}
-        structlog.contextvars.bind_contextvars(
-            session_id=str(getattr(decoded, "session_id", "")),
-            thread_id=str(getattr(decoded, "thread_id", "")),
-            agent=str(getattr(decoded, "agent", "")),
-        )
-        parent = SpanContext.from_traceparent(headers.get(TRACEPARENT))
-        span = parent.child() if parent else SpanContext.new_root()
-        current_span.set(span)
-        meta = msg.metadata
+        span = _UNTRACED  # a batch is no one message's work: it gets no span of its own
+        if bind:
+            parent = SpanContext.from_traceparent(headers.get(TRACEPARENT))
+            span = parent.child() if parent else SpanContext.new_root()
+            structlog.contextvars.bind_contextvars(
+                session_id=str(getattr(decoded, "session_id", "")),
+                thread_id=str(getattr(decoded, "thread_id", "")),
+                agent=str(getattr(decoded, "agent", "")),
+            )
+            current_span.set(span)
+        stream_seq, delivery = _position(msg)
         return Context(
             bus=self.bus,
             subject=msg.subject,
             headers=headers,
-            delivery=meta.num_delivered,
-            stream_seq=meta.sequence.stream,
+            delivery=delivery,
+            stream_seq=stream_seq,
             span=span,
-            log=structlog.get_logger("staffwork.actor").bind(actor=self.actor.role),
+            log=self._actor_log,
             reply_to=headers.get(REPLY_TO),
+            raw=msg.data,
         )
 
     async def _settle(self, msg: Msg, decoded: In, ctx: Context) -> None:
@@ -323,12 +418,13 @@ class ActorRuntime(Generic[In]):
         await msg.ack()
         self.stats.handled += 1
 
-    async def _heartbeat(self, msg: Msg) -> None:
+    async def _heartbeat(self, *msgs: Msg) -> None:
         interval = self.settings.heartbeat or max(self.spec.ack_wait / 3, 0.05)
         while True:
             await asyncio.sleep(interval)
             try:
-                await msg.in_progress()
+                for msg in msgs:
+                    await msg.in_progress()
             except nats.errors.Error as exc:
                 self.log.warning("heartbeat_failed", error=repr(exc))
 
@@ -394,6 +490,17 @@ class ActorRuntime(Generic[In]):
         except Exception as exc:
             self.log.warning("error_event_failed", error=repr(exc))
         await msg.term()
+
+
+def _position(msg: Msg) -> tuple[int, int]:
+    """(stream sequence, delivery count) from the ack subject ``$JS.ACK.<stream>.<consumer>.
+    <delivered>.<stream seq>.<consumer seq>.<time>.<pending>``; nats-py's ``metadata`` parses the
+    same and also converts the time, which costs more than the rest of the batch path per message."""
+    tokens = (msg.reply or "").split(".")
+    if len(tokens) == 9 and tokens[0] == "$JS" and tokens[1] == "ACK":
+        return int(tokens[5]), int(tokens[4])
+    meta = msg.metadata  # the longer form with a domain and an account hash
+    return meta.sequence.stream, meta.num_delivered
 
 
 async def _first(waiter: asyncio.Future[Any], other: Awaitable[Any], timeout: float | None = None) -> None:

@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import pytest
 import structlog
 
+from bus.actor import Context
 from bus.codec import Decoder, encode
 from bus.connection import REPLY_TO, Bus
+from bus.provision import ensure_consumer
 from bus.runtime import RuntimeSettings
 from schemas.base import ErrorInfo, Message
 from schemas.trace import MessageRejected, SessionErrorEvent
@@ -261,3 +263,57 @@ async def test_bad_session_id_is_rejected_and_reported_on_the_system_subject(bus
     assert event.session_id == ""
     assert "at `$.session_id`" in event.reason
     await system.unsubscribe()
+
+
+class BatchJobs(JobActor):
+    """JobActor with a batch handler: replies to every job of a batch; a batch holding a job that
+    should crash fails as a whole (the runtime then handles its jobs one at a time)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[list[int]] = []
+
+    async def handle_batch(self, batch: Sequence[tuple[Job, Context]]) -> None:
+        self.batches.append([job.n for job, _ in batch])
+        if any(job.fail == "crash" for job, _ in batch):
+            raise RuntimeError("one job in this batch is bad")
+        for job, ctx in batch:
+            assert ctx.raw == encode(job)  # the bytes as they arrived
+            await ctx.bus.publish_core(
+                ctx.bus.subjects.out(job.session_id, "done"),
+                JobDone(session_id=job.session_id, n=job.n, pid=0, delivery=ctx.delivery),
+            )
+
+
+async def test_a_batch_actor_gets_a_backlog_in_batches_each_acked(bus: Bus) -> None:
+    actor = BatchJobs()
+    done = await bus.nc.subscribe(bus.subjects.out("ses_batch", "done"))
+    subject = bus.subjects.task("ses_batch", "jobs")
+    await ensure_consumer(bus, actor.consumer(bus.subjects))  # a backlog: published before the actor runs
+    for n in range(500):
+        await bus.publish(subject, Job(session_id="ses_batch", n=n))
+    await bus.publish_bytes(subject, b"{not json")  # rejected, not part of any batch
+    async with running(bus, actor, RuntimeSettings(concurrency=300, batch_size=100)):
+        replies = await collect(done, 500)
+    assert sorted(r.n for r in replies) == list(range(500))
+    assert await consumer_state(bus) == (0, 0, 0)
+    assert sorted(n for batch in actor.batches for n in batch) == list(range(500))  # each once
+    assert max(len(batch) for batch in actor.batches) == 100  # a backlog goes in full batches
+    assert actor.deliveries == {}  # handle() was never needed
+    await done.unsubscribe()
+
+
+async def test_a_failing_batch_is_handled_one_by_one_so_only_the_bad_message_fails(bus: Bus) -> None:
+    actor = BatchJobs()
+    done = await bus.nc.subscribe(bus.subjects.out("ses_bad", "done"))
+    subject = bus.subjects.task("ses_bad", "jobs")
+    await ensure_consumer(bus, actor.consumer(bus.subjects))
+    for n in range(20):
+        await bus.publish(subject, Job(session_id="ses_bad", n=n, fail="crash" if n == 7 else ""))
+    async with running(bus, actor, RuntimeSettings(concurrency=64, batch_size=64)):
+        replies = await collect(done, 20)
+    assert sorted(r.n for r in replies) == list(range(20))
+    [failed] = [r for r in replies if r.error]
+    assert (failed.n, failed.delivery, failed.error) == (7, -1, "job 7 crashed")  # handle()'s typed failure
+    assert await consumer_state(bus) == (0, 0, 0)  # all settled: nothing waits for a redelivery
+    await done.unsubscribe()
