@@ -31,6 +31,7 @@ from actors.cli_run import EXAMPLES, RunOutcome, bus_target, load_example, load_
 from actors.client import Client
 from actors.collector import TraceStore, serve_collector
 from actors.models import default_model
+from actors.otlp import OtlpExporter
 from actors.provenance import file_origin, render_origin
 from actors.registry import register_team, registered_teams
 from actors.sessions import TERMINAL, SessionRecord
@@ -78,6 +79,14 @@ NatsOption = Annotated[
     str | None,
     typer.Option(
         "--nats", envvar="STAFFWORK_NATS_URL", help="NATS server URL; without it an embedded server is used."
+    ),
+]
+OtlpOption = Annotated[
+    str | None,
+    typer.Option(
+        "--otlp",
+        envvar="STAFFWORK_OTLP_URL",
+        help="Also export the trace as OpenTelemetry spans (GenAI conventions) to this OTLP/HTTP endpoint.",
     ),
 ]
 RootOption = Annotated[
@@ -699,6 +708,7 @@ def actor(
         str, typer.Option(help="Comma-separated agents to serve (subagent; default: all registered).")
     ] = "",
     db: Annotated[Path | None, typer.Option(help="The collector's SQLite database.")] = None,
+    otlp: OtlpOption = None,
     nats: NatsOption = None,
     root: RootOption = "sw",
 ) -> None:
@@ -713,7 +723,7 @@ def actor(
         async with await Bus.connect(url, root=root, name=f"staffwork-{role}") as bus:
             await provision(bus)
             if role == "collector":
-                await _collect(bus, url, db or data_dir() / "trace.db")
+                await _collect(bus, url, db or data_dir() / "trace.db", otlp)
                 return
             names = [a for a in agents.split(",") if a]
             if role == "subagent" and not names:
@@ -739,16 +749,24 @@ def actor(
     _run(go)
 
 
-async def _collect(bus: Bus, url: str, db: Path) -> None:
+async def _collect(bus: Bus, url: str, db: Path, otlp: str | None) -> None:
+    try:
+        exporter = OtlpExporter(otlp) if otlp else None
+    except ValueError as exc:
+        raise StaffworkError(f"--otlp: {exc}") from None
     store = TraceStore(db)
     stop = asyncio.Event()
     install_stop_signals(stop)
+    exporting = f"; exporting spans to {exporter.url}" if exporter else ""
     try:
         await serve_collector(
             bus,
             store,
             stop,
-            on_ready=lambda: err.print(f"collector ready on {url}: {store.path}", highlight=False),
+            exporter=exporter,
+            on_ready=lambda: err.print(
+                f"collector ready on {url}: {store.path}{exporting}", highlight=False, markup=False
+            ),
         )
     finally:
         store.close()
@@ -757,6 +775,7 @@ async def _collect(bus: Bus, url: str, db: Path) -> None:
 @app.command()
 def up(
     port: Annotated[int, typer.Option(help="Client port (-1 picks a free one).")] = -1,
+    otlp: OtlpOption = None,
     nats: NatsOption = None,
     root: RootOption = "sw",
 ) -> None:
@@ -779,7 +798,7 @@ def up(
                     err.print(f"waiting for {count} staffwork command(s) still using this server")
 
                 await owned.enter_async_context(local.serving(server, "up", on_wait=waiting))
-            clean = await _up(url, root)
+            clean = await _up(url, root, otlp)
         out.print("staffwork is down")
         if not clean:
             raise StaffworkError("an actor process exited unexpectedly (see its log above)")
@@ -787,7 +806,7 @@ def up(
     _run(go)
 
 
-async def _up(url: str, root: str) -> bool:
+async def _up(url: str, root: str, otlp: str | None = None) -> bool:
     """Register the bundled teams, then supervise one process per role until stopped."""
     async with await Bus.connect(url, root=root, name="staffwork-up") as bus:
         await provision(bus)
@@ -795,7 +814,8 @@ async def _up(url: str, root: str) -> bool:
             await register_team(bus, load_example(example).team)
         teams = await registered_teams(bus)
     agent_names = sorted({a.name for team in teams for a in team.agents})
-    roles = [("lead", ["lead"]), ("collector", ["collector"])] + [
+    collector = ["collector", *(["--otlp", otlp] if otlp else [])]
+    roles = [("lead", ["lead"]), ("collector", collector)] + [
         (f"agent:{a}", ["subagent", "--agents", a]) for a in agent_names
     ]
     out.print(f"staffwork is up: NATS at [bold]{url}[/] (root {root!r})", highlight=False)

@@ -5,28 +5,35 @@ message (``<root>.s.*.evt.>`` and ``<root>.sys.evt.>``). Each event is stored un
 sequence (the primary key), so a redelivery after a crash (kill -9 between the insert and the ack)
 is ignored: never lost, never duplicated. Undecodable traffic is rejected by the runtime, which
 publishes a ``bus.message_rejected`` event, and that event is stored like any other. Before
-storing, strings that look like API keys or bearer tokens are redacted.
+storing, strings that look like API keys or bearer tokens are redacted. Given an
+:class:`~actors.otlp.OtlpExporter`, each newly stored event also goes to it, to be exported as
+OpenTelemetry spans (OTLP/HTTP JSON).
 
 Queries (request/reply on ``<root>.api.trace``, JSON): ``{"op": "sessions"}``, ``{"op": "events",
-"session_id": ..., "thread_id"?, "agent"?, "kind"?}``.
+"session_id": ..., "thread_id"?, "agent"?, "kind"?}``, ``{"op": "provenance", "session_id": ...,
+"path": ...}``. Each answers ``{"result": ...}`` or ``{"error": "..."}``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import re
 import sqlite3
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import structlog
 
+from actors.otlp import OtlpExporter
+from actors.provenance import file_origin
+from actors.redaction import redact
 from bus.actor import BaseActor, Context
 from bus.codec import encode
 from bus.connection import Bus
+from bus.errors import StaffworkError
 from bus.lifecycle import run_actors
 from bus.provision import ConsumerSpec
 from bus.runtime import RuntimeSettings
@@ -37,10 +44,6 @@ from schemas.trace import AnyTraceEvent, event_kind
 
 log = structlog.get_logger("staffwork.collector")
 
-_SECRETS = re.compile(
-    r"(sk-ant-[A-Za-z0-9_\-]{10,}|sk-[A-Za-z0-9_\-]{20,}|AKIA[0-9A-Z]{16}|(?i:bearer)\s+[A-Za-z0-9._\-]{20,}|"
-    r"xox[abpr]-[A-Za-z0-9\-]{10,}|gh[pousr]_[A-Za-z0-9]{20,})"
-)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY,       -- the log stream's sequence: one row per stored message, ever
@@ -60,11 +63,6 @@ CREATE INDEX IF NOT EXISTS events_kind ON events (kind, time);
 """
 
 
-def redact(text: str) -> str:
-    """Replace anything that looks like an API key or a bearer token."""
-    return _SECRETS.sub("[redacted]", text)
-
-
 class TraceStore:
     """The collector's SQLite database (WAL mode; one writer)."""
 
@@ -75,12 +73,16 @@ class TraceStore:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(_SCHEMA)
+        self._lock = threading.Lock()  # one connection: the writer and the queries take turns
 
-    def add(self, seq: int, event: AnyTraceEvent) -> bool:
+    def add(self, seq: int, event: AnyTraceEvent, raw: bytes = b"") -> bool:
         """Store an event under its stream sequence; False if that sequence is stored already."""
-        data = redact(encode(event).decode())
-        cursor = self.db.execute(
-            "INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        return self.add_many([(seq, event, raw)])[0]
+
+    def add_many(self, rows: Sequence[tuple[int, AnyTraceEvent, bytes]]) -> list[bool]:
+        """Store events (stream sequence, event, the JSON it came as or b"") in one transaction; for
+        each, whether it is new (False: that sequence is stored already, a redelivery)."""
+        values = [
             (
                 seq,
                 event.session_id,
@@ -90,10 +92,30 @@ class TraceStore:
                 event.time.isoformat(),
                 event.span_id,
                 event.parent_span_id,
-                data,
-            ),
-        )
-        return cursor.rowcount == 1
+                redact((raw or encode(event)).decode("utf-8", errors="replace")),
+            )
+            for seq, event, raw in rows
+        ]
+        seqs = [row[0] for row in values]
+        with self._lock:
+            self.db.execute("BEGIN")
+            try:
+                stored: set[int] = set()
+                for start in range(0, len(seqs), 500):  # within SQLite's limit on bound parameters
+                    chunk = seqs[start : start + 500]
+                    query = f"SELECT seq FROM events WHERE seq IN ({','.join('?' * len(chunk))})"
+                    stored.update(seq for (seq,) in self.db.execute(query, chunk))
+                fresh = [row for row in values if row[0] not in stored]
+                self.db.executemany("INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", fresh)
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")
+        added = []
+        for seq in seqs:  # a sequence twice in one batch (a redelivery racing the first) is new once
+            added.append(seq not in stored)
+            stored.add(seq)
+        return added
 
     def events(
         self, session_id: str, *, thread_id: str = "", agent: str = "", kind: str = "", limit: int = 100_000
@@ -106,9 +128,15 @@ class TraceStore:
                 args.append(value)
         query += " ORDER BY time, seq LIMIT ?"
         args.append(limit)
-        return [json.loads(row[0]) for row in self.db.execute(query, args)]
+        with self._lock:
+            rows = self.db.execute(query, args).fetchall()
+        return [json.loads(row[0]) for row in rows]
 
     def sessions(self, limit: int = 50) -> list[dict[str, Any]]:
+        with self._lock:
+            return self._sessions(limit)
+
+    def _sessions(self, limit: int) -> list[dict[str, Any]]:
         rows = self.db.execute(
             """
             SELECT session_id, MIN(time), MAX(time),
@@ -137,23 +165,27 @@ class TraceStore:
         ]
 
     def count(self, session_id: str | None = None) -> int:
-        if session_id is None:
-            return int(self.db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
-        return int(
-            self.db.execute("SELECT COUNT(*) FROM events WHERE session_id = ?", (session_id,)).fetchone()[0]
-        )
+        with self._lock:
+            if session_id is None:
+                return int(self.db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+            query = "SELECT COUNT(*) FROM events WHERE session_id = ?"
+            return int(self.db.execute(query, (session_id,)).fetchone()[0])
 
     def close(self) -> None:
-        self.db.close()
+        with self._lock:
+            self.db.close()
 
 
 class CollectorActor(BaseActor[AnyTraceEvent]):
     role = "collector"
     inbox = AnyTraceEvent
 
-    def __init__(self, store: TraceStore, *, ack_wait: float = 30.0) -> None:
+    def __init__(
+        self, store: TraceStore, *, ack_wait: float = 30.0, exporter: OtlpExporter | None = None
+    ) -> None:
         self.store = store
         self.ack_wait = ack_wait
+        self.exporter = exporter
 
     def consumer(self, subjects: Subjects) -> ConsumerSpec:
         return ConsumerSpec(
@@ -167,8 +199,18 @@ class CollectorActor(BaseActor[AnyTraceEvent]):
         )
 
     async def handle(self, msg: AnyTraceEvent, ctx: Context) -> Message | None:
-        self.store.add(ctx.stream_seq, msg)
+        await self.handle_batch([(msg, ctx)])
         return None
+
+    async def handle_batch(self, batch: Sequence[tuple[AnyTraceEvent, Context]]) -> None:
+        """One transaction for the batch, in a worker thread (the next batch arrives meanwhile); the
+        runtime acks the batch after it returns."""
+        rows = [(ctx.stream_seq, event, ctx.raw) for event, ctx in batch]
+        added = await asyncio.to_thread(self.store.add_many, rows)
+        if self.exporter is not None:
+            for (event, _), new in zip(batch, added, strict=True):
+                if new:  # a redelivery is not exported twice
+                    self.exporter.add(event)
 
 
 class TraceQueries:
@@ -203,25 +245,48 @@ class TraceQueries:
                     agent=str(request.get("agent", "")),
                     kind=str(request.get("kind", "")),
                 )
+            elif op == "provenance":
+                answer = await asyncio.to_thread(
+                    self._provenance, str(request["session_id"]), str(request["path"])
+                )
             else:
-                raise ValueError(f"unknown op {op!r} (ops: sessions, events)")
-        except (msgspec.DecodeError, ValueError, KeyError) as exc:
+                raise ValueError(f"unknown op {op!r} (ops: sessions, events, provenance)")
+        except (msgspec.DecodeError, ValueError, KeyError, StaffworkError) as exc:
             return msgspec.json.encode({"error": str(exc)})
         return msgspec.json.encode({"result": answer})
 
+    def _provenance(self, session_id: str, path: str) -> dict[str, Any]:
+        rows = self.store.events(session_id)
+        events = _EVENTS.decode(msgspec.json.encode(rows))
+        return file_origin(events, path).to_dict()
+
+
+_EVENTS = msgspec.json.Decoder(list[AnyTraceEvent])
+
 
 async def serve_collector(
-    bus: Bus, store: TraceStore, stop: asyncio.Event, *, on_ready: Callable[[], None] | None = None
+    bus: Bus,
+    store: TraceStore,
+    stop: asyncio.Event,
+    *,
+    on_ready: Callable[[], None] | None = None,
+    exporter: OtlpExporter | None = None,
 ) -> None:
-    """Run the collector and its queries until ``stop`` is set."""
+    """Run the collector and its queries until ``stop`` is set (exporting spans if given an exporter)."""
     queries = TraceQueries(bus, store)
     await queries.start()
     try:
+        if exporter is not None:
+            await exporter.start()
 
         async def ready() -> None:
             if on_ready is not None:
                 on_ready()
 
-        await run_actors(bus, [CollectorActor(store)], stop, RuntimeSettings(concurrency=64), on_ready=ready)
+        actor = CollectorActor(store, exporter=exporter)
+        settings = RuntimeSettings(concurrency=1024, batch_size=256)  # batches: see handle_batch
+        await run_actors(bus, [actor], stop, settings, on_ready=ready)
     finally:
+        if exporter is not None:
+            await exporter.close()  # sends what is queued, within its timeout; never raises
         await queries.stop()

@@ -9,16 +9,19 @@ import signal
 import sqlite3
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
+import msgspec
 import pytest
 
-from actors.collector import TraceStore, redact, serve_collector
+from actors.collector import TraceStore, serve_collector
 from actors.models.offline import OfflineModel
+from actors.redaction import redact
 from actors.workers import running_agents
 from bus.connection import Bus
 from bus.direct import read_subject
 from schemas import SessionSubmit
-from schemas.trace import AgentMessage, AgentToolResult
+from schemas.trace import AgentMessage, AgentToolResult, AnyTraceEvent
 from tests.agents import submit_and_wait, team
 from tests.conftest import NatsServer
 from tests.procs import ready_process
@@ -70,7 +73,7 @@ async def test_a_sessions_events_are_stored_once_and_queryable(bus: Bus, tmp_pat
     assert len(kinds) == expected
     assert kinds[0] == "session.status_running"
     assert kinds.count("session.thread_created") == 2
-    assert json.loads(bad.data) == {"error": "unknown op 'drop' (ops: sessions, events)"}
+    assert json.loads(bad.data) == {"error": "unknown op 'drop' (ops: sessions, events, provenance)"}
 
 
 async def test_secrets_are_redacted_and_malformed_traffic_is_recorded(bus: Bus, tmp_path: Path) -> None:
@@ -131,3 +134,36 @@ async def test_kill_9_mid_stream_then_restart_stores_every_event_exactly_once(
         texts = {row[0] for row in conn.execute("SELECT json_extract(data, '$.text') FROM events")}
     assert distinct == count  # none twice
     assert texts == {f"event {n}" for n in range(count)}  # none lost
+
+
+async def test_one_thread_and_one_files_provenance_are_queryable(bus: Bus, tmp_path: Path) -> None:
+    decoder = msgspec.json.Decoder(AnyTraceEvent)
+    fixture = Path(__file__).parent / "fixtures" / "incident-trace.jsonl"
+    events = [
+        msgspec.structs.replace(decoder.decode(line), session_id="ses_p")
+        for line in fixture.read_bytes().splitlines()
+    ]
+
+    async def ask(query: dict[str, str]) -> Any:
+        answer = await bus.nc.request(f"{bus.subjects.root}.api.trace", json.dumps(query).encode(), timeout=5)
+        return json.loads(answer.data)
+
+    async with collector(bus, tmp_path / "trace.db") as store:
+        for event in events:
+            await bus.emit(event)
+        await eventually(lambda: store.count("ses_p") == len(events))
+        thread = await ask({"op": "events", "session_id": "ses_p", "thread_id": "t-toolu_off_lead_1_1"})
+        origin = await ask({"op": "provenance", "session_id": "ses_p", "path": "incident-report.md"})
+        missing = await ask({"op": "provenance", "session_id": "ses_p", "path": "nope.md"})
+    assert {e["agent"] for e in thread["result"]} == {"logs"}
+    assert len(thread["result"]) == sum(e.thread_id == "t-toolu_off_lead_1_1" for e in events)
+    document = origin["result"]
+    assert (document["path"], document["agent"], len(document["sources"])) == (
+        "incident-report.md",
+        "lead",
+        4,
+    )
+    assert {s["thread"]["agent"] for s in document["sources"]} == {"deploys", "logs", "metrics", "tickets"}
+    assert missing == {
+        "error": "no file 'nope.md' was written in this session (files written: incident-report.md)"
+    }

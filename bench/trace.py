@@ -1,0 +1,402 @@
+"""Benchmark: the events/s the trace collector stores with no loss, against raw JetStream publishing.
+
+1. Raw publish: N realistic trace events (model request spans with usage, tool calls and results,
+   messages; 300-600 bytes of JSON each, encoded before the clock starts, with the headers
+   ``Bus.emit`` sends) published to a fresh root's event subjects with pipelined acks
+   (``js.publish_async``, the mechanism of ``Bus.emit``), timed until every ack is in.
+2. Live: a collector process (``staffwork actor collector``) is ready on another fresh root; N new
+   events are published the same way, timed from the first publish until its SQLite database holds
+   all N (polled read-only every few ms). Goal: the collector keeps up with >= 50% of the raw rate.
+3. Catch-up: a collector started on the stream of step 1 (a backlog of N events), timed from its
+   "collector ready" line until all N are stored.
+
+Every phase checks no loss and no duplicates: exactly N rows, N distinct stream sequences, N distinct
+msg ids, and the collector's consumer left with nothing pending, unacknowledged or redelivered.
+
+Run: ``python bench/trace.py [--events 20000] [--rounds 3]``, against an embedded nats-server with
+file storage in a temporary directory. ``--profile`` instead runs the catch-up phase with the
+collector in this process under cProfile and prints where it spends its time.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# Run as a script, this file's directory would come first on sys.path (bench/bus.py would shadow
+# the bus package); drop it.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+import contextlib  # noqa: E402
+import cProfile  # noqa: E402
+import io  # noqa: E402
+import os  # noqa: E402
+import pstats  # noqa: E402
+import sqlite3  # noqa: E402
+import statistics  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from collections.abc import AsyncIterator  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from typing import TypedDict  # noqa: E402
+
+from actors.collector import TraceStore, serve_collector  # noqa: E402
+from bus.codec import encode  # noqa: E402
+from bus.connection import Bus  # noqa: E402
+from bus.logs import configure_logging  # noqa: E402
+from bus.provision import provision  # noqa: E402
+from bus.server import EmbeddedServer  # noqa: E402
+from schemas.base import Usage  # noqa: E402
+from schemas.ids import new_id  # noqa: E402
+from schemas.trace import (  # noqa: E402
+    AgentMessage,
+    AgentToolResult,
+    AgentToolUse,
+    ModelRequestEnd,
+    ModelRequestStart,
+    ThreadMessageSent,
+    TraceEvent,
+    event_kind,
+)
+
+STAFFWORK = Path(sys.executable).with_name("staffwork")  # the venv's entry point
+DURABLE = "collector"  # the collector's consumer (CollectorActor.consumer)
+POLL = 0.005  # seconds between COUNT(*) polls of the collector's database
+
+#: One event ready to publish: subject, JSON payload, headers (traceparent and Nats-Msg-Id).
+Publication = tuple[str, bytes, dict[str, str]]
+
+
+class _Ids(TypedDict):
+    session_id: str
+    thread_id: str
+    agent: str
+    span_id: str
+    parent_span_id: str
+
+
+def _hex(n: int) -> str:
+    return os.urandom(n).hex()
+
+
+def trace_events(session_id: str, count: int) -> list[TraceEvent]:
+    """``count`` events as agent turns emit them: model request, tool call and result, text, delegation."""
+    grep_output = "\n".join(
+        f"src/app/{name}.py:{line}: def {name}_{line}(self, request: Request) -> Response:"
+        for name, line in (("views", 41), ("models", 118), ("forms", 7))
+    )
+    events: list[TraceEvent] = []
+    while len(events) < count:
+        turn = len(events) // 6
+        ids = _Ids(
+            session_id=session_id,
+            thread_id=new_id("thr"),
+            agent=f"agent{turn % 20:02d}",
+            span_id=_hex(8),
+            parent_span_id=_hex(8),
+        )
+        tool_use_id = f"toolu_01{_hex(11)}"
+        events += [
+            ModelRequestStart(**ids, model="claude-sonnet-4-5"),
+            AgentToolUse(
+                **ids,
+                tool_use_id=tool_use_id,
+                name="grep",
+                input={"pattern": r"def \w+\(self", "path": "src/app", "glob": "*.py", "max_results": 50},
+            ),
+            AgentToolResult(**ids, tool_use_id=tool_use_id, name="grep", content=grep_output),
+            ModelRequestEnd(
+                **ids,
+                model="claude-sonnet-4-5",
+                stop_reason="tool_use",
+                usage=Usage(
+                    input_tokens=12_873, output_tokens=412, cache_read_input_tokens=11_520, cost_usd=0.0123
+                ),
+                duration_ms=2345.6,
+            ),
+            AgentMessage(
+                **ids,
+                text="The request handlers live in src/app/views.py; each one validates its form, "
+                "loads the model and renders a template. I will add the missing permission check "
+                "to the three views that write.",
+            ),
+            ThreadMessageSent(
+                **ids,
+                to_thread_id=new_id("thr"),
+                to_agent="reviewer",
+                content="Review the permission checks added to src/app/views.py (three views).",
+            ),
+        ]
+    return events[:count]
+
+
+def publications(bus: Bus, session_id: str, count: int) -> list[Publication]:
+    """The events encoded once, with their subjects and the headers ``Bus.emit`` would send."""
+    return [
+        (bus.subjects.event(e.session_id, event_kind(e)), encode(e), bus.headers(e.msg_id))
+        for e in trace_events(session_id, count)
+    ]
+
+
+async def publish_all(bus: Bus, batch: list[Publication]) -> float:
+    """Publish with pipelined acks (at most nats-py's 4000 in flight); seconds until every ack is in."""
+    started = time.perf_counter()
+    async with asyncio.timeout(120):
+        futures = [
+            await bus.js.publish_async(subject, data, headers=headers) for subject, data, headers in batch
+        ]
+        acks = await asyncio.gather(*futures)
+    elapsed = time.perf_counter() - started
+    if max(ack.seq for ack in acks) != len(batch):
+        raise RuntimeError("the phase's stream is not fresh: its events are not sequences 1..N")
+    duplicates = sum(1 for ack in acks if ack.duplicate)
+    if duplicates:
+        raise RuntimeError(f"{duplicates} of {len(batch)} publishes were deduplicated (msg ids repeat)")
+    return elapsed
+
+
+class Database:
+    """The collector's SQLite database, read-only, polled while the collector writes it."""
+
+    def __init__(self, path: Path) -> None:
+        self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+
+    def count(self) -> int:
+        return int(self.db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+
+    def last_seq(self) -> int:
+        return int(self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
+
+    async def wait_for(self, count: int, timeout: float) -> float:
+        """Poll until the ``count``-th event of the phase's fresh stream (stream sequence ``count``) is
+        stored; the time (perf_counter) it was first seen. The collector stores in stream order, and
+        :meth:`check` verifies afterwards that all ``count`` are there, exactly once. (MAX on the
+        primary key costs microseconds; a COUNT(*) every few ms would take CPU from the collector.)"""
+        async with asyncio.timeout(timeout):
+            while self.last_seq() < count:  # noqa: ASYNC110 - another process writes it: nothing to wait on
+                await asyncio.sleep(POLL)
+        return time.perf_counter()
+
+    def check(self, session_id: str, expected: int) -> None:
+        """Exactly ``expected`` rows, all of ``session_id``, with distinct stream sequences and msg ids."""
+        rows, seqs, msg_ids, ours = self.db.execute(
+            "SELECT COUNT(*), COUNT(DISTINCT seq), COUNT(DISTINCT json_extract(data, '$.msg_id')),"
+            " SUM(session_id = ?) FROM events",
+            (session_id,),
+        ).fetchone()
+        if (rows, seqs, msg_ids, ours) != (expected,) * 4:
+            raise RuntimeError(
+                f"stored {rows} rows ({seqs} distinct seq, {msg_ids} distinct msg ids, {ours} of "
+                f"session {session_id!r}); expected exactly {expected}"
+            )
+
+    def close(self) -> None:
+        self.db.close()
+
+
+async def settled(bus: Bus, timeout: float = 30.0) -> int:
+    """Wait until the collector's consumer has nothing pending or unacked; its redelivery count."""
+    async with asyncio.timeout(timeout):
+        while True:
+            info = await bus.js.consumer_info(bus.subjects.log_stream, DURABLE)
+            if info.num_pending == 0 and info.num_ack_pending == 0:
+                return int(info.num_redelivered)
+            await asyncio.sleep(POLL)
+
+
+@contextlib.asynccontextmanager
+async def collector_process(url: str, root: str, db: Path) -> AsyncIterator[float]:
+    """``staffwork actor collector`` as a child process; yields when it says it is ready (perf_counter)."""
+    proc = await asyncio.create_subprocess_exec(
+        str(STAFFWORK),
+        *("actor", "collector", "--nats", url, "--db", str(db), "--root", root),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stderr is not None
+    stderr = proc.stderr
+    lines: list[str] = []
+
+    async def ready() -> float:
+        while raw := await stderr.readline():
+            lines.append(raw.decode(errors="replace").rstrip())
+            if raw.startswith(b"collector ready"):
+                return time.perf_counter()
+        raise RuntimeError(f"the collector exited ({await proc.wait()}) before it was ready: {lines[-5:]}")
+
+    async def drain() -> None:  # keep reading stderr so a full pipe never blocks the collector
+        while raw := await stderr.readline():
+            lines.append(raw.decode(errors="replace").rstrip())
+
+    try:
+        async with asyncio.timeout(30):
+            ready_at = await ready()
+        reader = asyncio.create_task(drain())
+        try:
+            yield ready_at
+        finally:
+            proc.terminate()
+            async with asyncio.timeout(30):
+                code = await proc.wait()
+                await reader
+            if code != 0:
+                raise RuntimeError(f"the collector exited with code {code}: {lines[-5:]}")
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+@dataclass
+class Round:
+    raw: float  # events/s, publish until all acks are in, no collector running
+    live: float  # events/s, first publish until the collector has stored all
+    live_publish: float  # events/s, the publish side of the live phase (sharing the CPU with it)
+    catch_up: float  # events/s, collector ready until it stored a backlog of N
+    startup: float  # seconds, spawn to "collector ready"
+    redelivered: int
+
+
+async def one_round(url: str, tmp: Path, number: int, events: int) -> Round:
+    timeout = max(60.0, events / 200)
+    # Raw publish on a fresh root, then a collector catching up on that backlog.
+    root, session_id = f"trace_backlog{number}", f"ses_backlog{number}"
+    async with await Bus.connect(url, root=root, name="bench-publisher") as bus:
+        await provision(bus)
+        batch = publications(bus, session_id, events)
+        raw_s = await publish_all(bus, batch)
+        db_path = tmp / f"{root}.db"
+        spawned = time.perf_counter()
+        async with collector_process(url, root, db_path) as ready_at:
+            db = Database(db_path)
+            try:
+                stored_at = await db.wait_for(events, timeout)
+                redelivered = await settled(bus)
+                db.check(session_id, events)
+            finally:
+                db.close()
+        catch_up_s, startup_s = stored_at - ready_at, ready_at - spawned
+    # Live: a ready collector on another fresh root, N new events.
+    root, session_id = f"trace_live{number}", f"ses_live{number}"
+    async with await Bus.connect(url, root=root, name="bench-publisher") as bus:
+        await provision(bus)
+        batch = publications(bus, session_id, events)
+        db_path = tmp / f"{root}.db"
+        async with collector_process(url, root, db_path):
+            db = Database(db_path)
+            try:
+                started = time.perf_counter()
+                publish_s = await publish_all(bus, batch)
+                live_s = await db.wait_for(events, timeout) - started
+                redelivered += await settled(bus)
+                db.check(session_id, events)
+            finally:
+                db.close()
+    return Round(
+        raw=events / raw_s,
+        live=events / live_s,
+        live_publish=events / publish_s,
+        catch_up=events / catch_up_s,
+        startup=startup_s,
+        redelivered=redelivered,
+    )
+
+
+async def main(events: int, rounds: int) -> None:
+    results: list[Round] = []
+    with tempfile.TemporaryDirectory(prefix="staffwork-bench-") as tmp:
+        async with EmbeddedServer(Path(tmp) / "nats") as server:
+            for number in range(rounds):
+                results.append(await one_round(server.url, Path(tmp), number, events))
+
+    median = statistics.median
+    raw = median(r.raw for r in results)
+    live = median(r.live for r in results)
+    catch_up = median(r.catch_up for r in results)
+    ratio = live / raw
+
+    def row(label: str, values: list[float], ratio_to_raw: float | None) -> None:
+        each = "  ".join(f"{v:8,.0f}" for v in values)
+        shown = f"{ratio_to_raw:5.2f}" if ratio_to_raw is not None else "     "
+        print(f"{label:<44} {median(values):9,.0f}   {shown}     {each}")
+
+    print(
+        f"# staffwork bench/trace.py: {events} trace events ({_size_range()} B of JSON each) x {rounds} "
+        "rounds; collector as its own process (staffwork actor collector), SQLite in WAL mode; "
+        "embedded nats-server, file storage"
+    )
+    print(f"{'## events/s':<44} {'median':>9}   {'x raw':>5}     rounds")
+    row("raw JetStream publish, pipelined acks", [r.raw for r in results], 1.0)
+    row("collector live: first publish -> all stored", [r.live for r in results], ratio)
+    row("  its publish side (sharing the CPU)", [r.live_publish for r in results], None)
+    row("collector catch-up: backlog of N -> stored", [r.catch_up for r in results], catch_up / raw)
+    startup = median(r.startup for r in results)
+    print(f"collector process start (spawn -> ready): {startup:.2f} s, not included in the rates above")
+    redelivered = sum(r.redelivered for r in results)
+    print(
+        f"no loss, no duplicates: exactly {events} rows, distinct seq and msg ids, consumer drained, in "
+        f"every phase of every round ({redelivered} redeliveries)"
+    )
+    verdict = "PASS" if ratio >= 0.5 else "FAIL"
+    print(f"Goal: collector >= 50% of raw publish: {verdict} (ratio {ratio:.2f})")
+
+
+def _size_range() -> str:
+    sizes = [len(encode(e)) for e in trace_events("ses_live0", 600)]
+    return f"{min(sizes)}-{max(sizes)}"
+
+
+async def profile(events: int, top: int) -> None:
+    """The catch-up phase with the collector in this process under cProfile."""
+    with tempfile.TemporaryDirectory(prefix="staffwork-bench-") as tmp:
+        async with EmbeddedServer(Path(tmp) / "nats") as server:
+            root, session_id = "trace_profile", "ses_profile"
+            async with await Bus.connect(server.url, root=root, name="bench-publisher") as bus:
+                await provision(bus)
+                await publish_all(bus, publications(bus, session_id, events))
+            async with await Bus.connect(server.url, root=root, name="bench-collector") as bus:
+                store = TraceStore(Path(tmp) / "trace.db")
+                db = Database(store.path)
+                stop = asyncio.Event()
+                ready = asyncio.Event()
+                profiler = cProfile.Profile()
+                try:
+                    async with asyncio.TaskGroup() as tg:
+                        tg.create_task(serve_collector(bus, store, stop, on_ready=ready.set))
+                        await ready.wait()
+                        started = time.perf_counter()
+                        profiler.enable()
+                        stored_at = await db.wait_for(events, max(60.0, events / 200))
+                        profiler.disable()
+                        stop.set()
+                    db.check(session_id, events)
+                finally:
+                    db.close()
+                    store.close()
+    elapsed = stored_at - started
+    print(
+        f"# collector in this process, catch-up on {events} events: {events / elapsed:,.0f}/s under cProfile"
+    )
+    out = io.StringIO()
+    stats = pstats.Stats(profiler, stream=out)
+    stats.sort_stats("tottime").print_stats(top)
+    stats.sort_stats("cumulative").print_stats(top)
+    print(out.getvalue())
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--profile", action="store_true", help="profile an in-process collector instead")
+    parser.add_argument("--top", type=int, default=30, help="functions shown by --profile")
+    args = parser.parse_args()
+    configure_logging("warning")
+    if args.profile:
+        asyncio.run(profile(args.events, args.top))
+    else:
+        asyncio.run(main(args.events, args.rounds))

@@ -1,0 +1,548 @@
+"""OTLP export: a recorded session as GenAI spans, posted to a local OTLP/HTTP receiver; end to end
+through the collector on a real NATS server; a dead or silent receiver never stops the collector."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import random
+import socket
+import subprocess
+import sys
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import msgspec
+import pytest
+import structlog
+
+from actors.collector import TraceStore, serve_collector
+from actors.otlp import OtlpExporter, SpanBuilder, trace_id, traces_url
+from bus.connection import Bus
+from schemas.base import ErrorInfo, Usage
+from schemas.trace import (
+    AgentMessage,
+    AgentToolResult,
+    AgentToolUse,
+    AnyTraceEvent,
+    ModelRequestEnd,
+    ModelRequestStart,
+    SessionStatusIdle,
+    SessionStatusRunning,
+    ThreadCreated,
+    ThreadMessageReceived,
+    ThreadMessageSent,
+    ThreadStatusIdle,
+    ThreadStatusRunning,
+)
+from tests.conftest import NatsServer
+from tests.procs import ready_process
+
+FIXTURE = Path(__file__).parent / "fixtures" / "incident-trace.jsonl"
+SESSION = "ses_06gvsfov1j4bu4cg8u176c2npo"
+LEAD_SPAN = "aaaa6b95450b8c70"
+SUBAGENTS = {"deploys", "logs", "metrics", "tickets"}
+SPANS = 28  # 5 invoke_agent + 10 chat + 13 execute_tool
+
+
+def fixture_events(session_id: str = SESSION) -> list[AnyTraceEvent]:
+    decoder = msgspec.json.Decoder(AnyTraceEvent)
+    events = [decoder.decode(line) for line in FIXTURE.read_bytes().splitlines() if line.strip()]
+    return [msgspec.structs.replace(event, session_id=session_id) for event in events]
+
+
+# --- a local OTLP/HTTP receiver ----------------------------------------------------------------------
+
+
+@dataclass
+class Post:
+    path: str
+    headers: dict[str, str]
+    raw: bytes
+    status: int
+
+    @property
+    def spans(self) -> list[dict[str, Any]]:
+        body = json.loads(self.raw)
+        return [
+            span
+            for resource in body["resourceSpans"]
+            for scope in resource["scopeSpans"]
+            for span in scope["spans"]
+        ]
+
+
+class Receiver:
+    """Records every POST; answers the ``statuses`` given in turn, then 200 ``{}``."""
+
+    def __init__(self, statuses: Iterable[int] = ()) -> None:
+        self.posts: list[Post] = []
+        self.statuses = list(statuses)
+        self.changed = asyncio.Condition()
+        self.url = ""
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> Receiver:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+    def spans(self) -> list[dict[str, Any]]:
+        """The spans of the posts answered 200."""
+        return [span for post in self.posts if post.status == 200 for span in post.spans]
+
+    async def wait_for_spans(self, count: int, timeout: float = 15.0) -> None:
+        async with asyncio.timeout(timeout), self.changed:
+            await self.changed.wait_for(lambda: len(self.spans()) >= count)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+            _, path, _ = head[0].split(" ", 2)
+            headers = {}
+            for line in head[1:]:
+                if line:
+                    name, value = line.split(":", 1)
+                    headers[name.strip().lower()] = value.strip()
+            raw = await reader.readexactly(int(headers.get("content-length", "0")))
+            status = self.statuses.pop(0) if self.statuses else 200
+            writer.write(
+                f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: 2\r\n"
+                "Connection: close\r\n\r\n{}".encode()
+            )
+            await writer.drain()
+            async with self.changed:
+                self.posts.append(Post(path=path, headers=headers, raw=raw, status=status))
+                self.changed.notify_all()
+        except asyncio.IncompleteReadError:
+            pass  # the client hung up
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+
+def closed_port() -> int:
+    """A local port nothing listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+# --- helpers -----------------------------------------------------------------------------------------
+
+
+def attributes(item: dict[str, Any]) -> dict[str, Any]:
+    """An OTLP/JSON attribute list as a dict of plain values (checking the JSON mapping on the way)."""
+
+    def plain(value: dict[str, Any]) -> Any:
+        [(kind, inner)] = value.items()
+        if kind == "intValue":
+            assert isinstance(inner, str), "int64 values are strings in OTLP/JSON"
+            return int(inner)
+        if kind == "arrayValue":
+            return [plain(v) for v in inner["values"]]
+        assert kind in ("stringValue", "doubleValue", "boolValue"), kind
+        return inner
+
+    return {attribute["key"]: plain(attribute["value"]) for attribute in item["attributes"]}
+
+
+def by_kind(spans: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    found: dict[str, list[dict[str, Any]]] = {}
+    for span in spans:
+        found.setdefault(span["name"].split(" ", 1)[0], []).append(span)
+    return found
+
+
+async def eventually(check: Callable[[], bool], timeout: float = 30.0) -> None:
+    """Wait until ``check()`` holds (state the collector's tasks produce), within ``timeout``."""
+    async with asyncio.timeout(timeout):
+        while not check():  # noqa: ASYNC110 - the state is SQLite's and the exporter's, nothing to await
+            await asyncio.sleep(0.02)
+
+
+@contextlib.asynccontextmanager
+async def collector(bus: Bus, path: Path, exporter: OtlpExporter) -> AsyncIterator[TraceStore]:
+    store = TraceStore(path)
+    stop = asyncio.Event()
+    ready = asyncio.Event()
+    task = asyncio.ensure_future(serve_collector(bus, store, stop, on_ready=ready.set, exporter=exporter))
+    try:
+        await asyncio.wait_for(ready.wait(), 10)
+        yield store
+    finally:
+        stop.set()
+        await task
+        store.close()
+
+
+def check_session_spans(spans: list[dict[str, Any]], session_id: str) -> None:
+    """The fixture session's spans: the tree, the GenAI attributes, times."""
+    kinds = by_kind(spans)
+    assert {kind: len(found) for kind, found in kinds.items()} == {
+        "invoke_agent": 5,
+        "chat": 10,
+        "execute_tool": 13,
+    }
+    expected_trace = hashlib.sha256(session_id.encode()).hexdigest()[:32]
+    assert {span["traceId"] for span in spans} == {expected_trace}
+    assert len({span["spanId"] for span in spans}) == SPANS
+    for span in spans:
+        assert len(span["spanId"]) == 16
+        assert int(span["startTimeUnixNano"]) <= int(span["endTimeUnixNano"])
+        assert attributes(span)["gen_ai.conversation.id"] == session_id
+
+    agents = {attributes(span)["gen_ai.agent.name"]: span for span in kinds["invoke_agent"]}
+    assert set(agents) == {"lead", *SUBAGENTS}
+    lead = agents["lead"]
+    assert lead["spanId"] == LEAD_SPAN
+    assert "parentSpanId" not in lead  # its parent, the client's submit span, is not exported
+    for name in SUBAGENTS:
+        assert agents[name]["parentSpanId"] == LEAD_SPAN
+    run_of_thread = {}
+    for span in kinds["invoke_agent"]:
+        values = attributes(span)
+        assert span["kind"] == 1
+        assert span["name"] == f"invoke_agent {values['gen_ai.agent.name']}"
+        assert values["gen_ai.operation.name"] == "invoke_agent"
+        run_of_thread[values["staffwork.thread_id"]] = span["spanId"]
+    assert int(lead["startTimeUnixNano"]) == 1795266912106822000  # session.status_running
+    assert int(lead["endTimeUnixNano"]) == 1795266919676378000  # session.status_idle
+
+    for span in kinds["chat"]:
+        values = attributes(span)
+        assert span["kind"] == 3
+        assert span["name"] == "chat claude-sonnet-4-6"
+        assert span["parentSpanId"] == run_of_thread[values["staffwork.thread_id"]]
+        assert values["gen_ai.operation.name"] == "chat"
+        assert values["gen_ai.provider.name"] == "anthropic"
+        assert values["gen_ai.request.model"] == "claude-sonnet-4-6"
+        assert values["gen_ai.response.model"] == "offline"
+        assert values["gen_ai.usage.input_tokens"] == 0
+        assert values["gen_ai.usage.output_tokens"] == 0
+        assert values["gen_ai.response.finish_reasons"] in (["tool_use"], ["end_turn"])
+        assert "status" not in span
+    assert Counter(attributes(s)["gen_ai.agent.name"] for s in kinds["chat"]) == dict.fromkeys(agents, 2)
+
+    for span in kinds["execute_tool"]:
+        values = attributes(span)
+        assert span["kind"] == 1
+        assert span["name"] == f"execute_tool {values['gen_ai.tool.name']}"
+        assert span["parentSpanId"] == run_of_thread[values["staffwork.thread_id"]]
+        assert values["gen_ai.operation.name"] == "execute_tool"
+        assert values["gen_ai.tool.call.id"].startswith("toolu_off_")
+        assert "status" not in span
+    calls = Counter(
+        (attributes(s)["gen_ai.agent.name"], attributes(s)["gen_ai.tool.name"]) for s in kinds["execute_tool"]
+    )
+    assert calls == {
+        ("lead", "delegate"): 4,
+        ("deploys", "sql"): 2,
+        ("logs", "sql"): 2,
+        ("logs", "grep"): 1,
+        ("metrics", "sql"): 2,
+        ("tickets", "sql"): 2,
+    }
+
+
+def content_of(events: list[AnyTraceEvent]) -> list[str]:
+    """The prompts, completions, tool inputs and outputs of ``events`` (long enough to search for)."""
+    texts: list[str] = []
+    for event in events:
+        match event:
+            case ThreadCreated(task=text) | AgentMessage(text=text) | AgentToolResult(content=text):
+                texts.append(text)
+            case ThreadMessageSent(content=text) | ThreadMessageReceived(content=text):
+                texts.append(text)
+            case AgentToolUse(input=arguments):
+                texts.extend(str(value) for value in arguments.values())
+    return [text for text in texts if len(text) >= 20]
+
+
+# --- tests -------------------------------------------------------------------------------------------
+
+
+def test_the_traces_endpoint_is_appended_once() -> None:
+    assert traces_url("http://otel:4318") == "http://otel:4318/v1/traces"
+    assert traces_url("http://otel:4318/") == "http://otel:4318/v1/traces"
+    assert traces_url("http://otel:4318/v1/traces") == "http://otel:4318/v1/traces"
+    assert traces_url("https://x.example/otlp") == "https://x.example/otlp/v1/traces"
+    with pytest.raises(ValueError, match="http"):
+        OtlpExporter("grpc://otel:4317")
+
+
+async def test_a_recorded_session_is_exported_as_genai_spans() -> None:
+    events = fixture_events()
+    async with Receiver() as receiver:
+        exporter = OtlpExporter(receiver.url, service_name="staffwork-test")
+        await exporter.start()
+        for event in events:
+            exporter.add(event)
+        await exporter.close()
+    assert exporter.exported == SPANS
+    assert exporter.dropped == 0
+    assert receiver.posts
+    for post in receiver.posts:
+        assert post.path == "/v1/traces"
+        assert post.headers["content-type"] == "application/json"
+        body = json.loads(post.raw)
+        [resource] = body["resourceSpans"]
+        assert attributes(resource["resource"]) == {"service.name": "staffwork-test"}
+        [scope] = resource["scopeSpans"]
+        assert scope["scope"]["name"] == "staffwork"
+    spans = receiver.spans()
+    check_session_spans(spans, SESSION)
+    assert {span["traceId"] for span in spans} == {trace_id(SESSION)}
+    raw = b"".join(post.raw for post in receiver.posts).decode()
+    texts = content_of(events)
+    assert len(texts) > 20
+    leaked = [text[:40] for text in texts if text in raw]
+    assert not leaked, leaked  # no prompt, completion, tool input or output
+    assert "Payments are failing" not in raw
+    keys = {key for span in spans for key in attributes(span)}
+    assert not {k for k in keys if "messages" in k or "arguments" in k or "call.result" in k}
+
+
+def test_span_ids_do_not_depend_on_event_order_or_redelivery() -> None:
+    events = fixture_events()
+    in_order = SpanBuilder()
+    expected = {span["spanId"]: span["name"].split()[0] for event in events for span in in_order.add(event)}
+    assert len(expected) == SPANS
+
+    shuffled = [*events, *random.Random(7).sample(events, 20)]  # some delivered twice
+    random.Random(11).shuffle(shuffled)
+    builder = SpanBuilder()
+    found = [span for event in shuffled for span in builder.add(event)]
+    # (a chat span whose start came after its end names the model that answered: the request is unknown)
+    assert {span["spanId"]: span["name"].split()[0] for span in found} == expected
+    assert all(int(s["startTimeUnixNano"]) <= int(s["endTimeUnixNano"]) for s in found)
+    assert {span["traceId"] for span in found} == {trace_id(SESSION)}
+
+
+def test_errors_mark_their_spans_and_secrets_stay_out() -> None:
+    t0 = datetime(2026, 11, 21, 13, 0, tzinfo=UTC)
+    ms = timedelta(milliseconds=1)
+    run: dict[str, Any] = {
+        "session_id": "ses_err",
+        "thread_id": "lead",
+        "agent": "lead",
+        "span_id": "1111111111111111",
+        "parent_span_id": "2222222222222222",
+    }
+    error = ErrorInfo(kind="ModelFatal", message="the key sk-ant-api03-abcdefghijklmnopqrst was refused")
+    usage = Usage(
+        input_tokens=10, output_tokens=7, cache_read_input_tokens=100, cache_creation_input_tokens=5
+    )
+    events: list[AnyTraceEvent] = [
+        SessionStatusRunning(time=t0, **run),
+        ModelRequestStart(model="claude-x", time=t0 + ms, **run),
+        ModelRequestEnd(model="claude-x-1", stop_reason="tool_use", usage=usage, time=t0 + 2 * ms, **run),
+        AgentToolUse(tool_use_id="toolu_1", name="sql", input={"query": "SELECT 1"}, time=t0 + 3 * ms, **run),
+        AgentToolResult(
+            tool_use_id="toolu_1", is_error=True, content="no such table", time=t0 + 4 * ms, **run
+        ),
+        ModelRequestStart(model="claude-x", time=t0 + 5 * ms, **run),
+        ModelRequestEnd(model="claude-x", error=error, duration_ms=1.0, time=t0 + 6 * ms, **run),
+        SessionStatusIdle(stop_reason="failed", time=t0 + 7 * ms, **run),
+    ]
+    builder = SpanBuilder()
+    spans = by_kind([span for event in events for span in builder.add(event)])
+    first, failed = spans["chat"]
+    values = attributes(first)
+    assert values["gen_ai.usage.input_tokens"] == 115  # Anthropic's input_tokens plus cached tokens
+    assert values["gen_ai.usage.cache_read.input_tokens"] == 100
+    assert values["gen_ai.usage.cache_creation.input_tokens"] == 5
+    assert values["gen_ai.usage.output_tokens"] == 7
+    assert values["gen_ai.response.model"] == "claude-x-1"
+    assert values["gen_ai.response.finish_reasons"] == ["tool_use"]
+    assert int(first["endTimeUnixNano"]) - int(first["startTimeUnixNano"]) == 1_000_000
+    assert "status" not in first
+    assert failed["status"]["code"] == 2
+    assert failed["status"]["message"].startswith("ModelFatal: the key [redacted]")
+    assert attributes(failed)["error.type"] == "ModelFatal"
+    assert "gen_ai.response.finish_reasons" not in attributes(failed)
+    [tool] = spans["execute_tool"]
+    assert tool["status"]["code"] == 2
+    assert attributes(tool)["error.type"] == "tool_error"
+    [lead] = spans["invoke_agent"]
+    assert "parentSpanId" not in lead
+    assert attributes(lead)["staffwork.stop_reason"] == "failed"
+    raw = json.dumps(spans)
+    assert "sk-ant" not in raw
+    assert "no such table" not in raw
+    assert "SELECT 1" not in raw
+
+
+def test_a_run_that_never_finished_ends_when_its_thread_starts_again() -> None:
+    t0 = datetime(2026, 11, 21, 13, 0, tzinfo=UTC)
+    ms = timedelta(milliseconds=1)
+    common: dict[str, Any] = {
+        "session_id": "ses_retry",
+        "thread_id": "t-1",
+        "agent": "logs",
+        "parent_span_id": LEAD_SPAN,
+    }
+    first = {**common, "span_id": "3333333333333333"}
+    second = {**common, "span_id": "4444444444444444"}
+    overloaded = ErrorInfo(kind="ModelRetryable", message="overloaded", retryable=True)
+    events: list[AnyTraceEvent] = [
+        ThreadCreated(time=t0, **first),
+        ModelRequestStart(model="m", time=t0 + ms, **first),
+        ModelRequestEnd(model="m", error=overloaded, time=t0 + 2 * ms, **first),
+        ThreadStatusRunning(time=t0 + 9 * ms, **second),  # the handler was retried: a new run
+    ]
+    builder = SpanBuilder()
+    spans = by_kind([span for event in events for span in builder.add(event)])
+    [chat] = spans["chat"]
+    assert chat["parentSpanId"] == "3333333333333333"
+    [stale] = spans["invoke_agent"]
+    assert stale["spanId"] == "3333333333333333"
+    assert stale["parentSpanId"] == LEAD_SPAN
+    assert stale["status"]["code"] == 2
+    assert int(stale["endTimeUnixNano"]) == int(stale["startTimeUnixNano"]) + 2_000_000
+    assert builder.add(ThreadStatusIdle(time=t0 + 3 * ms, **first)) == []  # late: that span is out already
+    [done] = builder.add(ThreadStatusIdle(time=t0 + 20 * ms, **second))
+    assert done["spanId"] == "4444444444444444"
+    assert done["parentSpanId"] == LEAD_SPAN
+    assert "status" not in done
+    assert int(done["endTimeUnixNano"]) - int(done["startTimeUnixNano"]) == 11_000_000
+
+
+async def test_a_failed_post_is_retried_and_logged_once() -> None:
+    events = fixture_events()
+    async with Receiver(statuses=[503, 503]) as receiver:
+        exporter = OtlpExporter(receiver.url, interval=0.02)
+        with structlog.testing.capture_logs() as logs:
+            await exporter.start()
+            for event in events:
+                exporter.add(event)
+            await receiver.wait_for_spans(SPANS)
+            await exporter.close()
+    assert [post.status for post in receiver.posts] == [503, 503, 200]
+    ids = [sorted(span["spanId"] for span in post.spans) for post in receiver.posts]
+    assert ids[0] == ids[1] == ids[2]  # the same spans, sent again
+    assert (exporter.exported, exporter.dropped) == (SPANS, 0)
+    exports = [entry for entry in logs if entry["event"].startswith("otlp_export_")]
+    assert [entry["event"] for entry in exports] == ["otlp_export_failed", "otlp_export_recovered"]
+    assert exports[0]["url"] == f"{receiver.url}/v1/traces"
+    assert exports[0]["log_level"] == "warning"
+    assert "503" in exports[0]["error"]
+
+
+async def test_the_collector_exports_what_it_stores(bus: Bus, tmp_path: Path) -> None:
+    session_id = f"ses_{uuid.uuid4().hex[:16]}"
+    events = fixture_events(session_id)
+    async with Receiver() as receiver:
+        exporter = OtlpExporter(receiver.url, interval=0.05)
+        async with collector(bus, tmp_path / "trace.db", exporter) as store:
+            for event in events:
+                await bus.emit(event)
+            await eventually(lambda: store.count(session_id) == len(events))
+            await receiver.wait_for_spans(SPANS)  # sent by the background flush, the collector running
+    check_session_spans(receiver.spans(), session_id)
+    assert (exporter.exported, exporter.dropped) == (SPANS, 0)
+
+
+async def test_a_dead_receiver_neither_stops_the_collector_nor_hangs_it(bus: Bus, tmp_path: Path) -> None:
+    session_id = f"ses_{uuid.uuid4().hex[:16]}"
+    events = fixture_events(session_id)
+    url = f"http://127.0.0.1:{closed_port()}"
+    exporter = OtlpExporter(url, interval=0.02, timeout=2.0, batch_size=4, max_queue=8)
+    loop = asyncio.get_running_loop()
+    with structlog.testing.capture_logs() as logs:
+        async with collector(bus, tmp_path / "trace.db", exporter) as store:
+            for event in events:
+                await bus.emit(event)
+            await eventually(lambda: store.count(session_id) == len(events))
+            await eventually(lambda: exporter.dropped >= SPANS - 8)  # beyond the queue
+            stopping = loop.time()
+        stopped = loop.time()
+    assert stopped - stopping < exporter.timeout + 5.0
+    assert (exporter.exported, exporter.dropped) == (0, SPANS)  # the rest dropped on close
+    failures = [entry for entry in logs if entry["event"] == "otlp_export_failed"]
+    assert len(failures) == 1  # once per failure streak
+    assert failures[0]["log_level"] == "warning"
+    assert failures[0]["url"] == f"{url}/v1/traces"
+    assert "ConnectError" in failures[0]["error"]
+    assert [entry["event"] for entry in logs].count("otlp_queue_full") == 1
+
+
+async def test_close_gives_up_within_its_timeout_when_the_receiver_never_answers() -> None:
+    hung_up = asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.read()  # never answers; returns when the client hangs up
+        finally:
+            writer.close()
+            hung_up.set()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    async with server:
+        port = server.sockets[0].getsockname()[1]
+        exporter = OtlpExporter(f"http://127.0.0.1:{port}", timeout=0.5)
+        for event in fixture_events():
+            exporter.add(event)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with structlog.testing.capture_logs() as logs:
+            await exporter.close()
+        elapsed = loop.time() - started
+        await asyncio.wait_for(hung_up.wait(), 5)
+    assert elapsed < exporter.timeout + 1.0
+    assert (exporter.exported, exporter.dropped) == (0, SPANS)
+    events = {entry["event"] for entry in logs}
+    assert events & {"otlp_export_failed", "otlp_flush_timed_out"}
+    assert "otlp_spans_dropped" in events
+
+
+async def test_the_collector_command_exports_with_otlp(
+    bus: Bus, nats_server: NatsServer, tmp_path: Path
+) -> None:
+    session_id = f"ses_{uuid.uuid4().hex[:16]}"
+    events = fixture_events(session_id)
+    async with Receiver() as receiver:
+        args = ["actor", "collector", "--nats", nats_server.url, "--root", bus.subjects.root]
+        async with ready_process(
+            "actors.cli",
+            *args,
+            "--db",
+            str(tmp_path / "t.db"),
+            "--otlp",
+            receiver.url,
+            ready_word=b"collector ready",
+        ):
+            for event in events:
+                await bus.emit(event)
+            await receiver.wait_for_spans(SPANS)
+    check_session_spans(receiver.spans(), session_id)
+
+
+def test_a_bad_otlp_url_is_one_clear_line(nats_server: NatsServer, tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "actors.cli", "actor", "collector", "--nats", nats_server.url,
+         "--db", str(tmp_path / "t.db"), "--otlp", "ftp://example.com"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "error: --otlp: an OTLP/HTTP endpoint is an http(s) URL, not 'ftp://example.com'"
+    )
