@@ -14,50 +14,48 @@ import platform
 import sys
 import tempfile
 import time
-import traceback
-from collections.abc import AsyncGenerator, Awaitable, Callable
-from datetime import UTC, datetime
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import msgspec
 import typer
-from rich.console import Console
 from rich.table import Table
-from rich.text import Text
 
+from actors.cli_common import (
+    NatsOption,
+    OtlpOption,
+    RootOption,
+    State,
+    err,
+    fail,
+    out,
+    run_async,
+    session_record,
+)
 from actors.cli_run import EXAMPLES, RunOutcome, bus_target, load_example, load_team, run_session
+from actors.cli_trace import register as register_trace_commands
 from actors.client import Client
 from actors.collector import TraceStore, serve_collector
 from actors.models import default_model
 from actors.otlp import OtlpExporter
-from actors.provenance import file_origin, render_origin
 from actors.registry import register_team, registered_teams
-from actors.sessions import TERMINAL, SessionRecord
-from actors.tail import event_subjects, line, parse_duration
-from actors.trace_html import render_html
-from actors.trace_view import render
+from actors.sessions import TERMINAL
 from actors.workers import serve_agents
 from bus import local
-from bus.codec import Decoder
 from bus.connection import Bus
-from bus.direct import StoredMsg, read_subject, tail_subjects
-from bus.errors import MessageRejected, StaffworkError
+from bus.errors import StaffworkError
 from bus.lifecycle import install_stop_signals
 from bus.logs import configure_logging
 from bus.paths import data_dir, server_store_dir
 from bus.provision import provision
 from bus.server import EmbeddedServer, die_with_parent, find_server_binary, server_version
-from bus.subjects import Subjects, check_token
 from bus.workspace import Workspace
 from schemas import json_schema
 from schemas.ids import new_id
 from schemas.session import SessionResult
 from schemas.team import TeamSpec
-from schemas.trace import AnyTraceEvent
-
-T = TypeVar("T")
 
 app = typer.Typer(
     name="staffwork",
@@ -67,34 +65,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
-
-
-class _State:
-    verbose = False
-
-
-NatsOption = Annotated[
-    str | None,
-    typer.Option(
-        "--nats", envvar="STAFFWORK_NATS_URL", help="NATS server URL; without it an embedded server is used."
-    ),
-]
-OtlpOption = Annotated[
-    str | None,
-    typer.Option(
-        "--otlp",
-        envvar="STAFFWORK_OTLP_URL",
-        help="Also export the trace as OpenTelemetry spans (GenAI conventions) to this OTLP/HTTP endpoint.",
-    ),
-]
-RootOption = Annotated[
-    str,
-    typer.Option(
-        "--root", envvar="STAFFWORK_ROOT", help="Subject root: every subject and stream is under it."
-    ),
-]
 
 
 def _version() -> str:
@@ -104,27 +74,6 @@ def _version() -> str:
         return "unknown"
 
 
-def _fail(exc: BaseException) -> None:
-    if _State.verbose:
-        traceback.print_exception(exc, file=sys.stderr)
-    message = str(exc) or type(exc).__name__
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(1)
-
-
-def _run(factory: Callable[[], Awaitable[T]]) -> T:
-    try:
-        return asyncio.run(factory())  # type: ignore[arg-type]
-    except KeyboardInterrupt:
-        raise typer.Exit(130) from None
-    except (StaffworkError, OSError) as exc:
-        _fail(exc)
-        raise  # unreachable: _fail exits
-    except Exception as exc:  # a bug or an untranslated error: still one line, the traceback on -v
-        _fail(RuntimeError(f"unexpected {type(exc).__name__}: {exc} (run with --verbose for the traceback)"))
-        raise
-
-
 @app.callback()
 def main_options(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show tracebacks and debug logs.")] = False,
@@ -132,7 +81,7 @@ def main_options(
         bool | None, typer.Option("--log-json/--log-console", help="Log format (default: by TTY).")
     ] = None,
 ) -> None:
-    _State.verbose = verbose
+    State.verbose = verbose
     configure_logging("debug" if verbose else "warning", json=log_json)
 
 
@@ -171,7 +120,7 @@ def server(
             await srv.stop()
         out.print("NATS server stopped")
 
-    _run(go)
+    run_async(go)
 
 
 @app.command()
@@ -212,7 +161,7 @@ def doctor(nats: NatsOption = None, root: RootOption = "sw") -> None:
         out.print(table)
         return ok
 
-    if not _run(go):
+    if not run_async(go):
         raise typer.Exit(1)
 
 
@@ -268,7 +217,7 @@ def schema(
     if tag is not None:
         messages = document["messages"]
         if tag not in messages:
-            _fail(StaffworkError(f"no message with tag {tag!r} (known: {', '.join(sorted(messages))})"))
+            fail(StaffworkError(f"no message with tag {tag!r} (known: {', '.join(sorted(messages))})"))
         document = {"$schema": document["$schema"], "$defs": document["$defs"], **messages[tag]}
     text = json.dumps(document, indent=2, sort_keys=True)
     if output:
@@ -337,7 +286,7 @@ def run(
                 target, spec, text, folders, console=err, live=not as_json, timeout=timeout
             )
 
-    outcome = _run(go)
+    outcome = run_async(go)
     result = outcome.result
     if as_json:
         sys.stdout.write(json.dumps(outcome.as_json(), indent=2) + "\n")
@@ -388,7 +337,7 @@ def submit(
                 uploaded += await client.upload(session_id, folder)
             return await client.submit(text, team=spec, inputs=uploaded, session_id=session_id)
 
-    out.print(_run(go), highlight=False)
+    out.print(run_async(go), highlight=False)
 
 
 @app.command()
@@ -397,7 +346,7 @@ def status(session: str, nats: NatsOption = None, root: RootOption = "sw") -> No
 
     async def go() -> None:
         async with bus_target(nats, root, name="staffwork-status") as target:
-            record = await _session(target.bus, session, root)
+            record = await session_record(target.bus, session, root)
             out.print(
                 f"{session}: {record.status}  team {record.team.name}  task: {record.task}",
                 highlight=False,
@@ -412,7 +361,7 @@ def status(session: str, nats: NatsOption = None, root: RootOption = "sw") -> No
                     markup=False,
                 )
 
-    _run(go)
+    run_async(go)
 
 
 @app.command()
@@ -421,217 +370,17 @@ def cancel(session: str, nats: NatsOption = None, root: RootOption = "sw") -> No
 
     async def go() -> None:
         async with bus_target(nats, root, name="staffwork-cancel") as target:
-            record = await _session(target.bus, session, root)
+            record = await session_record(target.bus, session, root)
             if record.status in TERMINAL:
                 out.print(f"{session}: already ended ({record.status}); nothing to cancel", highlight=False)
                 return
             await Client(target.bus).cancel(session)
             out.print(f"{session}: canceled", highlight=False)
 
-    _run(go)
+    run_async(go)
 
 
-@app.command()
-def tail(
-    session: Annotated[str | None, typer.Option(help="Only this session's events.")] = None,
-    agent: Annotated[str | None, typer.Option(help="Only this agent's events.")] = None,
-    kind: Annotated[
-        str | None, typer.Option(help="Only this kind (agent.tool_use) or family (agent, span, session).")
-    ] = None,
-    since: Annotated[
-        str | None, typer.Option(help="Start this long ago (30s, 10m, 2h, 1d) instead of with new events.")
-    ] = None,
-    follow: Annotated[
-        bool, typer.Option("--follow/--no-follow", help="Keep following, or stop at the last stored event.")
-    ] = True,
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
-    nats: NatsOption = None,
-    root: RootOption = "sw",
-) -> None:
-    """Follow trace events as they happen, one line each, coloured by agent (works without the collector)."""
-    start = datetime.now(UTC) - parse_duration(since) if since else None
-    try:
-        subjects = event_subjects(Subjects(root), session, kind)
-    except StaffworkError as exc:
-        _fail(exc)
-    console = _TailConsole(soft_wrap=True, width=None if out.is_terminal else 240)
-
-    async def go() -> None:
-        async with bus_target(nats, root, name="staffwork-tail") as target:
-            await provision(target.bus)
-            decoder: Decoder[Any] = Decoder(AnyTraceEvent, max_bytes=4 * 1024 * 1024)
-            stream = target.bus.subjects.log_stream
-            messages = tail_subjects(
-                target.bus,
-                stream,
-                subjects,
-                since=start,
-                follow=follow,
-                on_following=lambda: err.print(
-                    f"following {' and '.join(subjects)} (Ctrl-C to stop)", highlight=False, markup=False
-                ),
-            )
-            async with contextlib.aclosing(messages):
-                try:
-                    await _print_events(messages, decoder, console, agent, as_json, with_session=not session)
-                except BrokenPipeError:  # the reader went away (| head): stop quietly, as Unix tools do
-                    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-
-    _run(go)
-
-
-async def _print_events(
-    messages: AsyncGenerator[StoredMsg, None],
-    decoder: Decoder[Any],
-    console: Console,
-    agent: str | None,
-    as_json: bool,
-    *,
-    with_session: bool,
-) -> None:
-    async for msg in messages:
-        try:
-            event = decoder.decode(msg.data, subject=msg.subject)
-        except MessageRejected as exc:
-            if agent is None:
-                _tail_undecodable(console, msg.subject, msg.seq, exc.reason, as_json)
-            continue
-        if agent is not None and event.agent != agent:
-            continue
-        if as_json:
-            sys.stdout.write(msg.data.decode(errors="replace") + "\n")
-            sys.stdout.flush()
-        else:
-            console.print(line(event, with_session=with_session))
-
-
-class _TailConsole(Console):
-    def on_broken_pipe(self) -> None:  # rich exits with 1; tail stops quietly instead
-        self.quiet = True
-        raise BrokenPipeError
-
-
-def _tail_undecodable(console: Console, subject: str, seq: int, reason: str, as_json: bool) -> None:
-    if as_json:
-        record = {"type": "undecodable", "subject": subject, "seq": seq, "error": reason}
-        sys.stdout.write(json.dumps(record) + "\n")
-        sys.stdout.flush()
-    else:
-        console.print(Text(f"undecodable message #{seq} on {subject}: {reason}", style="red"))
-
-
-@app.command()
-def trace(
-    session: str,
-    file: Annotated[
-        str | None, typer.Option("--file", help="Provenance of this workspace file instead of the tree.")
-    ] = None,
-    html: Annotated[
-        Path | None, typer.Option("--html", help="Also write a self-contained timeline page to this file.")
-    ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="The events (or the provenance) as JSON.")] = False,
-    nats: NatsOption = None,
-    root: RootOption = "sw",
-) -> None:
-    """A session as a tree: each thread, its model calls and tool calls, durations, tokens and cost.
-
-    With --file, where a file came from: the thread, agent and tool call that wrote it and the tool
-    results that thread had read before (followed into the subagents whose replies it read)."""
-
-    async def go() -> list[Any]:
-        async with bus_target(nats, root, name="staffwork-trace") as target:
-            await _session(target.bus, session, root)
-            subject = target.bus.subjects.events(session)
-            decoder: Decoder[Any] = Decoder(AnyTraceEvent, max_bytes=4 * 1024 * 1024)
-            found = []
-            async for m in read_subject(target.bus, target.bus.subjects.log_stream, subject):
-                with contextlib.suppress(MessageRejected):  # undecodable traffic is not part of the tree
-                    found.append(decoder.decode(m.data, subject=m.subject))
-            return found
-
-    events = _run(go)
-    wide = out if out.is_terminal else Console(soft_wrap=True, width=240)  # a pipe gets whole lines
-    if file is not None:
-        try:
-            origin = file_origin(events, file)
-        except StaffworkError as exc:
-            _fail(exc)
-        if as_json:
-            sys.stdout.write(json.dumps(origin.to_dict(), indent=2) + "\n")
-        else:
-            wide.print(render_origin(origin))
-        return
-    if html is not None:
-        try:
-            html.write_text(render_html(session, events), encoding="utf-8")
-        except OSError as exc:
-            _fail(StaffworkError(f"--html: cannot write {str(html)!r}: {exc.strerror or exc}"))
-        err.print(f"wrote the timeline to {html}", highlight=False, markup=False)
-    if as_json:
-        for event in events:
-            sys.stdout.write(msgspec.json.encode(event).decode() + "\n")
-        return
-    wide.print(render(session, events))
-
-
-@app.command()
-def sessions(
-    limit: Annotated[int, typer.Option(help="How many of the most recent sessions.")] = 50,
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
-    nats: NatsOption = None,
-    root: RootOption = "sw",
-) -> None:
-    """Recent sessions: status, duration, threads, cost, team and task."""
-
-    async def go() -> list[SessionRecord]:
-        async with bus_target(nats, root, name="staffwork-sessions") as target:
-            await provision(target.bus)
-            kv = await target.bus.kv(target.bus.subjects.sessions_bucket)
-            directory = Client(target.bus).directory
-            records = [await directory.get(key) for key in await kv.keys()]
-            return sorted((r for r in records if r is not None), key=lambda r: r.started, reverse=True)
-
-    records = _run(go)[:limit]
-    if as_json:
-        for record in records:
-            row = msgspec.to_builtins(record)
-            row.pop("team")
-            sys.stdout.write(json.dumps({"team": record.team.name, **row}) + "\n")
-        return
-    if not records:
-        err.print("no sessions yet (start one with: staffwork run --example incident)", highlight=False)
-        return
-    out.print(
-        f"{'SESSION':<30}  {'STARTED':<19}  {'STATUS':<16} {'DURATION':>9} {'THREADS':>7} {'COST':>9}  "
-        f"{'TEAM':<12} TASK",
-        highlight=False,
-    )
-    now = time.time()
-    for record in records:
-        started = datetime.fromtimestamp(record.started).astimezone().strftime("%Y-%m-%d %H:%M:%S")
-        running = record.status not in TERMINAL
-        duration = (record.ended or now) - record.started if (record.ended or running) else None
-        shown = "-" if duration is None else f"{duration:.1f}s" + ("…" if running else "")
-        threads = str(record.threads) if record.ended else "-"
-        cost = f"${record.usage.cost_usd:.4f}" if record.ended else "-"
-        task = " ".join(record.task.split())
-        out.print(
-            f"{record.session_id:<30}  {started}  {record.status:<16} {shown:>9} {threads:>7} {cost:>9}  "
-            f"{record.team.name:<12} {task[:60]}",
-            highlight=False,
-            markup=False,
-        )
-
-
-async def _session(bus: Bus, session: str, root: str) -> SessionRecord:
-    """The session's record, or one clear error (a malformed id, or no such session)."""
-    check_token(session, "session id")
-    await provision(bus)  # on a fresh store there is no directory yet: that is "no session", not a crash
-    record = await Client(bus).status(session)
-    if record is None:
-        raise StaffworkError(f"no session {session!r} (under root {root!r})")
-    return record
-
+register_trace_commands(app)  # tail, trace, sessions
 
 fs_app = typer.Typer(help="A session's workspace: ls, cat, put, get.", no_args_is_help=True)
 app.add_typer(fs_app, name="fs")
@@ -647,7 +396,7 @@ def fs_ls(session: str, prefix: str = "", nats: NatsOption = None, root: RootOpt
                 who = info.provenance.agent or "user"
                 out.print(f"{info.size:>10,}  {info.path}  ({who})", highlight=False, markup=False)
 
-    _run(go)
+    run_async(go)
 
 
 @fs_app.command("cat")
@@ -658,7 +407,7 @@ def fs_cat(session: str, path: str, nats: NatsOption = None, root: RootOption = 
         async with bus_target(nats, root, name="staffwork-fs") as target:
             return await Workspace(target.bus).get(session, path)
 
-    sys.stdout.buffer.write(_run(go))
+    sys.stdout.buffer.write(run_async(go))
 
 
 @fs_app.command("get")
@@ -668,17 +417,17 @@ def fs_get(
     """Copy a file from a session's workspace to a local file."""
 
     if local_path.is_dir() or not local_path.parent.is_dir():
-        _fail(StaffworkError(f"cannot write {str(local_path)!r}: not a file in an existing directory"))
+        fail(StaffworkError(f"cannot write {str(local_path)!r}: not a file in an existing directory"))
 
     async def go() -> bytes:
         async with bus_target(nats, root, name="staffwork-fs") as target:
             return await Workspace(target.bus).get(session, path)
 
-    data = _run(go)
+    data = run_async(go)
     try:
         local_path.write_bytes(data)
     except OSError as exc:
-        _fail(StaffworkError(f"cannot write {str(local_path)!r}: {exc.strerror}"))
+        fail(StaffworkError(f"cannot write {str(local_path)!r}: {exc.strerror}"))
     out.print(f"wrote {len(data):,} bytes to {local_path}", highlight=False)
 
 
@@ -695,7 +444,7 @@ def fs_put(
                 info = await Workspace(target.bus).put(session, path, handle)
             return info.size
 
-    out.print(f"stored {_run(go):,} bytes at {path}", highlight=False)
+    out.print(f"stored {run_async(go):,} bytes at {path}", highlight=False)
 
 
 ROLES = ("lead", "subagent", "collector")
@@ -714,7 +463,7 @@ def actor(
 ) -> None:
     """Run one actor process against a NATS server (what a container runs)."""
     if role not in ROLES:
-        _fail(StaffworkError(f"unknown role {role!r} (roles: {', '.join(ROLES)})"))
+        fail(StaffworkError(f"unknown role {role!r} (roles: {', '.join(ROLES)})"))
 
     async def go() -> None:
         url = nats or (running.url if (running := local.running_server()) else None)
@@ -746,7 +495,7 @@ def actor(
                 on_ready=ready,
             )
 
-    _run(go)
+    run_async(go)
 
 
 async def _collect(bus: Bus, url: str, db: Path, otlp: str | None) -> None:
@@ -803,7 +552,7 @@ def up(
         if not clean:
             raise StaffworkError("an actor process exited unexpectedly (see its log above)")
 
-    _run(go)
+    run_async(go)
 
 
 async def _up(url: str, root: str, otlp: str | None = None) -> bool:
