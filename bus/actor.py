@@ -63,6 +63,7 @@ class BaseActor(Generic[In]):
 
     role: str = "actor"
     inbox: Any = None
+    report_failures: bool = True  # a failed message becomes a session.error event (not for the collector)
 
     def consumer(self, subjects: Subjects) -> ConsumerSpec:
         raise NotImplementedError(f"actor {self.role!r} must say which consumer it reads")

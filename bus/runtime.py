@@ -36,7 +36,7 @@ import contextlib
 import json
 import re
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic
 
@@ -111,7 +111,7 @@ class ActorRuntime(Generic[In]):
         self._tg: asyncio.TaskGroup | None = None
         self._batcher: BatchActor[In] | None = actor if hasattr(actor, "handle_batch") else None  # type: ignore[assignment]
         self._arrived: list[Msg] = []  # batch mode: delivered, not yet taken
-        self._taken = 0  # batch mode: in the batch being handled
+        self._batch: list[Msg] = []  # batch mode: the batch being handled
         self._arrival = asyncio.Event()
 
     # --- intake ---
@@ -240,7 +240,7 @@ class ActorRuntime(Generic[In]):
 
     def _load(self) -> int:
         """Messages delivered and not yet settled."""
-        return len(self._inflight) + len(self._arrived) + self._taken
+        return len(self._inflight) + len(self._arrived) + len(self._batch)
 
     async def _close_intake(self, sub: Subscription) -> None:
         """Unsubscribe, and nak whatever the server had already sent (the callback sees ``_stopping``)."""
@@ -271,64 +271,108 @@ class ActorRuntime(Generic[In]):
 
     async def _batch_loop(self) -> None:
         """Batch mode: hand over whatever has arrived, up to ``batch_size`` at a time, until stopped
-        and nothing is left."""
-        while True:
-            if not self._arrived:
-                if self._stopping:
-                    return
-                self._arrival.clear()
-                await self._arrival.wait()
-                continue
-            batch = self._arrived[: self.settings.batch_size]
-            del self._arrived[: len(batch)]
-            self._taken = len(batch)
-            try:
-                await self._process_batch(batch)
-            finally:
-                self._taken = 0
-                self._slot_free.set()
+        and nothing is left. One heartbeat covers every message delivered and not yet settled, the
+        waiting ones included (a slow batch must not get those redelivered)."""
+        heartbeat = asyncio.create_task(self._heartbeat(self._unsettled))
+        try:
+            while True:
+                if not self._arrived:
+                    if self._stopping:
+                        return
+                    self._arrival.clear()
+                    await self._arrival.wait()
+                    continue
+                batch = self._arrived[: self.settings.batch_size]
+                del self._arrived[: len(batch)]
+                self._batch = batch
+                try:
+                    await self._process_batch(batch)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # a bug, or the bus failing under us: the loop must go on
+                    self.log.exception("batch_processing_failed", size=len(batch))
+                finally:
+                    self._batch = []
+                    self._slot_free.set()
+        except asyncio.CancelledError:
+            returned = self._arrived  # stopped past its grace: hand the waiting ones back at once
+            self._arrived = []
+            for msg in returned:
+                with contextlib.suppress(Exception):
+                    await msg.nak()
+            self.stats.returned += len(returned)
+            raise
+        finally:
+            heartbeat.cancel()
+            await asyncio.wait({heartbeat})
+
+    def _unsettled(self) -> list[Msg]:
+        return [*self._batch, *self._arrived]
 
     async def _process_batch(self, msgs: list[Msg]) -> None:
         assert self._batcher is not None
         items: list[tuple[Msg, In, Context]] = []
-        for msg in msgs:
-            try:
-                decoded = self.decoder.decode(msg.data, subject=msg.subject)
-            except MessageRejected as exc:
-                await self._reject(msg, exc)
-                continue
-            items.append((msg, decoded, self._context(msg, decoded, bind=False)))
-        if not items:
-            return
-        held = [msg for msg, _, _ in items]
-        heartbeat = asyncio.create_task(self._heartbeat(*held))
+        settled: set[int] = set()  # ids of the messages already acked, naked or terminated
         try:
+            positions: dict[int, int] = {}  # stream seq -> index in items (a redelivery racing the first)
+            stale: list[Msg] = []
+            for msg in msgs:
+                try:
+                    decoded = self.decoder.decode(msg.data, subject=msg.subject)
+                except MessageRejected as exc:
+                    await self._reject(msg, exc)
+                    settled.add(id(msg))
+                    continue
+                ctx = self._context(msg, decoded, bind=False)
+                if ctx.stream_seq in positions:  # the same message twice: keep the later delivery
+                    index = positions[ctx.stream_seq]
+                    stale.append(items[index][0])
+                    items[index] = (msg, decoded, ctx)
+                    continue
+                positions[ctx.stream_seq] = len(items)
+                items.append((msg, decoded, ctx))
+            if not items:
+                return
             try:
                 await self._batcher.handle_batch([(decoded, ctx) for _, decoded, ctx in items])
+            except Retryable as exc:  # the whole batch, later (a locked database, say)
+                delivery = max(ctx.delivery for _, _, ctx in items)
+                delays = self.settings.retry_delays
+                delay = exc.delay if exc.delay is not None else delays[min(delivery - 1, len(delays) - 1)]
+                self.log.warning("batch_retry", size=len(items), delay_s=delay, error=str(exc))
+                for msg in [*(m for m, _, _ in items), *stale]:
+                    settled.add(id(msg))
+                    await msg.nak(delay=delay)
+                self.stats.retried += len(items)
+                return
             except asyncio.CancelledError:
                 raise
             except Exception:
                 self.log.exception("batch_failed", size=len(items))
                 for msg, decoded, ctx in items:  # one at a time: only the bad ones fail
+                    settled.add(id(msg))
                     await self._settle_guarded(msg, decoded, ctx)
+                for msg in stale:
+                    settled.add(id(msg))
+                    await msg.ack()
                 return
-            for msg, _, _ in items:
+            for msg in [*(m for m, _, _ in items), *stale]:
+                settled.add(id(msg))
                 await msg.ack()
             self.stats.handled += len(items)
         except asyncio.CancelledError:
-            for msg, _, _ in items:
+            unsettled = [msg for msg in msgs if id(msg) not in settled]
+            for msg in unsettled:
                 with contextlib.suppress(Exception):
                     await msg.nak()
-            self.stats.returned += len(items)
+            self.stats.returned += len(unsettled)
             raise
         except Exception:
-            self.log.exception("batch_settle_failed", size=len(items))
-            for msg, _, _ in items:
-                with contextlib.suppress(Exception):
-                    await msg.nak(delay=self.settings.retry_delays[0])
-        finally:
-            heartbeat.cancel()
-            await asyncio.wait({heartbeat})
+            self.log.exception("batch_settle_failed", size=len(msgs))
+            for msg in msgs:
+                if id(msg) not in settled:
+                    with contextlib.suppress(Exception):
+                        await msg.nak(delay=self.settings.retry_delays[0])
 
     # --- one message ---
 
@@ -343,13 +387,17 @@ class ActorRuntime(Generic[In]):
                 await self._reject(msg, exc)
                 return
             ctx = self._context(msg, decoded)
-            heartbeat = asyncio.create_task(self._heartbeat(msg))  # until the message is settled
+            heartbeat = asyncio.create_task(self._heartbeat(lambda: [msg]))  # until the message is settled
             await self._settle_guarded(msg, decoded, ctx)
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
                 await msg.nak()
             self.stats.returned += 1
             raise
+        except Exception:  # rejecting it failed (is the bus down?): the actor carries on
+            self.log.exception("message_intake_failed", subject=msg.subject)
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=self.settings.retry_delays[0])
         finally:
             if heartbeat is not None:
                 heartbeat.cancel()
@@ -418,15 +466,16 @@ class ActorRuntime(Generic[In]):
         await msg.ack()
         self.stats.handled += 1
 
-    async def _heartbeat(self, *msgs: Msg) -> None:
+    async def _heartbeat(self, held: Callable[[], list[Msg]]) -> None:
+        """``in_progress`` for every message ``held()`` names, every third of ``ack_wait``."""
         interval = self.settings.heartbeat or max(self.spec.ack_wait / 3, 0.05)
         while True:
             await asyncio.sleep(interval)
-            try:
-                for msg in msgs:
+            for msg in held():
+                try:
                     await msg.in_progress()
-            except nats.errors.Error as exc:
-                self.log.warning("heartbeat_failed", error=repr(exc))
+                except nats.errors.Error as exc:
+                    self.log.warning("heartbeat_failed", error=repr(exc))
 
     async def _send_reply(self, request: In, reply: Message, ctx: Context) -> None:
         subject = self.actor.reply_subject(request, reply, ctx)
@@ -478,17 +527,18 @@ class ActorRuntime(Generic[In]):
                 await self._send_reply(request, reply, ctx)
         except Exception:
             self.log.exception("failure_reply_failed")
-        try:
-            await self.bus.emit(
-                SessionErrorEvent(
-                    session_id=str(getattr(request, "session_id", "")),
-                    thread_id=str(getattr(request, "thread_id", "")),
-                    agent=str(getattr(request, "agent", "")),
-                    error=error,
+        if getattr(self.actor, "report_failures", True):  # the collector must not feed on its own failures
+            try:
+                await self.bus.emit(
+                    SessionErrorEvent(
+                        session_id=str(getattr(request, "session_id", "")),
+                        thread_id=str(getattr(request, "thread_id", "")),
+                        agent=str(getattr(request, "agent", "")),
+                        error=error,
+                    )
                 )
-            )
-        except Exception as exc:
-            self.log.warning("error_event_failed", error=repr(exc))
+            except Exception as exc:
+                self.log.warning("error_event_failed", error=repr(exc))
         await msg.term()
 
 

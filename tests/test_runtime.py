@@ -7,8 +7,10 @@ import contextlib
 import json
 from collections.abc import Iterator, Sequence
 
+import nats.errors
 import pytest
 import structlog
+from nats.aio.msg import Msg
 
 from bus.actor import Context
 from bus.codec import Decoder, encode
@@ -269,12 +271,15 @@ class BatchJobs(JobActor):
     """JobActor with a batch handler: replies to every job of a batch; a batch holding a job that
     should crash fails as a whole (the runtime then handles its jobs one at a time)."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, *, ack_wait: float = 30.0, first_batch_takes: float = 0.0) -> None:
+        super().__init__(ack_wait=ack_wait)
         self.batches: list[list[int]] = []
+        self.first_batch_takes = first_batch_takes
 
     async def handle_batch(self, batch: Sequence[tuple[Job, Context]]) -> None:
         self.batches.append([job.n for job, _ in batch])
+        if len(self.batches) == 1 and self.first_batch_takes:
+            await asyncio.sleep(self.first_batch_takes)  # a slow batch (a slow disk, say)
         if any(job.fail == "crash" for job, _ in batch):
             raise RuntimeError("one job in this batch is bad")
         for job, ctx in batch:
@@ -316,4 +321,46 @@ async def test_a_failing_batch_is_handled_one_by_one_so_only_the_bad_message_fai
     [failed] = [r for r in replies if r.error]
     assert (failed.n, failed.delivery, failed.error) == (7, -1, "job 7 crashed")  # handle()'s typed failure
     assert await consumer_state(bus) == (0, 0, 0)  # all settled: nothing waits for a redelivery
+    await done.unsubscribe()
+
+
+async def test_waiting_messages_get_heartbeats_while_a_slow_batch_runs(bus: Bus) -> None:
+    actor = BatchJobs(ack_wait=1.0, first_batch_takes=2.5)
+    done = await bus.nc.subscribe(bus.subjects.out("ses_slow", "done"))
+    await ensure_consumer(bus, actor.consumer(bus.subjects))
+    for n in range(4):
+        await bus.publish(bus.subjects.task("ses_slow", "jobs"), Job(session_id="ses_slow", n=n))
+    async with running(bus, actor, RuntimeSettings(concurrency=8, batch_size=1)):
+        replies = await collect(done, 4)
+    assert sorted(r.n for r in replies) == [0, 1, 2, 3]
+    assert all(r.delivery == 1 for r in replies)  # the ones waiting behind the slow batch were kept alive
+    assert sorted(n for batch in actor.batches for n in batch) == [0, 1, 2, 3]
+    assert await consumer_state(bus) == (0, 0, 0)
+    await done.unsubscribe()
+
+
+@pytest.mark.parametrize("make", [JobActor, BatchJobs])
+async def test_a_failure_while_rejecting_does_not_stop_the_actor(
+    bus: Bus, monkeypatch: pytest.MonkeyPatch, make: type[JobActor]
+) -> None:
+    real_term = Msg.term
+    calls: list[int] = []
+
+    async def term_failing_once(self: Msg) -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise nats.errors.OutboundBufferLimitError  # what publishing into a full buffer raises
+        await real_term(self)
+
+    monkeypatch.setattr(Msg, "term", term_failing_once)
+    done = await bus.nc.subscribe(bus.subjects.out("ses_rej", "done"))
+    async with running(bus, make(), RuntimeSettings(retry_delays=(0.05,))) as runtime:
+        await bus.publish_bytes(bus.subjects.task("ses_rej", "jobs"), b"{garbage")
+        await bus.publish(bus.subjects.task("ses_rej", "jobs"), Job(session_id="ses_rej", n=1))
+        [reply] = await collect(done, 1)
+        assert reply.n == 1
+        async with asyncio.timeout(10):  # the garbage comes back (nak'ed) and is terminated this time
+            while runtime.stats.rejected < 2:  # noqa: ASYNC110 - counted by the runtime's tasks
+                await asyncio.sleep(0.01)
+    assert await consumer_state(bus) == (0, 0, 0)
     await done.unsubscribe()
