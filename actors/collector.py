@@ -33,7 +33,7 @@ from actors.redaction import redact
 from bus.actor import BaseActor, Context
 from bus.codec import encode
 from bus.connection import Bus
-from bus.errors import StaffworkError
+from bus.errors import Retryable, StaffworkError
 from bus.lifecycle import run_actors
 from bus.provision import ConsumerSpec
 from bus.runtime import RuntimeSettings
@@ -66,10 +66,10 @@ CREATE INDEX IF NOT EXISTS events_kind ON events (kind, time);
 class TraceStore:
     """The collector's SQLite database (WAL mode; one writer)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, busy_timeout: float = 5.0) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=busy_timeout)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(_SCHEMA)
@@ -98,7 +98,7 @@ class TraceStore:
         ]
         seqs = [row[0] for row in values]
         with self._lock:
-            self.db.execute("BEGIN")
+            self.db.execute("BEGIN IMMEDIATE")  # the write lock first: the check and the insert are one
             try:
                 stored: set[int] = set()
                 for start in range(0, len(seqs), 500):  # within SQLite's limit on bound parameters
@@ -107,10 +107,11 @@ class TraceStore:
                     stored.update(seq for (seq,) in self.db.execute(query, chunk))
                 fresh = [row for row in values if row[0] not in stored]
                 self.db.executemany("INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", fresh)
+                self.db.execute("COMMIT")
             except BaseException:
-                self.db.execute("ROLLBACK")
+                if self.db.in_transaction:
+                    self.db.execute("ROLLBACK")
                 raise
-            self.db.execute("COMMIT")
         added = []
         for seq in seqs:  # a sequence twice in one batch (a redelivery racing the first) is new once
             added.append(seq not in stored)
@@ -126,7 +127,7 @@ class TraceStore:
             if value:
                 query += f" AND {column} = ?"
                 args.append(value)
-        query += " ORDER BY time, seq LIMIT ?"
+        query += " ORDER BY seq LIMIT ?"  # stream order: clocks of different hosts do not decide
         args.append(limit)
         with self._lock:
             rows = self.db.execute(query, args).fetchall()
@@ -179,6 +180,7 @@ class TraceStore:
 class CollectorActor(BaseActor[AnyTraceEvent]):
     role = "collector"
     inbox = AnyTraceEvent
+    report_failures = False  # a session.error event about an event would come back to the collector
 
     def __init__(
         self, store: TraceStore, *, ack_wait: float = 30.0, exporter: OtlpExporter | None = None
@@ -206,7 +208,10 @@ class CollectorActor(BaseActor[AnyTraceEvent]):
         """One transaction for the batch, in a worker thread (the next batch arrives meanwhile); the
         runtime acks the batch after it returns."""
         rows = [(ctx.stream_seq, event, ctx.raw) for event, ctx in batch]
-        added = await asyncio.to_thread(self.store.add_many, rows)
+        try:
+            added = await asyncio.to_thread(self.store.add_many, rows)
+        except sqlite3.OperationalError as exc:  # locked, busy, disk full: the whole batch again later
+            raise Retryable(f"trace store {self.store.path}: {exc}") from exc
         if self.exporter is not None:
             for (event, _), new in zip(batch, added, strict=True):
                 if new:  # a redelivery is not exported twice

@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import nats.errors
 import pytest
+import structlog
 
 from actors.collector import TraceStore, serve_collector
 from actors.models.offline import OfflineModel
@@ -167,3 +169,31 @@ async def test_one_thread_and_one_files_provenance_are_queryable(bus: Bus, tmp_p
     assert missing == {
         "error": "no file 'nope.md' was written in this session (files written: incident-report.md)"
     }
+
+
+async def test_a_locked_database_delays_the_events_and_loses_none(bus: Bus, tmp_path: Path) -> None:
+    path = tmp_path / "trace.db"
+    TraceStore(path).close()  # the schema exists
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # another process holds the write lock (a backup, say)
+    store = TraceStore(path, busy_timeout=0.1)
+    stop = asyncio.Event()
+    ready = asyncio.Event()
+    task = asyncio.ensure_future(serve_collector(bus, store, stop, on_ready=ready.set))
+    try:
+        await asyncio.wait_for(ready.wait(), 10)
+        retried = await bus.nc.subscribe(f"{bus.subjects.root}.s.*.evt.session.error")
+        with structlog.testing.capture_logs() as logs:
+            for n in range(20):
+                await bus.emit(AgentMessage(session_id="ses_lock", text=f"event {n}"))
+            await eventually(lambda: any(entry["event"] == "batch_retry" for entry in logs))
+            blocker.execute("ROLLBACK")  # the lock goes away; the batch comes back after its delay
+            await eventually(lambda: store.count("ses_lock") == 20)
+        assert store.count() == 20  # and no session.error events about the collector's own failure
+        with pytest.raises(nats.errors.TimeoutError):
+            await retried.next_msg(timeout=0.2)
+    finally:
+        stop.set()
+        await task
+        store.close()
+        blocker.close()
