@@ -40,9 +40,10 @@ async def read_subject(
     timeout: float = 30.0,
     pending_bytes: int = 256 * 1024 * 1024,
     since: datetime | None = None,
+    until_seq: int | None = None,
 ) -> AsyncGenerator[StoredMsg, None]:
     """Every message stored on ``subject`` (wildcards allowed) in ``stream`` (at most ``limit``; only
-    those stored at or after ``since``), in stream order."""
+    those stored at or after ``since``, up to stream sequence ``until_seq``), in stream order."""
     if limit == 0:
         return
     nc = bus.nc
@@ -77,6 +78,8 @@ async def read_subject(
                 if not headers:  # an API error arrives as a JSON body without headers
                     raise BusError(f"reading {subject!r} from {stream!r} failed: {msg.data[:200]!r}")
                 seq = int(headers["Nats-Sequence"]) + 1
+                if until_seq is not None and seq - 1 > until_seq:
+                    return  # past the cutoff (the rest of this batch is too)
                 got += 1
                 if remaining is not None:
                     remaining -= 1
@@ -135,20 +138,19 @@ async def tail_subjects(
 ) -> AsyncGenerator[StoredMsg, None]:
     """Messages on any of ``subjects``, in stream order: the stored ones first (those stored at or
     after ``since``; all of them when not following and no ``since``), then, when following, new
-    ones as they are stored, with no gap and no repeat between the two. ``on_following`` is called
-    once the live part is subscribed."""
-    last = 0
-    if follow:
-        info = await bus.js.stream_info(stream)
-        last = info.state.last_seq
+    ones as they are stored, with no gap and no repeat between the two (the stored part ends at the
+    stream's last sequence when it starts; the live part starts right after it). ``on_following`` is
+    called once the live part is subscribed. Live messages of different subjects come as they arrive.
+    """
+    cutoff = (await bus.js.stream_info(stream)).state.last_seq
     if since is not None or not follow:
-        readers = [read_subject(bus, stream, subject, since=since) for subject in subjects]
+        readers = [read_subject(bus, stream, subject, since=since, until_seq=cutoff) for subject in subjects]
         async with contextlib.aclosing(_merge_ordered(readers)) as stored:
             async for msg in stored:
-                last = max(last, msg.seq)
                 yield msg
     if not follow:
         return
+    last = cutoff
     queue: asyncio.Queue[StoredMsg] = asyncio.Queue(maxsize=10_000)
 
     subscribed = [asyncio.Event() for _ in subjects]

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
 import sys
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from actors.tail import agent_style, event_subjects, parse_duration
 from bus.connection import Bus
+from bus.direct import tail_subjects
 from bus.errors import StaffworkError
 from bus.subjects import Subjects
 from schemas.base import Usage
@@ -166,3 +168,26 @@ async def test_bad_filters_are_one_clear_line(nats_server: NatsServer, root: str
     code, _, err = await staffwork(nats_server, root, "--kind", "tool_use")
     assert code == 1
     assert err.startswith("error: --kind: unknown event kind 'tool_use' (kinds: agent, bus,")
+
+
+async def test_no_gap_between_the_stored_and_the_live_part_across_subjects(bus: Bus) -> None:
+    root, stream = bus.subjects.root, bus.subjects.log_stream
+    first, second = f"{root}.sys.evt.a", f"{root}.sys.evt.b"
+    await bus.js.publish(first, b"a-old")
+    for n in range(70):  # more than one direct-get batch: the second reader is still reading later
+        await bus.js.publish(second, f"b-old-{n}".encode())
+    since = datetime.now(UTC) - timedelta(hours=1)
+    seen: list[bytes] = []
+    messages = tail_subjects(bus, stream, [first, second], since=since)
+    async with contextlib.aclosing(messages), asyncio.timeout(20):
+        async for msg in messages:
+            seen.append(msg.data)
+            if len(seen) == 2:  # the first reader is done; these land while the second still reads
+                await bus.js.publish(first, b"a-new")
+                await bus.js.publish(second, b"b-new")
+                await bus.js.publish(first, b"a-live")
+            if {b"a-new", b"b-new", b"a-live"} <= set(seen):
+                break
+    assert seen[:2] == [b"a-old", b"b-old-0"]  # the stored part in stream order
+    assert seen.index(b"a-new") < seen.index(b"a-live")  # each subject in order
+    assert len(seen) == len(set(seen)) == 74  # none lost (the loop ended), none twice
