@@ -9,8 +9,9 @@ deliverable can be traced back to the tool call that produced it: the lead read 
 
 from __future__ import annotations
 
+import bisect
+from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from rich.text import Text
@@ -76,35 +77,55 @@ class FileOrigin:
 
 
 def file_origin(events: list[AnyTraceEvent], path: str) -> FileOrigin:
-    """The latest write of ``path`` in these events, with what its thread had read before it."""
-    writes = [e for e in events if isinstance(e, FileWritten) and e.path == path.lstrip("/")]
+    """The latest write of ``path`` in these events, with what its thread had read before it.
+
+    ``events`` are in stream order (the log stream's, or the collector's by sequence). Positions in
+    that order, not timestamps, decide what was read before what: a subagent's clock is another
+    host's, but its results are stored before its reply, and its reply before the lead's result."""
+    wanted = path.lstrip("/")
+    writes = [(i, e) for i, e in enumerate(events) if isinstance(e, FileWritten) and e.path == wanted]
     if not writes:
         paths = sorted({e.path for e in events if isinstance(e, FileWritten)})
         listing = ", ".join(paths) if paths else "none"
         raise StaffworkError(f"no file {path!r} was written in this session (files written: {listing})")
-    written = writes[-1]
+    at, written = writes[-1]
     thread = written.provenance.thread_id or written.thread_id
-    uses = {e.tool_use_id: e for e in events if isinstance(e, AgentToolUse)}
-    results = [e for e in events if isinstance(e, AgentToolResult)]
+    uses: dict[str, tuple[int, AgentToolUse]] = {}
+    results: dict[str, list[tuple[int, AgentToolResult]]] = defaultdict(list)  # by thread, in order
+    answers: dict[str, list[int]] = defaultdict(
+        list
+    )  # thread -> positions of the results that read its replies
+    for i, event in enumerate(events):
+        if isinstance(event, AgentToolUse):
+            uses.setdefault(event.tool_use_id, (i, event))
+        elif isinstance(event, AgentToolResult):
+            results[event.thread_id].append((i, event))
+            used = uses.get(event.tool_use_id)
+            if used and used[1].name in DELEGATING_TOOLS and not event.is_error:
+                answers[_answering_thread(used[1])].append(i)
     created = {e.thread_id: e.task for e in events if isinstance(e, ThreadCreated)}
-    write_call = uses.get(written.provenance.tool_call_id) if written.provenance.tool_call_id else None
-    until = write_call.time if write_call is not None else written.time
+    call = written.provenance.tool_call_id
+    write_call = uses[call][1] if call in uses else None
+    until = uses[call][0] if call in uses else at
 
-    def sources(thread_id: str, before: datetime, seen: frozenset[str]) -> list[Source]:
+    def sources(thread_id: str, after: int, before: int, seen: frozenset[str]) -> list[Source]:
+        """The tool results ``thread_id`` read between two positions, delegations followed."""
+        read = results.get(thread_id, [])
+        first = bisect.bisect_right(read, after, key=lambda item: item[0])
         found: list[Source] = []
-        for result in results:
-            if result.thread_id != thread_id or result.time > before:
+        for position, result in read[first:]:
+            if position >= before:
+                break
+            used = uses.get(result.tool_use_id)
+            if used is None or used[1] is write_call:
                 continue
-            use = uses.get(result.tool_use_id)
-            if use is None or (write_call is not None and use.tool_use_id == write_call.tool_use_id):
-                continue
-            source = Source(use=use, result=result)
-            if use.name in DELEGATING_TOOLS and not result.is_error:
-                other = _answering_thread(use)
-                if other and other not in seen:
-                    source.thread_id = other
-                    source.agent = str(use.input.get("agent", "")) or _agent_of(events, other)
-                    source.sources = sources(other, result.time, seen | {other})
+            source = Source(use=used[1], result=result)
+            other = _answering_thread(used[1]) if used[1].name in DELEGATING_TOOLS else ""
+            if other and not result.is_error and other not in seen:
+                earlier = [p for p in answers.get(other, []) if p < position]  # its previous answers
+                source.thread_id = other
+                source.agent = str(used[1].input.get("agent", "")) or _agent_of(events, other)
+                source.sources = sources(other, earlier[-1] if earlier else -1, position, seen | {other})
             found.append(source)
         return found
 
@@ -112,7 +133,7 @@ def file_origin(events: list[AnyTraceEvent], path: str) -> FileOrigin:
         written=written,
         write_call=write_call,
         task=created.get(thread, ""),
-        sources=sources(thread, until, frozenset({thread})),
+        sources=sources(thread, -1, until, frozenset({thread})),
         earlier_writes=len(writes) - 1,
     )
 

@@ -104,7 +104,7 @@ def timeline(session_id: str, events: list[AnyTraceEvent]) -> dict[str, Any]:
     ordered = sorted(unique.values(), key=lambda e: e.time)  # ties keep their stream order
     threads: dict[str, _Thread] = {}
     spans: list[_Span] = []
-    open_models: dict[str, deque[_Span]] = defaultdict(deque)
+    open_models: dict[tuple[str, str], deque[_Span]] = defaultdict(deque)  # by lane and run (span id)
     last_model: dict[str, _Span] = {}
     tools: dict[str, _Span] = {}
     counts: dict[str, int] = defaultdict(int)
@@ -150,12 +150,12 @@ def timeline(session_id: str, events: list[AnyTraceEvent]) -> dict[str, Any]:
                 span = _Span(f"model-{lane}-{thread.models}", lane, "model", event.model, event.time)
                 span.add("model", event.model)
                 span.add("call", f"{thread.models} in this thread")
-                open_models[lane].append(span)
+                open_models[lane, event.span_id].append(span)
                 last_model[lane] = span
                 spans.append(span)
             case ModelRequestEnd():
-                if open_models[lane]:
-                    span = open_models[lane].popleft()
+                if open_models[lane, event.span_id]:  # a redelivered run's stale start is not this one's
+                    span = open_models[lane, event.span_id].popleft()
                 else:  # its start is not in the trace
                     thread.models += 1
                     span = _Span(f"model-{lane}-{thread.models}", lane, "model", event.model, event.time)
@@ -245,6 +245,10 @@ def timeline(session_id: str, events: list[AnyTraceEvent]) -> dict[str, Any]:
                 span.add("message", event.error.message, pre=True)
                 span.add("retryable", str(event.error.retryable).lower())
                 thread.errors += 1
+                if thread.status == "running":  # the runtime ends a run that failed for good with this
+                    thread.status, thread.span.end = "failed", event.time
+                    if lane == LEAD:
+                        session["status"] = "failed"
             case MessageRejected():
                 span = marker("error", event, f"rejected by {event.actor}", error=True)
                 for key, value in (("subject", event.subject), ("actor", event.actor)):

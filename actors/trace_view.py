@@ -12,6 +12,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from rich.text import Text
 from rich.tree import Tree
 
 from schemas.trace import (
@@ -22,9 +23,13 @@ from schemas.trace import (
     ModelRequestEnd,
     SessionErrorEvent,
     SessionStatusIdle,
+    SessionStatusRunning,
+    SessionStatusTerminated,
     ThreadCreated,
     ThreadMessageSent,
     ThreadStatusIdle,
+    ThreadStatusRunning,
+    ThreadStatusTerminated,
 )
 
 
@@ -97,6 +102,11 @@ def build(events: list[AnyTraceEvent]) -> tuple[dict[str, ThreadNode], dict[str,
             current.steps.append(f"→ thread {event.to_thread_id} ({event.to_agent})")
         elif isinstance(event, FileWritten):
             current.steps.append(f"wrote {event.path} ({event.size:,} bytes)")
+        elif isinstance(event, ThreadStatusRunning | SessionStatusRunning):  # a (new) run starts
+            current.ended = None
+            current.status = "running"
+            if isinstance(event, SessionStatusRunning):
+                totals["status"] = "running"
         elif isinstance(event, ThreadStatusIdle):
             current.ended = event.time
             current.status = "idle" if event.stop_reason == "end_turn" else event.stop_reason
@@ -104,9 +114,19 @@ def build(events: list[AnyTraceEvent]) -> tuple[dict[str, ThreadNode], dict[str,
             current.ended = event.time
             stop = event.stop_reason
             current.status = totals["status"] = "idle" if stop in ("end_turn", "") else stop
+        elif isinstance(event, ThreadStatusTerminated | SessionStatusTerminated):
+            current.ended = event.time
+            current.status = "terminated"
+            if isinstance(event, SessionStatusTerminated):
+                totals["status"] = "terminated"
         elif isinstance(event, SessionErrorEvent):
             totals["errors"] = int(totals["errors"]) + 1
             current.steps.append(f"✗ error: {event.error.message}")
+            if current.status == "running":  # the run failed for good (the runtime ends it with this)
+                current.ended = event.time
+                current.status = "failed"
+                if current.thread_id == "lead":
+                    totals["status"] = "failed"
     totals["duration"] = _seconds(first, last)
     if "lead" in threads:
         ordered = {"lead": threads["lead"], **{k: v for k, v in threads.items() if k != "lead"}}
@@ -117,8 +137,11 @@ def build(events: list[AnyTraceEvent]) -> tuple[dict[str, ThreadNode], dict[str,
 def render(session_id: str, events: list[AnyTraceEvent]) -> Tree:
     threads, totals = build(events)
     tree = Tree(
-        f"[bold]session {session_id}[/] · {totals['status']} · {totals['duration']} · "
-        f"{int(totals['tokens']):,} tokens · ${float(totals['cost']):.4f} · {len(threads)} threads"
+        Text.assemble(
+            (f"session {session_id}", "bold"),
+            f" · {totals['status']} · {totals['duration']} · {int(totals['tokens']):,} tokens · "
+            f"${float(totals['cost']):.4f} · {len(threads)} threads",
+        )
     )
 
     def add(parent: Tree, thread_id: str, seen: set[str]) -> None:
@@ -127,12 +150,14 @@ def render(session_id: str, events: list[AnyTraceEvent]) -> Tree:
             return
         seen.add(thread_id)
         branch = parent.add(
-            f"[bold]{thread.agent}[/] ({thread.thread_id}) · {thread.status} · "
-            f"{_seconds(thread.started, thread.ended)} · {thread.turns} turns · {thread.tokens:,} tokens · "
-            f"${thread.cost:.4f}"
+            Text.assemble(
+                (thread.agent, "bold"),
+                f" ({thread.thread_id}) · {thread.status} · {_seconds(thread.started, thread.ended)} · "
+                f"{thread.turns} turns · {thread.tokens:,} tokens · ${thread.cost:.4f}",
+            )
         )
-        for step in thread.steps:
-            leaf = branch.add(step, highlight=False)
+        for step in thread.steps:  # model output and tool arguments: plain text, never markup
+            leaf = branch.add(Text(step), highlight=False)
             if step.startswith("→ thread "):
                 add(leaf, step.split()[2], seen)
 

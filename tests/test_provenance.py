@@ -84,3 +84,46 @@ def test_an_unknown_file_names_the_files_there_are() -> None:
     assert str(caught.value) == (
         "no file 'report.md' was written in this session (files written: incident-report.md)"
     )
+
+
+def test_positions_not_clocks_decide_what_was_read_before() -> None:
+    # a subagent's host clock runs 5 s ahead: its results look later than the lead's reading of them
+    events = [
+        msgspec.structs.replace(e, time=e.time + timedelta(seconds=5)) if e.thread_id.startswith("t-") else e
+        for e in incident()
+    ]
+    origin = file_origin(events, "incident-report.md")
+    assert {s.agent: len(s.sources) for s in origin.sources} == {
+        "deploys": 2,
+        "logs": 3,
+        "metrics": 2,
+        "tickets": 2,
+    }
+
+
+def test_a_follow_up_lists_only_what_the_thread_read_since_its_previous_answer() -> None:
+    base = incident()[0].time
+    sid = "ses_f"
+
+    def at(n: int, thread: str, agent: str) -> dict[str, object]:
+        return {"session_id": sid, "thread_id": thread, "agent": agent, "time": base + timedelta(seconds=n)}
+
+    lead, sub = at(0, "lead", "lead"), "t-tu_d"
+    events: list[AnyTraceEvent] = [
+        AgentToolUse(**lead, tool_use_id="tu_d", name="delegate", input={"agent": "logs", "task": "count"}),  # type: ignore[arg-type]
+        AgentToolUse(**at(1, sub, "logs"), tool_use_id="tu_q1", name="sql", input={"query": "q1"}),  # type: ignore[arg-type]
+        AgentToolResult(**at(2, sub, "logs"), tool_use_id="tu_q1", name="sql", content="41"),  # type: ignore[arg-type]
+        AgentToolResult(**at(3, "lead", "lead"), tool_use_id="tu_d", name="delegate", content="41 errors"),  # type: ignore[arg-type]
+        AgentToolUse(**at(4, "lead", "lead"), tool_use_id="tu_f", name="message_agent",  # type: ignore[arg-type]
+                     input={"thread_id": sub, "message": "and since noon?"}),
+        AgentToolUse(**at(5, sub, "logs"), tool_use_id="tu_q2", name="sql", input={"query": "q2"}),  # type: ignore[arg-type]
+        AgentToolResult(**at(6, sub, "logs"), tool_use_id="tu_q2", name="sql", content="12"),  # type: ignore[arg-type]
+        AgentToolResult(**at(7, "lead", "lead"), tool_use_id="tu_f", name="message_agent", content="12"),  # type: ignore[arg-type]
+        FileWritten(**at(8, "lead", "lead"), path="report.md", size=1, digest="d",  # type: ignore[arg-type]
+                    provenance=Provenance(session_id=sid, thread_id="lead", agent="lead")),
+    ]  # fmt: skip
+    origin = file_origin(events, "report.md")
+    assert [(s.use.name, s.thread_id, [x.use.tool_use_id for x in s.sources]) for s in origin.sources] == [
+        ("delegate", sub, ["tu_q1"]),
+        ("message_agent", sub, ["tu_q2"]),  # not q1 again
+    ]

@@ -17,6 +17,7 @@ import shutil
 import signal
 import subprocess
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -26,12 +27,17 @@ import msgspec
 import pytest
 
 from actors.trace_html import render_html, timeline
+from schemas.base import ErrorInfo
 from schemas.trace import (
     AgentMessage,
     AgentToolResult,
     AgentToolUse,
     AnyTraceEvent,
+    ModelRequestEnd,
     ModelRequestStart,
+    SessionErrorEvent,
+    SessionStatusIdle,
+    ThreadStatusRunning,
 )
 
 FIXTURE = Path(__file__).parent / "fixtures" / "incident-trace.jsonl"
@@ -186,6 +192,33 @@ def test_timeline_data_pairs_spans_and_marks_unfinished_ones() -> None:
     assert timeline("s", events + events[10:30]) == full  # redelivered events count once
     assert timeline("s", [])["lanes"] == []
     assert 'id="trace-data">{"session":' in render_html("s", [])
+
+
+def test_a_redelivered_runs_stale_model_start_does_not_take_the_next_end() -> None:
+    base = load_fixture()[0].time
+    ids = {"session_id": "s", "thread_id": "t-1", "agent": "logs"}
+
+    def at(seconds: float) -> datetime:
+        return base + timedelta(seconds=seconds)
+
+    events: list[AnyTraceEvent] = [
+        ThreadStatusRunning(**ids, span_id="run1", time=at(0)),  # type: ignore[arg-type]
+        ModelRequestStart(**ids, span_id="run1", time=at(0.001), model="m"),  # type: ignore[arg-type]
+        # the worker died mid-call; the message was redelivered to another worker: a new run
+        ThreadStatusRunning(**ids, span_id="run2", time=at(5)),  # type: ignore[arg-type]
+        ModelRequestStart(**ids, span_id="run2", time=at(5.001), model="m"),  # type: ignore[arg-type]
+        ModelRequestEnd(**ids, span_id="run2", time=at(5.1), model="m", duration_ms=99.0),  # type: ignore[arg-type]
+    ]
+    spans = {s["id"]: s for s in timeline("s", events)["spans"]}
+    assert spans["model-t-1-1"]["end"] is None  # the dead run's call never ended
+    assert spans["model-t-1-2"]["end"] is not None  # the real call, 0.1 s
+
+
+def test_a_lead_that_failed_for_good_is_failed() -> None:
+    events = [e for e in load_fixture() if not isinstance(e, SessionStatusIdle)]
+    failure = ErrorInfo(kind="RuntimeError", message="the lead crashed")
+    data = timeline("s", [*events, SessionErrorEvent(session_id="s", time=events[-1].time, error=failure)])
+    assert data["session"]["status"] == "failed"
 
 
 def test_fixture_renders_a_lane_per_thread(chromium: str, tmp_path: Path) -> None:
