@@ -1,83 +1,42 @@
 """Optional OTLP export: trace events as OpenTelemetry spans, POSTed to a receiver as OTLP/HTTP JSON.
 
-The collector hands each newly stored event to :meth:`OtlpExporter.add`. One trace per session, with
-spans named and attributed after the OpenTelemetry GenAI semantic conventions::
+The collector hands each newly stored event to :meth:`OtlpExporter.add`, which turns it into spans
+with :class:`~actors.otlp_spans.SpanBuilder` (the span tree, the ids, and what is inferred when an end
+comes without its start, as after a collector restart, are described there).
 
-    invoke_agent <agent>      a run of a thread: session.thread_created/_status_running .. _status_idle
-    ├── chat <model>          a model call: span.model_request_start .. span.model_request_end
-    └── execute_tool <name>   a tool call: agent.tool_use .. agent.tool_result (by tool_use_id)
-
-The lead's run goes from session.status_running to session.status_idle. A run is one handler
-invocation: a run that never finished (its handler failed and was retried) ends, with an error
-status, when its thread's next run starts.
-
-Ids are derived, never random, so a redelivered event, or another collector run, exports the same
-ids: the trace id from the session id; an agent span's id is the span id its events carry (the
-handler's span, whose parent is the delegating lead's); a chat span's from its end event, a tool
-span's from its tool_use_id. The lead's parent (the client's submit span) is not exported, so the
-lead's span is the trace's root. Events may arrive in any order: an end seen without its start takes
-the start it can infer (the model call's duration; the earliest event of the run).
-
-Prompts, completions, tool inputs and outputs are not exported (the GenAI conventions make content
-opt-in); error messages are redacted. Export never slows or stops the collector: ``add`` only updates
-bounded state (an LRU of sessions) and a bounded queue, and a background task posts batches to
-``<url>/v1/traces``. While the receiver is down it retries with backoff, logging once per failure
-streak; spans beyond the queue are dropped and counted (``dropped``).
+Export never slows or stops the collector: ``add`` only updates bounded state and a bounded queue,
+and a background task posts batches to ``<url>/v1/traces``. While the receiver is down it retries
+with exponential backoff up to ``max_backoff`` (after a 429 or 503 it waits at least the answer's
+``Retry-After``, within that cap), logging once per failure streak; spans beyond the queue are
+dropped and counted (``dropped``). ``close`` exports the runs still open as unfinished (counted in
+``unfinished``) and sends what is queued, within ``timeout``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
+import email.utils
 import itertools
-import re
-from collections import OrderedDict, deque
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, TypeVar
+from collections import deque
+from datetime import UTC, datetime
+from typing import Literal
 
 import httpx2
 import msgspec
 import structlog
 
-from actors.redaction import redact
-from schemas.trace import (
-    AgentToolResult,
-    AgentToolUse,
-    AnyTraceEvent,
-    ModelRequestEnd,
-    ModelRequestStart,
-    SessionStatusIdle,
-    SessionStatusRunning,
-    SessionStatusTerminated,
-    ThreadCreated,
-    ThreadStatusIdle,
-    ThreadStatusRunning,
-    ThreadStatusTerminated,
-    event_kind,
-)
+from actors.otlp_spans import Span, SpanBuilder, encode_attributes, trace_id
+from schemas.trace import AnyTraceEvent, event_kind
 
 __all__ = ["OtlpExporter", "SpanBuilder", "trace_id", "traces_url"]
 
 log = structlog.get_logger("staffwork.otlp")
 
-#: One span in the OTLP/JSON encoding, ready to send.
-Span = dict[str, Any]
-AttributeValue = str | int | float | bool | list[str]
-V = TypeVar("V")
-
 SCOPE = "staffwork"
-PROVIDER = "anthropic"
 TRACES_PATH = "/v1/traces"
-_INTERNAL, _CLIENT = 1, 3  # SpanKind
-_ERROR = 2  # StatusCode
 _RETRYABLE = frozenset({429, 502, 503, 504})  # the OTLP/HTTP spec's retryable statuses
-_MAX_BACKOFF = 30.0
-_MAX_PENDING = 4096  # per session: runs, unmatched tool calls, runs with unmatched model calls
-_MAX_STARTS = 64  # per run: model calls started and not yet ended
-_HEX16 = re.compile(r"^[0-9a-f]{16}$")
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_RETRY_AFTER = frozenset({429, 503})  # the statuses whose Retry-After the spec says to honour
 
 
 def traces_url(url: str) -> str:
@@ -86,285 +45,29 @@ def traces_url(url: str) -> str:
     return url if url.endswith(TRACES_PATH) else url + TRACES_PATH
 
 
-def trace_id(session_id: str) -> str:
-    """A session's trace id: the first 16 bytes of sha256(session id), in hex."""
-    return hashlib.sha256(session_id.encode()).hexdigest()[:32]
-
-
-def _derived_id(*parts: str) -> str:
-    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:16]
-
-
-def _nanos(time: datetime) -> int:
-    if time.tzinfo is None:
-        time = time.replace(tzinfo=UTC)
-    return (time - _EPOCH) // timedelta(microseconds=1) * 1000
-
-
-def _value(value: AttributeValue) -> dict[str, Any]:
-    if isinstance(value, bool):
-        return {"boolValue": value}
-    if isinstance(value, int):
-        return {"intValue": str(value)}  # int64 is a string in the JSON mapping
-    if isinstance(value, float):
-        return {"doubleValue": value}
-    if isinstance(value, str):
-        return {"stringValue": value}
-    return {"arrayValue": {"values": [_value(item) for item in value]}}
-
-
-def _attributes(values: dict[str, AttributeValue]) -> list[dict[str, Any]]:
-    return [{"key": key, "value": _value(value)} for key, value in values.items()]
-
-
-def _put(mapping: OrderedDict[str, V], key: str, value: V, limit: int) -> None:
-    """Set ``key`` as the most recent entry; forget the oldest beyond ``limit``."""
-    mapping[key] = value
-    mapping.move_to_end(key)
-    while len(mapping) > limit:
-        mapping.popitem(last=False)
-
-
-@dataclass
-class _Run:
-    """One run of a thread (one handler invocation): its ``invoke_agent`` span, once it ends."""
-
-    span_id: str
-    parent_span_id: str
-    thread_id: str
-    agent: str
-    first_seen: int
-    last_seen: int
-    start: int | None = None
-    lead: bool = False
-    ended: bool = False
-
-
-@dataclass
-class _Session:
-    session_id: str
-    trace_id: str
-    runs: OrderedDict[str, _Run] = field(default_factory=OrderedDict)
-    model_starts: OrderedDict[str, list[tuple[int, str]]] = field(default_factory=OrderedDict)
-    tool_calls: OrderedDict[str, AgentToolUse | AgentToolResult] = field(default_factory=OrderedDict)
-
-
-class SpanBuilder:
-    """Turns trace events into finished spans (no I/O). Its state is bounded: an LRU of sessions."""
-
-    def __init__(self, *, max_sessions: int = 1024) -> None:
-        self.max_sessions = max_sessions
-        self._sessions: OrderedDict[str, _Session] = OrderedDict()
-
-    def add(self, event: AnyTraceEvent) -> list[Span]:
-        """The spans ``event`` finishes (usually none)."""
-        if not event.session_id or not event.thread_id:
-            return []
-        session = self._session(event.session_id)
-        time = _nanos(event.time)
-        run = self._run(session, event, time)
-        match event:
-            case SessionStatusRunning() | ThreadCreated() | ThreadStatusRunning():
-                run.start = time if run.start is None else min(run.start, time)
-                run.lead = run.lead or isinstance(event, SessionStatusRunning)
-                return self._supersede(session, run)
-            case SessionStatusIdle() | ThreadStatusIdle():
-                run.lead = run.lead or isinstance(event, SessionStatusIdle)
-                return self._end(session, run, time, stop_reason=event.stop_reason)
-            case SessionStatusTerminated() | ThreadStatusTerminated():
-                run.lead = run.lead or isinstance(event, SessionStatusTerminated)
-                return self._end(session, run, time, stop_reason=event.reason or "terminated")
-            case ModelRequestStart():
-                starts = session.model_starts.get(run.span_id) or []
-                starts.append((time, event.model))
-                del starts[:-_MAX_STARTS]
-                _put(session.model_starts, run.span_id, starts, _MAX_PENDING)
-            case ModelRequestEnd():
-                return [self._chat(session, run, event, time)]
-            case AgentToolUse() | AgentToolResult():
-                other = session.tool_calls.pop(event.tool_use_id, None)
-                if isinstance(event, AgentToolUse) and isinstance(other, AgentToolResult):
-                    return [self._tool(session, event, other)]
-                if isinstance(event, AgentToolResult) and isinstance(other, AgentToolUse):
-                    return [self._tool(session, other, event)]
-                _put(session.tool_calls, event.tool_use_id, event, _MAX_PENDING)
-        return []
-
-    def _session(self, session_id: str) -> _Session:
-        session = self._sessions.get(session_id)
-        if session is None:
-            session = _Session(session_id=session_id, trace_id=trace_id(session_id))
-        _put(self._sessions, session_id, session, self.max_sessions)
-        return session
-
-    def _run(self, session: _Session, event: AnyTraceEvent, time: int) -> _Run:
-        span_id = _run_id(session, event)
-        run = session.runs.get(span_id)
-        if run is None:
-            parent = event.parent_span_id if _HEX16.match(event.parent_span_id) else ""
-            run = _Run(span_id, parent, event.thread_id, event.agent, first_seen=time, last_seen=time)
-            _put(session.runs, span_id, run, _MAX_PENDING)
-        run.first_seen = min(run.first_seen, time)
-        run.last_seen = max(run.last_seen, time)
-        return run
-
-    def _supersede(self, session: _Session, started: _Run) -> list[Span]:
-        """End the thread's earlier runs that never finished (their handler failed and was retried)."""
-        assert started.start is not None
-        stale = [
-            run
-            for run in session.runs.values()
-            if run is not started
-            and run.thread_id == started.thread_id
-            and not run.ended
-            and run.last_seen <= started.start
-        ]
-        error = "the run did not finish (its thread started again)"
-        return [span for run in stale for span in self._end(session, run, run.last_seen, error=error)]
-
-    def _end(
-        self, session: _Session, run: _Run, end: int, *, stop_reason: str = "", error: str | None = None
-    ) -> list[Span]:
-        if run.ended:
-            return []  # a second end (a duplicate): the span is out already
-        run.ended = True
-        attributes: dict[str, AttributeValue] = {
-            "gen_ai.operation.name": "invoke_agent",
-            "gen_ai.provider.name": PROVIDER,
-            "gen_ai.agent.name": run.agent,
-            "gen_ai.conversation.id": session.session_id,
-            "staffwork.thread_id": run.thread_id,
-        }
-        if stop_reason:
-            attributes["staffwork.stop_reason"] = stop_reason
-        if error is not None:
-            attributes["error.type"] = "incomplete"
-        return [
-            _span(
-                session,
-                span_id=run.span_id,
-                parent="" if run.lead else run.parent_span_id,
-                name=f"invoke_agent {run.agent}",
-                kind=_INTERNAL,
-                start=run.first_seen if run.start is None else run.start,
-                end=end,
-                attributes=attributes,
-                error=error,
-            )
-        ]
-
-    def _chat(self, session: _Session, run: _Run, event: ModelRequestEnd, end: int) -> Span:
-        # A run's model calls are sequential: its call is the latest one started before this end.
-        starts = session.model_starts.get(run.span_id) or []
-        before = [started for started in starts if started[0] <= end]
-        request_model = ""
-        if before:
-            latest = max(before)
-            starts.remove(latest)
-            start, request_model = latest
-        else:  # its start was not seen (an earlier collector run had it, or it comes later)
-            start = end - int(event.duration_ms * 1_000_000)
-        usage = event.usage
-        attributes: dict[str, AttributeValue] = {
-            "gen_ai.operation.name": "chat",
-            "gen_ai.provider.name": PROVIDER,
-            "gen_ai.request.model": request_model,
-            "gen_ai.response.model": event.model,
-            "gen_ai.conversation.id": session.session_id,
-            "gen_ai.agent.name": event.agent,
-            "staffwork.thread_id": event.thread_id,
-            # Anthropic's input_tokens leaves out cached tokens; the conventions' count includes them.
-            "gen_ai.usage.input_tokens": usage.input_tokens
-            + usage.cache_read_input_tokens
-            + usage.cache_creation_input_tokens,
-            "gen_ai.usage.output_tokens": usage.output_tokens,
-            "gen_ai.usage.cache_read.input_tokens": usage.cache_read_input_tokens,
-            "gen_ai.usage.cache_creation.input_tokens": usage.cache_creation_input_tokens,
-            "staffwork.cost_usd": float(usage.cost_usd),
-        }
-        if not request_model:
-            del attributes["gen_ai.request.model"]
-        if event.stop_reason:
-            attributes["gen_ai.response.finish_reasons"] = [event.stop_reason]
-        error = None
-        if event.error is not None:
-            attributes["error.type"] = event.error.kind
-            error = redact(f"{event.error.kind}: {event.error.message}")
-        return _span(
-            session,
-            span_id=_derived_id(session.session_id, event.thread_id, "chat", event.msg_id),
-            parent=run.span_id,
-            name=f"chat {request_model or event.model}",
-            kind=_CLIENT,
-            start=start,
-            end=end,
-            attributes=attributes,
-            error=error,
-        )
-
-    def _tool(self, session: _Session, use: AgentToolUse, result: AgentToolResult) -> Span:
-        attributes: dict[str, AttributeValue] = {
-            "gen_ai.operation.name": "execute_tool",
-            "gen_ai.tool.name": use.name,
-            "gen_ai.tool.call.id": use.tool_use_id,
-            "gen_ai.tool.type": "function",
-            "gen_ai.conversation.id": session.session_id,
-            "gen_ai.agent.name": use.agent,
-            "staffwork.thread_id": use.thread_id,
-        }
-        if result.is_error:
-            attributes["error.type"] = "tool_error"
-        return _span(
-            session,
-            span_id=_derived_id(session.session_id, use.thread_id, "tool", use.tool_use_id),
-            parent=_run_id(session, use),
-            name=f"execute_tool {use.name}",
-            kind=_INTERNAL,
-            start=_nanos(use.time),
-            end=_nanos(result.time),
-            attributes=attributes,
-            error=f"the tool {use.name!r} returned an error" if result.is_error else None,
-        )
-
-
-def _run_id(session: _Session, event: AnyTraceEvent) -> str:
-    """The span id of the run that emitted ``event``: the span its events carry (or one per thread)."""
-    if _HEX16.match(event.span_id):
-        return event.span_id
-    return _derived_id(session.session_id, event.thread_id, "thread")
-
-
-def _span(
-    session: _Session,
-    *,
-    span_id: str,
-    parent: str,
-    name: str,
-    kind: int,
-    start: int,
-    end: int,
-    attributes: dict[str, AttributeValue],
-    error: str | None,
-) -> Span:
-    span: Span = {"traceId": session.trace_id, "spanId": span_id}
-    if parent:
-        span["parentSpanId"] = parent
-    span |= {
-        "name": name,
-        "kind": kind,
-        "startTimeUnixNano": str(start),
-        "endTimeUnixNano": str(max(start, end)),
-        "attributes": _attributes(attributes),
-    }
-    if error is not None:
-        span["status"] = {"code": _ERROR, "message": error}
-    return span
+def _parse_retry_after(value: str | None) -> float:
+    """Seconds to wait from a ``Retry-After`` header (delay seconds or an HTTP date); 0 if none."""
+    value = (value or "").strip()
+    if not value:
+        return 0.0
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return 0.0
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - datetime.now(UTC)).total_seconds()
+    return seconds if seconds > 0 else 0.0  # (NaN is not > 0)
 
 
 class OtlpExporter:
     """Exports spans built from trace events to an OTLP/HTTP receiver, in the background.
 
-    ``add`` never blocks and never raises. ``exported`` and ``dropped`` count spans.
+    ``add`` never blocks and never raises. ``exported`` and ``dropped`` count spans, ``unfinished``
+    the runs exported unfinished.
     """
 
     def __init__(
@@ -377,6 +80,7 @@ class OtlpExporter:
         timeout: float = 10.0,
         max_queue: int = 8192,
         max_sessions: int = 1024,
+        max_backoff: float = 30.0,
     ) -> None:
         self.url = traces_url(url)
         scheme = httpx2.URL(self.url).scheme
@@ -386,16 +90,18 @@ class OtlpExporter:
         self.batch_size = max(1, batch_size)
         self.interval = interval
         self.timeout = timeout
+        self.max_backoff = max_backoff
         self.max_queue = max(self.batch_size, max_queue)
         self.exported = 0
         self.dropped = 0
         self._builder = SpanBuilder(max_sessions=max_sessions)
-        self._resource = {"attributes": _attributes({"service.name": service_name})}
+        self._resource = {"attributes": encode_attributes({"service.name": service_name})}
         self._queue: deque[Span] = deque()
         self._wake = asyncio.Event()
         self._client: httpx2.AsyncClient | None = None
         self._task: asyncio.Task[None] | None = None
         self._failures = 0  # consecutive failed posts
+        self._retry_after = 0.0  # the last failed post's Retry-After, in seconds
         self._overflowing = False
         self._closed = False
 
@@ -403,6 +109,11 @@ class OtlpExporter:
         """Start the background flushes (every ``interval``, or as soon as a batch is full)."""
         if self._task is None and not self._closed:
             self._task = asyncio.create_task(self._run(), name="otlp-exporter")
+
+    @property
+    def unfinished(self) -> int:
+        """Runs exported unfinished: still open when the exporter closed (or their session was evicted)."""
+        return self._builder.unfinished
 
     def add(self, event: AnyTraceEvent) -> None:
         """Queue the spans ``event`` finishes. Never blocks, never raises."""
@@ -413,6 +124,9 @@ class OtlpExporter:
         except Exception:  # a span is not worth a collector: log it and carry on
             log.exception("otlp_event_skipped", session_id=event.session_id, kind=event_kind(event))
             return
+        self._enqueue(spans)
+
+    def _enqueue(self, spans: list[Span]) -> None:
         for span in spans:
             if len(self._queue) < self.max_queue:
                 self._queue.append(span)
@@ -427,10 +141,15 @@ class OtlpExporter:
             self._wake.set()
 
     async def close(self) -> None:
-        """Stop the background task, send what is queued (within ``timeout``), close the client."""
+        """Export the runs still open as unfinished, stop the background task, send what is queued
+        (within ``timeout``), close the client."""
         if self._closed:
             return
         self._closed = True
+        try:
+            self._enqueue(self._builder.finish())
+        except Exception:
+            log.exception("otlp_finish_failed", url=self.url)
         self._wake.set()  # the background task ends, after the post it may be making
         try:
             async with asyncio.timeout(self.timeout):
@@ -450,14 +169,21 @@ class OtlpExporter:
             if self._client is not None:
                 with contextlib.suppress(Exception):
                     await self._client.aclose()
-        log.info("otlp_exporter_closed", url=self.url, exported=self.exported, dropped=self.dropped)
+        log.info(
+            "otlp_exporter_closed",
+            url=self.url,
+            exported=self.exported,
+            dropped=self.dropped,
+            unfinished=self.unfinished,
+        )
 
     async def _run(self) -> None:
         while not self._closed:
             # Wait for a full batch (add() wakes us, except while backing off), close(), or the interval.
             delay = self.interval
             if self._failures:
-                delay = min(self.interval * 2 ** (self._failures - 1), _MAX_BACKOFF)
+                backoff = self.interval * 2 ** min(self._failures - 1, 32)
+                delay = min(max(backoff, self._retry_after), self.max_backoff)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
                     await self._wake.wait()
@@ -500,13 +226,17 @@ class OtlpExporter:
                 self.url, content=body, headers={"Content-Type": "application/json"}
             )
         except httpx2.HTTPError as exc:
+            self._retry_after = 0.0
             return self._failed(f"{type(exc).__name__}: {exc}", retry=True)
         if not response.is_success:
-            retry = response.status_code in _RETRYABLE
-            return self._failed(f"HTTP {response.status_code}: {response.text[:200]}", retry=retry)
+            status = response.status_code
+            wait = response.headers.get("Retry-After") if status in _RETRY_AFTER else None
+            self._retry_after = _parse_retry_after(wait)
+            return self._failed(f"HTTP {status}: {response.text[:200]}", retry=status in _RETRYABLE)
         if self._failures:
             log.info("otlp_export_recovered", url=self.url, failed_posts=self._failures, dropped=self.dropped)
             self._failures = 0
+            self._retry_after = 0.0
         self._log_partial_success(response.content)
         return "ok"
 

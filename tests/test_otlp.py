@@ -11,6 +11,7 @@ import random
 import socket
 import subprocess
 import sys
+import tracemalloc
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -35,6 +36,7 @@ from schemas.trace import (
     AnyTraceEvent,
     ModelRequestEnd,
     ModelRequestStart,
+    SessionErrorEvent,
     SessionStatusIdle,
     SessionStatusRunning,
     ThreadCreated,
@@ -68,6 +70,7 @@ class Post:
     headers: dict[str, str]
     raw: bytes
     status: int
+    at: float  # the event loop's time when it arrived
 
     @property
     def spans(self) -> list[dict[str, Any]]:
@@ -81,9 +84,10 @@ class Post:
 
 
 class Receiver:
-    """Records every POST; answers the ``statuses`` given in turn, then 200 ``{}``."""
+    """Records every POST; answers the ``statuses`` given in turn (a status, or a status and headers),
+    then 200 ``{}``."""
 
-    def __init__(self, statuses: Iterable[int] = ()) -> None:
+    def __init__(self, statuses: Iterable[int | tuple[int, dict[str, str]]] = ()) -> None:
         self.posts: list[Post] = []
         self.statuses = list(statuses)
         self.changed = asyncio.Condition()
@@ -121,14 +125,17 @@ class Receiver:
                     name, value = line.split(":", 1)
                     headers[name.strip().lower()] = value.strip()
             raw = await reader.readexactly(int(headers.get("content-length", "0")))
-            status = self.statuses.pop(0) if self.statuses else 200
+            at = asyncio.get_running_loop().time()
+            answer = self.statuses.pop(0) if self.statuses else 200
+            status, extra = answer if isinstance(answer, tuple) else (answer, {})
+            lines = "".join(f"{name}: {value}\r\n" for name, value in extra.items())
             writer.write(
                 f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: 2\r\n"
-                "Connection: close\r\n\r\n{}".encode()
+                f"{lines}Connection: close\r\n\r\n{{}}".encode()
             )
             await writer.drain()
             async with self.changed:
-                self.posts.append(Post(path=path, headers=headers, raw=raw, status=status))
+                self.posts.append(Post(path=path, headers=headers, raw=raw, status=status, at=at))
                 self.changed.notify_all()
         except asyncio.IncompleteReadError:
             pass  # the client hung up
@@ -163,6 +170,10 @@ def attributes(item: dict[str, Any]) -> dict[str, Any]:
         return inner
 
     return {attribute["key"]: plain(attribute["value"]) for attribute in item["attributes"]}
+
+
+def nanos(time: datetime) -> int:
+    return (time - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1) * 1000
 
 
 def by_kind(spans: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -426,6 +437,113 @@ def test_a_run_that_never_finished_ends_when_its_thread_starts_again() -> None:
     assert int(done["endTimeUnixNano"]) - int(done["startTimeUnixNano"]) == 11_000_000
 
 
+def test_a_handler_that_fails_for_good_ends_its_run_with_an_error() -> None:
+    secret = "sk-ant-api03-abcdefghijklmnopqrst"
+    for agent in ("lead", "logs"):
+        # As the runtime reports a failure for good: a session.error stamped with the handler's span,
+        # no idle event. The lead's message (a submit) names no thread or agent.
+        events = [
+            event
+            for event in fixture_events()
+            if not (isinstance(event, SessionStatusIdle | ThreadStatusIdle) and event.agent == agent)
+        ]
+        last = next(event for event in reversed(events) if event.agent == agent)
+        error = SessionErrorEvent(
+            session_id=SESSION,
+            thread_id="" if agent == "lead" else last.thread_id,
+            agent="" if agent == "lead" else agent,
+            span_id=last.span_id,
+            parent_span_id=last.parent_span_id,
+            error=ErrorInfo(kind="RuntimeError", message=f"the key {secret} was refused"),
+            time=last.time + timedelta(milliseconds=1),
+        )
+        events.insert(events.index(last) + 1, error)
+        builder = SpanBuilder()
+        spans = [span for event in events for span in builder.add(event)]
+        ids = {span["spanId"] for span in spans}
+        assert len(spans) == len(ids) == SPANS, agent
+        assert [span["spanId"] for span in spans if "parentSpanId" not in span] == [LEAD_SPAN]
+        assert all(span["parentSpanId"] in ids for span in spans if "parentSpanId" in span), agent
+        [failed] = [span for span in spans if span["spanId"] == last.span_id]
+        assert failed["name"] == f"invoke_agent {agent}"
+        assert failed["status"] == {"code": 2, "message": "RuntimeError: the key [redacted] was refused"}
+        assert attributes(failed)["error.type"] == "RuntimeError"
+        assert int(failed["endTimeUnixNano"]) == nanos(error.time)
+        assert secret not in json.dumps(spans)
+
+
+@pytest.mark.parametrize("cut", [20, 40])
+def test_a_collector_restart_loses_no_span_and_orphans_none(cut: int) -> None:
+    events = fixture_events()
+    whole = SpanBuilder()
+    expected = {span["spanId"]: span for event in events for span in whole.add(event)}
+    # The collector is killed after `cut` events (its state is lost); the next process gets the rest.
+    before, after = SpanBuilder(), SpanBuilder()
+    spans = [span for event in events[:cut] for span in before.add(event)]
+    spans += [span for event in events[cut:] for span in after.add(event)]
+    assert sorted(span["spanId"] for span in spans) == sorted(expected)  # each once
+    ids = set(expected)
+    assert [span["spanId"] for span in spans if "parentSpanId" not in span] == [LEAD_SPAN]
+    assert all(span["parentSpanId"] in ids for span in spans if "parentSpanId" in span)
+    inferred: Counter[str] = Counter()
+    for span in spans:
+        full = expected[span["spanId"]]
+        assert span.get("parentSpanId") == full.get("parentSpanId")
+        assert span["endTimeUnixNano"] == full["endTimeUnixNano"]
+        assert "status" not in span
+        if attributes(span).get("staffwork.start_unknown"):
+            inferred[span["name"].split()[0]] += 1
+            if span["name"].startswith("execute_tool"):  # its use went to the earlier process
+                assert span["startTimeUnixNano"] == span["endTimeUnixNano"]
+    assert inferred["invoke_agent"] >= 1  # the lead's session.status_running went to the earlier process
+    assert inferred["execute_tool"] >= 4  # the lead's delegate calls, at least
+
+
+def test_an_event_fed_twice_exports_no_span_twice() -> None:
+    events = fixture_events()
+    once = SpanBuilder()
+    expected = {span["spanId"]: span for event in events for span in once.add(event)}
+    builder = SpanBuilder()
+    twice = [span for event in events for span in builder.add(event) + builder.add(event)]
+    assert len(twice) == SPANS
+    assert {span["spanId"]: span for span in twice} == expected
+
+
+def test_the_builder_holds_no_content_and_forgets_a_finished_sessions_runs() -> None:
+    builder = SpanBuilder()
+    for event in fixture_events():
+        builder.add(event)
+    assert builder.held() == {"sessions": 1, "runs": 0, "tool_calls": 0, "model_starts": 0}
+
+    t0 = datetime(2026, 11, 21, 13, 0, tzinfo=UTC)
+    run: dict[str, Any] = {"session_id": "ses_big", "thread_id": "t-1", "agent": "coder"}
+    tracemalloc.start()
+    try:
+        before, _ = tracemalloc.get_traced_memory()
+        for i in range(50):  # tool calls waiting for their results, each with a 200 kB input
+            content = f"{i}" + "x" * 200_000
+            use = AgentToolUse(tool_use_id=f"toolu_{i}", name="write_file", input={"content": content}, **run)
+            builder.add(msgspec.structs.replace(use, span_id="5555555555555555", time=t0))
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert builder.held()["tool_calls"] == 50
+    assert held - before < 1_000_000  # the inputs (10 MB) are not held
+
+
+def test_span_building_does_no_io() -> None:
+    code = "import sys, actors.otlp_spans; print(sorted({'asyncio', 'httpx2', 'socket'} & set(sys.modules)))"
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        cwd=Path(__file__).parent.parent,
+    )
+    assert result.stdout.strip() == "[]"
+
+
 async def test_a_failed_post_is_retried_and_logged_once() -> None:
     events = fixture_events()
     async with Receiver(statuses=[503, 503]) as receiver:
@@ -445,6 +563,47 @@ async def test_a_failed_post_is_retried_and_logged_once() -> None:
     assert exports[0]["url"] == f"{receiver.url}/v1/traces"
     assert exports[0]["log_level"] == "warning"
     assert "503" in exports[0]["error"]
+
+
+async def test_retry_after_is_honoured_within_the_backoff_cap() -> None:
+    answers = [(429, {"Retry-After": "1"}), (503, {"Retry-After": "3600"})]
+    async with Receiver(statuses=answers) as receiver:
+        exporter = OtlpExporter(receiver.url, interval=0.02, max_backoff=1.5)
+        await exporter.start()
+        for event in fixture_events():
+            exporter.add(event)
+        await receiver.wait_for_spans(SPANS)
+        await exporter.close()
+    first, second, third = (post.at for post in receiver.posts)
+    assert second - first >= 0.99  # Retry-After: 1, not the 0.02 s backoff
+    assert 1.49 <= third - second < 5.0  # Retry-After: 3600, capped at max_backoff
+    assert (exporter.exported, exporter.dropped) == (SPANS, 0)
+
+
+async def test_runs_still_open_at_close_are_exported_unfinished() -> None:
+    events = fixture_events()[:40]  # the collector stops mid-session: no run has ended
+    async with Receiver() as receiver:
+        exporter = OtlpExporter(receiver.url)
+        for event in events:
+            exporter.add(event)
+        await exporter.close()
+    spans = receiver.spans()
+    assert exporter.exported == len(spans)
+    assert exporter.unfinished == 5
+    last_seen: dict[str, int] = {}
+    for event in events:
+        last_seen[event.span_id] = max(last_seen.get(event.span_id, 0), nanos(event.time))
+    runs = by_kind(spans)["invoke_agent"]
+    assert {attributes(run)["gen_ai.agent.name"] for run in runs} == {"lead", *SUBAGENTS}
+    for run in runs:
+        assert attributes(run)["staffwork.unfinished"] is True
+        assert "status" not in run  # UNSET
+        assert int(run["endTimeUnixNano"]) == last_seen[run["spanId"]]
+    ids = {span["spanId"] for span in spans}
+    assert all(span["parentSpanId"] in ids for span in spans if "parentSpanId" in span)
+    uses = {event.tool_use_id for event in events if isinstance(event, AgentToolUse)}
+    tools = by_kind(spans)["execute_tool"]
+    assert {attributes(tool)["gen_ai.tool.call.id"] for tool in tools} == uses  # none dropped
 
 
 async def test_the_collector_exports_what_it_stores(bus: Bus, tmp_path: Path) -> None:
