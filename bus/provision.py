@@ -110,6 +110,46 @@ def agent_consumer(subjects: Subjects, agent: str, *, ack_wait: float = 30.0) ->
     )
 
 
+def grader_consumer(subjects: Subjects, *, ack_wait: float = 30.0) -> ConsumerSpec:
+    return ConsumerSpec(
+        durable=subjects.grader_consumer,
+        filter_subjects=(subjects.all_grades,),
+        ack_wait=ack_wait,
+        description="grading requests",
+    )
+
+
+#: The trace events that webhooks can announce (the rest never reach the webhooks actor).
+WEBHOOK_SOURCES = (
+    "session.status_running",
+    "session.status_idle",
+    "session.status_terminated",
+    "session.thread_created",
+    "session.thread_status_idle",
+    "span.outcome_evaluation_end",
+)
+
+
+def webhook_events_consumer(subjects: Subjects, *, ack_wait: float = 30.0) -> ConsumerSpec:
+    return ConsumerSpec(
+        durable=subjects.webhook_events_consumer,
+        filter_subjects=tuple(f"{subjects.root}.s.*.evt.{kind}" for kind in WEBHOOK_SOURCES),
+        ack_wait=ack_wait,
+        max_deliver=-1,
+        description="trace events that may become webhook deliveries",
+    )
+
+
+def webhook_deliveries_consumer(subjects: Subjects, *, ack_wait: float = 30.0) -> ConsumerSpec:
+    return ConsumerSpec(
+        durable=subjects.webhook_deliveries_consumer,
+        filter_subjects=(subjects.all_hooks,),
+        ack_wait=ack_wait,
+        max_deliver=-1,  # the webhooks actor counts attempts and gives up itself
+        description="pending webhook deliveries",
+    )
+
+
 def log_stream_config(bus: Bus, settings: StreamSettings) -> StreamConfig:
     return StreamConfig(
         name=bus.subjects.log_stream,
@@ -219,9 +259,13 @@ async def provision(
     settings = settings or StreamSettings()
     await ensure_stream(bus, log_stream_config(bus, settings))
     await ensure_consumer(bus, lead_consumer(bus.subjects))
+    await ensure_consumer(bus, grader_consumer(bus.subjects), update=False)
+    await ensure_consumer(bus, webhook_events_consumer(bus.subjects), update=False)
+    await ensure_consumer(bus, webhook_deliveries_consumer(bus.subjects), update=False)
     for agent in agents:
         await ensure_consumer(bus, agent_consumer(bus.subjects, agent))
     await ensure_kv(bus, bus.subjects.sessions_bucket, history=16, settings=settings)
     await ensure_kv(bus, bus.subjects.registry_bucket, history=8, settings=settings)
+    await ensure_kv(bus, bus.subjects.webhooks_bucket, history=1, settings=settings)
     await ensure_object_store(bus, bus.subjects.files_bucket, settings=settings)
     log.debug("provisioned", root=bus.subjects.root, agents=list(agents))

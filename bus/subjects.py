@@ -10,7 +10,10 @@ Under a configurable root (default ``sw``; each test uses its own):
 ``<root>.s.<session>.evt.<kind...>``      trace events (``evt.session.thread_created``)
 ``<root>.s.<session>.ctl``                cancel / interrupt
 ``<root>.s.<session>.hist.<thread>``      a thread's history log (model turns, tool calls, results)
-``<root>.s.<session>.out.<name>``         session lifecycle messages (accepted, status, result)
+``<root>.s.<session>.out.<name>``         session lifecycle messages (accepted, status, result,
+                                          ``verdict-<n>``: the grader's verdict on attempt n)
+``<root>.s.<session>.grade``              grading requests for the grader
+``<root>.s.<session>.hook``               pending webhook deliveries
 ``<root>.sys.evt.<kind...>``              events that belong to no session (undecodable traffic)
 ========================================  =========================================================
 
@@ -119,6 +122,26 @@ class Subjects:
     def out(self, session_id: str, name: str) -> str:
         return f"{self.root}.s.{check_token(session_id, 'session id')}.out.{check_token(name, 'name')}"
 
+    def grade(self, session_id: str) -> str:
+        """Grading requests (an outcome's attempt) for the grader."""
+        return f"{self.root}.s.{check_token(session_id, 'session id')}.grade"
+
+    @property
+    def all_grades(self) -> str:
+        return f"{self.root}.s.*.grade"
+
+    def verdict(self, session_id: str, iteration: int) -> str:
+        """The grader's verdict on attempt ``iteration``."""
+        return self.out(session_id, f"verdict-{iteration}")
+
+    def hook(self, session_id: str) -> str:
+        """Pending webhook deliveries of one session."""
+        return f"{self.root}.s.{check_token(session_id, 'session id')}.hook"
+
+    @property
+    def all_hooks(self) -> str:
+        return f"{self.root}.s.*.hook"
+
     def event(self, session_id: str, kind: str) -> str:
         """A trace event's subject; without a session it goes to ``<root>.sys.evt.<kind>``."""
         if not _KIND.match(kind):
@@ -162,3 +185,21 @@ class Subjects:
 
     def agent_consumer(self, agent: str) -> str:
         return f"agent_{check_token(agent, 'agent name')}"
+
+    @property
+    def grader_consumer(self) -> str:
+        return "grader"
+
+    @property
+    def webhook_events_consumer(self) -> str:
+        """The webhooks actor's consumer of trace events (which become deliveries)."""
+        return "webhooks"
+
+    @property
+    def webhook_deliveries_consumer(self) -> str:
+        return "webhook_deliveries"
+
+    @property
+    def webhooks_bucket(self) -> str:
+        """Endpoint state: consecutive failures, disabled."""
+        return f"{self.key}_webhooks"

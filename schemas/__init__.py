@@ -12,6 +12,7 @@ from schemas.base import ErrorInfo, Message, Token, Usage
 from schemas.errors import SpecError, StaffworkError
 from schemas.files import FileInfo, Provenance
 from schemas.ids import new_id
+from schemas.outcome import Check, CriterionVerdict, GradeRequest, GradeVerdict, Outcome, OutcomeReport
 from schemas.session import (
     SessionAccepted,
     SessionCancel,
@@ -24,6 +25,7 @@ from schemas.session import (
 from schemas.team import AgentSpec, MemoryAttachment, TeamSpec, parse_team, team_from_dict
 from schemas.thread import Delegation, FollowUp, ThreadReply
 from schemas.trace import AnyTraceEvent, TraceEvent, event_kind
+from schemas.webhooks import WebhookDelivery, WebhookSpec
 
 #: What a lead consumes: new sessions, its subagents' replies, cancellations.
 LeadInbox = SessionSubmit | ThreadReply | SessionCancel
@@ -41,6 +43,9 @@ SESSION_MESSAGES: tuple[type[Message], ...] = (
     Delegation,
     FollowUp,
     ThreadReply,
+    GradeRequest,
+    GradeVerdict,
+    WebhookDelivery,
 )
 TRACE_EVENTS: tuple[type[TraceEvent], ...] = tuple(AnyTraceEvent.__args__)
 PUBLIC_MESSAGES: tuple[type[Message], ...] = SESSION_MESSAGES + TRACE_EVENTS
@@ -74,13 +79,19 @@ __all__ = [
     "TRACE_EVENTS",
     "AgentSpec",
     "AnyTraceEvent",
+    "Check",
+    "CriterionVerdict",
     "Delegation",
     "ErrorInfo",
     "FileInfo",
     "FollowUp",
+    "GradeRequest",
+    "GradeVerdict",
     "LeadInbox",
     "MemoryAttachment",
     "Message",
+    "Outcome",
+    "OutcomeReport",
     "Provenance",
     "SessionAccepted",
     "SessionCancel",
@@ -96,6 +107,8 @@ __all__ = [
     "Token",
     "TraceEvent",
     "Usage",
+    "WebhookDelivery",
+    "WebhookSpec",
     "WorkerInbox",
     "event_kind",
     "json_schema",

@@ -8,7 +8,9 @@ import msgspec
 
 from schemas.base import ErrorInfo, Message, Token, Usage
 from schemas.ids import new_id
+from schemas.outcome import Outcome, OutcomeReport
 from schemas.team import TeamSpec
+from schemas.webhooks import WebhookSpec
 
 
 def _session_id() -> str:
@@ -44,6 +46,10 @@ class SessionSubmit(Message, frozen=True, kw_only=True, tag="session.submit.v1")
     deadline_s: Annotated[float, msgspec.Meta(gt=0)] | None = None
     #: the same key twice starts one session (the session id is derived from it)
     idempotency_key: str = ""
+    #: overrides the team's outcome for this session
+    outcome: Outcome | None = None
+    #: overrides the team's webhooks for this session
+    webhooks: list[WebhookSpec] | None = None
 
 
 class SubmitReply(Message, frozen=True, kw_only=True, tag="session.submit_reply.v1"):
@@ -81,6 +87,8 @@ class SessionResult(Message, frozen=True, kw_only=True, tag="session.result.v1")
     files: list[str] = msgspec.field(default_factory=list)
     usage: Usage = msgspec.field(default_factory=Usage)
     error: ErrorInfo | None = None
+    #: the outcome's final result and every iteration's verdict, when the session had one
+    outcome: OutcomeReport | None = None
 
 
 class SessionCancel(Message, frozen=True, kw_only=True, tag="session.cancel.v1"):

@@ -28,6 +28,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from schemas.errors import SpecError
+from schemas.outcome import Outcome
+from schemas.webhooks import WebhookSpec
 
 #: Agent and team names are subject tokens and file-name safe.
 Name = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_-]{0,47}$")]
@@ -104,6 +106,10 @@ class TeamSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     budget_usd: Annotated[float, msgspec.Meta(gt=0)] | None = None
     budget_tokens: Annotated[int, msgspec.Meta(gt=0)] | None = None
     deadline_s: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    #: the deliverable is graded against it and revised until it is met (or the iterations run out)
+    outcome: Outcome | None = None
+    #: endpoints told when the team's sessions change state
+    webhooks: Annotated[list[WebhookSpec], msgspec.Meta(max_length=16)] = msgspec.field(default_factory=list)
 
     def __post_init__(self) -> None:
         report = self.report_path

@@ -15,6 +15,7 @@ import msgspec
 
 from schemas.base import ErrorInfo, Message, Usage
 from schemas.files import Provenance
+from schemas.outcome import CriterionVerdict, OutcomeResult
 
 
 def _now() -> datetime:
@@ -161,6 +162,58 @@ class ModelRequestEnd(TraceEvent, frozen=True, kw_only=True, tag="span.model_req
     error: ErrorInfo | None = None
 
 
+class OutcomeEvaluationStart(TraceEvent, frozen=True, kw_only=True, tag="span.outcome_evaluation_start.v1"):
+    """The grader started grading attempt ``iteration`` against the outcome."""
+
+    outcome_id: str
+    iteration: int
+
+
+class OutcomeEvaluationEnd(TraceEvent, frozen=True, kw_only=True, tag="span.outcome_evaluation_end.v1"):
+    """The grader's verdict on attempt ``iteration``: the result, why, each criterion, its usage."""
+
+    outcome_id: str
+    iteration: int
+    result: OutcomeResult
+    explanation: str = ""
+    criteria: list[CriterionVerdict] = msgspec.field(default_factory=list)
+    usage: Usage = msgspec.field(default_factory=Usage)
+    duration_ms: float = 0.0
+
+
+# --- webhooks --------------------------------------------------------------------------------------
+
+
+class WebhookDelivered(TraceEvent, frozen=True, kw_only=True, tag="webhook.delivered.v1"):
+    """An endpoint accepted a webhook (a 2xx answer)."""
+
+    url: str
+    event_id: str
+    event_type: str
+    attempt: int
+    status_code: int
+    duration_ms: float = 0.0
+
+
+class WebhookFailed(TraceEvent, frozen=True, kw_only=True, tag="webhook.delivery_failed.v1"):
+    """An attempt failed (non-2xx, redirect, timeout, connection); ``retry_in_s`` when it is retried."""
+
+    url: str
+    event_id: str
+    event_type: str
+    attempt: int
+    error: str
+    retry_in_s: float | None = None
+
+
+class WebhookEndpointDisabled(TraceEvent, frozen=True, kw_only=True, tag="webhook.endpoint_disabled.v1"):
+    """An endpoint is disabled: too many consecutive failures, or an address that is refused."""
+
+    url: str
+    reason: str
+    failures: int = 0
+
+
 # --- workspace and bus -----------------------------------------------------------------------------
 
 
@@ -201,6 +254,11 @@ AnyTraceEvent = (
     | ThreadMessageReceived
     | ModelRequestStart
     | ModelRequestEnd
+    | OutcomeEvaluationStart
+    | OutcomeEvaluationEnd
+    | WebhookDelivered
+    | WebhookFailed
+    | WebhookEndpointDisabled
     | FileWritten
     | MessageRejected
 )

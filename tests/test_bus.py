@@ -59,7 +59,7 @@ async def test_provisioning_is_idempotent(bus: Bus) -> None:
         f"{bus.subjects.root}.sys.>",
     ]
     names = {c.name for c in await bus.js.consumers_info(bus.subjects.log_stream)}
-    assert names == {"lead", "agent_logs"}
+    assert names == {"lead", "agent_logs", "grader", "webhooks", "webhook_deliveries"}
     await bus.js.key_value(bus.subjects.sessions_bucket)
     await bus.js.key_value(bus.subjects.registry_bucket)
     await bus.js.object_store(bus.subjects.files_bucket)

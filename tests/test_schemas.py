@@ -35,11 +35,18 @@ from schemas import (
     tag_of,
 )
 from schemas import trace as t
+from schemas.outcome import Check, CriterionVerdict, GradeRequest, GradeVerdict, Outcome
+from schemas.webhooks import WebhookDelivery
 
 FIXTURES = Path(__file__).parent / "fixtures" / "messages"
 SID = "ses_01jd0000000000000000000000"
 NOW = datetime(2026, 11, 1, 10, 0, tzinfo=UTC)
 USAGE = Usage(input_tokens=10, output_tokens=5, cache_read_input_tokens=3, cost_usd=0.0012)
+OUTCOME = Outcome(
+    rubric="- names the deploy",
+    checks=[Check(name="report exists", kind="file_exists", path="report.md")],
+)
+VERDICT = CriterionVerdict(criterion="report exists", kind="file_exists", status="passed")
 TEAM = TeamSpec(name="incident", lead=AgentSpec(name="lead"), agents=[AgentSpec(name="logs", tools=["grep"])])
 
 SAMPLES: dict[type[Message], Message] = {
@@ -96,6 +103,51 @@ SAMPLES: dict[type[Message], Message] = {
             provenance=Provenance(session_id=SID, thread_id="thr_1", agent="lead", tool_call_id="tu_9"),
         ),
         t.MessageRejected(session_id="", time=NOW, subject="sw.submit", actor="lead", reason="bad", size=3),
+        GradeRequest(
+            session_id=SID,
+            outcome_id="out_1",
+            iteration=1,
+            outcome=OUTCOME,
+            task="investigate",
+            answer="done",
+        ),
+        GradeVerdict(
+            session_id=SID,
+            outcome_id="out_1",
+            iteration=1,
+            result="needs_revision",
+            explanation="1 of 2 criteria failed",
+            criteria=[VERDICT],
+            usage=USAGE,
+        ),
+        WebhookDelivery(
+            session_id=SID,
+            endpoint=0,
+            url="https://example.com/hook",
+            event_id="whevt_1",
+            event_type="session.status_idled",
+            created_at=NOW,
+            data={"stop_reason": "end_turn"},
+        ),
+        t.OutcomeEvaluationStart(session_id=SID, time=NOW, outcome_id="out_1", iteration=1),
+        t.OutcomeEvaluationEnd(
+            session_id=SID, time=NOW, outcome_id="out_1", iteration=1, result="satisfied", criteria=[VERDICT]
+        ),
+        t.WebhookDelivered(
+            session_id=SID,
+            time=NOW,
+            url="https://x",
+            event_id="e",
+            event_type="t",
+            attempt=1,
+            status_code=204,
+        ),
+        t.WebhookFailed(
+            session_id=SID, time=NOW, url="https://x", event_id="e", event_type="t", attempt=2, error="503"
+        ),
+        t.WebhookEndpointDisabled(
+            session_id=SID, time=NOW, url="https://x", reason="20 failures", failures=20
+        ),
     ]
 }
 

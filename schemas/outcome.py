@@ -1,0 +1,155 @@
+"""Outcomes: a rubric the deliverable must meet, graded by a separate grader, with revisions.
+
+An outcome is a markdown rubric (each top-level list item is one criterion, graded by the grader's
+model) and/or machine checks that need no model (a file exists; a file or the answer contains a
+string or matches a regex; a JSON file validates against a JSON Schema; a number in the answer or a
+file lies in a range), and ``max_iterations``. In a team file::
+
+    [outcome]
+    max_iterations = 3
+    rubric = \"\"\"
+    - The report names the deploy that caused the incident.
+    - The timeline is in UTC.
+    \"\"\"
+
+    [[outcome.checks]]
+    name = "the report exists"
+    kind = "file_exists"
+    path = "incident-report.md"
+
+The lead sends a :class:`GradeRequest` after each attempt; the grader (its own actor, a fresh
+context: it never sees the lead's conversation) answers with a :class:`GradeVerdict`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from schemas.base import Message, Usage
+
+MAX_ITERATIONS = 20
+
+CheckKind = Literal["file_exists", "contains", "matches", "json_schema", "number_in_range"]
+OutcomeResult = Literal["satisfied", "needs_revision", "max_iterations_reached", "failed"]
+CriterionStatus = Literal["passed", "failed", "not_graded"]
+
+
+class Check(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A criterion graded without a model.
+
+    - ``file_exists``: ``path`` is in the session's workspace.
+    - ``contains``: ``path`` (or the answer, when ``path`` is empty) contains ``value``.
+    - ``matches``: ``path`` (or the answer) matches the regex ``pattern`` (``re.search``, multiline).
+    - ``json_schema``: ``path`` is JSON that validates against ``schema``.
+    - ``number_in_range``: the first group of ``pattern`` (or, without a group, the whole match) in
+      ``path`` (or the answer) is a number within ``min``..``max`` (inclusive).
+    """
+
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    kind: CheckKind
+    path: str = ""
+    value: str = ""
+    pattern: str = ""
+    schema: dict[str, Any] | None = None
+    min: float | None = None
+    max: float | None = None
+
+    def __post_init__(self) -> None:
+        path = self.path
+        if path and (path.startswith("/") or "\\" in path or ".." in path.split("/")):
+            raise ValueError(f"check {self.name!r}: path {path!r} must be relative, inside the workspace")
+        if self.kind in ("file_exists", "json_schema") and not path:
+            raise ValueError(f"check {self.name!r}: {self.kind} needs a path")
+        if self.kind == "contains" and not self.value:
+            raise ValueError(f"check {self.name!r}: contains needs a value")
+        if self.kind in ("matches", "number_in_range"):
+            if not self.pattern:
+                raise ValueError(f"check {self.name!r}: {self.kind} needs a pattern")
+            try:
+                re.compile(self.pattern)
+            except re.error as exc:
+                raise ValueError(
+                    f"check {self.name!r}: pattern {self.pattern!r} is not a regex: {exc}"
+                ) from None
+        if self.kind == "json_schema" and not isinstance(self.schema, dict):
+            raise ValueError(f"check {self.name!r}: json_schema needs a schema (a table)")
+        if self.kind == "number_in_range":
+            if self.min is None and self.max is None:
+                raise ValueError(f"check {self.name!r}: number_in_range needs min and/or max")
+            if self.min is not None and self.max is not None and self.min > self.max:
+                raise ValueError(f"check {self.name!r}: min {self.min} is above max {self.max}")
+
+
+class Outcome(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What the deliverable must meet, and how many attempts it gets (1 to 20, default 3)."""
+
+    rubric: str = ""
+    checks: list[Check] = msgspec.field(default_factory=list)
+    max_iterations: Annotated[int, msgspec.Meta(ge=1, le=MAX_ITERATIONS)] = 3
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.rubric.strip() and not self.checks:
+            raise ValueError("an outcome needs a rubric or at least one check")
+        names = [check.name for check in self.checks]
+        for name in names:
+            if names.count(name) > 1:
+                raise ValueError(f"check name {name!r} is used twice")
+
+    def criteria(self) -> list[str]:
+        """The rubric's criteria: each top-level list item (with its continuation lines), or the
+        whole rubric as one criterion when it has no list."""
+        items: list[str] = []
+        for line in self.rubric.splitlines():
+            bullet = re.match(r"^(?:[-*+]|\d+[.)])\s+(.*)$", line)
+            if bullet:
+                items.append(bullet.group(1).strip())
+            elif items and line.strip() and line[:1].isspace():
+                items[-1] += " " + line.strip()
+        if not items and self.rubric.strip():
+            items = [self.rubric.strip()]
+        return items
+
+
+class CriterionVerdict(msgspec.Struct, frozen=True, kw_only=True):
+    """One criterion's grade: ``passed``, ``failed`` or ``not_graded`` (with why)."""
+
+    criterion: str
+    kind: str  # "rubric" (graded by the model) or the check's kind
+    status: CriterionStatus
+    explanation: str = ""
+
+
+class GradeRequest(Message, frozen=True, kw_only=True, tag="outcome.grade.v1"):
+    """Grade attempt ``iteration`` of a session's deliverable (sent by the lead to the grader)."""
+
+    outcome_id: str
+    iteration: Annotated[int, msgspec.Meta(ge=1)]
+    outcome: Outcome
+    task: str
+    answer: str
+    report_path: str = ""
+    model: str = ""  # the model the grader uses for rubric criteria (the team's)
+
+
+class GradeVerdict(Message, frozen=True, kw_only=True, tag="outcome.verdict.v1"):
+    """The grader's answer: the overall result, an explanation (the feedback for a revision) and
+    every criterion's verdict."""
+
+    outcome_id: str
+    iteration: int
+    result: OutcomeResult
+    explanation: str
+    criteria: list[CriterionVerdict] = msgspec.field(default_factory=list)
+    usage: Usage = msgspec.field(default_factory=Usage)
+
+
+class OutcomeReport(msgspec.Struct, frozen=True, kw_only=True):
+    """A session's outcome, in its result: the final result and every iteration's verdict."""
+
+    outcome_id: str
+    result: OutcomeResult
+    iterations: list[GradeVerdict] = msgspec.field(default_factory=list)

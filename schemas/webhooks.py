@@ -1,0 +1,81 @@
+"""Webhooks: other systems told when work is done, with signed, retried, durable deliveries.
+
+A team (or a submit) lists endpoints::
+
+    [[webhooks]]
+    url = "https://ops.example.com/hooks/staffwork"
+    events = ["session.status_idled", "session.outcome_evaluation_ended"]
+    secret_env = "OPS_WEBHOOK_SECRET"      # or secret = "whsec_..." (base64)
+
+The webhooks actor turns the session's trace events into :class:`WebhookDelivery` messages (durable in
+JetStream, one per endpoint and event) and POSTs each, signed per the Standard Webhooks spec.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import datetime
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import msgspec
+
+from schemas.base import Message
+
+WebhookEventType = Literal[
+    "session.status_run_started",
+    "session.status_idled",
+    "session.status_terminated",
+    "session.thread_created",
+    "session.thread_idled",
+    "session.outcome_evaluation_ended",
+]
+DEFAULT_EVENTS: tuple[WebhookEventType, ...] = ("session.status_idled", "session.status_terminated")
+SECRET_PREFIX = "whsec_"
+
+
+def secret_key(secret: str) -> bytes:
+    """The HMAC key of a ``whsec_<base64>`` secret; ``ValueError`` naming what is wrong."""
+    if not secret.startswith(SECRET_PREFIX):
+        raise ValueError(f"a webhook secret starts with {SECRET_PREFIX!r}")
+    try:
+        key = base64.b64decode(secret[len(SECRET_PREFIX) :], validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(f"a webhook secret is {SECRET_PREFIX!r} followed by base64") from None
+    if len(key) < 16:
+        raise ValueError(f"a webhook secret needs at least 16 bytes of key, got {len(key)}")
+    return key
+
+
+class WebhookSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One endpoint: where, which event types, and the signing secret (inline, or the name of an
+    environment variable of the webhooks actor, so the secret never travels in a message)."""
+
+    url: str
+    events: Annotated[list[WebhookEventType], msgspec.Meta(min_length=1)] = msgspec.field(
+        default_factory=lambda: list(DEFAULT_EVENTS)
+    )
+    secret: str = ""
+    secret_env: str = ""
+
+    def __post_init__(self) -> None:
+        parts = urlsplit(self.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"webhook url {self.url!r} must be an http(s) URL with a host")
+        if bool(self.secret) == bool(self.secret_env):
+            raise ValueError(f"webhook {self.url!r} needs exactly one of secret or secret_env")
+        if self.secret:
+            secret_key(self.secret)
+
+
+class WebhookDelivery(Message, frozen=True, kw_only=True, tag="webhook.delivery.v1"):
+    """A pending delivery of one event to one endpoint (the session's ``webhooks[endpoint]``),
+    durable in JetStream until delivered or given up. Every attempt sends the same ``event_id``."""
+
+    endpoint: int
+    url: str
+    event_id: str
+    event_type: WebhookEventType
+    created_at: datetime
+    data: dict[str, Any] = msgspec.field(default_factory=dict)
