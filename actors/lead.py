@@ -38,7 +38,7 @@ from bus.codec import Decoder
 from bus.connection import Bus
 from bus.direct import read_subject
 from bus.errors import HistoryConflict, Retryable
-from bus.history import ThreadLog
+from bus.history import ThreadHistory, ThreadLog
 from bus.provision import ConsumerSpec, agent_consumer, ensure_consumer, lead_consumer
 from bus.state import Listener
 from bus.subjects import Subjects
@@ -47,6 +47,7 @@ from schemas.base import ErrorInfo, Message, Usage
 from schemas.conversation import TextBlock, ThreadTurn, Turn
 from schemas.errors import SpecError
 from schemas.files import Provenance
+from schemas.outcome import GradeRequest, GradeVerdict, Outcome, OutcomeReport
 from schemas.session import SessionAccepted, SessionResult, SessionState, SessionSubmit
 from schemas.team import TeamSpec
 from schemas.thread import Delegation, FollowUp, ThreadReply
@@ -60,6 +61,7 @@ from schemas.trace import (
 log = structlog.get_logger("staffwork.lead")
 
 LEAD_THREAD = "lead"
+_FEEDBACK = "feedback-"  # the trigger of a grader's feedback turn in the lead's history
 REPLY_RECHECK = 10.0
 _REPLY_BYTES = 4 * 1024 * 1024
 _replies: Decoder[ThreadReply] = Decoder(ThreadReply, max_bytes=_REPLY_BYTES)
@@ -179,6 +181,7 @@ class LeadRun:
         self._threads: dict[str, str] = {}  # thread id -> agent
         self._budget_hit = asyncio.Event()
         self._replies: Listener[ThreadReply] | None = None
+        self._verdicts: list[GradeVerdict] = []
 
     # --- the session ---
 
@@ -187,6 +190,10 @@ class LeadRun:
             team = await self._team()
         except SpecError as exc:
             return self._result("failed", str(exc), error=ErrorInfo(kind="team", message=str(exc)))
+        if self.submit.outcome is not None:  # a submit's own outcome and webhooks replace the team's
+            team = msgspec.structs.replace(team, outcome=self.submit.outcome)
+        if self.submit.webhooks is not None:
+            team = msgspec.structs.replace(team, webhooks=self.submit.webhooks)
         self.team = team
         record = await self.actor.directory.start(self.sid, team, self.submit.task)
         self.started = record.started
@@ -260,7 +267,7 @@ class LeadRun:
             on_usage=self._count,
             roster=[a.name for a in team.agents],
         )
-        work: asyncio.Task[LoopResult] = asyncio.ensure_future(loop.run())
+        work: asyncio.Task[LoopResult] = asyncio.ensure_future(self._attempts(loop, team, history))
         deadline = self.submit.deadline_s or team.deadline_s
         deadline_hit = asyncio.Event()
         timer = None
@@ -287,10 +294,75 @@ class LeadRun:
         result = work.result()
         if result.status != "completed":
             return await self._finish("failed", result.text, error=result.error, stop=result.stop_reason)
-        report = team.report_path
-        writer = Provenance(session_id=self.sid, thread_id=LEAD_THREAD, agent=team.lead.name)
-        await write_and_record(self.bus, self.workspace, writer, report, result.text)
-        return await self._finish("idle", result.text, report=report, stop=result.stop_reason)
+        return await self._finish("idle", result.text, report=team.report_path, stop=result.stop_reason)
+
+    async def _attempts(self, loop: AgentLoop, team: TeamSpec, history: ThreadHistory) -> LoopResult:
+        """The lead's work: an answer, saved as the report; with an outcome, graded by the grader and
+        revised with its feedback until it is satisfied, failed, or out of iterations. Resumable: the
+        feedback turns are in the lead's history and the verdicts in the stream, so a replaying lead
+        continues at the attempt it was on."""
+        result = await loop.run()
+        outcome = team.outcome
+        iteration = 1 + sum(1 for e in history.entries if e.trigger.startswith(_FEEDBACK))
+        for earlier in range(1, iteration):  # a replay: the verdicts that led to the revisions so far
+            stored = await self.bus.last(self.bus.subjects.verdict(self.sid, earlier))
+            if stored is not None:
+                self._verdicts.append(msgspec.json.decode(stored, type=GradeVerdict))
+        while result.status == "completed":
+            writer = Provenance(session_id=self.sid, thread_id=LEAD_THREAD, agent=team.lead.name)
+            await write_and_record(self.bus, self.workspace, writer, team.report_path, result.text)
+            if outcome is None:
+                break
+            verdict = await self._grade(team, outcome, iteration, result.text)
+            self._verdicts.append(verdict)
+            if verdict.result != "needs_revision" or iteration >= outcome.max_iterations:
+                break
+            feedback = ThreadTurn(
+                session_id=self.sid,
+                thread_id=LEAD_THREAD,
+                agent=team.lead.name,
+                index=len(history.entries),
+                turn=Turn(role="user", content=[TextBlock(text=_feedback(verdict, outcome))]),
+                trigger=f"{_FEEDBACK}{self.sid}-{iteration}",
+            )
+            await self.log.append(history, feedback)
+            iteration += 1
+            result = await loop.run()
+        return result
+
+    async def _grade(self, team: TeamSpec, outcome: Outcome, iteration: int, answer: str) -> GradeVerdict:
+        """Attempt ``iteration``'s verdict: from the stream if the grader gave it already (a replay),
+        else asked of the grader (the request is deduplicated on its id)."""
+        subject = self.bus.subjects.verdict(self.sid, iteration)
+        stored = await self.bus.last(subject)
+        if stored is None:
+            request = GradeRequest(
+                session_id=self.sid,
+                msg_id=f"grade-{self.sid}-{iteration}",
+                outcome_id=self._outcome_id,
+                iteration=iteration,
+                outcome=outcome,
+                task=self._task_text(),
+                answer=answer,
+                report_path=team.report_path,
+                model=team.model_of(team.lead),
+            )
+            if not await self.bus.consumer_active(self.bus.subjects.grader_consumer):
+                log.warning(
+                    "no_grader_running", session_id=self.sid, hint="start one: staffwork actor grader"
+                )
+            await self.bus.publish(self.bus.subjects.grade(self.sid), request)
+        verdicts = self.bus.follow(subject, GradeVerdict)
+        try:
+            verdict: GradeVerdict = await anext(verdicts)
+        finally:
+            await verdicts.aclose()  # type: ignore[attr-defined]
+        self._count(verdict.usage)
+        return verdict
+
+    @property
+    def _outcome_id(self) -> str:
+        return f"outc_{self.sid.removeprefix('ses_')}"
 
     def _task_text(self) -> str:
         text = self.submit.task
@@ -353,6 +425,10 @@ class LeadRun:
         error: ErrorInfo | None = None,
         files: list[str] | None = None,
     ) -> SessionResult:
+        outcome = None
+        if self._verdicts:
+            last = self._verdicts[-1]
+            outcome = OutcomeReport(outcome_id=last.outcome_id, result=last.result, iterations=self._verdicts)
         return SessionResult(
             session_id=self.sid,
             msg_id=f"{self.sid}.result",
@@ -362,6 +438,7 @@ class LeadRun:
             files=files or [],
             usage=self.usage,
             error=error,
+            outcome=outcome,
         )
 
     async def _files(self) -> list[str]:
@@ -486,6 +563,15 @@ class LeadRun:
             message = reply.error.message if reply.error else reply.text
             raise ToolError(f"thread {reply.thread_id} ({reply.agent}) failed: {message}")
         return reply
+
+
+def _feedback(verdict: GradeVerdict, outcome: Outcome) -> str:
+    return (
+        f"An independent grader checked your deliverable against the outcome (attempt {verdict.iteration} "
+        f"of {outcome.max_iterations}). It needs revision:\n\n{verdict.explanation}\n\n"
+        "Revise the deliverable: fix what failed (delegate again or ask a specialist a follow-up if you "
+        "need more facts), then answer with the complete revised deliverable."
+    )
 
 
 def _describe(reply: ThreadReply) -> str:

@@ -25,6 +25,8 @@ from schemas.trace import (
     MessageRejected,
     ModelRequestEnd,
     ModelRequestStart,
+    OutcomeEvaluationEnd,
+    OutcomeEvaluationStart,
     SessionErrorEvent,
     SessionStatusIdle,
     SessionStatusTerminated,
@@ -35,6 +37,9 @@ from schemas.trace import (
     ThreadStatusTerminated,
     ToolDenied,
     TraceEvent,
+    WebhookDelivered,
+    WebhookEndpointDisabled,
+    WebhookFailed,
     event_kind,
 )
 
@@ -115,6 +120,17 @@ def summary(event: TraceEvent) -> str:
             return f"{name} is not allowed (allowed: {', '.join(allowed) or 'none'})"
         case MessageRejected(subject=subject, actor=actor, reason=reason):
             return _clip(f"{actor} rejected {subject}: {reason}")
+        case OutcomeEvaluationStart(iteration=iteration):
+            return f"grading attempt {iteration}"
+        case OutcomeEvaluationEnd(iteration=iteration, result=result, explanation=explanation):
+            return _clip(f"attempt {iteration}: {result} · {explanation}")
+        case WebhookDelivered(url=url, event_type=kind, attempt=attempt, status_code=code):
+            return f"{kind} → {url} · {code} · attempt {attempt}"
+        case WebhookFailed(url=url, event_type=kind, attempt=attempt, error=error, retry_in_s=retry):
+            again = f" · retry in {retry:.1f}s" if retry is not None else ""
+            return _clip(f"{kind} → {url} · attempt {attempt} failed: {error}{again}")
+        case WebhookEndpointDisabled(url=url, reason=reason):
+            return _clip(f"{url} disabled: {reason}")
     return ""
 
 
@@ -128,7 +144,9 @@ def line(event: TraceEvent, *, with_session: bool) -> Text:
     text.append(f"  {event.agent or '-':<10}", style=style)
     text.append(f" {event.thread_id or '-':<22}", style=style + " dim" if event.agent else "dim")
     kind = event_kind(event)
-    failed = isinstance(event, SessionErrorEvent | ToolDenied | MessageRejected) or (
+    failed = isinstance(
+        event, SessionErrorEvent | ToolDenied | MessageRejected | WebhookFailed | WebhookEndpointDisabled
+    ) or (
         isinstance(event, AgentToolResult | ModelRequestEnd)
         and (getattr(event, "is_error", False) or getattr(event, "error", None) is not None)
     )

@@ -34,6 +34,8 @@ from schemas.trace import (
     MessageRejected,
     ModelRequestEnd,
     ModelRequestStart,
+    OutcomeEvaluationEnd,
+    OutcomeEvaluationStart,
     SessionErrorEvent,
     SessionStatusIdle,
     SessionStatusRunning,
@@ -45,6 +47,9 @@ from schemas.trace import (
     ThreadStatusRunning,
     ThreadStatusTerminated,
     ToolDenied,
+    WebhookDelivered,
+    WebhookEndpointDisabled,
+    WebhookFailed,
 )
 
 LEAD = "lead"
@@ -107,6 +112,7 @@ def timeline(session_id: str, events: list[AnyTraceEvent]) -> dict[str, Any]:
     open_models: dict[tuple[str, str], deque[_Span]] = defaultdict(deque)  # by lane and run (span id)
     last_model: dict[str, _Span] = {}
     tools: dict[str, _Span] = {}
+    grades: dict[int, _Span] = {}
     counts: dict[str, int] = defaultdict(int)
     session: dict[str, str | int | float] = {"status": "running", "tokens": 0, "cost": 0.0}
 
@@ -233,6 +239,39 @@ def timeline(session_id: str, events: list[AnyTraceEvent]) -> dict[str, Any]:
                 span.add("content", event.content, pre=True)
                 if event.from_thread_id in threads:
                     threads[event.from_thread_id].reply = event.content
+            case OutcomeEvaluationStart():
+                span = _Span(
+                    f"grade-{event.iteration}", lane, "grade", f"grading {event.iteration}", event.time
+                )
+                span.add("outcome", event.outcome_id)
+                span.add("iteration", str(event.iteration))
+                grades[event.iteration] = span
+                spans.append(span)
+            case OutcomeEvaluationEnd():
+                span = grades.get(event.iteration) or _Span(
+                    f"grade-{event.iteration}", lane, "grade", f"grading {event.iteration}", event.time
+                )
+                if event.iteration not in grades:
+                    grades[event.iteration] = span
+                    spans.append(span)
+                span.end = event.time
+                span.name = f"{event.result} ({event.iteration})"
+                span.error = event.result in ("failed", "max_iterations_reached")
+                span.add("result", event.result)
+                span.add("explanation", event.explanation, pre=True)
+                for verdict in event.criteria:
+                    span.add(
+                        f"{verdict.status} · {verdict.kind}",
+                        f"{verdict.criterion}\n{verdict.explanation}",
+                        pre=True,
+                    )
+                span.add("usage", _usage(event.usage))
+            case WebhookDelivered() | WebhookFailed() | WebhookEndpointDisabled():
+                failed = not isinstance(event, WebhookDelivered)
+                span = marker("hook", event, f"webhook {type(event).__name__[7:].lower()}", error=failed)
+                for key, value in msgspec.structs.asdict(event).items():
+                    if key in ("url", "event_id", "event_type", "attempt", "status_code", "error", "reason"):
+                        span.add(key, str(value))
             case FileWritten():
                 span = marker("file", event, f"wrote {event.path}")
                 span.add("path", event.path)

@@ -21,6 +21,7 @@ from schemas.trace import (
     AnyTraceEvent,
     FileWritten,
     ModelRequestEnd,
+    OutcomeEvaluationEnd,
     SessionErrorEvent,
     SessionStatusIdle,
     SessionStatusRunning,
@@ -30,6 +31,8 @@ from schemas.trace import (
     ThreadStatusIdle,
     ThreadStatusRunning,
     ThreadStatusTerminated,
+    WebhookDelivered,
+    WebhookEndpointDisabled,
 )
 
 
@@ -102,6 +105,19 @@ def build(events: list[AnyTraceEvent]) -> tuple[dict[str, ThreadNode], dict[str,
             current.steps.append(f"→ thread {event.to_thread_id} ({event.to_agent})")
         elif isinstance(event, FileWritten):
             current.steps.append(f"wrote {event.path} ({event.size:,} bytes)")
+        elif isinstance(event, OutcomeEvaluationEnd):
+            passed = sum(1 for c in event.criteria if c.status == "passed")
+            graded = sum(1 for c in event.criteria if c.status != "not_graded")
+            current.steps.append(
+                f"⚖ outcome attempt {event.iteration}: {event.result} · {passed}/{graded} graded criteria "
+                f"passed · {event.duration_ms / 1000:.2f}s · ${event.usage.cost_usd:.4f}"
+            )
+            totals["outcome"] = event.result
+            totals["cost"] = float(totals["cost"]) + event.usage.cost_usd
+        elif isinstance(event, WebhookDelivered):
+            current.steps.append(f"↗ webhook {event.event_type} → {event.url} · {event.status_code}")
+        elif isinstance(event, WebhookEndpointDisabled):
+            current.steps.append(f"✗ webhook endpoint {event.url} disabled: {event.reason}")
         elif isinstance(event, ThreadStatusRunning | SessionStatusRunning):  # a (new) run starts
             current.ended = None
             current.status = "running"
@@ -140,7 +156,8 @@ def render(session_id: str, events: list[AnyTraceEvent]) -> Tree:
         Text.assemble(
             (f"session {session_id}", "bold"),
             f" · {totals['status']} · {totals['duration']} · {int(totals['tokens']):,} tokens · "
-            f"${float(totals['cost']):.4f} · {len(threads)} threads",
+            f"${float(totals['cost']):.4f} · {len(threads)} threads"
+            + (f" · outcome {totals['outcome']}" if "outcome" in totals else ""),
         )
     )
 

@@ -99,6 +99,27 @@ async def running_agents(
         await serving
 
 
+@asynccontextmanager
+async def running_service(
+    serve: Callable[[asyncio.Event, Callable[[], None]], Awaitable[None]],
+) -> AsyncIterator[None]:
+    """Run ``serve(stop, on_ready)`` (a ``serve_*`` function: the grader, the webhooks actor) for the
+    duration of the block, once it is ready; stop it after."""
+    stop = asyncio.Event()
+    ready = asyncio.Event()
+    serving = asyncio.ensure_future(serve(stop, ready.set))
+    waiting = asyncio.ensure_future(ready.wait())
+    try:
+        await asyncio.wait({serving, waiting}, return_when=asyncio.FIRST_COMPLETED)
+        if serving.done():
+            serving.result()  # it failed to start: raise why
+        yield
+    finally:
+        waiting.cancel()
+        stop.set()
+        await serving
+
+
 async def serve_agents(
     bus: Bus,
     model: Model,
@@ -140,4 +161,4 @@ async def serve_agents(
         await cancels.stop()
 
 
-__all__ = ["AgentSettings", "agent_actors", "running_agents", "serve_agents"]
+__all__ = ["AgentSettings", "agent_actors", "running_agents", "running_service", "serve_agents"]

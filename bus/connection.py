@@ -272,6 +272,14 @@ class Bus:
             return False
         return bool(info.num_waiting)
 
+    async def consumer_backlog(self, durable: str) -> int:
+        """Messages the consumer has not settled yet: pending delivery plus delivered and unacked."""
+        try:
+            info = await self.js.consumer_info(self.subjects.log_stream, durable)
+        except nats.js.errors.NotFoundError:
+            return 0
+        return int(info.num_pending) + int(info.num_ack_pending)
+
     async def last(self, subject: str) -> bytes | None:
         """The last message stored on ``subject`` in the log stream, or None."""
         try:

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from actors.models.anthropic import AnthropicModel, estimate_cost
@@ -569,3 +570,16 @@ async def test_client_errors_are_fatal_at_once(
     assert str(info.value) == f"anthropic API {status} {error_type}: refused"
     assert info.value.status == status
     assert len(api.requests) == 1
+
+
+async def test_a_forced_tool_is_sent_as_tool_choice(api: FakeMessagesAPI, model: AnthropicModel) -> None:
+    api.reply(tool_use("toolu_g", "submit_grades", {"criteria": []}), stop_reason="tool_use")
+    request = msgspec.structs.replace(
+        ask(user("Grade it."), tools=[tool("submit_grades")]), force_tool="submit_grades"
+    )
+    answer = await model.complete(request)
+    assert api.requests[0].body["tool_choice"] == {"type": "tool", "name": "submit_grades"}
+    assert answer.tool_uses[0].name == "submit_grades"
+    api.reply(text("ok"))
+    await model.complete(ask(user("Hi."), tools=[tool("logs")]))
+    assert "tool_choice" not in api.requests[1].body  # the model's own choice otherwise

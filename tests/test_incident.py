@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from actors.grader import serve_grader
 from actors.models.offline import OfflineModel
 from actors.tools.registry import check_team_tools
-from actors.workers import running_agents
+from actors.workers import running_agents, running_service
 from bus.connection import Bus
 from bus.workspace import Workspace
 from examples.incident.generate import FILES, GroundTruth, generate
@@ -65,10 +66,20 @@ async def test_the_offline_team_finds_what_happened(
     for name in FILES:
         await workspace.put(submit.session_id, name, (directory / name).read_bytes())
 
-    async with running_agents(bus, OfflineModel(), agents=[a.name for a in team.agents]):
+    model = OfflineModel()
+    async with (
+        running_agents(bus, model, agents=[a.name for a in team.agents]),
+        running_service(lambda stop, ready: serve_grader(bus, model, stop, on_ready=ready)),
+    ):
         result = await submit_and_wait(bus, submit)
 
     assert result.status == "idle", result.final_text
+    # the outcome: every machine check passes offline (the rubric's items need a model: not graded)
+    assert result.outcome is not None
+    assert (result.outcome.result, len(result.outcome.iterations)) == ("satisfied", 1)
+    criteria = result.outcome.iterations[0].criteria
+    assert [c.status for c in criteria if c.kind != "rubric"] == ["passed"] * 4
+    assert {c.status for c in criteria if c.kind == "rubric"} == {"not_graded"}
     report = result.final_text
     by_agent = sections(report)
     assert sorted(by_agent) == ["deploys", "logs", "metrics", "tickets"]

@@ -150,6 +150,9 @@ class AnthropicModel:
                 max_tokens=request.max_tokens,
                 system=_system_param(request.system) if request.system else anthropic.omit,
                 tools=_tools_param(request.tools) if request.tools else anthropic.omit,
+                tool_choice={"type": "tool", "name": request.force_tool}
+                if request.force_tool
+                else anthropic.omit,
                 messages=[_message_param(turn) for turn in request.messages],
             )
         except anthropic.APITimeoutError as exc:

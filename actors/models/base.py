@@ -31,6 +31,8 @@ class ModelRequest(msgspec.Struct, frozen=True, kw_only=True):
     system: str
     messages: list[Turn]
     tools: list[ToolSpec] = msgspec.field(default_factory=list)
+    #: the tool the model must call (a structured answer, like the grader's grades); "" = its choice
+    force_tool: str = ""
     max_tokens: int = 4096
     #: who is asking, for logs, traces and the offline model
     agent: str = ""
