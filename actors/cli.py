@@ -24,6 +24,7 @@ import typer
 from rich.table import Table
 
 from actors.cli_common import (
+    AllowPrivateOption,
     NatsOption,
     OtlpOption,
     RootOption,
@@ -38,10 +39,13 @@ from actors.cli_run import EXAMPLES, RunOutcome, bus_target, load_example, load_
 from actors.cli_trace import register as register_trace_commands
 from actors.client import Client
 from actors.collector import TraceStore, serve_collector
+from actors.grader import serve_grader
 from actors.models import default_model
 from actors.otlp import OtlpExporter
 from actors.registry import register_team, registered_teams
 from actors.sessions import TERMINAL
+from actors.webhook_http import send_test_event
+from actors.webhooks import WebhookSettings, enable_endpoint, endpoint_states, serve_webhooks
 from actors.workers import serve_agents
 from bus import local
 from bus.connection import Bus
@@ -269,10 +273,12 @@ def run(
     inputs: InputOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one machine-readable result.")] = False,
     timeout: Annotated[float | None, typer.Option(help="Give up after this many seconds.")] = None,
+    allow_private: AllowPrivateOption = False,
     nats: NatsOption = None,
     root: RootOption = "sw",
 ) -> None:
-    """Run a team on a task and follow it live; at the end, the deliverable, files, usage and cost."""
+    """Run a team on a task and follow it live; at the end, the deliverable, files, usage and cost
+    (and, when the team has an outcome, the grader's verdict on each attempt)."""
 
     async def go() -> RunOutcome:
         spec, text, folders = _team_and_task(team, example, task, list(inputs or []))
@@ -283,7 +289,14 @@ def run(
                 err.print(f"model: {_model_line()}", highlight=False)
                 err.print(f"team: {spec.name} (lead + {len(spec.agents)} agents)", highlight=False)
             return await run_session(
-                target, spec, text, folders, console=err, live=not as_json, timeout=timeout
+                target,
+                spec,
+                text,
+                folders,
+                console=err,
+                live=not as_json,
+                timeout=timeout,
+                allow_private_webhooks=allow_private,
             )
 
     outcome = run_async(go)
@@ -305,6 +318,13 @@ def run(
             f"cost ${usage.cost_usd:.4f} (model: {outcome.model})",
             highlight=False,
         )
+        if result.outcome is not None:
+            for verdict in result.outcome.iterations:
+                out.print(
+                    f"outcome, attempt {verdict.iteration}: {verdict.result} · {verdict.explanation}",
+                    highlight=False,
+                    markup=False,
+                )
     if result.status not in ("idle",):
         raise typer.Exit(2)
 
@@ -447,17 +467,18 @@ def fs_put(
     out.print(f"stored {run_async(go):,} bytes at {path}", highlight=False)
 
 
-ROLES = ("lead", "subagent", "collector")
+ROLES = ("lead", "subagent", "collector", "grader", "webhooks")
 
 
 @app.command()
 def actor(
-    role: Annotated[str, typer.Argument(help="lead, subagent or collector")],
+    role: Annotated[str, typer.Argument(help="lead, subagent, collector, grader or webhooks")],
     agents: Annotated[
         str, typer.Option(help="Comma-separated agents to serve (subagent; default: all registered).")
     ] = "",
     db: Annotated[Path | None, typer.Option(help="The collector's SQLite database.")] = None,
     otlp: OtlpOption = None,
+    allow_private: AllowPrivateOption = False,
     nats: NatsOption = None,
     root: RootOption = "sw",
 ) -> None:
@@ -473,6 +494,9 @@ def actor(
             await provision(bus)
             if role == "collector":
                 await _collect(bus, url, db or data_dir() / "trace.db", otlp)
+                return
+            if role in ("grader", "webhooks"):
+                await _serve_role(bus, url, root, role, allow_private)
                 return
             names = [a for a in agents.split(",") if a]
             if role == "subagent" and not names:
@@ -496,6 +520,19 @@ def actor(
             )
 
     run_async(go)
+
+
+async def _serve_role(bus: Bus, url: str, root: str, role: str, allow_private: bool) -> None:
+    stop = asyncio.Event()
+    install_stop_signals(stop)
+
+    def ready() -> None:
+        err.print(f"{role} ready on {url} (root {root!r})", highlight=False, markup=False)
+
+    if role == "grader":
+        await serve_grader(bus, default_model(), stop, on_ready=ready)
+    else:
+        await serve_webhooks(bus, stop, settings=WebhookSettings(allow_private=allow_private), on_ready=ready)
 
 
 async def _collect(bus: Bus, url: str, db: Path, otlp: str | None) -> None:
@@ -525,6 +562,7 @@ async def _collect(bus: Bus, url: str, db: Path, otlp: str | None) -> None:
 def up(
     port: Annotated[int, typer.Option(help="Client port (-1 picks a free one).")] = -1,
     otlp: OtlpOption = None,
+    allow_private: AllowPrivateOption = False,
     nats: NatsOption = None,
     root: RootOption = "sw",
 ) -> None:
@@ -547,7 +585,7 @@ def up(
                     err.print(f"waiting for {count} staffwork command(s) still using this server")
 
                 await owned.enter_async_context(local.serving(server, "up", on_wait=waiting))
-            clean = await _up(url, root, otlp)
+            clean = await _up(url, root, otlp, allow_private)
         out.print("staffwork is down")
         if not clean:
             raise StaffworkError("an actor process exited unexpectedly (see its log above)")
@@ -555,7 +593,7 @@ def up(
     run_async(go)
 
 
-async def _up(url: str, root: str, otlp: str | None = None) -> bool:
+async def _up(url: str, root: str, otlp: str | None = None, allow_private: bool = False) -> bool:
     """Register the bundled teams, then supervise one process per role until stopped."""
     async with await Bus.connect(url, root=root, name="staffwork-up") as bus:
         await provision(bus)
@@ -564,7 +602,8 @@ async def _up(url: str, root: str, otlp: str | None = None) -> bool:
         teams = await registered_teams(bus)
     agent_names = sorted({a.name for team in teams for a in team.agents})
     collector = ["collector", *(["--otlp", otlp] if otlp else [])]
-    roles = [("lead", ["lead"]), ("collector", collector)] + [
+    hooks = ["webhooks", *(["--allow-private-webhooks"] if allow_private else [])]
+    roles = [("lead", ["lead"]), ("collector", collector), ("grader", ["grader"]), ("webhooks", hooks)] + [
         (f"agent:{a}", ["subagent", "--agents", a]) for a in agent_names
     ]
     out.print(f"staffwork is up: NATS at [bold]{url}[/] (root {root!r})", highlight=False)
@@ -628,6 +667,61 @@ async def _supervise(url: str, root: str, roles: list[tuple[str, list[str]]]) ->
         if pending:
             await asyncio.wait(pending)
     return clean
+
+
+webhooks_app = typer.Typer(help="Webhooks: send a signed sample event to an endpoint.", no_args_is_help=True)
+app.add_typer(webhooks_app, name="webhooks")
+
+
+@webhooks_app.command("test")
+def webhooks_test(
+    url: Annotated[str, typer.Argument(help="The endpoint.")],
+    secret: Annotated[
+        str, typer.Option(envvar="STAFFWORK_WEBHOOK_SECRET", help="The signing secret (whsec_..., base64).")
+    ],
+    allow_private: Annotated[
+        bool, typer.Option("--allow-private", help="Allow a private or loopback address.")
+    ] = False,
+) -> None:
+    """Send a signed sample event (Standard Webhooks), and print the endpoint's answer."""
+
+    async def go() -> tuple[int, str]:
+        return await send_test_event(url, secret, allow_private=allow_private)
+
+    status, body = run_async(go)
+    out.print(f"{url} answered {status}" + (f": {body}" if body else ""), highlight=False, markup=False)
+    if not 200 <= status < 300:
+        raise typer.Exit(1)
+
+
+@webhooks_app.command("list")
+def webhooks_list(nats: NatsOption = None, root: RootOption = "sw") -> None:
+    """Endpoints that have been called: consecutive failures, and whether (and why) disabled."""
+
+    async def go() -> list[Any]:
+        async with bus_target(nats, root, name="staffwork-webhooks") as target:
+            await provision(target.bus)
+            return await endpoint_states(target.bus)
+
+    states = run_async(go)
+    if not states:
+        err.print("no webhook endpoint has been called yet", highlight=False)
+    for state in states:
+        status = f"disabled: {state.reason}" if state.disabled else "enabled"
+        out.print(f"{state.url}  failures {state.failures}  {status}", highlight=False, markup=False)
+
+
+@webhooks_app.command("enable")
+def webhooks_enable(url: str, nats: NatsOption = None, root: RootOption = "sw") -> None:
+    """Enable a disabled endpoint again (its deliveries are attempted from now on)."""
+
+    async def go() -> bool:
+        async with bus_target(nats, root, name="staffwork-webhooks") as target:
+            await provision(target.bus)
+            return await enable_endpoint(target.bus, url)
+
+    changed = run_async(go)
+    out.print(f"{url}: {'enabled' if changed else 'was not disabled'}", highlight=False, markup=False)
 
 
 def main() -> None:

@@ -43,6 +43,14 @@ OtlpOption = Annotated[
         help="Also export the trace as OpenTelemetry spans (GenAI conventions) to this OTLP/HTTP endpoint.",
     ),
 ]
+AllowPrivateOption = Annotated[
+    bool,
+    typer.Option(
+        "--allow-private-webhooks",
+        envvar="STAFFWORK_WEBHOOKS_ALLOW_PRIVATE",
+        help="Deliver webhooks to private and loopback addresses too (refused by default).",
+    ),
+]
 RootOption = Annotated[
     str,
     typer.Option(

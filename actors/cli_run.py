@@ -22,13 +22,16 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
 from actors.client import Client
+from actors.grader import serve_grader
 from actors.models import default_model
-from actors.workers import running_agents
+from actors.webhooks import WebhookSettings, serve_webhooks
+from actors.workers import running_agents, running_service
 from bus import local
 from bus.connection import Bus
 from bus.errors import BusTimeout, StaffworkError, StoreInUse
@@ -41,6 +44,8 @@ from schemas.trace import (
     AgentToolUse,
     AnyTraceEvent,
     ModelRequestEnd,
+    OutcomeEvaluationEnd,
+    OutcomeEvaluationStart,
     SessionStatusIdle,
     SessionStatusRunning,
     ThreadCreated,
@@ -201,6 +206,14 @@ class Progress:
         elif isinstance(event, ThreadStatusIdle | SessionStatusIdle):
             row.status = "idle" if event.stop_reason in ("end_turn", "") else event.stop_reason
             row.ended = event.time
+        elif isinstance(event, OutcomeEvaluationStart):
+            row.status = f"grading {event.iteration}"
+            row.started = row.started or event.time
+        elif isinstance(event, OutcomeEvaluationEnd):
+            row.status = event.result
+            row.tokens += event.usage.input_tokens + event.usage.output_tokens
+            row.cost += event.usage.cost_usd
+            row.ended = event.time
 
     def table(self) -> Table:
         table = Table(box=None, header_style="bold", pad_edge=False)
@@ -253,7 +266,23 @@ class RunOutcome:
             "wall_s": round(self.wall_s, 3),
             "model": self.model,
             "error": self.result.error.message if self.result.error else None,
+            "outcome": msgspec.to_builtins(self.result.outcome) if self.result.outcome else None,
         }
+
+
+async def _deliveries_settled(bus: Bus, console: Console, *, timeout: float) -> None:
+    """Wait (at most ``timeout``) until no webhook delivery is pending; what is still pending then
+    stays in JetStream for the next webhooks actor (``staffwork up`` or ``staffwork actor webhooks``)."""
+    deadline = time.monotonic() + timeout
+    events, deliveries = bus.subjects.webhook_events_consumer, bus.subjects.webhook_deliveries_consumer
+    while time.monotonic() < deadline:
+        if await bus.consumer_backlog(events) + await bus.consumer_backlog(deliveries) == 0:
+            return
+        await asyncio.sleep(0.1)
+    console.print(
+        "some webhook deliveries are still pending (retrying): the next webhooks actor delivers them",
+        highlight=False,
+    )
 
 
 async def run_session(
@@ -265,6 +294,7 @@ async def run_session(
     console: Console,
     live: bool,
     timeout: float | None = None,
+    allow_private_webhooks: bool = False,
 ) -> RunOutcome:
     """Run one session on an already provisioned bus (the ``run`` command provisions it first)."""
     bus = target.bus
@@ -275,6 +305,18 @@ async def run_session(
     async with contextlib.AsyncExitStack() as stack:
         if not has_lead or missing:
             await stack.enter_async_context(running_agents(bus, model, lead=not has_lead, agents=missing))
+        if team.outcome is not None and not await bus.consumer_active(bus.subjects.grader_consumer):
+            await stack.enter_async_context(
+                running_service(lambda stop, ready: serve_grader(bus, model, stop, on_ready=ready))
+            )
+        hooks = team.webhooks and not await bus.consumer_active(bus.subjects.webhook_deliveries_consumer)
+        if hooks:
+            settings = WebhookSettings(allow_private=allow_private_webhooks)
+            await stack.enter_async_context(
+                running_service(
+                    lambda stop, ready: serve_webhooks(bus, stop, settings=settings, on_ready=ready)
+                )
+            )
         client = Client(bus)
         session_id = new_id("ses")
         uploaded: list[str] = []
@@ -309,6 +351,8 @@ async def run_session(
                 follower.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await follower
+        if hooks:  # the session's webhooks go out before this process (their deliverer) ends
+            await _deliveries_settled(bus, console, timeout=15.0)
         if target.owned and (not has_lead or missing) and local.other_clients():
             # Commands attached to our server may be relying on the actors we run: keep serving.
             console.print("other staffwork commands are using this server's actors: waiting for them")

@@ -6,13 +6,14 @@ import re
 
 _SECRETS = re.compile(
     r"(sk-ant-[A-Za-z0-9_\-]{10,}|sk-[A-Za-z0-9_\-]{20,}|AKIA[0-9A-Z]{16}|"
-    r"(?i:bearer)\s+[A-Za-z0-9._\-]{20,}|xox[abpr]-[A-Za-z0-9\-]{10,}|gh[pousr]_[A-Za-z0-9]{20,})"
+    r"(?i:bearer)\s+[A-Za-z0-9._\-]{20,}|xox[abpr]-[A-Za-z0-9\-]{10,}|gh[pousr]_[A-Za-z0-9]{20,}|"
+    r"whsec_[A-Za-z0-9+/=]{16,})"
 )
 
 
 # Every pattern above starts with one of these (in lower case): text with none of them (nearly all)
 # skips the regex, which costs several times more than these checks (the collector redacts every event).
-_MARKERS = ("sk-", "akia", "bearer", "xox", "ghp_", "gho_", "ghu_", "ghs_", "ghr_")
+_MARKERS = ("sk-", "akia", "bearer", "xox", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "whsec_")
 
 
 def redact(text: str) -> str:

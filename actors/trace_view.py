@@ -50,6 +50,9 @@ class ThreadNode:
     children: list[str] = field(default_factory=list)
 
 
+GRADER = "grader"  # the grader's events (its node is shown, but it is not one of the session's threads)
+
+
 def _seconds(start: datetime | None, end: datetime | None) -> str:
     return f"{(end - start).total_seconds():.2f}s" if start and end else "-"
 
@@ -156,7 +159,7 @@ def render(session_id: str, events: list[AnyTraceEvent]) -> Tree:
         Text.assemble(
             (f"session {session_id}", "bold"),
             f" · {totals['status']} · {totals['duration']} · {int(totals['tokens']):,} tokens · "
-            f"${float(totals['cost']):.4f} · {len(threads)} threads"
+            f"${float(totals['cost']):.4f} · {sum(1 for t in threads if t != GRADER)} threads"
             + (f" · outcome {totals['outcome']}" if "outcome" in totals else ""),
         )
     )

@@ -197,9 +197,14 @@ def test_run_json_has_the_documented_keys(tmp_path: Path) -> None:
         "wall_s",
         "model",
         "error",
+        "outcome",
     }
     assert document["status"] == "idle"
-    assert {t["agent"] for t in document["threads"]} == {"lead", "deploys", "logs", "metrics", "tickets"}
+    agents = {t["agent"] for t in document["threads"]}
+    assert agents == {"lead", "deploys", "logs", "metrics", "tickets", "grader"}
+    assert document["outcome"]["result"] == "satisfied"
+    [verdict] = document["outcome"]["iterations"]
+    assert [c["status"] for c in verdict["criteria"]] == ["passed"] * 4 + ["not_graded"] * 4
     assert set(document["threads"][0]) == {
         "thread_id",
         "agent",
@@ -351,7 +356,13 @@ def test_trace_and_sessions_work_after_the_run_ended(tmp_path: Path) -> None:
     tree = staffwork("trace", session, home=tmp_path)  # a new process, a new server on the same store
     assert tree.returncode == 0, tree.stderr
     lines = tree.stdout.splitlines()
-    assert re.match(rf"session {session} · idle · [\d.]+s · 0 tokens · \$0\.0000 · 5 threads", lines[0])
+    assert re.match(
+        rf"session {session} · idle · [\d.]+s · 0 tokens · \$0\.0000 · 5 threads · outcome satisfied$",
+        lines[0],
+    )
+    assert any(
+        re.search(r"⚖ outcome attempt 1: satisfied · 4/4 graded criteria passed", line) for line in lines
+    )
     assert any(re.search(r"lead \(lead\) · idle · [\d.]+s · 2 turns", line) for line in lines)
     for agent in ("deploys", "logs", "metrics", "tickets"):
         assert any("→ thread t-toolu_off_lead_1_" in line and f"({agent})" in line for line in lines)
