@@ -571,7 +571,8 @@ async def test_a_run_tells_its_webhook_when_the_session_idles(tmp_path: Path) ->
         )
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "actors.cli", "run", "--team", str(team), "--json",
-            "--allow-private-webhooks", "Say hello.", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            "--allow-private-webhooks", "Say hello.",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
             env={**os.environ, "STAFFWORK_HOME": str(tmp_path / "home")},
         )  # fmt: skip
         out, err = await asyncio.wait_for(proc.communicate(), 120)
