@@ -22,6 +22,7 @@ from schemas.trace import (
     FileWritten,
     ModelRequestEnd,
     OutcomeEvaluationEnd,
+    OutcomeEvaluationStart,
     SessionErrorEvent,
     SessionStatusIdle,
     SessionStatusRunning,
@@ -50,7 +51,8 @@ class ThreadNode:
     children: list[str] = field(default_factory=list)
 
 
-GRADER = "grader"  # the grader's events (its node is shown, but it is not one of the session's threads)
+#: the grader's and the webhooks actor's events: their nodes are shown, but they are not the session's threads
+SERVICES = ("grader", "webhooks")
 
 
 def _seconds(start: datetime | None, end: datetime | None) -> str:
@@ -108,7 +110,10 @@ def build(events: list[AnyTraceEvent]) -> tuple[dict[str, ThreadNode], dict[str,
             current.steps.append(f"→ thread {event.to_thread_id} ({event.to_agent})")
         elif isinstance(event, FileWritten):
             current.steps.append(f"wrote {event.path} ({event.size:,} bytes)")
+        elif isinstance(event, OutcomeEvaluationStart):
+            current.status, current.ended = f"grading {event.iteration}", None
         elif isinstance(event, OutcomeEvaluationEnd):
+            current.status, current.ended = event.result, event.time
             passed = sum(1 for c in event.criteria if c.status == "passed")
             graded = sum(1 for c in event.criteria if c.status != "not_graded")
             current.steps.append(
@@ -159,7 +164,7 @@ def render(session_id: str, events: list[AnyTraceEvent]) -> Tree:
         Text.assemble(
             (f"session {session_id}", "bold"),
             f" · {totals['status']} · {totals['duration']} · {int(totals['tokens']):,} tokens · "
-            f"${float(totals['cost']):.4f} · {sum(1 for t in threads if t != GRADER)} threads"
+            f"${float(totals['cost']):.4f} · {sum(1 for t in threads if t not in SERVICES)} threads"
             + (f" · outcome {totals['outcome']}" if "outcome" in totals else ""),
         )
     )

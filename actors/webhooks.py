@@ -103,6 +103,8 @@ __all__ = [
 
 log = structlog.get_logger("staffwork.webhooks")
 
+WEBHOOKS = "webhooks"  # the webhooks actor's thread and agent in the trace
+
 _CAS_TRIES = 10
 _ACTOR_HINT = "allow with --allow-private-webhooks"
 
@@ -346,6 +348,8 @@ class WebhookDeliverer(BaseActor[WebhookDelivery]):
                 await ctx.bus.emit(
                     WebhookDelivered(
                         session_id=msg.session_id,
+                        thread_id=WEBHOOKS,
+                        agent=WEBHOOKS,
                         url=msg.url,
                         event_id=msg.event_id,
                         event_type=msg.event_type,
@@ -389,6 +393,8 @@ class WebhookDeliverer(BaseActor[WebhookDelivery]):
         await ctx.bus.emit(
             WebhookFailed(
                 session_id=msg.session_id,
+                thread_id=WEBHOOKS,
+                agent=WEBHOOKS,
                 url=msg.url,
                 event_id=msg.event_id,
                 event_type=msg.event_type,
@@ -419,7 +425,12 @@ class WebhookDeliverer(BaseActor[WebhookDelivery]):
         )
         await ctx.bus.emit(
             WebhookEndpointDisabled(
-                session_id=msg.session_id, url=msg.url, reason=state.reason, failures=state.failures
+                session_id=msg.session_id,
+                thread_id=WEBHOOKS,
+                agent=WEBHOOKS,
+                url=msg.url,
+                reason=state.reason,
+                failures=state.failures,
             )
         )
 
