@@ -209,10 +209,8 @@ class Progress:
         elif isinstance(event, OutcomeEvaluationStart):
             row.status = f"grading {event.iteration}"
             row.started = row.started or event.time
-        elif isinstance(event, OutcomeEvaluationEnd):
+        elif isinstance(event, OutcomeEvaluationEnd):  # its usage came with the grader's model calls
             row.status = event.result
-            row.tokens += event.usage.input_tokens + event.usage.output_tokens
-            row.cost += event.usage.cost_usd
             row.ended = event.time
 
     def table(self) -> Table:

@@ -119,6 +119,7 @@ LEAD_TOOLS: dict[str, Tool] = {"delegate": delegate, "message_agent": message_ag
 class LeadSettings:
     ack_wait: float = 30.0
     subagent_ack_wait: float = 30.0
+    grade_timeout: float = 900.0  # waiting for the grader's verdict on an attempt
 
 
 class LeadActor(BaseActor[SessionSubmit]):
@@ -305,9 +306,10 @@ class LeadRun:
         outcome = team.outcome
         iteration = 1 + sum(1 for e in history.entries if e.trigger.startswith(_FEEDBACK))
         for earlier in range(1, iteration):  # a replay: the verdicts that led to the revisions so far
-            stored = await self.bus.last(self.bus.subjects.verdict(self.sid, earlier))
+            stored = await self._stored_verdict(earlier)
             if stored is not None:
-                self._verdicts.append(msgspec.json.decode(stored, type=GradeVerdict))
+                self._verdicts.append(stored)
+                self._count(stored.usage)
         while result.status == "completed":
             writer = Provenance(session_id=self.sid, thread_id=LEAD_THREAD, agent=team.lead.name)
             await write_and_record(self.bus, self.workspace, writer, team.report_path, result.text)
@@ -334,31 +336,51 @@ class LeadRun:
         """Attempt ``iteration``'s verdict: from the stream if the grader gave it already (a replay),
         else asked of the grader (the request is deduplicated on its id)."""
         subject = self.bus.subjects.verdict(self.sid, iteration)
-        stored = await self.bus.last(subject)
-        if stored is None:
-            request = GradeRequest(
+        stored = await self._stored_verdict(iteration)
+        if stored is not None:
+            self._count(stored.usage)
+            return stored
+        request = GradeRequest(
+            session_id=self.sid,
+            msg_id=f"grade-{self.sid}-{iteration}",
+            outcome_id=self._outcome_id,
+            iteration=iteration,
+            outcome=outcome,
+            task=_cut(self._task_text(), _GRADE_TEXT, "the task as submitted"),
+            answer=_cut(answer, _GRADE_TEXT, f"the whole answer is in {team.report_path}"),
+            report_path=team.report_path,
+            model=team.model_of(team.lead),
+        )
+        if not await self.bus.consumer_active(self.bus.subjects.grader_consumer):
+            log.warning("no_grader_running", session_id=self.sid, hint="start one: staffwork actor grader")
+        await self.bus.publish(self.bus.subjects.grade(self.sid), request)
+        verdicts = self.bus.follow(subject, GradeVerdict)
+        limit = self.actor.settings.grade_timeout
+        try:
+            verdict: GradeVerdict = await asyncio.wait_for(anext(verdicts), limit)
+        except TimeoutError:
+            log.warning("no_verdict", session_id=self.sid, iteration=iteration, waited_s=limit)
+            return GradeVerdict(
                 session_id=self.sid,
-                msg_id=f"grade-{self.sid}-{iteration}",
                 outcome_id=self._outcome_id,
                 iteration=iteration,
-                outcome=outcome,
-                task=self._task_text(),
-                answer=answer,
-                report_path=team.report_path,
-                model=team.model_of(team.lead),
+                result="failed",
+                explanation=f"no verdict from the grader within {limit:g}s: is a grader running? "
+                "(staffwork actor grader, or staffwork up)",
             )
-            if not await self.bus.consumer_active(self.bus.subjects.grader_consumer):
-                log.warning(
-                    "no_grader_running", session_id=self.sid, hint="start one: staffwork actor grader"
-                )
-            await self.bus.publish(self.bus.subjects.grade(self.sid), request)
-        verdicts = self.bus.follow(subject, GradeVerdict)
-        try:
-            verdict: GradeVerdict = await anext(verdicts)
         finally:
             await verdicts.aclose()  # type: ignore[attr-defined]
         self._count(verdict.usage)
         return verdict
+
+    async def _stored_verdict(self, iteration: int) -> GradeVerdict | None:
+        """The grader's first verdict on attempt ``iteration``, if it is in the stream."""
+        subject = self.bus.subjects.verdict(self.sid, iteration)
+        stored = read_subject(self.bus, self.bus.subjects.log_stream, subject, limit=1)
+        async with contextlib.aclosing(stored):
+            async for first in stored:
+                return msgspec.json.decode(first.data, type=GradeVerdict)
+        return None
 
     @property
     def _outcome_id(self) -> str:
@@ -563,6 +585,19 @@ class LeadRun:
             message = reply.error.message if reply.error else reply.text
             raise ToolError(f"thread {reply.thread_id} ({reply.agent}) failed: {message}")
         return reply
+
+
+_GRADE_TEXT = (
+    64 * 1024
+)  # characters of the task and the answer in a grading request (the grader has the files)
+
+
+def _cut(text: str, limit: int, where: str) -> str:
+    return (
+        text
+        if len(text) <= limit
+        else f"{text[:limit]}\n[... {len(text) - limit:,} more characters: {where}]"
+    )
 
 
 def _feedback(verdict: GradeVerdict, outcome: Outcome) -> str:

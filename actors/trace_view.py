@@ -120,8 +120,7 @@ def build(events: list[AnyTraceEvent]) -> tuple[dict[str, ThreadNode], dict[str,
                 f"⚖ outcome attempt {event.iteration}: {event.result} · {passed}/{graded} graded criteria "
                 f"passed · {event.duration_ms / 1000:.2f}s · ${event.usage.cost_usd:.4f}"
             )
-            totals["outcome"] = event.result
-            totals["cost"] = float(totals["cost"]) + event.usage.cost_usd
+            totals["outcome"] = event.result  # its usage is in the grader's own model calls
         elif isinstance(event, WebhookDelivered):
             current.steps.append(f"↗ webhook {event.event_type} → {event.url} · {event.status_code}")
         elif isinstance(event, WebhookEndpointDisabled):

@@ -32,6 +32,7 @@ class AgentSettings:
     subagent_concurrency: int = 20  # threads one worker runs at once, per agent
     grace: float = 30.0
     max_deliver: int = 5
+    grade_timeout: float = 900.0  # how long the lead waits for the grader's verdict on an attempt
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -51,7 +52,9 @@ def agent_actors(
             directory=directory,
             cancels=cancels,
             settings=LeadSettings(
-                ack_wait=settings.lead_ack_wait, subagent_ack_wait=settings.subagent_ack_wait
+                ack_wait=settings.lead_ack_wait,
+                subagent_ack_wait=settings.subagent_ack_wait,
+                grade_timeout=settings.grade_timeout,
             ),
         )
         actors.append(

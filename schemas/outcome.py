@@ -24,6 +24,7 @@ context: it never sees the lead's conversation) answers with a :class:`GradeVerd
 from __future__ import annotations
 
 import re
+import textwrap
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -100,19 +101,25 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
                 raise ValueError(f"check name {name!r} is used twice")
 
     def criteria(self) -> list[str]:
-        """The rubric's criteria: each top-level list item (with its continuation lines), or the
-        whole rubric as one criterion when it has no list."""
+        """The rubric's criteria: each list item (``-``, ``*``, ``+`` or ``1.``, indented at most
+        three spaces after the rubric's common indentation) with the lines that continue it, and each
+        paragraph outside a list as a criterion of its own (headings are not criteria)."""
         items: list[str] = []
-        for line in self.rubric.splitlines():
-            bullet = re.match(r"^(?:[-*+]|\d+[.)])\s+(.*)$", line)
+        open_item = False  # the previous line belongs to an item or paragraph that may continue
+        for line in textwrap.dedent(self.rubric).splitlines():
+            if not line.strip() or line.lstrip().startswith("#"):  # blank lines and headings end an item
+                open_item = False
+                continue
+            bullet = re.match(r"^ {0,3}(?:[-*+]|\d+[.)])\s+(.*)$", line)
             if bullet:
                 items.append(bullet.group(1).strip())
-            elif items and line.strip() and line[:1].isspace():
+                open_item = True
+            elif open_item and items:
                 items[-1] += " " + line.strip()
-        if not items and self.rubric.strip():
-            items = [self.rubric.strip()]
-        return items
-
+            else:
+                items.append(line.strip())
+                open_item = True
+        return [item for item in items if item]
 
 class CriterionVerdict(msgspec.Struct, frozen=True, kw_only=True):
     """One criterion's grade: ``passed``, ``failed`` or ``not_graded`` (with why)."""

@@ -10,7 +10,7 @@ from actors.grader import serve_grader
 from actors.models.base import Model, ModelResponse
 from actors.models.offline import OfflineModel
 from actors.models.scripted import ScriptedModel, calls, text
-from actors.workers import running_agents, running_service
+from actors.workers import AgentSettings, running_agents, running_service
 from bus.connection import Bus
 from bus.direct import read_subject
 from schemas import AgentSpec, SessionResult, SessionSubmit, TeamSpec
@@ -165,3 +165,33 @@ async def test_a_submits_outcome_replaces_the_teams(bus: Bus) -> None:
     assert [c.criterion for c in result.outcome.iterations[0].criteria] == ["names a deploy"]
     assert not model.calls_by("grader")  # machine checks only: no model call
     assert isinstance(model.calls_by("lead")[0].request.messages[0].content[0], TextBlock)
+
+
+async def test_without_a_grader_the_lead_gives_up_waiting_with_a_failed_outcome(bus: Bus) -> None:
+    model = ScriptedModel({"lead": [text("Deploy dpl-48db40.")]})
+    submit = SessionSubmit(task="What broke?", team_spec=solo(Outcome(rubric=RUBRIC)))
+    async with running_agents(bus, model, settings=AgentSettings(grade_timeout=0.5)):  # no grader runs
+        result = await submit_and_wait(bus, submit)
+    assert result.status == "idle"
+    assert result.outcome is not None
+    [verdict] = result.outcome.iterations
+    assert verdict.result == "failed"
+    assert verdict.explanation.startswith("no verdict from the grader within 0.5s: is a grader running?")
+
+
+async def test_a_huge_answer_is_cut_in_the_grading_request_but_graded_from_the_report(bus: Bus) -> None:
+    answer = "Deploy dpl-48db40 broke payments.\n" + "x" * 200_000
+    model = ScriptedModel({"lead": [text(answer)]})
+    outcome = Outcome(
+        checks=[Check(name="the report names it", kind="contains", path="report.md", value="xxxx")]
+    )
+    submit = SessionSubmit(task="What broke?", team_spec=solo(outcome))
+    async with lead_and_grader(bus, model):
+        result = await submit_and_wait(bus, submit)
+    assert result.outcome is not None
+    assert result.outcome.result == "satisfied"  # the request fit; the check read the whole report file
+    [request] = [
+        m async for m in read_subject(bus, bus.subjects.log_stream, bus.subjects.grade(submit.session_id))
+    ]
+    assert len(request.data) < 200_000
+    assert b"more characters: the whole answer is in report.md" in request.data

@@ -340,3 +340,34 @@ def test_json_schema_covers_every_message() -> None:
     assert definition["properties"]["type"] == {"enum": ["session.submit.v1"]}
     assert "team" in document
     msgspec.json.encode(document)  # serialisable as is
+
+
+def test_a_rubrics_criteria_are_its_list_items_and_paragraphs() -> None:
+    def criteria(rubric: str) -> list[str]:
+        return Outcome(rubric=rubric).criteria()
+
+    assert criteria("- a\n- b\n") == ["a", "b"]
+    assert criteria("\n    - The report names the deploy.\n    - The timeline is in UTC.\n") == [
+        "The report names the deploy.",
+        "The timeline is in UTC.",
+    ]  # a TOML multi-line string indented with the file
+    assert criteria("# Rubric\n- The report names the deploy\nthat caused it.\n\nUnder 500 words.\n") == [
+        "The report names the deploy that caused it.",
+        "Under 500 words.",
+    ]
+    assert criteria("1. one\n   continued\n2) two") == ["one continued", "two"]
+    assert criteria("Just one paragraph\nover two lines.") == ["Just one paragraph over two lines."]
+
+
+def test_outcome_mistakes_in_a_team_file_name_the_line() -> None:
+    text = 'name = "t"\n[lead]\nname = "lead"\n[outcome]\nmax_iterations = 30\nrubric = "- x"\n'
+    with pytest.raises(SpecError) as caught:
+        parse_team(text, source="team.toml")
+    assert str(caught.value).startswith("team.toml:5: outcome.max_iterations: expected int <= 20")
+    bad_regex = (
+        'name = "t"\n[lead]\nname = "lead"\n[[outcome.checks]]\nname = "c"\nkind = "matches"\npattern = "("\n'
+    )
+    with pytest.raises(
+        SpecError, match=r"team\.toml:4: outcome\.checks\[0\]: check 'c': pattern '\(' is not a regex"
+    ):
+        parse_team(bad_regex, source="team.toml")
