@@ -121,6 +121,7 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
                 open_item = True
         return [item for item in items if item]
 
+
 class CriterionVerdict(msgspec.Struct, frozen=True, kw_only=True):
     """One criterion's grade: ``passed``, ``failed`` or ``not_graded`` (with why)."""
 
