@@ -4,8 +4,13 @@
 ``webhook-signature`` (``v1,`` + base64 HMAC-SHA256 of ``<id>.<timestamp>.<body>`` with the secret's
 key), so any Standard Webhooks library verifies a delivery. The host is resolved here and the
 connection goes to the address that was checked (the ``Host`` header and TLS server name stay the
-URL's): private, loopback, link-local, reserved, multicast, unspecified and other non-public
-addresses (IPv4 inside IPv6 included) are refused unless allowed. Redirects are not followed.
+URL's): private, loopback, link-local, site-local, reserved, multicast, unspecified and other
+non-public addresses (IPv4 inside IPv6 included) are refused unless allowed. Redirects are not
+followed.
+
+A URL can carry a token (``https://hooks.example.com/T0/B0/x?token=...``, ``https://user:pw@...``):
+what goes into the trace shows it :func:`redacted`, without userinfo, query and fragment; so does a
+redirect's ``Location`` in an error (an ``http`` to ``https`` redirect repeats the URL).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import socket
 import time
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx2
 import msgspec
@@ -81,6 +86,12 @@ def signed_headers(key: bytes, event_id: str, body: bytes) -> dict[str, str]:
     }
 
 
+def redacted(url: str) -> str:
+    """``url`` without userinfo, query and fragment, where tokens hide: how the trace shows it."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
+
+
 def refusal(address: str) -> str | None:
     """Why deliveries to ``address`` are refused (``"loopback address 127.0.0.1"``), or None."""
     ip: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(address.split("%", 1)[0])
@@ -95,6 +106,7 @@ def refusal(address: str) -> str | None:
         ("unspecified", ip.is_unspecified),
         ("loopback", ip.is_loopback),
         ("link-local", ip.is_link_local),
+        ("site-local", isinstance(ip, ipaddress.IPv6Address) and ip.is_site_local),  # fec0::/10
         ("multicast", ip.is_multicast),
         ("private", ip.is_private),
         ("reserved", ip.is_reserved),
@@ -166,7 +178,7 @@ async def post(
                 text = kept.decode("utf-8", errors="replace").strip()[:TEXT_LIMIT]
                 if response.is_redirect:
                     location = response.headers.get("location", "")
-                    text = f"redirect to {location!r} (not followed)"
+                    text = f"redirect to {redacted(location)!r} (not followed)"
                 return response.status_code, text
     except (TimeoutError, httpx2.TimeoutException) as exc:
         raise WebhookError(url, f"no answer within {timeout:g}s") from exc

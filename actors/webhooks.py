@@ -22,13 +22,28 @@ A 2xx answer is a delivery. Anything else is a failed attempt: another status (a
 are not followed), a timeout, a connection or resolution error. It is retried with exponential
 backoff and jitter (:meth:`WebhookSettings.backoff`) by nak'ing the message with that delay, so a
 pending delivery lives in JetStream and survives a restart; the attempt number is the message's
-delivery count. Deliveries are not ordered.
+delivery count. Deliveries are not ordered. A delivery is given up after ``max_attempts`` failed
+attempts (54 to 107 minutes with the default settings): its last ``webhook.delivery_failed`` event
+has ``retry_in_s=None``.
 
-Endpoint state (consecutive failed attempts; disabled, why and since when) is kept per URL, shared by
-every session and team that lists it, in the KV bucket ``<key>_webhooks`` under
-``ep_<sha256(url)[:32]>``, changed by compare-and-set. After ``max_failures`` consecutive failures
-the endpoint is disabled (one ``webhook.endpoint_disabled`` event) and its deliveries are acked
-without an attempt until :func:`enable_endpoint` is called. A missing ``secret_env`` disables it too.
+Endpoint state is kept per URL, shared by every session and team that lists it, in the KV bucket
+``<key>_webhooks`` under ``ep_<sha256(url)[:32]>``, changed by compare-and-set: the current streak
+of consecutive failed attempts (of any delivery) and when it began; disabled, why and since when. A
+2xx answer ends the streak. The endpoint is disabled (one ``webhook.endpoint_disabled`` event) by a
+failed attempt that makes the streak ``max_failures`` long *and* at least ``failing_for`` seconds
+old. Both, so that a short outage does not disable it: the first attempts of many queued deliveries
+fail together within a second, and once the endpoint is back they all arrive. With the defaults
+(20 failures, 10 minutes), an endpoint that keeps failing is disabled at the first failure after
+10 minutes if it had 20 attempts by then, else at its 20th (with one delivery: the attempt at which
+that delivery is given up). A delivery the receiver always rejects, while others arrive, is given up
+and does not disable it. A missing ``secret_env`` or a refused address disables it at once.
+Deliveries for a disabled endpoint, the pending ones included, are acked without an attempt (each
+logged as ``webhook_skipped`` with the running count ``skipped``) until :func:`enable_endpoint` is
+called; they are not replayed.
+
+Trace events (stored by the collector, shown by ``tail``) show an endpoint's URL
+:func:`~actors.webhook_http.redacted`, without userinfo and query, which can carry tokens; logs and
+``webhooks list`` show it whole.
 
 A trace event redelivered after JetStream's duplicate window (two minutes by default; redelivery
 comes after ``ack_wait``) would queue its deliveries again: the receiver sees the same ``webhook-id``
@@ -36,9 +51,10 @@ twice, which the spec allows for (receivers deduplicate on it).
 
 Addresses: the host is resolved here and the connection goes to the address that was checked (the
 ``Host`` header and TLS server name stay the URL's), so DNS cannot swap in another address after the
-check. Private, loopback, link-local, reserved, multicast, unspecified and other non-public addresses
-(IPv4 inside IPv6 included) are refused unless ``allow_private``; a refused endpoint is disabled at
-once. Connections are not kept alive, so a connection is never reused for another host name.
+check. Private, loopback, link-local, site-local, reserved, multicast, unspecified and other
+non-public addresses (IPv4 inside IPv6 included) are refused unless ``allow_private``; a refused
+endpoint is disabled at once. Connections are not kept alive, so a connection is never reused for
+another host name.
 """
 
 from __future__ import annotations
@@ -64,6 +80,7 @@ from actors.webhook_http import (
     http_client,
     payload,
     post,
+    redacted,
     send_test_event,
     signed_headers,
 )
@@ -106,6 +123,7 @@ log = structlog.get_logger("staffwork.webhooks")
 WEBHOOKS = "webhooks"  # the webhooks actor's thread and agent in the trace
 
 _CAS_TRIES = 10
+_LOCK_STRIPES = 64
 _ACTOR_HINT = "allow with --allow-private-webhooks"
 
 #: The trace events a webhook can announce (``bus.provision.WEBHOOK_SOURCES`` filters the same).
@@ -123,7 +141,9 @@ WebhookSource = (
 class WebhookSettings:
     base_delay: float = 1.0  # the wait after a first failed attempt; it doubles per attempt
     max_delay: float = 600.0
-    max_failures: int = 20  # consecutive failed attempts (per URL) before the endpoint is disabled
+    max_attempts: int = 20  # failed attempts at one delivery before it is given up
+    max_failures: int = 20  # consecutive failed attempts at an endpoint (any delivery), over
+    failing_for: float = 600.0  # at least this many seconds, before the endpoint is disabled
     timeout: float = 10.0  # per attempt: resolving, connecting, sending, the answer
     allow_private: bool = False  # allow private, loopback, link-local ... addresses
     ack_wait: float = 30.0
@@ -140,23 +160,42 @@ class WebhookSettings:
 
 
 class EndpointState(msgspec.Struct, frozen=True, kw_only=True):
-    """An endpoint's health, per URL: consecutive failed attempts; disabled, why and since when."""
+    """An endpoint's health, per URL: consecutive failed attempts and when the first of them was
+    (Unix time); disabled, why and since when."""
 
     url: str
     failures: int = 0
+    failing_since: float = 0.0
     disabled: bool = False
     reason: str = ""
     since: float = 0.0
+
+    def failed(self, error: str, now: float, settings: WebhookSettings) -> EndpointState:
+        """The state after a failed attempt at ``now``: the streak is one longer, and the endpoint is
+        disabled if the streak is ``max_failures`` long and began ``failing_for`` seconds ago."""
+        if self.disabled:
+            return self
+        failures = self.failures + 1
+        began = self.failing_since if self.failures and self.failing_since else now
+        state = msgspec.structs.replace(self, failures=failures, failing_since=began)
+        if failures < settings.max_failures or now - began < settings.failing_for:
+            return state
+        reason = f"{failures} consecutive failed attempts (the last: {error})"
+        return msgspec.structs.replace(state, disabled=True, reason=reason, since=now)
 
 
 _state = msgspec.json.Decoder(EndpointState)
 
 
 class Endpoints:
-    """Endpoint states in the webhooks KV bucket, changed by compare-and-set."""
+    """Endpoint states in the webhooks KV bucket, changed by compare-and-set. Changes to one URL in
+    this process wait for each other (a lock per stripe of keys), so that the attempts of many
+    deliveries to an endpoint that fail together do not exhaust each other's compare-and-set tries;
+    between processes, a lost race is tried again."""
 
     def __init__(self, kv: KV) -> None:
         self.kv = kv
+        self._locks = [asyncio.Lock() for _ in range(_LOCK_STRIPES)]
 
     @staticmethod
     def key(url: str) -> str:
@@ -171,15 +210,18 @@ class Endpoints:
     ) -> tuple[EndpointState, EndpointState]:
         """Apply ``change`` to the current state; (the state before, the state after)."""
         key = self.key(url)
-        for _ in range(_CAS_TRIES):
-            entry = await self.kv.entry(key)
-            old = _state.decode(entry[0]) if entry else EndpointState(url=url)
-            new = change(old)
-            if new == old:
-                return old, new
-            value = msgspec.json.encode(new)
-            if await (self.kv.update(key, value, entry[1]) if entry else self.kv.create(key, value)):
-                return old, new
+        async with self._locks[int(key[3:11], 16) % _LOCK_STRIPES]:
+            for tries in range(_CAS_TRIES):
+                if tries:
+                    await asyncio.sleep(random.uniform(0, 0.01 * tries))  # another process won
+                entry = await self.kv.entry(key)
+                old = _state.decode(entry[0]) if entry else EndpointState(url=url)
+                new = change(old)
+                if new == old:
+                    return old, new
+                value = msgspec.json.encode(new)
+                if await (self.kv.update(key, value, entry[1]) if entry else self.kv.create(key, value)):
+                    return old, new
         raise Retryable(f"the state of webhook endpoint {url} is contended ({key})", delay=1.0)
 
 
@@ -306,13 +348,14 @@ class WebhookDeliverer(BaseActor[WebhookDelivery]):
         state = await endpoints.get(msg.url)
         if state.disabled:
             self.skipped += 1
-            bound.info("webhook_skipped", reason=f"endpoint disabled: {state.reason}")
+            bound.info("webhook_skipped", reason=f"endpoint disabled: {state.reason}", skipped=self.skipped)
             return
         team = await self._directory.team(msg.session_id)
         spec = team.webhooks[msg.endpoint] if team and msg.endpoint < len(team.webhooks) else None
         if spec is None or spec.url != msg.url:
             self.skipped += 1
-            bound.warning("webhook_skipped", reason=f"the session has no endpoint {msg.endpoint} at this URL")
+            reason = f"the session has no endpoint {msg.endpoint} at this URL"
+            bound.warning("webhook_skipped", reason=reason, skipped=self.skipped)
             return
         try:
             key = _key_of(spec)
@@ -350,7 +393,7 @@ class WebhookDeliverer(BaseActor[WebhookDelivery]):
                         session_id=msg.session_id,
                         thread_id=WEBHOOKS,
                         agent=WEBHOOKS,
-                        url=msg.url,
+                        url=redacted(msg.url),
                         event_id=msg.event_id,
                         event_type=msg.event_type,
                         attempt=ctx.delivery,
@@ -363,39 +406,22 @@ class WebhookDeliverer(BaseActor[WebhookDelivery]):
         await self._failed(msg, error, ctx)
 
     async def _failed(self, msg: WebhookDelivery, error: str, ctx: Context) -> None:
-        """Count a failed attempt; retry later (raises :class:`Retryable`), or give up if the endpoint
-        is (now) disabled."""
-        limit = self.settings.max_failures
-
-        def count(state: EndpointState) -> EndpointState:
-            if state.disabled:
-                return state
-            failures = state.failures + 1
-            if failures < limit:
-                return msgspec.structs.replace(state, failures=failures)
-            reason = f"{failures} consecutive failed attempts (the last: {error})"
-            return msgspec.structs.replace(
-                state, failures=failures, disabled=True, reason=reason, since=time.time()
-            )
-
+        """Count a failed attempt; retry later (raises :class:`Retryable`), or give the delivery up:
+        its last attempt, or the endpoint is (now) disabled."""
         assert self._endpoints is not None
-        old, new = await self._endpoints.change(msg.url, count)
+        settings = self.settings
+        old, new = await self._endpoints.change(msg.url, lambda s: s.failed(error, time.time(), settings))
         self.failed += 1
-        retry = None if new.disabled else self.settings.backoff(ctx.delivery)
-        ctx.log.info(
-            "webhook_failed",
-            url=msg.url,
-            event_id=msg.event_id,
-            attempt=ctx.delivery,
-            error=error,
-            retry_in_s=retry,
-        )
+        final = new.disabled or ctx.delivery >= settings.max_attempts
+        retry = None if final else settings.backoff(ctx.delivery)
+        bound = ctx.log.bind(url=msg.url, event_id=msg.event_id, attempt=ctx.delivery)
+        bound.info("webhook_failed", error=error, retry_in_s=retry)
         await ctx.bus.emit(
             WebhookFailed(
                 session_id=msg.session_id,
                 thread_id=WEBHOOKS,
                 agent=WEBHOOKS,
-                url=msg.url,
+                url=redacted(msg.url),
                 event_id=msg.event_id,
                 event_type=msg.event_type,
                 attempt=ctx.delivery,
@@ -405,7 +431,9 @@ class WebhookDeliverer(BaseActor[WebhookDelivery]):
         )
         if retry is not None:
             raise Retryable(f"webhook {msg.url}: {error}", delay=retry)
-        if not old.disabled:
+        if not new.disabled:
+            bound.warning("webhook_given_up", reason=f"{ctx.delivery} failed attempts")
+        elif not old.disabled:
             await self._announce(msg, new, ctx)
 
     async def _disable(self, msg: WebhookDelivery, reason: str, ctx: Context) -> None:
@@ -428,7 +456,7 @@ class WebhookDeliverer(BaseActor[WebhookDelivery]):
                 session_id=msg.session_id,
                 thread_id=WEBHOOKS,
                 agent=WEBHOOKS,
-                url=msg.url,
+                url=redacted(msg.url),
                 reason=state.reason,
                 failures=state.failures,
             )
@@ -458,7 +486,13 @@ async def serve_webhooks(
     deliverer = WebhookDeliverer(settings)
 
     async def ready() -> None:
-        log.info("webhooks_ready", allow_private=settings.allow_private, max_failures=settings.max_failures)
+        log.info(
+            "webhooks_ready",
+            allow_private=settings.allow_private,
+            max_attempts=settings.max_attempts,
+            max_failures=settings.max_failures,
+            failing_for=settings.failing_for,
+        )
         if on_ready is not None:
             on_ready()
 

@@ -1,5 +1,7 @@
 """Webhooks: signed deliveries that a Standard Webhooks library verifies, retries with the same id,
-durability across kill -9, endpoints disabled after failures or for a refused address, the test command.
+durability across kill -9, a delivery given up after its last attempt, endpoints disabled after a
+lasting streak of failures (not by a short outage) or for a refused address, tokens in URLs kept out
+of the trace, the test command.
 
 A local HTTP receiver verifies every request with the ``standardwebhooks`` package and answers as
 each test scripts it.
@@ -29,8 +31,15 @@ import pytest
 import standardwebhooks
 
 from actors.sessions import SessionDirectory
-from actors.webhook_http import event_id_for, refusal, send_test_event, signature
-from actors.webhooks import WebhookSettings, WebhookSource, enable_endpoint, endpoint_states, serve_webhooks
+from actors.webhook_http import event_id_for, redacted, refusal, send_test_event, signature
+from actors.webhooks import (
+    EndpointState,
+    WebhookSettings,
+    WebhookSource,
+    enable_endpoint,
+    endpoint_states,
+    serve_webhooks,
+)
 from bus.connection import Bus
 from bus.direct import read_subject
 from bus.errors import StaffworkError
@@ -76,13 +85,17 @@ class Request:
 
 
 class Receiver:
-    """Records every request, verifying it with ``standardwebhooks``. Answers the ``answers`` given in
-    turn (a status, ``"redirect"`` or ``"hang"``), then ``default``."""
+    """Records every request, verifying it with ``standardwebhooks``. Answers 422 to the webhook ids
+    in ``rejected``, and to the others the ``answers`` given in turn (a status, ``"redirect"`` or
+    ``"hang"``), then ``default``."""
 
-    def __init__(self, answers: Iterable[int | str] = (), default: int = 200) -> None:
+    def __init__(
+        self, answers: Iterable[int | str] = (), default: int = 200, rejected: Iterable[str] = ()
+    ) -> None:
         self.requests: list[Request] = []
         self.answers = list(answers)
         self.default = default
+        self.rejected = set(rejected)
         self.changed = asyncio.Condition()
         self.url = ""
         self._verifier = standardwebhooks.Webhook(SECRET)
@@ -127,7 +140,11 @@ class Receiver:
                 payload = self._verifier.verify(body, headers)
             except standardwebhooks.webhooks.WebhookVerificationError:
                 payload = None
-            answer = self.answers.pop(0) if self.answers else self.default
+            answer: int | str = self.default
+            if headers.get("webhook-id") in self.rejected:
+                answer = 422
+            elif self.answers:
+                answer = self.answers.pop(0)
             if answer == "hang":
                 await self._record(Request(path, headers, body, 0, at, payload))
                 await reader.read()  # until the client gives up and hangs up
@@ -260,6 +277,8 @@ def test_the_signature_is_the_standard_webhooks_one() -> None:
         ("192.168.0.10", "private address 192.168.0.10"),
         ("169.254.169.254", "link-local address 169.254.169.254"),
         ("fe80::1%eth0", "link-local address fe80::1"),
+        ("fec0::1", "site-local address fec0::1"),  # deprecated, but routed inside some networks
+        ("feff:1::2", "site-local address feff:1::2"),
         ("0.0.0.0", "unspecified address 0.0.0.0"),
         ("224.0.0.1", "multicast address 224.0.0.1"),
         ("100.64.0.1", "non-public address 100.64.0.1"),
@@ -281,6 +300,35 @@ def test_backoff_doubles_with_jitter_up_to_the_cap() -> None:
         delays = [settings.backoff(attempt) for _ in range(200)]
         assert all(full / 2 <= delay <= full for delay in delays), attempt
         assert len(set(delays)) > 1  # jittered
+
+
+def test_an_endpoint_is_disabled_by_a_streak_of_failures_that_lasts() -> None:
+    settings = WebhookSettings(max_failures=3, failing_for=600.0)
+    state = EndpointState(url="https://hooks.example.com/x")
+    for n in range(25):  # an outage: the first attempts of 25 queued deliveries fail within a second
+        state = state.failed("HTTP 503", 1000.0 + n / 100, settings)
+    assert (state.failures, state.failing_since, state.disabled) == (25, 1000.0, False)
+    state = state.failed("HTTP 503", 1599.0, settings)
+    assert not state.disabled  # long enough, but not old enough
+    state = state.failed("HTTP 502", 1600.0, settings)
+    assert (state.failures, state.disabled, state.since) == (27, True, 1600.0)
+    assert state.reason == "27 consecutive failed attempts (the last: HTTP 502)"
+    assert state.failed("HTTP 503", 1700.0, settings) == state  # disabled: no longer counted
+
+    rare = EndpointState(url="https://hooks.example.com/x")
+    for at in (1000.0, 5000.0):
+        rare = rare.failed("HTTP 503", at, settings)
+    assert (rare.failures, rare.disabled) == (2, False)  # old enough, but not long enough
+    assert rare.failed("HTTP 503", 9000.0, settings).disabled
+
+
+def test_the_trace_shows_urls_without_userinfo_and_query() -> None:
+    assert (
+        redacted("https://u:pw@hooks.example.com/T0/B0/x?token=abc#f") == "https://hooks.example.com/T0/B0/x"
+    )
+    assert redacted("http://[2001:db8::1]:8080/hook?x=1") == "http://[2001:db8::1]:8080/hook"
+    assert redacted("https://hooks.example.com") == "https://hooks.example.com"
+    assert redacted("/elsewhere?sig=1") == "/elsewhere"
 
 
 def test_the_actor_reads_exactly_the_events_its_consumer_filters() -> None:
@@ -465,7 +513,7 @@ async def test_pending_deliveries_survive_a_killed_webhooks_process(
 
 
 async def test_an_endpoint_is_disabled_after_consecutive_failures_and_can_be_enabled(bus: Bus) -> None:
-    async with Receiver(default=500) as receiver, webhooks(bus, max_failures=3):
+    async with Receiver(default=500) as receiver, webhooks(bus, max_failures=3, failing_for=0.0):
         url = f"{receiver.url}/flaky"
         sid = await session(bus, WebhookSpec(url=url, secret=SECRET))
         async with watching(bus, sid) as trace:
@@ -489,6 +537,77 @@ async def test_an_endpoint_is_disabled_after_consecutive_failures_and_can_be_ena
     assert (disabled.url, disabled.failures) == (url, 3)
     assert disabled.reason == "3 consecutive failed attempts (the last: HTTP 500: answer 500)"
     assert [r.id for r in receiver.delivered()] == [event_id_for(later.msg_id)]
+
+
+async def test_a_short_outage_neither_disables_the_endpoint_nor_loses_deliveries(bus: Bus) -> None:
+    count, settings = 25, {"max_failures": 5}  # more deliveries than failures needed; 10 min to last
+    async with Receiver(default=503) as receiver, webhooks(bus, **settings):
+        url = f"{receiver.url}/hook"
+        sid = await session(bus, WebhookSpec(url=url, secret=SECRET, events=["session.thread_created"]))
+        events = [ThreadCreated(session_id=sid, thread_id=f"t-{n}", agent="logs") for n in range(count)]
+        ids = {event_id_for(event.msg_id) for event in events}
+        async with watching(bus, sid) as trace:
+            for event in events:
+                await publish(bus, event)
+            await receiver.wait_for(lambda: {r.id for r in receiver.requests} == ids)  # each one failed
+            receiver.default = 200  # the endpoint is back
+            await receiver.wait_for(lambda: {r.id for r in receiver.delivered()} == ids)
+            await settled(bus)
+            [state] = await endpoint_states(bus)
+    assert sum(r.answer == 503 for r in receiver.requests) >= count
+    assert (state.url, state.failures, state.disabled) == (url, 0, False)  # the streak ended
+    assert trace.of(WebhookEndpointDisabled) == []
+    assert all(failed.retry_in_s is not None for failed in trace.of(WebhookFailed))
+    assert sorted(r.id for r in receiver.delivered()) == sorted(ids)  # each one, once
+
+
+async def test_a_delivery_is_given_up_after_its_last_attempt(bus: Bus) -> None:
+    async with Receiver() as receiver, webhooks(bus, max_attempts=3):
+        url = f"{receiver.url}/hook"
+        sid = await session(bus, WebhookSpec(url=url, secret=SECRET, events=["session.thread_created"]))
+        rejected = ThreadCreated(session_id=sid, thread_id="t-bad", agent="logs")
+        fine = [ThreadCreated(session_id=sid, thread_id=f"t-{n}", agent="logs") for n in range(3)]
+        receiver.rejected.add(event_id_for(rejected.msg_id))  # answered 422, while the others arrive
+        async with watching(bus, sid) as trace:
+            for event in (rejected, *fine):
+                await publish(bus, event)
+            await trace.wait_for(lambda: any(f.retry_in_s is None for f in trace.of(WebhookFailed)))
+            await settled(bus)  # nothing left to retry
+            [state] = await endpoint_states(bus)
+    assert [r.answer for r in receiver.requests if r.id == event_id_for(rejected.msg_id)] == [422] * 3
+    assert {r.id for r in receiver.delivered()} == {event_id_for(event.msg_id) for event in fine}
+    failed = trace.of(WebhookFailed)
+    assert [(f.attempt, f.retry_in_s is None) for f in failed] == [(1, False), (2, False), (3, True)]
+    assert failed[-1].error == "HTTP 422: answer 422"
+    assert trace.of(WebhookEndpointDisabled) == []
+    assert not state.disabled
+
+
+async def test_trace_events_show_the_url_without_userinfo_and_query(
+    bus: Bus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SW_TEST_NO_SUCH_SECRET", raising=False)
+    async with Receiver(answers=[500]) as receiver, webhooks(bus):
+        base = receiver.url.replace("http://", "http://hook:pw@")
+        sid = await session(
+            bus,
+            WebhookSpec(url=f"{base}/a/T0?token=abc", secret=SECRET),
+            WebhookSpec(url=f"{receiver.url}/b?token=abc", secret_env="SW_TEST_NO_SUCH_SECRET"),
+        )
+        async with watching(bus, sid) as trace:
+            await bus.emit(SessionStatusIdle(session_id=sid))
+            await trace.wait_for(
+                lambda: bool(trace.of(WebhookDelivered) and trace.of(WebhookEndpointDisabled))
+            )
+            states = {state.url for state in await endpoint_states(bus)}
+    assert [r.path for r in receiver.requests] == ["/a/T0?token=abc"] * 2  # the token reached the receiver
+    [failed], [delivered], [disabled] = (
+        trace.of(kind) for kind in (WebhookFailed, WebhookDelivered, WebhookEndpointDisabled)
+    )
+    assert failed.url == delivered.url == f"{receiver.url}/a/T0"
+    assert disabled.url == f"{receiver.url}/b"
+    assert "abc" not in disabled.reason
+    assert states == {f"{base}/a/T0?token=abc", f"{receiver.url}/b?token=abc"}  # the operator's view
 
 
 async def test_a_private_address_is_refused_without_a_request(
