@@ -3,26 +3,43 @@
 A file exists; a file (or the answer) contains a string or matches a regex; a JSON file validates
 against a JSON Schema (remote ``$ref``s are refused: a team file must not make the grader fetch
 URLs); a number in a file (or the answer) lies in a range. Each check is a pure function of the
-answer and the files read, so it is tested without a bus.
+answer and the files read (:func:`run_check`), so it is tested without a bus.
+
+A team's regex can backtrack for hours (``^(a+)+$`` on ``"a" * 40 + "!"``), and ``re`` holds the
+GIL meanwhile, so a thread does not keep the grader alive. :func:`run_checks_apart` runs the checks
+that use a regex or a schema in a child process (``python -m actors.checks``: the job goes in as
+msgpack on stdin, each verdict comes out as a length-prefixed msgpack frame on stdout, as soon as it
+is known), gives each check ``timeout`` seconds, kills the child when one overruns and fails the
+checks it left without a verdict. The cheap ones (a file exists, a substring) run in-process.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
+import os
 import re
+import sys
+import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import fastjsonschema
 import msgspec
 
 from bus.errors import BusError, FileNotFound, InvalidPath, Retryable, WorkspaceError
-from bus.workspace import Workspace
 from schemas.outcome import Check, CriterionStatus, CriterionVerdict
+
+if TYPE_CHECKING:  # not at run time: the checks' child process must start fast (no nats, no structlog)
+    from bus.workspace import Workspace
 
 MAX_FILE_BYTES = 10 * 1024 * 1024  # read of one file for a check
 MAX_EXPLANATION = 1000  # characters of one criterion's explanation
+CHECK_TIMEOUT = 10.0  # seconds one machine check may run in the child process before it is failed
+MAX_STDERR = 600  # characters of a crashed child's stderr (its end: a traceback's last lines) kept
 
 
 # --- machine checks --------------------------------------------------------------------------------
@@ -90,6 +107,155 @@ def run_checks(
     checks: Sequence[Check], answer: str, files: Mapping[str, bytes | FileRead | None]
 ) -> list[CriterionVerdict]:
     return [run_check(check, answer, files) for check in checks]
+
+
+# --- the checks in a child process ----------------------------------------------------------------
+
+#: Kinds that run a team's regex or JSON Schema (``pattern`` keywords are regexes too): in the child.
+#: ``file_exists`` and ``contains`` cannot run away and stay in-process.
+_RUN_APART = frozenset({"matches", "number_in_range", "json_schema"})
+_FRAME = 4  # bytes of a frame's big-endian length
+
+
+class _Job(msgspec.Struct, frozen=True):
+    """What the child grades: the checks, the answer and the files read for them."""
+
+    checks: list[Check]
+    answer: str
+    files: dict[str, FileRead]
+
+
+async def run_checks_apart(
+    checks: Sequence[Check],
+    answer: str,
+    files: Mapping[str, bytes | FileRead | None],
+    *,
+    timeout: float = CHECK_TIMEOUT,
+) -> list[CriterionVerdict]:
+    """:func:`run_checks`, with every check that runs a regex or a schema in a child process that gets
+    ``timeout`` seconds per check. Never blocks the event loop; the child is always reaped."""
+    apart = [check for check in checks if check.kind in _RUN_APART]
+    if not apart:
+        return run_checks(checks, answer, files)
+    sent = {path: _as_read(found) for path, found in files.items() if any(c.path == path for c in apart)}
+    graded = iter(await _run_child(_Job(apart, answer, sent), timeout))
+    return [next(graded) if check.kind in _RUN_APART else run_check(check, answer, files) for check in checks]
+
+
+def _as_read(found: bytes | FileRead | None) -> FileRead:
+    return FileRead(found, size=len(found)) if isinstance(found, bytes) else found or FileRead(None)
+
+
+async def _run_child(job: _Job, timeout: float) -> list[CriterionVerdict]:
+    """The verdicts of ``job.checks``, in order: from the child, or failed saying why there is none."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-P",  # the grader's working directory is not on the child's import path
+        "-m",
+        "actors.checks",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=_child_env(),
+    )
+    assert proc.stdin is not None
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    verdicts: list[CriterionVerdict] = []
+    stderr = bytearray()
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(_feed(proc.stdin, msgspec.msgpack.encode(job)))
+            tg.create_task(_keep_tail(proc.stderr, stderr))
+            overran = await _collect(proc.stdout, len(job.checks), timeout, verdicts)
+            if len(verdicts) < len(job.checks):  # it overran, or wrote something else than verdicts
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()  # the pipes close with it: the feeder and the stderr reader end
+        returncode = await proc.wait()
+    finally:
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await asyncio.shield(proc.wait())  # reaped even when the grading is cancelled
+    missing = job.checks[len(verdicts) :]
+    if not missing:
+        return verdicts
+    first, rest = missing[0], missing[1:]
+    if overran:
+        reason = f"the check did not finish within {timeout:g} s (a pattern that backtracks without end?)"
+        after = f"not run: the check before it, {first.name!r}, did not finish within {timeout:g} s"
+    else:
+        said = stderr.decode("utf-8", errors="replace").strip() or "no error output"
+        said = said if len(said) <= MAX_STDERR else "…" + said[-MAX_STDERR:]
+        reason = f"the check's process crashed (exit code {returncode}): {said}"
+        after = f"not run: the check's process crashed on {first.name!r} before it"
+    verdicts.append(_failed(first, reason))
+    verdicts += [_failed(check, after) for check in rest]
+    return verdicts
+
+
+def _child_env() -> dict[str, str]:
+    """The child's environment: what Python needs to start and import us, and no secrets."""
+    env = {k: v for k in ("PATH", "SYSTEMROOT", "LD_LIBRARY_PATH", "PYTHONHOME") if (v := os.environ.get(k))}
+    root = str(Path(__file__).resolve().parent.parent)  # the directory that holds actors/ and schemas/
+    env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])])
+    return env
+
+
+async def _feed(stdin: asyncio.StreamWriter, data: bytes) -> None:
+    try:
+        stdin.write(data)
+        await stdin.drain()
+        stdin.close()
+        await stdin.wait_closed()
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the child died before it read its job: its exit code and stderr say why
+
+
+async def _keep_tail(stream: asyncio.StreamReader, tail: bytearray) -> None:
+    """Read ``stream`` to its end (a child blocked on a full pipe would look hung), keep the last bytes."""
+    while block := await stream.read(65536):
+        tail += block
+        del tail[: max(0, len(tail) - 4 * MAX_STDERR)]
+
+
+async def _collect(
+    stdout: asyncio.StreamReader, expected: int, timeout: float, verdicts: list[CriterionVerdict]
+) -> bool:
+    """Read verdicts until ``expected`` are in or the child's output ends; True if one took longer than
+    ``timeout`` (from the child's start for the first, from the one before for the others)."""
+    decoder = msgspec.msgpack.Decoder(CriterionVerdict)
+    while len(verdicts) < expected:
+        try:
+            async with asyncio.timeout(timeout):
+                size = int.from_bytes(await stdout.readexactly(_FRAME), "big")
+                verdicts.append(decoder.decode(await stdout.readexactly(size)))
+        except TimeoutError:
+            return True
+        except (asyncio.IncompleteReadError, msgspec.DecodeError):
+            return False  # it died (or wrote something else): the caller reports its stderr
+    return False
+
+
+def _failed(check: Check, explanation: str) -> CriterionVerdict:
+    return CriterionVerdict(criterion=check.name, kind=check.kind, status="failed", explanation=explanation)
+
+
+def main() -> None:
+    """``python -m actors.checks``: grade the :class:`_Job` on stdin, one verdict frame per check on
+    stdout. A check that raises fails (its traceback goes to stderr); the rest still run."""
+    job = msgspec.msgpack.decode(sys.stdin.buffer.read(), type=_Job)
+    out = sys.stdout.buffer
+    encoder = msgspec.msgpack.Encoder()
+    for check in job.checks:
+        try:
+            verdict = run_check(check, job.answer, job.files)
+        except Exception as exc:
+            traceback.print_exc()
+            verdict = _failed(check, clip(f"the check raised {type(exc).__name__}: {exc}", MAX_EXPLANATION))
+        frame = encoder.encode(verdict)
+        out.write(len(frame).to_bytes(_FRAME, "big") + frame)
+        out.flush()
 
 
 _GROUPED = re.compile(r"[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
@@ -202,3 +368,7 @@ async def read_file(
 
 def clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+if __name__ == "__main__":
+    main()
