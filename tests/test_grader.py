@@ -17,7 +17,8 @@ import msgspec
 import pytest
 
 from actors.checks import FileRead, parse_number, read_file, run_check, run_checks_apart
-from actors.grader import NEEDS_A_MODEL, explain, grader_system, overall, parse_grades, serve_grader
+from actors.grader import serve_grader
+from actors.grading import NEEDS_A_MODEL, explain, grader_system, overall, parse_grades
 from actors.models.base import Model, ModelRequest, ModelResponse, ModelRetryable
 from actors.models.offline import OfflineModel
 from actors.models.scripted import ScriptedModel, calls, text
@@ -618,7 +619,7 @@ async def test_reads_are_capped_and_so_is_what_the_model_is_shown(
     assert (len(read.data or b""), read.size) == (300 * 1024, len(big))
     assert (await read_file(workspace, sid, "missing.log")).data is None
 
-    monkeypatch.setattr("actors.grader.MAX_CONTEXT_BYTES", 100)
+    monkeypatch.setattr("actors.grading.MAX_CONTEXT_BYTES", 100)
     await workspace.put(sid, "report.md", "R" * 80)
     await workspace.put(sid, "notes.md", "N" * 80)
     await workspace.put(sid, "zeta.md", "Z" * 10)
