@@ -54,6 +54,7 @@ from schemas.thread import Delegation, FollowUp, ThreadReply
 from schemas.trace import (
     SessionStatusIdle,
     SessionStatusRunning,
+    SessionStatusTerminated,
     ThreadMessageReceived,
     ThreadMessageSent,
 )
@@ -436,6 +437,15 @@ class LeadRun:
                 usage=self.usage,
             )
         )
+        if status != "idle":  # canceled, failed, out of budget or time: the session ended for good
+            await self.bus.emit(
+                SessionStatusTerminated(
+                    session_id=self.sid,
+                    thread_id=LEAD_THREAD,
+                    agent=self.team.lead.name,
+                    reason=stop or status,
+                )
+            )
         return self._result(status, text, report=report, error=error, files=await self._files())
 
     def _result(

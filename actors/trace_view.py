@@ -139,9 +139,9 @@ def build(events: list[AnyTraceEvent]) -> tuple[dict[str, ThreadNode], dict[str,
             current.status = totals["status"] = "idle" if stop in ("end_turn", "") else stop
         elif isinstance(event, ThreadStatusTerminated | SessionStatusTerminated):
             current.ended = event.time
-            current.status = "terminated"
+            current.status = event.reason or "terminated"  # why: canceled, failed, budget_reached...
             if isinstance(event, SessionStatusTerminated):
-                totals["status"] = "terminated"
+                totals["status"] = current.status
         elif isinstance(event, SessionErrorEvent):
             totals["errors"] = int(totals["errors"]) + 1
             current.steps.append(f"✗ error: {event.error.message}")

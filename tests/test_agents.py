@@ -4,6 +4,7 @@ cancel and budget."""
 from __future__ import annotations
 
 import asyncio
+import json
 
 import msgspec
 import pytest
@@ -180,6 +181,9 @@ async def test_budget_reached_stops_cleanly(bus: Bus) -> None:
     assert result.status == "budget_reached"
     assert result.usage.input_tokens + result.usage.output_tokens >= 1000
     assert len(model.calls_by("lead")) == 1  # no lead turn after the budget was spent
+    terminated = bus.subjects.event(result.session_id, "session.status_terminated")
+    [ended] = [json.loads(m.data) async for m in read_subject(bus, bus.subjects.log_stream, terminated)]
+    assert ended["reason"] == "budget_reached"  # the session ended for good (a webhook can announce it)
 
 
 async def test_a_duplicate_delegation_never_makes_a_second_thread(bus: Bus) -> None:
