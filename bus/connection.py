@@ -216,7 +216,7 @@ class Bus:
     async def kv(self, bucket: str) -> KV:
         """A KV bucket (it must exist: provisioning creates the design's buckets)."""
         try:
-            return KV(await self.js.key_value(bucket), bucket)
+            return KV(await self.js.key_value(bucket), bucket, self.js)
         except nats.js.errors.BucketNotFoundError as exc:
             raise BusError(f"KV bucket {bucket!r} does not exist: was the bus provisioned?") from exc
 

@@ -5,6 +5,7 @@ Actors use these instead of nats-py, so the transport stays in ``bus/``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Generic, TypeVar
@@ -14,7 +15,7 @@ import nats.js.errors
 import structlog
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.js.api import DeliverPolicy
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.kv import KeyValue
 
 from bus.codec import Decoder
@@ -27,9 +28,10 @@ log = structlog.get_logger("staffwork.bus")
 class KV:
     """One KV bucket: ``get``, ``create`` (only if absent), ``put``; errors translated."""
 
-    def __init__(self, kv: KeyValue, bucket: str) -> None:
+    def __init__(self, kv: KeyValue, bucket: str, js: Any = None) -> None:
         self._kv = kv
         self.bucket = bucket
+        self._js = js  # for keys(): a race-free listing
 
     async def get(self, key: str) -> bytes | None:
         current = await self.entry(key)
@@ -59,11 +61,21 @@ class KV:
 
     async def keys(self, prefix: str = "") -> list[str]:
         """The keys (optionally only those starting with ``prefix``), sorted; [] for an empty bucket."""
-        try:
-            keys = await self._kv.keys()
-        except nats.js.errors.NoKeysError:
-            return []
-        return sorted(k for k in keys if k.startswith(prefix))
+        if self._js is None:
+            try:
+                keys = await self._kv.keys()
+            except nats.js.errors.NoKeysError:
+                return []
+            return sorted(k for k in keys if k.startswith(prefix))
+        head = f"$KV.{self.bucket}."
+        found: list[str] = []
+        async for msg in last_per_subject(self._js, f"KV_{self.bucket}", head + ">", headers_only=True):
+            if (msg.headers or {}).get("KV-Operation") in ("DEL", "PURGE"):
+                continue  # deleted: its last message is the delete marker
+            key = msg.subject[len(head) :]
+            if key.startswith(prefix):
+                found.append(key)
+        return sorted(found)
 
     async def create(self, key: str, value: bytes) -> bool:
         """Store ``value`` unless ``key`` exists; False if it did."""
@@ -157,3 +169,46 @@ class Listener(Generic[T]):
             with contextlib.suppress(nats.errors.Error):
                 await self._sub.unsubscribe()
             self._sub = None
+
+
+_LAST_BATCH = 256
+
+
+async def last_per_subject(
+    js: Any, stream: str, filter_subject: str, *, headers_only: bool = False, timeout: float = 10.0
+) -> AsyncIterator[Msg]:
+    """The last message of every subject matching ``filter_subject``, via an ephemeral pull consumer
+    (memory, no acks, removed after use). Race-free: how many there are is known when the consumer
+    is made, before any is delivered (the server's multi-subject direct get stops at 1024 subjects;
+    nats-py's KV ``keys()`` can miss keys still in flight). Raises ``nats.js.errors.NotFoundError``
+    for a missing stream."""
+    config = ConsumerConfig(
+        filter_subject=filter_subject,
+        deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+        ack_policy=AckPolicy.NONE,
+        headers_only=headers_only or None,
+        mem_storage=True,
+        num_replicas=1,
+        inactive_threshold=60.0,
+    )
+    try:
+        async with asyncio.timeout(timeout):
+            info = await js.add_consumer(stream, config)
+    except (nats.errors.TimeoutError, TimeoutError) as exc:
+        raise BusTimeout("read the last messages", filter_subject, timeout) from exc
+    remaining = info.num_pending or 0
+    psub = await js.pull_subscribe_bind(info.name, stream)
+    try:
+        while remaining > 0:
+            try:
+                batch = await psub.fetch(min(_LAST_BATCH, remaining), timeout=timeout)
+            except (nats.errors.TimeoutError, TimeoutError) as exc:
+                raise BusTimeout("read the last messages", filter_subject, timeout) from exc
+            for msg in batch:
+                remaining -= 1
+                yield msg
+    finally:
+        with contextlib.suppress(nats.errors.Error, TimeoutError):
+            await psub.unsubscribe()
+        with contextlib.suppress(nats.errors.Error, TimeoutError):
+            await js.delete_consumer(stream, info.name)

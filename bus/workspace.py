@@ -28,11 +28,11 @@ from typing import Any, BinaryIO
 import msgspec
 import nats.errors
 import nats.js.errors
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from bus.connection import Bus
 from bus.direct import read_subject
 from bus.errors import BusError, BusTimeout, FileChanged, FileNotFound, IntegrityError, InvalidPath
+from bus.state import last_per_subject
 from bus.subjects import check_token
 from schemas.files import FileInfo, Provenance
 
@@ -400,36 +400,9 @@ class Workspace:
         return files
 
     async def _last_per_subject(self, filter_subject: str) -> AsyncIterator[bytes]:
-        """The last message of every subject matching ``filter_subject``, via an ephemeral consumer
-        (memory, no acks, removed after use): the server's multi-subject direct get stops at 1024."""
-        config = ConsumerConfig(
-            filter_subject=filter_subject,
-            deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
-            ack_policy=AckPolicy.NONE,
-            mem_storage=True,
-            num_replicas=1,
-            inactive_threshold=60.0,
-        )
+        """The last message of every subject matching ``filter_subject`` (each object's metadata)."""
         try:
-            async with asyncio.timeout(self.timeout):
-                info = await self.bus.js.add_consumer(self.stream, config)
+            async for msg in last_per_subject(self.bus.js, self.stream, filter_subject, timeout=self.timeout):
+                yield msg.data
         except nats.js.errors.NotFoundError as exc:
             raise self._missing_bucket() from exc
-        except (nats.errors.TimeoutError, TimeoutError) as exc:
-            raise BusTimeout("list files", filter_subject, self.timeout) from exc
-        remaining = info.num_pending or 0
-        psub = await self.bus.js.pull_subscribe_bind(info.name, self.stream)
-        try:
-            while remaining > 0:
-                try:
-                    batch = await psub.fetch(min(_LIST_BATCH, remaining), timeout=self.timeout)
-                except (nats.errors.TimeoutError, TimeoutError) as exc:
-                    raise BusTimeout("list files", filter_subject, self.timeout) from exc
-                for msg in batch:
-                    remaining -= 1
-                    yield msg.data
-        finally:
-            with contextlib.suppress(nats.errors.Error, TimeoutError):
-                await psub.unsubscribe()
-            with contextlib.suppress(nats.errors.Error, TimeoutError):
-                await self.bus.js.delete_consumer(self.stream, info.name)

@@ -137,3 +137,20 @@ async def test_provisioning_without_jetstream_says_so(plain_nats_server: NatsSer
             await provision(bus)
     finally:
         await bus.close()
+
+
+async def test_kv_keys_lists_every_live_key_without_racing(bus: Bus) -> None:
+    kv = await bus.kv(bus.subjects.sessions_bucket)
+    assert await kv.keys() == []
+    for n in range(300):
+        await kv.put(f"k{n:03d}", b"v")
+    await kv.put("other", b"v")
+    raw = await bus.js.key_value(bus.subjects.sessions_bucket)
+    await raw.delete("k000")
+    await raw.purge("k001")
+    for _ in range(5):  # nats-py's keys() could miss keys still in flight; ours knows the count first
+        keys = await kv.keys()
+        assert len(keys) == 299
+        assert "k000" not in keys
+        assert "k001" not in keys
+    assert await kv.keys("other") == ["other"]
