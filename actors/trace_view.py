@@ -34,6 +34,7 @@ from schemas.trace import (
     ThreadStatusTerminated,
     WebhookDelivered,
     WebhookEndpointDisabled,
+    WebhookFailed,
 )
 
 
@@ -123,8 +124,16 @@ def build(events: list[AnyTraceEvent]) -> tuple[dict[str, ThreadNode], dict[str,
             totals["outcome"] = event.result  # its usage is in the grader's own model calls
         elif isinstance(event, WebhookDelivered):
             current.steps.append(f"↗ webhook {event.event_type} → {event.url} · {event.status_code}")
+            current.status, current.ended = "delivered", event.time
+        elif isinstance(event, WebhookFailed):
+            final = event.retry_in_s is None
+            again = "given up" if event.retry_in_s is None else f"retry in {event.retry_in_s:.1f}s"
+            step = f"✗ webhook {event.event_type} → {event.url} · attempt {event.attempt}: {event.error}"
+            current.steps.append(f"{step} · {again}")
+            current.status, current.ended = ("given up" if final else "retrying"), event.time
         elif isinstance(event, WebhookEndpointDisabled):
             current.steps.append(f"✗ webhook endpoint {event.url} disabled: {event.reason}")
+            current.status, current.ended = "disabled", event.time
         elif isinstance(event, ThreadStatusRunning | SessionStatusRunning):  # a (new) run starts
             current.ended = None
             current.status = "running"

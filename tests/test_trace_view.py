@@ -18,6 +18,8 @@ from schemas.trace import (
     SessionErrorEvent,
     ThreadStatusIdle,
     ThreadStatusRunning,
+    WebhookDelivered,
+    WebhookFailed,
 )
 
 FIXTURE = Path(__file__).parent / "fixtures" / "incident-trace.jsonl"
@@ -82,3 +84,21 @@ def test_a_follow_up_in_progress_shows_its_thread_running() -> None:
         ]  # type: ignore[arg-type]
     )
     assert threads["t-toolu_off_lead_1_0"].status == "idle"
+
+
+def test_the_grader_and_webhooks_show_their_state_and_are_not_counted_as_threads() -> None:
+    events = incident()
+    sid, later = events[0].session_id, events[-1].time + timedelta(seconds=1)
+    hook = {"session_id": sid, "thread_id": "webhooks", "agent": "webhooks", "url": "https://x/h"}
+    kind = {"event_id": "whevt_1", "event_type": "session.status_idled"}
+    events += [
+        WebhookFailed(**hook, **kind, attempt=1, error="503", retry_in_s=1.5, time=later),  # type: ignore[arg-type]
+        WebhookDelivered(**hook, **kind, attempt=2, status_code=204, time=later),  # type: ignore[arg-type]
+    ]
+    threads, _ = build(events)
+    assert threads["webhooks"].status == "delivered"
+    assert threads["webhooks"].steps == [
+        "✗ webhook session.status_idled → https://x/h · attempt 1: 503 · retry in 1.5s",
+        "↗ webhook session.status_idled → https://x/h · 204",
+    ]
+    assert "· 5 threads" in text_of(sid, events).splitlines()[0]  # the lead and four subagents
