@@ -35,6 +35,7 @@ from actors.cli_common import (
     run_async,
     session_record,
 )
+from actors.cli_memory import memory_app
 from actors.cli_run import EXAMPLES, RunOutcome, bus_target, load_example, load_team, run_session
 from actors.cli_trace import register as register_trace_commands
 from actors.client import Client
@@ -401,6 +402,7 @@ def cancel(session: str, nats: NatsOption = None, root: RootOption = "sw") -> No
 
 
 register_trace_commands(app)  # tail, trace, sessions
+app.add_typer(memory_app, name="memory")
 
 fs_app = typer.Typer(help="A session's workspace: ls, cat, put, get.", no_args_is_help=True)
 app.add_typer(fs_app, name="fs")

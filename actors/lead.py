@@ -31,6 +31,7 @@ from actors.loop import AgentLoop, LoopResult
 from actors.models.base import Model
 from actors.sessions import TERMINAL, CancelWatch, SessionDirectory, cancel_session, race_cancel
 from actors.tools.base import Tool, Toolbox, ToolContext, ToolError, tool
+from actors.tools.memory import memory_note
 from actors.tools.registry import check_team_tools, tools_for
 from actors.tools.workspace import write_and_record
 from bus.actor import BaseActor, Context
@@ -84,6 +85,7 @@ def lead_system_prompt(team: TeamSpec) -> str:
         "message_agent(thread_id, message) to ask a specialist a follow-up: it continues with everything "
         "from its earlier turns. Files in the shared workspace are visible to everyone. When you have "
         f"what you need, answer with the final deliverable; it is saved as {team.report_path}."
+        + (f"\n\n{note}" if (note := memory_note(team.lead)) else "")
     )
 
 
@@ -265,6 +267,7 @@ class LeadRun:
                 agent=team.lead.name,
                 tool_use_id=tool_use_id,
                 services={"lead": self},
+                memory={attached.store: attached for attached in team.lead.memory},
             ),
             on_usage=self._count,
             roster=[a.name for a in team.agents],

@@ -22,6 +22,7 @@ from actors.loop import AgentLoop, LoopResult, answer_for
 from actors.models.base import Model
 from actors.sessions import CancelWatch, SessionDirectory, race_cancel
 from actors.tools.base import Toolbox, ToolContext
+from actors.tools.memory import memory_note
 from actors.tools.registry import tools_for
 from actors.tools.workspace import write_and_record
 from bus.actor import BaseActor, Context
@@ -49,11 +50,13 @@ _ENDED_AS: dict[str, ThreadOutcome] = {
 
 def subagent_system_prompt(team: TeamSpec, spec: AgentSpec) -> str:
     base = spec.system or f"You are {spec.name}, a specialist on the team {team.name!r}."
-    return (
+    prompt = (
         f"{base}\n\nYou work on one task delegated by the team's lead. Files you write go to the session's "
         "shared workspace, which the lead and the other agents can read. Answer with your findings: "
         "the lead reads only your final message."
     )
+    note = memory_note(spec)
+    return f"{prompt}\n\n{note}" if note else prompt
 
 
 class SubagentActor(BaseActor[SubagentInbox]):
@@ -181,6 +184,7 @@ class SubagentActor(BaseActor[SubagentInbox]):
                 thread_id=msg.thread_id,
                 agent=msg.agent,
                 tool_use_id=tool_use_id,
+                memory={attached.store: attached for attached in spec.memory},
             ),
         )
         work: asyncio.Task[LoopResult] = asyncio.ensure_future(loop.run())

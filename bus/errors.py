@@ -17,11 +17,18 @@
     ├── MessageRejected            a message failed to decode or validate: terminated, never redelivered
     │   └── MessageTooLarge        its payload is over the size limit
     ├── Retryable                  a handler's transient failure: the runtime naks it with backoff
-    └── WorkspaceError             the shared filesystem
-        ├── InvalidPath            empty, absolute, escaping (..), NUL or control characters, too long
-        ├── FileNotFound           no such file in the session's workspace
-        ├── FileChanged            the file was replaced or deleted while it was being read
-        └── IntegrityError         content does not match the recorded digest or size
+    ├── WorkspaceError             the shared filesystem
+    │   ├── InvalidPath            empty, absolute, escaping (..), NUL or control characters, too long
+    │   ├── FileNotFound           no such file in the session's workspace
+    │   ├── FileChanged            the file was replaced or deleted while it was being read
+    │   └── IntegrityError         content does not match the recorded digest or size
+    └── MemoryStoreError           memory stores (an invalid store name is reported as this)
+        ├── MemoryStoreNotFound    no store of that name (the error lists the known ones)
+        ├── MemoryStoreExists      creating a store whose name is taken
+        ├── MemoryFileNotFound     no such file (or version) in the store, or it was deleted
+        ├── MemoryConflict         a precondition failed: the file's sha256 is not the expected one
+        ├── MemoryTooLarge         content over the 100 KB limit
+        └── InvalidMemoryPath      empty, absolute, escaping (..), NUL or control characters, too long
 
 Errors carry their facts as attributes and say them in one line naming the offending value. The
 transport's own exceptions (nats-py's) are translated at this boundary and chained (``from exc``).
@@ -40,7 +47,14 @@ __all__ = [
     "FileNotFound",
     "HistoryConflict",
     "IntegrityError",
+    "InvalidMemoryPath",
     "InvalidPath",
+    "MemoryConflict",
+    "MemoryFileNotFound",
+    "MemoryStoreError",
+    "MemoryStoreExists",
+    "MemoryStoreNotFound",
+    "MemoryTooLarge",
     "MessageRejected",
     "MessageTooLarge",
     "ProvisionError",
@@ -204,3 +218,80 @@ class IntegrityError(WorkspaceError):
         self.path = path
         self.reason = reason
         super().__init__(f"file {path!r} is corrupt: {reason}")
+
+
+class MemoryStoreError(StaffworkError):
+    """A memory store refused or failed an operation."""
+
+
+class MemoryStoreNotFound(MemoryStoreError):
+    """No memory store named ``name``; ``known`` lists the stores there are."""
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        self.name = name
+        self.known = known
+        super().__init__(f"no memory store {name!r} (known: {', '.join(known) or 'none'})")
+
+
+class MemoryStoreExists(MemoryStoreError):
+    """A memory store named ``name`` exists already."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"memory store {name!r} already exists")
+
+
+class MemoryFileNotFound(MemoryStoreError):
+    """No file at ``path`` in memory store ``store`` (deleted, or never written); with ``version``,
+    that version is not a write of that file."""
+
+    def __init__(self, store: str, path: str, *, version: int | None = None, deleted: bool = False) -> None:
+        self.store = store
+        self.path = path
+        self.version = version
+        self.deleted = deleted
+        if version is None:
+            message = f"no file {path!r} in memory store {store!r}" + (" (it was deleted)" if deleted else "")
+        elif deleted:
+            message = f"version {version} of {path!r} in memory store {store!r} is its deletion"
+        else:
+            message = f"memory store {store!r} has no version {version} of {path!r}"
+        super().__init__(message)
+
+
+class MemoryConflict(MemoryStoreError):
+    """An update's precondition failed: ``expected`` is the sha256 it was meant to replace ("" for
+    "no file"), ``actual`` the file's sha256 now ("" when there is no file)."""
+
+    def __init__(self, store: str, path: str, *, expected: str, actual: str) -> None:
+        self.store = store
+        self.path = path
+        self.expected = expected
+        self.actual = actual
+        wanted = f"sha256 {expected}" if expected else "no file"
+        now = f"sha256 {actual}" if actual else "no file"
+        super().__init__(
+            f"{path!r} in memory store {store!r} has changed: the update expected {wanted}, "
+            f"but there is {now} now"
+        )
+
+
+class MemoryTooLarge(MemoryStoreError):
+    """Content of ``size`` bytes is over the ``limit``."""
+
+    def __init__(self, store: str, path: str, *, size: int, limit: int) -> None:
+        self.store = store
+        self.path = path
+        self.size = size
+        self.limit = limit
+        super().__init__(f"{path!r} in memory store {store!r}: {size} bytes is over the {limit}-byte limit")
+
+
+class InvalidMemoryPath(MemoryStoreError):
+    """A path is not acceptable inside a memory store."""
+
+    def __init__(self, store: str, path: str, reason: str) -> None:
+        self.store = store
+        self.path = path
+        self.reason = reason
+        super().__init__(f"invalid path {path!r} in memory store {store!r}: {reason}")

@@ -8,6 +8,9 @@
 ``<key>_sessions``     KV bucket: session state
 ``<key>_registry``     KV bucket: registered teams and agents
 ``<key>_files``        object store: the shared filesystem (``<session>/<path>``)
+``<key>_memory``       stream, limits retention, no max age: every version of every memory file
+                       (``<root>.mem.>``)
+``<key>_memstores``    KV bucket: registered memory stores
 =====================  ==========================================================================
 
 Running it again changes nothing; a stream whose settings drifted is updated in place. Work
@@ -166,6 +169,20 @@ def log_stream_config(bus: Bus, settings: StreamSettings) -> StreamConfig:
     )
 
 
+def memory_stream_config(bus: Bus, settings: StreamSettings) -> StreamConfig:
+    """Memory is permanent: no max age and no size limit, whatever the log's retention."""
+    return StreamConfig(
+        name=bus.subjects.memory_stream,
+        description=f"staffwork memory stores under {bus.subjects.root}",
+        subjects=[bus.subjects.all_memory],
+        retention=RetentionPolicy.LIMITS,
+        storage=settings.storage,
+        num_replicas=settings.replicas,
+        discard=DiscardPolicy.NEW,
+        allow_direct=True,
+    )
+
+
 def _unavailable(exc: BaseException) -> ProvisionError:
     return ProvisionError(f"JetStream is not available on this server (start nats-server with -js): {exc!r}")
 
@@ -268,4 +285,6 @@ async def provision(
     await ensure_kv(bus, bus.subjects.registry_bucket, history=8, settings=settings)
     await ensure_kv(bus, bus.subjects.webhooks_bucket, history=1, settings=settings)
     await ensure_object_store(bus, bus.subjects.files_bucket, settings=settings)
+    await ensure_stream(bus, memory_stream_config(bus, settings))
+    await ensure_kv(bus, bus.subjects.memory_stores_bucket, history=1, settings=settings)
     log.debug("provisioned", root=bus.subjects.root, agents=list(agents))

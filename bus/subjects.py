@@ -15,6 +15,8 @@ Under a configurable root (default ``sw``; each test uses its own):
 ``<root>.s.<session>.grade``              grading requests for the grader
 ``<root>.s.<session>.hook``               pending webhook deliveries
 ``<root>.sys.evt.<kind...>``              events that belong to no session (undecodable traffic)
+``<root>.mem.<store>.f.<path64>``         a memory file's versions (path64: the path, base64url
+                                          without padding), in their own stream: no max age
 ========================================  =========================================================
 
 The session id is always the third token, so ``<root>.s.<id>.>`` selects one session's traffic.
@@ -154,6 +156,19 @@ class Subjects:
         sid = session_id if session_id == "*" else check_token(session_id, "session id")
         return f"{self.root}.s.{sid}.evt.>"
 
+    @property
+    def all_memory(self) -> str:
+        """What the memory stream keeps."""
+        return f"{self.root}.mem.>"
+
+    def memory_files(self, store: str) -> str:
+        """Filter for every version of every file of one memory store."""
+        return f"{self.root}.mem.{check_token(store, 'memory store')}.f.>"
+
+    def memory_file(self, store: str, path_token: str) -> str:
+        """One memory file's versions; ``path_token`` is its path in base64url without padding."""
+        return f"{self.root}.mem.{check_token(store, 'memory store')}.f.{path_token}"
+
     def session_of(self, subject: str) -> str:
         """The session id in ``subject``, or ``""`` when it names none."""
         prefix = f"{self.root}.s."
@@ -178,6 +193,16 @@ class Subjects:
     @property
     def registry_bucket(self) -> str:
         return f"{self.key}_registry"
+
+    @property
+    def memory_stream(self) -> str:
+        """The stream that keeps every version of every memory file (memory is permanent)."""
+        return f"{self.key}_memory"
+
+    @property
+    def memory_stores_bucket(self) -> str:
+        """KV bucket: the registered memory stores."""
+        return f"{self.key}_memstores"
 
     @property
     def lead_consumer(self) -> str:

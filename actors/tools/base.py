@@ -30,6 +30,7 @@ from bus.workspace import Workspace
 from schemas.conversation import ToolResultBlock, ToolSpec
 from schemas.errors import StaffworkError
 from schemas.files import Provenance
+from schemas.team import MemoryAttachment
 
 log = structlog.get_logger("staffwork.tools")
 
@@ -50,8 +51,10 @@ class ToolContext:
     thread_id: str
     agent: str
     tool_use_id: str = ""
-    #: Role-specific services (the lead's delegation machinery, memory stores...), by name.
+    #: Role-specific services (the lead's delegation machinery...), by name.
     services: dict[str, Any] = field(default_factory=dict)
+    #: The memory stores attached to the agent, by store name (reached under ``/memory/<store>/``).
+    memory: dict[str, MemoryAttachment] = field(default_factory=dict)
 
     @property
     def provenance(self) -> Provenance:

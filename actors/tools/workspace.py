@@ -15,6 +15,7 @@ from typing import Annotated
 import msgspec
 
 from actors.tools.base import Tool, ToolContext, ToolError, tool
+from actors.tools.memory import list_memory, mounted, read_memory, write_memory
 from actors.tools.sql import cut, plural, sql
 from bus.connection import Bus
 from bus.errors import FileNotFound
@@ -53,7 +54,10 @@ async def list_files(ctx: ToolContext, *, prefix: str = "") -> str:
     """List the files of the session's workspace: size in bytes and path, sorted by path.
 
     `prefix` keeps only the paths that start with it (a directory such as `data/`, or any leading text).
+    `/memory/` lists the agent's memory stores, `/memory/<store>/` a store's files.
     """
+    if mounted(prefix):
+        return await list_memory(ctx, prefix)
     files = await ctx.workspace.list(ctx.session_id, prefix)
     if not files:
         return "the workspace is empty" if _whole_workspace(prefix) else f"no files under {prefix!r}"
@@ -67,8 +71,11 @@ async def list_files(ctx: ToolContext, *, prefix: str = "") -> str:
 async def write_file(ctx: ToolContext, *, path: str, content: str) -> str:
     """Write a text file (UTF-8) in the session's workspace, replacing any file at that path.
 
-    Directories need no creating: `notes/a.md` is just a path. The file records who wrote it.
+    Directories need no creating: `notes/a.md` is just a path. The file records who wrote it. A path
+    under `/memory/<store>/` writes a new version of that file in a memory store (read-write stores only).
     """
+    if mounted(path):
+        return await write_memory(ctx, path, content)
     info = await write_and_record(ctx.bus, ctx.workspace, ctx.provenance, path, content)
     return f"wrote {info.size} bytes to {info.path}"
 
@@ -134,10 +141,14 @@ async def read_file(ctx: ToolContext, *, path: str, offset: Offset = 0, limit: L
     """Read a text file of the session's workspace as numbered lines, like `cat -n` (number, tab, text).
 
     Returns `limit` lines after skipping `offset` lines. When the file goes on, the output ends with
-    "(lines A-B of N; continue with offset=B)". Bytes that are not UTF-8 read as U+FFFD.
+    "(lines A-B of N; continue with offset=B)". Bytes that are not UTF-8 read as U+FFFD. A path under
+    `/memory/<store>/` reads from a memory store attached to the agent.
     """
-    normalized = normalize_path(path)
-    chunks = await ctx.workspace.open(ctx.session_id, normalized)
+    if mounted(path):
+        normalized, chunks = path, await read_memory(ctx, path)
+    else:
+        normalized = normalize_path(path)
+        chunks = await ctx.workspace.open(ctx.session_id, normalized)
     lines, total = await _read_window(chunks, offset, offset + limit)
     if total == 0:
         return f"{normalized} is empty"
