@@ -107,7 +107,7 @@ async def test_kill_9_mid_stream_then_restart_stores_every_event_exactly_once(
     nats_server: NatsServer, bus: Bus, tmp_path: Path
 ) -> None:
     db = tmp_path / "trace.db"
-    count = 3000
+    count = 20_000  # the collector stores ~15,000/s: it is killed while events are still coming
 
     def stored() -> int:
         if not db.exists():
@@ -118,13 +118,17 @@ async def test_kill_9_mid_stream_then_restart_stores_every_event_exactly_once(
             )
 
     args = ("actor", "collector", "--nats", nats_server.url, "--root", bus.subjects.root, "--db", str(db))
-    async with ready_process("actors.cli", *args, ready_word=b"collector ready") as first:
+    async def publish() -> None:
         for n in range(count):
             await bus.emit(AgentMessage(session_id="ses_busy", text=f"event {n}"))
         await bus.nc.flush()
+
+    async with ready_process("actors.cli", *args, ready_word=b"collector ready") as first:
+        publishing = asyncio.ensure_future(publish())
         await eventually(lambda: stored() > 300)
         first.send_signal(signal.SIGKILL)  # in the middle of the stream
         await first.wait()
+        await publishing
     partial = stored()
     assert partial < count
     async with ready_process("actors.cli", *args, ready_word=b"collector ready"):
