@@ -35,11 +35,13 @@ from actors.cli_common import (
     run_async,
     session_record,
 )
+from actors.cli_dream import dream_app
 from actors.cli_memory import memory_app
 from actors.cli_run import EXAMPLES, RunOutcome, bus_target, load_example, load_team, run_session
 from actors.cli_trace import register as register_trace_commands
 from actors.client import Client
 from actors.collector import TraceStore, serve_collector
+from actors.dreamer import serve_dreamer
 from actors.grader import serve_grader
 from actors.models import default_model
 from actors.otlp import OtlpExporter
@@ -403,6 +405,7 @@ def cancel(session: str, nats: NatsOption = None, root: RootOption = "sw") -> No
 
 register_trace_commands(app)  # tail, trace, sessions
 app.add_typer(memory_app, name="memory")
+app.add_typer(dream_app, name="dream")
 
 fs_app = typer.Typer(help="A session's workspace: ls, cat, put, get.", no_args_is_help=True)
 app.add_typer(fs_app, name="fs")
@@ -469,12 +472,12 @@ def fs_put(
     out.print(f"stored {run_async(go):,} bytes at {path}", highlight=False)
 
 
-ROLES = ("lead", "subagent", "collector", "grader", "webhooks")
+ROLES = ("lead", "subagent", "collector", "grader", "webhooks", "dreamer")
 
 
 @app.command()
 def actor(
-    role: Annotated[str, typer.Argument(help="lead, subagent, collector, grader or webhooks")],
+    role: Annotated[str, typer.Argument(help="lead, subagent, collector, grader, webhooks or dreamer")],
     agents: Annotated[
         str, typer.Option(help="Comma-separated agents to serve (subagent; default: all registered).")
     ] = "",
@@ -497,7 +500,7 @@ def actor(
             if role == "collector":
                 await _collect(bus, url, db or data_dir() / "trace.db", otlp)
                 return
-            if role in ("grader", "webhooks"):
+            if role in ("grader", "webhooks", "dreamer"):
                 await _serve_role(bus, url, root, role, allow_private)
                 return
             names = [a for a in agents.split(",") if a]
@@ -533,6 +536,8 @@ async def _serve_role(bus: Bus, url: str, root: str, role: str, allow_private: b
 
     if role == "grader":
         await serve_grader(bus, default_model(), stop, on_ready=ready)
+    elif role == "dreamer":
+        await serve_dreamer(bus, default_model(), stop, on_ready=ready)
     else:
         await serve_webhooks(bus, stop, settings=WebhookSettings(allow_private=allow_private), on_ready=ready)
 
@@ -605,9 +610,13 @@ async def _up(url: str, root: str, otlp: str | None = None, allow_private: bool 
     agent_names = sorted({a.name for team in teams for a in team.agents})
     collector = ["collector", *(["--otlp", otlp] if otlp else [])]
     hooks = ["webhooks", *(["--allow-private-webhooks"] if allow_private else [])]
-    roles = [("lead", ["lead"]), ("collector", collector), ("grader", ["grader"]), ("webhooks", hooks)] + [
-        (f"agent:{a}", ["subagent", "--agents", a]) for a in agent_names
-    ]
+    roles = [
+        ("lead", ["lead"]),
+        ("collector", collector),
+        ("grader", ["grader"]),
+        ("webhooks", hooks),
+        ("dreamer", ["dreamer"]),
+    ] + [(f"agent:{a}", ["subagent", "--agents", a]) for a in agent_names]
     out.print(f"staffwork is up: NATS at [bold]{url}[/] (root {root!r})", highlight=False)
     out.print(
         f"teams: {', '.join(t.name for t in teams)}; processes: {', '.join(r for r, _ in roles)}",

@@ -1,0 +1,235 @@
+"""Dreams over scripted past sessions: the offline merge and lessons, the baseline report, the input
+store left untouched, cancel mid-run leaving no store behind, and the dreamer actor."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+from actors.dream_curation import merge_lines
+from actors.dream_sessions import LESSONS, DreamError
+from actors.dreamer import Dreamer, cancel_dream, request_dream, serve_dreamer, wait_dream
+from actors.models.base import ModelRequest, ModelResponse
+from actors.models.offline import OfflineModel
+from actors.models.scripted import calls
+from actors.sessions import SessionDirectory
+from bus.connection import Bus
+from bus.memory import Memory
+from schemas.base import Usage
+from schemas.dream import DreamRequest
+from schemas.memory import Writer
+from schemas.outcome import CriterionVerdict
+from schemas.team import AgentSpec, MemoryAttachment, TeamSpec
+from schemas.trace import AgentToolResult, OutcomeEvaluationEnd, ThreadMessageSent
+
+USER = Writer(kind="user", user="alice")
+TEAM = TeamSpec(
+    name="ops",
+    lead=AgentSpec(name="lead", memory=[MemoryAttachment(store="notes")]),
+    agents=[AgentSpec(name="logs")],
+)
+DATES = "The timeline is in UTC."
+CAUSE = "The report names the deploy."
+
+
+async def _session(bus: Bus, sid: str, verdicts: list[tuple[str, list[str]]], *, errors: int = 0) -> None:
+    """A finished session: one verdict per attempt (result, failed criteria), tool errors of the logs
+    agent, and a follow-up to its thread after each rejected attempt."""
+    directory = SessionDirectory(bus)
+    await directory.start(sid, TEAM, f"investigate {sid}")
+    lead: dict[str, Any] = {"session_id": sid, "thread_id": "lead", "agent": "lead"}
+    await bus.emit(ThreadMessageSent(to_thread_id=f"{sid}-t1", to_agent="logs", content="look", **lead))
+    for n in range(errors):
+        await bus.emit(
+            AgentToolResult(
+                session_id=sid,
+                thread_id=f"{sid}-t1",
+                agent="logs",
+                tool_use_id=f"tu{n}",
+                name="grep",
+                is_error=True,
+                content=f"grep: /var/log/app.log: No such file ({sid})",
+            )
+        )
+    for iteration, (result, failed) in enumerate(verdicts, start=1):
+        criteria = [
+            CriterionVerdict(criterion=c, kind="rubric", status="failed", explanation=f"{c} not met ({sid})")
+            for c in failed
+        ]
+        await bus.emit(
+            OutcomeEvaluationEnd(
+                session_id=sid,
+                thread_id="grader",
+                agent="grader",
+                outcome_id="out_1",
+                iteration=iteration,
+                result=result,  # type: ignore[arg-type]
+                criteria=criteria,
+            )
+        )
+        if result == "needs_revision":
+            await bus.emit(
+                ThreadMessageSent(to_thread_id=f"{sid}-t1", to_agent="logs", content="dates in UTC", **lead)
+            )
+    await directory.set_status(sid, "idle", ended=time.time(), threads=2, usage=Usage())
+
+
+@pytest.fixture
+async def store(bus: Bus) -> Memory:
+    memory = Memory(bus)
+    await memory.create("notes")
+    await memory.write("notes", "facts.md", "db: pg12\nregion: eu\ndb: pg15\nregion: eu\n", writer=USER)
+    await memory.write(
+        "notes", "runbook.md", "# Runbook\n\nrestart api\ncheck disk\nrestart api\n", writer=USER
+    )
+    await memory.write("notes", "copy.md", "# Runbook\n\nrestart api\ncheck disk\n", writer=USER)
+    await _session(bus, "ses_a", [("needs_revision", [DATES, CAUSE]), ("satisfied", [])], errors=2)
+    await _session(bus, "ses_b", [("needs_revision", [DATES]), ("max_iterations_reached", [DATES])], errors=1)
+    await _session(bus, "ses_c", [("satisfied", [])])
+    return memory
+
+
+def test_merge_lines() -> None:
+    assert merge_lines("a: 1\nb: 2\na: 3\n") == (
+        "a: 3\nb: 2\n",
+        ["kept the latest value of 1 key(s)", "merged 1 repeated key line(s)"],
+    )
+    assert merge_lines("x\n\ny\nx\n") == ("x\n\ny\n", ["merged 1 duplicate line(s)"])
+    assert merge_lines("prose: with colon\nplain line\nprose: again") == (
+        "prose: with colon\nplain line\nprose: again",
+        [],
+    )  # not every entry is key: value: only exact duplicates are merged
+
+
+async def test_offline_dream_merges_adds_lessons_and_leaves_the_input_alone(bus: Bus, store: Memory) -> None:
+    before = await store.versions("notes")
+    record = await Dreamer(bus, OfflineModel()).dream(DreamRequest(store="notes", sessions=10))
+
+    assert record.status == "completed", record.error
+    assert record.output_store == f"notes-dream-{record.dream_id[-8:]}"
+    assert record.sessions == ["ses_a", "ses_b", "ses_c"]
+    assert await store.versions("notes") == before  # the input is never written
+
+    out = record.output_store
+    assert [v.path for v in await store.list(out)] == ["copy.md", "facts.md", LESSONS]
+    assert (await store.read(out, "facts.md")).content == "db: pg15\nregion: eu\n"
+    assert (await store.read(out, "copy.md")).content == "# Runbook\n\nrestart api\ncheck disk\n"
+    lessons = (await store.read(out, LESSONS)).content
+    assert "offline model" in lessons
+    assert f"- {DATES!r} failed 3 time(s) in 2 session(s); latest: {DATES} not met (ses_b)" in lessons
+    assert f"- {CAUSE!r} failed 1 time(s) in 1 session(s)" in lessons
+    assert (
+        "- `grep` (agent logs): 3 error(s); latest: grep: /var/log/app.log: No such file (ses_b)" in lessons
+    )
+    assert "- to logs: 2 follow-up(s); latest: dates in UTC" in lessons
+
+    report = record.report
+    assert report is not None
+    assert (report.sessions, report.with_outcome, report.satisfied) == (3, 3, 2)
+    assert report.pass_rate == pytest.approx(0.667)
+    assert report.avg_revisions == pytest.approx(0.667)  # (1 + 1 + 0) / 3
+    assert (report.tool_errors, report.follow_ups) == (3, 2)
+    by_agent = {a.agent: a for a in report.agents}
+    assert (by_agent["lead"].sessions, by_agent["lead"].revisions) == (3, 2)
+    assert (by_agent["logs"].revisions, by_agent["logs"].tool_errors) == (2, 3)
+    assert any("runbook.md: same entries as copy.md" in c for c in report.changes)
+    assert any("offline model" in c for c in report.changes)
+    assert await wait_dream(bus, record.dream_id, timeout=10) == record
+
+
+async def test_a_dream_can_target_an_existing_store_but_never_its_input(bus: Bus, store: Memory) -> None:
+    await store.create("reviewed")
+    dreamer = Dreamer(bus, OfflineModel())
+    with pytest.raises(DreamError, match="never writes its input"):
+        await dreamer.dream(DreamRequest(store="notes", target="notes"))
+    record = await dreamer.dream(DreamRequest(store="notes", target="reviewed", sessions=1))
+    assert (record.status, record.output_store, record.sessions) == ("completed", "reviewed", ["ses_c"])
+    assert LESSONS in [v.path for v in await store.list("reviewed")]
+
+
+class _BlockingModel:
+    """A model whose call blocks until it is canceled (and says when it was called)."""
+
+    name = "scripted"
+
+    def __init__(self) -> None:
+        self.called = asyncio.Event()
+
+    async def complete(self, request: ModelRequest) -> ModelResponse:
+        self.called.set()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+async def test_a_dream_canceled_mid_run_leaves_no_store(bus: Bus, store: Memory) -> None:
+    model = _BlockingModel()
+    dreamer = Dreamer(bus, model)
+    record = await dreamer.start(DreamRequest(store="notes"))
+    running = asyncio.create_task(dreamer.run(record.dream_id, DreamRequest(store="notes")))
+    async with asyncio.timeout(10):
+        await model.called.wait()
+    assert (await dreamer.book.get(record.dream_id)).status == "running"  # type: ignore[union-attr]
+    await cancel_dream(bus, record.dream_id)
+    async with asyncio.timeout(10):
+        ended = await running
+    assert ended.status == "canceled"
+    assert record.output_store not in [s.name for s in await store.stores()]
+    assert (await cancel_dream(bus, record.dream_id)).status == "canceled"  # again: no change
+
+
+async def test_the_model_dream_writes_what_the_model_answers(bus: Bus, store: Memory) -> None:
+    class Answer:
+        name = "scripted"
+        requests: list[ModelRequest] = []  # noqa: RUF012
+
+        async def complete(self, request: ModelRequest) -> ModelResponse:
+            self.requests.append(request)
+            files = [{"path": "facts.md", "content": "db: pg15\n"}, {"path": "lessons.md", "content": "x\n"}]
+            return calls(("tu1", "write_store", {"files": files, "changes": ["merged facts"]}))
+
+    model = Answer()
+    record = await Dreamer(bus, model).dream(DreamRequest(store="notes", instructions="be brief"))
+    assert record.status == "completed", record.error
+    [request] = model.requests
+    assert request.force_tool == "write_store"
+    assert "be brief" in request.messages[0].text
+    assert "ses_b" in request.messages[0].text
+    assert [v.path for v in await store.list(record.output_store)] == ["facts.md", "lessons.md"]
+    assert record.report is not None
+    assert record.report.changes == ["merged facts"]
+
+
+async def test_an_invalid_model_answer_fails_the_dream_and_writes_nothing(bus: Bus, store: Memory) -> None:
+    class Bad:
+        name = "scripted"
+
+        async def complete(self, request: ModelRequest) -> ModelResponse:
+            return calls(("tu1", "write_store", {"files": [{"path": "../x", "content": ""}]}))
+
+    record = await Dreamer(bus, Bad()).dream(DreamRequest(store="notes"))
+    assert record.status == "failed"
+    assert "invalid path '../x'" in record.error
+    assert record.output_store not in [s.name for s in await store.stores()]
+
+
+async def test_the_dreamer_actor_runs_requested_dreams(bus: Bus, store: Memory) -> None:
+    stop = asyncio.Event()
+    ready = asyncio.Event()
+    serving = asyncio.create_task(serve_dreamer(bus, OfflineModel(), stop, on_ready=ready.set))
+    try:
+        async with asyncio.timeout(10):
+            await ready.wait()
+        with pytest.raises(DreamError, match="no memory store 'nope'"):
+            await request_dream(bus, DreamRequest(store="nope"))
+        pending = await request_dream(bus, DreamRequest(store="notes"))
+        assert pending.status == "pending"
+        done = await wait_dream(bus, pending.dream_id, timeout=20)
+        assert done.status == "completed"
+        assert done.report is not None
+        assert done.report.sessions == 3
+    finally:
+        stop.set()
+        await serving
