@@ -118,6 +118,7 @@ async def test_kill_9_mid_stream_then_restart_stores_every_event_exactly_once(
             )
 
     args = ("actor", "collector", "--nats", nats_server.url, "--root", bus.subjects.root, "--db", str(db))
+
     async def publish() -> None:
         for n in range(count):
             await bus.emit(AgentMessage(session_id="ses_busy", text=f"event {n}"))
