@@ -10,12 +10,13 @@ from typing import Annotated, TypeVar
 
 import typer
 
-from actors.cli_common import NatsOption, RootOption, err, out, run_async
+from actors.cli_common import NatsOption, RootOption, err, fail, out, run_async
 from actors.cli_run import bus_target
 from actors.dream_sessions import DreamError
 from actors.dreamer import (
     DreamBook,
     Dreamer,
+    DreamSchedule,
     cancel_dream,
     dream_subject,
     ensure_dreams,
@@ -28,6 +29,7 @@ from actors.models.base import Model
 from actors.models.offline import OfflineModel
 from actors.tail import parse_duration
 from bus.connection import Bus
+from bus.errors import StaffworkError
 from bus.lifecycle import install_stop_signals
 from bus.provision import provision
 from schemas.dream import DreamRecord, DreamRequest
@@ -190,15 +192,38 @@ def report(name: str, nats: NatsOption = None, root: RootOption = "sw") -> None:
 
 
 @dream_app.command("serve")
-def serve(nats: NatsOption = None, root: RootOption = "sw") -> None:
-    """Run the dreamer actor: dreams on request (``<root>.api.dream``) until Ctrl-C."""
+def serve(
+    every: Annotated[
+        str | None, typer.Option(help="Also dream on a schedule: every this long (30m, 6h, 1d).")
+    ] = None,
+    stores: Annotated[
+        list[str] | None, typer.Option("--store", help="A store to dream on the schedule (repeatable).")
+    ] = None,
+    sessions: Annotated[int, typer.Option(help="Sessions each scheduled dream reads.")] = 20,
+    nats: NatsOption = None,
+    root: RootOption = "sw",
+) -> None:
+    """Run the dreamer actor: dreams on request (``<root>.api.dream``), and on a schedule with
+    ``--every`` and ``--store``, until Ctrl-C."""
+    if bool(every) != bool(stores):
+        fail(StaffworkError("a schedule needs both --every DURATION and at least one --store NAME"))
+    period = parse_duration(every).total_seconds() if every else 0.0
+    schedules = [
+        DreamSchedule(every_s=period, request=DreamRequest(store=name, sessions=sessions))
+        for name in stores or []
+    ]
 
     async def body(bus: Bus) -> None:
         stop = asyncio.Event()
         install_stop_signals(stop)
-        ready = f"dreamer ready (root {root!r}) on {dream_subject(bus.subjects)}"
+        planned = f"; every {every}: {', '.join(stores or [])}" if schedules else ""
+        ready = f"dreamer ready (root {root!r}) on {dream_subject(bus.subjects)}{planned}"
         await serve_dreamer(
-            bus, default_model(), stop, on_ready=lambda: err.print(ready, highlight=False, markup=False)
+            bus,
+            default_model(),
+            stop,
+            schedules=schedules,
+            on_ready=lambda: err.print(ready, highlight=False, markup=False),
         )
 
     _with_bus(nats, root, body)

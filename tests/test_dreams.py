@@ -11,7 +11,7 @@ import pytest
 
 from actors.dream_curation import merge_lines
 from actors.dream_sessions import LESSONS, DreamError
-from actors.dreamer import Dreamer, cancel_dream, request_dream, serve_dreamer, wait_dream
+from actors.dreamer import Dreamer, DreamSchedule, cancel_dream, request_dream, serve_dreamer, wait_dream
 from actors.models.base import ModelRequest, ModelResponse
 from actors.models.offline import OfflineModel
 from actors.models.scripted import calls
@@ -233,3 +233,19 @@ async def test_the_dreamer_actor_runs_requested_dreams(bus: Bus, store: Memory) 
     finally:
         stop.set()
         await serving
+
+
+async def test_the_dreamer_dreams_on_a_schedule(bus: Bus, store: Memory) -> None:
+    stop = asyncio.Event()
+    schedule = DreamSchedule(every_s=0.2, request=DreamRequest(store="notes", sessions=3))
+    serving = asyncio.create_task(serve_dreamer(bus, OfflineModel(), stop, schedules=[schedule]))
+    try:
+        async with asyncio.timeout(20):  # two periods pass: two dreams, each into a new store
+            while len([s for s in await store.stores() if s.name.startswith("notes-dream-")]) < 2:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await serving
+    outputs = [s.name for s in await store.stores() if s.name.startswith("notes-dream-")]
+    for name in outputs:
+        assert LESSONS in [v.path for v in await store.list(name)]
