@@ -37,8 +37,40 @@ from schemas.dream import DreamRecord, DreamRequest
 T = TypeVar("T")
 
 dream_app = typer.Typer(
-    help="Dreams: reorganise a memory store using past sessions, into a new store.", no_args_is_help=True
+    help="Dreams: reorganise a memory store using past sessions, into a new store. "
+    "`staffwork dream --store NAME ...` is `staffwork dream run --store NAME ...`.",
+    invoke_without_command=True,
 )
+
+
+@dream_app.callback()
+def dream_main(
+    ctx: typer.Context,
+    store: Annotated[
+        str | None, typer.Option("--store", help="Dream over this store (as `dream run`).")
+    ] = None,
+    sessions: Annotated[int, typer.Option(help="The most recent N finished sessions (1-100).")] = 20,
+    since: Annotated[str | None, typer.Option(help="Only sessions started this long ago or later.")] = None,
+    model: Annotated[str, typer.Option(help="The model name, or 'offline' (deterministic).")] = "",
+    instructions: Annotated[str, typer.Option(help="What to focus on (given to the model).")] = "",
+    nats: NatsOption = None,
+    root: RootOption = "sw",
+) -> None:
+    """`staffwork dream --store NAME [--sessions N | --since D] [--model M] [--instructions T]`."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if store is None:
+        typer.echo(ctx.get_help())
+        raise typer.Exit(0)
+    run(
+        store=store,
+        sessions=sessions,
+        since=since,
+        model=model,
+        instructions=instructions,
+        nats=nats,
+        root=root,
+    )
 
 
 def _with_bus(nats: str | None, root: str, body: Callable[[Bus], Awaitable[T]]) -> T:

@@ -4,7 +4,10 @@ store left untouched, cancel mid-run leaving no store behind, and the dreamer ac
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,6 +27,7 @@ from schemas.memory import Writer
 from schemas.outcome import CriterionVerdict
 from schemas.team import AgentSpec, MemoryAttachment, TeamSpec
 from schemas.trace import AgentToolResult, OutcomeEvaluationEnd, ThreadMessageSent
+from tests.conftest import NatsServer
 
 USER = Writer(kind="user", user="alice")
 TEAM = TeamSpec(
@@ -249,3 +253,29 @@ async def test_the_dreamer_dreams_on_a_schedule(bus: Bus, store: Memory) -> None
     outputs = [s.name for s in await store.stores() if s.name.startswith("notes-dream-")]
     for name in outputs:
         assert LESSONS in [v.path for v in await store.list(name)]
+
+
+async def test_the_dream_command_prints_the_report_and_the_lineage(
+    bus: Bus, store: Memory, nats_server: NatsServer, tmp_path: Path
+) -> None:
+    async def staffwork(*args: str) -> tuple[int, str, str]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "actors.cli", "dream", *args, "--nats", nats_server.url,
+            "--root", bus.subjects.root, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, "STAFFWORK_HOME": str(tmp_path)},
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode is not None
+        return proc.returncode, out.decode(), err.decode()
+
+    code, out, err = await staffwork("--store", "notes", "--sessions", "3", "--model", "offline")
+    assert code == 0, err
+    assert "completed" in out
+    assert "baseline: pass rate 67% (2/3 with an outcome)" in out  # ses_a and ses_c satisfied, ses_b not
+    code, out, err = await staffwork("report", "notes")
+    assert code == 0, err
+    assert out.splitlines()[0].startswith("DREAM ")
+    assert "notes -> notes-dream-" in out
+    code, _, err = await staffwork("--store", "nope")
+    assert code == 1
+    assert err.strip().startswith("error: no memory store 'nope'")
