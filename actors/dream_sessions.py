@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +30,7 @@ log = structlog.get_logger("staffwork.dreamer")
 
 LESSONS = "lessons.md"
 DREAMER = "dreamer"
+COLLECTOR_TIMEOUT = 5.0
 
 
 class DreamError(StaffworkError):
@@ -83,11 +85,36 @@ async def select_sessions(
 
 
 _event_decoder: Decoder[Any] = Decoder(AnyTraceEvent, max_bytes=4 * 1024 * 1024)
+_events_decoder = msgspec.json.Decoder(list[AnyTraceEvent])
 _result_decoder = msgspec.json.Decoder(SessionResult)
 
 
+async def session_events(bus: Bus, session_id: str) -> AsyncIterator[AnyTraceEvent]:
+    """A session's trace events: from the collector when one answers on ``<root>.api.trace`` (its
+    database keeps sessions past the log stream's max age), else from the log stream itself."""
+    query = msgspec.json.encode({"op": "events", "session_id": session_id})
+    try:
+        reply = await bus.nc.request(f"{bus.subjects.root}.api.trace", query, timeout=COLLECTOR_TIMEOUT)
+        answer = msgspec.json.decode(reply.data)
+        rows = answer["result"]
+        events = _events_decoder.decode(msgspec.json.encode(rows))
+    except Exception as exc:  # no collector (no responders), a timeout, an error answer: the stream
+        log.debug("dream_events_from_stream", session_id=session_id, reason=repr(exc))
+    else:
+        for event in events:
+            yield event
+        return
+    subject = bus.subjects.events(session_id)
+    async for msg in read_subject(bus, bus.subjects.log_stream, subject):
+        try:
+            yield _event_decoder.decode(msg.data, subject=msg.subject)
+        except MessageRejected:
+            continue
+
+
 async def read_session(bus: Bus, record: SessionRecord) -> SessionDigest:
-    """A session's digest from its trace events (log stream) and its stored result."""
+    """A session's digest from its trace events (the collector's, or the log stream's) and its
+    stored result."""
     digest = SessionDigest(
         session_id=record.session_id,
         team=record.team.name,
@@ -96,12 +123,7 @@ async def read_session(bus: Bus, record: SessionRecord) -> SessionDigest:
         status=record.status,
     )
     threads: set[str] = set()
-    subject = bus.subjects.events(record.session_id)
-    async for msg in read_subject(bus, bus.subjects.log_stream, subject):
-        try:
-            event = _event_decoder.decode(msg.data, subject=msg.subject)
-        except MessageRejected:
-            continue
+    async for event in session_events(bus, record.session_id):
         match event:
             case OutcomeEvaluationEnd():
                 digest.verdicts.append(event)
