@@ -151,8 +151,12 @@ def lessons(digests: list[SessionDigest], dream_id: str, *, previous: str = "") 
         lines.append(f"- to {agent}: {count} follow-up(s); latest: {_clip(sample)}")
     if not asked:
         lines.append("- none")
-    if previous.strip():
-        lines += ["", "## Earlier lessons", "", previous.strip()]
+    earlier = previous.split("\n## Earlier lessons", 1)[0].strip()  # one generation back, never nested
+    if earlier:
+        room = MAX_MEMORY_BYTES // 2  # the new lessons come first; the earlier ones never fill the file
+        if len(earlier.encode()) > room:
+            earlier = earlier.encode()[:room].decode(errors="ignore") + "\n[... earlier lessons cut]"
+        lines += ["", "## Earlier lessons", "", earlier]
     return "\n".join(lines) + "\n"
 
 

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -81,6 +82,7 @@ from schemas.memory import Writer
 from schemas.team import DEFAULT_MODEL
 
 log = structlog.get_logger("staffwork.dreamer")
+_DREAM_ID = re.compile(r"^[a-z0-9_-]{1,64}$")  # it ends up in the output store's name
 
 # --- names -----------------------------------------------------------------------------------------
 
@@ -226,6 +228,8 @@ class Dreamer:
                 )
             await self.memory.info(request.target)
         dream_id = request.dream_id or new_id("drm")
+        if not _DREAM_ID.match(dream_id):
+            raise DreamError(f"dream id {dream_id!r} must be lower-case letters, digits, '_' or '-'")
         record = DreamRecord(
             dream_id=dream_id,
             store=request.store,
@@ -241,11 +245,12 @@ class Dreamer:
     async def run(self, dream_id: str, request: DreamRequest) -> DreamRecord:
         """Run a pending dream to its end; returns (and publishes) its final record."""
         canceled = asyncio.Event()
-        listener = await self.bus.listen(
-            cancel_subject(self.bus.subjects, dream_id), DreamCancel, lambda _: canceled.set()
-        )
+        listener = None
         record: DreamRecord | None = None
         try:
+            listener = await self.bus.listen(
+                cancel_subject(self.bus.subjects, dream_id), DreamCancel, lambda _: canceled.set()
+            )
             record = await self.book.change(dream_id, _begin)
             if record.status != "running":
                 return record  # canceled before it started
@@ -262,8 +267,12 @@ class Dreamer:
             with contextlib.suppress(StaffworkError):
                 record = await self._fail(dream_id, "the dreamer stopped before the dream ended")
             raise
+        except Exception as exc:  # a bug, or an untranslated error: the dream fails, never hangs
+            log.exception("dream_crashed", dream_id=dream_id)
+            record = await self._fail(dream_id, f"{type(exc).__name__}: {exc}")
         finally:
-            await listener.close()
+            if listener is not None:
+                await listener.close()
             if record is not None and record.status in DREAM_FINAL:
                 with contextlib.suppress(StaffworkError):
                     await self.bus.publish_bytes(
@@ -415,8 +424,19 @@ async def serve_dreamer(
     running: set[asyncio.Task[DreamRecord]] = set()
 
     async def run(record: DreamRecord, request: DreamRequest) -> DreamRecord:
-        async with slots:
+        try:
+            await slots.acquire()
+        except asyncio.CancelledError:  # stopped while it waited for a slot: it never ran
+            with contextlib.suppress(StaffworkError):
+                ended = await dreamer._fail(record.dream_id, "the dreamer stopped before the dream started")
+                await bus.publish_bytes(
+                    done_subject(bus.subjects, record.dream_id), msgspec.json.encode(ended)
+                )
+            raise
+        try:
             return await dreamer.run(record.dream_id, request)
+        finally:
+            slots.release()
 
     def launch(record: DreamRecord, request: DreamRequest) -> None:
         task = asyncio.create_task(run(record, request), name=f"dream-{record.dream_id}")
@@ -431,6 +451,9 @@ async def serve_dreamer(
             record = await dreamer.start(request)
         except (StaffworkError, ValueError) as exc:
             return msgspec.json.encode(DreamAnswer(error=str(exc)))
+        except Exception as exc:  # never a traceback instead of an answer
+            log.exception("dream_request_failed")
+            return msgspec.json.encode(DreamAnswer(error=f"{type(exc).__name__}: {exc}"))
         launch(record, request)
         return msgspec.json.encode(DreamAnswer(record=record))
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from actors.collector import TraceStore, serve_collector
-from actors.dream_curation import merge_lines
+from actors.dream_curation import lessons, merge_lines
 from actors.dream_sessions import LESSONS, DreamError
 from actors.dreamer import Dreamer, DreamSchedule, cancel_dream, request_dream, serve_dreamer, wait_dream
 from actors.models.base import ModelRequest, ModelResponse
@@ -24,7 +24,7 @@ from bus.connection import Bus
 from bus.memory import Memory
 from schemas.base import Usage
 from schemas.dream import DreamRequest
-from schemas.memory import Writer
+from schemas.memory import MAX_MEMORY_BYTES, Writer
 from schemas.outcome import CriterionVerdict
 from schemas.team import AgentSpec, MemoryAttachment, TeamSpec
 from schemas.trace import AgentToolResult, OutcomeEvaluationEnd, ThreadMessageSent
@@ -304,3 +304,44 @@ async def test_a_dream_reads_past_sessions_from_the_collector(
     assert record.status == "completed", record.error
     assert record.report is not None
     assert (record.report.with_outcome, record.report.satisfied, record.report.tool_errors) == (3, 2, 3)
+
+
+async def test_a_dream_waiting_for_a_slot_when_the_dreamer_stops_fails_instead_of_hanging(
+    bus: Bus, store: Memory
+) -> None:
+    model = _BlockingModel()
+    stop, ready = asyncio.Event(), asyncio.Event()
+    serving = asyncio.create_task(
+        serve_dreamer(bus, model, stop, on_ready=ready.set, max_running=1, grace=0.2)
+    )
+    async with asyncio.timeout(10):
+        await ready.wait()
+    first = await request_dream(bus, DreamRequest(store="notes"))
+    second = await request_dream(bus, DreamRequest(store="notes"))  # waits for the only slot
+    async with asyncio.timeout(10):
+        await model.called.wait()
+    stop.set()
+    await serving
+    async with asyncio.timeout(10):
+        ended = [await wait_dream(bus, r.dream_id, timeout=10) for r in (first, second)]
+    assert [r.status for r in ended] == ["failed", "failed"]
+    assert ended[1].error == "the dreamer stopped before the dream started"
+
+
+async def test_a_bad_dream_id_is_refused_at_once(bus: Bus, store: Memory) -> None:
+    dreamer = Dreamer(bus, OfflineModel())
+    for bad in ("a.b", "UPPER", "x y"):
+        with pytest.raises(DreamError, match="dream id"):
+            await dreamer.start(DreamRequest(store="notes", dream_id=bad))
+
+
+def test_lessons_keep_one_generation_back_and_stay_under_the_size_limit() -> None:
+    first = lessons([], "drm_1")
+    second = lessons([], "drm_2", previous=first)
+    third = lessons([], "drm_3", previous=second)
+    assert third.count("## Earlier lessons") == 1  # never nested
+    assert "drm_2" in third
+    assert "drm_1" not in third
+    huge = lessons([], "drm_4", previous="x" * (MAX_MEMORY_BYTES - 50))
+    assert len(huge.encode()) < MAX_MEMORY_BYTES
+    assert huge.rstrip().endswith("[... earlier lessons cut]")
