@@ -85,21 +85,12 @@ async def running_agents(
     settings: AgentSettings | None = None,
 ) -> AsyncIterator[None]:
     """Run a lead and/or subagent workers on ``bus`` for the duration of the block."""
-    stop = asyncio.Event()
-    ready = asyncio.Event()
-    serving = asyncio.ensure_future(
-        serve_agents(bus, model, stop, lead=lead, agents=agents, settings=settings, on_ready=ready.set)
-    )
-    waiting = asyncio.ensure_future(ready.wait())
-    try:
-        await asyncio.wait({serving, waiting}, return_when=asyncio.FIRST_COMPLETED)
-        if serving.done():
-            serving.result()  # it failed to start: raise why
+    async with running_service(
+        lambda stop, ready: serve_agents(
+            bus, model, stop, lead=lead, agents=agents, settings=settings, on_ready=ready
+        )
+    ):
         yield
-    finally:
-        waiting.cancel()
-        stop.set()
-        await serving
 
 
 @asynccontextmanager

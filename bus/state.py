@@ -28,7 +28,7 @@ log = structlog.get_logger("staffwork.bus")
 class KV:
     """One KV bucket: ``get``, ``create`` (only if absent), ``put``; errors translated."""
 
-    def __init__(self, kv: KeyValue, bucket: str, js: Any = None) -> None:
+    def __init__(self, kv: KeyValue, bucket: str, js: Any) -> None:
         self._kv = kv
         self.bucket = bucket
         self._js = js  # for keys(): a race-free listing
@@ -61,12 +61,6 @@ class KV:
 
     async def keys(self, prefix: str = "") -> list[str]:
         """The keys (optionally only those starting with ``prefix``), sorted; [] for an empty bucket."""
-        if self._js is None:
-            try:
-                keys = await self._kv.keys()
-            except nats.js.errors.NoKeysError:
-                return []
-            return sorted(k for k in keys if k.startswith(prefix))
         head = f"$KV.{self.bucket}."
         found: list[str] = []
         async for msg in last_per_subject(self._js, f"KV_{self.bucket}", head + ">", headers_only=True):

@@ -18,6 +18,7 @@ import structlog
 
 from actors.collector import TraceStore, serve_collector
 from actors.models.offline import OfflineModel
+from actors.otlp import OtlpExporter
 from actors.redaction import redact
 from actors.workers import running_agents
 from bus.connection import Bus
@@ -37,11 +38,11 @@ async def eventually(check: Callable[[], bool], timeout: float = 30.0) -> None:
 
 
 @contextlib.asynccontextmanager
-async def collector(bus: Bus, path: Path) -> AsyncIterator[TraceStore]:
+async def collector(bus: Bus, path: Path, exporter: OtlpExporter | None = None) -> AsyncIterator[TraceStore]:
     store = TraceStore(path)
     stop = asyncio.Event()
     ready = asyncio.Event()
-    task = asyncio.ensure_future(serve_collector(bus, store, stop, on_ready=ready.set))
+    task = asyncio.ensure_future(serve_collector(bus, store, stop, on_ready=ready.set, exporter=exporter))
     try:
         await asyncio.wait_for(ready.wait(), 10)
         yield store

@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 
-from actors.collector import TraceStore, serve_collector
 from actors.dream_curation import lessons, merge_lines
 from actors.dream_sessions import LESSONS, DreamError
 from actors.dreamer import Dreamer, DreamSchedule, cancel_dream, request_dream, serve_dreamer, wait_dream
@@ -29,6 +28,7 @@ from schemas.outcome import CriterionVerdict
 from schemas.team import AgentSpec, MemoryAttachment, TeamSpec
 from schemas.trace import AgentToolResult, OutcomeEvaluationEnd, ThreadMessageSent
 from tests.conftest import NatsServer
+from tests.test_collector import collector
 
 USER = Writer(kind="user", user="alice")
 TEAM = TeamSpec(
@@ -285,22 +285,14 @@ async def test_the_dream_command_prints_the_report_and_the_lineage(
 async def test_a_dream_reads_past_sessions_from_the_collector(
     bus: Bus, store: Memory, tmp_path: Path
 ) -> None:
-    trace = TraceStore(tmp_path / "trace.db")
-    stop, ready = asyncio.Event(), asyncio.Event()
-    collecting = asyncio.ensure_future(serve_collector(bus, trace, stop, on_ready=ready.set))
-    try:
+    async with collector(bus, tmp_path / "trace.db") as trace:
         async with asyncio.timeout(20):
-            await ready.wait()
             while trace.count("ses_b") == 0 or trace.count("ses_a") == 0:  # noqa: ASYNC110 - another task
                 await asyncio.sleep(0.05)
         # the log stream no longer has these sessions' events (past its max age, say): the collector does
         for sid in ("ses_a", "ses_b", "ses_c"):
             await bus.js.purge_stream(bus.subjects.log_stream, subject=bus.subjects.events(sid))
         record = await Dreamer(bus, OfflineModel()).dream(DreamRequest(store="notes", sessions=10))
-    finally:
-        stop.set()
-        await collecting
-        trace.close()
     assert record.status == "completed", record.error
     assert record.report is not None
     assert (record.report.with_outcome, record.report.satisfied, record.report.tool_errors) == (3, 2, 3)

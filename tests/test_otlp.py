@@ -14,7 +14,7 @@ import sys
 import tracemalloc
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,7 +25,6 @@ import msgspec
 import pytest
 import structlog
 
-from actors.collector import TraceStore, serve_collector
 from actors.otlp import OtlpExporter, SpanBuilder, trace_id, traces_url
 from bus.connection import Bus
 from schemas.base import ErrorInfo, Usage
@@ -47,6 +46,7 @@ from schemas.trace import (
 )
 from tests.conftest import NatsServer
 from tests.procs import ready_process
+from tests.test_collector import collector
 
 FIXTURE = Path(__file__).parent / "fixtures" / "incident-trace.jsonl"
 SESSION = "ses_06gvsfov1j4bu4cg8u176c2npo"
@@ -188,21 +188,6 @@ async def eventually(check: Callable[[], bool], timeout: float = 30.0) -> None:
     async with asyncio.timeout(timeout):
         while not check():  # noqa: ASYNC110 - the state is SQLite's and the exporter's, nothing to await
             await asyncio.sleep(0.02)
-
-
-@contextlib.asynccontextmanager
-async def collector(bus: Bus, path: Path, exporter: OtlpExporter) -> AsyncIterator[TraceStore]:
-    store = TraceStore(path)
-    stop = asyncio.Event()
-    ready = asyncio.Event()
-    task = asyncio.ensure_future(serve_collector(bus, store, stop, on_ready=ready.set, exporter=exporter))
-    try:
-        await asyncio.wait_for(ready.wait(), 10)
-        yield store
-    finally:
-        stop.set()
-        await task
-        store.close()
 
 
 def check_session_spans(spans: list[dict[str, Any]], session_id: str) -> None:
