@@ -17,10 +17,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from types import TracebackType
 
-from actors.sessions import SessionDirectory, SessionRecord, cancel_session
-from bus.codec import Decoder, encode
+from actors.sessions.directory import SessionDirectory, SessionRecord, cancel_session
+from bus.codec import Decoder
 from bus.connection import Bus
-from bus.errors import BusError, BusTimeout, StaffworkError
+from bus.errors import BusTimeout, StaffworkError
 from bus.workspace import Workspace
 from schemas.files import FileInfo
 from schemas.session import SessionResult, SessionSubmit, SubmitReply
@@ -81,16 +81,13 @@ class Client:
         if deadline_s is not None:
             fields["deadline_s"] = deadline_s
         request = SessionSubmit(**fields)  # type: ignore[arg-type]
-        if not await self.bus.has_responders(self.bus.subjects.api_submit, timeout=timeout):
-            raise BusError(
-                f"no lead answers {self.bus.subjects.api_submit!r}: "
-                "start one (staffwork up, or staffwork actor lead)"
-            )
-        try:
-            answer = await self.bus.nc.request(self.bus.subjects.api_submit, encode(request), timeout=timeout)
-        except Exception as exc:
-            raise BusTimeout("submit", self.bus.subjects.api_submit, timeout) from exc
-        reply = _reply.decode(answer.data)
+        answer = await self.bus.request(
+            self.bus.subjects.api_submit,
+            request,
+            timeout=timeout,
+            hint="no lead is running (start one: staffwork up, or staffwork actor lead)",
+        )
+        reply = _reply.decode(answer)
         if not reply.accepted:
             error = reply.error
             raise SubmitRefused(error.kind if error else "refused", error.message if error else "refused")

@@ -18,13 +18,13 @@ import contextlib
 import dataclasses
 from typing import Any
 
-from actors.loop import AgentLoop, LoopResult, answer_for
-from actors.models.base import Model
-from actors.sessions import CancelWatch, SessionDirectory, race_cancel
-from actors.tools.base import Toolbox, ToolContext
-from actors.tools.memory import memory_note
-from actors.tools.registry import tools_for
-from actors.tools.workspace import write_and_record
+from actors.agent.loop import AgentLoop, LoopResult, answer_for
+from actors.agent.models.base import Model
+from actors.agent.tools.base import Toolbox, ToolContext
+from actors.agent.tools.catalog import tools_for
+from actors.agent.tools.memory import memory_note
+from actors.agent.tools.workspace import write_and_record
+from actors.sessions.directory import CancelWatch, SessionDirectory, race_cancel
 from bus.actor import BaseActor, Context
 from bus.errors import HistoryConflict, InvalidPath, Retryable
 from bus.history import ThreadHistory, ThreadLog

@@ -72,13 +72,13 @@ class Latency:
 
 async def raw_request_reply(bus: Bus, requests: int, payload: bytes) -> Latency:
     async def respond(msg: object) -> None:
-        await bus.nc.publish(msg.reply, msg.data)  # type: ignore[attr-defined]
+        await bus._nc.publish(msg.reply, msg.data)  # type: ignore[attr-defined]
 
-    sub = await bus.nc.subscribe("bench_raw.echo", cb=respond)
+    sub = await bus._nc.subscribe("bench_raw.echo", cb=respond)
     samples = []
     for i in range(requests + 200):
         started = time.perf_counter()
-        await bus.nc.request("bench_raw.echo", payload, timeout=5)
+        await bus._nc.request("bench_raw.echo", payload, timeout=5)
         if i >= 200:  # warm-up excluded
             samples.append(time.perf_counter() - started)
     await sub.unsubscribe()
@@ -88,8 +88,8 @@ async def raw_request_reply(bus: Bus, requests: int, payload: bytes) -> Latency:
 async def runtime_round_trip(bus: Bus, requests: int) -> Latency:
     stop = asyncio.Event()
     runtime = ActorRuntime(bus, Echo(), RuntimeSettings(concurrency=8))
-    inbox = bus.nc.new_inbox()
-    replies = await bus.nc.subscribe(inbox)
+    inbox = bus._nc.new_inbox()
+    replies = await bus._nc.subscribe(inbox)
     subject = bus.subjects.task("ses_bench", "echo")
     samples = []
     async with asyncio.TaskGroup() as tg:
@@ -121,7 +121,7 @@ async def workspace_throughput(bus: Bus, data: bytes) -> tuple[float, float]:
 
 
 async def stock_throughput(bus: Bus, data: bytes) -> tuple[float, float]:
-    store = await bus.js.create_object_store("bench_stock")
+    store = await bus._js.create_object_store("bench_stock")
     started = time.perf_counter()
     await store.put("blob.bin", data)
     put_s = time.perf_counter() - started

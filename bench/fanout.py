@@ -32,9 +32,9 @@ import time  # noqa: E402
 from collections.abc import AsyncIterator  # noqa: E402
 from contextlib import asynccontextmanager  # noqa: E402
 
-from actors.models.base import ModelRequest, ModelResponse  # noqa: E402
-from actors.models.scripted import ScriptedModel, calls, text  # noqa: E402
-from actors.workers import AgentSettings, running_agents, serve_agents  # noqa: E402
+from actors.agent.models.base import ModelRequest, ModelResponse  # noqa: E402
+from actors.agent.models.scripted import ScriptedModel, calls, text  # noqa: E402
+from actors.roles import AgentSettings, running_agents, serve_agents  # noqa: E402
 from bus.codec import Decoder  # noqa: E402
 from bus.connection import Bus  # noqa: E402
 from bus.direct import read_subject  # noqa: E402
@@ -69,7 +69,7 @@ def team(n: int) -> TeamSpec:
 
 async def run_session(bus: Bus, n: int) -> tuple[float, str]:
     submit = SessionSubmit(task="fan out", team_spec=team(n))
-    sub = await bus.nc.subscribe(bus.subjects.out(submit.session_id, "result"))
+    sub = await bus._nc.subscribe(bus.subjects.out(submit.session_id, "result"))
     started = time.perf_counter()
     await bus.publish(bus.subjects.submit, submit)
     result = RESULT.decode((await sub.next_msg(timeout=60)).data)

@@ -43,7 +43,7 @@ from collections.abc import AsyncIterator  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from typing import TypedDict  # noqa: E402
 
-from actors.collector import TraceStore, serve_collector  # noqa: E402
+from actors.collector.actor import TraceStore, serve_collector  # noqa: E402
 from bus.codec import encode  # noqa: E402
 from bus.connection import Bus  # noqa: E402
 from bus.logs import configure_logging  # noqa: E402
@@ -146,7 +146,7 @@ async def publish_all(bus: Bus, batch: list[Publication]) -> float:
     started = time.perf_counter()
     async with asyncio.timeout(120):
         futures = [
-            await bus.js.publish_async(subject, data, headers=headers) for subject, data, headers in batch
+            await bus._js.publish_async(subject, data, headers=headers) for subject, data, headers in batch
         ]
         acks = await asyncio.gather(*futures)
     elapsed = time.perf_counter() - started
@@ -201,7 +201,7 @@ async def settled(bus: Bus, timeout: float = 30.0) -> int:
     """Wait until the collector's consumer has nothing pending or unacked; its redelivery count."""
     async with asyncio.timeout(timeout):
         while True:
-            info = await bus.js.consumer_info(bus.subjects.log_stream, DURABLE)
+            info = await bus._js.consumer_info(bus.subjects.log_stream, DURABLE)
             if info.num_pending == 0 and info.num_ack_pending == 0:
                 return int(info.num_redelivered)
             await asyncio.sleep(POLL)

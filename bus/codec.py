@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, overload
 
 import msgspec
 
@@ -29,6 +29,10 @@ class Decoder(Generic[T]):
     (``Expected `str`, got `int` - at `$.task```).
     """
 
+    @overload
+    def __init__(self: Decoder[T], type: type[T], *, max_bytes: int = DEFAULT_MAX_BYTES) -> None: ...
+    @overload  # a union of tagged Structs (``A | B``) is not a ``type[T]`` to the type checker
+    def __init__(self: Decoder[Any], type: Any, *, max_bytes: int = DEFAULT_MAX_BYTES) -> None: ...
     def __init__(self, type: Any, *, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.type = type
         self.max_bytes = max_bytes

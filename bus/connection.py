@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar, overload
 
 import msgspec
 import nats
@@ -23,7 +24,7 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from bus.codec import DEFAULT_MAX_BYTES, Decoder, encode
-from bus.errors import BusError, BusTimeout, BusUnavailable
+from bus.errors import BusError, BusTimeout, BusUnavailable, NoResponders
 from bus.state import KV, Listener, Responder, follow
 from bus.subjects import Subjects
 from bus.tracing import SpanContext, current_span
@@ -39,6 +40,40 @@ REPLY_TO = "Sw-Reply-To"
 API_TIMEOUT = 10.0  # JetStream API calls (stream info, direct get, purge, ...)
 
 
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    version: str
+    max_payload: int  # bytes
+    rtt: float  # seconds
+
+
+class NotFound(BusError):
+    """A stream, consumer or message that is not there (raised inside ``bus`` only)."""
+
+
+@contextlib.contextmanager
+def translated(
+    operation: str, subject: str, url: str, *, timeout: float = API_TIMEOUT, hint: str = ""
+) -> Iterator[None]:
+    """nats-py's exceptions become the project's (the one place that maps them, as httpx maps its
+    transport's): no responders, timeouts, a closed connection, a missing resource, other errors."""
+    try:
+        yield
+    except nats.errors.NoRespondersError as exc:
+        raise NoResponders(subject, hint) from exc
+    except (nats.errors.TimeoutError, TimeoutError) as exc:
+        raise BusTimeout(operation, subject, timeout) from exc
+    except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError) as exc:
+        raise BusUnavailable(url, "connection closed") from exc
+    except nats.js.errors.NotFoundError as exc:
+        raise NotFound(f"{operation}: {subject!r} not found") from exc
+    except nats.errors.Error as exc:
+        raise BusError(f"{operation} on {subject!r} failed: {exc}") from exc
+
+
 def _log_emit_failure(future: asyncio.Future[Any]) -> None:
     if future.cancelled():
         return
@@ -50,9 +85,9 @@ class Bus:
     """A connected client. Use :meth:`connect`; close with :meth:`close` or ``async with``."""
 
     def __init__(self, nc: NATS, subjects: Subjects, url: str, online: asyncio.Event | None = None) -> None:
-        self.nc = nc
+        self._nc = nc
         self.api_timeout = API_TIMEOUT
-        self.js: JetStreamContext = nc.jetstream(timeout=self.api_timeout)
+        self._js: JetStreamContext = nc.jetstream(timeout=self.api_timeout)
         self.subjects = subjects
         self.url = url
         self._stream_slots: asyncio.Semaphore | None = None
@@ -118,13 +153,13 @@ class Bus:
 
     async def close(self) -> None:
         """Drain (flush pending publishes and acks, finish subscriptions), then close."""
-        if self.nc.is_closed:
+        if self._nc.is_closed:
             return
         try:
-            await self.nc.drain()
+            await self._nc.drain()
         except (nats.errors.Error, TimeoutError) as exc:
             log.warning("nats_drain_failed", error=repr(exc))
-            await self.nc.close()
+            await self._nc.close()
 
     async def __aenter__(self) -> Bus:
         return self
@@ -170,7 +205,7 @@ class Bus:
     async def _store(self, subject: str, data: bytes, headers: dict[str, str] | None, timeout: float) -> Any:
         """A JetStream publish with nats-py's errors translated; returns the PubAck."""
         try:
-            return await self.js.publish(subject, data, timeout=timeout, headers=headers)
+            return await self._js.publish(subject, data, timeout=timeout, headers=headers)
         except nats.js.errors.NoStreamResponseError as exc:
             raise BusError(
                 f"no stream stores subject {subject!r}: was the bus provisioned for this root?"
@@ -193,7 +228,7 @@ class Bus:
         subject = self.subjects.event(event.session_id, event_kind(event))
         headers = self.headers(event.msg_id)
         try:
-            future = await self.js.publish_async(subject, encode(event), headers=headers)
+            future = await self._js.publish_async(subject, encode(event), headers=headers)
         except nats.errors.Error as exc:
             raise BusError(f"cannot publish trace event on {subject!r}: {exc}") from exc
         future.add_done_callback(_log_emit_failure)
@@ -203,7 +238,7 @@ class Bus:
     ) -> None:
         """Publish without JetStream (no storage, no ack): for replies to inboxes."""
         try:
-            await self.nc.publish(subject, encode(msg), headers=self.headers(None, headers))
+            await self._nc.publish(subject, encode(msg), headers=self.headers(None, headers))
         except nats.errors.Error as exc:
             raise BusError(f"cannot publish to {subject!r}: {exc}") from exc
 
@@ -216,10 +251,28 @@ class Bus:
     async def kv(self, bucket: str) -> KV:
         """A KV bucket (it must exist: provisioning creates the design's buckets)."""
         try:
-            return KV(await self.js.key_value(bucket), bucket, self.js)
+            return KV(await self._js.key_value(bucket), bucket, self._js)
         except nats.js.errors.BucketNotFoundError as exc:
             raise BusError(f"KV bucket {bucket!r} does not exist: was the bus provisioned?") from exc
 
+    @overload
+    async def listen(
+        self,
+        subject: str,
+        type: type[T],
+        callback: Callable[[T], Awaitable[None] | None],
+        *,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+    ) -> Listener[T]: ...
+    @overload
+    async def listen(
+        self,
+        subject: str,
+        type: Any,
+        callback: Callable[[Any], Awaitable[None] | None],
+        *,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+    ) -> Listener[Any]: ...
     async def listen(
         self,
         subject: str,
@@ -230,7 +283,8 @@ class Bus:
     ) -> Listener[Any]:
         """Subscribe to ``subject`` (core, not durable), decoding each message into ``type``."""
         listener: Listener[Any] = Listener(Decoder(type, max_bytes=max_bytes), callback)
-        listener._sub = await self.nc.subscribe(subject, cb=listener._on_message)
+        with translated("subscribe", subject, self.url):
+            listener._sub = await self._nc.subscribe(subject, cb=listener._on_message)
         return listener
 
     async def respond(
@@ -238,9 +292,24 @@ class Bus:
     ) -> Responder:
         """Answer requests on ``subject``; every process with the same ``queue`` shares them."""
         responder = Responder(handler)
-        responder._nc = self.nc
-        responder._sub = await self.nc.subscribe(subject, queue=queue, cb=responder._on_request)
+        responder._nc = self._nc
+        with translated("subscribe", subject, self.url):
+            responder._sub = await self._nc.subscribe(subject, queue=queue, cb=responder._on_request)
         return responder
+
+    async def request(
+        self, subject: str, payload: Message | bytes, *, timeout: float, hint: str = ""
+    ) -> bytes:
+        """Ask whoever answers on ``subject`` (core request/reply) and return the answer's payload.
+
+        :class:`NoResponders` at once when nobody listens (``hint`` says what to start),
+        :class:`BusTimeout` when nobody answers within ``timeout`` seconds.
+        """
+        data = payload if isinstance(payload, bytes) else encode(payload)
+        with translated("request", subject, self.url, timeout=timeout, hint=hint):
+            async with asyncio.timeout(timeout):
+                answer = await self._nc.request(subject, data, timeout=timeout)
+        return bytes(answer.data)
 
     async def publish_once(self, subject: str, msg: Message, *, msg_id: str, timeout: float = 10.0) -> bool:
         """Store ``msg`` unless a message with ``msg_id`` was stored within the dedup window.
@@ -250,24 +319,18 @@ class Bus:
         ack = await self._store(subject, encode(msg), self.headers(msg_id), timeout)
         return not ack.duplicate
 
+    @overload
+    def follow(self, subject: str, type: type[T]) -> AsyncIterator[T]: ...
+    @overload
+    def follow(self, subject: str, type: Any) -> AsyncIterator[Any]: ...
     def follow(self, subject: str, type: Any) -> AsyncIterator[Any]:
         """Messages on ``subject`` in the log stream from the first stored one, then live."""
-        return follow(self.js, self.subjects.log_stream, subject, Decoder(type, max_bytes=4 * 1024 * 1024))
-
-    async def has_responders(self, subject: str, timeout: float = 2.0) -> bool:
-        """Whether anyone answers requests on ``subject`` (NATS says "no responders" at once if not)."""
-        try:
-            await self.nc.request(subject, b"", timeout=timeout)
-        except nats.errors.NoRespondersError:
-            return False
-        except (nats.errors.TimeoutError, TimeoutError):
-            return True  # someone is subscribed, just slow to answer
-        return True
+        return follow(self._js, self.subjects.log_stream, subject, Decoder(type, max_bytes=4 * 1024 * 1024))
 
     async def consumer_active(self, durable: str) -> bool:
         """Whether some worker is pulling from the consumer right now (it has waiting pull requests)."""
         try:
-            info = await self.js.consumer_info(self.subjects.log_stream, durable)
+            info = await self._js.consumer_info(self.subjects.log_stream, durable)
         except nats.js.errors.NotFoundError:
             return False
         return bool(info.num_waiting)
@@ -275,7 +338,7 @@ class Bus:
     async def consumer_backlog(self, durable: str) -> int:
         """Messages the consumer has not settled yet: pending delivery plus delivered and unacked."""
         try:
-            info = await self.js.consumer_info(self.subjects.log_stream, durable)
+            info = await self._js.consumer_info(self.subjects.log_stream, durable)
         except nats.js.errors.NotFoundError:
             return 0
         return int(info.num_pending) + int(info.num_ack_pending)
@@ -283,7 +346,7 @@ class Bus:
     async def last(self, subject: str) -> bytes | None:
         """The last message stored on ``subject`` in the log stream, or None."""
         try:
-            raw = await self.js.get_last_msg(self.subjects.log_stream, subject, direct=True)
+            raw = await self._js.get_last_msg(self.subjects.log_stream, subject, direct=True)
         except nats.js.errors.NotFoundError:
             return None
         except nats.errors.NoRespondersError as exc:
@@ -294,11 +357,31 @@ class Bus:
             raise BusTimeout("read last message", subject, self.api_timeout) from exc
         return raw.data or None
 
+    async def server_info(self, timeout: float = 5.0) -> ServerInfo:
+        """The connected server's version and limits, and the round trip to it."""
+        with translated("ping", "(server)", self.url, timeout=timeout):
+            async with asyncio.timeout(timeout):
+                rtt = await self._nc.rtt()
+        info = self._nc._server_info  # nats-py keeps the server's INFO only here
+        return ServerInfo(
+            version=str(info.get("version", "?")), max_payload=int(info.get("max_payload", 0)), rtt=rtt
+        )
+
+    async def stream_messages(self, stream: str, timeout: float = 5.0) -> int | None:
+        """How many messages ``stream`` holds, or None if there is no such stream."""
+        try:
+            with translated("stream info", stream, self.url, timeout=timeout):
+                async with asyncio.timeout(timeout):
+                    info = await self._js.stream_info(stream)
+        except NotFound:
+            return None
+        return int(info.state.messages)
+
     async def account_info(self, timeout: float = 5.0) -> Any:
         """JetStream account info: proves JetStream is enabled and reachable."""
         try:
             async with asyncio.timeout(timeout):
-                return await self.js.account_info()
+                return await self._js.account_info()
         except (nats.errors.TimeoutError, TimeoutError) as exc:
             raise BusTimeout("JetStream account info", "$JS.API.INFO", timeout) from exc
         except nats.js.errors.ServiceUnavailableError as exc:

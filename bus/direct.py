@@ -46,7 +46,7 @@ async def read_subject(
     those stored at or after ``since``, up to stream sequence ``until_seq``), in stream order."""
     if limit == 0:
         return
-    nc = bus.nc
+    nc = bus._nc
     inbox = nc.new_inbox()
     sub = await nc.subscribe(inbox, pending_bytes_limit=pending_bytes)
     try:
@@ -105,7 +105,7 @@ async def watch_subject(
     else only new ones. An ordered consumer: nothing is skipped or repeated, and it survives
     reconnects."""
     config = ConsumerConfig(opt_start_seq=start_seq) if start_seq else None
-    sub = await bus.js.subscribe(
+    sub = await bus._js.subscribe(
         subject,
         stream=stream,
         ordered_consumer=True,
@@ -142,7 +142,7 @@ async def tail_subjects(
     stream's last sequence when it starts; the live part starts right after it). ``on_following`` is
     called once the live part is subscribed. Live messages of different subjects come as they arrive.
     """
-    cutoff = (await bus.js.stream_info(stream)).state.last_seq
+    cutoff = (await bus._js.stream_info(stream)).state.last_seq
     if since is not None or not follow:
         readers = [read_subject(bus, stream, subject, since=since, until_seq=cutoff) for subject in subjects]
         async with contextlib.aclosing(_merge_ordered(readers)) as stored:

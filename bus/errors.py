@@ -12,6 +12,7 @@
     ├── BusError                   talking to NATS
     │   ├── BusUnavailable         no server reachable within the deadline
     │   ├── BusTimeout             a request or publish got no answer within its deadline
+    │   ├── NoResponders           nobody answers requests on a subject (the server says so at once)
     │   ├── ProvisionError         a stream, consumer or bucket could not be created or reconciled
     │   └── HistoryConflict        another worker extended the same thread first
     ├── MessageRejected            a message failed to decode or validate: terminated, never redelivered
@@ -57,6 +58,7 @@ __all__ = [
     "MemoryTooLarge",
     "MessageRejected",
     "MessageTooLarge",
+    "NoResponders",
     "ProvisionError",
     "Retryable",
     "ServerError",
@@ -133,6 +135,15 @@ class BusTimeout(BusError):
         self.subject = subject
         self.timeout = timeout
         super().__init__(f"{operation} on {subject!r} got no answer within {timeout:g}s")
+
+
+class NoResponders(BusError):
+    """Nobody subscribes to ``subject``: a request to it is answered "no responders" at once."""
+
+    def __init__(self, subject: str, hint: str = "") -> None:
+        self.subject = subject
+        self.hint = hint
+        super().__init__(f"nobody answers requests on {subject!r}" + (f": {hint}" if hint else ""))
 
 
 class ProvisionError(BusError):

@@ -136,7 +136,7 @@ class Memory:
         found: list[MemoryStoreInfo] = []
         try:
             async for msg in last_per_subject(
-                self.bus.js, f"KV_{self.bucket}", head + ">", timeout=self.timeout
+                self.bus._js, f"KV_{self.bucket}", head + ">", timeout=self.timeout
             ):
                 if (msg.headers or {}).get("KV-Operation") in ("DEL", "PURGE") or not msg.data:
                     continue
@@ -309,7 +309,7 @@ class Memory:
         found: builtins.list[MemoryVersion] = []
         try:
             async for msg in last_per_subject(
-                self.bus.js,
+                self.bus._js,
                 self.stream,
                 self.bus.subjects.memory_files(store),
                 headers_only=True,
@@ -406,7 +406,7 @@ class Memory:
     async def _direct_get(self, *, subject: str | None = None, seq: int | None = None) -> Any:
         """The last message on ``subject``, or the message at ``seq`` (a RawStreamMsg); None if none."""
         try:
-            return await self.bus.js.get_msg(self.stream, seq=seq, subject=subject, direct=True)
+            return await self.bus._js.get_msg(self.stream, seq=seq, subject=subject, direct=True)
         except nats.js.errors.NotFoundError:
             return None
         except nats.errors.NoRespondersError as exc:

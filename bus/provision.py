@@ -136,7 +136,7 @@ WEBHOOK_SOURCES = (
 def webhook_events_consumer(subjects: Subjects, *, ack_wait: float = 30.0) -> ConsumerSpec:
     return ConsumerSpec(
         durable=subjects.webhook_events_consumer,
-        filter_subjects=tuple(f"{subjects.root}.s.*.evt.{kind}" for kind in WEBHOOK_SOURCES),
+        filter_subjects=tuple(subjects.events("*", kind) for kind in WEBHOOK_SOURCES),
         ack_wait=ack_wait,
         max_deliver=-1,
         description="trace events that may become webhook deliveries",
@@ -190,7 +190,7 @@ def _unavailable(exc: BaseException) -> ProvisionError:
 async def ensure_stream(bus: Bus, config: StreamConfig) -> None:
     """Create the stream, or update it when it exists with other settings."""
     try:
-        await bus.js.add_stream(config)
+        await bus._js.add_stream(config)
         return
     except nats.js.errors.BadRequestError as exc:
         if exc.err_code != _STREAM_IN_USE:
@@ -202,7 +202,7 @@ async def ensure_stream(bus: Bus, config: StreamConfig) -> None:
     except (nats.errors.TimeoutError, TimeoutError) as exc:
         raise ProvisionError(f"creating stream {config.name!r} timed out (is JetStream enabled?)") from exc
     try:
-        await bus.js.update_stream(config)
+        await bus._js.update_stream(config)
         log.info("stream_updated", stream=config.name)
     except nats.js.errors.APIError as exc:
         raise ProvisionError(
@@ -220,12 +220,12 @@ async def ensure_consumer(
     stream = stream or bus.subjects.log_stream
     if not update:
         try:
-            await bus.js.consumer_info(stream, spec.durable)
+            await bus._js.consumer_info(stream, spec.durable)
             return
         except nats.js.errors.NotFoundError:
             pass
     try:
-        await bus.js.add_consumer(stream, spec.config())
+        await bus._js.add_consumer(stream, spec.config())
     except nats.errors.NoRespondersError as exc:
         raise _unavailable(exc) from exc
     except nats.js.errors.APIError as exc:
@@ -238,7 +238,7 @@ async def ensure_consumer(
 
 async def ensure_kv(bus: Bus, bucket: str, *, history: int, settings: StreamSettings) -> None:
     try:
-        await bus.js.key_value(bucket)
+        await bus._js.key_value(bucket)
         return
     except nats.js.errors.BucketNotFoundError:
         pass
@@ -246,14 +246,14 @@ async def ensure_kv(bus: Bus, bucket: str, *, history: int, settings: StreamSett
         bucket=bucket, history=history, storage=settings.storage, replicas=settings.replicas, direct=True
     )
     try:
-        await bus.js.create_key_value(config)
+        await bus._js.create_key_value(config)
     except nats.js.errors.APIError as exc:
         raise ProvisionError(f"cannot create KV bucket {bucket!r}: {exc.description}") from exc
 
 
 async def ensure_object_store(bus: Bus, bucket: str, *, settings: StreamSettings) -> None:
     try:
-        await bus.js.object_store(bucket)
+        await bus._js.object_store(bucket)
         return
     except nats.js.errors.BucketNotFoundError:
         pass
@@ -264,7 +264,7 @@ async def ensure_object_store(bus: Bus, bucket: str, *, settings: StreamSettings
         replicas=settings.replicas,
     )
     try:
-        await bus.js.create_object_store(bucket, config)
+        await bus._js.create_object_store(bucket, config)
     except nats.js.errors.APIError as exc:
         raise ProvisionError(f"cannot create object store {bucket!r}: {exc.description}") from exc
 

@@ -119,12 +119,12 @@ class ActorRuntime(Generic[In]):
     async def run(self, stop: asyncio.Event) -> None:
         if self.settings.create_consumer:
             await ensure_consumer(self.bus, self.spec)
-        prefix = self.bus.nc.new_inbox()
+        prefix = self.bus._nc.new_inbox()
         stop_waiter = asyncio.ensure_future(stop.wait())
         try:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
-                sub = await self.bus.nc.subscribe(
+                sub = await self.bus._nc.subscribe(
                     f"{prefix}.*", cb=self._on_delivery, pending_msgs_limit=4 * self.settings.concurrency + 64
                 )
                 batches = tg.create_task(self._batch_loop()) if self._batcher is not None else None
@@ -178,7 +178,7 @@ class ActorRuntime(Generic[In]):
             self._current_done.clear()
             request = json.dumps({"batch": free, "expires": expires_ns}).encode()
             try:
-                await self.bus.nc.publish(pull_subject, request, reply=f"{prefix}.{request_id}")
+                await self.bus._nc.publish(pull_subject, request, reply=f"{prefix}.{request_id}")
             except nats.errors.Error as exc:
                 self.log.warning("pull_failed", error=repr(exc))
                 self._errors += 1

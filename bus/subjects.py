@@ -15,6 +15,8 @@ Under a configurable root (default ``sw``; each test uses its own):
 ``<root>.s.<session>.grade``              grading requests for the grader
 ``<root>.s.<session>.hook``               pending webhook deliveries
 ``<root>.sys.evt.<kind...>``              events that belong to no session (undecodable traffic)
+``<root>.sys.dream.{cancel,done}.<id>``    cancelling a dream; a dream's final record
+``<root>.api.{submit,trace,dream}``        request/reply (not logged): submit, trace queries, dreams
 ``<root>.mem.<store>.f.<path64>``         a memory file's versions (path64: the path, base64url
                                           without padding), in their own stream: no max age
 ========================================  =========================================================
@@ -93,10 +95,6 @@ class Subjects:
         """Filter for one agent's tasks across all sessions."""
         return f"{self.root}.s.*.task.{check_token(agent, 'agent name')}"
 
-    @property
-    def all_tasks(self) -> str:
-        return f"{self.root}.s.*.task.*"
-
     def reply(self, session_id: str, thread_id: str) -> str:
         sid = check_token(session_id, "session id")
         return f"{self.root}.s.{sid}.reply.{check_token(thread_id, 'thread id')}"
@@ -109,10 +107,6 @@ class Subjects:
     def replies(self, session_id: str) -> str:
         """Filter for every reply of one session."""
         return f"{self.root}.s.{check_token(session_id, 'session id')}.reply.*"
-
-    @property
-    def all_replies(self) -> str:
-        return f"{self.root}.s.*.reply.*"
 
     def ctl(self, session_id: str) -> str:
         return f"{self.root}.s.{check_token(session_id, 'session id')}.ctl"
@@ -152,9 +146,32 @@ class Subjects:
             return f"{self.root}.sys.evt.{kind}"
         return f"{self.root}.s.{check_token(session_id, 'session id')}.evt.{kind}"
 
-    def events(self, session_id: str = "*") -> str:
+    def events(self, session_id: str = "*", kind: str = ">") -> str:
+        """Filter for trace events: one session's or every session's (``*``), of one kind or all
+        (``>``; a family is ``agent.>``)."""
         sid = session_id if session_id == "*" else check_token(session_id, "session id")
-        return f"{self.root}.s.{sid}.evt.>"
+        return f"{self.root}.s.{sid}.evt.{kind}"
+
+    def system_events(self, kind: str = ">") -> str:
+        """Filter for events that belong to no session (undecodable traffic)."""
+        return f"{self.root}.sys.evt.{kind}"
+
+    @property
+    def api_trace(self) -> str:
+        """Request/reply: the collector's queries (sessions, events, provenance)."""
+        return f"{self.root}.api.trace"
+
+    @property
+    def api_dream(self) -> str:
+        """Request/reply: start a dream (the dreamer answers with its record)."""
+        return f"{self.root}.api.dream"
+
+    def dream_cancel(self, dream_id: str) -> str:
+        return f"{self.root}.sys.dream.cancel.{check_token(dream_id, 'dream id')}"
+
+    def dream_done(self, dream_id: str) -> str:
+        """Where a dream's final record is published (in the log stream)."""
+        return f"{self.root}.sys.dream.done.{check_token(dream_id, 'dream id')}"
 
     @property
     def all_memory(self) -> str:
@@ -203,6 +220,15 @@ class Subjects:
     def memory_stores_bucket(self) -> str:
         """KV bucket: the registered memory stores."""
         return f"{self.key}_memstores"
+
+    @property
+    def dreams_bucket(self) -> str:
+        """KV bucket: dream records (key: the dream id)."""
+        return f"{self.key}_dreams"
+
+    @property
+    def collector_consumer(self) -> str:
+        return "collector"
 
     @property
     def lead_consumer(self) -> str:

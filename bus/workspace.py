@@ -158,7 +158,7 @@ class Workspace:
     async def _info(self, name: str) -> _ObjectInfo | None:
         subject = self._meta_subject(name)
         try:
-            raw = await self.bus.js.get_last_msg(self.stream, subject, direct=True)
+            raw = await self.bus._js.get_last_msg(self.stream, subject, direct=True)
         except nats.js.errors.NotFoundError:
             return None
         except nats.errors.NoRespondersError as exc:
@@ -177,7 +177,7 @@ class Workspace:
 
     async def _purge(self, subject: str) -> None:
         try:
-            await self.bus.js.purge_stream(self.stream, subject=subject)
+            await self.bus._js.purge_stream(self.stream, subject=subject)
         except nats.js.errors.NotFoundError as exc:
             raise self._missing_bucket() from exc
         except (nats.errors.TimeoutError, TimeoutError) as exc:
@@ -253,7 +253,7 @@ class Workspace:
                 digest.update(block)
                 size += len(block)
                 chunks += 1
-                pending.append(await self.bus.js.publish_async(chunk_subject, block))
+                pending.append(await self.bus._js.publish_async(chunk_subject, block))
                 if len(pending) >= _PIPELINE:
                     await self._await_acks(pending[: _PIPELINE // 2], chunk_subject)
                     del pending[: _PIPELINE // 2]
@@ -402,7 +402,8 @@ class Workspace:
     async def _last_per_subject(self, filter_subject: str) -> AsyncIterator[bytes]:
         """The last message of every subject matching ``filter_subject`` (each object's metadata)."""
         try:
-            async for msg in last_per_subject(self.bus.js, self.stream, filter_subject, timeout=self.timeout):
+            latest = last_per_subject(self.bus._js, self.stream, filter_subject, timeout=self.timeout)
+            async for msg in latest:
                 yield msg.data
         except nats.js.errors.NotFoundError as exc:
             raise self._missing_bucket() from exc

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
+from actors.agent.models.base import ModelRequest, ModelResponse
+from actors.agent.models.scripted import calls, text
 from actors.client import Client
-from actors.models.base import ModelRequest, ModelResponse
-from actors.models.scripted import calls, text
 from bus.codec import Decoder
 from bus.connection import Bus
 from schemas import AgentSpec, SessionResult, SessionSubmit, TeamSpec
@@ -46,7 +46,7 @@ def fan_out_lead(agents: list[str], *, prefix: str = "toolu_") -> list[ModelResp
 
 
 async def submit_and_wait(bus: Bus, submit: SessionSubmit, timeout: float = 60.0) -> SessionResult:
-    sub = await bus.nc.subscribe(bus.subjects.out(submit.session_id, "result"))
+    sub = await bus._nc.subscribe(bus.subjects.out(submit.session_id, "result"))
     try:
         await bus.publish(bus.subjects.submit, submit)
         async with asyncio.timeout(timeout):

@@ -13,9 +13,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from actors.models.base import ModelRequest, ModelResponse
-from actors.models.scripted import ScriptedModel, calls, text
-from actors.workers import AgentSettings, serve_agents
+from actors.agent.models.base import ModelRequest, ModelResponse
+from actors.agent.models.scripted import ScriptedModel, calls, text
+from actors.roles import AgentSettings, serve_agents
 from bus.connection import Bus
 from bus.lifecycle import install_stop_signals
 from bus.logs import configure_logging

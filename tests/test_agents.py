@@ -9,11 +9,11 @@ import json
 import msgspec
 import pytest
 
-from actors.loop import answer_for
-from actors.models.base import ModelRequest, ModelResponse
-from actors.models.scripted import ScriptedModel, calls, text
-from actors.sessions import SessionDirectory, cancel_session
-from actors.workers import running_agents
+from actors.agent.loop import answer_for
+from actors.agent.models.base import ModelRequest, ModelResponse
+from actors.agent.models.scripted import ScriptedModel, calls, text
+from actors.roles import running_agents
+from actors.sessions.directory import SessionDirectory, cancel_session
 from bus.codec import Decoder
 from bus.connection import Bus
 from bus.direct import read_subject
@@ -103,7 +103,7 @@ async def test_follow_up_continues_the_same_thread_with_its_history(bus: Bus) ->
 
 
 async def test_a_tool_the_agent_does_not_have_is_refused_and_recorded(bus: Bus) -> None:
-    denied = await bus.nc.subscribe(bus.subjects.events("*").replace(".evt.>", ".evt.agent.tool_denied"))
+    denied = await bus._nc.subscribe(bus.subjects.events("*").replace(".evt.>", ".evt.agent.tool_denied"))
     model = ScriptedModel(
         {
             "lead": fan_out_lead(["logs"]),
@@ -153,8 +153,8 @@ async def test_cancel_stops_the_lead_and_every_thread(bus: Bus) -> None:
     model = ScriptedModel({"lead": fan_out_lead(AGENTS)}, responder=echo, latency=dict.fromkeys(AGENTS, 30.0))
     submit = SessionSubmit(task="slow", team_spec=team(*AGENTS))
     async with running_agents(bus, model, agents=AGENTS):
-        started = await bus.nc.subscribe(bus.subjects.event(submit.session_id, "span.model_request_start"))
-        results = await bus.nc.subscribe(bus.subjects.out(submit.session_id, "result"))
+        started = await bus._nc.subscribe(bus.subjects.event(submit.session_id, "span.model_request_start"))
+        results = await bus._nc.subscribe(bus.subjects.out(submit.session_id, "result"))
         await bus.publish(bus.subjects.submit, submit)
         for _ in range(6):  # the lead's first call, then the five subagents' calls are under way
             await started.next_msg(timeout=10)
@@ -190,7 +190,7 @@ async def test_a_duplicate_delegation_never_makes_a_second_thread(bus: Bus) -> N
     spec = team("logs")
     await SessionDirectory(bus).start("ses_dup", spec, "x")
     model = ScriptedModel({"logs": [text("the answer")]}, latency=0.3)
-    replies = await bus.nc.subscribe(bus.subjects.reply("ses_dup", "t-dup"))
+    replies = await bus._nc.subscribe(bus.subjects.reply("ses_dup", "t-dup"))
     request = Delegation(
         session_id="ses_dup", msg_id="dlg-dup", thread_id="t-dup", agent="logs", task="find it"
     )

@@ -15,8 +15,8 @@ from typing import Any
 import msgspec
 import pytest
 
-from actors.models.anthropic import AnthropicModel, estimate_cost
-from actors.models.base import ModelFatal, ModelRequest, ModelRetryable
+from actors.agent.models.anthropic import AnthropicModel, estimate_cost
+from actors.agent.models.base import ModelFatal, ModelRequest, ModelRetryable
 from schemas.base import Usage
 from schemas.conversation import (
     ContentBlock,

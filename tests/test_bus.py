@@ -52,32 +52,32 @@ def test_bad_tokens_are_named(call: object, message: str) -> None:
 async def test_provisioning_is_idempotent(bus: Bus) -> None:
     await provision(bus, settings=StreamSettings(max_age=3600), agents=("logs",))
     await provision(bus, settings=StreamSettings(max_age=3600), agents=("logs",))
-    stream = await bus.js.stream_info(bus.subjects.log_stream)
+    stream = await bus._js.stream_info(bus.subjects.log_stream)
     assert stream.config.subjects == [
         bus.subjects.submit,
         f"{bus.subjects.root}.s.>",
         f"{bus.subjects.root}.sys.>",
     ]
-    names = {c.name for c in await bus.js.consumers_info(bus.subjects.log_stream)}
+    names = {c.name for c in await bus._js.consumers_info(bus.subjects.log_stream)}
     assert names == {"lead", "agent_logs", "grader", "webhooks", "webhook_deliveries"}
-    await bus.js.key_value(bus.subjects.sessions_bucket)
-    await bus.js.key_value(bus.subjects.registry_bucket)
-    await bus.js.object_store(bus.subjects.files_bucket)
+    await bus._js.key_value(bus.subjects.sessions_bucket)
+    await bus._js.key_value(bus.subjects.registry_bucket)
+    await bus._js.object_store(bus.subjects.files_bucket)
 
 
 async def test_provisioning_reconciles_changed_settings(bus: Bus) -> None:
     await provision(bus, settings=StreamSettings(max_age=7200))
-    stream = await bus.js.stream_info(bus.subjects.log_stream)
+    stream = await bus._js.stream_info(bus.subjects.log_stream)
     assert stream.config.max_age == 7200
     spec = agent_consumer(bus.subjects, "logs")
     await ensure_consumer(bus, spec)
     await ensure_consumer(bus, type(spec)(**{**spec.__dict__, "ack_wait": 90.0}))
-    info = await bus.js.consumer_info(bus.subjects.log_stream, "agent_logs")
+    info = await bus._js.consumer_info(bus.subjects.log_stream, "agent_logs")
     assert info.config.ack_wait == 90.0
 
 
 async def test_publish_dedups_on_msg_id_and_carries_trace_context(bus: Bus) -> None:
-    sub = await bus.nc.subscribe(bus.subjects.submit)
+    sub = await bus._nc.subscribe(bus.subjects.submit)
     msg = SessionSubmit(session_id="ses_1", task="x")
     span = SpanContext.new_root()
     token = current_span.set(span)
@@ -87,7 +87,7 @@ async def test_publish_dedups_on_msg_id_and_carries_trace_context(bus: Bus) -> N
     finally:
         current_span.reset(token)
     assert first == second  # the repeat was recognised as a duplicate, not stored again
-    state = await bus.js.stream_info(bus.subjects.log_stream)
+    state = await bus._js.stream_info(bus.subjects.log_stream)
     assert state.state.messages == 1
     got = await sub.next_msg(timeout=5)
     await sub.unsubscribe()
@@ -96,7 +96,7 @@ async def test_publish_dedups_on_msg_id_and_carries_trace_context(bus: Bus) -> N
 
 
 async def test_emit_puts_events_on_their_session_subject(bus: Bus) -> None:
-    sub = await bus.nc.subscribe(bus.subjects.events("ses_9"))
+    sub = await bus._nc.subscribe(bus.subjects.events("ses_9"))
     await bus.emit(ThreadCreated(session_id="ses_9", thread_id="thr_1", agent="logs"))
     got = await sub.next_msg(timeout=5)
     await sub.unsubscribe()
@@ -145,7 +145,7 @@ async def test_kv_keys_lists_every_live_key_without_racing(bus: Bus) -> None:
     for n in range(300):
         await kv.put(f"k{n:03d}", b"v")
     await kv.put("other", b"v")
-    raw = await bus.js.key_value(bus.subjects.sessions_bucket)
+    raw = await bus._js.key_value(bus.subjects.sessions_bucket)
     await raw.delete("k000")
     await raw.purge("k001")
     for _ in range(5):  # nats-py's keys() could miss keys still in flight; ours knows the count first

@@ -16,11 +16,11 @@ import nats.errors
 import pytest
 import structlog
 
-from actors.collector import TraceStore, serve_collector
-from actors.models.offline import OfflineModel
-from actors.otlp import OtlpExporter
-from actors.redaction import redact
-from actors.workers import running_agents
+from actors.agent.models.offline import OfflineModel
+from actors.collector.actor import TraceStore, serve_collector
+from actors.collector.otlp import OtlpExporter
+from actors.collector.redaction import redact
+from actors.roles import running_agents
 from bus.connection import Bus
 from bus.direct import read_subject
 from schemas import SessionSubmit
@@ -62,13 +62,13 @@ async def test_a_sessions_events_are_stored_once_and_queryable(bus: Bus, tmp_pat
             result = await submit_and_wait(bus, SessionSubmit(task="look", team_spec=team("logs", "metrics")))
         expected = await stored_in_stream(bus, result.session_id)
         await eventually(lambda: store.count(result.session_id) == expected)
-        sessions = await bus.nc.request(f"{bus.subjects.root}.api.trace", b'{"op": "sessions"}', timeout=5)
-        events = await bus.nc.request(
+        sessions = await bus._nc.request(f"{bus.subjects.root}.api.trace", b'{"op": "sessions"}', timeout=5)
+        events = await bus._nc.request(
             f"{bus.subjects.root}.api.trace",
             json.dumps({"op": "events", "session_id": result.session_id}).encode(),
             timeout=5,
         )
-        bad = await bus.nc.request(f"{bus.subjects.root}.api.trace", b'{"op": "drop"}', timeout=5)
+        bad = await bus._nc.request(f"{bus.subjects.root}.api.trace", b'{"op": "drop"}', timeout=5)
     [session] = [s for s in json.loads(sessions.data)["result"] if s["session_id"] == result.session_id]
     assert session["threads"] == 3  # the lead and two subagent threads
     assert session["status"] == "idle"
@@ -123,7 +123,7 @@ async def test_kill_9_mid_stream_then_restart_stores_every_event_exactly_once(
     async def publish() -> None:
         for n in range(count):
             await bus.emit(AgentMessage(session_id="ses_busy", text=f"event {n}"))
-        await bus.nc.flush()
+        await bus._nc.flush()
 
     async with ready_process("actors.cli", *args, ready_word=b"collector ready") as first:
         publishing = asyncio.ensure_future(publish())
@@ -153,7 +153,7 @@ async def test_one_thread_and_one_files_provenance_are_queryable(bus: Bus, tmp_p
     ]
 
     async def ask(query: dict[str, str]) -> Any:
-        answer = await bus.nc.request(f"{bus.subjects.root}.api.trace", json.dumps(query).encode(), timeout=5)
+        answer = await bus._nc.request(f"{bus.subjects.root}.api.trace", json.dumps(query).encode(), timeout=5)
         return json.loads(answer.data)
 
     async with collector(bus, tmp_path / "trace.db") as store:
@@ -188,7 +188,7 @@ async def test_a_locked_database_delays_the_events_and_loses_none(bus: Bus, tmp_
     task = asyncio.ensure_future(serve_collector(bus, store, stop, on_ready=ready.set))
     try:
         await asyncio.wait_for(ready.wait(), 10)
-        retried = await bus.nc.subscribe(f"{bus.subjects.root}.s.*.evt.session.error")
+        retried = await bus._nc.subscribe(f"{bus.subjects.root}.s.*.evt.session.error")
         with structlog.testing.capture_logs() as logs:
             for n in range(20):
                 await bus.emit(AgentMessage(session_id="ses_lock", text=f"event {n}"))

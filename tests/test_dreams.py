@@ -12,13 +12,20 @@ from typing import Any
 
 import pytest
 
-from actors.dream_curation import lessons, merge_lines
-from actors.dream_sessions import LESSONS, DreamError
-from actors.dreamer import Dreamer, DreamSchedule, cancel_dream, request_dream, serve_dreamer, wait_dream
-from actors.models.base import ModelRequest, ModelResponse
-from actors.models.offline import OfflineModel
-from actors.models.scripted import calls
-from actors.sessions import SessionDirectory
+from actors.agent.models.base import ModelRequest, ModelResponse
+from actors.agent.models.offline import OfflineModel
+from actors.agent.models.scripted import calls
+from actors.dreamer.actor import (
+    Dreamer,
+    DreamSchedule,
+    cancel_dream,
+    request_dream,
+    serve_dreamer,
+    wait_dream,
+)
+from actors.dreamer.curation import lessons, merge_lines
+from actors.dreamer.sessions import LESSONS, DreamError
+from actors.sessions.directory import SessionDirectory
 from bus.connection import Bus
 from bus.memory import Memory
 from schemas.base import Usage
@@ -291,7 +298,7 @@ async def test_a_dream_reads_past_sessions_from_the_collector(
                 await asyncio.sleep(0.05)
         # the log stream no longer has these sessions' events (past its max age, say): the collector does
         for sid in ("ses_a", "ses_b", "ses_c"):
-            await bus.js.purge_stream(bus.subjects.log_stream, subject=bus.subjects.events(sid))
+            await bus._js.purge_stream(bus.subjects.log_stream, subject=bus.subjects.events(sid))
         record = await Dreamer(bus, OfflineModel()).dream(DreamRequest(store="notes", sessions=10))
     assert record.status == "completed", record.error
     assert record.report is not None

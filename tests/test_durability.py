@@ -38,7 +38,7 @@ async def model_calls(bus: Bus, session_id: str) -> Counter[str]:
 
 
 async def first_model_call_of(bus: Bus, session_id: str, agent: str) -> None:
-    sub = await bus.nc.subscribe(bus.subjects.event(session_id, "span.model_request_start"))
+    sub = await bus._nc.subscribe(bus.subjects.event(session_id, "span.model_request_start"))
     try:
         async with asyncio.timeout(20):
             while STARTS.decode((await sub.next_msg(timeout=20)).data).agent != agent:
@@ -73,7 +73,7 @@ async def test_killed_lead_is_replaced_without_rerunning_finished_delegations(
     root = bus.subjects.root
     submit = SessionSubmit(task="incident", team_spec=team(*AGENTS))
     fast_reply = bus.subjects.reply(submit.session_id, "t-toolu_fast")
-    replied = await bus.nc.subscribe(fast_reply)
+    replied = await bus._nc.subscribe(fast_reply)
     async with agents_process(nats_server, root, "--agents", ",".join(AGENTS), "--slow", "slow=3"):
         async with agents_process(nats_server, root, "--lead") as doomed:
             await bus.publish(bus.subjects.submit, submit)

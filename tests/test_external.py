@@ -8,11 +8,11 @@ import msgspec
 import nats
 import pytest
 
+from actors.agent.models.offline import OfflineModel
+from actors.agent.models.scripted import ScriptedModel, text
 from actors.client import Client, SubmitRefused
-from actors.models.offline import OfflineModel
-from actors.models.scripted import ScriptedModel, text
-from actors.registry import register_team
-from actors.workers import running_agents
+from actors.roles import running_agents
+from actors.sessions.teams import register_team
 from bus.connection import Bus
 from bus.direct import read_subject
 from schemas.trace import event_kind

@@ -16,12 +16,12 @@ from typing import Any
 import msgspec
 import pytest
 
-from actors.checks import FileRead, parse_number, read_file, run_check, run_checks_apart
-from actors.grader import serve_grader
-from actors.grading import NEEDS_A_MODEL, explain, grader_system, overall, parse_grades
-from actors.models.base import Model, ModelRequest, ModelResponse, ModelRetryable
-from actors.models.offline import OfflineModel
-from actors.models.scripted import ScriptedModel, calls, text
+from actors.agent.models.base import Model, ModelRequest, ModelResponse, ModelRetryable
+from actors.agent.models.offline import OfflineModel
+from actors.agent.models.scripted import ScriptedModel, calls, text
+from actors.grader.actor import serve_grader
+from actors.grader.checks import FileRead, parse_number, read_file, run_check, run_checks_apart
+from actors.grader.verdict import NEEDS_A_MODEL, explain, grader_system, overall, parse_grades
 from bus.codec import Decoder
 from bus.connection import Bus
 from bus.direct import read_subject
@@ -619,7 +619,7 @@ async def test_reads_are_capped_and_so_is_what_the_model_is_shown(
     assert (len(read.data or b""), read.size) == (300 * 1024, len(big))
     assert (await read_file(workspace, sid, "missing.log")).data is None
 
-    monkeypatch.setattr("actors.grading.MAX_CONTEXT_BYTES", 100)
+    monkeypatch.setattr("actors.grader.verdict.MAX_CONTEXT_BYTES", 100)
     await workspace.put(sid, "report.md", "R" * 80)
     await workspace.put(sid, "notes.md", "N" * 80)
     await workspace.put(sid, "zeta.md", "Z" * 10)
@@ -715,7 +715,7 @@ def check_processes() -> list[int]:
             cmdline = (stat.parent / "cmdline").read_bytes()
         except OSError:
             continue
-        if int(fields[1]) == os.getpid() and (b"actors.checks" in cmdline or fields[0] == "Z"):
+        if int(fields[1]) == os.getpid() and (b"actors.grader.checks" in cmdline or fields[0] == "Z"):
             found.append(int(stat.parent.name))
     return found
 

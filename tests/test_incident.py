@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from actors.grader import serve_grader
-from actors.models.offline import OfflineModel
-from actors.tools.registry import check_team_tools
-from actors.workers import running_agents, running_service
+from actors.agent.models.offline import OfflineModel
+from actors.agent.tools.catalog import check_team_tools
+from actors.grader.actor import serve_grader
+from actors.roles import running_agents, running_service
 from bus.connection import Bus
 from bus.workspace import Workspace
 from examples.incident.generate import FILES, GroundTruth, generate

@@ -79,7 +79,7 @@ async def test_invalid_store_names_are_refused(memory: Memory) -> None:
 
 async def test_the_memory_stream_keeps_everything_forever(bus: Bus) -> None:
     await provision(bus, settings=StreamSettings(max_age=3600))  # again: idempotent
-    config = (await bus.js.stream_info(bus.subjects.memory_stream)).config
+    config = (await bus._js.stream_info(bus.subjects.memory_stream)).config
     assert not config.max_age  # the log's max age does not apply to memory
     assert config.subjects == [f"{bus.subjects.root}.mem.>"]
     assert config.allow_direct

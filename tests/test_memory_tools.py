@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from actors.models.scripted import ScriptedModel, calls, text
-from actors.workers import running_agents
+from actors.agent.models.scripted import ScriptedModel, calls, text
+from actors.roles import running_agents
 from bus.connection import Bus
 from bus.memory import Memory
 from schemas import AgentSpec, SessionSubmit, TeamSpec

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from actors.models import default_model
-from actors.models.offline import MARK, OfflineModel
-from actors.workers import running_agents
+from actors.agent.models import default_model
+from actors.agent.models.offline import MARK, OfflineModel
+from actors.roles import running_agents
 from bus.connection import Bus
 from bus.workspace import Workspace
 from schemas import AgentSpec, SessionSubmit, TeamSpec

@@ -25,7 +25,7 @@ import msgspec
 import pytest
 import structlog
 
-from actors.otlp import OtlpExporter, SpanBuilder, trace_id, traces_url
+from actors.collector.otlp import OtlpExporter, SpanBuilder, trace_id, traces_url
 from bus.connection import Bus
 from schemas.base import ErrorInfo, Usage
 from schemas.trace import (
@@ -517,7 +517,10 @@ def test_the_builder_holds_no_content_and_forgets_a_finished_sessions_runs() -> 
 
 
 def test_span_building_does_no_io() -> None:
-    code = "import sys, actors.otlp_spans; print(sorted({'asyncio', 'httpx2', 'socket'} & set(sys.modules)))"
+    code = (
+        "import sys, actors.collector.spans; "
+        "print(sorted({'asyncio', 'httpx2', 'socket'} & set(sys.modules)))"
+    )
     result = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,

@@ -6,11 +6,11 @@ import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from actors.grader import serve_grader
-from actors.models.base import Model, ModelResponse
-from actors.models.offline import OfflineModel
-from actors.models.scripted import ScriptedModel, calls, text
-from actors.workers import AgentSettings, running_agents, running_service
+from actors.agent.models.base import Model, ModelResponse
+from actors.agent.models.offline import OfflineModel
+from actors.agent.models.scripted import ScriptedModel, calls, text
+from actors.grader.actor import serve_grader
+from actors.roles import AgentSettings, running_agents, running_service
 from bus.connection import Bus
 from bus.direct import read_subject
 from schemas import AgentSpec, SessionResult, SessionSubmit, TeamSpec

@@ -33,8 +33,8 @@ async def next_done(sub: object, timeout: float = 20.0) -> JobDone:
 async def test_sigterm_lets_the_slow_handler_finish_and_exits_cleanly(
     nats_server: NatsServer, bus: Bus
 ) -> None:
-    started = await bus.nc.subscribe(f"{bus.subjects.root}.test.started")
-    done = await bus.nc.subscribe(bus.subjects.out("ses_p", "done"))
+    started = await bus._nc.subscribe(f"{bus.subjects.root}.test.started")
+    done = await bus._nc.subscribe(bus.subjects.out("ses_p", "done"))
     async with worker(nats_server, bus.subjects.root) as proc:
         await bus.publish(bus.subjects.task("ses_p", "jobs"), Job(session_id="ses_p", n=1, sleep=1.5))
         assert (await next_done(started)).pid == proc.pid  # the handler is running
@@ -45,16 +45,16 @@ async def test_sigterm_lets_the_slow_handler_finish_and_exits_cleanly(
             out, err = await proc.communicate()
         assert proc.returncode == 0, err.decode()
         assert b"STOPPED handled=1 returned=0" in out
-    await bus.nc.flush()
-    info = await bus.js.consumer_info(bus.subjects.log_stream, "jobs")
+    await bus._nc.flush()
+    info = await bus._js.consumer_info(bus.subjects.log_stream, "jobs")
     assert (info.num_pending, info.num_ack_pending, info.num_redelivered) == (0, 0, 0)
     for sub in (started, done):
         await sub.unsubscribe()
 
 
 async def test_killed_worker_message_is_redelivered_to_another(nats_server: NatsServer, bus: Bus) -> None:
-    started = await bus.nc.subscribe(f"{bus.subjects.root}.test.started")
-    done = await bus.nc.subscribe(bus.subjects.out("ses_k", "done"))
+    started = await bus._nc.subscribe(f"{bus.subjects.root}.test.started")
+    done = await bus._nc.subscribe(bus.subjects.out("ses_k", "done"))
     root = bus.subjects.root
     async with (
         worker(nats_server, root, "--ack-wait", "1") as a,

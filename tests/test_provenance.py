@@ -10,7 +10,7 @@ import msgspec
 import pytest
 from rich.console import Console
 
-from actors.provenance import file_origin, render_origin
+from actors.views.provenance import file_origin, render_origin
 from bus.errors import StaffworkError
 from schemas.files import Provenance
 from schemas.trace import AgentToolResult, AgentToolUse, AnyTraceEvent, FileWritten

@@ -39,14 +39,14 @@ async def consumer_state(bus: Bus) -> tuple[int, int, int]:
     Call it after the runtime stopped: stopping waits for every handler, and a handler acks only after
     its reply is out, so a reply in hand does not yet mean an ack was sent.
     """
-    await bus.nc.flush()
-    info = await bus.js.consumer_info(bus.subjects.log_stream, "jobs")
+    await bus._nc.flush()
+    info = await bus._js.consumer_info(bus.subjects.log_stream, "jobs")
     return info.num_pending, info.num_ack_pending, info.num_redelivered
 
 
 async def test_200_messages_concurrency_8_all_handled_once(bus: Bus) -> None:
     actor = JobActor()
-    done = await bus.nc.subscribe(bus.subjects.out("ses_a", "done"))
+    done = await bus._nc.subscribe(bus.subjects.out("ses_a", "done"))
     async with running(bus, actor, RuntimeSettings(concurrency=8)):
         for n in range(200):
             await bus.publish(bus.subjects.task("ses_a", "jobs"), Job(session_id="ses_a", n=n, sleep=0.005))
@@ -62,9 +62,9 @@ async def test_200_messages_concurrency_8_all_handled_once(bus: Bus) -> None:
 
 async def test_bad_messages_are_rejected_and_the_next_good_one_is_handled(bus: Bus) -> None:
     subject = bus.subjects.task("ses_b", "jobs")
-    rejected_sub = await bus.nc.subscribe(f"{bus.subjects.root}.*.evt.bus.message_rejected")
-    session_rejected_sub = await bus.nc.subscribe(bus.subjects.event("ses_b", "bus.message_rejected"))
-    done = await bus.nc.subscribe(bus.subjects.out("ses_b", "done"))
+    rejected_sub = await bus._nc.subscribe(f"{bus.subjects.root}.*.evt.bus.message_rejected")
+    session_rejected_sub = await bus._nc.subscribe(bus.subjects.event("ses_b", "bus.message_rejected"))
+    done = await bus._nc.subscribe(bus.subjects.out("ses_b", "done"))
     with structlog.testing.capture_logs() as logs:
         async with running(bus, JobActor(), RuntimeSettings(max_bytes=1000)):
             await bus.publish_bytes(subject, b"\x00garbage{")
@@ -94,7 +94,7 @@ async def test_bad_messages_are_rejected_and_the_next_good_one_is_handled(bus: B
 
 async def test_handler_longer_than_ack_wait_is_not_redelivered(bus: Bus) -> None:
     actor = JobActor(ack_wait=0.5)
-    done = await bus.nc.subscribe(bus.subjects.out("ses_c", "done"))
+    done = await bus._nc.subscribe(bus.subjects.out("ses_c", "done"))
     async with running(bus, actor):
         await bus.publish(bus.subjects.task("ses_c", "jobs"), Job(session_id="ses_c", n=1, sleep=2.0))
         [reply] = await collect(done, 1)
@@ -106,7 +106,7 @@ async def test_handler_longer_than_ack_wait_is_not_redelivered(bus: Bus) -> None
 
 async def test_retryable_failure_is_retried(bus: Bus) -> None:
     actor = JobActor()
-    done = await bus.nc.subscribe(bus.subjects.out("ses_d", "done"))
+    done = await bus._nc.subscribe(bus.subjects.out("ses_d", "done"))
     async with running(bus, actor):
         await bus.publish(bus.subjects.task("ses_d", "jobs"), Job(session_id="ses_d", n=1, fail="retry"))
         [reply] = await collect(done, 1)
@@ -117,8 +117,8 @@ async def test_retryable_failure_is_retried(bus: Bus) -> None:
 
 
 async def test_failure_becomes_a_typed_reply_and_an_error_event(bus: Bus) -> None:
-    done = await bus.nc.subscribe(bus.subjects.out("ses_e", "done"))
-    errors = await bus.nc.subscribe(bus.subjects.event("ses_e", "session.error"))
+    done = await bus._nc.subscribe(bus.subjects.out("ses_e", "done"))
+    errors = await bus._nc.subscribe(bus.subjects.event("ses_e", "session.error"))
     actor = JobActor()
     async with running(bus, actor):
         await bus.publish(bus.subjects.task("ses_e", "jobs"), Job(session_id="ses_e", n=3, fail="crash"))
@@ -137,8 +137,8 @@ async def test_failure_becomes_a_typed_reply_and_an_error_event(bus: Bus) -> Non
 
 
 async def test_reply_to_header_routes_the_reply(bus: Bus) -> None:
-    inbox = bus.nc.new_inbox()
-    sub = await bus.nc.subscribe(inbox)
+    inbox = bus._nc.new_inbox()
+    sub = await bus._nc.subscribe(inbox)
     async with running(bus, JobActor()):
         await bus.publish(
             bus.subjects.task("ses_f", "jobs"), Job(session_id="ses_f", n=5), headers={REPLY_TO: inbox}
@@ -207,9 +207,9 @@ async def test_consumer_batch_cap_is_respected(bus: Bus) -> None:
         "max_batch": 2,
     }
     request = json.dumps({"stream_name": stream, "config": config, "action": "create"}).encode()
-    answer = await bus.nc.request(f"$JS.API.CONSUMER.CREATE.{stream}.{spec.durable}", request, timeout=5)
+    answer = await bus._nc.request(f"$JS.API.CONSUMER.CREATE.{stream}.{spec.durable}", request, timeout=5)
     assert b'"error"' not in answer.data, answer.data
-    done = await bus.nc.subscribe(bus.subjects.out("ses_g", "done"))
+    done = await bus._nc.subscribe(bus.subjects.out("ses_g", "done"))
     async with running(bus, JobActor(), RuntimeSettings(concurrency=8, create_consumer=False)) as runtime:
         for n in range(10):
             await bus.publish(bus.subjects.task("ses_g", "jobs"), Job(session_id="ses_g", n=n))
@@ -229,7 +229,7 @@ async def test_heartbeats_cover_a_slow_reply(bus: Bus, monkeypatch: pytest.Monke
 
     monkeypatch.setattr(bus, "publish", slow_publish)
     actor = JobActor(ack_wait=0.5)
-    done = await bus.nc.subscribe(bus.subjects.out("ses_h", "done"))
+    done = await bus._nc.subscribe(bus.subjects.out("ses_h", "done"))
     async with running(bus, actor):
         await publish(bus.subjects.task("ses_h", "jobs"), Job(session_id="ses_h", n=1))
         [reply] = await collect(done, 1)
@@ -245,7 +245,7 @@ class BrokenFailureActor(JobActor):
 
 
 async def test_a_crash_is_terminated_even_when_reporting_it_fails(bus: Bus) -> None:
-    errors = await bus.nc.subscribe(bus.subjects.event("ses_i", "session.error"))
+    errors = await bus._nc.subscribe(bus.subjects.event("ses_i", "session.error"))
     actor = BrokenFailureActor()
     async with running(bus, actor):
         await bus.publish(bus.subjects.task("ses_i", "jobs"), Job(session_id="ses_i", n=1, fail="crash"))
@@ -257,7 +257,7 @@ async def test_a_crash_is_terminated_even_when_reporting_it_fails(bus: Bus) -> N
 
 
 async def test_bad_session_id_is_rejected_and_reported_on_the_system_subject(bus: Bus) -> None:
-    system = await bus.nc.subscribe(bus.subjects.event("", "bus.message_rejected"))
+    system = await bus._nc.subscribe(bus.subjects.event("", "bus.message_rejected"))
     async with running(bus, JobActor()):
         payload = encode({"type": "test.job.v1", "session_id": "a b", "n": 1})
         await bus.publish_bytes(bus.subjects.task("ses_j", "jobs"), payload)
@@ -292,7 +292,7 @@ class BatchJobs(JobActor):
 
 async def test_a_batch_actor_gets_a_backlog_in_batches_each_acked(bus: Bus) -> None:
     actor = BatchJobs()
-    done = await bus.nc.subscribe(bus.subjects.out("ses_batch", "done"))
+    done = await bus._nc.subscribe(bus.subjects.out("ses_batch", "done"))
     subject = bus.subjects.task("ses_batch", "jobs")
     await ensure_consumer(bus, actor.consumer(bus.subjects))  # a backlog: published before the actor runs
     for n in range(500):
@@ -310,7 +310,7 @@ async def test_a_batch_actor_gets_a_backlog_in_batches_each_acked(bus: Bus) -> N
 
 async def test_a_failing_batch_is_handled_one_by_one_so_only_the_bad_message_fails(bus: Bus) -> None:
     actor = BatchJobs()
-    done = await bus.nc.subscribe(bus.subjects.out("ses_bad", "done"))
+    done = await bus._nc.subscribe(bus.subjects.out("ses_bad", "done"))
     subject = bus.subjects.task("ses_bad", "jobs")
     await ensure_consumer(bus, actor.consumer(bus.subjects))
     for n in range(20):
@@ -326,7 +326,7 @@ async def test_a_failing_batch_is_handled_one_by_one_so_only_the_bad_message_fai
 
 async def test_waiting_messages_get_heartbeats_while_a_slow_batch_runs(bus: Bus) -> None:
     actor = BatchJobs(ack_wait=1.0, first_batch_takes=2.5)
-    done = await bus.nc.subscribe(bus.subjects.out("ses_slow", "done"))
+    done = await bus._nc.subscribe(bus.subjects.out("ses_slow", "done"))
     await ensure_consumer(bus, actor.consumer(bus.subjects))
     for n in range(4):
         await bus.publish(bus.subjects.task("ses_slow", "jobs"), Job(session_id="ses_slow", n=n))
@@ -353,7 +353,7 @@ async def test_a_failure_while_rejecting_does_not_stop_the_actor(
         await real_term(self)
 
     monkeypatch.setattr(Msg, "term", term_failing_once)
-    done = await bus.nc.subscribe(bus.subjects.out("ses_rej", "done"))
+    done = await bus._nc.subscribe(bus.subjects.out("ses_rej", "done"))
     async with running(bus, make(), RuntimeSettings(retry_delays=(0.05,))) as runtime:
         await bus.publish_bytes(bus.subjects.task("ses_rej", "jobs"), b"{garbage")
         await bus.publish(bus.subjects.task("ses_rej", "jobs"), Job(session_id="ses_rej", n=1))

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from actors.tail import agent_style, event_subjects, parse_duration
+from actors.views.tail import agent_style, event_subjects, parse_duration
 from bus.connection import Bus
 from bus.direct import tail_subjects
 from bus.errors import StaffworkError
@@ -68,7 +68,7 @@ def events(session: str) -> list[TraceEvent]:
 async def publish(bus: Bus, items: list[TraceEvent]) -> None:
     for item in items:
         await bus.emit(item)
-    await bus.nc.flush()
+    await bus._nc.flush()
 
 
 async def staffwork(server: NatsServer, root: str, *args: str) -> tuple[int, str, str]:
@@ -85,8 +85,8 @@ async def test_stored_events_filtered_by_session_agent_and_kind(
     bus: Bus, nats_server: NatsServer, root: str
 ) -> None:
     await publish(bus, events("ses_a") + events("ses_b"))
-    await bus.nc.publish(f"{root}.s.ses_a.evt.agent.message", b"{not json")  # malformed traffic
-    await bus.nc.flush()
+    await bus._nc.publish(f"{root}.s.ses_a.evt.agent.message", b"{not json")  # malformed traffic
+    await bus._nc.flush()
 
     code, out, err = await staffwork(
         nats_server, root, "--session", "ses_a", "--since", "1h", "--no-follow", "--json"
@@ -173,9 +173,9 @@ async def test_bad_filters_are_one_clear_line(nats_server: NatsServer, root: str
 async def test_no_gap_between_the_stored_and_the_live_part_across_subjects(bus: Bus) -> None:
     root, stream = bus.subjects.root, bus.subjects.log_stream
     first, second = f"{root}.sys.evt.a", f"{root}.sys.evt.b"
-    await bus.js.publish(first, b"a-old")
+    await bus._js.publish(first, b"a-old")
     for n in range(70):  # more than one direct-get batch: the second reader is still reading later
-        await bus.js.publish(second, f"b-old-{n}".encode())
+        await bus._js.publish(second, f"b-old-{n}".encode())
     since = datetime.now(UTC) - timedelta(hours=1)
     seen: list[bytes] = []
     messages = tail_subjects(bus, stream, [first, second], since=since)
@@ -183,9 +183,9 @@ async def test_no_gap_between_the_stored_and_the_live_part_across_subjects(bus: 
         async for msg in messages:
             seen.append(msg.data)
             if len(seen) == 2:  # the first reader is done; these land while the second still reads
-                await bus.js.publish(first, b"a-new")
-                await bus.js.publish(second, b"b-new")
-                await bus.js.publish(first, b"a-live")
+                await bus._js.publish(first, b"a-new")
+                await bus._js.publish(second, b"b-new")
+                await bus._js.publish(first, b"a-live")
             if {b"a-new", b"b-new", b"a-live"} <= set(seen):
                 break
     assert seen[:2] == [b"a-old", b"b-old-0"]  # the stored part in stream order

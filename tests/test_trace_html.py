@@ -26,7 +26,7 @@ from urllib.parse import quote
 import msgspec
 import pytest
 
-from actors.trace_html import render_html, timeline
+from actors.views.timeline import render_html, timeline
 from schemas.base import ErrorInfo
 from schemas.trace import (
     AgentMessage,

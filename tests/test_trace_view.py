@@ -9,7 +9,7 @@ from pathlib import Path
 import msgspec
 from rich.console import Console
 
-from actors.trace_view import build, render
+from actors.views.tree import build, render
 from schemas.base import ErrorInfo
 from schemas.trace import (
     AgentToolResult,

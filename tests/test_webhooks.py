@@ -30,9 +30,8 @@ import msgspec
 import pytest
 import standardwebhooks
 
-from actors.sessions import SessionDirectory
-from actors.webhook_http import event_id_for, redacted, refusal, send_test_event, signature
-from actors.webhooks import (
+from actors.sessions.directory import SessionDirectory
+from actors.webhooks.actor import (
     EndpointState,
     WebhookSettings,
     WebhookSource,
@@ -40,6 +39,7 @@ from actors.webhooks import (
     endpoint_states,
     serve_webhooks,
 )
+from actors.webhooks.http import event_id_for, redacted, refusal, send_test_event, signature
 from bus.connection import Bus
 from bus.direct import read_subject
 from bus.errors import StaffworkError
@@ -193,7 +193,7 @@ class Trace:
 async def watching(bus: Bus, session_id: str) -> AsyncIterator[Trace]:
     trace = Trace()
     listener = await bus.listen(bus.subjects.events(session_id), AnyTraceEvent, trace.add)
-    await bus.nc.flush()
+    await bus._nc.flush()
     try:
         yield trace
     finally:
@@ -235,7 +235,7 @@ async def settled(bus: Bus, timeout: float = 10.0) -> None:
     async with asyncio.timeout(timeout):
         for durable in durables:
             while True:
-                info = await bus.js.consumer_info(bus.subjects.log_stream, durable)
+                info = await bus._js.consumer_info(bus.subjects.log_stream, durable)
                 if not info.num_pending and not info.num_ack_pending:
                     break
                 await asyncio.sleep(0.02)  # consumer state is the server's: nothing to await on
@@ -436,7 +436,7 @@ async def test_failed_attempts_are_retried_with_backoff_and_the_same_id(bus: Bus
 
 WORKER = """
 import asyncio, sys
-from actors.webhooks import WebhookSettings, serve_webhooks
+from actors.webhooks.actor import WebhookSettings, serve_webhooks
 from bus.connection import Bus
 from bus.lifecycle import install_stop_signals
 from bus.logs import configure_logging

@@ -106,11 +106,11 @@ async def test_traversal_is_refused_before_touching_the_store(bus: Bus) -> None:
 async def test_overwrite_replaces_content_and_frees_old_chunks(bus: Bus) -> None:
     ws = Workspace(bus, chunk_size=1024)
     await ws.put(SID, "big.bin", os.urandom(50_000))
-    stream = await bus.js.stream_info(ws.stream)
+    stream = await bus._js.stream_info(ws.stream)
     before = stream.state.bytes
     await ws.put(SID, "big.bin", b"small now")
     assert await ws.get(SID, "big.bin") == b"small now"
-    after = (await bus.js.stream_info(ws.stream)).state.bytes
+    after = (await bus._js.stream_info(ws.stream)).state.bytes
     assert after < before / 10
 
 
@@ -126,8 +126,8 @@ async def test_tampered_content_is_detected(bus: Bus) -> None:
     await ws.put(SID, "data.csv", b"a" * 5000)
     info = await ws._info(f"{SID}/data.csv")
     assert info is not None
-    seq = (await bus.js.get_msg(ws.stream, subject=f"$O.{ws.bucket}.C.{info.nuid}", next=True, seq=1)).seq
-    await bus.js.delete_msg(ws.stream, seq)  # lose one chunk
+    seq = (await bus._js.get_msg(ws.stream, subject=f"$O.{ws.bucket}.C.{info.nuid}", next=True, seq=1)).seq
+    await bus._js.delete_msg(ws.stream, seq)  # lose one chunk
     with pytest.raises(IntegrityError, match="expected 5000 bytes in 5 chunks, read 4000 in 4"):
         await ws.get(SID, "data.csv")
 
@@ -176,7 +176,7 @@ async def test_listing_works_past_1024_objects_in_the_bucket(bus: Bus) -> None:
     await ws.put(SID, "mine.txt", b"y")
     assert [f.path for f in await ws.list(SID)] == ["mine.txt"]
     assert len(await ws.list("ses_busy")) == 1100
-    consumers = await bus.js.consumers_info(ws.stream)
+    consumers = await bus._js.consumers_info(ws.stream)
     assert consumers == []  # the listing's ephemeral consumers are removed
 
 

@@ -15,10 +15,10 @@ import asyncio
 import tempfile
 from pathlib import Path
 
+from actors.agent.models import default_model
+from actors.agent.tools.catalog import check_team_tools
 from actors.client import Client
-from actors.models import default_model
-from actors.tools.registry import check_team_tools
-from actors.workers import running_agents
+from actors.roles import running_agents
 from bus.connection import Bus
 from bus.logs import configure_logging
 from bus.provision import provision

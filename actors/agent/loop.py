@@ -1,0 +1,292 @@
+"""The agent loop, shared by the lead and the subagents: model turn, tool calls, repeat.
+
+The loop is driven entirely by the thread's history log: it looks at the last entry and does the
+next step. Every step is appended to the log before the next one starts, so whoever picks the
+thread up (a follow-up, or another worker after a crash) continues where it stopped:
+
+- last entry is a user turn (a task, a follow-up, or tool results) → call the model, append its turn;
+- last entry is an assistant turn with tool calls → run them all concurrently (the worker enforces
+  the agent's tool allowlist), append one user turn with their results in call order;
+- last entry is an assistant turn without tool calls → the thread's answer. ``pause_turn`` asks the
+  model to continue; ``max_tokens`` keeps the cut answer and says so; ``refusal`` fails the thread.
+
+A retryable model failure (rate limit, overload) raises :class:`bus.errors.Retryable`, so the
+runtime redelivers the message later and the thread resumes from its log; a fatal one ends the
+thread as ``failed`` with the model's message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from actors.agent.models.base import (
+    MAX_TOKENS,
+    PAUSE_TURN,
+    REFUSAL,
+    Model,
+    ModelFatal,
+    ModelRequest,
+    ModelRetryable,
+)
+from actors.agent.tools.base import Toolbox, ToolContext
+from bus.connection import Bus
+from bus.errors import Retryable
+from bus.history import ThreadHistory, ThreadLog
+from schemas.base import ErrorInfo, Usage
+from schemas.conversation import TextBlock, ThinkingBlock, ThreadTurn, ToolResultBlock, ToolUseBlock, Turn
+from schemas.team import AgentSpec
+from schemas.thread import ThreadOutcome
+from schemas.trace import (
+    AgentMessage,
+    AgentThinking,
+    AgentToolResult,
+    AgentToolUse,
+    ModelRequestEnd,
+    ModelRequestStart,
+    ToolDenied,
+)
+
+TRACE_TEXT_LIMIT = 20_000
+#: stop reasons of the note turns the loop records when a request stops without an answer
+STOPPED = frozenset({"max_turns", "error"})
+
+
+def turns_since_trigger(history: ThreadHistory) -> int:
+    count = 0
+    for entry in reversed(history.entries):
+        if entry.trigger:
+            break
+        if entry.turn.role == "assistant" and entry.stop_reason not in STOPPED:
+            count += 1
+    return count
+
+
+def answer_for(history: ThreadHistory, trigger: str) -> ThreadTurn | None:
+    """The turn that ended the request ``trigger`` (its answer, or a stop note), if it has ended."""
+    start = next((i for i, e in enumerate(history.entries) if e.trigger == trigger), None)
+    if start is None:
+        return None
+    answer = None
+    for entry in history.entries[start + 1 :]:
+        if entry.trigger:
+            break  # the next request starts here
+        if entry.turn.role == "assistant" and not entry.turn.tool_uses and entry.stop_reason != PAUSE_TURN:
+            answer = entry
+    return answer
+
+
+@dataclass
+class LoopResult:
+    status: ThreadOutcome
+    text: str
+    stop_reason: str
+    usage: Usage
+    model_turns: int
+    error: ErrorInfo | None = None
+
+
+class AgentLoop:
+    def __init__(
+        self,
+        *,
+        bus: Bus,
+        model: Model,
+        log: ThreadLog,
+        history: ThreadHistory,
+        spec: AgentSpec,
+        model_name: str,
+        system: str,
+        toolbox: Toolbox,
+        tool_context: Callable[[str], ToolContext],
+        on_usage: Callable[[Usage], None] | None = None,
+        roster: list[str] | None = None,
+    ) -> None:
+        self.bus = bus
+        self.model = model
+        self.log = log
+        self.history = history
+        self.spec = spec
+        self.model_name = model_name
+        self.system = system
+        self.toolbox = toolbox
+        self.tool_context = tool_context
+        self.on_usage = on_usage
+        self.roster = roster or []
+        self.usage = Usage()
+
+    @property
+    def model_turns(self) -> int:
+        """Model turns spent on the current request (since its task or follow-up): each request of a
+        thread gets ``max_turns`` of its own."""
+        return turns_since_trigger(self.history)
+
+    async def run(self) -> LoopResult:
+        while True:
+            last = self.history.last
+            if last is None:
+                raise ValueError(f"thread {self.history.thread_id!r} has no history to continue")
+            if last.stop_reason in STOPPED:  # the request already ended (a resumed, finished run)
+                return self._stopped(last)
+            if last.turn.role == "user" or last.stop_reason == PAUSE_TURN:
+                if self.model_turns >= self.spec.max_turns:
+                    text = self._last_text()
+                    limit = self.spec.max_turns
+                    await self._note(
+                        f"[stopped: this request reached its limit of {limit} model turns]", "max_turns"
+                    )
+                    return self._result("max_turns_reached", text, "max_turns")
+                try:
+                    await self._model_turn()
+                except ModelFatal as exc:
+                    await self._note(f"[stopped: the model call failed: {exc}]", "error")
+                    error = ErrorInfo(kind="model", message=str(exc))
+                    return self._result("failed", str(exc), "error", error)
+                continue
+            uses = last.turn.tool_uses
+            if uses:
+                async with asyncio.TaskGroup() as tg:  # one failing call cancels its siblings
+                    tasks = [tg.create_task(self._run_tool(use)) for use in uses]
+                await self._append(Turn(role="user", content=[task.result() for task in tasks]))
+                continue
+            if last.stop_reason == REFUSAL:
+                error = ErrorInfo(kind="refusal", message="the model refused to continue")
+                return self._result("failed", last.turn.text, REFUSAL, error)
+            text = last.turn.text
+            if last.stop_reason == MAX_TOKENS:
+                text += f"\n\n[answer cut short: the model reached max_tokens ({self.spec.max_tokens})]"
+            return self._result("completed", text, last.stop_reason)
+
+    async def _note(self, text: str, stop: str) -> None:
+        """Record that the request stopped (an assistant turn, so a follow-up can continue the thread)."""
+        await self._append(Turn(role="assistant", content=[TextBlock(text=text)]), stop_reason=stop)
+
+    def _stopped(self, last: ThreadTurn) -> LoopResult:
+        if last.stop_reason == "max_turns":
+            return self._result("max_turns_reached", self._last_text(), "max_turns")
+        error = ErrorInfo(kind="model", message=last.turn.text)
+        return self._result("failed", last.turn.text, last.stop_reason, error)
+
+    def _result(
+        self, status: ThreadOutcome, text: str, stop: str, error: ErrorInfo | None = None
+    ) -> LoopResult:
+        return LoopResult(
+            status=status,
+            text=text,
+            stop_reason=stop,
+            usage=self.usage,
+            model_turns=self.model_turns,
+            error=error,
+        )
+
+    def _last_text(self) -> str:
+        for entry in reversed(self.history.entries):
+            if entry.turn.role == "assistant" and entry.turn.text and entry.stop_reason not in STOPPED:
+                return entry.turn.text
+        return ""
+
+    async def _append(self, turn: Turn, **fields: object) -> ThreadTurn:
+        entry = ThreadTurn(
+            session_id=self.history.session_id,
+            thread_id=self.history.thread_id,
+            agent=self.spec.name,
+            index=len(self.history.entries),
+            turn=turn,
+            **fields,  # type: ignore[arg-type]
+        )
+        await self.log.append(self.history, entry)
+        return entry
+
+    def _event_fields(self) -> dict[str, Any]:
+        return {
+            "session_id": self.history.session_id,
+            "thread_id": self.history.thread_id,
+            "agent": self.spec.name,
+        }
+
+    async def _model_turn(self) -> None:
+        request = ModelRequest(
+            model=self.model_name,
+            system=self.system,
+            messages=self.history.turns,
+            tools=self.toolbox.specs,
+            max_tokens=self.spec.max_tokens,
+            agent=self.spec.name,
+            thread_id=self.history.thread_id,
+            session_id=self.history.session_id,
+            roster=self.roster,
+            playbook=self.spec.playbook,
+        )
+        fields = self._event_fields()
+        await self.bus.emit(ModelRequestStart(model=self.model_name, **fields))
+        started = time.perf_counter()
+        try:
+            response = await self.model.complete(request)
+        except (ModelRetryable, ModelFatal) as exc:
+            error = ErrorInfo(
+                kind=type(exc).__name__, message=str(exc), retryable=isinstance(exc, ModelRetryable)
+            )
+            duration = (time.perf_counter() - started) * 1000
+            await self.bus.emit(
+                ModelRequestEnd(model=self.model_name, duration_ms=duration, error=error, **fields)
+            )
+            if isinstance(exc, ModelRetryable):
+                raise Retryable(f"model {self.model_name}: {exc}") from exc
+            raise
+        duration = (time.perf_counter() - started) * 1000
+        self.usage = self.usage + response.usage
+        if self.on_usage is not None:
+            self.on_usage(response.usage)
+        content = response.content or [TextBlock(text="(no answer)")]  # the API refuses empty turns later
+        await self._append(
+            Turn(role="assistant", content=content),
+            usage=response.usage,
+            model=response.model or self.model_name,
+            stop_reason=response.stop_reason,
+        )
+        await self.bus.emit(
+            ModelRequestEnd(
+                model=response.model or self.model_name,
+                stop_reason=response.stop_reason,
+                usage=response.usage,
+                duration_ms=duration,
+                **fields,
+            )
+        )
+        for block in response.content:
+            if isinstance(block, TextBlock) and block.text:
+                await self.bus.emit(AgentMessage(text=block.text[:TRACE_TEXT_LIMIT], **fields))
+            elif isinstance(block, ThinkingBlock) and block.thinking:
+                await self.bus.emit(AgentThinking(text=block.thinking[:TRACE_TEXT_LIMIT], **fields))
+            elif isinstance(block, ToolUseBlock):
+                await self.bus.emit(
+                    AgentToolUse(tool_use_id=block.id, name=block.name, input=block.input, **fields)
+                )
+
+    async def _run_tool(self, use: ToolUseBlock) -> ToolResultBlock:
+        fields = self._event_fields()
+        tool = self.toolbox.get(use.name)
+        if tool is None:
+            allowed = sorted(self.toolbox.tools)
+            await self.bus.emit(ToolDenied(tool_use_id=use.id, name=use.name, allowed=allowed, **fields))
+            result = ToolResultBlock(
+                tool_use_id=use.id,
+                content=f"tool {use.name!r} is not available to agent {self.spec.name!r} "
+                f"(its tools: {', '.join(allowed) or 'none'})",
+                is_error=True,
+            )
+        else:
+            result = await tool.run(self.tool_context(use.id), use.input)
+        await self.bus.emit(
+            AgentToolResult(
+                tool_use_id=use.id,
+                name=use.name,
+                is_error=result.is_error,
+                content=result.content[:TRACE_TEXT_LIMIT],
+                **fields,
+            )
+        )
+        return result

@@ -1,0 +1,283 @@
+"""The ``sql`` tool: one read-only SQLite query over the session's CSV and JSON files.
+
+The data files are loaded into an in-memory database built afresh for every call (files change),
+in a worker thread so the event loop is not blocked; read-only is enforced three ways (the first
+keyword, an authorizer that allows only reads, and ``PRAGMA query_only``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import csv
+import io
+import re
+import sqlite3
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Annotated, Any
+
+import msgspec
+
+from actors.agent.tools.base import ToolContext, ToolError, tool
+from bus.errors import FileNotFound
+
+SQL_CELL_CHARS = 500
+SQL_SECONDS = 30.0
+
+MaxRows = Annotated[int, msgspec.Meta(ge=1, le=10_000, description="Most result rows to print.")]
+
+
+def cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def plural(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
+
+
+_DATA_KINDS = {".csv": "csv", ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+_INT = re.compile(r"\s*[+-]?\d+\s*")
+_FLOAT = re.compile(r"\s*[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?\s*")
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_LEADING = re.compile(r"(?:\s+|--[^\n]*|/\*.*?\*/)*", re.DOTALL)
+_READ_ONLY = "only a single SELECT (or WITH ... SELECT) query is allowed"
+_INT64 = range(-(2**63), 2**63)
+_ALLOWED = {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, sqlite3.SQLITE_RECURSIVE}
+
+
+class _Skip(Exception):
+    """A data file that cannot become a table (the reason is the message)."""
+
+
+@dataclass
+class _Table:
+    name: str
+    path: str
+    columns: list[tuple[str, str]]  # (name, declared type)
+    rows: int
+
+    def describe(self) -> str:
+        columns = ", ".join(f"{name} {kind}".rstrip() for name, kind in self.columns)
+        return f"  {self.name} ({self.path}, {plural(self.rows, 'row', 'rows')}): {columns}"
+
+
+def _identifier(text: str, fallback: str) -> str:
+    """``text`` with each run of other characters than ASCII letters, digits and ``_`` made one ``_``."""
+    name = re.sub(r"[^0-9A-Za-z_]+", "_", text).strip("_") or fallback
+    if name[0].isdigit() or name.lower().startswith("sqlite_"):
+        name = f"{fallback}_{name}"
+    return name
+
+
+def _table_names(paths: Sequence[str]) -> dict[str, str]:
+    """``data/metrics.csv`` → ``metrics``; files whose names clash are named by path (``data_metrics``)."""
+    stems = {path: _identifier(PurePosixPath(path).stem, "t") for path in paths}
+    seen = Counter(stem.lower() for stem in stems.values())
+    names: dict[str, str] = {}
+    taken: set[str] = set()
+    for path in sorted(paths):
+        name = stems[path]
+        if seen[name.lower()] > 1:
+            name = _identifier(path.rsplit(".", 1)[0], "t")
+        if name.lower() in taken:
+            name = _identifier(path, "t")
+        base, n = name, 2
+        while name.lower() in taken:
+            name, n = f"{base}_{n}", n + 1
+        taken.add(name.lower())
+        names[path] = name
+    return names
+
+
+def _column_names(raw: Sequence[str]) -> list[str]:
+    """Valid identifiers stay as they are; others are sanitised; duplicates get ``_2``, ``_3``..."""
+    names: list[str] = []
+    taken: set[str] = set()
+    for i, original in enumerate(raw, 1):
+        name = original if _IDENT.fullmatch(original) else _identifier(original, f"c{i}")
+        base, n = name, 2
+        while name.lower() in taken:
+            name, n = f"{base}_{n}", n + 1
+        taken.add(name.lower())
+        names.append(name)
+    return names
+
+
+def _csv_column(values: list[str]) -> list[Any]:
+    """int if every non-empty value is one, else float likewise, else text; empty is NULL."""
+    present = [v for v in values if v.strip()]
+    if present and all(_INT.fullmatch(v) and int(v) in _INT64 for v in present):
+        return [int(v) if v.strip() else None for v in values]
+    if present and all(_FLOAT.fullmatch(v) for v in present):
+        return [float(v) if v.strip() else None for v in values]
+    return [v if v.strip() else None for v in values]
+
+
+def _parse_csv(data: bytes) -> tuple[list[str], list[list[Any]]]:
+    text = data.decode("utf-8-sig", errors="replace")
+    try:
+        rows = [row for row in csv.reader(io.StringIO(text, newline="")) if row]
+    except csv.Error as exc:
+        raise _Skip(f"not valid CSV: {exc}") from exc
+    if not rows:
+        raise _Skip("no header row")
+    header, body = rows[0], rows[1:]
+    width = len(header)
+    cells = [(row + [""] * width)[:width] for row in body]
+    columns = [_csv_column([row[i] for row in cells]) for i in range(width)]
+    return header, [list(row) for row in zip(*columns, strict=True)]
+
+
+def _json_value(value: Any) -> Any:
+    if value is None or isinstance(value, str | float):
+        return value
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int):
+        return value if value in _INT64 else str(value)
+    return msgspec.json.encode(value).decode()  # nested: JSON text
+
+
+def _parse_json(data: bytes, kind: str) -> tuple[list[str], list[list[Any]]]:
+    data = data.removeprefix(b"\xef\xbb\xbf")
+    try:
+        if kind == "jsonl":
+            records = [msgspec.json.decode(line) for line in data.splitlines() if line.strip()]
+        else:
+            records = msgspec.json.decode(data)
+    except msgspec.DecodeError as exc:
+        raise _Skip(f"not valid JSON: {exc}") from exc
+    if isinstance(records, dict):
+        found = [v for v in records.values() if isinstance(v, list) and all(isinstance(x, dict) for x in v)]
+        if not found:
+            raise _Skip("an object holding no array of objects")
+        records = found[0]
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        raise _Skip("not an array of objects" if kind == "json" else "a line is not an object")
+    header = list(dict.fromkeys(key for record in records for key in record))
+    return header, [[_json_value(record.get(key)) for key in header] for record in records]
+
+
+def _declared_type(values: list[Any]) -> str:
+    kinds = {type(v) for v in values if v is not None}
+    if kinds == {int}:
+        return "INTEGER"
+    if kinds and kinds <= {int, float}:
+        return "REAL"
+    return "TEXT" if kinds <= {str} else ""
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _load(conn: sqlite3.Connection, sources: list[tuple[str, bytes]]) -> tuple[list[_Table], list[str]]:
+    tables: list[_Table] = []
+    skipped: list[str] = []
+    names = _table_names([path for path, _ in sources])
+    conn.execute("BEGIN")
+    for path, data in sources:
+        kind = _DATA_KINDS[PurePosixPath(path).suffix.lower()]
+        try:
+            header, rows = _parse_csv(data) if kind == "csv" else _parse_json(data, kind)
+            if not header:
+                raise _Skip("no columns")
+        except _Skip as exc:
+            skipped.append(f"  {path}: skipped, {exc}")
+            continue
+        columns = _column_names(header)
+        types = [_declared_type([row[i] for row in rows]) for i in range(len(columns))]
+        name = names[path]
+        spec = ", ".join(f"{_quote(c)} {t}".rstrip() for c, t in zip(columns, types, strict=True))
+        conn.execute(f"CREATE TABLE {_quote(name)} ({spec})")
+        conn.executemany(f"INSERT INTO {_quote(name)} VALUES ({', '.join('?' * len(columns))})", rows)
+        tables.append(_Table(name, path, list(zip(columns, types, strict=True)), len(rows)))
+    conn.execute("COMMIT")
+    return tables, skipped
+
+
+def _catalog(tables: list[_Table], skipped: list[str]) -> str:
+    if not tables and not skipped:
+        return "no tables: the workspace has no .csv, .json, .jsonl or .ndjson files"
+    return "\n".join(["tables:", *(t.describe() for t in tables), *skipped])
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, bytes):
+        value = "x'" + value.hex() + "'"
+    return cut(str(value).replace("\n", "\\n"), SQL_CELL_CHARS)
+
+
+def _run_query(sources: list[tuple[str, bytes]], query: str, max_rows: int) -> str:
+    """Load the data files into a fresh in-memory database and run one read-only query (in a thread)."""
+    found = _LEADING.match(query)
+    verb = re.match(r"[A-Za-z]*", query[found.end() if found else 0 :])
+    first = verb.group().upper() if verb else ""
+    if first not in ("SELECT", "WITH"):
+        what = f"a {first} statement" if first else "an empty query"
+        raise ToolError(f"{_READ_ONLY}, not {what}: the workspace's data is read-only")
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    try:
+        tables, skipped = _load(conn, sources)
+        conn.execute("PRAGMA query_only = ON")
+        denied: list[int] = []
+
+        def authorize(action: int, *_: Any) -> int:
+            if action in _ALLOWED:
+                return sqlite3.SQLITE_OK
+            denied.append(action)
+            return sqlite3.SQLITE_DENY
+
+        conn.set_authorizer(authorize)
+        deadline = time.monotonic() + SQL_SECONDS
+        conn.set_progress_handler(lambda: time.monotonic() > deadline, 10_000)
+        try:
+            cursor = conn.execute(query)
+            header = [d[0] for d in cursor.description or ()]
+            rows: list[tuple[Any, ...]] = []
+            count = 0
+            for row in cursor:
+                count += 1
+                if count <= max_rows:
+                    rows.append(row)
+        except sqlite3.Error as exc:
+            if denied:
+                message = f"the query was refused: {_READ_ONLY}, the workspace's data is read-only"
+            elif "one statement" in str(exc):
+                message = "only one statement at a time is allowed"
+            elif time.monotonic() > deadline:
+                message = f"the query was stopped after {SQL_SECONDS:g} s"
+            else:
+                message = f"SQL error: {exc}"
+            raise ToolError(f"{message}\n{_catalog(tables, skipped)}") from exc
+    finally:
+        conn.close()
+    out = [" | ".join(header), *(" | ".join(_cell(v) for v in row) for row in rows), ""]
+    summary = plural(count, "row", "rows")
+    out.append(summary + (f" (showing the first {max_rows})" if count > max_rows else ""))
+    return "\n".join(out)
+
+
+@tool
+async def sql(ctx: ToolContext, *, query: str, max_rows: MaxRows = 200) -> str:
+    """Run one read-only SQL query (SQLite) over the data files of the session's workspace.
+
+    Every .csv, .json (an array of objects, or an object holding one) and .jsonl/.ndjson file is a table
+    named after its file: data/metrics.csv is `metrics` (when two files share a name, both are named by
+    path: `data_metrics`). Column names are kept when they are identifiers, else made into ones. CSV
+    columns are INTEGER, REAL or TEXT as their values allow, empty values are NULL; nested JSON values
+    are JSON text (use json_extract). Only a single SELECT or WITH ... SELECT is allowed. The result is a
+    table (columns separated by " | ") and its row count; an error lists the tables and their columns.
+    """
+    sources: list[tuple[str, bytes]] = []
+    for info in await ctx.workspace.list(ctx.session_id):
+        if PurePosixPath(info.path).suffix.lower() in _DATA_KINDS:
+            with contextlib.suppress(FileNotFound):  # deleted since the listing
+                sources.append((info.path, await ctx.workspace.get(ctx.session_id, info.path)))
+    return await asyncio.to_thread(_run_query, sources, query, max_rows)

@@ -1,0 +1,239 @@
+"""The workspace tools: list, read, write, search (grep) and query (SQL) the session's shared files.
+
+Every tool works inside the calling session's workspace (``ctx.session_id``). Paths go through
+:func:`bus.workspace.normalize_path`, so ``../x`` or ``/etc/passwd`` come back as ``is_error`` results
+that name the path. ``read_file`` and ``grep`` stream files chunk by chunk and keep only what they
+print; ``sql`` loads the data files into an in-memory SQLite database, built afresh for every call.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+import msgspec
+
+from actors.agent.tools.base import Tool, ToolContext, ToolError, tool
+from actors.agent.tools.memory import list_memory, mounted, read_memory, write_memory
+from actors.agent.tools.sql import cut, plural, sql
+from bus.connection import Bus
+from bus.errors import FileNotFound
+from bus.workspace import Workspace, normalize_path
+from schemas.files import FileInfo, Provenance
+from schemas.trace import FileWritten
+
+GREP_LINE_CHARS = 300
+SQL_CELL_CHARS = 500
+SQL_SECONDS = 30.0
+SPILL_DIR = "tool-outputs"
+
+Offset = Annotated[
+    int, msgspec.Meta(ge=0, description="Lines to skip before the first line returned (0: from the start).")
+]
+Limit = Annotated[int, msgspec.Meta(ge=1, le=10_000, description="Most lines to return (1 to 10000).")]
+MaxMatches = Annotated[
+    int, msgspec.Meta(ge=1, le=10_000, description="Most matching lines to print (counts stay exact).")
+]
+MaxRows = Annotated[int, msgspec.Meta(ge=1, le=10_000, description="Most result rows to print.")]
+
+
+def _decode(raw: bytes | bytearray) -> str:
+    return raw.decode("utf-8", errors="replace").removesuffix("\r")
+
+
+def _whole_workspace(prefix: str) -> bool:
+    return prefix.strip("/") in ("", ".")
+
+
+# --- list, write ---
+
+
+@tool
+async def list_files(ctx: ToolContext, *, prefix: str = "") -> str:
+    """List the files of the session's workspace: size in bytes and path, sorted by path.
+
+    `prefix` keeps only the paths that start with it (a directory such as `data/`, or any leading text).
+    `/memory/` lists the agent's memory stores, `/memory/<store>/` a store's files.
+    """
+    if mounted(prefix):
+        return await list_memory(ctx, prefix)
+    files = await ctx.workspace.list(ctx.session_id, prefix)
+    if not files:
+        return "the workspace is empty" if _whole_workspace(prefix) else f"no files under {prefix!r}"
+    width = max(len(str(f.size)) for f in files)
+    lines = [f"{f.size:>{width}}  {f.path}" for f in files]
+    lines.append(f"{plural(len(files), 'file', 'files')}, {sum(f.size for f in files)} bytes")
+    return "\n".join(lines)
+
+
+@tool
+async def write_file(ctx: ToolContext, *, path: str, content: str) -> str:
+    """Write a text file (UTF-8) in the session's workspace, replacing any file at that path.
+
+    Directories need no creating: `notes/a.md` is just a path. The file records who wrote it. A path
+    under `/memory/<store>/` writes a new version of that file in a memory store (read-write stores only).
+    """
+    if mounted(path):
+        return await write_memory(ctx, path, content)
+    info = await write_and_record(ctx.bus, ctx.workspace, ctx.provenance, path, content)
+    return f"wrote {info.size} bytes to {info.path}"
+
+
+async def write_and_record(
+    bus: Bus, workspace: Workspace, writer: Provenance, path: str, content: str
+) -> FileInfo:
+    """Write a file on an agent's behalf: stored with its provenance, and ``workspace.file_written``
+    in the trace (the tool, the lead's report and a subagent's oversized answer all go through here)."""
+    info = await workspace.put(writer.session_id, path, content, provenance=writer)
+    await bus.emit(
+        FileWritten(
+            session_id=writer.session_id,
+            thread_id=writer.thread_id,
+            agent=writer.agent,
+            path=info.path,
+            size=info.size,
+            digest=info.digest,
+            provenance=info.provenance,
+        )
+    )
+    return info
+
+
+# --- read ---
+
+
+async def _read_window(chunks: AsyncIterator[bytes], start: int, stop: int) -> tuple[list[str], int]:
+    """Lines ``start`` to ``stop`` (0-based, ``stop`` excluded) of a streamed file, and its line count.
+
+    Only the window's lines are decoded and kept; the rest is counted by its newline bytes.
+    """
+    lines: list[str] = []
+    current = bytearray()  # the window line being assembled across chunks
+    index = 0  # the 0-based line the stream is in
+    last = b""
+    async for block in chunks:
+        if not block:
+            continue
+        last = block[-1:]
+        newlines = block.count(b"\n")
+        if index + newlines < start or index >= stop:
+            index += newlines
+            continue
+        pieces = block.split(b"\n")
+        for n, piece in enumerate(pieces):
+            inside = start <= index < stop
+            if inside:
+                current += piece
+            if n < len(pieces) - 1:
+                if inside:
+                    lines.append(_decode(current))
+                    current.clear()
+                index += 1
+    unterminated = last not in (b"", b"\n")
+    if unterminated and start <= index < stop:
+        lines.append(_decode(current))
+    return lines, index + unterminated
+
+
+@tool
+async def read_file(ctx: ToolContext, *, path: str, offset: Offset = 0, limit: Limit = 2000) -> str:
+    """Read a text file of the session's workspace as numbered lines, like `cat -n` (number, tab, text).
+
+    Returns `limit` lines after skipping `offset` lines. When the file goes on, the output ends with
+    "(lines A-B of N; continue with offset=B)". Bytes that are not UTF-8 read as U+FFFD. A path under
+    `/memory/<store>/` reads from a memory store attached to the agent.
+    """
+    if mounted(path):
+        normalized, chunks = path, await read_memory(ctx, path)
+    else:
+        normalized = normalize_path(path)
+        chunks = await ctx.workspace.open(ctx.session_id, normalized)
+    lines, total = await _read_window(chunks, offset, offset + limit)
+    if total == 0:
+        return f"{normalized} is empty"
+    if offset >= total:
+        raise ToolError(f"offset {offset} is past the end of {normalized!r}, which has {total} lines")
+    text = "\n".join(f"{offset + i + 1:6}\t{line}" for i, line in enumerate(lines))
+    end = offset + len(lines)
+    if end < total:
+        text += f"\n\n(lines {offset + 1}-{end} of {total}; continue with offset={end})"
+    return text
+
+
+# --- grep ---
+
+
+async def _lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[str]:
+    """The decoded lines of a streamed file (without their line ends)."""
+    parts: list[bytes] = []  # the unterminated line so far
+    async for block in chunks:
+        cut = block.rfind(b"\n")
+        if cut < 0:
+            parts.append(block)
+            continue
+        head = b"".join([*parts, block[:cut]])
+        parts = [block[cut + 1 :]]
+        for piece in head.split(b"\n"):
+            yield _decode(piece)
+    tail = b"".join(parts)
+    if tail:
+        yield _decode(tail)
+
+
+@tool
+async def grep(
+    ctx: ToolContext,
+    *,
+    pattern: str,
+    prefix: str = "",
+    ignore_case: bool = False,
+    max_matches: MaxMatches = 200,
+) -> str:
+    """Search the session's workspace for a Python regular expression, line by line.
+
+    Searches every file whose path starts with `prefix` (all files by default; earlier spilled outputs
+    under tool-outputs/ only when the prefix names that directory). Prints the first `max_matches`
+    matching lines as `path:line_number: text` (text cut at 300 characters), then how many lines
+    matched in each file and in all: these counts are exact, also beyond `max_matches`.
+    """
+    try:
+        regex = re.compile(pattern, re.IGNORECASE if ignore_case else 0)
+    except re.error as exc:
+        raise ToolError(f"invalid regular expression {pattern!r}: {exc}") from exc
+    files = await ctx.workspace.list(ctx.session_id, prefix)
+    if _whole_workspace(prefix) or not normalize_path(prefix.strip("/")).startswith(SPILL_DIR):
+        files = [f for f in files if not f.path.startswith(f"{SPILL_DIR}/")]
+    if not files:
+        return "the workspace is empty" if _whole_workspace(prefix) else f"no files under {prefix!r}"
+    shown: list[str] = []
+    counts: dict[str, int] = {}
+    for info in files:
+        try:
+            chunks = await ctx.workspace.open(ctx.session_id, info.path)
+        except FileNotFound:
+            continue  # deleted since the listing
+        count = 0
+        lineno = 0
+        async for line in _lines(chunks):
+            lineno += 1
+            if regex.search(line):
+                count += 1
+                if len(shown) < max_matches:
+                    shown.append(f"{info.path}:{lineno}: {cut(line, GREP_LINE_CHARS)}")
+        if count:
+            counts[info.path] = count
+    if not counts:
+        return f"no matches for {pattern!r} in {plural(len(files), 'file', 'files')}"
+    total = sum(counts.values())
+    out = [*shown, "", "matches per file:", *(f"  {path}: {n}" for path, n in counts.items())]
+    summary = f"{plural(total, 'match', 'matches')} in {plural(len(counts), 'file', 'files')}"
+    if total > max_matches:
+        summary += f" (showing the first {max_matches})"
+    out.append(summary)
+    return "\n".join(out)
+
+
+# --- sql ---
+
+WORKSPACE_TOOLS: dict[str, Tool] = {t.name: t for t in (list_files, read_file, write_file, grep, sql)}

@@ -1,0 +1,1 @@
+"""The trace collector: stores every trace event, answers queries, exports OTLP."""

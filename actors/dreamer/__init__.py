@@ -1,0 +1,1 @@
+"""The dreamer: curates a memory store from past sessions into a new store."""

@@ -1,0 +1,477 @@
+"""Dreams: reorganise a memory store using what past sessions went through, into a new store.
+
+A dream reads one memory store and the most recent finished sessions (at most 100; optionally only
+those that started within a window, or whose team attached the store) and writes a reorganised copy
+of the store: as a new store ``<store>-dream-<id>``, or into an existing ``target``. The input store
+is never written. The output is written only at the end, in one go; a dream canceled or failed
+before that creates nothing.
+
+Where the sessions come from: each session's trace events are read from the log stream by session id
+(``<root>.s.<id>.evt.>``), its final result from ``<root>.s.<id>.out.result``, and the sessions from
+the session directory. The collector's database holds the same events; reading the stream keeps
+dreams independent of a running collector (but bound by the log stream's max age).
+
+What a dream does depends on the model:
+
+- **offline** (deterministic, and the report says so): every file is copied; exact-duplicate lines
+  of a file are merged; in a file whose entries are all ``key: value`` lines the latest value of a
+  key wins (at the key's first position); files with the same content are merged into the first by
+  path; and ``lessons.md`` is (re)written from the sessions: each grader criterion that failed (how
+  often, in how many sessions, the latest explanation), each tool that returned errors (how often,
+  the latest error) and the follow-ups the lead had to send.
+- **a model** (Claude): one call with :data:`DREAM_SYSTEM` and a prompt holding the store's files
+  and a digest of the sessions, which must answer with the ``write_store`` tool (the whole new
+  store). Its answer is validated (paths, sizes, no duplicates, not empty); a model error or an
+  invalid answer fails the dream with that error, without retries.
+
+Every dream's report states the baseline of the sessions it read: the outcome pass rate, the average
+revisions per agent (a lead's attempts after the first; a subagent's follow-ups) and tool errors.
+
+Dream records live in the KV bucket ``<key>_dreams`` (created here: :func:`ensure_dreams`); status
+changes are compare-and-set. A dream is canceled (:func:`cancel_dream`) by setting its record to
+``canceled`` and publishing :class:`~schemas.dream.DreamCancel` on ``<root>.sys.dream.cancel.<id>``;
+the running dream stops at once (its model call is canceled). Once a dream is ``writing`` it can no
+longer be canceled. Its final record is published on ``<root>.sys.dream.done.<id>`` (both subjects
+are in the log stream), which is what :func:`wait_dream` reads.
+
+The dreamer actor (:func:`serve_dreamer`) answers :class:`~schemas.dream.DreamRequest` on
+``<root>.api.dream`` (core request/reply, not logged, like ``api.submit``): it records the dream as
+``pending``, answers with the record and runs it; and it can run dreams on a schedule.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+import structlog
+
+from actors.agent.models.base import Model
+from actors.dreamer.curation import model_dream, offline_dream
+from actors.dreamer.sessions import (
+    DREAMER,
+    DreamCanceled,
+    DreamError,
+    baseline,
+    read_session,
+    select_sessions,
+)
+from actors.sessions.directory import race_cancel
+from bus.codec import Decoder
+from bus.connection import Bus
+from bus.errors import BusTimeout, StaffworkError
+from bus.memory import Memory, sha256_hex
+from bus.provision import StreamSettings, ensure_kv
+from bus.subjects import check_token
+from schemas.base import Usage
+from schemas.dream import (
+    DREAM_FINAL,
+    MAX_DREAM_SESSIONS,
+    DreamAnswer,
+    DreamCancel,
+    DreamRecord,
+    DreamRequest,
+)
+from schemas.ids import new_id
+from schemas.memory import Writer
+from schemas.team import DEFAULT_MODEL
+
+log = structlog.get_logger("staffwork.dreamer")
+_DREAM_ID = re.compile(r"^[a-z0-9_-]{1,64}$")  # it ends up in the output store's name
+
+# --- names -----------------------------------------------------------------------------------------
+
+
+def output_name(store: str, dream_id: str) -> str:
+    """``<store>-dream-<last 8 chars of the id>``, the store's name shortened to fit 48 characters."""
+    suffix = f"-dream-{dream_id[-8:]}"
+    return store[: 48 - len(suffix)] + suffix
+
+
+async def ensure_dreams(bus: Bus, settings: StreamSettings | None = None) -> None:
+    """Create the dream records bucket if it is missing (idempotent)."""
+    await ensure_kv(bus, bus.subjects.dreams_bucket, history=8, settings=settings or StreamSettings())
+
+
+# --- records ---------------------------------------------------------------------------------------
+
+_record_decoder = msgspec.json.Decoder(DreamRecord)
+
+
+class DreamBook:
+    """Dream records in KV; every change is a compare-and-set."""
+
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+
+    async def _kv(self) -> Any:
+        await ensure_dreams(self.bus)
+        return await self.bus.kv(self.bus.subjects.dreams_bucket)
+
+    async def create(self, record: DreamRecord) -> None:
+        if not await (await self._kv()).create(record.dream_id, msgspec.json.encode(record)):
+            raise DreamError(f"dream {record.dream_id!r} already exists")
+
+    async def get(self, dream_id: str) -> DreamRecord | None:
+        raw = await (await self._kv()).get(check_token(dream_id, "dream id"))
+        return _record_decoder.decode(raw) if raw else None
+
+    async def all(self) -> list[DreamRecord]:
+        kv = await self._kv()
+        found = [await self.get(key) for key in await kv.keys()]
+        return sorted((r for r in found if r is not None), key=lambda r: (r.created, r.dream_id))
+
+    async def change(self, dream_id: str, edit: Callable[[DreamRecord], bool]) -> DreamRecord:
+        """Apply ``edit`` (which says whether it changed the record) and store it if the record is
+        unchanged since it was read; read again and retry otherwise. Returns the stored record."""
+        kv = await self._kv()
+        for _ in range(20):
+            entry = await kv.entry(dream_id)
+            if entry is None:
+                raise DreamError(f"no dream {dream_id!r}")
+            record = _record_decoder.decode(entry[0])
+            if not edit(record):
+                return record
+            if await kv.update(dream_id, msgspec.json.encode(record), entry[1]):
+                return record
+        raise DreamError(f"dream {dream_id!r}: its record kept changing under us")
+
+
+async def cancel_dream(bus: Bus, dream_id: str, reason: str = "canceled") -> DreamRecord:
+    """Cancel a pending or running dream (not one already writing its output); returns its record.
+    A dream that already ended is returned as it is."""
+
+    def edit(record: DreamRecord) -> bool:
+        if record.status in DREAM_FINAL:
+            return False
+        if record.phase == "writing":
+            raise DreamError(
+                f"dream {dream_id!r} is already writing {record.output_store!r}: too late to cancel"
+            )
+        record.status, record.error, record.ended = "canceled", reason, time.time()
+        return True
+
+    record = await DreamBook(bus).change(dream_id, edit)
+    if record.status == "canceled":
+        await bus.publish(bus.subjects.dream_cancel(dream_id), DreamCancel(dream_id=dream_id, reason=reason))
+    return record
+
+
+async def wait_dream(bus: Bus, dream_id: str, *, timeout: float) -> DreamRecord:
+    """The dream's final record, once it has ended (:class:`~bus.errors.BusTimeout` semantics: a
+    :class:`DreamError` after ``timeout`` seconds)."""
+    finals = bus.follow(bus.subjects.dream_done(dream_id), DreamRecord)
+    try:
+        async with asyncio.timeout(timeout):
+            async for record in finals:
+                if isinstance(record, DreamRecord):
+                    return record
+    except TimeoutError:
+        pass
+    finally:
+        await finals.aclose()  # type: ignore[attr-defined]
+    raise DreamError(f"dream {dream_id!r} did not end within {timeout:g}s")
+
+
+# --- running a dream -------------------------------------------------------------------------------
+
+
+class Dreamer:
+    """Starts and runs dreams for one bus (in-process, or inside the dreamer actor)."""
+
+    def __init__(self, bus: Bus, model: Model) -> None:
+        self.bus = bus
+        self.model = model
+        self.memory = Memory(bus)
+        self.book = DreamBook(bus)
+
+    def model_label(self, request: DreamRequest) -> str:
+        if self.model.name == "offline":
+            return "offline"
+        return f"{self.model.name}:{request.model or DEFAULT_MODEL}"
+
+    async def start(self, request: DreamRequest) -> DreamRecord:
+        """Check the request and record the dream as ``pending``."""
+        if not 1 <= request.sessions <= MAX_DREAM_SESSIONS:
+            raise DreamError(f"--sessions must be 1 to {MAX_DREAM_SESSIONS}, got {request.sessions}")
+        await self.memory.info(request.store)
+        if request.target:
+            if request.target == request.store:
+                raise DreamError(
+                    f"the target {request.target!r} is the input store: a dream never writes its input"
+                )
+            await self.memory.info(request.target)
+        dream_id = request.dream_id or new_id("drm")
+        if not _DREAM_ID.match(dream_id):
+            raise DreamError(f"dream id {dream_id!r} must be lower-case letters, digits, '_' or '-'")
+        record = DreamRecord(
+            dream_id=dream_id,
+            store=request.store,
+            output_store=request.target or output_name(request.store, dream_id),
+            target=bool(request.target),
+            model=self.model_label(request),
+            instructions=request.instructions,
+        )
+        await self.book.create(record)
+        log.info("dream_pending", dream_id=dream_id, store=request.store, output=record.output_store)
+        return record
+
+    async def run(self, dream_id: str, request: DreamRequest) -> DreamRecord:
+        """Run a pending dream to its end; returns (and publishes) its final record."""
+        canceled = asyncio.Event()
+        listener = None
+        record: DreamRecord | None = None
+        try:
+            listener = await self.bus.listen(
+                self.bus.subjects.dream_cancel(dream_id), DreamCancel, lambda _: canceled.set()
+            )
+            record = await self.book.change(dream_id, _begin)
+            if record.status != "running":
+                return record  # canceled before it started
+            work = asyncio.ensure_future(self._dream(record, request))
+            if await race_cancel(work, (canceled, "canceled")) == "canceled":
+                record = await self._ended(dream_id)
+            else:
+                record = work.result()
+        except DreamCanceled:
+            record = await self._ended(dream_id)
+        except (StaffworkError, ValueError) as exc:
+            record = await self._fail(dream_id, str(exc))
+        except asyncio.CancelledError:
+            with contextlib.suppress(StaffworkError):
+                record = await self._fail(dream_id, "the dreamer stopped before the dream ended")
+            raise
+        except Exception as exc:  # a bug, or an untranslated error: the dream fails, never hangs
+            log.exception("dream_crashed", dream_id=dream_id)
+            record = await self._fail(dream_id, f"{type(exc).__name__}: {exc}")
+        finally:
+            if listener is not None:
+                await listener.close()
+            if record is not None and record.status in DREAM_FINAL:
+                with contextlib.suppress(StaffworkError):
+                    await self.bus.publish_bytes(
+                        self.bus.subjects.dream_done(dream_id), msgspec.json.encode(record)
+                    )
+        log.info("dream_ended", dream_id=dream_id, status=record.status, error=record.error)
+        return record
+
+    async def _ended(self, dream_id: str) -> DreamRecord:
+        record = await self.book.get(dream_id)
+        if record is None:
+            raise DreamError(f"no dream {dream_id!r}")
+        return record
+
+    async def _fail(self, dream_id: str, error: str) -> DreamRecord:
+        def edit(record: DreamRecord) -> bool:
+            if record.status in DREAM_FINAL:
+                return False
+            record.status, record.phase, record.error, record.ended = "failed", "", error, time.time()
+            return True
+
+        return await self.book.change(dream_id, edit)
+
+    async def _step(self, dream_id: str, edit: Callable[[DreamRecord], None]) -> DreamRecord:
+        """Move a running dream on (compare-and-set); :class:`DreamCanceled` if it was canceled."""
+
+        def apply(record: DreamRecord) -> bool:
+            if record.status != "running":
+                return False
+            edit(record)
+            return True
+
+        record = await self.book.change(dream_id, apply)
+        if record.status != "running":
+            raise DreamCanceled(f"dream {dream_id!r} was {record.status}")
+        return record
+
+    async def _dream(self, record: DreamRecord, request: DreamRequest) -> DreamRecord:
+        dream_id = record.dream_id
+        files = {
+            v.path: (await self.memory.read(record.store, v.path)).content
+            for v in await self.memory.list(record.store)
+        }
+        chosen = await select_sessions(
+            self.bus,
+            store=record.store,
+            limit=request.sessions,
+            since_s=request.since_s,
+            attached_only=request.attached_only,
+        )
+        digests = [await read_session(self.bus, session) for session in chosen]
+        ids = [d.session_id for d in digests]
+
+        def dreaming(r: DreamRecord) -> None:
+            r.phase, r.sessions = "dreaming", ids
+
+        await self._step(dream_id, dreaming)
+        report = baseline(digests)
+        usage = Usage()
+        if self.model.name == "offline":
+            out, changes = offline_dream(files, digests, dream_id)
+            changes.insert(
+                0, "offline model: deterministic merge (exact duplicates, latest key wins) and lessons"
+            )
+        else:
+            name = request.model or DEFAULT_MODEL
+            out, changes, usage = await model_dream(
+                self.model, name, record.store, files, digests, request.instructions
+            )
+
+        def writing(r: DreamRecord) -> None:
+            r.phase = "writing"
+
+        record = await self._step(dream_id, writing)  # from here on, no cancel
+        await self._write(record, out)
+        report = msgspec.structs.replace(
+            report, changes=changes, files_in=len(files), files_out=len(out), model=record.model, usage=usage
+        )
+
+        def completed(r: DreamRecord) -> None:
+            r.status, r.phase, r.ended, r.report = "completed", "", time.time(), report
+
+        return await self._step(dream_id, completed)
+
+    async def _write(self, record: DreamRecord, files: dict[str, str]) -> None:
+        """Write the output store in one go. A new store whose writing fails is emptied again (a
+        store's name stays registered: stores are never removed)."""
+        writer = Writer(kind="user", user=f"dream {record.dream_id}")
+        if not record.target:
+            await self.memory.create(record.output_store, f"dream {record.dream_id} of {record.store}")
+            current: dict[str, str] = {}
+        else:
+            current = {v.path: v.sha256 for v in await self.memory.list(record.output_store)}
+        written: list[str] = []
+        try:
+            for path, content in sorted(files.items()):
+                if current.get(path) == sha256_hex(content):
+                    continue
+                await self.memory.write(record.output_store, path, content, writer=writer)
+                written.append(path)
+        except BaseException:
+            if not record.target:
+                for path in written:
+                    with contextlib.suppress(StaffworkError):
+                        await self.memory.delete(record.output_store, path, writer=writer)
+            raise
+
+    async def dream(self, request: DreamRequest) -> DreamRecord:
+        """Start and run a dream here, to its end."""
+        record = await self.start(request)
+        return await self.run(record.dream_id, request)
+
+
+def _begin(record: DreamRecord) -> bool:
+    if record.status != "pending":
+        return False
+    record.status, record.phase, record.started = "running", "reading", time.time()
+    return True
+
+
+# --- the actor -------------------------------------------------------------------------------------
+
+
+class DreamSchedule(msgspec.Struct, frozen=True, kw_only=True):
+    """Dream ``store`` every ``every_s`` seconds (``request``'s other fields as given)."""
+
+    every_s: float
+    request: DreamRequest
+
+
+_request_decoder: Decoder[DreamRequest] = Decoder(DreamRequest, max_bytes=64 * 1024)
+
+
+async def serve_dreamer(
+    bus: Bus,
+    model: Model,
+    stop: asyncio.Event,
+    *,
+    on_ready: Callable[[], None] | None = None,
+    schedules: list[DreamSchedule] | None = None,
+    max_running: int = 2,
+    grace: float = 10.0,
+) -> None:
+    """Run dreams on request (``<root>.api.dream``) and on ``schedules`` until ``stop`` is set; then
+    let running dreams finish within ``grace`` seconds and fail the rest."""
+    await ensure_dreams(bus)
+    dreamer = Dreamer(bus, model)
+    slots = asyncio.Semaphore(max_running)
+    running: set[asyncio.Task[DreamRecord]] = set()
+
+    async def run(record: DreamRecord, request: DreamRequest) -> DreamRecord:
+        try:
+            await slots.acquire()
+        except asyncio.CancelledError:  # stopped while it waited for a slot: it never ran
+            with contextlib.suppress(StaffworkError):
+                ended = await dreamer._fail(record.dream_id, "the dreamer stopped before the dream started")
+                await bus.publish_bytes(bus.subjects.dream_done(record.dream_id), msgspec.json.encode(ended))
+            raise
+        try:
+            return await dreamer.run(record.dream_id, request)
+        finally:
+            slots.release()
+
+    def launch(record: DreamRecord, request: DreamRequest) -> None:
+        task = asyncio.create_task(run(record, request), name=f"dream-{record.dream_id}")
+        running.add(task)
+        task.add_done_callback(running.discard)
+
+    async def answer(data: bytes) -> bytes:
+        try:
+            request = _request_decoder.decode(data)
+            if stop.is_set():
+                raise DreamError("the dreamer is stopping")
+            record = await dreamer.start(request)
+        except (StaffworkError, ValueError) as exc:
+            return msgspec.json.encode(DreamAnswer(error=str(exc)))
+        except Exception as exc:  # never a traceback instead of an answer
+            log.exception("dream_request_failed")
+            return msgspec.json.encode(DreamAnswer(error=f"{type(exc).__name__}: {exc}"))
+        launch(record, request)
+        return msgspec.json.encode(DreamAnswer(record=record))
+
+    async def scheduled(schedule: DreamSchedule) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(schedule.every_s):
+                    await stop.wait()
+            if stop.is_set():
+                return
+            try:
+                record = await dreamer.start(msgspec.structs.replace(schedule.request, dream_id=""))
+            except StaffworkError as exc:
+                log.warning("scheduled_dream_refused", store=schedule.request.store, error=str(exc))
+                continue
+            launch(record, schedule.request)
+
+    responder = await bus.respond(bus.subjects.api_dream, answer, queue=DREAMER)
+    try:
+        async with asyncio.TaskGroup() as group:
+            for schedule in schedules or []:
+                group.create_task(scheduled(schedule))
+            if on_ready is not None:
+                on_ready()
+            await stop.wait()
+    finally:
+        await responder.close()
+        if running:
+            _, late = await asyncio.wait(set(running), timeout=grace)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+
+
+async def request_dream(bus: Bus, request: DreamRequest, *, timeout: float = 10.0) -> DreamRecord:
+    """Ask a running dreamer to start a dream; its ``pending`` record (:class:`DreamError` if refused)."""
+    try:
+        reply = await bus.request(bus.subjects.api_dream, request, timeout=timeout)
+    except BusTimeout as exc:
+        raise DreamError(f"the dreamer did not answer on {bus.subjects.api_dream!r}: {exc}") from exc
+    answer = msgspec.json.decode(reply, type=DreamAnswer)
+    if answer.record is None:
+        raise DreamError(answer.error or "the dreamer refused the dream")
+    return answer.record

@@ -1,0 +1,191 @@
+"""Dreams, step one: which past sessions a dream reads, what it takes from each (outcome verdicts,
+tool errors, follow-ups, the final result) and the baseline report (pass rate, revisions per agent).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+import structlog
+
+from actors.sessions.directory import TERMINAL, SessionDirectory, SessionRecord
+from bus.codec import Decoder
+from bus.connection import Bus
+from bus.direct import read_subject
+from bus.errors import MessageRejected, StaffworkError
+from schemas.dream import (
+    AgentBaseline,
+    DreamReport,
+)
+from schemas.session import SessionResult
+from schemas.trace import AgentToolResult, AnyTraceEvent, OutcomeEvaluationEnd, ThreadMessageSent
+
+log = structlog.get_logger("staffwork.dreamer")
+
+LESSONS = "lessons.md"
+DREAMER = "dreamer"
+COLLECTOR_TIMEOUT = 5.0
+
+
+class DreamError(StaffworkError):
+    """A dream cannot start, or failed."""
+
+
+class DreamCanceled(DreamError):
+    """The dream's record says canceled: stop, write nothing."""
+
+
+# --- sessions --------------------------------------------------------------------------------------
+
+
+@dataclass
+class SessionDigest:
+    """What a dream takes from one past session."""
+
+    session_id: str
+    team: str
+    lead: str
+    task: str
+    status: str
+    outcome: str = ""  # the outcome's final result ("" without an outcome)
+    iterations: int = 0
+    verdicts: list[OutcomeEvaluationEnd] = field(default_factory=list)
+    tool_errors: list[AgentToolResult] = field(default_factory=list)
+    follow_ups: list[ThreadMessageSent] = field(default_factory=list)
+    subagents: set[str] = field(default_factory=set)
+    final_text: str = ""
+
+
+async def select_sessions(
+    bus: Bus, *, store: str, limit: int, since_s: float | None, attached_only: bool
+) -> list[SessionRecord]:
+    """The most recent ``limit`` finished sessions (started in the last ``since_s`` seconds; whose
+    team attached ``store``), oldest first."""
+    kv = await bus.kv(bus.subjects.sessions_bucket)
+    directory = SessionDirectory(bus)
+    cutoff = time.time() - since_s if since_s is not None else 0.0
+    chosen: list[SessionRecord] = []
+    for key in await kv.keys():
+        record = await directory.get(key)
+        if record is None or record.status not in TERMINAL or record.started < cutoff:
+            continue
+        if attached_only:
+            agents = [record.team.lead, *record.team.agents]
+            if not any(m.store == store for agent in agents for m in agent.memory):
+                continue
+        chosen.append(record)
+    chosen.sort(key=lambda r: (r.started, r.session_id))
+    return chosen[-limit:] if limit > 0 else []
+
+
+_event_decoder: Decoder[Any] = Decoder(AnyTraceEvent, max_bytes=4 * 1024 * 1024)
+_events_decoder = msgspec.json.Decoder(list[AnyTraceEvent])
+_result_decoder = msgspec.json.Decoder(SessionResult)
+
+
+async def session_events(bus: Bus, session_id: str) -> AsyncIterator[AnyTraceEvent]:
+    """A session's trace events: from the collector when one answers on ``<root>.api.trace`` (its
+    database keeps sessions past the log stream's max age), else from the log stream itself."""
+    query = msgspec.json.encode({"op": "events", "session_id": session_id})
+    try:
+        reply = await bus.request(bus.subjects.api_trace, query, timeout=COLLECTOR_TIMEOUT)
+        answer = msgspec.json.decode(reply)
+        rows = answer["result"]
+        events = _events_decoder.decode(msgspec.json.encode(rows))
+    except Exception as exc:  # no collector (no responders), a timeout, an error answer: the stream
+        log.debug("dream_events_from_stream", session_id=session_id, reason=repr(exc))
+    else:
+        for event in events:
+            yield event
+        return
+    subject = bus.subjects.events(session_id)
+    async for msg in read_subject(bus, bus.subjects.log_stream, subject):
+        try:
+            yield _event_decoder.decode(msg.data, subject=msg.subject)
+        except MessageRejected:
+            continue
+
+
+async def read_session(bus: Bus, record: SessionRecord) -> SessionDigest:
+    """A session's digest from its trace events (the collector's, or the log stream's) and its
+    stored result."""
+    digest = SessionDigest(
+        session_id=record.session_id,
+        team=record.team.name,
+        lead=record.team.lead.name,
+        task=record.task,
+        status=record.status,
+    )
+    threads: set[str] = set()
+    async for event in session_events(bus, record.session_id):
+        match event:
+            case OutcomeEvaluationEnd():
+                digest.verdicts.append(event)
+            case AgentToolResult(is_error=True):
+                digest.tool_errors.append(event)
+            case ThreadMessageSent(to_thread_id=thread, to_agent=agent):
+                digest.subagents.add(agent)
+                if thread in threads:  # a second message to a thread: a follow-up
+                    digest.follow_ups.append(event)
+                threads.add(thread)
+    digest.verdicts.sort(key=lambda v: v.iteration)
+    digest.iterations = max((v.iteration for v in digest.verdicts), default=0)
+    if digest.verdicts:
+        digest.outcome = digest.verdicts[-1].result
+    stored = await bus.last(bus.subjects.out(record.session_id, "result"))
+    if stored:
+        with contextlib.suppress(msgspec.DecodeError):
+            result = _result_decoder.decode(stored)
+            digest.final_text = result.final_text
+            if result.outcome is not None:
+                digest.outcome = result.outcome.result
+                digest.iterations = max(digest.iterations, len(result.outcome.iterations))
+    return digest
+
+
+def baseline(digests: list[SessionDigest]) -> DreamReport:
+    """The sessions' numbers: outcome pass rate, revisions (overall and per agent), tool errors."""
+    graded = [d for d in digests if d.outcome]
+    satisfied = sum(d.outcome == "satisfied" for d in graded)
+    sessions: Counter[str] = Counter()
+    revisions: Counter[str] = Counter()
+    errors: Counter[str] = Counter()
+    for digest in digests:
+        sessions[digest.lead] += 1
+        if digest.outcome:
+            revisions[digest.lead] += max(digest.iterations - 1, 0)
+        for agent in digest.subagents - {digest.lead}:
+            sessions[agent] += 1
+        for follow_up in digest.follow_ups:
+            revisions[follow_up.to_agent] += 1
+        for error in digest.tool_errors:
+            errors[error.agent or "?"] += 1
+            sessions.setdefault(error.agent or "?", 1)
+    agents = [
+        AgentBaseline(
+            agent=agent,
+            sessions=count,
+            revisions=revisions[agent],
+            avg_revisions=round(revisions[agent] / count, 3) if count else 0.0,
+            tool_errors=errors[agent],
+        )
+        for agent, count in sorted(sessions.items())
+    ]
+    return DreamReport(
+        sessions=len(digests),
+        with_outcome=len(graded),
+        satisfied=satisfied,
+        pass_rate=round(satisfied / len(graded), 3) if graded else None,
+        avg_revisions=(
+            round(sum(max(d.iterations - 1, 0) for d in graded) / len(graded), 3) if graded else None
+        ),
+        tool_errors=sum(len(d.tool_errors) for d in digests),
+        follow_ups=sum(len(d.follow_ups) for d in digests),
+        agents=agents,
+    )

@@ -1,0 +1,1 @@
+"""The grader: grades an outcome's attempt in a fresh context."""

@@ -1,0 +1,1 @@
+"""The lead: the submit gateway, the lead actor and one session's run."""

@@ -1,0 +1,108 @@
+"""The submit gateway: ``<root>.api.submit``, request/reply, answered by every lead process.
+
+Another system sends a session request as plain JSON (``nats req sw.api.submit '{...}'``) and gets
+back ``session.submit_reply.v1``: the session id and the subjects to watch, or an error that names
+the problem (malformed JSON and the offending field, an unknown team, a team with an unknown tool).
+Accepted requests are published durably on ``<root>.submit`` for the lead pool.
+
+Idempotency: with ``idempotency_key`` the session id is derived from the key, so the same key twice
+is one session (``duplicate: true`` on the second answer).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+
+import msgspec
+import structlog
+
+from actors.agent.tools.catalog import check_team_tools
+from actors.sessions.directory import SessionDirectory
+from actors.sessions.teams import registered_team, registered_teams
+from bus.codec import Decoder, encode
+from bus.connection import Bus
+from bus.errors import MessageRejected
+from bus.state import Responder
+from schemas.base import ErrorInfo
+from schemas.errors import SpecError
+from schemas.session import SessionSubmit, SubmitReply
+
+log = structlog.get_logger("staffwork.gateway")
+
+
+def session_id_for_key(key: str) -> str:
+    digest = hashlib.sha256(key.encode()).digest()[:16]
+    return "ses_" + base64.b32hexencode(digest).decode("ascii")[:26].lower()
+
+
+class SubmitGateway:
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+        self.directory = SessionDirectory(bus)
+        self._decoder: Decoder[SessionSubmit] = Decoder(SessionSubmit, max_bytes=1024 * 1024)
+        self._responder: Responder | None = None
+
+    async def start(self) -> None:
+        self._responder = await self.bus.respond(self.bus.subjects.api_submit, self._answer, queue="gateway")
+
+    async def stop(self) -> None:
+        if self._responder is not None:
+            await self._responder.close()
+
+    def _refuse(self, kind: str, message: str, session_id: str = "") -> bytes:
+        log.info("submit_refused", kind=kind, reason=message)
+        error = ErrorInfo(kind=kind, message=message)
+        return encode(SubmitReply(session_id=session_id, accepted=False, error=error))
+
+    async def _answer(self, data: bytes) -> bytes:
+        try:
+            submit = self._decoder.decode(data, subject=self.bus.subjects.api_submit)
+        except MessageRejected as exc:
+            return self._refuse("invalid_request", f"not a valid session.submit.v1: {exc.reason}")
+        if submit.idempotency_key:
+            derived = session_id_for_key(submit.idempotency_key)
+            if b'"session_id"' in data and submit.session_id != derived:
+                return self._refuse(
+                    "invalid_request",
+                    f"session_id {submit.session_id!r} contradicts idempotency_key "
+                    f"{submit.idempotency_key!r} (which means session {derived!r}); give one or the other",
+                )
+            submit = msgspec.structs.replace(submit, session_id=derived)
+        sid = submit.session_id
+        # The message id decides JetStream's dedup of the request and of the lead's result: it must be
+        # the session's, never one a caller chose for another purpose.
+        submit = msgspec.structs.replace(submit, msg_id=f"submit-{sid}")
+        team = submit.team_spec
+        if team is not None and submit.team:
+            return self._refuse("invalid_request", "give 'team' or 'team_spec', not both", sid)
+        if team is None:
+            if not submit.team:
+                return self._refuse(
+                    "invalid_request", "give 'team' (a registered team's name) or 'team_spec'", sid
+                )
+            team = await registered_team(self.bus, submit.team)
+            if team is None:
+                known = ", ".join(t.name for t in await registered_teams(self.bus)) or "none"
+                return self._refuse(
+                    "unknown_team", f"team {submit.team!r} is not registered (known: {known})", sid
+                )
+        try:
+            check_team_tools(team)
+        except SpecError as exc:
+            return self._refuse("invalid_team", str(exc), sid)
+        # Recording the session first (a KV create) makes a second request with the same id a
+        # duplicate even long after JetStream's dedup window, and even before a lead has picked it up.
+        duplicate = not await self.directory.create_pending(sid, team, submit.task)
+        if not duplicate:
+            await self.bus.publish_once(self.bus.subjects.submit, submit, msg_id=submit.msg_id)
+        subjects = self.bus.subjects
+        return encode(
+            SubmitReply(
+                session_id=sid,
+                accepted=True,
+                duplicate=duplicate,
+                events_subject=subjects.events(sid),
+                result_subject=subjects.out(sid, "result"),
+            )
+        )

@@ -1,0 +1,1 @@
+"""Session state every role shares: the directory, cancellation, registered teams."""

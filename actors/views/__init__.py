@@ -1,0 +1,1 @@
+"""Read-only views of a session (tail, tree, timeline, provenance): they never publish."""

@@ -1,0 +1,1 @@
+"""The webhooks actor: lifecycle events become signed, retried HTTP deliveries."""
