@@ -153,7 +153,7 @@ async def test_one_thread_and_one_files_provenance_are_queryable(bus: Bus, tmp_p
     ]
 
     async def ask(query: dict[str, str]) -> Any:
-        answer = await bus._nc.request(f"{bus.subjects.root}.api.trace", json.dumps(query).encode(), timeout=5)
+        answer = await bus._nc.request(bus.subjects.api_trace, json.dumps(query).encode(), timeout=5)
         return json.loads(answer.data)
 
     async with collector(bus, tmp_path / "trace.db") as store:
