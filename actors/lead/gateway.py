@@ -17,9 +17,8 @@ import hashlib
 import msgspec
 import structlog
 
-from actors.agent.tools.catalog import check_team_tools
 from actors.sessions.directory import SessionDirectory
-from actors.sessions.teams import registered_team, registered_teams
+from actors.sessions.teams import UnknownTeam, resolve_team
 from bus.codec import Decoder, encode
 from bus.connection import Bus
 from bus.errors import MessageRejected
@@ -73,24 +72,13 @@ class SubmitGateway:
         # The message id decides JetStream's dedup of the request and of the lead's result: it must be
         # the session's, never one a caller chose for another purpose.
         submit = msgspec.structs.replace(submit, msg_id=f"submit-{sid}")
-        team = submit.team_spec
-        if team is not None and submit.team:
-            return self._refuse("invalid_request", "give 'team' or 'team_spec', not both", sid)
-        if team is None:
-            if not submit.team:
-                return self._refuse(
-                    "invalid_request", "give 'team' (a registered team's name) or 'team_spec'", sid
-                )
-            team = await registered_team(self.bus, submit.team)
-            if team is None:
-                known = ", ".join(t.name for t in await registered_teams(self.bus)) or "none"
-                return self._refuse(
-                    "unknown_team", f"team {submit.team!r} is not registered (known: {known})", sid
-                )
-        try:
-            check_team_tools(team)
+        try:  # the effective team, overrides applied, is decided here once and stored in the record
+            team = await resolve_team(self.bus, submit)
+        except UnknownTeam as exc:
+            return self._refuse("unknown_team", exc.reason, sid)
         except SpecError as exc:
-            return self._refuse("invalid_team", str(exc), sid)
+            kind = "invalid_request" if exc.source == "session.submit" else "invalid_team"
+            return self._refuse(kind, exc.reason if kind == "invalid_request" else str(exc), sid)
         # Recording the session first (a KV create) makes a second request with the same id a
         # duplicate even long after JetStream's dedup window, and even before a lead has picked it up.
         duplicate = not await self.directory.create_pending(sid, team, submit.task)

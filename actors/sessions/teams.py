@@ -1,5 +1,9 @@
-"""Registered teams: a team stored under ``team.<name>`` in the registry KV bucket, so a session
-request can name it (``{"team": "incident"}``) instead of carrying the whole spec."""
+"""Registered teams (``team.<name>`` in the registry KV bucket) and resolving a submit's team.
+
+:func:`resolve_team` is the one place a session's effective team is decided: the inline or
+registered team, its tools checked, with the submit's ``outcome`` and ``webhooks`` overrides
+applied. The gateway stores that team in the session record; every other role reads the record.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,8 @@ import msgspec
 
 from actors.agent.tools.catalog import check_team_tools
 from bus.connection import Bus
+from schemas.errors import SpecError
+from schemas.session import SessionSubmit
 from schemas.team import TeamSpec
 
 _encoder = msgspec.json.Encoder()
@@ -34,3 +40,36 @@ async def registered_teams(bus: Bus) -> list[TeamSpec]:
         if raw:
             teams.append(_decoder.decode(raw))
     return teams
+
+
+class UnknownTeam(SpecError):
+    """A submit names a team that is not registered."""
+
+
+async def resolve_team(bus: Bus, submit: SessionSubmit) -> TeamSpec:
+    """The team a submit runs: inline (``team_spec``) or registered (``team``), tools checked, with
+    the submit's ``outcome`` and ``webhooks`` replacing the team's. :class:`SpecError` says why not
+    (:class:`UnknownTeam` lists the registered names)."""
+    if submit.team_spec is not None and submit.team:
+        raise SpecError("give 'team' or 'team_spec', not both", source="session.submit", path="team")
+    team = submit.team_spec
+    if team is None:
+        if not submit.team:
+            raise SpecError(
+                "give 'team' (a registered team's name) or 'team_spec'", source="session.submit", path="team"
+            )
+        team = await registered_team(bus, submit.team)
+        if team is None:
+            known = ", ".join(t.name for t in await registered_teams(bus)) or "none"
+            raise UnknownTeam(
+                f"team {submit.team!r} is not registered (known: {known})",
+                source="session.submit",
+                path="team",
+                value=submit.team,
+            )
+    check_team_tools(team, source=f"team {team.name!r}")
+    if submit.outcome is not None:
+        team = msgspec.structs.replace(team, outcome=submit.outcome)
+    if submit.webhooks is not None:
+        team = msgspec.structs.replace(team, webhooks=submit.webhooks)
+    return team
