@@ -17,15 +17,18 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from types import TracebackType
 
-from actors.sessions.directory import SessionDirectory, SessionRecord, cancel_session
+from actors.sessions.cancel import cancel_session
+from actors.sessions.directory import SessionDirectory
 from bus.codec import Decoder
 from bus.connection import Bus
 from bus.errors import BusTimeout, StaffworkError
 from bus.workspace import Workspace
 from schemas.files import FileInfo
-from schemas.session import SessionResult, SessionSubmit, SubmitReply
+from schemas.outcome import Outcome
+from schemas.session import SessionRecord, SessionResult, SessionSubmit, SubmitReply
 from schemas.team import TeamSpec
 from schemas.trace import AnyTraceEvent, SessionStatusIdle, SessionStatusTerminated
+from schemas.webhooks import WebhookSpec
 
 _result: Decoder[SessionResult] = Decoder(SessionResult, max_bytes=4 * 1024 * 1024)
 _reply: Decoder[SubmitReply] = Decoder(SubmitReply)
@@ -71,15 +74,22 @@ class Client:
         session_id: str | None = None,
         idempotency_key: str = "",
         deadline_s: float | None = None,
+        outcome: Outcome | None = None,
+        webhooks: list[WebhookSpec] | None = None,
         timeout: float = 10.0,
     ) -> str:
-        """Start a session (through the gateway, which validates it); return its id."""
+        """Start a session (through the gateway, which validates it); return its id. ``outcome`` and
+        ``webhooks`` replace the team's for this session."""
         fields: dict[str, object] = {"task": task, "inputs": inputs or [], "idempotency_key": idempotency_key}
         fields |= {"team_spec": team} if isinstance(team, TeamSpec) else {"team": team}
         if session_id:
             fields["session_id"] = session_id
         if deadline_s is not None:
             fields["deadline_s"] = deadline_s
+        if outcome is not None:
+            fields["outcome"] = outcome
+        if webhooks is not None:
+            fields["webhooks"] = webhooks
         request = SessionSubmit(**fields)  # type: ignore[arg-type]
         answer = await self.bus.request(
             self.bus.subjects.api_submit,
@@ -111,7 +121,7 @@ class Client:
                     yield result
                     return
         finally:
-            await stream.aclose()  # type: ignore[attr-defined]
+            await stream.aclose()
 
     async def events(self, session_id: str) -> AsyncIterator[AnyTraceEvent]:
         """The session's trace events from the first, then live, until the session goes idle."""
@@ -125,7 +135,7 @@ class Client:
                 ):
                     return
         finally:
-            await stream.aclose()  # type: ignore[attr-defined]
+            await stream.aclose()
 
     async def read_file(self, session_id: str, path: str) -> bytes:
         return await self.workspace.get(session_id, path)

@@ -24,8 +24,10 @@ from actors.agent.tools.base import Toolbox, ToolContext
 from actors.agent.tools.catalog import tools_for
 from actors.agent.tools.memory import memory_note
 from actors.agent.tools.workspace import write_and_record
-from actors.sessions.directory import CancelWatch, SessionDirectory, race_cancel
+from actors.sessions.cancel import CancelWatch, race_cancel
+from actors.sessions.directory import SessionDirectory
 from bus.actor import BaseActor, Context
+from bus.connection import Bus
 from bus.errors import HistoryConflict, InvalidPath, Retryable
 from bus.history import ThreadHistory, ThreadLog
 from bus.provision import ConsumerSpec, agent_consumer
@@ -85,6 +87,12 @@ class SubagentActor(BaseActor[SubagentInbox]):
     def consumer(self, subjects: Subjects) -> ConsumerSpec:
         spec = agent_consumer(subjects, self.agent, ack_wait=self.ack_wait)
         return dataclasses.replace(spec, max_deliver=self.max_deliver)
+
+    async def on_start(self, bus: Bus) -> None:
+        await self.cancels.start()
+
+    async def on_stop(self) -> None:
+        await self.cancels.stop()
 
     def reply_subject(self, msg: SubagentInbox, reply: Message, ctx: Context) -> str | None:
         return ctx.bus.subjects.reply(msg.session_id, msg.thread_id)

@@ -34,7 +34,7 @@ from contextlib import asynccontextmanager  # noqa: E402
 
 from actors.agent.models.base import ModelRequest, ModelResponse  # noqa: E402
 from actors.agent.models.scripted import ScriptedModel, calls, text  # noqa: E402
-from actors.roles import AgentSettings, running_agents, serve_agents  # noqa: E402
+from actors.roles import AgentSettings, RoleConfig, running_agents, serve_roles  # noqa: E402
 from bus.codec import Decoder  # noqa: E402
 from bus.connection import Bus  # noqa: E402
 from bus.direct import read_subject  # noqa: E402
@@ -49,7 +49,6 @@ from schemas.trace import ThreadMessageReceived, ThreadMessageSent  # noqa: E402
 AGENTS = [f"a{i:02d}" for i in range(20)]
 SENT = Decoder(ThreadMessageSent)
 RECEIVED = Decoder(ThreadMessageReceived)
-RESULT = Decoder(SessionResult)
 
 
 def responder(n: int) -> ScriptedModel:
@@ -58,7 +57,10 @@ def responder(n: int) -> ScriptedModel:
             return text(f"{request.agent}: done")
         if any(isinstance(b, ToolResultBlock) for b in request.messages[-1].content):
             return text("all done")
-        return calls(*[(f"toolu_{a}", "delegate", {"agent": a, "task": "work"}) for a in AGENTS[:n]])
+        delegations: list[tuple[str, str, dict[str, object]]] = [
+            (f"toolu_{a}", "delegate", {"agent": a, "task": "work"}) for a in AGENTS[:n]
+        ]
+        return calls(*delegations)
 
     return ScriptedModel(responder=respond)
 
@@ -69,12 +71,17 @@ def team(n: int) -> TeamSpec:
 
 async def run_session(bus: Bus, n: int) -> tuple[float, str]:
     submit = SessionSubmit(task="fan out", team_spec=team(n))
-    sub = await bus._nc.subscribe(bus.subjects.out(submit.session_id, "result"))
-    started = time.perf_counter()
-    await bus.publish(bus.subjects.submit, submit)
-    result = RESULT.decode((await sub.next_msg(timeout=60)).data)
-    elapsed = time.perf_counter() - started
-    await sub.unsubscribe()
+    results: asyncio.Queue[SessionResult] = asyncio.Queue()
+    subject = bus.subjects.out(submit.session_id, "result")
+    listener = await bus.listen(subject, SessionResult, results.put_nowait)
+    try:
+        started = time.perf_counter()
+        await bus.publish(bus.subjects.submit, submit)  # the lead pool's inbox: the gateway is not timed
+        async with asyncio.timeout(60):
+            result = await results.get()
+        elapsed = time.perf_counter() - started
+    finally:
+        await listener.close()
     assert result.status == "idle", result.final_text
     return elapsed, submit.session_id
 
@@ -99,13 +106,11 @@ async def serve_workers(url: str, latency: float) -> None:
     stop = asyncio.Event()
     install_stop_signals(stop)
     try:
-        await serve_agents(
+        await serve_roles(
             bus,
-            model,
+            ["subagent"],
+            RoleConfig(model=model, agents=AGENTS, agent_settings=AgentSettings(subagent_concurrency=20)),
             stop,
-            lead=False,
-            agents=AGENTS,
-            settings=AgentSettings(subagent_concurrency=20),
             on_ready=lambda: print("READY", flush=True),
         )
     finally:

@@ -43,7 +43,11 @@ from collections.abc import AsyncIterator  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from typing import TypedDict  # noqa: E402
 
-from actors.collector.actor import TraceStore, serve_collector  # noqa: E402
+import nats  # noqa: E402
+from nats.js import JetStreamContext  # noqa: E402
+
+from actors.collector.actor import TraceStore  # noqa: E402
+from actors.roles import RoleConfig, serve_roles  # noqa: E402
 from bus.codec import encode  # noqa: E402
 from bus.connection import Bus  # noqa: E402
 from bus.logs import configure_logging  # noqa: E402
@@ -141,13 +145,21 @@ def publications(bus: Bus, session_id: str, count: int) -> list[Publication]:
     ]
 
 
-async def publish_all(bus: Bus, batch: list[Publication]) -> float:
+@contextlib.asynccontextmanager
+async def raw_jetstream(url: str) -> AsyncIterator[JetStreamContext]:
+    """JetStream on a plain nats-py connection: the raw publishing side, and consumer state."""
+    nc = await nats.connect(url, name="bench-raw")
+    try:
+        yield nc.jetstream()
+    finally:
+        await nc.drain()
+
+
+async def publish_all(js: JetStreamContext, batch: list[Publication]) -> float:
     """Publish with pipelined acks (at most nats-py's 4000 in flight); seconds until every ack is in."""
     started = time.perf_counter()
     async with asyncio.timeout(120):
-        futures = [
-            await bus._js.publish_async(subject, data, headers=headers) for subject, data, headers in batch
-        ]
+        futures = [await js.publish_async(subject, data, headers=headers) for subject, data, headers in batch]
         acks = await asyncio.gather(*futures)
     elapsed = time.perf_counter() - started
     if max(ack.seq for ack in acks) != len(batch):
@@ -197,11 +209,11 @@ class Database:
         self.db.close()
 
 
-async def settled(bus: Bus, timeout: float = 30.0) -> int:
+async def settled(js: JetStreamContext, stream: str, timeout: float = 30.0) -> int:
     """Wait until the collector's consumer has nothing pending or unacked; its redelivery count."""
     async with asyncio.timeout(timeout):
         while True:
-            info = await bus._js.consumer_info(bus.subjects.log_stream, DURABLE)
+            info = await js.consumer_info(stream, DURABLE)
             if info.num_pending == 0 and info.num_ack_pending == 0:
                 return int(info.num_redelivered)
             await asyncio.sleep(POLL)
@@ -265,24 +277,24 @@ async def one_round(url: str, tmp: Path, number: int, events: int) -> Round:
     timeout = max(60.0, events / 200)
     # Raw publish on a fresh root, then a collector catching up on that backlog.
     root, session_id = f"trace_backlog{number}", f"ses_backlog{number}"
-    async with await Bus.connect(url, root=root, name="bench-publisher") as bus:
+    async with await Bus.connect(url, root=root, name="bench-publisher") as bus, raw_jetstream(url) as js:
         await provision(bus)
         batch = publications(bus, session_id, events)
-        raw_s = await publish_all(bus, batch)
+        raw_s = await publish_all(js, batch)
         db_path = tmp / f"{root}.db"
         spawned = time.perf_counter()
         async with collector_process(url, root, db_path) as ready_at:
             db = Database(db_path)
             try:
                 stored_at = await db.wait_for(events, timeout)
-                redelivered = await settled(bus)
+                redelivered = await settled(js, bus.subjects.log_stream)
                 db.check(session_id, events)
             finally:
                 db.close()
         catch_up_s, startup_s = stored_at - ready_at, ready_at - spawned
     # Live: a ready collector on another fresh root, N new events.
     root, session_id = f"trace_live{number}", f"ses_live{number}"
-    async with await Bus.connect(url, root=root, name="bench-publisher") as bus:
+    async with await Bus.connect(url, root=root, name="bench-publisher") as bus, raw_jetstream(url) as js:
         await provision(bus)
         batch = publications(bus, session_id, events)
         db_path = tmp / f"{root}.db"
@@ -290,9 +302,9 @@ async def one_round(url: str, tmp: Path, number: int, events: int) -> Round:
             db = Database(db_path)
             try:
                 started = time.perf_counter()
-                publish_s = await publish_all(bus, batch)
+                publish_s = await publish_all(js, batch)
                 live_s = await db.wait_for(events, timeout) - started
-                redelivered += await settled(bus)
+                redelivered += await settled(js, bus.subjects.log_stream)
                 db.check(session_id, events)
             finally:
                 db.close()
@@ -355,18 +367,23 @@ async def profile(events: int, top: int) -> None:
     with tempfile.TemporaryDirectory(prefix="staffwork-bench-") as tmp:
         async with EmbeddedServer(Path(tmp) / "nats") as server:
             root, session_id = "trace_profile", "ses_profile"
-            async with await Bus.connect(server.url, root=root, name="bench-publisher") as bus:
+            async with (
+                await Bus.connect(server.url, root=root, name="bench-publisher") as bus,
+                raw_jetstream(server.url) as js,
+            ):
                 await provision(bus)
-                await publish_all(bus, publications(bus, session_id, events))
+                await publish_all(js, publications(bus, session_id, events))
             async with await Bus.connect(server.url, root=root, name="bench-collector") as bus:
-                store = TraceStore(Path(tmp) / "trace.db")
-                db = Database(store.path)
+                path = Path(tmp) / "trace.db"
+                TraceStore(path).close()  # the schema, for the read-only reader
+                db = Database(path)
                 stop = asyncio.Event()
                 ready = asyncio.Event()
                 profiler = cProfile.Profile()
                 try:
                     async with asyncio.TaskGroup() as tg:
-                        tg.create_task(serve_collector(bus, store, stop, on_ready=ready.set))
+                        config = RoleConfig(db=path)
+                        tg.create_task(serve_roles(bus, ["collector"], config, stop, on_ready=ready.set))
                         await ready.wait()
                         started = time.perf_counter()
                         profiler.enable()
@@ -376,7 +393,6 @@ async def profile(events: int, top: int) -> None:
                     db.check(session_id, events)
                 finally:
                     db.close()
-                    store.close()
     elapsed = stored_at - started
     print(
         f"# collector in this process, catch-up on {events} events: {events / elapsed:,.0f}/s under cProfile"

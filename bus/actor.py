@@ -1,7 +1,9 @@
 """The actor contract: what an actor is (its behaviour) and what it knows about a message in hand.
 
-Everything else (connecting, pulling, decoding, acking, heartbeats, tracing, shutdown) is the
-runtime's job (``bus/runtime.py``), done once for every actor.
+An actor names its consumer and handles one decoded message at a time; ``on_start`` and ``on_stop``
+start and stop what it runs beside its consumer (a responder, a watch, an exporter). An actor whose
+``consumer`` is None is a service: only its hooks run. Everything else (pulling, decoding, acking,
+heartbeats, tracing, shutdown) is the runtime's job (``bus/runtime.py``), done once for every actor.
 """
 
 from __future__ import annotations
@@ -41,7 +43,11 @@ class Actor(Protocol[In_contra]):
     role: str
     inbox: Any
 
-    def consumer(self, subjects: Subjects) -> ConsumerSpec: ...
+    def consumer(self, subjects: Subjects) -> ConsumerSpec | None: ...
+
+    async def on_start(self, bus: Bus) -> None: ...
+
+    async def on_stop(self) -> None: ...
 
     async def handle(self, msg: In_contra, ctx: Context) -> Message | None: ...
 
@@ -65,8 +71,15 @@ class BaseActor(Generic[In]):
     inbox: Any = None
     report_failures: bool = True  # a failed message becomes a session.error event (not for the collector)
 
-    def consumer(self, subjects: Subjects) -> ConsumerSpec:
-        raise NotImplementedError(f"actor {self.role!r} must say which consumer it reads")
+    def consumer(self, subjects: Subjects) -> ConsumerSpec | None:
+        raise NotImplementedError(f"actor {self.role!r} must say which consumer it reads (or None)")
+
+    async def on_start(self, bus: Bus) -> None:
+        """Start what runs beside the consumer; called before the first message is pulled."""
+
+    async def on_stop(self) -> None:
+        """Stop it; called after in-flight messages have finished (or were given up), and also when
+        the actor failed to start after ``on_start`` ran."""
 
     async def handle(self, msg: In, ctx: Context) -> Message | None:
         raise NotImplementedError(f"actor {self.role!r} has no handler")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TypeVar, overload
@@ -62,8 +62,14 @@ def translated(
     transport's): no responders, timeouts, a closed connection, a missing resource, other errors."""
     try:
         yield
+    except nats.js.errors.NoStreamResponseError as exc:  # before NoResponders: it is one
+        raise BusError(
+            f"no stream stores subject {subject!r}: was the bus provisioned for this root?"
+        ) from exc
     except nats.errors.NoRespondersError as exc:
         raise NoResponders(subject, hint) from exc
+    except nats.js.errors.ServiceUnavailableError as exc:
+        raise BusError("JetStream is not enabled on this server") from exc
     except (nats.errors.TimeoutError, TimeoutError) as exc:
         raise BusTimeout(operation, subject, timeout) from exc
     except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError) as exc:
@@ -204,16 +210,8 @@ class Bus:
 
     async def _store(self, subject: str, data: bytes, headers: dict[str, str] | None, timeout: float) -> Any:
         """A JetStream publish with nats-py's errors translated; returns the PubAck."""
-        try:
+        with translated("publish", subject, self.url, timeout=timeout):
             return await self._js.publish(subject, data, timeout=timeout, headers=headers)
-        except nats.js.errors.NoStreamResponseError as exc:
-            raise BusError(
-                f"no stream stores subject {subject!r}: was the bus provisioned for this root?"
-            ) from exc
-        except (nats.errors.TimeoutError, TimeoutError) as exc:
-            raise BusTimeout("publish", subject, timeout) from exc
-        except nats.errors.ConnectionClosedError as exc:
-            raise BusUnavailable(self.url, "connection closed") from exc
 
     async def emit(self, event: TraceEvent) -> None:
         """Publish a trace event on its session's event subject, stamped with the current span.
@@ -227,20 +225,16 @@ class Bus:
             event = msgspec.structs.replace(event, span_id=span.span_id, parent_span_id=span.parent_span_id)
         subject = self.subjects.event(event.session_id, event_kind(event))
         headers = self.headers(event.msg_id)
-        try:
+        with translated("publish a trace event", subject, self.url):
             future = await self._js.publish_async(subject, encode(event), headers=headers)
-        except nats.errors.Error as exc:
-            raise BusError(f"cannot publish trace event on {subject!r}: {exc}") from exc
         future.add_done_callback(_log_emit_failure)
 
     async def publish_core(
         self, subject: str, msg: Message, *, headers: dict[str, str] | None = None
     ) -> None:
         """Publish without JetStream (no storage, no ack): for replies to inboxes."""
-        try:
+        with translated("publish", subject, self.url):
             await self._nc.publish(subject, encode(msg), headers=self.headers(None, headers))
-        except nats.errors.Error as exc:
-            raise BusError(f"cannot publish to {subject!r}: {exc}") from exc
 
     def stream_slots(self, limit: int) -> asyncio.Semaphore:
         """Bounds the large reads (file streams) in flight on this connection at once."""
@@ -320,41 +314,39 @@ class Bus:
         return not ack.duplicate
 
     @overload
-    def follow(self, subject: str, type: type[T]) -> AsyncIterator[T]: ...
+    def follow(self, subject: str, type: type[T]) -> AsyncGenerator[T, None]: ...
     @overload
-    def follow(self, subject: str, type: Any) -> AsyncIterator[Any]: ...
-    def follow(self, subject: str, type: Any) -> AsyncIterator[Any]:
+    def follow(self, subject: str, type: Any) -> AsyncGenerator[Any, None]: ...
+    def follow(self, subject: str, type: Any) -> AsyncGenerator[Any, None]:
         """Messages on ``subject`` in the log stream from the first stored one, then live."""
         return follow(self._js, self.subjects.log_stream, subject, Decoder(type, max_bytes=4 * 1024 * 1024))
 
     async def consumer_active(self, durable: str) -> bool:
         """Whether some worker is pulling from the consumer right now (it has waiting pull requests)."""
         try:
-            info = await self._js.consumer_info(self.subjects.log_stream, durable)
-        except nats.js.errors.NotFoundError:
+            with translated("consumer info", durable, self.url):
+                info = await self._js.consumer_info(self.subjects.log_stream, durable)
+        except NotFound:
             return False
         return bool(info.num_waiting)
 
     async def consumer_backlog(self, durable: str) -> int:
         """Messages the consumer has not settled yet: pending delivery plus delivered and unacked."""
         try:
-            info = await self._js.consumer_info(self.subjects.log_stream, durable)
-        except nats.js.errors.NotFoundError:
+            with translated("consumer info", durable, self.url):
+                info = await self._js.consumer_info(self.subjects.log_stream, durable)
+        except NotFound:
             return 0
         return int(info.num_pending) + int(info.num_ack_pending)
 
     async def last(self, subject: str) -> bytes | None:
         """The last message stored on ``subject`` in the log stream, or None."""
+        hint = f"no log stream for root {self.subjects.root!r}: was the bus provisioned?"
         try:
-            raw = await self._js.get_last_msg(self.subjects.log_stream, subject, direct=True)
-        except nats.js.errors.NotFoundError:
+            with translated("read last message", subject, self.url, timeout=self.api_timeout, hint=hint):
+                raw = await self._js.get_last_msg(self.subjects.log_stream, subject, direct=True)
+        except NotFound:
             return None
-        except nats.errors.NoRespondersError as exc:
-            raise BusError(
-                f"no log stream for root {self.subjects.root!r}: was the bus provisioned?"
-            ) from exc
-        except (nats.errors.TimeoutError, TimeoutError) as exc:
-            raise BusTimeout("read last message", subject, self.api_timeout) from exc
         return raw.data or None
 
     async def server_info(self, timeout: float = 5.0) -> ServerInfo:
@@ -379,10 +371,6 @@ class Bus:
 
     async def account_info(self, timeout: float = 5.0) -> Any:
         """JetStream account info: proves JetStream is enabled and reachable."""
-        try:
+        with translated("JetStream account info", "$JS.API.INFO", self.url, timeout=timeout):
             async with asyncio.timeout(timeout):
                 return await self._js.account_info()
-        except (nats.errors.TimeoutError, TimeoutError) as exc:
-            raise BusTimeout("JetStream account info", "$JS.API.INFO", timeout) from exc
-        except nats.js.errors.ServiceUnavailableError as exc:
-            raise BusError("JetStream is not enabled on this server") from exc

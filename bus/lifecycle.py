@@ -40,25 +40,30 @@ def install_stop_signals(stop: asyncio.Event, on_second: Callable[[], None] | No
 
 async def run_actors(
     bus: Bus,
-    actors: Sequence[Actor[Any]],
+    actors: Sequence[Actor[Any] | tuple[Actor[Any], RuntimeSettings]],
     stop: asyncio.Event,
     settings: RuntimeSettings | None = None,
     *,
-    on_ready: Callable[[], Awaitable[None]] | None = None,
+    on_ready: Callable[[], Awaitable[None] | None] | None = None,
 ) -> list[ActorRuntime[Any]]:
-    """Run ``actors`` on ``bus`` until ``stop`` is set, then let each finish gracefully.
+    """Run ``actors`` on ``bus`` until ``stop`` is set, then let each finish gracefully. An actor
+    may come with its own settings (``(actor, settings)``); the others get ``settings``.
 
     If an actor cannot start (its consumer cannot be created, say), the others are stopped and that
     error is raised as itself, not wrapped in an exception group.
     """
-    runtimes = [ActorRuntime(bus, actor, settings) for actor in actors]
+    runtimes = [
+        ActorRuntime(bus, *item) if isinstance(item, tuple) else ActorRuntime(bus, item, settings)
+        for item in actors
+    ]
     try:
         async with asyncio.TaskGroup() as tg:
             for runtime in runtimes:
                 tg.create_task(runtime.run(stop), name=f"actor-{runtime.actor.role}")
             if on_ready is not None:
                 await asyncio.gather(*(r.ready.wait() for r in runtimes))
-                await on_ready()
+                if (result := on_ready()) is not None:
+                    await result
     except* Exception as group:
         first = group.exceptions[0]
         raise first from (group if len(group.exceptions) > 1 else None)
@@ -72,7 +77,7 @@ async def serve(
     root: str = "sw",
     name: str = "staffwork-actor",
     settings: RuntimeSettings | None = None,
-    on_ready: Callable[[], Awaitable[None]] | None = None,
+    on_ready: Callable[[], Awaitable[None] | None] | None = None,
 ) -> list[ActorRuntime[Any]]:
     """A whole actor process: connect, run until SIGTERM/SIGINT, finish in-flight work, drain."""
     stop = asyncio.Event()

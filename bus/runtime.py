@@ -21,6 +21,9 @@ An actor (``bus/actor.py``) is its ``handle(msg, ctx) -> reply``. The runtime, o
 6. on stop: no new pulls; messages still in transit are drained and nak'ed for another worker;
    in-flight handlers get ``grace`` seconds to finish; the rest are cancelled (and nak'ed).
 
+The actor's ``on_start`` runs before the consumer is made and ``on_stop`` after the last handler;
+an actor without a consumer (a service) only runs its hooks and waits for ``stop``.
+
 An actor with ``handle_batch`` (:class:`~bus.actor.BatchActor`) gets its messages in batches of up to
 ``batch_size`` instead: one task takes whatever has arrived, decodes it (rejecting as above), hands
 the batch over and acks every message when it returns. One heartbeat covers the batch. If the batch
@@ -35,9 +38,8 @@ import asyncio
 import contextlib
 import json
 import re
-import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Generic
 
 import nats.errors
@@ -49,7 +51,7 @@ from bus.actor import Actor, BaseActor, BatchActor, Context, In
 from bus.codec import DEFAULT_MAX_BYTES, Decoder, peek_session
 from bus.connection import REPLY_TO, TRACEPARENT, Bus
 from bus.errors import MessageRejected, Retryable
-from bus.provision import ensure_consumer
+from bus.provision import ConsumerSpec, ensure_consumer
 from bus.tracing import SpanContext, current_span
 from schemas.base import ErrorInfo, Message
 from schemas.trace import MessageRejected as MessageRejectedEvent
@@ -84,7 +86,6 @@ class _Stats:
     failed: int = 0
     retried: int = 0
     returned: int = 0
-    started: float = field(default_factory=time.monotonic)
 
 
 class ActorRuntime(Generic[In]):
@@ -94,10 +95,12 @@ class ActorRuntime(Generic[In]):
         self.bus = bus
         self.actor = actor
         self.settings = settings or RuntimeSettings()
-        self.spec = actor.consumer(bus.subjects)
+        spec = actor.consumer(bus.subjects)
+        self.spec = spec or ConsumerSpec(durable="", filter_subjects=())  # a service reads nothing
+        self.service = spec is None
         self.decoder: Decoder[In] = Decoder(actor.inbox, max_bytes=self.settings.max_bytes)
         self.stats = _Stats()
-        self.log = log.bind(actor=actor.role, consumer=self.spec.durable)
+        self.log = log.bind(actor=actor.role, consumer=self.spec.durable or None)
         self._actor_log = structlog.get_logger("staffwork.actor").bind(actor=actor.role)
         self.ready = asyncio.Event()
         self._inflight: dict[asyncio.Task[None], Msg] = {}
@@ -117,6 +120,19 @@ class ActorRuntime(Generic[In]):
     # --- intake ---
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Start the actor (its ``on_start``, then intake), run until ``stop``, stop it gracefully."""
+        await self.actor.on_start(self.bus)
+        try:
+            if self.service:
+                self.ready.set()
+                self.log.info("actor_started", service=True)
+                await stop.wait()
+            else:
+                await self._consume(stop)
+        finally:
+            await self.actor.on_stop()
+
+    async def _consume(self, stop: asyncio.Event) -> None:
         if self.settings.create_consumer:
             await ensure_consumer(self.bus, self.spec)
         prefix = self.bus._nc.new_inbox()

@@ -9,7 +9,6 @@ here sleeps and hopes.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import json
 import os
@@ -165,7 +164,6 @@ class EmbeddedServer:
         self.url = ""
         self._proc: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task[None] | None = None
-        self._tail: collections.deque[str] = collections.deque(maxlen=200)
         self._fatal: list[str] = []
         self._lock = _StoreLock(self.store_dir)
 
@@ -240,7 +238,6 @@ class EmbeddedServer:
 
     def _record(self, raw: bytes) -> str:
         line = raw.decode(errors="replace").rstrip()
-        self._tail.append(line)
         if _FATAL.search(line):
             self._fatal.append(line.split("] ", 2)[-1] if "] " in line else line)
         if self.on_log is not None:
@@ -262,11 +259,6 @@ class EmbeddedServer:
             if not raw:
                 return
             self._record(raw)
-
-    @property
-    def log_tail(self) -> list[str]:
-        """The server's most recent log lines (for error reports)."""
-        return list(self._tail)
 
     async def wait(self) -> int:
         """Wait for the server to exit on its own; raise :class:`ServerFailed` if it died with an error."""

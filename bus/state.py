@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
 import nats.errors
@@ -118,7 +118,7 @@ class Responder:
             self._sub = None
 
 
-async def follow(js: Any, stream: str, subject: str, decoder: Decoder[T]) -> AsyncIterator[T]:
+async def follow(js: Any, stream: str, subject: str, decoder: Decoder[T]) -> AsyncGenerator[T, None]:
     """Every message stored on ``subject`` from the first, then new ones as they come (an ordered
     consumer). Messages that do not decode are skipped."""
     sub = await js.subscribe(subject, stream=stream, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)

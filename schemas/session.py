@@ -1,7 +1,9 @@
-"""Session lifecycle messages: what starts a session, what it reports, how it ends."""
+"""Session lifecycle messages (what starts a session, what it reports, how it ends) and the session
+record every role reads from the session directory."""
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Literal
 
 import msgspec
@@ -70,14 +72,6 @@ class SessionAccepted(Message, frozen=True, kw_only=True, tag="session.accepted.
     lead: str
 
 
-class SessionStatus(Message, frozen=True, kw_only=True, tag="session.status.v1"):
-    """The session changed status. ``stop_reason`` says why it stopped when it did."""
-
-    status: SessionState
-    stop_reason: str = ""
-    usage: Usage = msgspec.field(default_factory=Usage)
-
-
 class SessionResult(Message, frozen=True, kw_only=True, tag="session.result.v1"):
     """The session's deliverable: the final text, the report's path, every file written, totals."""
 
@@ -96,3 +90,22 @@ class SessionCancel(Message, frozen=True, kw_only=True, tag="session.cancel.v1")
 
     reason: str = ""
     thread_id: str = ""
+
+
+class SessionRecord(msgspec.Struct, kw_only=True):
+    """A session's entry in the session directory (KV ``<key>_sessions``, keyed by session id).
+
+    The gateway or the lead writes it; subagent workers read the team from it, every role checks the
+    status, and ``staffwork sessions`` lists it. Plain JSON (no ``type`` tag): records already stored
+    must keep decoding, so fields are only ever added with defaults.
+    """
+
+    session_id: str
+    team: TeamSpec
+    task: str
+    status: SessionState = "running"
+    stop_reason: str = ""
+    started: float = msgspec.field(default_factory=time.time)
+    ended: float = 0.0  # when the lead finished it (0 while it runs)
+    threads: int = 0  # the lead's thread and the subagent threads it started
+    usage: Usage = msgspec.field(default_factory=Usage)

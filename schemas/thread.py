@@ -1,4 +1,5 @@
-"""Messages between the lead and its subagents: delegations, follow-ups and replies."""
+"""Messages between the lead and its subagents: delegations, follow-ups and replies, and the
+thread id a delegation gets."""
 
 from __future__ import annotations
 
@@ -7,6 +8,12 @@ from typing import Literal
 import msgspec
 
 from schemas.base import ErrorInfo, Message, Usage
+
+
+def thread_id_for(tool_use_id: str) -> str:
+    """The thread a lead's ``delegate`` call creates: derived from the call's id, so a replay finds it."""
+    safe = "".join(c if c.isalnum() or c in "_-" else "_" for c in tool_use_id)
+    return f"t-{safe}"[:128]
 
 
 class Delegation(Message, frozen=True, kw_only=True, tag="thread.delegate.v1"):

@@ -4,12 +4,16 @@ Names follow Anthropic's Managed Agents vocabulary where it has one (``session.t
 ``agent.tool_use``, ``span.model_request_end``), with a version suffix on the wire tag. Every event
 names its session, and where it applies its thread, agent and span (``parent_span_id`` links spans
 across processes; the W3C ``traceparent`` header carries the same ids).
+
+The collector answers queries on ``<root>.api.trace`` (core request/reply, JSON): a ``TraceQuery``
+(``SessionsQuery``, ``EventsQuery``, ``ProvenanceQuery``) gets the matching ``TraceAnswer``
+(``SessionsAnswer``, ``EventsAnswer``, ``ProvenanceAnswer``) or a ``QueryFailed``.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -268,3 +272,111 @@ def event_kind(event: TraceEvent | type[TraceEvent]) -> str:
     """The event's name without its version: ``session.thread_created``."""
     cls = type(event) if isinstance(event, TraceEvent) else event
     return str(cls.__struct_config__.tag).rsplit(".", 1)[0]
+
+
+# --- queries on <root>.api.trace -------------------------------------------------------------------
+
+
+class _TraceQuery(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    """A request to the trace collector."""
+
+
+class SessionsQuery(_TraceQuery, frozen=True, kw_only=True, tag="trace.query.sessions.v1"):
+    """The most recently active sessions the collector has stored, newest first."""
+
+    limit: Annotated[int, msgspec.Meta(ge=1)] = 50
+
+
+class EventsQuery(_TraceQuery, frozen=True, kw_only=True, tag="trace.query.events.v1"):
+    """One session's stored events in stream order; narrowed to a thread, an agent or a kind if given."""
+
+    session_id: str
+    thread_id: str = ""
+    agent: str = ""
+    kind: str = ""  # an event's name without its version: ``agent.tool_use``
+
+
+class ProvenanceQuery(_TraceQuery, frozen=True, kw_only=True, tag="trace.query.provenance.v1"):
+    """Where a file of a session came from (its latest write)."""
+
+    session_id: str
+    path: str
+
+
+TraceQuery = SessionsQuery | EventsQuery | ProvenanceQuery
+
+
+class SessionSummary(msgspec.Struct, frozen=True, kw_only=True):
+    """A session as its stored events tell it (``idle`` once a ``session.status_idle`` is stored)."""
+
+    session_id: str
+    started: datetime
+    last_event: datetime
+    threads: int
+    cost_usd: float
+    status: str
+    stop_reason: str = ""
+
+
+class ThreadRef(msgspec.Struct, frozen=True, kw_only=True):
+    thread_id: str
+    agent: str
+
+
+class ToolCallRef(msgspec.Struct, frozen=True, kw_only=True):
+    tool_use_id: str
+    name: str
+
+
+class OriginSource(msgspec.Struct, frozen=True, kw_only=True):
+    """A tool result a thread read; for a delegation, the ``thread`` that answered and its sources."""
+
+    tool_use_id: str
+    name: str
+    input: dict[str, Any]
+    called: datetime
+    returned: datetime
+    is_error: bool
+    result: str
+    thread: ThreadRef | None = None
+    sources: list[OriginSource] = msgspec.field(default_factory=list)
+
+
+class FileOriginReport(msgspec.Struct, frozen=True, kw_only=True):
+    """A file's latest write: who wrote it, on what task, and what its thread had read before."""
+
+    path: str
+    size: int
+    digest: str
+    written: datetime
+    thread_id: str
+    agent: str
+    tool_call: ToolCallRef | None  # None when the worker wrote it (the lead's report, a long answer)
+    task: str
+    earlier_writes: int
+    sources: list[OriginSource]
+
+
+class _TraceAnswer(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    """The collector's answer to a ``TraceQuery``."""
+
+
+class SessionsAnswer(_TraceAnswer, frozen=True, kw_only=True, tag="trace.answer.sessions.v1"):
+    sessions: list[SessionSummary]
+
+
+class EventsAnswer(_TraceAnswer, frozen=True, kw_only=True, tag="trace.answer.events.v1"):
+    events: list[AnyTraceEvent]
+
+
+class ProvenanceAnswer(_TraceAnswer, frozen=True, kw_only=True, tag="trace.answer.provenance.v1"):
+    origin: FileOriginReport
+
+
+class QueryFailed(_TraceAnswer, frozen=True, kw_only=True, tag="trace.answer.failed.v1"):
+    """The query was malformed (``invalid_query``) or could not be answered (``query_failed``)."""
+
+    error: ErrorInfo
+
+
+TraceAnswer = SessionsAnswer | EventsAnswer | ProvenanceAnswer | QueryFailed

@@ -15,7 +15,7 @@ import asyncio
 
 from actors.agent.models.base import ModelRequest, ModelResponse
 from actors.agent.models.scripted import ScriptedModel, calls, text
-from actors.roles import AgentSettings, serve_agents
+from actors.roles import AgentSettings, RoleConfig, serve_roles
 from bus.connection import Bus
 from bus.lifecycle import install_stop_signals
 from bus.logs import configure_logging
@@ -28,7 +28,10 @@ def respond(request: ModelRequest) -> ModelResponse:
     if request.agent == "lead":
         results = [b for b in request.messages[-1].content if isinstance(b, ToolResultBlock)]
         if not results:
-            return calls(*[(f"toolu_{a}", "delegate", {"agent": a, "task": f"look at {a}"}) for a in AGENTS])
+            delegations: list[tuple[str, str, dict[str, object]]] = [
+                (f"toolu_{a}", "delegate", {"agent": a, "task": f"look at {a}"}) for a in AGENTS
+            ]
+            return calls(*delegations)
         return text("REPORT\n" + "\n".join(r.content for r in results))
     return text(f"{request.agent} found {request.messages[0].text}")
 
@@ -56,15 +59,9 @@ def main() -> None:
         bus = await Bus.connect(args.url, root=args.root, name="agents-proc")
         try:
             agents = [a for a in args.agents.split(",") if a]
-            await serve_agents(
-                bus,
-                model,
-                stop,
-                lead=args.lead,
-                agents=agents,
-                settings=settings,
-                on_ready=lambda: print("READY", flush=True),
-            )
+            roles = (["lead"] if args.lead else []) + (["subagent"] if agents else [])
+            config = RoleConfig(model=model, agents=agents, agent_settings=settings)
+            await serve_roles(bus, roles, config, stop, on_ready=lambda: print("READY", flush=True))
         finally:
             await bus.close()
 

@@ -65,7 +65,7 @@ class JobActor(BaseActor[Job]):
             if self.announce:  # tell the test this process has the job in hand
                 started = JobDone(session_id=msg.session_id, n=msg.n, pid=os.getpid(), delivery=ctx.delivery)
                 await ctx.bus.publish_core(f"{ctx.bus.subjects.root}.test.started", started)
-                await ctx.bus._nc.flush()
+                await ctx.bus.server_info()  # a round trip: the announcement is out before the work
             if msg.sleep_first and ctx.delivery == 1:
                 await asyncio.sleep(msg.sleep_first)
             if msg.sleep:

@@ -13,16 +13,16 @@ from actors.agent.loop import answer_for
 from actors.agent.models.base import ModelRequest, ModelResponse
 from actors.agent.models.scripted import ScriptedModel, calls, text
 from actors.roles import running_agents
-from actors.sessions.directory import SessionDirectory, cancel_session
-from bus.codec import Decoder
+from actors.sessions.cancel import cancel_session
+from actors.sessions.directory import SessionDirectory
 from bus.connection import Bus
 from bus.direct import read_subject
 from bus.history import ThreadHistory
 from bus.workspace import Workspace
 from schemas import Delegation, SessionResult, SessionSubmit, ThreadReply, Usage
 from schemas.conversation import TextBlock, ThreadTurn, Turn
-from schemas.trace import ToolDenied
-from tests.agents import fan_out_lead, submit_and_wait, team, tool_results
+from schemas.trace import ModelRequestStart, ToolDenied
+from tests.helpers import delegate, fan_out_lead, inbox, submit_and_wait, team, tool_results
 
 AGENTS = ["deploys", "logs", "metrics", "tickets", "traces"]
 
@@ -61,9 +61,7 @@ def max_overlap(intervals: list[tuple[float, float]]) -> int:
 
 @pytest.mark.parametrize("cap", [20, 4])
 async def test_twenty_parallel_delegations_respect_the_thread_cap(bus: Bus, cap: int) -> None:
-    delegations = calls(
-        *[(f"toolu_{i}", "delegate", {"agent": "worker", "task": f"part {i}"}) for i in range(20)]
-    )
+    delegations = calls(*[delegate(f"toolu_{i}", "worker", f"part {i}") for i in range(20)])
     model = ScriptedModel({"lead": [delegations, text("done")]}, responder=echo, latency=0.2)
     async with running_agents(bus, model, agents=["worker"]):
         result = await submit_and_wait(
@@ -103,7 +101,8 @@ async def test_follow_up_continues_the_same_thread_with_its_history(bus: Bus) ->
 
 
 async def test_a_tool_the_agent_does_not_have_is_refused_and_recorded(bus: Bus) -> None:
-    denied = await bus._nc.subscribe(bus.subjects.events("*").replace(".evt.>", ".evt.agent.tool_denied"))
+    every_session = bus.subjects.events("*").replace(".evt.>", ".evt.agent.tool_denied")
+    denied = await inbox(bus, every_session, ToolDenied)
     model = ScriptedModel(
         {
             "lead": fan_out_lead(["logs"]),
@@ -116,9 +115,9 @@ async def test_a_tool_the_agent_does_not_have_is_refused_and_recorded(bus: Bus) 
     [refused] = tool_results(model.calls_by("logs")[1].request)
     assert refused.is_error
     assert refused.content == "tool 'sql' is not available to agent 'logs' (its tools: grep)"
-    event = Decoder(ToolDenied).decode((await denied.next_msg(timeout=5)).data)
+    event = await denied.next(timeout=5)
     assert (event.name, event.agent, event.allowed) == ("sql", "logs", ["grep"])
-    await denied.unsubscribe()
+    await denied.close()
 
 
 async def test_bad_tool_arguments_and_tool_errors_go_back_to_the_model(bus: Bus) -> None:
@@ -153,19 +152,22 @@ async def test_cancel_stops_the_lead_and_every_thread(bus: Bus) -> None:
     model = ScriptedModel({"lead": fan_out_lead(AGENTS)}, responder=echo, latency=dict.fromkeys(AGENTS, 30.0))
     submit = SessionSubmit(task="slow", team_spec=team(*AGENTS))
     async with running_agents(bus, model, agents=AGENTS):
-        started = await bus._nc.subscribe(bus.subjects.event(submit.session_id, "span.model_request_start"))
-        results = await bus._nc.subscribe(bus.subjects.out(submit.session_id, "result"))
+        started = await inbox(
+            bus, bus.subjects.event(submit.session_id, "span.model_request_start"), ModelRequestStart
+        )
+        results = await inbox(bus, bus.subjects.out(submit.session_id, "result"), SessionResult)
+        # Straight on <root>.submit (the lead pool's durable inbox, past the gateway): a session that
+        # only its lead recorded is canceled as well.
         await bus.publish(bus.subjects.submit, submit)
-        for _ in range(6):  # the lead's first call, then the five subagents' calls are under way
-            await started.next_msg(timeout=10)
+        await started.take(6)  # the lead's first call, then the five subagents' calls are under way
         calls_before = len(model.calls)
         async with asyncio.timeout(5):  # within seconds, not after the 30 s model calls
             await cancel_session(bus, submit.session_id, "user")
-            result = Decoder(SessionResult).decode((await results.next_msg(timeout=5)).data)
+            result = await results.next(timeout=5)
     assert result.status == "canceled"
     assert len(model.calls) == calls_before  # no model call was made after the cancel
-    for sub in (started, results):
-        await sub.unsubscribe()
+    for box in (started, results):
+        await box.close()
 
 
 async def test_budget_reached_stops_cleanly(bus: Bus) -> None:
@@ -190,19 +192,19 @@ async def test_a_duplicate_delegation_never_makes_a_second_thread(bus: Bus) -> N
     spec = team("logs")
     await SessionDirectory(bus).start("ses_dup", spec, "x")
     model = ScriptedModel({"logs": [text("the answer")]}, latency=0.3)
-    replies = await bus._nc.subscribe(bus.subjects.reply("ses_dup", "t-dup"))
+    replies = await inbox(bus, bus.subjects.reply("ses_dup", "t-dup"), ThreadReply)
     request = Delegation(
         session_id="ses_dup", msg_id="dlg-dup", thread_id="t-dup", agent="logs", task="find it"
     )
     async with running_agents(bus, model, lead=False, agents=["logs"]):
         for copy in range(2):  # the same message twice, as two stream entries (past JetStream's dedup)
             await bus.publish(bus.subjects.task("ses_dup", "logs"), request, msg_id=f"copy-{copy}")
-        answers = [Decoder(ThreadReply).decode((await replies.next_msg(timeout=10)).data) for _ in range(2)]
+        answers = await replies.take(2)
     assert [a.text for a in answers] == ["the answer", "the answer"]
     assert len(model.calls) == 1  # the duplicate found the finished answer in the thread's log
     created = bus.subjects.event("ses_dup", "session.thread_created")
     assert len([m async for m in read_subject(bus, bus.subjects.log_stream, created)]) == 1  # one thread
-    await replies.unsubscribe()
+    await replies.close()
 
 
 async def test_sessions_reusing_tool_use_ids_do_not_collide(bus: Bus) -> None:
@@ -282,7 +284,8 @@ async def test_a_stopped_session_keeps_its_reason_in_the_directory(bus: Bus) -> 
     )
     submit = SessionSubmit(task="x", team_spec=team("logs", budget_tokens=1000))
     async with running_agents(bus, model, agents=["logs"]):
-        result = await submit_and_wait(bus, submit)
+        # straight on <root>.submit: with no record from the gateway, the lead's own record keeps it
+        result = await submit_and_wait(bus, submit, direct=True)
     assert result.status == "budget_reached"
     record = await SessionDirectory(bus).get(submit.session_id)
     assert record is not None
@@ -359,9 +362,7 @@ def test_answer_for_finds_the_turn_that_answered_each_request() -> None:
 
 
 async def test_stop_reasons_pause_turn_refusal_and_max_tokens_are_handled(bus: Bus) -> None:
-    lead = calls(
-        *[(f"toolu_{a}", "delegate", {"agent": a, "task": "go"}) for a in ("pauser", "refuser", "rambler")]
-    )
+    lead = calls(*[delegate(f"toolu_{a}", a, "go") for a in ("pauser", "refuser", "rambler")])
     model = ScriptedModel(
         {
             "lead": [lead, text("done")],

@@ -7,7 +7,6 @@ import asyncio
 import http.client
 import json
 import os
-import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from schemas.conversation import (
     Turn,
 )
 from tests.fake_messages_api import FakeMessagesAPI, InvalidRequest, text, thinking, tool_use, validate
+from tests.helpers import free_port
 
 KEY = "sk-test-fake"
 MODEL = "claude-sonnet-4-6"
@@ -78,13 +78,6 @@ async def model(api: FakeMessagesAPI) -> AsyncIterator[AnthropicModel]:
         yield claude
     finally:
         await claude.close()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 # -- success -------------------------------------------------------------------------------------------

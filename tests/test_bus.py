@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from nats.aio.client import Client as NATS
 
 from bus.connection import MSG_ID, TRACEPARENT, Bus
 from bus.errors import BusError, BusUnavailable, ConfigError, ProvisionError
@@ -11,7 +12,7 @@ from bus.subjects import Subjects
 from bus.tracing import SpanContext, current_span
 from schemas import SessionSubmit
 from schemas.trace import ThreadCreated
-from tests.conftest import NatsServer
+from tests.helpers import NatsServer
 
 
 def test_subjects_keep_the_session_in_a_fixed_position() -> None:
@@ -49,35 +50,38 @@ def test_bad_tokens_are_named(call: object, message: str) -> None:
     assert message in str(info.value)
 
 
-async def test_provisioning_is_idempotent(bus: Bus) -> None:
+async def test_provisioning_is_idempotent(bus: Bus, nc: NATS) -> None:
     await provision(bus, settings=StreamSettings(max_age=3600), agents=("logs",))
     await provision(bus, settings=StreamSettings(max_age=3600), agents=("logs",))
-    stream = await bus._js.stream_info(bus.subjects.log_stream)
+    js = nc.jetstream()
+    stream = await js.stream_info(bus.subjects.log_stream)
     assert stream.config.subjects == [
         bus.subjects.submit,
         f"{bus.subjects.root}.s.>",
         f"{bus.subjects.root}.sys.>",
     ]
-    names = {c.name for c in await bus._js.consumers_info(bus.subjects.log_stream)}
+    names = {c.name for c in await js.consumers_info(bus.subjects.log_stream)}
     assert names == {"lead", "agent_logs", "grader", "webhooks", "webhook_deliveries"}
-    await bus._js.key_value(bus.subjects.sessions_bucket)
-    await bus._js.key_value(bus.subjects.registry_bucket)
-    await bus._js.object_store(bus.subjects.files_bucket)
+    await js.key_value(bus.subjects.sessions_bucket)
+    await js.key_value(bus.subjects.registry_bucket)
+    await js.object_store(bus.subjects.files_bucket)
 
 
-async def test_provisioning_reconciles_changed_settings(bus: Bus) -> None:
+async def test_provisioning_reconciles_changed_settings(bus: Bus, nc: NATS) -> None:
     await provision(bus, settings=StreamSettings(max_age=7200))
-    stream = await bus._js.stream_info(bus.subjects.log_stream)
+    js = nc.jetstream()
+    stream = await js.stream_info(bus.subjects.log_stream)
     assert stream.config.max_age == 7200
     spec = agent_consumer(bus.subjects, "logs")
     await ensure_consumer(bus, spec)
     await ensure_consumer(bus, type(spec)(**{**spec.__dict__, "ack_wait": 90.0}))
-    info = await bus._js.consumer_info(bus.subjects.log_stream, "agent_logs")
+    info = await js.consumer_info(bus.subjects.log_stream, "agent_logs")
     assert info.config.ack_wait == 90.0
 
 
-async def test_publish_dedups_on_msg_id_and_carries_trace_context(bus: Bus) -> None:
-    sub = await bus._nc.subscribe(bus.subjects.submit)
+async def test_publish_dedups_on_msg_id_and_carries_trace_context(bus: Bus, nc: NATS) -> None:
+    sub = await nc.subscribe(bus.subjects.submit)  # a raw subscription: the headers as they were sent
+    await nc.flush()
     msg = SessionSubmit(session_id="ses_1", task="x")
     span = SpanContext.new_root()
     token = current_span.set(span)
@@ -87,16 +91,17 @@ async def test_publish_dedups_on_msg_id_and_carries_trace_context(bus: Bus) -> N
     finally:
         current_span.reset(token)
     assert first == second  # the repeat was recognised as a duplicate, not stored again
-    state = await bus._js.stream_info(bus.subjects.log_stream)
-    assert state.state.messages == 1
+    assert await bus.stream_messages(bus.subjects.log_stream) == 1
     got = await sub.next_msg(timeout=5)
     await sub.unsubscribe()
+    assert got.headers is not None
     assert got.headers[MSG_ID] == msg.msg_id
     assert SpanContext.from_traceparent(got.headers[TRACEPARENT]) == SpanContext(span.trace_id, span.span_id)
 
 
-async def test_emit_puts_events_on_their_session_subject(bus: Bus) -> None:
-    sub = await bus._nc.subscribe(bus.subjects.events("ses_9"))
+async def test_emit_puts_events_on_their_session_subject(bus: Bus, nc: NATS) -> None:
+    sub = await nc.subscribe(bus.subjects.events("ses_9"))
+    await nc.flush()
     await bus.emit(ThreadCreated(session_id="ses_9", thread_id="thr_1", agent="logs"))
     got = await sub.next_msg(timeout=5)
     await sub.unsubscribe()
@@ -139,13 +144,13 @@ async def test_provisioning_without_jetstream_says_so(plain_nats_server: NatsSer
         await bus.close()
 
 
-async def test_kv_keys_lists_every_live_key_without_racing(bus: Bus) -> None:
+async def test_kv_keys_lists_every_live_key_without_racing(bus: Bus, nc: NATS) -> None:
     kv = await bus.kv(bus.subjects.sessions_bucket)
     assert await kv.keys() == []
     for n in range(300):
         await kv.put(f"k{n:03d}", b"v")
     await kv.put("other", b"v")
-    raw = await bus._js.key_value(bus.subjects.sessions_bucket)
+    raw = await nc.jetstream().key_value(bus.subjects.sessions_bucket)
     await raw.delete("k000")
     await raw.purge("k001")
     for _ in range(5):  # nats-py's keys() could miss keys still in flight; ours knows the count first

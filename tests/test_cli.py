@@ -14,10 +14,9 @@ from pathlib import Path
 import pytest
 
 from schemas import PUBLIC_MESSAGES, tag_of
-from tests.conftest import NatsServer
+from tests.helpers import ROOT_DIR, NatsServer
 
 STAFFWORK = [sys.executable, "-m", "actors.cli"]
-ROOT_DIR = Path(__file__).resolve().parent.parent
 
 
 def staffwork(
@@ -298,10 +297,10 @@ def test_two_runs_at_once_share_one_server(tmp_path: Path) -> None:
             assert proc.returncode == 0, stderr
             assert json.loads(stdout)["status"] == "idle"
     finally:
-        for proc in (first, second):
-            if proc is not None and proc.poll() is None:
-                proc.kill()
-                proc.communicate()
+        for running in (first, second):
+            if running is not None and running.poll() is None:
+                running.kill()
+                running.communicate()
     assert not (tmp_path / "server.json").exists()  # the owner stopped the server after the other finished
 
 

@@ -7,49 +7,54 @@ import contextlib
 import json
 import signal
 import sqlite3
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
 
 import msgspec
-import nats.errors
 import pytest
 import structlog
 
 from actors.agent.models.offline import OfflineModel
-from actors.collector.actor import TraceStore, serve_collector
-from actors.collector.otlp import OtlpExporter
+from actors.collector.actor import TraceStore
 from actors.collector.redaction import redact
 from actors.roles import running_agents
+from bus.codec import encode
 from bus.connection import Bus
 from bus.direct import read_subject
-from schemas import SessionSubmit
-from schemas.trace import AgentMessage, AgentToolResult, AnyTraceEvent
-from tests.agents import submit_and_wait, team
-from tests.conftest import NatsServer
-from tests.procs import ready_process
+from schemas import ErrorInfo, SessionSubmit
+from schemas.trace import (
+    AgentMessage,
+    AgentToolResult,
+    EventsAnswer,
+    EventsQuery,
+    ProvenanceAnswer,
+    ProvenanceQuery,
+    QueryFailed,
+    SessionErrorEvent,
+    SessionsAnswer,
+    SessionsQuery,
+    TraceAnswer,
+    TraceQuery,
+    event_kind,
+)
+from tests.helpers import (
+    NatsServer,
+    collector,
+    eventually,
+    inbox,
+    incident_trace,
+    ready_process,
+    round_trip,
+    submit_and_wait,
+    team,
+)
+
+_ANSWER = msgspec.json.Decoder(TraceAnswer)
 
 
-async def eventually(check: Callable[[], bool], timeout: float = 30.0) -> None:
-    """Wait until ``check()`` holds (state another process or task is producing), within ``timeout``."""
-    async with asyncio.timeout(timeout):
-        while not check():  # noqa: ASYNC110 - the state is in another process (SQLite), nothing to await
-            await asyncio.sleep(0.05)
-
-
-@contextlib.asynccontextmanager
-async def collector(bus: Bus, path: Path, exporter: OtlpExporter | None = None) -> AsyncIterator[TraceStore]:
-    store = TraceStore(path)
-    stop = asyncio.Event()
-    ready = asyncio.Event()
-    task = asyncio.ensure_future(serve_collector(bus, store, stop, on_ready=ready.set, exporter=exporter))
-    try:
-        await asyncio.wait_for(ready.wait(), 10)
-        yield store
-    finally:
-        stop.set()
-        await task
-        store.close()
+async def ask(bus: Bus, query: TraceQuery | bytes) -> TraceAnswer:
+    """The collector's answer on ``<root>.api.trace`` (``bytes``: a request as another client sends it)."""
+    payload = query if isinstance(query, bytes) else encode(query)
+    return _ANSWER.decode(await bus.request(bus.subjects.api_trace, payload, timeout=5))
 
 
 async def stored_in_stream(bus: Bus, session_id: str) -> int:
@@ -62,21 +67,27 @@ async def test_a_sessions_events_are_stored_once_and_queryable(bus: Bus, tmp_pat
             result = await submit_and_wait(bus, SessionSubmit(task="look", team_spec=team("logs", "metrics")))
         expected = await stored_in_stream(bus, result.session_id)
         await eventually(lambda: store.count(result.session_id) == expected)
-        sessions = await bus._nc.request(f"{bus.subjects.root}.api.trace", b'{"op": "sessions"}', timeout=5)
-        events = await bus._nc.request(
-            f"{bus.subjects.root}.api.trace",
-            json.dumps({"op": "events", "session_id": result.session_id}).encode(),
-            timeout=5,
-        )
-        bad = await bus._nc.request(f"{bus.subjects.root}.api.trace", b'{"op": "drop"}', timeout=5)
-    [session] = [s for s in json.loads(sessions.data)["result"] if s["session_id"] == result.session_id]
-    assert session["threads"] == 3  # the lead and two subagent threads
-    assert session["status"] == "idle"
-    kinds = [e["type"].rsplit(".", 1)[0] for e in json.loads(events.data)["result"]]
+        sessions = await ask(bus, SessionsQuery())
+        events = await ask(bus, EventsQuery(session_id=result.session_id))
+        unknown = await ask(bus, b'{"type": "trace.query.drop.v1"}')
+        earlier = await ask(bus, b'{"op": "sessions", "limit": 1}')  # the protocol before the types
+        bad = await ask(bus, b'{"op": "drop"}')
+    assert isinstance(sessions, SessionsAnswer)
+    [session] = [s for s in sessions.sessions if s.session_id == result.session_id]
+    assert session.threads == 3  # the lead and two subagent threads
+    assert session.status == "idle"
+    assert isinstance(events, EventsAnswer)
+    kinds = [event_kind(event) for event in events.events]
     assert len(kinds) == expected
     assert kinds[0] == "session.status_running"
     assert kinds.count("session.thread_created") == 2
-    assert json.loads(bad.data) == {"error": "unknown op 'drop' (ops: sessions, events, provenance)"}
+    assert isinstance(unknown, QueryFailed)
+    assert unknown.error.kind == "invalid_query"
+    assert "'trace.query.drop.v1'" in unknown.error.message
+    assert earlier == SessionsAnswer(sessions=sessions.sessions[:1])
+    assert bad == QueryFailed(
+        error=ErrorInfo(kind="invalid_query", message="unknown op 'drop' (ops: sessions, events, provenance)")
+    )
 
 
 async def test_secrets_are_redacted_and_malformed_traffic_is_recorded(bus: Bus, tmp_path: Path) -> None:
@@ -123,7 +134,7 @@ async def test_kill_9_mid_stream_then_restart_stores_every_event_exactly_once(
     async def publish() -> None:
         for n in range(count):
             await bus.emit(AgentMessage(session_id="ses_busy", text=f"event {n}"))
-        await bus._nc.flush()
+        await round_trip(bus)
 
     async with ready_process("actors.cli", *args, ready_word=b"collector ready") as first:
         publishing = asyncio.ensure_future(publish())
@@ -145,36 +156,32 @@ async def test_kill_9_mid_stream_then_restart_stores_every_event_exactly_once(
 
 
 async def test_one_thread_and_one_files_provenance_are_queryable(bus: Bus, tmp_path: Path) -> None:
-    decoder = msgspec.json.Decoder(AnyTraceEvent)
-    fixture = Path(__file__).parent / "fixtures" / "incident-trace.jsonl"
-    events = [
-        msgspec.structs.replace(decoder.decode(line), session_id="ses_p")
-        for line in fixture.read_bytes().splitlines()
-    ]
-
-    async def ask(query: dict[str, str]) -> Any:
-        answer = await bus._nc.request(bus.subjects.api_trace, json.dumps(query).encode(), timeout=5)
-        return json.loads(answer.data)
+    events = incident_trace("ses_p")
+    thread_id = "t-toolu_off_lead_1_1"  # one of the fixture's subagent threads
 
     async with collector(bus, tmp_path / "trace.db") as store:
         for event in events:
             await bus.emit(event)
         await eventually(lambda: store.count("ses_p") == len(events))
-        thread = await ask({"op": "events", "session_id": "ses_p", "thread_id": "t-toolu_off_lead_1_1"})
-        origin = await ask({"op": "provenance", "session_id": "ses_p", "path": "incident-report.md"})
-        missing = await ask({"op": "provenance", "session_id": "ses_p", "path": "nope.md"})
-    assert {e["agent"] for e in thread["result"]} == {"logs"}
-    assert len(thread["result"]) == sum(e.thread_id == "t-toolu_off_lead_1_1" for e in events)
-    document = origin["result"]
-    assert (document["path"], document["agent"], len(document["sources"])) == (
-        "incident-report.md",
-        "lead",
-        4,
+        thread = await ask(bus, EventsQuery(session_id="ses_p", thread_id=thread_id))
+        request = {"op": "events", "session_id": "ses_p", "thread_id": thread_id}  # before the types
+        earlier = await ask(bus, json.dumps(request).encode())
+        origin = await ask(bus, ProvenanceQuery(session_id="ses_p", path="incident-report.md"))
+        missing = await ask(bus, ProvenanceQuery(session_id="ses_p", path="nope.md"))
+    assert thread == EventsAnswer(events=[e for e in events if e.thread_id == thread_id])
+    assert {e.agent for e in thread.events} == {"logs"}
+    assert earlier == thread
+    assert isinstance(origin, ProvenanceAnswer)
+    document = origin.origin
+    assert (document.path, document.agent, len(document.sources)) == ("incident-report.md", "lead", 4)
+    agents = {source.thread.agent for source in document.sources if source.thread is not None}
+    assert agents == {"deploys", "logs", "metrics", "tickets"}
+    assert missing == QueryFailed(
+        error=ErrorInfo(
+            kind="query_failed",
+            message="no file 'nope.md' was written in this session (files written: incident-report.md)",
+        )
     )
-    assert {s["thread"]["agent"] for s in document["sources"]} == {"deploys", "logs", "metrics", "tickets"}
-    assert missing == {
-        "error": "no file 'nope.md' was written in this session (files written: incident-report.md)"
-    }
 
 
 async def test_a_locked_database_delays_the_events_and_loses_none(bus: Bus, tmp_path: Path) -> None:
@@ -182,24 +189,18 @@ async def test_a_locked_database_delays_the_events_and_loses_none(bus: Bus, tmp_
     TraceStore(path).close()  # the schema exists
     blocker = sqlite3.connect(path, isolation_level=None)
     blocker.execute("BEGIN IMMEDIATE")  # another process holds the write lock (a backup, say)
-    store = TraceStore(path, busy_timeout=0.1)
-    stop = asyncio.Event()
-    ready = asyncio.Event()
-    task = asyncio.ensure_future(serve_collector(bus, store, stop, on_ready=ready.set))
     try:
-        await asyncio.wait_for(ready.wait(), 10)
-        retried = await bus._nc.subscribe(f"{bus.subjects.root}.s.*.evt.session.error")
-        with structlog.testing.capture_logs() as logs:
-            for n in range(20):
-                await bus.emit(AgentMessage(session_id="ses_lock", text=f"event {n}"))
-            await eventually(lambda: any(entry["event"] == "batch_retry" for entry in logs))
-            blocker.execute("ROLLBACK")  # the lock goes away; the batch comes back after its delay
-            await eventually(lambda: store.count("ses_lock") == 20)
-        assert store.count() == 20  # and no session.error events about the collector's own failure
-        with pytest.raises(nats.errors.TimeoutError):
-            await retried.next_msg(timeout=0.2)
+        async with collector(bus, path, busy_timeout=0.1) as store:
+            every_session = bus.subjects.events("*").replace(".evt.>", ".evt.session.error")
+            retried = await inbox(bus, every_session, SessionErrorEvent)
+            with structlog.testing.capture_logs() as logs:
+                for n in range(20):
+                    await bus.emit(AgentMessage(session_id="ses_lock", text=f"event {n}"))
+                await eventually(lambda: any(entry["event"] == "batch_retry" for entry in logs))
+                blocker.execute("ROLLBACK")  # the lock goes away; the batch comes back after its delay
+                await eventually(lambda: store.count("ses_lock") == 20)
+            assert store.count() == 20  # and no session.error events about the collector's own failure
+            with pytest.raises(TimeoutError):
+                await retried.next(timeout=0.2)
     finally:
-        stop.set()
-        await task
-        store.close()
         blocker.close()

@@ -4,38 +4,44 @@ store left untouched, cancel mid-run leaving no store behind, and the dreamer ac
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
+from nats.aio.client import Client as NATS
 
 from actors.agent.models.base import ModelRequest, ModelResponse
 from actors.agent.models.offline import OfflineModel
-from actors.agent.models.scripted import calls
+from actors.agent.models.scripted import ScriptedModel, calls
 from actors.dreamer.actor import (
     Dreamer,
+    DreamerService,
     DreamSchedule,
     cancel_dream,
     request_dream,
-    serve_dreamer,
     wait_dream,
 )
 from actors.dreamer.curation import lessons, merge_lines
 from actors.dreamer.sessions import LESSONS, DreamError
 from actors.sessions.directory import SessionDirectory
 from bus.connection import Bus
+from bus.direct import read_subject
 from bus.memory import Memory
 from schemas.base import Usage
 from schemas.dream import DreamRequest
 from schemas.memory import MAX_MEMORY_BYTES, Writer
 from schemas.outcome import CriterionVerdict
-from schemas.team import AgentSpec, MemoryAttachment, TeamSpec
-from schemas.trace import AgentToolResult, OutcomeEvaluationEnd, ThreadMessageSent
-from tests.conftest import NatsServer
-from tests.test_collector import collector
+from schemas.team import DEFAULT_MODEL, AgentSpec, MemoryAttachment, TeamSpec
+from schemas.trace import (
+    AgentToolResult,
+    ModelRequestEnd,
+    ModelRequestStart,
+    OutcomeEvaluationEnd,
+    ThreadMessageSent,
+)
+from tests.helpers import NatsServer, collector, run_cli, running_actors
 
 USER = Writer(kind="user", user="alice")
 TEAM = TeamSpec(
@@ -190,6 +196,9 @@ async def test_a_dream_canceled_mid_run_leaves_no_store(bus: Bus, store: Memory)
     assert ended.status == "canceled"
     assert record.output_store not in [s.name for s in await store.stores()]
     assert (await cancel_dream(bus, record.dream_id)).status == "canceled"  # again: no change
+    end = (await _no_session_events(bus, "span.model_request_end", ModelRequestEnd))[record.dream_id]
+    assert end.error is not None
+    assert end.error.kind == "CancelledError"  # the canceled call's span ended too
 
 
 async def test_the_model_dream_writes_what_the_model_answers(bus: Bus, store: Memory) -> None:
@@ -227,13 +236,40 @@ async def test_an_invalid_model_answer_fails_the_dream_and_writes_nothing(bus: B
     assert record.output_store not in [s.name for s in await store.stores()]
 
 
+async def _no_session_events(bus: Bus, kind: str, cls: type[Any]) -> dict[str, Any]:
+    """Events of ``kind`` on ``<root>.sys.evt.<kind>`` (where `staffwork tail` reads them), by thread."""
+    stored = read_subject(bus, bus.subjects.log_stream, bus.subjects.system_events(kind))
+    return {e.thread_id: e for e in [msgspec.json.decode(m.data, type=cls) async for m in stored]}
+
+
+async def test_a_dreams_model_call_is_traced_as_an_event_of_no_session(bus: Bus, store: Memory) -> None:
+    usage = Usage(input_tokens=900, output_tokens=120, cost_usd=0.02)
+    answer = calls(
+        ("tu1", "write_store", {"files": [{"path": "facts.md", "content": "db: pg15\n"}]}), usage=usage
+    )
+    model = ScriptedModel({"dreamer": [answer]})  # then no step left: the second dream's call fails
+    done = await Dreamer(bus, model).dream(DreamRequest(store="notes"))
+    failed = await Dreamer(bus, model).dream(DreamRequest(store="notes", model="claude-x"))
+    assert (done.status, failed.status) == ("completed", "failed"), done.error
+    model.assert_done()
+
+    starts = await _no_session_events(bus, "span.model_request_start", ModelRequestStart)
+    ends = await _no_session_events(bus, "span.model_request_end", ModelRequestEnd)
+    assert set(starts) == set(ends) == {done.dream_id, failed.dream_id}  # the dream's id as the thread
+    start, end, fail = starts[done.dream_id], ends[done.dream_id], ends[failed.dream_id]
+    assert (start.session_id, start.agent, start.model) == ("", "dreamer", DEFAULT_MODEL)
+    assert (end.session_id, end.agent, end.model) == ("", "dreamer", DEFAULT_MODEL)
+    assert (end.stop_reason, end.usage, end.error) == ("tool_use", usage, None)
+    assert end.duration_ms >= 0
+    assert fail.model == "claude-x"
+    assert fail.error is not None
+    assert fail.error.kind == "ModelFatal"
+    assert "no step left for agent 'dreamer'" in fail.error.message
+    assert "no step left for agent 'dreamer'" in failed.error
+
+
 async def test_the_dreamer_actor_runs_requested_dreams(bus: Bus, store: Memory) -> None:
-    stop = asyncio.Event()
-    ready = asyncio.Event()
-    serving = asyncio.create_task(serve_dreamer(bus, OfflineModel(), stop, on_ready=ready.set))
-    try:
-        async with asyncio.timeout(10):
-            await ready.wait()
+    async with running_actors(bus, [DreamerService(OfflineModel())]):
         with pytest.raises(DreamError, match="no memory store 'nope'"):
             await request_dream(bus, DreamRequest(store="nope"))
         pending = await request_dream(bus, DreamRequest(store="notes"))
@@ -242,22 +278,14 @@ async def test_the_dreamer_actor_runs_requested_dreams(bus: Bus, store: Memory) 
         assert done.status == "completed"
         assert done.report is not None
         assert done.report.sessions == 3
-    finally:
-        stop.set()
-        await serving
 
 
 async def test_the_dreamer_dreams_on_a_schedule(bus: Bus, store: Memory) -> None:
-    stop = asyncio.Event()
     schedule = DreamSchedule(every_s=0.2, request=DreamRequest(store="notes", sessions=3))
-    serving = asyncio.create_task(serve_dreamer(bus, OfflineModel(), stop, schedules=[schedule]))
-    try:
+    async with running_actors(bus, [DreamerService(OfflineModel(), schedules=[schedule])]):
         async with asyncio.timeout(20):  # two periods pass: two dreams, each into a new store
             while len([s for s in await store.stores() if s.name.startswith("notes-dream-")]) < 2:  # noqa: ASYNC110
                 await asyncio.sleep(0.05)
-    finally:
-        stop.set()
-        await serving
     outputs = [s.name for s in await store.stores() if s.name.startswith("notes-dream-")]
     for name in outputs:
         assert LESSONS in [v.path for v in await store.list(name)]
@@ -267,14 +295,9 @@ async def test_the_dream_command_prints_the_report_and_the_lineage(
     bus: Bus, store: Memory, nats_server: NatsServer, tmp_path: Path
 ) -> None:
     async def staffwork(*args: str) -> tuple[int, str, str]:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "actors.cli", "dream", *args, "--nats", nats_server.url,
-            "--root", bus.subjects.root, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            env={**os.environ, "STAFFWORK_HOME": str(tmp_path)},
-        )  # fmt: skip
-        out, err = await asyncio.wait_for(proc.communicate(), 60)
-        assert proc.returncode is not None
-        return proc.returncode, out.decode(), err.decode()
+        return await run_cli(
+            "dream", *args, "--nats", nats_server.url, "--root", bus.subjects.root, home=tmp_path
+        )
 
     code, out, err = await staffwork("--store", "notes", "--sessions", "3", "--model", "offline")
     assert code == 0, err
@@ -290,7 +313,7 @@ async def test_the_dream_command_prints_the_report_and_the_lineage(
 
 
 async def test_a_dream_reads_past_sessions_from_the_collector(
-    bus: Bus, store: Memory, tmp_path: Path
+    bus: Bus, nc: NATS, store: Memory, tmp_path: Path
 ) -> None:
     async with collector(bus, tmp_path / "trace.db") as trace:
         async with asyncio.timeout(20):
@@ -298,7 +321,7 @@ async def test_a_dream_reads_past_sessions_from_the_collector(
                 await asyncio.sleep(0.05)
         # the log stream no longer has these sessions' events (past its max age, say): the collector does
         for sid in ("ses_a", "ses_b", "ses_c"):
-            await bus._js.purge_stream(bus.subjects.log_stream, subject=bus.subjects.events(sid))
+            await nc.jetstream().purge_stream(bus.subjects.log_stream, subject=bus.subjects.events(sid))
         record = await Dreamer(bus, OfflineModel()).dream(DreamRequest(store="notes", sessions=10))
     assert record.status == "completed", record.error
     assert record.report is not None
@@ -309,18 +332,12 @@ async def test_a_dream_waiting_for_a_slot_when_the_dreamer_stops_fails_instead_o
     bus: Bus, store: Memory
 ) -> None:
     model = _BlockingModel()
-    stop, ready = asyncio.Event(), asyncio.Event()
-    serving = asyncio.create_task(
-        serve_dreamer(bus, model, stop, on_ready=ready.set, max_running=1, grace=0.2)
-    )
-    async with asyncio.timeout(10):
-        await ready.wait()
-    first = await request_dream(bus, DreamRequest(store="notes"))
-    second = await request_dream(bus, DreamRequest(store="notes"))  # waits for the only slot
-    async with asyncio.timeout(10):
-        await model.called.wait()
-    stop.set()
-    await serving
+    async with running_actors(bus, [DreamerService(model, max_running=1, grace=0.2)]):
+        first = await request_dream(bus, DreamRequest(store="notes"))
+        second = await request_dream(bus, DreamRequest(store="notes"))  # waits for the only slot
+        async with asyncio.timeout(10):
+            await model.called.wait()
+    # the dreamer has stopped
     async with asyncio.timeout(10):
         ended = [await wait_dream(bus, r.dream_id, timeout=10) for r in (first, second)]
     assert [r.status for r in ended] == ["failed", "failed"]

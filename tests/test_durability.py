@@ -12,12 +12,10 @@ import pytest
 from bus.codec import Decoder
 from bus.connection import Bus
 from bus.direct import read_subject
-from schemas import SessionSubmit
+from schemas import SessionSubmit, ThreadReply
 from schemas.trace import ModelRequestStart
-from tests.agents import team, wait_result
 from tests.agents_proc import AGENTS
-from tests.conftest import NatsServer
-from tests.procs import ready_process
+from tests.helpers import NatsServer, inbox, ready_process, submit, team, wait_result
 
 pytestmark = pytest.mark.slow
 STARTS = Decoder(ModelRequestStart)
@@ -38,32 +36,31 @@ async def model_calls(bus: Bus, session_id: str) -> Counter[str]:
 
 
 async def first_model_call_of(bus: Bus, session_id: str, agent: str) -> None:
-    sub = await bus._nc.subscribe(bus.subjects.event(session_id, "span.model_request_start"))
+    starts = await inbox(bus, bus.subjects.event(session_id, "span.model_request_start"), ModelRequestStart)
     try:
         async with asyncio.timeout(20):
-            while STARTS.decode((await sub.next_msg(timeout=20)).data).agent != agent:
+            while (await starts.next(timeout=20)).agent != agent:
                 pass
     finally:
-        await sub.unsubscribe()
+        await starts.close()
 
 
 async def test_killed_subagent_worker_thread_continues_on_another(nats_server: NatsServer, bus: Bus) -> None:
     root = bus.subjects.root
-    submit = SessionSubmit(task="incident", team_spec=team(*AGENTS))
     async with (
         agents_process(nats_server, root, "--lead"),
         agents_process(nats_server, root, "--agents", ",".join(AGENTS), "--slow", "slow=60") as doomed,
     ):
-        await bus.publish(bus.subjects.submit, submit)
-        await first_model_call_of(bus, submit.session_id, "slow")  # the doomed worker is inside it
+        session_id = await submit(bus, SessionSubmit(task="incident", team_spec=team(*AGENTS)))
+        await first_model_call_of(bus, session_id, "slow")  # the doomed worker is inside it
         async with agents_process(nats_server, root, "--agents", ",".join(AGENTS)):
             doomed.kill()
             await doomed.wait()
-            result = await wait_result(bus, submit.session_id, timeout=60)
+            result = await wait_result(bus, session_id, timeout=60)
     assert result.status == "idle", result.final_text
     assert "slow found look at slow" in result.final_text
     assert "fast found look at fast" in result.final_text
-    calls = await model_calls(bus, submit.session_id)
+    calls = await model_calls(bus, session_id)
     assert calls == Counter({"lead": 2, "fast": 1, "slow": 2})  # only the killed call was made again
 
 
@@ -72,17 +69,18 @@ async def test_killed_lead_is_replaced_without_rerunning_finished_delegations(
 ) -> None:
     root = bus.subjects.root
     submit = SessionSubmit(task="incident", team_spec=team(*AGENTS))
-    fast_reply = bus.subjects.reply(submit.session_id, "t-toolu_fast")
-    replied = await bus._nc.subscribe(fast_reply)
+    replied = await inbox(bus, bus.subjects.reply(submit.session_id, "t-toolu_fast"), ThreadReply)
     async with agents_process(nats_server, root, "--agents", ",".join(AGENTS), "--slow", "slow=3"):
         async with agents_process(nats_server, root, "--lead") as doomed:
+            # Straight on <root>.submit, the lead pool's durable inbox: the stored request outlives the
+            # lead that took it, and the next lead picks the session up from its log.
             await bus.publish(bus.subjects.submit, submit)
-            await replied.next_msg(timeout=20)  # "fast" has replied; "slow" is still working
+            await replied.next(timeout=20)  # "fast" has replied; "slow" is still working
             doomed.kill()
             await doomed.wait()
         async with agents_process(nats_server, root, "--lead"):
             result = await wait_result(bus, submit.session_id, timeout=60)
-    await replied.unsubscribe()
+    await replied.close()
     assert result.status == "idle", result.final_text
     assert "fast found look at fast" in result.final_text
     assert "slow found look at slow" in result.final_text

@@ -7,6 +7,7 @@ import json
 import msgspec
 import nats
 import pytest
+from nats.js.api import DeliverPolicy
 
 from actors.agent.models.offline import OfflineModel
 from actors.agent.models.scripted import ScriptedModel, text
@@ -16,17 +17,17 @@ from actors.sessions.teams import register_team
 from bus.connection import Bus
 from bus.direct import read_subject
 from schemas.trace import event_kind
-from tests.agents import fan_out_lead, team
-from tests.conftest import NatsServer
+from tests.helpers import NatsServer, fan_out_lead, team
 
-HAND_WRITTEN = {
+HAND_WRITTEN_TEAM: dict[str, object] = {
+    "name": "handmade",
+    "lead": {"name": "lead"},
+    "agents": [{"name": "notes", "description": "takes notes"}],
+}
+HAND_WRITTEN: dict[str, object] = {
     "type": "session.submit.v1",
     "task": "Summarise the incident",
-    "team_spec": {
-        "name": "handmade",
-        "lead": {"name": "lead"},
-        "agents": [{"name": "notes", "description": "takes notes"}],
-    },
+    "team_spec": HAND_WRITTEN_TEAM,
 }
 
 
@@ -54,7 +55,9 @@ async def test_hand_written_json_starts_a_session_and_the_result_arrives(
             assert reply["accepted"] is True
             assert reply["result_subject"] == f"{root}.s.{reply['session_id']}.out.result"
             js = nc.jetstream()
-            sub = await js.subscribe(reply["result_subject"], ordered_consumer=True, deliver_policy="all")
+            sub = await js.subscribe(
+                reply["result_subject"], ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
+            )
             result = json.loads((await sub.next_msg(timeout=20)).data)
             await sub.unsubscribe()
         finally:
@@ -97,8 +100,8 @@ async def test_hand_written_json_starts_a_session_and_the_result_arrives(
             json.dumps(
                 {
                     **HAND_WRITTEN,
-                    "team_spec": {**HAND_WRITTEN["team_spec"], "lead": {"name": "lead", "tools": ["rm"]}},
-                }  # type: ignore[dict-item]
+                    "team_spec": {**HAND_WRITTEN_TEAM, "lead": {"name": "lead", "tools": ["rm"]}},
+                }
             ).encode(),
             "invalid_team",
             "unknown tool 'rm' for agent 'lead'",

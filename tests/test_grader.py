@@ -19,7 +19,7 @@ import pytest
 from actors.agent.models.base import Model, ModelRequest, ModelResponse, ModelRetryable
 from actors.agent.models.offline import OfflineModel
 from actors.agent.models.scripted import ScriptedModel, calls, text
-from actors.grader.actor import serve_grader
+from actors.grader.actor import GraderActor
 from actors.grader.checks import FileRead, parse_number, read_file, run_check, run_checks_apart
 from actors.grader.verdict import NEEDS_A_MODEL, explain, grader_system, overall, parse_grades
 from bus.codec import Decoder
@@ -33,6 +33,7 @@ from schemas.conversation import TextBlock, ThreadTurn, Turn
 from schemas.ids import new_id
 from schemas.outcome import Check, CriterionVerdict, GradeRequest, GradeVerdict, Outcome
 from schemas.trace import ModelRequestEnd, ModelRequestStart, OutcomeEvaluationEnd, OutcomeEvaluationStart
+from tests.helpers import running_actors
 
 SCHEMA = {
     "type": "object",
@@ -312,16 +313,8 @@ async def grader(
     bus: Bus, model: Model, settings: RuntimeSettings | None = None, **options: Any
 ) -> AsyncIterator[None]:
     """Run the grader in this process for the duration of the block."""
-    stop = asyncio.Event()
-    ready = asyncio.Event()
-    async with asyncio.TaskGroup() as tg:
-        tg.create_task(serve_grader(bus, model, stop, on_ready=ready.set, settings=settings, **options))
-        try:
-            async with asyncio.timeout(10):
-                await ready.wait()
-            yield
-        finally:
-            stop.set()
+    async with running_actors(bus, [(GraderActor(model=model, **options), settings or RuntimeSettings())]):
+        yield
 
 
 async def grade(bus: Bus, request: GradeRequest, timeout: float = 20.0) -> GradeVerdict:
@@ -332,7 +325,7 @@ async def grade(bus: Bus, request: GradeRequest, timeout: float = 20.0) -> Grade
         async with asyncio.timeout(timeout):
             verdict: GradeVerdict = await anext(verdicts)
     finally:
-        await verdicts.aclose()  # type: ignore[attr-defined]
+        await verdicts.aclose()
     return verdict
 
 
@@ -864,7 +857,7 @@ async def test_a_request_already_graded_is_answered_from_the_stored_verdict(bus:
             async with asyncio.timeout(10):
                 answers = [await anext(verdicts), await anext(verdicts)]
         finally:
-            await verdicts.aclose()  # type: ignore[attr-defined]
+            await verdicts.aclose()
     assert answers == [verdict, verdict]
     assert len(model.calls) == 1
     assert len(await stored(bus, sid, "span.outcome_evaluation_start", OutcomeEvaluationStart)) == 1

@@ -9,14 +9,13 @@ import pytest
 
 from actors.agent.models.offline import OfflineModel
 from actors.agent.tools.catalog import check_team_tools
-from actors.grader.actor import serve_grader
-from actors.roles import running_agents, running_service
+from actors.roles import RoleConfig, running, running_agents
 from bus.connection import Bus
 from bus.workspace import Workspace
 from examples.incident.generate import FILES, GroundTruth, generate
 from schemas import SessionSubmit, TeamSpec
 from schemas.team import parse_team
-from tests.agents import submit_and_wait
+from tests.helpers import submit_and_wait
 
 TEAM_FILE = Path(__file__).parent.parent / "examples" / "incident" / "team.toml"
 TASK = "Payments are failing since this afternoon. Find out what happened and write the incident report."
@@ -69,7 +68,7 @@ async def test_the_offline_team_finds_what_happened(
     model = OfflineModel()
     async with (
         running_agents(bus, model, agents=[a.name for a in team.agents]),
-        running_service(lambda stop, ready: serve_grader(bus, model, stop, on_ready=ready)),
+        running(bus, ["grader"], RoleConfig(model=model)),
     ):
         result = await submit_and_wait(bus, submit)
 

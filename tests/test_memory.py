@@ -14,6 +14,7 @@ from typing import Any
 
 import nats.js.errors
 import pytest
+from nats.aio.client import Client as NATS
 
 from bus.connection import Bus
 from bus.errors import (
@@ -28,7 +29,7 @@ from bus.errors import (
 from bus.memory import Memory, sha256_hex
 from bus.provision import StreamSettings, provision
 from schemas.memory import MAX_MEMORY_BYTES, MemoryVersion, Writer
-from tests.conftest import NatsServer
+from tests.helpers import ROOT_DIR, NatsServer
 
 AGENT = Writer(kind="session", session_id="ses_1", thread_id="th_1", agent="logs")
 USER = Writer(kind="user", user="alice")
@@ -77,9 +78,9 @@ async def test_invalid_store_names_are_refused(memory: Memory) -> None:
             await memory.create(name)
 
 
-async def test_the_memory_stream_keeps_everything_forever(bus: Bus) -> None:
+async def test_the_memory_stream_keeps_everything_forever(bus: Bus, nc: NATS) -> None:
     await provision(bus, settings=StreamSettings(max_age=3600))  # again: idempotent
-    config = (await bus._js.stream_info(bus.subjects.memory_stream)).config
+    config = (await nc.jetstream().stream_info(bus.subjects.memory_stream)).config
     assert not config.max_age  # the log's max age does not apply to memory
     assert config.subjects == [f"{bus.subjects.root}.mem.>"]
     assert config.allow_direct
@@ -363,9 +364,6 @@ async def test_concurrent_deletes_one_wins(memory: Memory) -> None:
 
 
 MEMORY_COMMAND = [sys.executable, "-m", "actors.cli", "memory"]
-
-
-ROOT_DIR = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.slow

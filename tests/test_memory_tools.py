@@ -9,7 +9,7 @@ from bus.memory import Memory
 from schemas import AgentSpec, SessionSubmit, TeamSpec
 from schemas.memory import Writer
 from schemas.team import MemoryAttachment
-from tests.agents import fan_out_lead, submit_and_wait, tool_results
+from tests.helpers import fan_out_lead, submit_and_wait, tool_results
 
 TOOLS = ["list_files", "read_file", "write_file"]
 RUNBOOK = "/memory/runbooks/payments.md"

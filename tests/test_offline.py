@@ -11,7 +11,7 @@ from bus.connection import Bus
 from bus.workspace import Workspace
 from schemas import AgentSpec, SessionSubmit, TeamSpec
 from schemas.team import Playbook, PlaybookCall
-from tests.agents import submit_and_wait, team
+from tests.helpers import submit_and_wait, team
 
 CSV = "\n".join(
     [

@@ -8,13 +8,12 @@ import contextlib
 import hashlib
 import json
 import random
-import socket
 import subprocess
 import sys
 import tracemalloc
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -44,21 +43,20 @@ from schemas.trace import (
     ThreadStatusIdle,
     ThreadStatusRunning,
 )
-from tests.conftest import NatsServer
-from tests.procs import ready_process
-from tests.test_collector import collector
+from tests.helpers import (
+    ROOT_DIR,
+    NatsServer,
+    collector,
+    eventually,
+    free_port,
+    incident_trace,
+    ready_process,
+)
 
-FIXTURE = Path(__file__).parent / "fixtures" / "incident-trace.jsonl"
 SESSION = "ses_06gvsfov1j4bu4cg8u176c2npo"
 LEAD_SPAN = "aaaa6b95450b8c70"
 SUBAGENTS = {"deploys", "logs", "metrics", "tickets"}
 SPANS = 28  # 5 invoke_agent + 10 chat + 13 execute_tool
-
-
-def fixture_events(session_id: str = SESSION) -> list[AnyTraceEvent]:
-    decoder = msgspec.json.Decoder(AnyTraceEvent)
-    events = [decoder.decode(line) for line in FIXTURE.read_bytes().splitlines() if line.strip()]
-    return [msgspec.structs.replace(event, session_id=session_id) for event in events]
 
 
 # --- a local OTLP/HTTP receiver ----------------------------------------------------------------------
@@ -145,14 +143,6 @@ class Receiver:
                 await writer.wait_closed()
 
 
-def closed_port() -> int:
-    """A local port nothing listens on."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
 # --- helpers -----------------------------------------------------------------------------------------
 
 
@@ -181,13 +171,6 @@ def by_kind(spans: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     for span in spans:
         found.setdefault(span["name"].split(" ", 1)[0], []).append(span)
     return found
-
-
-async def eventually(check: Callable[[], bool], timeout: float = 30.0) -> None:
-    """Wait until ``check()`` holds (state the collector's tasks produce), within ``timeout``."""
-    async with asyncio.timeout(timeout):
-        while not check():  # noqa: ASYNC110 - the state is SQLite's and the exporter's, nothing to await
-            await asyncio.sleep(0.02)
 
 
 def check_session_spans(spans: list[dict[str, Any]], session_id: str) -> None:
@@ -286,7 +269,7 @@ def test_the_traces_endpoint_is_appended_once() -> None:
 
 
 async def test_a_recorded_session_is_exported_as_genai_spans() -> None:
-    events = fixture_events()
+    events = incident_trace(SESSION)
     async with Receiver() as receiver:
         exporter = OtlpExporter(receiver.url, service_name="staffwork-test")
         await exporter.start()
@@ -318,7 +301,7 @@ async def test_a_recorded_session_is_exported_as_genai_spans() -> None:
 
 
 def test_span_ids_do_not_depend_on_event_order_or_redelivery() -> None:
-    events = fixture_events()
+    events = incident_trace(SESSION)
     in_order = SpanBuilder()
     expected = {span["spanId"]: span["name"].split()[0] for event in events for span in in_order.add(event)}
     assert len(expected) == SPANS
@@ -429,7 +412,7 @@ def test_a_handler_that_fails_for_good_ends_its_run_with_an_error() -> None:
         # no idle event. The lead's message (a submit) names no thread or agent.
         events = [
             event
-            for event in fixture_events()
+            for event in incident_trace(SESSION)
             if not (isinstance(event, SessionStatusIdle | ThreadStatusIdle) and event.agent == agent)
         ]
         last = next(event for event in reversed(events) if event.agent == agent)
@@ -459,7 +442,7 @@ def test_a_handler_that_fails_for_good_ends_its_run_with_an_error() -> None:
 
 @pytest.mark.parametrize("cut", [20, 40])
 def test_a_collector_restart_loses_no_span_and_orphans_none(cut: int) -> None:
-    events = fixture_events()
+    events = incident_trace(SESSION)
     whole = SpanBuilder()
     expected = {span["spanId"]: span for event in events for span in whole.add(event)}
     # The collector is killed after `cut` events (its state is lost); the next process gets the rest.
@@ -485,7 +468,7 @@ def test_a_collector_restart_loses_no_span_and_orphans_none(cut: int) -> None:
 
 
 def test_an_event_fed_twice_exports_no_span_twice() -> None:
-    events = fixture_events()
+    events = incident_trace(SESSION)
     once = SpanBuilder()
     expected = {span["spanId"]: span for event in events for span in once.add(event)}
     builder = SpanBuilder()
@@ -496,7 +479,7 @@ def test_an_event_fed_twice_exports_no_span_twice() -> None:
 
 def test_the_builder_holds_no_content_and_forgets_a_finished_sessions_runs() -> None:
     builder = SpanBuilder()
-    for event in fixture_events():
+    for event in incident_trace(SESSION):
         builder.add(event)
     assert builder.held() == {"sessions": 1, "runs": 0, "tool_calls": 0, "model_starts": 0}
 
@@ -527,13 +510,13 @@ def test_span_building_does_no_io() -> None:
         text=True,
         timeout=60,
         check=True,
-        cwd=Path(__file__).parent.parent,
+        cwd=ROOT_DIR,
     )
     assert result.stdout.strip() == "[]"
 
 
 async def test_a_failed_post_is_retried_and_logged_once() -> None:
-    events = fixture_events()
+    events = incident_trace(SESSION)
     async with Receiver(statuses=[503, 503]) as receiver:
         exporter = OtlpExporter(receiver.url, interval=0.02)
         with structlog.testing.capture_logs() as logs:
@@ -558,7 +541,7 @@ async def test_retry_after_is_honoured_within_the_backoff_cap() -> None:
     async with Receiver(statuses=answers) as receiver:
         exporter = OtlpExporter(receiver.url, interval=0.02, max_backoff=1.5)
         await exporter.start()
-        for event in fixture_events():
+        for event in incident_trace(SESSION):
             exporter.add(event)
         await receiver.wait_for_spans(SPANS)
         await exporter.close()
@@ -569,7 +552,7 @@ async def test_retry_after_is_honoured_within_the_backoff_cap() -> None:
 
 
 async def test_runs_still_open_at_close_are_exported_unfinished() -> None:
-    events = fixture_events()[:40]  # the collector stops mid-session: no run has ended
+    events = incident_trace(SESSION)[:40]  # the collector stops mid-session: no run has ended
     async with Receiver() as receiver:
         exporter = OtlpExporter(receiver.url)
         for event in events:
@@ -596,7 +579,7 @@ async def test_runs_still_open_at_close_are_exported_unfinished() -> None:
 
 async def test_the_collector_exports_what_it_stores(bus: Bus, tmp_path: Path) -> None:
     session_id = f"ses_{uuid.uuid4().hex[:16]}"
-    events = fixture_events(session_id)
+    events = incident_trace(session_id)
     async with Receiver() as receiver:
         exporter = OtlpExporter(receiver.url, interval=0.05)
         async with collector(bus, tmp_path / "trace.db", exporter) as store:
@@ -610,8 +593,8 @@ async def test_the_collector_exports_what_it_stores(bus: Bus, tmp_path: Path) ->
 
 async def test_a_dead_receiver_neither_stops_the_collector_nor_hangs_it(bus: Bus, tmp_path: Path) -> None:
     session_id = f"ses_{uuid.uuid4().hex[:16]}"
-    events = fixture_events(session_id)
-    url = f"http://127.0.0.1:{closed_port()}"
+    events = incident_trace(session_id)
+    url = f"http://127.0.0.1:{free_port()}"
     exporter = OtlpExporter(url, interval=0.02, timeout=2.0, batch_size=4, max_queue=8)
     loop = asyncio.get_running_loop()
     with structlog.testing.capture_logs() as logs:
@@ -646,7 +629,7 @@ async def test_close_gives_up_within_its_timeout_when_the_receiver_never_answers
     async with server:
         port = server.sockets[0].getsockname()[1]
         exporter = OtlpExporter(f"http://127.0.0.1:{port}", timeout=0.5)
-        for event in fixture_events():
+        for event in incident_trace(SESSION):
             exporter.add(event)
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -665,7 +648,7 @@ async def test_the_collector_command_exports_with_otlp(
     bus: Bus, nats_server: NatsServer, tmp_path: Path
 ) -> None:
     session_id = f"ses_{uuid.uuid4().hex[:16]}"
-    events = fixture_events(session_id)
+    events = incident_trace(session_id)
     async with Receiver() as receiver:
         args = ["actor", "collector", "--nats", nats_server.url, "--root", bus.subjects.root]
         async with ready_process(

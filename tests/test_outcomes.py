@@ -9,15 +9,14 @@ from contextlib import asynccontextmanager
 from actors.agent.models.base import Model, ModelResponse
 from actors.agent.models.offline import OfflineModel
 from actors.agent.models.scripted import ScriptedModel, calls, text
-from actors.grader.actor import serve_grader
-from actors.roles import AgentSettings, running_agents, running_service
+from actors.roles import AgentSettings, RoleConfig, running, running_agents
 from bus.connection import Bus
 from bus.direct import read_subject
 from schemas import AgentSpec, SessionResult, SessionSubmit, TeamSpec
 from schemas.base import Usage
 from schemas.conversation import TextBlock
 from schemas.outcome import Check, Outcome
-from tests.agents import submit_and_wait
+from tests.helpers import submit_and_wait
 
 RUBRIC = "- The answer names the deploy that caused it."
 
@@ -37,10 +36,7 @@ def solo(outcome: Outcome) -> TeamSpec:
 
 @asynccontextmanager
 async def lead_and_grader(bus: Bus, model: Model) -> AsyncIterator[None]:
-    async with (
-        running_agents(bus, model),
-        running_service(lambda stop, ready: serve_grader(bus, model, stop, on_ready=ready)),
-    ):
+    async with running(bus, ["lead", "grader"], RoleConfig(model=model)):
         yield
 
 

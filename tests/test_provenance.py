@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 from datetime import timedelta
-from pathlib import Path
 
 import msgspec
 import pytest
@@ -14,17 +13,11 @@ from actors.views.provenance import file_origin, render_origin
 from bus.errors import StaffworkError
 from schemas.files import Provenance
 from schemas.trace import AgentToolResult, AgentToolUse, AnyTraceEvent, FileWritten
-
-FIXTURE = Path(__file__).parent / "fixtures" / "incident-trace.jsonl"
-
-
-def incident() -> list[AnyTraceEvent]:
-    decoder = msgspec.json.Decoder(AnyTraceEvent)
-    return [decoder.decode(line) for line in FIXTURE.read_bytes().splitlines() if line.strip()]
+from tests.helpers import incident_trace
 
 
 def test_the_report_leads_back_to_the_subagents_queries() -> None:
-    origin = file_origin(incident(), "incident-report.md")
+    origin = file_origin(incident_trace(), "incident-report.md")
     assert (origin.written.agent, origin.write_call, origin.earlier_writes) == ("lead", None, 0)
     assert sorted((s.use.name, s.agent) for s in origin.sources) == [
         ("delegate", "deploys"), ("delegate", "logs"), ("delegate", "metrics"), ("delegate", "tickets"),
@@ -50,7 +43,7 @@ def test_the_report_leads_back_to_the_subagents_queries() -> None:
 
 
 def test_a_file_written_by_a_tool_call_counts_only_what_was_read_before() -> None:
-    base = incident()[0].time
+    base = incident_trace()[0].time
     sid, thread = "ses_1", "t-1"
 
     def at(seconds: float) -> dict[str, object]:
@@ -80,7 +73,7 @@ def test_a_file_written_by_a_tool_call_counts_only_what_was_read_before() -> Non
 
 def test_an_unknown_file_names_the_files_there_are() -> None:
     with pytest.raises(StaffworkError) as caught:
-        file_origin(incident(), "report.md")
+        file_origin(incident_trace(), "report.md")
     assert str(caught.value) == (
         "no file 'report.md' was written in this session (files written: incident-report.md)"
     )
@@ -90,7 +83,7 @@ def test_positions_not_clocks_decide_what_was_read_before() -> None:
     # a subagent's host clock runs 5 s ahead: its results look later than the lead's reading of them
     events = [
         msgspec.structs.replace(e, time=e.time + timedelta(seconds=5)) if e.thread_id.startswith("t-") else e
-        for e in incident()
+        for e in incident_trace()
     ]
     origin = file_origin(events, "incident-report.md")
     assert {s.agent: len(s.sources) for s in origin.sources} == {
@@ -102,7 +95,7 @@ def test_positions_not_clocks_decide_what_was_read_before() -> None:
 
 
 def test_a_follow_up_lists_only_what_the_thread_read_since_its_previous_answer() -> None:
-    base = incident()[0].time
+    base = incident_trace()[0].time
     sid = "ses_f"
 
     def at(n: int, thread: str, agent: str) -> dict[str, object]:

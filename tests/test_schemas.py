@@ -21,8 +21,8 @@ from schemas import (
     Provenance,
     SessionAccepted,
     SessionCancel,
+    SessionRecord,
     SessionResult,
-    SessionStatus,
     SessionSubmit,
     SpecError,
     SubmitReply,
@@ -57,7 +57,6 @@ SAMPLES: dict[type[Message], Message] = {
         ),
         SessionAccepted(session_id=SID, team="incident", lead="lead"),
         SubmitReply(session_id=SID, accepted=False, error=ErrorInfo(kind="invalid_request", message="bad")),
-        SessionStatus(session_id=SID, status="running", usage=USAGE),
         SessionResult(session_id=SID, status="idle", final_text="done", files=["report.md"], usage=USAGE),
         SessionCancel(session_id=SID, reason="user", thread_id="thr_1"),
         Delegation(session_id=SID, thread_id="thr_1", agent="logs", task="grep errors", tool_use_id="tu_1"),
@@ -242,6 +241,98 @@ def test_usage_adds_up() -> None:
     assert (USAGE + USAGE).cost_usd == pytest.approx(0.0024)
 
 
+def test_a_stored_session_record_keeps_decoding() -> None:
+    """The session directory's records are plain JSON objects (no tag): an early one still decodes."""
+    stored = b"""{"session_id": "ses_1", "team": {"name": "incident", "lead": {"name": "lead"}},
+                 "task": "investigate", "status": "idle", "started": 1700000000.5}"""
+    record = msgspec.json.decode(stored, type=SessionRecord)
+    assert (record.team.lead.name, record.status, record.started, record.threads) == (
+        "lead",
+        "idle",
+        1700000000.5,
+        0,
+    )
+    assert list(json.loads(encode(record))) == [
+        "session_id",
+        "team",
+        "task",
+        "status",
+        "stop_reason",
+        "started",
+        "ended",
+        "threads",
+        "usage",
+    ]
+
+
+# --- the trace query protocol (<root>.api.trace) ----------------------------------------------------
+
+ORIGIN = t.FileOriginReport(
+    path="report.md",
+    size=12,
+    digest="SHA-256=abc",
+    written=NOW,
+    thread_id="thr_0",
+    agent="lead",
+    tool_call=t.ToolCallRef(tool_use_id="tu_9", name="write_file"),
+    task="investigate",
+    earlier_writes=0,
+    sources=[
+        t.OriginSource(
+            tool_use_id="tu_1",
+            name="delegate",
+            input={"agent": "logs"},
+            called=NOW,
+            returned=NOW,
+            is_error=False,
+            result="3 errors",
+            thread=t.ThreadRef(thread_id="thr_1", agent="logs"),
+            sources=[
+                t.OriginSource(
+                    tool_use_id="tu_2",
+                    name="grep",
+                    input={},
+                    called=NOW,
+                    returned=NOW,
+                    is_error=False,
+                    result="x",
+                )
+            ],
+        )
+    ],
+)
+QUERIES = [
+    t.SessionsQuery(limit=5),
+    t.EventsQuery(session_id=SID, thread_id="thr_1", kind="agent.tool_use"),
+    t.ProvenanceQuery(session_id=SID, path="report.md"),
+]
+ANSWERS = [
+    t.SessionsAnswer(
+        sessions=[
+            t.SessionSummary(
+                session_id=SID, started=NOW, last_event=NOW, threads=3, cost_usd=0.01, status="idle"
+            )
+        ]
+    ),
+    t.EventsAnswer(events=[SAMPLES[t.AgentMessage], SAMPLES[t.FileWritten]]),  # type: ignore[list-item]
+    t.ProvenanceAnswer(origin=ORIGIN),
+    t.QueryFailed(error=ErrorInfo(kind="invalid_query", message="bad")),
+]
+
+
+@pytest.mark.parametrize(
+    ("union", "samples"), [(t.TraceQuery, QUERIES), (t.TraceAnswer, ANSWERS)], ids=["queries", "answers"]
+)
+def test_trace_queries_and_answers_round_trip(union: object, samples: list[msgspec.Struct]) -> None:
+    assert {type(sample) for sample in samples} == set(union.__args__)  # type: ignore[attr-defined]
+    decoder: Decoder[msgspec.Struct] = Decoder(union)
+    for sample in samples:
+        data = encode(sample)
+        assert json.loads(data)["type"].startswith("trace.")
+        assert json.loads(data)["type"].endswith(".v1")
+        assert decoder.decode(data) == sample
+
+
 # --- team files -------------------------------------------------------------------------------------
 
 GOOD_TEAM = """\
@@ -332,8 +423,10 @@ def test_spec_error_fields() -> None:
 
 def test_json_schema_covers_every_message() -> None:
     document = json_schema()
-    assert set(document["messages"]) == {tag_of(cls) for cls in PUBLIC_MESSAGES}  # type: ignore[arg-type]
-    submit = document["messages"]["session.submit.v1"]  # type: ignore[index]
+    messages = document["messages"]
+    assert isinstance(messages, dict)
+    assert set(messages) == {tag_of(cls) for cls in PUBLIC_MESSAGES}
+    submit = messages["session.submit.v1"]
     ref = submit["$ref"].rsplit("/", 1)[-1]
     definition = document["$defs"][ref]  # type: ignore[index]
     assert "task" in definition["required"]

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from actors.agent.tools.base import MAX_OUTPUT, Tool, ToolContext
-from actors.agent.tools.workspace import WORKSPACE_TOOLS, grep, list_files, read_file, sql, write_file
+from actors.agent.tools.sql import sql
+from actors.agent.tools.workspace import WORKSPACE_TOOLS, grep, list_files, read_file, write_file
 from bus.connection import Bus
 from bus.workspace import Workspace
 from schemas import Provenance

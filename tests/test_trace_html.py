@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import msgspec
 import pytest
 
 from actors.views.timeline import render_html, timeline
@@ -39,8 +38,8 @@ from schemas.trace import (
     SessionStatusIdle,
     ThreadStatusRunning,
 )
+from tests.helpers import incident_trace
 
-FIXTURE = Path(__file__).parent / "fixtures" / "incident-trace.jsonl"
 CHROMIUM_TIMEOUT = 60.0
 FLAGS = [
     "--headless",
@@ -68,11 +67,6 @@ THREADS = [
     "t-toolu_off_lead_1_2",
     "t-toolu_off_lead_1_3",
 ]
-_decoder = msgspec.json.Decoder(AnyTraceEvent)
-
-
-def load_fixture() -> list[AnyTraceEvent]:
-    return [_decoder.decode(line) for line in FIXTURE.read_bytes().splitlines() if line.strip()]
 
 
 class Dom(HTMLParser):
@@ -175,7 +169,7 @@ def write_page(tmp_path: Path, events: list[AnyTraceEvent], session_id: str = ""
 
 
 def test_timeline_data_pairs_spans_and_marks_unfinished_ones() -> None:
-    events = load_fixture()
+    events = incident_trace()
     cut = next(i for i, e in enumerate(events) if isinstance(e, AgentToolResult))
     data = timeline("s", events[:cut])  # the first tool result never came: everything open
     spans = {s["id"]: s for s in data["spans"]}
@@ -195,18 +189,18 @@ def test_timeline_data_pairs_spans_and_marks_unfinished_ones() -> None:
 
 
 def test_a_redelivered_runs_stale_model_start_does_not_take_the_next_end() -> None:
-    base = load_fixture()[0].time
+    base = incident_trace()[0].time
     ids = {"session_id": "s", "thread_id": "t-1", "agent": "logs"}
 
     def at(seconds: float) -> datetime:
         return base + timedelta(seconds=seconds)
 
     events: list[AnyTraceEvent] = [
-        ThreadStatusRunning(**ids, span_id="run1", time=at(0)),  # type: ignore[arg-type]
-        ModelRequestStart(**ids, span_id="run1", time=at(0.001), model="m"),  # type: ignore[arg-type]
+        ThreadStatusRunning(**ids, span_id="run1", time=at(0)),
+        ModelRequestStart(**ids, span_id="run1", time=at(0.001), model="m"),
         # the worker died mid-call; the message was redelivered to another worker: a new run
-        ThreadStatusRunning(**ids, span_id="run2", time=at(5)),  # type: ignore[arg-type]
-        ModelRequestStart(**ids, span_id="run2", time=at(5.001), model="m"),  # type: ignore[arg-type]
+        ThreadStatusRunning(**ids, span_id="run2", time=at(5)),
+        ModelRequestStart(**ids, span_id="run2", time=at(5.001), model="m"),
         ModelRequestEnd(**ids, span_id="run2", time=at(5.1), model="m", duration_ms=99.0),  # type: ignore[arg-type]
     ]
     spans = {s["id"]: s for s in timeline("s", events)["spans"]}
@@ -215,14 +209,14 @@ def test_a_redelivered_runs_stale_model_start_does_not_take_the_next_end() -> No
 
 
 def test_a_lead_that_failed_for_good_is_failed() -> None:
-    events = [e for e in load_fixture() if not isinstance(e, SessionStatusIdle)]
+    events = [e for e in incident_trace() if not isinstance(e, SessionStatusIdle)]
     failure = ErrorInfo(kind="RuntimeError", message="the lead crashed")
     data = timeline("s", [*events, SessionErrorEvent(session_id="s", time=events[-1].time, error=failure)])
     assert data["session"]["status"] == "failed"
 
 
 def test_fixture_renders_a_lane_per_thread(chromium: str, tmp_path: Path) -> None:
-    page = load(chromium, tmp_path, write_page(tmp_path, load_fixture()))
+    page = load(chromium, tmp_path, write_page(tmp_path, incident_trace()))
 
     page.assert_clean()
     lanes = [values for values in page.dom.with_attr("data-thread") if "lane" in values["class"].split()]
@@ -236,7 +230,7 @@ def test_fixture_renders_a_lane_per_thread(chromium: str, tmp_path: Path) -> Non
 
 
 def test_deep_link_opens_a_tool_call(chromium: str, tmp_path: Path) -> None:
-    events = load_fixture()
+    events = incident_trace()
     use = next(e for e in events if isinstance(e, AgentToolUse) and e.name == "sql")
     result = next(e for e in events if isinstance(e, AgentToolResult) and e.tool_use_id == use.tool_use_id)
 
@@ -253,7 +247,7 @@ def test_deep_link_opens_a_tool_call(chromium: str, tmp_path: Path) -> None:
 
 
 def test_hostile_text_stays_text(chromium: str, tmp_path: Path) -> None:
-    events = load_fixture()
+    events = incident_trace()
     lead_model = [e for e in events if isinstance(e, ModelRequestStart) and e.thread_id == "lead"]
     last = events[-1]
     fields: dict[str, Any] = {
@@ -290,7 +284,7 @@ def test_hostile_text_stays_text(chromium: str, tmp_path: Path) -> None:
 
 
 def test_detector_catches_a_page_error(chromium: str, tmp_path: Path) -> None:
-    html = render_html("s", load_fixture()).replace(
+    html = render_html("s", incident_trace()).replace(
         '<script type="application/json"',
         '<script>undefinedFunction();</script>\n<script type="application/json"',
         1,
@@ -307,7 +301,7 @@ def test_detector_catches_a_page_error(chromium: str, tmp_path: Path) -> None:
 
 
 def test_screenshot(chromium: str, tmp_path: Path) -> None:
-    events = load_fixture()
+    events = incident_trace()
     use = next(e for e in events if isinstance(e, AgentToolUse) and e.name == "sql")
     url = write_page(tmp_path, events).as_uri() + f"#span=tool-{quote(use.tool_use_id)}"
     shot = tmp_path / "timeline.png"

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import io
 from datetime import timedelta
-from pathlib import Path
 
-import msgspec
 from rich.console import Console
 
 from actors.views.tree import build, render
@@ -21,13 +19,7 @@ from schemas.trace import (
     WebhookDelivered,
     WebhookFailed,
 )
-
-FIXTURE = Path(__file__).parent / "fixtures" / "incident-trace.jsonl"
-
-
-def incident() -> list[AnyTraceEvent]:
-    decoder = msgspec.json.Decoder(AnyTraceEvent)
-    return [decoder.decode(line) for line in FIXTURE.read_bytes().splitlines() if line.strip()]
+from tests.helpers import incident_trace
 
 
 def text_of(session_id: str, events: list[AnyTraceEvent]) -> str:
@@ -37,15 +29,15 @@ def text_of(session_id: str, events: list[AnyTraceEvent]) -> str:
 
 
 def test_markup_in_tool_arguments_and_errors_is_shown_as_written() -> None:
-    events = incident()
+    events = incident_trace()
     base = events[-1].time
     ids = {"session_id": events[0].session_id, "thread_id": "t-toolu_off_lead_1_1", "agent": "logs"}
     pattern = {"pattern": "[bold red]ERROR[/]"}
     failure = ErrorInfo(kind="x", message="bad [link=https://x.example]y")
     events += [
-        AgentToolUse(**ids, time=base, tool_use_id="tu_m", name="grep", input=pattern),  # type: ignore[arg-type]
+        AgentToolUse(**ids, time=base, tool_use_id="tu_m", name="grep", input=pattern),
         AgentToolResult(**ids, time=base, tool_use_id="tu_m", name="grep", content="level=[/ERROR]"),  # type: ignore[arg-type]
-        SessionErrorEvent(**ids, time=base, error=failure),  # type: ignore[arg-type]
+        SessionErrorEvent(**ids, time=base, error=failure),
     ]
     text = text_of(events[0].session_id, events)  # "[/ERROR]" alone used to crash rich's markup parser
     assert "grep(pattern='[bold red]ERROR[/]')" in text
@@ -53,7 +45,7 @@ def test_markup_in_tool_arguments_and_errors_is_shown_as_written() -> None:
 
 
 def test_a_lead_that_failed_for_good_is_failed_not_running() -> None:
-    events = [e for e in incident() if type(e).__name__ != "SessionStatusIdle"]
+    events = [e for e in incident_trace() if type(e).__name__ != "SessionStatusIdle"]
     events.append(
         SessionErrorEvent(
             session_id=events[0].session_id,
@@ -68,10 +60,10 @@ def test_a_lead_that_failed_for_good_is_failed_not_running() -> None:
 
 
 def test_a_follow_up_in_progress_shows_its_thread_running() -> None:
-    events = incident()
+    events = incident_trace()
     ids = {"session_id": events[0].session_id, "thread_id": "t-toolu_off_lead_1_0", "agent": "deploys"}
     later = events[-1].time + timedelta(seconds=1)
-    threads, _ = build([*events, ThreadStatusRunning(**ids, time=later)])  # type: ignore[arg-type]
+    threads, _ = build([*events, ThreadStatusRunning(**ids, time=later)])
     assert (threads["t-toolu_off_lead_1_0"].status, threads["t-toolu_off_lead_1_0"].ended) == (
         "running",
         None,
@@ -81,18 +73,18 @@ def test_a_follow_up_in_progress_shows_its_thread_running() -> None:
             *events,
             ThreadStatusRunning(**ids, time=later),
             ThreadStatusIdle(**ids, time=later + timedelta(seconds=2)),
-        ]  # type: ignore[arg-type]
+        ]
     )
     assert threads["t-toolu_off_lead_1_0"].status == "idle"
 
 
 def test_the_grader_and_webhooks_show_their_state_and_are_not_counted_as_threads() -> None:
-    events = incident()
+    events = incident_trace()
     sid, later = events[0].session_id, events[-1].time + timedelta(seconds=1)
     hook = {"session_id": sid, "thread_id": "webhooks", "agent": "webhooks", "url": "https://x/h"}
     kind = {"event_id": "whevt_1", "event_type": "session.status_idled"}
     events += [
-        WebhookFailed(**hook, **kind, attempt=1, error="503", retry_in_s=1.5, time=later),  # type: ignore[arg-type]
+        WebhookFailed(**hook, **kind, attempt=1, error="503", retry_in_s=1.5, time=later),
         WebhookDelivered(**hook, **kind, attempt=2, status_code=204, time=later),  # type: ignore[arg-type]
     ]
     threads, _ = build(events)

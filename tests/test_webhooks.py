@@ -16,7 +16,6 @@ import hashlib
 import hmac
 import json
 import os
-import socket
 import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -30,14 +29,17 @@ import msgspec
 import pytest
 import standardwebhooks
 
+from actors.agent.models.scripted import ScriptedModel, text
+from actors.client import Client
+from actors.roles import RoleConfig, running, running_agents
 from actors.sessions.directory import SessionDirectory
+from actors.sessions.teams import register_team
 from actors.webhooks.actor import (
     EndpointState,
     WebhookSettings,
     WebhookSource,
     enable_endpoint,
     endpoint_states,
-    serve_webhooks,
 )
 from actors.webhooks.http import event_id_for, redacted, refusal, send_test_event, signature
 from bus.connection import Bus
@@ -59,11 +61,10 @@ from schemas.trace import (
     event_kind,
 )
 from schemas.webhooks import WebhookDelivery, WebhookSpec
-from tests.conftest import NatsServer
+from tests.helpers import ROOT_DIR, NatsServer, free_port, round_trip, run_cli
 
 SECRET = "whsec_" + base64.b64encode(b"staffwork-webhook-test-key-0123").decode()
 FAST = {"allow_private": True, "base_delay": 0.05, "max_delay": 0.2, "timeout": 1.0, "ack_wait": 5.0}
-ROOT_DIR = Path(__file__).resolve().parent.parent
 E = TypeVar("E", bound=TraceEvent)
 
 
@@ -193,7 +194,7 @@ class Trace:
 async def watching(bus: Bus, session_id: str) -> AsyncIterator[Trace]:
     trace = Trace()
     listener = await bus.listen(bus.subjects.events(session_id), AnyTraceEvent, trace.add)
-    await bus._nc.flush()
+    await round_trip(bus)
     try:
         yield trace
     finally:
@@ -203,16 +204,9 @@ async def watching(bus: Bus, session_id: str) -> AsyncIterator[Trace]:
 @contextlib.asynccontextmanager
 async def webhooks(bus: Bus, **settings: Any) -> AsyncIterator[None]:
     """The webhooks actors in this process, with quick retries (overridable)."""
-    stop, ready = asyncio.Event(), asyncio.Event()
-    serving = asyncio.ensure_future(
-        serve_webhooks(bus, stop, settings=WebhookSettings(**(FAST | settings)), on_ready=ready.set)
-    )
-    try:
-        await asyncio.wait_for(ready.wait(), 10)
+    config = RoleConfig(webhooks=WebhookSettings(**(FAST | settings)))
+    async with running(bus, ["webhooks"], config):
         yield
-    finally:
-        stop.set()
-        await serving
 
 
 async def session(bus: Bus, *endpoints: WebhookSpec) -> str:
@@ -225,7 +219,7 @@ async def session(bus: Bus, *endpoints: WebhookSpec) -> str:
 
 async def publish(bus: Bus, event: TraceEvent) -> None:
     """Emit ``event`` and wait until it is stored (so the consumers count it as pending)."""
-    await bus.publish(bus.subjects.event(event.session_id, event_kind(event)), event)  # type: ignore[arg-type]
+    await bus.publish(bus.subjects.event(event.session_id, event_kind(event)), event)
 
 
 async def settled(bus: Bus, timeout: float = 10.0) -> None:
@@ -234,24 +228,14 @@ async def settled(bus: Bus, timeout: float = 10.0) -> None:
     durables = (bus.subjects.webhook_events_consumer, bus.subjects.webhook_deliveries_consumer)
     async with asyncio.timeout(timeout):
         for durable in durables:
-            while True:
-                info = await bus._js.consumer_info(bus.subjects.log_stream, durable)
-                if not info.num_pending and not info.num_ack_pending:
-                    break
-                await asyncio.sleep(0.02)  # consumer state is the server's: nothing to await on
+            while await bus.consumer_backlog(durable):  # noqa: ASYNC110 - the server's state: no event
+                await asyncio.sleep(0.02)
 
 
 async def stored_deliveries(bus: Bus, session_id: str) -> list[WebhookDelivery]:
     decoder = msgspec.json.Decoder(WebhookDelivery)
     subject = bus.subjects.hook(session_id)
     return [decoder.decode(m.data) async for m in read_subject(bus, bus.subjects.log_stream, subject)]
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 # --- units -------------------------------------------------------------------------------------------
@@ -436,7 +420,8 @@ async def test_failed_attempts_are_retried_with_backoff_and_the_same_id(bus: Bus
 
 WORKER = """
 import asyncio, sys
-from actors.webhooks.actor import WebhookSettings, serve_webhooks
+from actors.roles import RoleConfig, serve_roles
+from actors.webhooks.actor import WebhookSettings
 from bus.connection import Bus
 from bus.lifecycle import install_stop_signals
 from bus.logs import configure_logging
@@ -449,8 +434,9 @@ async def main() -> None:
     settings = WebhookSettings(
         allow_private=True, base_delay=0.05, max_delay=0.2, timeout=1.0, ack_wait=1.0, max_failures=10_000
     )
+    config = RoleConfig(webhooks=settings)
     try:
-        await serve_webhooks(bus, stop, settings=settings, on_ready=lambda: print("READY", flush=True))
+        await serve_roles(bus, ["webhooks"], config, stop, on_ready=lambda: print("READY", flush=True))
     finally:
         await bus.close()
 
@@ -601,9 +587,9 @@ async def test_trace_events_show_the_url_without_userinfo_and_query(
             )
             states = {state.url for state in await endpoint_states(bus)}
     assert [r.path for r in receiver.requests] == ["/a/T0?token=abc"] * 2  # the token reached the receiver
-    [failed], [delivered], [disabled] = (
-        trace.of(kind) for kind in (WebhookFailed, WebhookDelivered, WebhookEndpointDisabled)
-    )
+    [failed] = trace.of(WebhookFailed)
+    [delivered] = trace.of(WebhookDelivered)
+    [disabled] = trace.of(WebhookEndpointDisabled)
     assert failed.url == delivered.url == f"{receiver.url}/a/T0"
     assert disabled.url == f"{receiver.url}/b"
     assert "abc" not in disabled.reason
@@ -643,7 +629,7 @@ async def test_the_test_command_sends_one_verifiable_event() -> None:
         with pytest.raises(StaffworkError, match=refused):
             await send_test_event(receiver.url, SECRET)
         with pytest.raises(StaffworkError, match="ConnectError"):
-            await send_test_event(f"http://127.0.0.1:{closed_port()}", SECRET, allow_private=True)
+            await send_test_event(f"http://127.0.0.1:{free_port()}", SECRET, allow_private=True)
         with pytest.raises(StaffworkError, match="not an http"):
             await send_test_event("ftp://example.com/", SECRET)
     assert (status, text) == (200, "answer 200")
@@ -659,14 +645,7 @@ async def test_the_test_command_sends_one_verifiable_event() -> None:
 
 async def test_the_webhooks_test_command_sends_a_signed_sample(tmp_path: Path) -> None:
     async def staffwork(*args: str) -> tuple[int, str, str]:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "actors.cli", "webhooks", "test", *args,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            env={**os.environ, "STAFFWORK_HOME": str(tmp_path)},
-        )  # fmt: skip
-        out, err = await asyncio.wait_for(proc.communicate(), 60)
-        assert proc.returncode is not None
-        return proc.returncode, out.decode(), err.decode()
+        return await run_cli("webhooks", "test", *args, home=tmp_path)
 
     async with Receiver() as receiver:
         code, out, err = await staffwork(f"{receiver.url}/hook", "--secret", SECRET, "--allow-private")
@@ -688,14 +667,11 @@ async def test_a_run_tells_its_webhook_when_the_session_idles(tmp_path: Path) ->
             'name = "hooked"\n\n[lead]\nname = "lead"\n\n[[webhooks]]\n'
             f'url = "{receiver.url}/done"\nevents = ["session.status_idled"]\nsecret = "{SECRET}"\n'
         )
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "actors.cli", "run", "--team", str(team), "--json",
-            "--allow-private-webhooks", "Say hello.",
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            env={**os.environ, "STAFFWORK_HOME": str(tmp_path / "home")},
+        code, out, err = await run_cli(
+            "run", "--team", str(team), "--json", "--allow-private-webhooks", "Say hello.",
+            home=tmp_path / "home", timeout=120,
         )  # fmt: skip
-        out, err = await asyncio.wait_for(proc.communicate(), 120)
-        assert proc.returncode == 0, err.decode()
+        assert code == 0, err
         session = json.loads(out)["session_id"]
         [request] = receiver.requests  # delivered before the run ended
     assert request.payload is not None  # verified with standardwebhooks
@@ -706,3 +682,26 @@ async def test_a_run_tells_its_webhook_when_the_session_idles(tmp_path: Path) ->
         session,
     )
     assert request.headers["webhook-id"] == body["id"]
+
+
+async def test_a_submits_own_webhooks_through_the_gateway_are_delivered(bus: Bus) -> None:
+    """A submit through ``<root>.api.submit`` whose ``webhooks`` replace its registered team's: the
+    gateway stores the effective team, so the webhooks actor (which reads the record) delivers them."""
+    await register_team(bus, TeamSpec(name="plain", lead=AgentSpec(name="lead")))
+    model = ScriptedModel({"lead": [text("all done")]})
+    async with Receiver() as receiver, webhooks(bus), running_agents(bus, model):
+        endpoint = WebhookSpec(url=f"{receiver.url}/override", events=["session.status_idled"], secret=SECRET)
+        client = Client(bus)
+        session_id = await client.submit("Say hello.", team="plain", webhooks=[endpoint])
+        result = await client.wait(session_id, timeout=30)
+        assert result.status == "idle"
+        await receiver.wait_for(lambda: bool(receiver.delivered("/override")))
+    record = await SessionDirectory(bus).get(session_id)
+    assert record is not None
+    assert record.team.webhooks == [endpoint]  # the record holds the effective team
+    [request] = receiver.delivered("/override")
+    assert request.payload is not None  # verified with standardwebhooks
+    assert request.payload["data"] == request.payload["data"] | {
+        "type": "session.status_idled",
+        "id": session_id,
+    }

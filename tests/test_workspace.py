@@ -9,6 +9,7 @@ import os
 import re
 
 import pytest
+from nats.aio.client import Client as NATS
 
 from bus.connection import Bus
 from bus.errors import (
@@ -103,14 +104,15 @@ async def test_traversal_is_refused_before_touching_the_store(bus: Bus) -> None:
         await ws.put("ses/../x", "a.txt", b"x")
 
 
-async def test_overwrite_replaces_content_and_frees_old_chunks(bus: Bus) -> None:
+async def test_overwrite_replaces_content_and_frees_old_chunks(bus: Bus, nc: NATS) -> None:
     ws = Workspace(bus, chunk_size=1024)
     await ws.put(SID, "big.bin", os.urandom(50_000))
-    stream = await bus._js.stream_info(ws.stream)
+    js = nc.jetstream()
+    stream = await js.stream_info(ws.stream)
     before = stream.state.bytes
     await ws.put(SID, "big.bin", b"small now")
     assert await ws.get(SID, "big.bin") == b"small now"
-    after = (await bus._js.stream_info(ws.stream)).state.bytes
+    after = (await js.stream_info(ws.stream)).state.bytes
     assert after < before / 10
 
 
@@ -121,13 +123,15 @@ async def test_empty_file(bus: Bus) -> None:
     assert (await ws.stat(SID, "empty.txt")).size == 0
 
 
-async def test_tampered_content_is_detected(bus: Bus) -> None:
+async def test_tampered_content_is_detected(bus: Bus, nc: NATS) -> None:
     ws = Workspace(bus, chunk_size=1000)
     await ws.put(SID, "data.csv", b"a" * 5000)
     info = await ws._info(f"{SID}/data.csv")
     assert info is not None
-    seq = (await bus._js.get_msg(ws.stream, subject=f"$O.{ws.bucket}.C.{info.nuid}", next=True, seq=1)).seq
-    await bus._js.delete_msg(ws.stream, seq)  # lose one chunk
+    js = nc.jetstream()
+    chunk = await js.get_msg(ws.stream, subject=f"$O.{ws.bucket}.C.{info.nuid}", next=True, seq=1)
+    assert chunk.seq is not None
+    await js.delete_msg(ws.stream, chunk.seq)  # lose one chunk
     with pytest.raises(IntegrityError, match="expected 5000 bytes in 5 chunks, read 4000 in 4"):
         await ws.get(SID, "data.csv")
 
@@ -168,7 +172,7 @@ async def test_whole_workspace_prefixes_list_everything(bus: Bus) -> None:
 
 
 @pytest.mark.slow
-async def test_listing_works_past_1024_objects_in_the_bucket(bus: Bus) -> None:
+async def test_listing_works_past_1024_objects_in_the_bucket(bus: Bus, nc: NATS) -> None:
     """The server's multi-subject direct get stops at 1024 subjects; listing must not."""
     ws = Workspace(bus)
     for i in range(1100):
@@ -176,7 +180,7 @@ async def test_listing_works_past_1024_objects_in_the_bucket(bus: Bus) -> None:
     await ws.put(SID, "mine.txt", b"y")
     assert [f.path for f in await ws.list(SID)] == ["mine.txt"]
     assert len(await ws.list("ses_busy")) == 1100
-    consumers = await bus._js.consumers_info(ws.stream)
+    consumers = await nc.jetstream().consumers_info(ws.stream)
     assert consumers == []  # the listing's ephemeral consumers are removed
 
 

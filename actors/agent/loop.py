@@ -1,40 +1,25 @@
-"""The agent loop, shared by the lead and the subagents: model turn, tool calls, repeat.
+"""The agent loop of the lead and the subagents, driven by the thread's history log.
 
-The loop is driven entirely by the thread's history log: it looks at the last entry and does the
-next step. Every step is appended to the log before the next one starts, so whoever picks the
-thread up (a follow-up, or another worker after a crash) continues where it stopped:
-
-- last entry is a user turn (a task, a follow-up, or tool results) → call the model, append its turn;
-- last entry is an assistant turn with tool calls → run them all concurrently (the worker enforces
-  the agent's tool allowlist), append one user turn with their results in call order;
-- last entry is an assistant turn without tool calls → the thread's answer. ``pause_turn`` asks the
-  model to continue; ``max_tokens`` keeps the cut answer and says so; ``refusal`` fails the thread.
-
-A retryable model failure (rate limit, overload) raises :class:`bus.errors.Retryable`, so the
-runtime redelivers the message later and the thread resumes from its log; a fatal one ends the
-thread as ``failed`` with the model's message.
+Its last entry says the next step, whose result is appended before the step after it: a user turn
+→ a model call (:func:`~actors.agent.calls.call_model`); an assistant turn with tool calls → run
+them concurrently, one user turn of results in call order; without tool calls → the answer
+(``pause_turn`` continues, ``max_tokens`` keeps the cut answer, ``refusal`` fails). So whoever picks
+the thread up (a follow-up, another worker after a crash) continues where it stopped. A retryable
+model failure raises :class:`bus.errors.Retryable` (redelivered, resumed from the log); a fatal one
+ends the thread as ``failed`` with the model's message.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from actors.agent.models.base import (
-    MAX_TOKENS,
-    PAUSE_TURN,
-    REFUSAL,
-    Model,
-    ModelFatal,
-    ModelRequest,
-    ModelRetryable,
-)
+from actors.agent.calls import call_model
+from actors.agent.models.base import MAX_TOKENS, PAUSE_TURN, REFUSAL, Model, ModelFatal, ModelRequest
 from actors.agent.tools.base import Toolbox, ToolContext
 from bus.connection import Bus
-from bus.errors import Retryable
 from bus.history import ThreadHistory, ThreadLog
 from schemas.base import ErrorInfo, Usage
 from schemas.conversation import TextBlock, ThinkingBlock, ThreadTurn, ToolResultBlock, ToolUseBlock, Turn
@@ -45,8 +30,6 @@ from schemas.trace import (
     AgentThinking,
     AgentToolResult,
     AgentToolUse,
-    ModelRequestEnd,
-    ModelRequestStart,
     ToolDenied,
 )
 
@@ -220,23 +203,7 @@ class AgentLoop:
             roster=self.roster,
             playbook=self.spec.playbook,
         )
-        fields = self._event_fields()
-        await self.bus.emit(ModelRequestStart(model=self.model_name, **fields))
-        started = time.perf_counter()
-        try:
-            response = await self.model.complete(request)
-        except (ModelRetryable, ModelFatal) as exc:
-            error = ErrorInfo(
-                kind=type(exc).__name__, message=str(exc), retryable=isinstance(exc, ModelRetryable)
-            )
-            duration = (time.perf_counter() - started) * 1000
-            await self.bus.emit(
-                ModelRequestEnd(model=self.model_name, duration_ms=duration, error=error, **fields)
-            )
-            if isinstance(exc, ModelRetryable):
-                raise Retryable(f"model {self.model_name}: {exc}") from exc
-            raise
-        duration = (time.perf_counter() - started) * 1000
+        response = await call_model(self.bus, self.model, request)
         self.usage = self.usage + response.usage
         if self.on_usage is not None:
             self.on_usage(response.usage)
@@ -247,15 +214,7 @@ class AgentLoop:
             model=response.model or self.model_name,
             stop_reason=response.stop_reason,
         )
-        await self.bus.emit(
-            ModelRequestEnd(
-                model=response.model or self.model_name,
-                stop_reason=response.stop_reason,
-                usage=response.usage,
-                duration_ms=duration,
-                **fields,
-            )
-        )
+        fields = self._event_fields()
         for block in response.content:
             if isinstance(block, TextBlock) and block.text:
                 await self.bus.emit(AgentMessage(text=block.text[:TRACE_TEXT_LIMIT], **fields))

@@ -1,25 +1,42 @@
-"""What every ``staffwork`` command shares: the consoles, the common options, and how a command
-runs its async body and reports an error (one line on stderr naming the offending value, exit 1)."""
+"""What every ``staffwork`` command shares: the consoles, the common options, how a command reaches
+the bus and runs its async body, how it reports an error (one line on stderr naming the offending
+value, exit 1), and the team files and bundled examples.
+
+Where the bus is: ``--nats URL`` if given; else the user's running embedded server (``up``, ``server``
+or another ``run``, found through the state file); else the command starts the embedded server on
+the user's persistent store and stops it afterwards (waiting for other commands attached to it).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import shutil
 import sys
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
 
 from actors.client import Client
-from actors.sessions.directory import SessionRecord
+from bus import local
 from bus.connection import Bus
-from bus.errors import StaffworkError
+from bus.errors import StaffworkError, StoreInUse
+from bus.paths import data_dir, server_store_dir
 from bus.provision import provision
+from bus.server import EmbeddedServer
 from bus.subjects import check_token
+from schemas.session import SessionRecord
+from schemas.team import TeamSpec, parse_team
 
 T = TypeVar("T")
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -86,3 +103,97 @@ async def session_record(bus: Bus, session: str, root: str) -> SessionRecord:
     if record is None:
         raise StaffworkError(f"no session {session!r} (under root {root!r})")
     return record
+
+
+# --- the bus ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Target:
+    bus: Bus
+    url: str
+    where: str  # a sentence for the user
+    owned: bool = False  # this process started the server (others may attach to it)
+
+
+@contextlib.asynccontextmanager
+async def bus_target(nats: str | None, root: str, *, name: str = "staffwork") -> AsyncIterator[Target]:
+    """Connect to ``nats``, or the user's running server, or a server started (and stopped) here."""
+    if nats:
+        async with await Bus.connect(nats, root=root, name=name) as bus:
+            yield Target(bus, nats, f"NATS at {nats}")
+        return
+    running = local.running_server()
+    server: EmbeddedServer | None = None
+    if running is None:
+        server = EmbeddedServer(server_store_dir(), port=-1)
+        try:
+            await server.start()
+        except StoreInUse:
+            # Another command holds the store: it is starting its server (wait for its announcement)
+            # or stopping it (then the store frees up and we start our own).
+            running = await local.announced(timeout=15.0)
+            if running is None:
+                await server.start()  # the other one stopped meanwhile; if not, its error stands
+            else:
+                server = None
+    if server is not None:
+        url = server.url
+
+        def waiting(count: int) -> None:
+            Console(stderr=True).print(f"waiting for {count} other staffwork command(s) using this server")
+
+        where = f"embedded nats-server at {url} (store {server.store_dir})"
+        async with (
+            local.serving(server, "run", on_wait=waiting),
+            await Bus.connect(url, root=root, name=name) as bus,
+        ):
+            yield Target(bus, url, where, owned=True)
+        return
+    assert running is not None
+    with local.attached():
+        async with await Bus.connect(running.url, root=root, name=name) as bus:
+            yield Target(bus, running.url, f"the running staffwork {running.mode} at {running.url}")
+
+
+# --- teams and examples ----------------------------------------------------------------------------
+
+
+@dataclass
+class Example:
+    team: TeamSpec
+    task: str
+    data: Path
+
+
+def load_team(path: Path) -> TeamSpec:
+    return parse_team(path.read_bytes(), source=str(path))
+
+
+def load_example(name: str) -> Example:
+    folder = EXAMPLES / name
+    team_file = folder / "team.toml"
+    if not team_file.is_file():
+        known = ", ".join(sorted(p.name for p in EXAMPLES.iterdir() if (p / "team.toml").is_file()))
+        raise FileNotFoundError(f"no example {name!r} (known: {known})")
+    team = load_team(team_file)
+    data = data_dir() / "examples" / name
+    if name == "incident":
+        from examples.incident.generate import generate
+
+        if not data.exists():
+            # Generate privately, then rename into place: a command starting at the same moment never
+            # reads half-written files (the rename is atomic; if another process won, use its data).
+            private = data.with_name(f".{name}-{os.getpid()}")
+            shutil.rmtree(private, ignore_errors=True)
+            generate(private)
+            try:
+                private.rename(data)
+            except OSError:
+                shutil.rmtree(private, ignore_errors=True)
+        task = (
+            "Payments are failing since this afternoon. Find out what happened and write the incident report."
+        )
+    else:
+        task = f"Run the {name} example."
+    return Example(team=team, task=task, data=data)

@@ -3,7 +3,6 @@ dreamer, and the before/after report of a store's dreams."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Annotated, TypeVar
@@ -13,8 +12,8 @@ import typer
 from actors.agent.models import default_model
 from actors.agent.models.base import Model
 from actors.agent.models.offline import OfflineModel
-from actors.cli.common import NatsOption, RootOption, err, fail, out, run_async
-from actors.cli.sessions import bus_target
+from actors.cli.common import NatsOption, RootOption, bus_target, err, fail, out, run_async
+from actors.cli.serve import serve_here
 from actors.dreamer.actor import (
     DreamBook,
     Dreamer,
@@ -22,14 +21,13 @@ from actors.dreamer.actor import (
     cancel_dream,
     ensure_dreams,
     request_dream,
-    serve_dreamer,
     wait_dream,
 )
 from actors.dreamer.sessions import DreamError
+from actors.roles import RoleConfig
 from actors.views.tail import parse_duration
 from bus.connection import Bus
 from bus.errors import NoResponders, StaffworkError
-from bus.lifecycle import install_stop_signals
 from bus.provision import provision
 from schemas.dream import DreamRecord, DreamRequest
 
@@ -249,16 +247,8 @@ def serve(
     ]
 
     async def body(bus: Bus) -> None:
-        stop = asyncio.Event()
-        install_stop_signals(stop)
         planned = f"; every {every}: {', '.join(stores or [])}" if schedules else ""
         ready = f"dreamer ready (root {root!r}) on {bus.subjects.api_dream}{planned}"
-        await serve_dreamer(
-            bus,
-            default_model(),
-            stop,
-            schedules=schedules,
-            on_ready=lambda: err.print(ready, highlight=False, markup=False),
-        )
+        await serve_here(bus, ["dreamer"], RoleConfig(schedules=schedules), ready)
 
     _with_bus(nats, root, body)

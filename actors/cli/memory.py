@@ -15,8 +15,7 @@ from typing import Annotated, TypeVar
 
 import typer
 
-from actors.cli.common import NatsOption, RootOption, err, fail, out, run_async
-from actors.cli.sessions import bus_target
+from actors.cli.common import NatsOption, RootOption, bus_target, err, fail, out, run_async
 from bus.errors import MemoryFileNotFound, StaffworkError
 from bus.memory import Memory
 from bus.provision import provision

@@ -1,8 +1,5 @@
-"""``staffwork run``: submit a session and follow it live, and how every command reaches the bus.
-
-Where the bus is: ``--nats URL`` if given; else the user's running embedded server (``up``, ``server``
-or another ``run``, found through the state file); else this command starts the embedded server on
-the user's persistent store and stops it afterwards (waiting for other commands attached to it).
+"""The session commands: ``run`` (submit a session and follow it live), ``submit``, ``status`` and
+``cancel``.
 
 Which actors run a session: if a lead answers the submit gateway (``up``, or actors deployed against
 ``--nats``), the session goes to it, and this process adds workers only for agents nobody serves;
@@ -13,225 +10,209 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
-import shutil
+import sys
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
+import typer
 from rich.console import Console
 from rich.live import Live
-from rich.table import Table
 
 from actors.agent.models import default_model
+from actors.cli.common import (
+    AllowPrivateOption,
+    NatsOption,
+    RootOption,
+    Target,
+    bus_target,
+    err,
+    load_example,
+    load_team,
+    out,
+    run_async,
+    session_record,
+)
+from actors.cli.progress import Progress
 from actors.client import Client
-from actors.grader.actor import serve_grader
-from actors.roles import running_agents, running_service
-from actors.webhooks.actor import WebhookSettings, serve_webhooks
+from actors.roles import ROLES, RoleConfig, running
+from actors.sessions.directory import TERMINAL
+from actors.webhooks.actor import WebhookSettings
 from bus import local
 from bus.connection import Bus
-from bus.errors import BusTimeout, StaffworkError, StoreInUse
-from bus.paths import data_dir, server_store_dir
-from bus.server import EmbeddedServer
+from bus.errors import BusTimeout, StaffworkError
+from bus.provision import provision
 from schemas.ids import new_id
 from schemas.session import SessionResult
-from schemas.team import TeamSpec, parse_team
-from schemas.trace import (
-    AgentToolUse,
-    AnyTraceEvent,
-    ModelRequestEnd,
-    OutcomeEvaluationEnd,
-    OutcomeEvaluationStart,
-    SessionStatusIdle,
-    SessionStatusRunning,
-    ThreadCreated,
-    ThreadStatusIdle,
-    ThreadStatusRunning,
-)
+from schemas.team import TeamSpec
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+TeamOption = Annotated[Path | None, typer.Option("--team", help="A team file (TOML).")]
+ExampleOption = Annotated[
+    str | None, typer.Option("--example", help="A bundled example team (e.g. incident).")
+]
+InputOption = Annotated[
+    list[Path] | None, typer.Option("--input", help="A directory to upload into the session's workspace.")
+]
 
 
-@dataclass
-class Target:
-    bus: Bus
-    url: str
-    where: str  # a sentence for the user
-    owned: bool = False  # this process started the server (others may attach to it)
+def _directories(paths: list[Path]) -> list[Path]:
+    for path in paths:
+        if not path.is_dir():
+            raise StaffworkError(f"--input {str(path)!r} is not a directory")
+    return paths
 
 
-@contextlib.asynccontextmanager
-async def bus_target(nats: str | None, root: str, *, name: str = "staffwork") -> AsyncIterator[Target]:
-    """Connect to ``nats``, or the user's running server, or a server started (and stopped) here."""
-    if nats:
-        async with await Bus.connect(nats, root=root, name=name) as bus:
-            yield Target(bus, nats, f"NATS at {nats}")
-        return
-    running = local.running_server()
-    server: EmbeddedServer | None = None
-    if running is None:
-        server = EmbeddedServer(server_store_dir(), port=-1)
-        try:
-            await server.start()
-        except StoreInUse:
-            # Another command holds the store: it is starting its server (wait for its announcement)
-            # or stopping it (then the store frees up and we start our own).
-            running = await local.announced(timeout=15.0)
-            if running is None:
-                await server.start()  # the other one stopped meanwhile; if not, its error stands
-            else:
-                server = None
-    if server is not None:
-        url = server.url
-
-        def waiting(count: int) -> None:
-            Console(stderr=True).print(f"waiting for {count} other staffwork command(s) using this server")
-
-        where = f"embedded nats-server at {url} (store {server.store_dir})"
-        async with (
-            local.serving(server, "run", on_wait=waiting),
-            await Bus.connect(url, root=root, name=name) as bus,
-        ):
-            yield Target(bus, url, where, owned=True)
-        return
-    assert running is not None
-    with local.attached():
-        async with await Bus.connect(running.url, root=root, name=name) as bus:
-            yield Target(bus, running.url, f"the running staffwork {running.mode} at {running.url}")
+def _team_and_task(
+    team: Path | None, example: str | None, task: str | None, inputs: list[Path]
+) -> tuple[TeamSpec, str, list[Path]]:
+    if team is not None and example is not None:
+        raise StaffworkError("give --team FILE or --example NAME, not both")
+    inputs = _directories(inputs)
+    if team is not None:
+        if not task:
+            raise StaffworkError('give the TASK to run (staffwork run --team team.toml "...")')
+        return load_team(team), task, inputs
+    if example is None:
+        raise StaffworkError("give --team FILE or --example NAME (try: staffwork run --example incident)")
+    bundled = load_example(example)
+    return bundled.team, task or bundled.task, [bundled.data, *inputs]
 
 
-# --- teams and examples ----------------------------------------------------------------------------
+def run(
+    task: Annotated[
+        str | None, typer.Argument(help="What the team should do (examples have a default).")
+    ] = None,
+    team: TeamOption = None,
+    example: ExampleOption = None,
+    inputs: InputOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one machine-readable result.")] = False,
+    timeout: Annotated[float | None, typer.Option(help="Give up after this many seconds.")] = None,
+    allow_private: AllowPrivateOption = False,
+    nats: NatsOption = None,
+    root: RootOption = "sw",
+) -> None:
+    """Run a team on a task and follow it live; at the end, the deliverable, files, usage and cost
+    (and, when the team has an outcome, the grader's verdict on each attempt)."""
 
+    async def go() -> RunOutcome:
+        spec, text, folders = _team_and_task(team, example, task, list(inputs or []))
+        async with bus_target(nats, root, name="staffwork-run") as target:
+            await provision(target.bus)  # a bus that cannot be used says so before anything else
+            if not as_json:
+                err.print(f"bus: {target.where}", highlight=False)
+                err.print(f"model: {_model_line()}", highlight=False)
+                err.print(f"team: {spec.name} (lead + {len(spec.agents)} agents)", highlight=False)
+            return await run_session(
+                target,
+                spec,
+                text,
+                folders,
+                console=err,
+                live=not as_json,
+                timeout=timeout,
+                allow_private_webhooks=allow_private,
+            )
 
-@dataclass
-class Example:
-    team: TeamSpec
-    task: str
-    data: Path
-
-
-def load_team(path: Path) -> TeamSpec:
-    return parse_team(path.read_bytes(), source=str(path))
-
-
-def load_example(name: str) -> Example:
-    folder = EXAMPLES / name
-    team_file = folder / "team.toml"
-    if not team_file.is_file():
-        known = ", ".join(sorted(p.name for p in EXAMPLES.iterdir() if (p / "team.toml").is_file()))
-        raise FileNotFoundError(f"no example {name!r} (known: {known})")
-    team = load_team(team_file)
-    data = data_dir() / "examples" / name
-    if name == "incident":
-        from examples.incident.generate import generate
-
-        if not data.exists():
-            # Generate privately, then rename into place: a command starting at the same moment never
-            # reads half-written files (the rename is atomic; if another process won, use its data).
-            private = data.with_name(f".{name}-{os.getpid()}")
-            shutil.rmtree(private, ignore_errors=True)
-            generate(private)
-            try:
-                private.rename(data)
-            except OSError:
-                shutil.rmtree(private, ignore_errors=True)
-        task = (
-            "Payments are failing since this afternoon. Find out what happened and write the incident report."
-        )
+    outcome = run_async(go)
+    result = outcome.result
+    if as_json:
+        sys.stdout.write(json.dumps(outcome.as_json(), indent=2) + "\n")
     else:
-        task = f"Run the {name} example."
-    return Example(team=team, task=task, data=data)
+        out.print()
+        out.print(result.final_text, markup=False, highlight=False)
+        out.print()
+        usage = result.usage
+        out.print(
+            f"status: {result.status}   session: {result.session_id}   wall time: {outcome.wall_s:.1f}s",
+            highlight=False,
+        )
+        out.print(f"files: {', '.join(result.files) or 'none'}", highlight=False, markup=False)
+        out.print(
+            f"usage: {usage.input_tokens:,} input + {usage.output_tokens:,} output tokens, "
+            f"cost ${usage.cost_usd:.4f} (model: {outcome.model})",
+            highlight=False,
+        )
+        if result.outcome is not None:
+            for verdict in result.outcome.iterations:
+                out.print(
+                    f"outcome, attempt {verdict.iteration}: {verdict.result} · {verdict.explanation}",
+                    highlight=False,
+                    markup=False,
+                )
+    if result.status not in ("idle",):
+        raise typer.Exit(2)
 
 
-# --- the progress display --------------------------------------------------------------------------
+def _model_line() -> str:
+    if os.environ.get("ANTHROPIC_API_KEY"):
+        return "Claude (ANTHROPIC_API_KEY is set)"
+    return "offline (no ANTHROPIC_API_KEY: deterministic playbooks over the real data, no network)"
 
 
-@dataclass
-class ThreadRow:
-    thread_id: str
-    agent: str
-    status: str = "created"
-    turns: int = 0
-    tools: int = 0
-    tokens: int = 0
-    cost: float = 0.0
-    started: datetime | None = None
-    ended: datetime | None = None
+def submit(
+    task: Annotated[str | None, typer.Argument(help="What the team should do.")] = None,
+    team: TeamOption = None,
+    example: ExampleOption = None,
+    inputs: InputOption = None,
+    nats: NatsOption = None,
+    root: RootOption = "sw",
+) -> None:
+    """Start a session and print its id, without waiting (a lead must be running: staffwork up)."""
 
-    def elapsed(self, now: datetime) -> float:
-        if self.started is None:
-            return 0.0
-        return ((self.ended or now) - self.started).total_seconds()
+    async def go() -> str:
+        spec, text, folders = _team_and_task(team, example, task, list(inputs or []))
+        async with bus_target(nats, root, name="staffwork-submit") as target:
+            await provision(target.bus)
+            client = Client(target.bus)
+            session_id = new_id("ses")
+            uploaded: list[str] = []
+            for folder in folders:
+                uploaded += await client.upload(session_id, folder)
+            return await client.submit(text, team=spec, inputs=uploaded, session_id=session_id)
 
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "thread_id": self.thread_id,
-            "agent": self.agent,
-            "status": self.status,
-            "started": self.started.isoformat() if self.started else None,
-            "ended": self.ended.isoformat() if self.ended else None,
-            "turns": self.turns,
-            "tool_calls": self.tools,
-            "tokens": self.tokens,
-            "cost_usd": round(self.cost, 6),
-        }
+    out.print(run_async(go), highlight=False)
 
 
-@dataclass
-class Progress:
-    threads: dict[str, ThreadRow] = field(default_factory=dict)
-    last: datetime | None = None
+def status(session: str, nats: NatsOption = None, root: RootOption = "sw") -> None:
+    """A session's status, and its result once it has one."""
 
-    def row(self, thread_id: str, agent: str) -> ThreadRow:
-        if thread_id not in self.threads:
-            self.threads[thread_id] = ThreadRow(thread_id, agent)
-        return self.threads[thread_id]
-
-    def apply(self, event: AnyTraceEvent) -> None:
-        self.last = event.time
-        row = self.row(event.thread_id or "lead", event.agent)
-        if isinstance(event, SessionStatusRunning | ThreadStatusRunning | ThreadCreated):
-            row.status = "running"
-            row.started = row.started or event.time
-        elif isinstance(event, ModelRequestEnd):
-            row.turns += 1
-            row.tokens += event.usage.input_tokens + event.usage.output_tokens
-            row.cost += event.usage.cost_usd
-        elif isinstance(event, AgentToolUse):
-            row.tools += 1
-        elif isinstance(event, ThreadStatusIdle | SessionStatusIdle):
-            row.status = "idle" if event.stop_reason in ("end_turn", "") else event.stop_reason
-            row.ended = event.time
-        elif isinstance(event, OutcomeEvaluationStart):
-            row.status = f"grading {event.iteration}"
-            row.started = row.started or event.time
-        elif isinstance(event, OutcomeEvaluationEnd):  # its usage came with the grader's model calls
-            row.status = event.result
-            row.ended = event.time
-
-    def table(self) -> Table:
-        table = Table(box=None, header_style="bold", pad_edge=False)
-        for column in ("thread", "agent", "status", "turns", "tool calls", "tokens", "elapsed"):
-            table.add_column(
-                column, justify="right" if column in ("turns", "tool calls", "tokens", "elapsed") else "left"
+    async def go() -> None:
+        async with bus_target(nats, root, name="staffwork-status") as target:
+            record = await session_record(target.bus, session, root)
+            out.print(
+                f"{session}: {record.status}  team {record.team.name}  task: {record.task}",
+                highlight=False,
+                markup=False,
             )
-        now = self.last or datetime.now().astimezone()
-        for row in self.threads.values():
-            colour = {"running": "yellow", "idle": "green"}.get(row.status, "red")
-            table.add_row(
-                row.thread_id,
-                row.agent,
-                f"[{colour}]{row.status}[/]",
-                str(row.turns),
-                str(row.tools),
-                f"{row.tokens:,}",
-                f"{row.elapsed(now):.1f}s",
-            )
-        return table
+            stored = await target.bus.last(target.bus.subjects.out(session, "result"))
+            if stored:
+                result = msgspec.json.decode(stored, type=SessionResult)
+                out.print(
+                    f"report: {result.report_path or '-'}  files: {', '.join(result.files) or 'none'}",
+                    highlight=False,
+                    markup=False,
+                )
+
+    run_async(go)
+
+
+def cancel(session: str, nats: NatsOption = None, root: RootOption = "sw") -> None:
+    """Stop a session: the lead and every running thread stop within moments."""
+
+    async def go() -> None:
+        async with bus_target(nats, root, name="staffwork-cancel") as target:
+            record = await session_record(target.bus, session, root)
+            if record.status in TERMINAL:
+                out.print(f"{session}: already ended ({record.status}); nothing to cancel", highlight=False)
+                return
+            await Client(target.bus).cancel(session)
+            out.print(f"{session}: canceled", highlight=False)
+
+    run_async(go)
 
 
 # --- run -------------------------------------------------------------------------------------------
@@ -298,27 +279,29 @@ async def run_session(
     bus = target.bus
     started = time.perf_counter()
     model = default_model()
-    has_lead = await bus.consumer_active(bus.subjects.lead_consumer)
+    needed = [  # the roles this session needs that no other process serves
+        role.name
+        for role in ROLES.values()
+        if not role.per_agent
+        and role.needed(team)
+        and role.consumer is not None
+        and not await bus.consumer_active(role.consumer(bus.subjects))
+    ]
+    has_lead = "lead" not in needed
     missing = [
         a.name
         for a in team.agents
         if not (has_lead and await bus.consumer_active(bus.subjects.agent_consumer(a.name)))
     ]
+    if missing:
+        needed.append("subagent")
+    hooks = "webhooks" in needed
+    config = RoleConfig(
+        model=model, agents=missing, webhooks=WebhookSettings(allow_private=allow_private_webhooks)
+    )
     async with contextlib.AsyncExitStack() as stack:
-        if not has_lead or missing:
-            await stack.enter_async_context(running_agents(bus, model, lead=not has_lead, agents=missing))
-        if team.outcome is not None and not await bus.consumer_active(bus.subjects.grader_consumer):
-            await stack.enter_async_context(
-                running_service(lambda stop, ready: serve_grader(bus, model, stop, on_ready=ready))
-            )
-        hooks = team.webhooks and not await bus.consumer_active(bus.subjects.webhook_deliveries_consumer)
-        if hooks:
-            settings = WebhookSettings(allow_private=allow_private_webhooks)
-            await stack.enter_async_context(
-                running_service(
-                    lambda stop, ready: serve_webhooks(bus, stop, settings=settings, on_ready=ready)
-                )
-            )
+        if needed:
+            await stack.enter_async_context(running(bus, needed, config))
         client = Client(bus)
         session_id = new_id("ses")
         uploaded: list[str] = []

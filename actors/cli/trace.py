@@ -18,10 +18,9 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from actors.cli.common import NatsOption, RootOption, err, fail, out, run_async, session_record
-from actors.cli.sessions import bus_target
+from actors.cli.common import NatsOption, RootOption, bus_target, err, fail, out, run_async, session_record
 from actors.client import Client
-from actors.sessions.directory import TERMINAL, SessionRecord
+from actors.sessions.directory import TERMINAL
 from actors.views.provenance import file_origin, render_origin
 from actors.views.tail import event_subjects, line, parse_duration
 from actors.views.timeline import render_html
@@ -31,12 +30,8 @@ from bus.direct import StoredMsg, read_subject, tail_subjects
 from bus.errors import MessageRejected, StaffworkError
 from bus.provision import provision
 from bus.subjects import Subjects
+from schemas.session import SessionRecord
 from schemas.trace import AnyTraceEvent
-
-
-def register(app: typer.Typer) -> None:
-    for command in (tail, trace, sessions):
-        app.command()(command)
 
 
 def tail(

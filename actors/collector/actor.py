@@ -9,9 +9,8 @@ storing, strings that look like API keys or bearer tokens are redacted. Given an
 :class:`~actors.collector.otlp.OtlpExporter`, each newly stored event also goes to it, to be exported as
 OpenTelemetry spans (OTLP/HTTP JSON).
 
-Queries (request/reply on ``<root>.api.trace``, JSON): ``{"op": "sessions"}``, ``{"op": "events",
-"session_id": ..., "thread_id"?, "agent"?, "kind"?}``, ``{"op": "provenance", "session_id": ...,
-"path": ...}``. Each answers ``{"result": ...}`` or ``{"error": "..."}``.
+Queries on ``<root>.api.trace`` follow the protocol in :mod:`schemas.trace` (a ``TraceQuery`` gets
+a ``TraceAnswer``); requests of the earlier protocol (``{"op": "events", ...}``) are still accepted.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ import asyncio
 import json
 import sqlite3
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,13 +33,25 @@ from bus.actor import BaseActor, Context
 from bus.codec import encode
 from bus.connection import Bus
 from bus.errors import Retryable, StaffworkError
-from bus.lifecycle import run_actors
 from bus.provision import ConsumerSpec
-from bus.runtime import RuntimeSettings
 from bus.state import Responder
 from bus.subjects import Subjects
-from schemas.base import Message
-from schemas.trace import AnyTraceEvent, event_kind
+from schemas.base import ErrorInfo, Message
+from schemas.trace import (
+    AnyTraceEvent,
+    EventsAnswer,
+    EventsQuery,
+    FileOriginReport,
+    ProvenanceAnswer,
+    ProvenanceQuery,
+    QueryFailed,
+    SessionsAnswer,
+    SessionsQuery,
+    SessionSummary,
+    TraceAnswer,
+    TraceQuery,
+    event_kind,
+)
 
 log = structlog.get_logger("staffwork.collector")
 
@@ -183,11 +194,38 @@ class CollectorActor(BaseActor[AnyTraceEvent]):
     report_failures = False  # a session.error event about an event would come back to the collector
 
     def __init__(
-        self, store: TraceStore, *, ack_wait: float = 30.0, exporter: OtlpExporter | None = None
+        self,
+        store: TraceStore,
+        *,
+        ack_wait: float = 30.0,
+        exporter: OtlpExporter | None = None,
+        owns_store: bool = False,
     ) -> None:
         self.store = store
         self.ack_wait = ack_wait
         self.exporter = exporter
+        self.owns_store = owns_store  # close the store on stop (the role opened it)
+        self._queries: TraceQueries | None = None
+
+    async def on_start(self, bus: Bus) -> None:
+        """Answer queries on ``<root>.api.trace`` and start exporting, before the first event."""
+        self._queries = TraceQueries(bus, self.store)
+        await self._queries.start()
+        if self.exporter is not None:
+            try:
+                await self.exporter.start()
+            except BaseException:
+                await self._queries.stop()
+                raise
+
+    async def on_stop(self) -> None:
+        if self.exporter is not None:
+            await self.exporter.close()  # sends what is queued, within its timeout; never raises
+        if self._queries is not None:
+            await self._queries.stop()
+            self._queries = None
+        if self.owns_store:
+            self.store.close()
 
     def consumer(self, subjects: Subjects) -> ConsumerSpec:
         return ConsumerSpec(
@@ -235,62 +273,50 @@ class TraceQueries:
 
     async def _answer(self, data: bytes) -> bytes:
         try:
-            request = msgspec.json.decode(data)
-            if not isinstance(request, dict):
-                raise ValueError("a query is a JSON object")
-            op = request.get("op")
-            if op == "sessions":
-                answer: Any = await asyncio.to_thread(self.store.sessions, int(request.get("limit", 50)))
-            elif op == "events":
-                answer = await asyncio.to_thread(
-                    self.store.events,
-                    str(request["session_id"]),
-                    thread_id=str(request.get("thread_id", "")),
-                    agent=str(request.get("agent", "")),
-                    kind=str(request.get("kind", "")),
-                )
-            elif op == "provenance":
-                answer = await asyncio.to_thread(
-                    self._provenance, str(request["session_id"]), str(request["path"])
-                )
-            else:
-                raise ValueError(f"unknown op {op!r} (ops: sessions, events, provenance)")
-        except (msgspec.DecodeError, ValueError, KeyError, StaffworkError) as exc:
-            return msgspec.json.encode({"error": str(exc)})
-        return msgspec.json.encode({"result": answer})
+            query = _decode_query(data)
+        except (msgspec.DecodeError, ValueError) as exc:  # msgspec's ValidationError is a DecodeError
+            return encode(QueryFailed(error=ErrorInfo(kind="invalid_query", message=str(exc))))
+        try:
+            answer = await asyncio.to_thread(self._run, query)
+        except (StaffworkError, msgspec.ValidationError) as exc:  # no such file, an undecodable row
+            answer = QueryFailed(error=ErrorInfo(kind="query_failed", message=str(exc)))
+        return encode(answer)
 
-    def _provenance(self, session_id: str, path: str) -> dict[str, Any]:
-        rows = self.store.events(session_id)
-        events = _EVENTS.decode(msgspec.json.encode(rows))
-        return file_origin(events, path).to_dict()
+    def _run(self, query: TraceQuery) -> TraceAnswer:
+        """Answer from the store (in a worker thread: the queries take turns with the writer)."""
+        match query:
+            case SessionsQuery(limit=limit):
+                summaries = msgspec.convert(self.store.sessions(limit), list[SessionSummary])
+                return SessionsAnswer(sessions=summaries)
+            case EventsQuery(session_id=session_id, thread_id=thread_id, agent=agent, kind=kind):
+                rows = self.store.events(session_id, thread_id=thread_id, agent=agent, kind=kind)
+                return EventsAnswer(events=_EVENTS.decode(msgspec.json.encode(rows)))
+            case ProvenanceQuery(session_id=session_id, path=path):
+                events = _EVENTS.decode(msgspec.json.encode(self.store.events(session_id)))
+                origin = file_origin(events, path).to_dict()
+                return ProvenanceAnswer(origin=msgspec.convert(origin, FileOriginReport))
 
 
 _EVENTS = msgspec.json.Decoder(list[AnyTraceEvent])
+_QUERY = msgspec.json.Decoder(TraceQuery)
+#: the ``op`` of each request of the earlier protocol, and the query it is now
+_LEGACY_OPS: dict[str, type[TraceQuery]] = {
+    "sessions": SessionsQuery,
+    "events": EventsQuery,
+    "provenance": ProvenanceQuery,
+}
 
 
-async def serve_collector(
-    bus: Bus,
-    store: TraceStore,
-    stop: asyncio.Event,
-    *,
-    on_ready: Callable[[], None] | None = None,
-    exporter: OtlpExporter | None = None,
-) -> None:
-    """Run the collector and its queries until ``stop`` is set (exporting spans if given an exporter)."""
-    queries = TraceQueries(bus, store)
-    await queries.start()
+def _decode_query(data: bytes) -> TraceQuery:
+    """A typed query (``{"type": "trace.query.events.v1", ...}``), or a request of the earlier
+    protocol (``{"op": "events", ...}``) as the query it is now."""
     try:
-        if exporter is not None:
-            await exporter.start()
-
-        async def ready() -> None:
-            if on_ready is not None:
-                on_ready()
-
-        actor = CollectorActor(store, exporter=exporter)
-        settings = RuntimeSettings(concurrency=1024, batch_size=256)  # batches: see handle_batch
-        await run_actors(bus, [actor], stop, settings, on_ready=ready)
-    finally:
-        if exporter is not None:
-            await exporter.close()  # sends what is queued, within its timeout; never raises
-        await queries.stop()
+        return _QUERY.decode(data)
+    except msgspec.ValidationError:
+        earlier = msgspec.json.decode(data)
+        if not (isinstance(earlier, dict) and "op" in earlier):
+            raise
+    op = earlier.pop("op")
+    if not isinstance(op, str) or op not in _LEGACY_OPS:
+        raise ValueError(f"unknown op {op!r} (ops: {', '.join(_LEGACY_OPS)})")
+    return msgspec.convert(earlier, _LEGACY_OPS[op], strict=False)

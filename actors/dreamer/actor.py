@@ -45,13 +45,14 @@ import asyncio
 import contextlib
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
 import structlog
 
-from actors.agent.models.base import Model
+from actors.agent.calls import call_model
+from actors.agent.models.base import Model, ModelRequest, ModelResponse
 from actors.dreamer.curation import model_dream, offline_dream
 from actors.dreamer.sessions import (
     DREAMER,
@@ -61,13 +62,15 @@ from actors.dreamer.sessions import (
     read_session,
     select_sessions,
 )
-from actors.sessions.directory import race_cancel
+from actors.sessions.cancel import race_cancel
+from bus.actor import BaseActor
 from bus.codec import Decoder
 from bus.connection import Bus
 from bus.errors import BusTimeout, StaffworkError
 from bus.memory import Memory, sha256_hex
 from bus.provision import StreamSettings, ensure_kv
-from bus.subjects import check_token
+from bus.state import Responder
+from bus.subjects import Subjects, check_token
 from schemas.base import Usage
 from schemas.dream import (
     DREAM_FINAL,
@@ -174,7 +177,7 @@ async def wait_dream(bus: Bus, dream_id: str, *, timeout: float) -> DreamRecord:
     except TimeoutError:
         pass
     finally:
-        await finals.aclose()  # type: ignore[attr-defined]
+        await finals.aclose()
     raise DreamError(f"dream {dream_id!r} did not end within {timeout:g}s")
 
 
@@ -318,8 +321,15 @@ class Dreamer:
             )
         else:
             name = request.model or DEFAULT_MODEL
+
+            async def complete(request: ModelRequest) -> ModelResponse:
+                # A dream has no session: its model call's events go to <root>.sys.evt.<kind>,
+                # with the dream's id as their thread.
+                request = msgspec.structs.replace(request, session_id="", thread_id=dream_id)
+                return await call_model(self.bus, self.model, request)
+
             out, changes, usage = await model_dream(
-                self.model, name, record.store, files, digests, request.instructions
+                complete, name, record.store, files, digests, request.instructions
             )
 
         def writing(r: DreamRecord) -> None:
@@ -385,84 +395,103 @@ class DreamSchedule(msgspec.Struct, frozen=True, kw_only=True):
 _request_decoder: Decoder[DreamRequest] = Decoder(DreamRequest, max_bytes=64 * 1024)
 
 
-async def serve_dreamer(
-    bus: Bus,
-    model: Model,
-    stop: asyncio.Event,
-    *,
-    on_ready: Callable[[], None] | None = None,
-    schedules: list[DreamSchedule] | None = None,
-    max_running: int = 2,
-    grace: float = 10.0,
-) -> None:
-    """Run dreams on request (``<root>.api.dream``) and on ``schedules`` until ``stop`` is set; then
-    let running dreams finish within ``grace`` seconds and fail the rest."""
-    await ensure_dreams(bus)
-    dreamer = Dreamer(bus, model)
-    slots = asyncio.Semaphore(max_running)
-    running: set[asyncio.Task[DreamRecord]] = set()
+class DreamerService(BaseActor[None]):
+    """The dreamer role: a service (no consumer) that answers ``<root>.api.dream`` and dreams on
+    ``schedules``, at most ``max_running`` at once. On stop, running dreams get ``grace`` seconds;
+    the rest are failed (a dream waiting for a slot never ran, and says so)."""
 
-    async def run(record: DreamRecord, request: DreamRequest) -> DreamRecord:
+    role = DREAMER
+
+    def __init__(
+        self,
+        model: Model,
+        *,
+        schedules: Sequence[DreamSchedule] = (),
+        max_running: int = 2,
+        grace: float = 10.0,
+    ) -> None:
+        self.model = model
+        self.schedules = list(schedules)
+        self.grace = grace
+        self._slots = asyncio.Semaphore(max_running)
+        self._stopping = asyncio.Event()
+        self._running: set[asyncio.Task[DreamRecord]] = set()
+        self._timers: list[asyncio.Task[None]] = []
+        self._responder: Responder | None = None
+
+    def consumer(self, subjects: Subjects) -> None:
+        return None
+
+    async def on_start(self, bus: Bus) -> None:
+        await ensure_dreams(bus)
+        self.bus = bus
+        self.dreamer = Dreamer(bus, self.model)
+        self._responder = await bus.respond(bus.subjects.api_dream, self._answer, queue=DREAMER)
+        self._timers = [
+            asyncio.create_task(self._scheduled(s), name=f"dream-schedule-{s.request.store}")
+            for s in self.schedules
+        ]
+
+    async def on_stop(self) -> None:
+        self._stopping.set()
+        if self._responder is not None:
+            await self._responder.close()
+            self._responder = None
+        await asyncio.gather(*self._timers, return_exceptions=True)  # each ends at _stopping
+        if self._running:
+            _, late = await asyncio.wait(set(self._running), timeout=self.grace)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+
+    async def _run(self, record: DreamRecord, request: DreamRequest) -> DreamRecord:
         try:
-            await slots.acquire()
+            await self._slots.acquire()
         except asyncio.CancelledError:  # stopped while it waited for a slot: it never ran
             with contextlib.suppress(StaffworkError):
-                ended = await dreamer._fail(record.dream_id, "the dreamer stopped before the dream started")
-                await bus.publish_bytes(bus.subjects.dream_done(record.dream_id), msgspec.json.encode(ended))
+                ended = await self.dreamer._fail(
+                    record.dream_id, "the dreamer stopped before the dream started"
+                )
+                done = self.bus.subjects.dream_done(record.dream_id)
+                await self.bus.publish_bytes(done, msgspec.json.encode(ended))
             raise
         try:
-            return await dreamer.run(record.dream_id, request)
+            return await self.dreamer.run(record.dream_id, request)
         finally:
-            slots.release()
+            self._slots.release()
 
-    def launch(record: DreamRecord, request: DreamRequest) -> None:
-        task = asyncio.create_task(run(record, request), name=f"dream-{record.dream_id}")
-        running.add(task)
-        task.add_done_callback(running.discard)
+    def _launch(self, record: DreamRecord, request: DreamRequest) -> None:
+        task = asyncio.create_task(self._run(record, request), name=f"dream-{record.dream_id}")
+        self._running.add(task)  # owned: on_stop waits for it (or cancels it)
+        task.add_done_callback(self._running.discard)
 
-    async def answer(data: bytes) -> bytes:
+    async def _answer(self, data: bytes) -> bytes:
         try:
             request = _request_decoder.decode(data)
-            if stop.is_set():
+            if self._stopping.is_set():
                 raise DreamError("the dreamer is stopping")
-            record = await dreamer.start(request)
+            record = await self.dreamer.start(request)
         except (StaffworkError, ValueError) as exc:
             return msgspec.json.encode(DreamAnswer(error=str(exc)))
         except Exception as exc:  # never a traceback instead of an answer
             log.exception("dream_request_failed")
             return msgspec.json.encode(DreamAnswer(error=f"{type(exc).__name__}: {exc}"))
-        launch(record, request)
+        self._launch(record, request)
         return msgspec.json.encode(DreamAnswer(record=record))
 
-    async def scheduled(schedule: DreamSchedule) -> None:
-        while not stop.is_set():
+    async def _scheduled(self, schedule: DreamSchedule) -> None:
+        while not self._stopping.is_set():
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(schedule.every_s):
-                    await stop.wait()
-            if stop.is_set():
+                    await self._stopping.wait()
+            if self._stopping.is_set():
                 return
             try:
-                record = await dreamer.start(msgspec.structs.replace(schedule.request, dream_id=""))
+                record = await self.dreamer.start(msgspec.structs.replace(schedule.request, dream_id=""))
             except StaffworkError as exc:
                 log.warning("scheduled_dream_refused", store=schedule.request.store, error=str(exc))
                 continue
-            launch(record, schedule.request)
-
-    responder = await bus.respond(bus.subjects.api_dream, answer, queue=DREAMER)
-    try:
-        async with asyncio.TaskGroup() as group:
-            for schedule in schedules or []:
-                group.create_task(scheduled(schedule))
-            if on_ready is not None:
-                on_ready()
-            await stop.wait()
-    finally:
-        await responder.close()
-        if running:
-            _, late = await asyncio.wait(set(running), timeout=grace)
-            for task in late:
-                task.cancel()
-            await asyncio.gather(*late, return_exceptions=True)
+            self._launch(record, schedule.request)
 
 
 async def request_dream(bus: Bus, request: DreamRequest, *, timeout: float = 10.0) -> DreamRecord:

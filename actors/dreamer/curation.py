@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import re
 import secrets
+from collections.abc import Awaitable, Callable
 
 import msgspec
 import structlog
 
-from actors.agent.models.base import Model, ModelError, ModelRequest
+from actors.agent.models.base import ModelError, ModelRequest, ModelResponse
 from actors.dreamer.sessions import DREAMER, LESSONS, DreamError, SessionDigest
-from bus.errors import InvalidPath
+from bus.errors import InvalidPath, Retryable
 from bus.workspace import normalize_path
 from schemas.base import Usage
 from schemas.conversation import TextBlock, ToolSpec, Turn
@@ -243,14 +244,15 @@ def _valid_path(path: str) -> str:
 
 
 async def model_dream(
-    model: Model,
+    complete: Callable[[ModelRequest], Awaitable[ModelResponse]],
     model_name: str,
     store: str,
     files: dict[str, str],
     digests: list[SessionDigest],
     instructions: str,
 ) -> tuple[dict[str, str], list[str], Usage]:
-    """One model call that must answer with ``write_store``; its files, validated."""
+    """One model call (``complete``: the dreamer's traced call) that must answer with ``write_store``;
+    its files, validated."""
     nonce = secrets.token_hex(8)
     request = ModelRequest(
         model=model_name,
@@ -268,8 +270,8 @@ async def model_dream(
         thread_id=DREAMER,
     )
     try:
-        response = await model.complete(request)
-    except ModelError as exc:
+        response = await complete(request)
+    except (ModelError, Retryable) as exc:  # a dream is not retried: either fails it
         raise DreamError(f"the dream's model failed: {exc}") from exc
     use = next((u for u in response.tool_uses if u.name == WRITE_STORE.name), None)
     if use is None:

@@ -14,17 +14,26 @@ from typing import Any
 import msgspec
 import structlog
 
-from actors.sessions.directory import TERMINAL, SessionDirectory, SessionRecord
-from bus.codec import Decoder
+from actors.sessions.directory import TERMINAL, SessionDirectory
+from bus.codec import Decoder, encode
 from bus.connection import Bus
 from bus.direct import read_subject
-from bus.errors import MessageRejected, StaffworkError
+from bus.errors import BusError, MessageRejected, StaffworkError
 from schemas.dream import (
     AgentBaseline,
     DreamReport,
 )
-from schemas.session import SessionResult
-from schemas.trace import AgentToolResult, AnyTraceEvent, OutcomeEvaluationEnd, ThreadMessageSent
+from schemas.session import SessionRecord, SessionResult
+from schemas.trace import (
+    AgentToolResult,
+    AnyTraceEvent,
+    EventsAnswer,
+    EventsQuery,
+    OutcomeEvaluationEnd,
+    QueryFailed,
+    ThreadMessageSent,
+    TraceAnswer,
+)
 
 log = structlog.get_logger("staffwork.dreamer")
 
@@ -85,25 +94,30 @@ async def select_sessions(
 
 
 _event_decoder: Decoder[Any] = Decoder(AnyTraceEvent, max_bytes=4 * 1024 * 1024)
-_events_decoder = msgspec.json.Decoder(list[AnyTraceEvent])
+_answer_decoder: msgspec.json.Decoder[TraceAnswer] = msgspec.json.Decoder(TraceAnswer)
 _result_decoder = msgspec.json.Decoder(SessionResult)
 
 
 async def session_events(bus: Bus, session_id: str) -> AsyncIterator[AnyTraceEvent]:
     """A session's trace events: from the collector when one answers on ``<root>.api.trace`` (its
     database keeps sessions past the log stream's max age), else from the log stream itself."""
-    query = msgspec.json.encode({"op": "events", "session_id": session_id})
+    query = encode(EventsQuery(session_id=session_id))
     try:
         reply = await bus.request(bus.subjects.api_trace, query, timeout=COLLECTOR_TIMEOUT)
-        answer = msgspec.json.decode(reply)
-        rows = answer["result"]
-        events = _events_decoder.decode(msgspec.json.encode(rows))
-    except Exception as exc:  # no collector (no responders), a timeout, an error answer: the stream
-        log.debug("dream_events_from_stream", session_id=session_id, reason=repr(exc))
+        answer = _answer_decoder.decode(reply)
+    except (BusError, msgspec.DecodeError) as exc:  # no collector (no responders), a timeout, garbage
+        reason = str(exc)
     else:
-        for event in events:
-            yield event
-        return
+        match answer:
+            case EventsAnswer(events=events):
+                for event in events:
+                    yield event
+                return
+            case QueryFailed(error=error):
+                reason = error.message
+            case _:
+                reason = f"{type(answer).__name__} is no answer to an events query"
+    log.debug("dream_events_from_stream", session_id=session_id, reason=reason)
     subject = bus.subjects.events(session_id)
     async for msg in read_subject(bus, bus.subjects.log_stream, subject):
         try:

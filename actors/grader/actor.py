@@ -30,17 +30,16 @@ an end.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import secrets
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 
-from actors.agent.models.base import Model, ModelFatal, ModelRequest, ModelResponse, ModelRetryable
+from actors.agent.calls import call_model
+from actors.agent.models.base import Model, ModelFatal, ModelRequest
 from actors.grader.checks import CHECK_TIMEOUT, FileRead, clip, read_file, run_checks_apart
 from actors.grader.verdict import (
     GRADER,
@@ -58,9 +57,7 @@ from bus.actor import BaseActor, Context
 from bus.connection import Bus
 from bus.direct import read_subject
 from bus.errors import BusError, Retryable
-from bus.lifecycle import run_actors
 from bus.provision import ConsumerSpec, grader_consumer
-from bus.runtime import RuntimeSettings
 from bus.subjects import Subjects
 from bus.workspace import Workspace
 from schemas.base import ErrorInfo, Message, Usage
@@ -71,7 +68,7 @@ from schemas.outcome import (
     GradeVerdict,
 )
 from schemas.team import DEFAULT_MODEL
-from schemas.trace import ModelRequestEnd, ModelRequestStart, OutcomeEvaluationEnd, OutcomeEvaluationStart
+from schemas.trace import OutcomeEvaluationEnd, OutcomeEvaluationStart
 
 # --- the actor -------------------------------------------------------------------------------------
 
@@ -225,37 +222,10 @@ class GraderActor(BaseActor[GradeRequest]):
             thread_id=GRADER,
             session_id=msg.session_id,
         )
-        fields: dict[str, Any] = {
-            "session_id": msg.session_id,
-            "thread_id": GRADER,
-            "agent": GRADER,
-            "model": model,
-        }
-        await bus.emit(ModelRequestStart(**fields))
-        started = time.perf_counter()
-        response: ModelResponse | None = None
-        error: ModelRetryable | ModelFatal | None = None
         try:
-            response = await self.model.complete(request)
-        except (ModelRetryable, ModelFatal) as exc:
-            error = exc
-        await bus.emit(
-            ModelRequestEnd(
-                stop_reason=response.stop_reason if response else "",
-                usage=response.usage if response else Usage(),
-                duration_ms=(time.perf_counter() - started) * 1000,
-                error=ErrorInfo(
-                    kind=type(error).__name__, message=str(error), retryable=isinstance(error, ModelRetryable)
-                )
-                if error
-                else None,
-                **fields,
-            )
-        )
-        if isinstance(error, ModelRetryable):
-            raise Retryable(f"grader model {model}: {error}") from error
-        if response is None:
-            failure = f"{type(error).__name__}: {error}"
+            response = await call_model(bus, self.model, request)  # a retryable failure: Retryable
+        except ModelFatal as exc:
+            failure = f"{type(exc).__name__}: {exc}"
             reason = f"not graded: the grader's model failed: {failure}"
             return _Rubric([not_graded(c, reason) for c in criteria], model_error=failure)
         use = next((u for u in response.tool_uses if u.name == SUBMIT_GRADES.name), None)
@@ -285,23 +255,3 @@ async def _stored_verdict(msg: GradeRequest, bus: Bus) -> GradeVerdict | None:
     except msgspec.DecodeError:
         return None  # unreadable: grade again (the lead reads the same message, and fails on it too)
     return verdict if verdict.outcome_id == msg.outcome_id else None
-
-
-async def serve_grader(
-    bus: Bus,
-    model: Model,
-    stop: asyncio.Event,
-    *,
-    on_ready: Callable[[], None] | None = None,
-    settings: RuntimeSettings | None = None,
-    check_timeout: float = CHECK_TIMEOUT,
-) -> None:
-    """Run the grader until ``stop`` is set (``staffwork actor grader``, and inside ``staffwork run``).
-    ``check_timeout``: seconds each machine check may run before it is failed."""
-
-    async def ready() -> None:
-        if on_ready is not None:
-            on_ready()
-
-    grader = GraderActor(model=model, check_timeout=check_timeout)
-    await run_actors(bus, [grader], stop, settings, on_ready=ready)

@@ -19,10 +19,12 @@ import structlog
 
 from actors.sessions.directory import SessionDirectory
 from actors.sessions.teams import UnknownTeam, resolve_team
+from bus.actor import BaseActor
 from bus.codec import Decoder, encode
 from bus.connection import Bus
 from bus.errors import MessageRejected
 from bus.state import Responder
+from bus.subjects import Subjects
 from schemas.base import ErrorInfo
 from schemas.errors import SpecError
 from schemas.session import SessionSubmit, SubmitReply
@@ -35,19 +37,27 @@ def session_id_for_key(key: str) -> str:
     return "ses_" + base64.b32hexencode(digest).decode("ascii")[:26].lower()
 
 
-class SubmitGateway:
-    def __init__(self, bus: Bus) -> None:
-        self.bus = bus
-        self.directory = SessionDirectory(bus)
+class SubmitGateway(BaseActor[None]):
+    """A service (no consumer): answers ``<root>.api.submit`` from ``on_start`` to ``on_stop``."""
+
+    role = "gateway"
+
+    def __init__(self) -> None:
         self._decoder: Decoder[SessionSubmit] = Decoder(SessionSubmit, max_bytes=1024 * 1024)
         self._responder: Responder | None = None
 
-    async def start(self) -> None:
-        self._responder = await self.bus.respond(self.bus.subjects.api_submit, self._answer, queue="gateway")
+    def consumer(self, subjects: Subjects) -> None:
+        return None
 
-    async def stop(self) -> None:
+    async def on_start(self, bus: Bus) -> None:
+        self.bus = bus
+        self.directory = SessionDirectory(bus)
+        self._responder = await bus.respond(bus.subjects.api_submit, self._answer, queue="gateway")
+
+    async def on_stop(self) -> None:
         if self._responder is not None:
             await self._responder.close()
+            self._responder = None
 
     def _refuse(self, kind: str, message: str, session_id: str = "") -> bytes:
         log.info("submit_refused", kind=kind, reason=message)

@@ -1,28 +1,22 @@
-"""Session state shared by all actors: the session directory (KV) and cancellation.
+"""The session directory: one record per session in the ``<key>_sessions`` KV bucket.
 
-The lead records each session in the ``<key>_sessions`` KV bucket when it takes it: the team (so a
-subagent worker in another process knows the agents' specs), the task and the status. Workers read
-the team from there, and check the status so work for a canceled session stops at once.
-
-Cancelling a session writes ``canceled`` to the directory and publishes ``session.cancel.v1`` on
-``<root>.s.<session>.ctl``; every lead and worker process watches those subjects and stops that
-session's work within moments. Work picked up later sees the status in the directory.
+The gateway records a session ``pending`` with its effective team; the lead marks it running and,
+at the end, records its end, thread count and usage. Every other role reads the team from here.
+Status changes are compare-and-set, and a stopped status is never overwritten.
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections import OrderedDict
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import msgspec
 import structlog
 
 from bus.connection import Bus
-from bus.state import KV, Listener
+from bus.state import KV
 from schemas.base import Usage
-from schemas.session import SessionCancel, SessionState
+from schemas.session import SessionRecord, SessionState
 from schemas.team import TeamSpec
 
 log = structlog.get_logger("staffwork.sessions")
@@ -36,7 +30,7 @@ TERMINAL: frozenset[str] = frozenset(
 T = TypeVar("T")
 
 
-class _Bounded(OrderedDict[str, T]):
+class Bounded(OrderedDict[str, T]):
     """A dict that forgets its least recently used entries beyond ``limit`` (long-lived processes)."""
 
     def __init__(self, limit: int) -> None:
@@ -56,18 +50,6 @@ class _Bounded(OrderedDict[str, T]):
             self.popitem(last=False)
 
 
-class SessionRecord(msgspec.Struct, kw_only=True):
-    session_id: str
-    team: TeamSpec
-    task: str
-    status: SessionState = "running"
-    stop_reason: str = ""
-    started: float = msgspec.field(default_factory=time.time)
-    ended: float = 0.0  # when the lead finished it (0 while it runs)
-    threads: int = 0  # the lead's thread and the subagent threads it started
-    usage: Usage = msgspec.field(default_factory=Usage)
-
-
 _record = msgspec.json.Decoder(SessionRecord)
 _encoder = msgspec.json.Encoder()
 
@@ -77,7 +59,7 @@ class SessionDirectory:
 
     def __init__(self, bus: Bus) -> None:
         self.bus = bus
-        self._teams: _Bounded[TeamSpec] = _Bounded(1000)
+        self._teams: Bounded[TeamSpec] = Bounded(1000)
 
     async def _kv(self) -> KV:
         return await self.bus.kv(self.bus.subjects.sessions_bucket)
@@ -153,73 +135,3 @@ class SessionDirectory:
         """Whether the session's work was stopped (canceled, or a budget, deadline or failure)."""
         record = await self.get(session_id)
         return record is not None and record.status in STOPPED
-
-
-async def cancel_session(
-    bus: Bus, session_id: str, reason: str = "canceled", *, status: SessionState = "canceled"
-) -> None:
-    """Stop a session's work: mark it in the directory (``canceled``, or why it stopped:
-    ``budget_reached``, ``deadline_reached``, ``failed``) and tell every lead and worker.
-
-    A session that already ended keeps its status (the lead's own budget/deadline stop still
-    reaches its threads)."""
-    directory = SessionDirectory(bus)
-    record = await directory.get(session_id)
-    if record is not None and record.status in TERMINAL and status == "canceled":
-        return
-    await directory.set_status(session_id, status, reason)
-    await bus.publish(bus.subjects.ctl(session_id), SessionCancel(session_id=session_id, reason=reason))
-
-
-class CancelWatch:
-    """Watches ``<root>.s.*.ctl`` in this process and keeps one event per canceled session."""
-
-    def __init__(self, bus: Bus) -> None:
-        self.bus = bus
-        self._events: _Bounded[asyncio.Event] = _Bounded(10_000)
-        self._listener: Listener[SessionCancel] | None = None
-
-    async def start(self) -> None:
-        if self._listener is None:
-            self._listener = await self.bus.listen(self.bus.subjects.all_ctl, SessionCancel, self._on_cancel)
-
-    async def stop(self) -> None:
-        if self._listener is not None:
-            await self._listener.close()
-            self._listener = None
-
-    def _on_cancel(self, cancel: SessionCancel) -> None:
-        log.info("session_cancel_seen", session_id=cancel.session_id, reason=cancel.reason)
-        self.event(cancel.session_id).set()
-
-    def event(self, session_id: str) -> asyncio.Event:
-        event = self._events.get(session_id)
-        if event is None:
-            event = self._events[session_id] = asyncio.Event()
-        return event
-
-    def forget(self, session_id: str) -> None:
-        self._events.pop(session_id, None)
-
-
-async def race_cancel(work: asyncio.Future[Any], *events: tuple[asyncio.Event, str]) -> str:
-    """Wait for ``work`` or the first of ``events`` (each with its name); cancel ``work`` if an
-    event wins, and return that event's name (or ``"done"``)."""
-    waiters = {asyncio.ensure_future(event.wait()): name for event, name in events}
-    try:
-        done, _ = await asyncio.wait({work, *waiters}, return_when=asyncio.FIRST_COMPLETED)
-    except asyncio.CancelledError:
-        work.cancel()  # we are being cancelled: the work goes with us, never orphaned
-        await asyncio.wait({work})
-        raise
-    finally:
-        for waiter in waiters:
-            waiter.cancel()
-    if work in done:
-        return "done"
-    work.cancel()
-    await asyncio.wait({work})
-    for waiter, name in waiters.items():
-        if waiter in done:
-            return name
-    return "done"

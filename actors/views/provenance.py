@@ -17,8 +17,8 @@ from typing import Any
 from rich.text import Text
 from rich.tree import Tree
 
-from actors.lead.run import thread_id_for
 from bus.errors import StaffworkError
+from schemas.thread import thread_id_for
 from schemas.trace import AgentToolResult, AgentToolUse, AnyTraceEvent, FileWritten, ThreadCreated
 
 DELEGATING_TOOLS = ("delegate", "message_agent")

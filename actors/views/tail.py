@@ -68,10 +68,8 @@ def event_subjects(subjects: Subjects, session: str | None, kind: str | None) ->
     suffix = (kind if kind in KINDS else f"{kind}.>") if kind else ">"
     if session:
         return [subjects.events(session, suffix)]
-    found = [subjects.events("*", suffix)]
-    if not kind or kind.split(".")[0] == "bus":  # undecodable traffic that names no session
-        found.append(subjects.system_events(suffix))
-    return found
+    # and the events of no session: undecodable traffic, the dreamer's model calls
+    return [subjects.events("*", suffix), subjects.system_events(suffix)]
 
 
 def agent_style(agent: str) -> str:

@@ -22,8 +22,8 @@ from typing import Any
 
 import msgspec
 
-from actors.lead.run import thread_id_for
 from schemas.base import Usage
+from schemas.thread import thread_id_for
 from schemas.trace import (
     AgentMessage,
     AgentThinking,

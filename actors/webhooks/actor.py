@@ -59,10 +59,8 @@ another host name.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
-from collections.abc import Callable
 from typing import Any, assert_never
 
 import httpx2
@@ -91,9 +89,7 @@ from actors.webhooks.http import (
 from bus.actor import BaseActor, Context
 from bus.connection import Bus
 from bus.errors import BusError, Retryable
-from bus.lifecycle import run_actors
 from bus.provision import ConsumerSpec, webhook_deliveries_consumer, webhook_events_consumer
-from bus.runtime import RuntimeSettings
 from bus.subjects import Subjects
 from schemas.trace import (
     OutcomeEvaluationEnd,
@@ -118,7 +114,6 @@ __all__ = [
     "enable_endpoint",
     "endpoint_states",
     "send_test_event",
-    "serve_webhooks",
 ]
 
 log = structlog.get_logger("staffwork.webhooks")
@@ -178,9 +173,11 @@ class WebhookEvents(BaseActor[WebhookSource]):
     def consumer(self, subjects: Subjects) -> ConsumerSpec:
         return webhook_events_consumer(subjects, ack_wait=self.settings.ack_wait)
 
+    async def on_start(self, bus: Bus) -> None:
+        self._directory = SessionDirectory(bus)
+
     async def handle(self, msg: WebhookSource, ctx: Context) -> None:
-        if self._directory is None:
-            self._directory = SessionDirectory(ctx.bus)
+        assert self._directory is not None
         try:
             team = await self._directory.team(msg.session_id)
             if team is None or not team.webhooks:
@@ -227,7 +224,18 @@ class WebhookDeliverer(BaseActor[WebhookDelivery]):
     def consumer(self, subjects: Subjects) -> ConsumerSpec:
         return webhook_deliveries_consumer(subjects, ack_wait=self.settings.ack_wait)
 
-    async def aclose(self) -> None:
+    async def on_start(self, bus: Bus) -> None:
+        self._endpoints = Endpoints(await bus.kv(bus.subjects.webhooks_bucket))
+        self._directory = SessionDirectory(bus)
+        log.info(
+            "webhooks_ready",
+            allow_private=self.settings.allow_private,
+            max_attempts=self.settings.max_attempts,
+            max_failures=self.settings.max_failures,
+            failing_for=self.settings.failing_for,
+        )
+
+    async def on_stop(self) -> None:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
@@ -239,9 +247,7 @@ class WebhookDeliverer(BaseActor[WebhookDelivery]):
             raise Retryable(f"webhook {msg.url}: {exc}", delay=self.settings.backoff(ctx.delivery)) from exc
 
     async def _deliver(self, msg: WebhookDelivery, ctx: Context) -> None:
-        if self._endpoints is None:
-            self._endpoints = Endpoints(await ctx.bus.kv(ctx.bus.subjects.webhooks_bucket))
-            self._directory = SessionDirectory(ctx.bus)
+        assert self._endpoints is not None
         assert self._directory is not None
         endpoints, bound = self._endpoints, ctx.log.bind(url=msg.url, event_id=msg.event_id)
         state = await endpoints.get(msg.url)
@@ -371,32 +377,3 @@ def _key_of(spec: WebhookSpec) -> bytes:
         return secret_key(secret)
     except ValueError as exc:
         raise WebhookError(spec.url, f"the secret in {spec.secret_env!r} is invalid: {exc}") from None
-
-
-async def serve_webhooks(
-    bus: Bus,
-    stop: asyncio.Event,
-    *,
-    settings: WebhookSettings | None = None,
-    on_ready: Callable[[], None] | None = None,
-) -> None:
-    """Run both webhook actors until ``stop`` is set (in-flight attempts finish first)."""
-    settings = settings or WebhookSettings()
-    deliverer = WebhookDeliverer(settings)
-
-    async def ready() -> None:
-        log.info(
-            "webhooks_ready",
-            allow_private=settings.allow_private,
-            max_attempts=settings.max_attempts,
-            max_failures=settings.max_failures,
-            failing_for=settings.failing_for,
-        )
-        if on_ready is not None:
-            on_ready()
-
-    runtime = RuntimeSettings(concurrency=settings.concurrency, grace=settings.timeout + 5.0)
-    try:
-        await run_actors(bus, [WebhookEvents(settings), deliverer], stop, runtime, on_ready=ready)
-    finally:
-        await deliverer.aclose()

@@ -20,7 +20,7 @@ import inspect
 import typing
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 import structlog
@@ -41,6 +41,14 @@ class ToolError(Exception):
     """A tool failed in a way the model should be told about (an ``is_error`` result)."""
 
 
+class Delegating(Protocol):
+    """What the lead's ``delegate`` and ``message_agent`` tools call: each returns the thread's reply."""
+
+    async def delegate(self, agent: str, task: str, tool_use_id: str) -> str: ...
+
+    async def message_agent(self, thread_id: str, message: str, tool_use_id: str) -> str: ...
+
+
 @dataclass
 class ToolContext:
     """What a tool call knows: where it runs (session, thread, agent, the call's id) and the bus."""
@@ -51,8 +59,8 @@ class ToolContext:
     thread_id: str
     agent: str
     tool_use_id: str = ""
-    #: Role-specific services (the lead's delegation machinery...), by name.
-    services: dict[str, Any] = field(default_factory=dict)
+    #: The lead's delegation machinery (None in a subagent's thread).
+    delegating: Delegating | None = None
     #: The memory stores attached to the agent, by store name (reached under ``/memory/<store>/``).
     memory: dict[str, MemoryAttachment] = field(default_factory=dict)
 

@@ -1,0 +1,107 @@
+"""The live table of ``staffwork run``: one row per thread (status, turns, tool calls, tokens,
+elapsed), built from the session's trace events."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from rich.table import Table
+
+from schemas.trace import (
+    AgentToolUse,
+    AnyTraceEvent,
+    ModelRequestEnd,
+    OutcomeEvaluationEnd,
+    OutcomeEvaluationStart,
+    SessionStatusIdle,
+    SessionStatusRunning,
+    ThreadCreated,
+    ThreadStatusIdle,
+    ThreadStatusRunning,
+)
+
+
+@dataclass
+class ThreadRow:
+    thread_id: str
+    agent: str
+    status: str = "created"
+    turns: int = 0
+    tools: int = 0
+    tokens: int = 0
+    cost: float = 0.0
+    started: datetime | None = None
+    ended: datetime | None = None
+
+    def elapsed(self, now: datetime) -> float:
+        if self.started is None:
+            return 0.0
+        return ((self.ended or now) - self.started).total_seconds()
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "thread_id": self.thread_id,
+            "agent": self.agent,
+            "status": self.status,
+            "started": self.started.isoformat() if self.started else None,
+            "ended": self.ended.isoformat() if self.ended else None,
+            "turns": self.turns,
+            "tool_calls": self.tools,
+            "tokens": self.tokens,
+            "cost_usd": round(self.cost, 6),
+        }
+
+
+@dataclass
+class Progress:
+    threads: dict[str, ThreadRow] = field(default_factory=dict)
+    last: datetime | None = None
+
+    def row(self, thread_id: str, agent: str) -> ThreadRow:
+        if thread_id not in self.threads:
+            self.threads[thread_id] = ThreadRow(thread_id, agent)
+        return self.threads[thread_id]
+
+    def apply(self, event: AnyTraceEvent) -> None:
+        self.last = event.time
+        row = self.row(event.thread_id or "lead", event.agent)
+        if isinstance(event, SessionStatusRunning | ThreadStatusRunning | ThreadCreated):
+            row.status = "running"
+            row.started = row.started or event.time
+        elif isinstance(event, ModelRequestEnd):
+            row.turns += 1
+            row.tokens += event.usage.input_tokens + event.usage.output_tokens
+            row.cost += event.usage.cost_usd
+        elif isinstance(event, AgentToolUse):
+            row.tools += 1
+        elif isinstance(event, ThreadStatusIdle | SessionStatusIdle):
+            row.status = "idle" if event.stop_reason in ("end_turn", "") else event.stop_reason
+            row.ended = event.time
+        elif isinstance(event, OutcomeEvaluationStart):
+            row.status = f"grading {event.iteration}"
+            row.started = row.started or event.time
+        elif isinstance(event, OutcomeEvaluationEnd):  # its usage came with the grader's model calls
+            row.status = event.result
+            row.ended = event.time
+
+    def table(self) -> Table:
+        table = Table(box=None, header_style="bold", pad_edge=False)
+        for column in ("thread", "agent", "status", "turns", "tool calls", "tokens", "elapsed"):
+            table.add_column(
+                column, justify="right" if column in ("turns", "tool calls", "tokens", "elapsed") else "left"
+            )
+        now = self.last or datetime.now().astimezone()
+        for row in self.threads.values():
+            colour = {"running": "yellow", "idle": "green"}.get(row.status, "red")
+            table.add_row(
+                row.thread_id,
+                row.agent,
+                f"[{colour}]{row.status}[/]",
+                str(row.turns),
+                str(row.tools),
+                f"{row.tokens:,}",
+                f"{row.elapsed(now):.1f}s",
+            )
+        return table

@@ -1,0 +1,247 @@
+"""The serving commands: ``server`` (a NATS server in the foreground), ``actor`` (one actor process,
+what a container runs) and ``up`` (the embedded server plus every actor as its own process)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from actors.cli.common import (
+    EXAMPLES,
+    AllowPrivateOption,
+    NatsOption,
+    OtlpOption,
+    RootOption,
+    err,
+    fail,
+    load_example,
+    out,
+    run_async,
+)
+from actors.collector.otlp import OtlpExporter
+from actors.roles import ROLES, RoleConfig, serve_roles
+from actors.sessions.teams import register_team, registered_teams
+from actors.webhooks.actor import WebhookSettings
+from bus import local
+from bus.connection import Bus
+from bus.errors import StaffworkError
+from bus.lifecycle import install_stop_signals
+from bus.paths import data_dir, server_store_dir
+from bus.provision import provision
+from bus.server import EmbeddedServer, die_with_parent
+
+
+def server(
+    port: Annotated[int, typer.Option(help="Client port (-1 picks a free one).")] = 4222,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    store: Annotated[Path | None, typer.Option(help="JetStream store directory.")] = None,
+) -> None:
+    """Run a NATS server with JetStream in the foreground (Ctrl-C stops it)."""
+
+    async def go() -> None:
+        srv = EmbeddedServer(store or server_store_dir(), host=host, port=port)
+        url = await srv.start()
+        if store is None:  # the user's default store: other commands find and use this server
+            local.announce(
+                local.LocalServer(url=url, pid=os.getpid(), mode="server", store=str(srv.store_dir))
+            )
+        try:
+            out.print(
+                f"NATS server ready at [bold]{url}[/] (JetStream store {srv.store_dir})", highlight=False
+            )
+            out.print(f"export STAFFWORK_NATS_URL={url}", highlight=False)
+            stop = asyncio.Event()
+            install_stop_signals(stop)
+            waiter = asyncio.ensure_future(srv.wait())
+            stopper = asyncio.ensure_future(stop.wait())
+            done, _ = await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            stopper.cancel()
+            if waiter in done:
+                waiter.result()  # raises ServerFailed with its [FTL] lines
+            else:
+                waiter.cancel()
+        finally:
+            local.withdraw(os.getpid())
+            await srv.stop()
+        out.print("NATS server stopped")
+
+    run_async(go)
+
+
+def actor(
+    role: Annotated[str, typer.Argument(help=f"One of: {', '.join(ROLES)}.")],
+    agents: Annotated[
+        str, typer.Option(help="Comma-separated agents to serve (subagent; default: all registered).")
+    ] = "",
+    db: Annotated[Path | None, typer.Option(help="The collector's SQLite database.")] = None,
+    otlp: OtlpOption = None,
+    allow_private: AllowPrivateOption = False,
+    nats: NatsOption = None,
+    root: RootOption = "sw",
+) -> None:
+    """Run one actor process against a NATS server (what a container runs)."""
+    if role not in ROLES:
+        fail(StaffworkError(f"unknown role {role!r} (roles: {', '.join(ROLES)})"))
+
+    async def go() -> None:
+        url = nats or (running.url if (running := local.running_server()) else None)
+        if url is None:
+            raise StaffworkError("no NATS server: give --nats URL (or start one with staffwork up)")
+        async with await Bus.connect(url, root=root, name=f"staffwork-{role}") as bus:
+            await provision(bus)
+            names = [a for a in agents.split(",") if a]
+            if role == "subagent" and not names:
+                names = sorted({a.name for team in await registered_teams(bus) for a in team.agents})
+                if not names:
+                    raise StaffworkError("no agents to serve: give --agents a,b or register a team first")
+            if otlp:
+                try:
+                    OtlpExporter(otlp)
+                except ValueError as exc:
+                    raise StaffworkError(f"--otlp: {exc}") from None
+            config = RoleConfig(
+                agents=names,
+                db=db or data_dir() / "trace.db",
+                otlp=otlp,
+                webhooks=WebhookSettings(allow_private=allow_private),
+            )
+            details = {
+                "lead": "lead",
+                "subagent": ", ".join(names),
+                "collector": f"{config.db}" + (f"; exporting spans to {otlp}" if otlp else ""),
+            }.get(role, "")
+            ready = f"{role} ready on {url} (root {root!r})" + (f": {details}" if details else "")
+            await serve_here(bus, [role], config, ready)
+
+    run_async(go)
+
+
+async def serve_here(bus: Bus, roles: list[str], config: RoleConfig, ready: str) -> None:
+    """Serve ``roles`` in this process until SIGTERM/SIGINT; print ``ready`` once they consume."""
+    stop = asyncio.Event()
+    install_stop_signals(stop)
+    await serve_roles(
+        bus, roles, config, stop, on_ready=lambda: err.print(ready, highlight=False, markup=False)
+    )
+
+
+def up(
+    port: Annotated[int, typer.Option(help="Client port (-1 picks a free one).")] = -1,
+    otlp: OtlpOption = None,
+    allow_private: AllowPrivateOption = False,
+    nats: NatsOption = None,
+    root: RootOption = "sw",
+) -> None:
+    """The embedded server plus every actor as its own process (lead, one worker per agent of the
+    registered teams); logs prefixed by role; Ctrl-C stops them all gracefully."""
+
+    async def go() -> None:
+        if nats is None and (running := local.running_server()) is not None:
+            raise StaffworkError(
+                f"a staffwork {running.mode} already runs at {running.url} (pid {running.pid}): "
+                "use it, or stop it first"
+            )
+        async with contextlib.AsyncExitStack() as owned:
+            url = nats
+            if url is None:
+                server = EmbeddedServer(server_store_dir(), port=port)
+                url = await server.start()
+
+                def waiting(count: int) -> None:
+                    err.print(f"waiting for {count} staffwork command(s) still using this server")
+
+                await owned.enter_async_context(local.serving(server, "up", on_wait=waiting))
+            clean = await _up(url, root, otlp, allow_private)
+        out.print("staffwork is down")
+        if not clean:
+            raise StaffworkError("an actor process exited unexpectedly (see its log above)")
+
+    run_async(go)
+
+
+async def _up(url: str, root: str, otlp: str | None = None, allow_private: bool = False) -> bool:
+    """Register the bundled teams, then supervise one process per role until stopped."""
+    async with await Bus.connect(url, root=root, name="staffwork-up") as bus:
+        await provision(bus)
+        for example in sorted(p.parent.name for p in EXAMPLES.glob("*/team.toml")):
+            await register_team(bus, load_example(example).team)
+        teams = await registered_teams(bus)
+    agent_names = sorted({a.name for team in teams for a in team.agents})
+    options = {
+        "otlp": ["--otlp", otlp] if otlp else [],
+        "allow_private": ["--allow-private-webhooks"] * allow_private,
+    }
+    roles: list[tuple[str, list[str]]] = []
+    for role in ROLES.values():  # one process per role, per agent for subagents
+        passed = [arg for option in role.options for arg in options.get(option, [])]
+        if role.per_agent:
+            roles += [(f"agent:{a}", [role.name, "--agents", a, *passed]) for a in agent_names]
+        else:
+            roles.append((role.name, [role.name, *passed]))
+    out.print(f"staffwork is up: NATS at [bold]{url}[/] (root {root!r})", highlight=False)
+    out.print(
+        f"teams: {', '.join(t.name for t in teams)}; processes: {', '.join(r for r, _ in roles)}",
+        highlight=False,
+    )
+    out.print(f"export STAFFWORK_NATS_URL={url}", highlight=False)
+    return await _supervise(url, root, roles)
+
+
+async def _supervise(url: str, root: str, roles: list[tuple[str, list[str]]]) -> bool:
+    """Start one process per role, prefix their output, stop them all on SIGINT/SIGTERM. False if a
+    process exited on its own (the others are stopped then too)."""
+    stop = asyncio.Event()
+    install_stop_signals(stop)
+    procs: list[tuple[str, asyncio.subprocess.Process]] = []
+
+    async def relay(name: str, stream: asyncio.StreamReader) -> None:
+        while line := await stream.readline():
+            out.print(
+                f"[cyan]\\[{name}][/] {line.decode(errors='replace').rstrip()}", highlight=False, markup=True
+            )
+
+    async with asyncio.TaskGroup() as tg:
+        for name, args in roles:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "actors.cli",
+                "--log-console",
+                "actor",
+                *args,
+                "--nats",
+                url,
+                "--root",
+                root,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                start_new_session=True,
+                preexec_fn=die_with_parent if sys.platform.startswith("linux") else None,
+            )
+            procs.append((name, proc))
+            assert proc.stdout is not None
+            tg.create_task(relay(name, proc.stdout))
+        exits = [asyncio.ensure_future(p.wait()) for _, p in procs]
+        stopper = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({stopper, *exits}, return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        clean = stop.is_set()
+        for name, proc in procs:
+            if proc.returncode is not None and not stop.is_set():
+                err.print(f"{name} exited with code {proc.returncode}; stopping the others", highlight=False)
+            if proc.returncode is None:
+                proc.terminate()
+        _, pending = await asyncio.wait(exits, timeout=45)
+        for _, proc in procs:
+            if proc.returncode is None:
+                proc.kill()
+        if pending:
+            await asyncio.wait(pending)
+    return clean

@@ -1,0 +1,88 @@
+"""The lead actor: consumes ``<root>.submit`` and drives each session with a :class:`LeadRun`.
+
+Before a session starts it makes sure every agent of the team has its task consumer (once per agent
+and process; a worker's own consumer settings win). The session's result is published on
+``<root>.s.<session>.out.result``; a failure becomes a ``failed`` result. A session another lead is
+driving (a history conflict) is retried later.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+from actors.agent.models.base import Model
+from actors.lead.run import LeadRun
+from actors.sessions.cancel import CancelWatch
+from actors.sessions.directory import SessionDirectory
+from bus.actor import BaseActor, Context
+from bus.connection import Bus
+from bus.errors import HistoryConflict, Retryable
+from bus.provision import ConsumerSpec, agent_consumer, ensure_consumer, lead_consumer
+from bus.subjects import Subjects
+from schemas.base import ErrorInfo, Message
+from schemas.session import SessionResult, SessionSubmit
+
+
+@dataclass(frozen=True)
+class LeadSettings:
+    ack_wait: float = 30.0
+    subagent_ack_wait: float = 30.0
+    grade_timeout: float = 900.0  # waiting for the grader's verdict on an attempt
+
+
+class LeadActor(BaseActor[SessionSubmit]):
+    role = "lead"
+    inbox = SessionSubmit
+
+    def __init__(
+        self,
+        *,
+        model: Model,
+        directory: SessionDirectory,
+        cancels: CancelWatch,
+        settings: LeadSettings | None = None,
+    ) -> None:
+        self.model = model
+        self.directory = directory
+        self.cancels = cancels
+        self.settings = settings or LeadSettings()
+        self._consumers: set[str] = set()  # agent consumers this process already made sure of
+
+    async def ensure_agent_consumer(self, bus: Bus, agent: str) -> None:
+        if agent not in self._consumers:
+            spec = agent_consumer(bus.subjects, agent, ack_wait=self.settings.subagent_ack_wait)
+            await ensure_consumer(bus, spec, update=False)  # a worker's own settings win
+            self._consumers.add(agent)
+
+    def consumer(self, subjects: Subjects) -> ConsumerSpec:
+        return lead_consumer(subjects, ack_wait=self.settings.ack_wait)
+
+    async def on_start(self, bus: Bus) -> None:
+        await self.cancels.start()  # shared with the process's workers
+
+    async def on_stop(self) -> None:
+        await self.cancels.stop()
+
+    def reply_subject(self, msg: SessionSubmit, reply: Message, ctx: Context) -> str | None:
+        return ctx.bus.subjects.out(msg.session_id, "result")
+
+    def failure(self, msg: SessionSubmit, error: ErrorInfo) -> Message | None:
+        return SessionResult(
+            session_id=msg.session_id, status="failed", final_text=error.message, error=error
+        )
+
+    async def handle(self, msg: SessionSubmit, ctx: Context) -> Message | None:
+        run = LeadRun(
+            msg,
+            bus=ctx.bus,
+            model=self.model,
+            directory=self.directory,
+            cancels=self.cancels,
+            agent_consumer=functools.partial(self.ensure_agent_consumer, ctx.bus),
+            grade_timeout=self.settings.grade_timeout,
+        )
+        try:
+            return await run.run()
+        except HistoryConflict as exc:  # another lead is driving this session: try again later
+            raise Retryable(str(exc), delay=2.0) from exc

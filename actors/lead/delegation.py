@@ -1,0 +1,201 @@
+"""The lead's delegation: ``delegate`` starts a roster agent's thread, ``message_agent`` continues one.
+
+:class:`Delegations` sends a session's :class:`Delegation` and :class:`FollowUp` requests and waits
+for their :class:`ThreadReply`, holding one of ``max_concurrent_threads`` slots each (more wait, none
+is dropped). A request whose reply is already in the stream (a replay, or a reply published while
+the connection was down) is not sent again: the stored reply is used. The lead's tools reach it
+through :class:`~actors.agent.tools.base.Delegating` on their :class:`ToolContext`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Annotated, Any
+
+import msgspec
+
+from actors.agent.tools.base import Delegating, Tool, ToolContext, ToolError, tool
+from bus.codec import Decoder
+from bus.connection import Bus
+from bus.direct import read_subject
+from bus.history import ThreadHistory
+from bus.state import Listener
+from schemas.base import Usage
+from schemas.team import TeamSpec
+from schemas.thread import Delegation, FollowUp, ThreadReply, thread_id_for
+from schemas.trace import ThreadMessageReceived, ThreadMessageSent
+
+LEAD_THREAD = "lead"
+REPLY_RECHECK = 10.0  # seconds between looks in the stream for a reply the subscription missed
+_REPLY_BYTES = 4 * 1024 * 1024
+_replies: Decoder[ThreadReply] = Decoder(ThreadReply, max_bytes=_REPLY_BYTES)
+
+
+class Delegations:
+    """One session's threads: requests sent, replies awaited, and which agent runs which thread."""
+
+    def __init__(
+        self, bus: Bus, session_id: str, team: TeamSpec, *, on_usage: Callable[[Usage], None]
+    ) -> None:
+        self.bus = bus
+        self.sid = session_id
+        self.team = team
+        self.threads: dict[str, str] = {}  # thread id -> agent
+        self._on_usage = on_usage
+        self._slots = asyncio.Semaphore(team.max_concurrent_threads)
+        self._pending: dict[str, asyncio.Future[ThreadReply]] = {}
+        self._listener: Listener[ThreadReply] | None = None
+
+    async def start(self) -> None:
+        """Listen for the session's replies (before any request is sent)."""
+        self._listener = await self.bus.listen(
+            self.bus.subjects.replies(self.sid), ThreadReply, self._on_reply, max_bytes=_REPLY_BYTES
+        )
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            await self._listener.close()
+
+    def replay(self, history: ThreadHistory) -> None:
+        """Know the threads the lead's history started before a replay."""
+        for entry in history.entries:
+            for use in entry.turn.tool_uses:
+                if use.name == "delegate" and isinstance(use.input.get("agent"), str):
+                    self.threads[thread_id_for(use.id)] = use.input["agent"]
+
+    async def delegate(self, agent: str, task: str, tool_use_id: str) -> str:
+        try:
+            self.team.agent(agent)
+        except KeyError as exc:
+            raise ToolError(str(exc.args[0])) from None
+        thread_id = thread_id_for(tool_use_id)
+        self.threads[thread_id] = agent
+        request = Delegation(
+            session_id=self.sid,
+            msg_id=f"dlg-{self.sid}-{thread_id}",  # unique across sessions: JetStream dedups on it
+            thread_id=thread_id,
+            agent=agent,
+            task=task,
+            parent_thread_id=LEAD_THREAD,
+            tool_use_id=tool_use_id,
+        )
+        return _describe(await self._exchange(request, agent, task))
+
+    async def message_agent(self, thread_id: str, message: str, tool_use_id: str) -> str:
+        agent = self.threads.get(thread_id)
+        if agent is None:
+            known = ", ".join(f"{t} ({a})" for t, a in self.threads.items()) or "none yet"
+            raise ToolError(f"no thread {thread_id!r} in this session (threads: {known})")
+        request = FollowUp(
+            session_id=self.sid,
+            msg_id=f"fup-{self.sid}-{thread_id_for(tool_use_id)}",
+            thread_id=thread_id,
+            agent=agent,
+            message=message,
+            parent_thread_id=LEAD_THREAD,
+            tool_use_id=tool_use_id,
+        )
+        return _describe(await self._exchange(request, agent, message))
+
+    async def _exchange(self, request: Delegation | FollowUp, agent: str, content: str) -> ThreadReply:
+        """Send a request to a thread and wait for its reply (read back from the stream if it came
+        before a replay), holding one of the session's thread slots meanwhile."""
+        lead = self.team.lead.name
+        async with self._slots:
+            future: asyncio.Future[ThreadReply] = asyncio.get_running_loop().create_future()
+            self._pending[request.msg_id] = future
+            try:
+                reply = await self._stored_reply(request)
+                if reply is None:
+                    fields: dict[str, Any] = {"session_id": self.sid, "thread_id": LEAD_THREAD, "agent": lead}
+                    await self.bus.emit(
+                        ThreadMessageSent(
+                            to_thread_id=request.thread_id, to_agent=agent, content=content, **fields
+                        )
+                    )
+                    await self.bus.publish(self.bus.subjects.task(self.sid, agent), request)
+                    reply = await self._await_reply(request, future)
+            finally:
+                self._pending.pop(request.msg_id, None)
+        self._on_usage(reply.usage)
+        await self.bus.emit(
+            ThreadMessageReceived(
+                session_id=self.sid,
+                thread_id=LEAD_THREAD,
+                agent=lead,
+                from_thread_id=reply.thread_id,
+                from_agent=reply.agent,
+                content=reply.text[:20_000],
+            )
+        )
+        if reply.status == "failed":
+            message = reply.error.message if reply.error else reply.text
+            raise ToolError(f"thread {reply.thread_id} ({reply.agent}) failed: {message}")
+        return reply
+
+    async def _stored_reply(self, request: Delegation | FollowUp) -> ThreadReply | None:
+        """The reply to ``request`` if it is already in the stream (a replay, or a missed message)."""
+        subject = self.bus.subjects.reply(self.sid, request.thread_id)
+        async for stored in read_subject(self.bus, self.bus.subjects.log_stream, subject):
+            reply = _replies.decode(stored.data, subject=subject)
+            if reply.in_reply_to == request.msg_id:
+                return reply
+        return None
+
+    async def _await_reply(
+        self, request: Delegation | FollowUp, future: asyncio.Future[ThreadReply]
+    ) -> ThreadReply:
+        """Wait for the reply; every ``REPLY_RECHECK`` seconds also look in the stream, so a reply
+        published while this connection was down (the live subscription missed it) is still found."""
+        while True:
+            try:
+                return await asyncio.wait_for(asyncio.shield(future), REPLY_RECHECK)
+            except TimeoutError:
+                stored = await self._stored_reply(request)
+                if stored is not None:
+                    return stored
+
+    def _on_reply(self, reply: ThreadReply) -> None:
+        future = self._pending.get(reply.in_reply_to)
+        if future is not None and not future.done():
+            future.set_result(reply)
+
+
+def _describe(reply: ThreadReply) -> str:
+    head = f"[thread {reply.thread_id} · agent {reply.agent} · {reply.status}]"
+    files = f"\n\nfiles written: {', '.join(reply.files)}" if reply.files else ""
+    return f"{head}\n{reply.text}{files}"
+
+
+def _delegating(ctx: ToolContext, name: str) -> Delegating:
+    if ctx.delegating is None:
+        raise ToolError(f"{name} is the lead's tool: agent {ctx.agent!r} cannot delegate")
+    return ctx.delegating
+
+
+@tool
+async def delegate(
+    ctx: ToolContext,
+    *,
+    agent: Annotated[str, msgspec.Meta(description="The roster agent's name.")],
+    task: Annotated[str, msgspec.Meta(description="A self-contained task for that agent.", min_length=1)],
+) -> str:
+    """Delegate a task to a specialist on your team. It works in its own thread, with its own tools,
+    and its final answer comes back as this tool's result (with the thread id for follow-ups)."""
+    return await _delegating(ctx, "delegate").delegate(agent, task, ctx.tool_use_id)
+
+
+@tool
+async def message_agent(
+    ctx: ToolContext,
+    *,
+    thread_id: Annotated[str, msgspec.Meta(description="The thread id a delegate result gave you.")],
+    message: Annotated[str, msgspec.Meta(description="Your follow-up.", min_length=1)],
+) -> str:
+    """Send a follow-up to a specialist's existing thread. It continues with its full history (its
+    earlier task, tool calls and answers) and its new answer comes back as this tool's result."""
+    return await _delegating(ctx, "message_agent").message_agent(thread_id, message, ctx.tool_use_id)
+
+
+LEAD_TOOLS: dict[str, Tool] = {"delegate": delegate, "message_agent": message_agent}

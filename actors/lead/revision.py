@@ -1,0 +1,173 @@
+"""The lead's attempts: an answer, saved as the report; with an outcome, graded and revised.
+
+:class:`Revision` runs the lead's loop, writes each answer to the team's ``report_path`` and, with
+an outcome, asks the grader for a verdict (a ``GradeRequest`` on ``Subjects.grade``, the verdict
+read from ``Subjects.verdict``), feeding ``needs_revision`` back to the lead as a new user turn
+until the grader is satisfied, fails it, or ``max_iterations`` is reached. Resumable: feedback turns
+are in the lead's history and verdicts in the stream, so a replay continues at the attempt it was
+on without asking again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+
+import msgspec
+import structlog
+
+from actors.agent.loop import AgentLoop, LoopResult
+from actors.agent.tools.workspace import write_and_record
+from actors.lead.delegation import LEAD_THREAD
+from bus.connection import Bus
+from bus.direct import read_subject
+from bus.history import ThreadHistory, ThreadLog
+from bus.workspace import Workspace
+from schemas.base import Usage
+from schemas.conversation import TextBlock, ThreadTurn, Turn
+from schemas.files import Provenance
+from schemas.outcome import GradeRequest, GradeVerdict, Outcome, OutcomeReport
+from schemas.team import TeamSpec
+
+log = structlog.get_logger("staffwork.lead")
+
+FEEDBACK = "feedback-"  # the trigger of a grader's feedback turn in the lead's history
+_GRADE_TEXT = (
+    64 * 1024
+)  # characters of the task and the answer in a grading request (the grader has the files)
+
+
+class Revision:
+    """One session's attempts and the grader's verdicts on them."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        session_id: str,
+        team: TeamSpec,
+        *,
+        log: ThreadLog,
+        workspace: Workspace,
+        task: str,
+        grade_timeout: float,
+        on_usage: Callable[[Usage], None],
+    ) -> None:
+        self.bus = bus
+        self.sid = session_id
+        self.team = team
+        self.log = log
+        self.workspace = workspace
+        self.task = task  # the task as the lead got it (with the input files)
+        self.grade_timeout = grade_timeout
+        self.verdicts: list[GradeVerdict] = []
+        self._on_usage = on_usage
+
+    @property
+    def outcome_id(self) -> str:
+        return f"outc_{self.sid.removeprefix('ses_')}"
+
+    def report(self) -> OutcomeReport | None:
+        """The verdicts so far, for the session's result (None without any)."""
+        if not self.verdicts:
+            return None
+        last = self.verdicts[-1]
+        return OutcomeReport(outcome_id=last.outcome_id, result=last.result, iterations=self.verdicts)
+
+    async def attempts(self, loop: AgentLoop, history: ThreadHistory) -> LoopResult:
+        """The lead's work: run ``loop`` (on ``history``) and revise until the outcome is settled."""
+        team = self.team
+        result = await loop.run()
+        outcome = team.outcome
+        iteration = 1 + sum(1 for e in history.entries if e.trigger.startswith(FEEDBACK))
+        for earlier in range(1, iteration):  # a replay: the verdicts that led to the revisions so far
+            stored = await self._stored_verdict(earlier)
+            if stored is not None:
+                self.verdicts.append(stored)
+                self._on_usage(stored.usage)
+        while result.status == "completed":
+            writer = Provenance(session_id=self.sid, thread_id=LEAD_THREAD, agent=team.lead.name)
+            await write_and_record(self.bus, self.workspace, writer, team.report_path, result.text)
+            if outcome is None:
+                break
+            verdict = await self._grade(outcome, iteration, result.text)
+            self.verdicts.append(verdict)
+            if verdict.result != "needs_revision" or iteration >= outcome.max_iterations:
+                break
+            feedback = ThreadTurn(
+                session_id=self.sid,
+                thread_id=LEAD_THREAD,
+                agent=team.lead.name,
+                index=len(history.entries),
+                turn=Turn(role="user", content=[TextBlock(text=_feedback(verdict, outcome))]),
+                trigger=f"{FEEDBACK}{self.sid}-{iteration}",
+            )
+            await self.log.append(history, feedback)
+            iteration += 1
+            result = await loop.run()
+        return result
+
+    async def _grade(self, outcome: Outcome, iteration: int, answer: str) -> GradeVerdict:
+        """Attempt ``iteration``'s verdict: from the stream if the grader gave it already (a replay),
+        else asked of the grader (the request is deduplicated on its id)."""
+        team = self.team
+        stored = await self._stored_verdict(iteration)
+        if stored is not None:
+            self._on_usage(stored.usage)
+            return stored
+        request = GradeRequest(
+            session_id=self.sid,
+            msg_id=f"grade-{self.sid}-{iteration}",
+            outcome_id=self.outcome_id,
+            iteration=iteration,
+            outcome=outcome,
+            task=_cut(self.task, _GRADE_TEXT, "the task as submitted"),
+            answer=_cut(answer, _GRADE_TEXT, f"the whole answer is in {team.report_path}"),
+            report_path=team.report_path,
+            model=team.model_of(team.lead),
+        )
+        if not await self.bus.consumer_active(self.bus.subjects.grader_consumer):
+            log.warning("no_grader_running", session_id=self.sid, hint="start one: staffwork actor grader")
+        await self.bus.publish(self.bus.subjects.grade(self.sid), request)
+        verdicts = self.bus.follow(self.bus.subjects.verdict(self.sid, iteration), GradeVerdict)
+        limit = self.grade_timeout
+        try:
+            verdict: GradeVerdict = await asyncio.wait_for(anext(verdicts), limit)
+        except TimeoutError:
+            log.warning("no_verdict", session_id=self.sid, iteration=iteration, waited_s=limit)
+            return GradeVerdict(
+                session_id=self.sid,
+                outcome_id=self.outcome_id,
+                iteration=iteration,
+                result="failed",
+                explanation=f"no verdict from the grader within {limit:g}s: is a grader running? "
+                "(staffwork actor grader, or staffwork up)",
+            )
+        finally:
+            await verdicts.aclose()
+        self._on_usage(verdict.usage)
+        return verdict
+
+    async def _stored_verdict(self, iteration: int) -> GradeVerdict | None:
+        """The grader's first verdict on attempt ``iteration``, if it is in the stream."""
+        subject = self.bus.subjects.verdict(self.sid, iteration)
+        stored = read_subject(self.bus, self.bus.subjects.log_stream, subject, limit=1)
+        async with contextlib.aclosing(stored):
+            async for first in stored:
+                return msgspec.json.decode(first.data, type=GradeVerdict)
+        return None
+
+
+def _cut(text: str, limit: int, where: str) -> str:
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}\n[... {len(text) - limit:,} more characters: {where}]"
+
+
+def _feedback(verdict: GradeVerdict, outcome: Outcome) -> str:
+    return (
+        f"An independent grader checked your deliverable against the outcome (attempt {verdict.iteration} "
+        f"of {outcome.max_iterations}). It needs revision:\n\n{verdict.explanation}\n\n"
+        "Revise the deliverable: fix what failed (delegate again or ask a specialist a follow-up if you "
+        "need more facts), then answer with the complete revised deliverable."
+    )

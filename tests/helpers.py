@@ -1,0 +1,355 @@
+"""What more than one test module uses: the nats-server process, a plain nats client, typed inboxes
+on the bus, the agent tests' team and scripted lead, submitting a session, actors (the collector,
+say) in this process, helper programs and the CLI as processes, polling, free ports, the recorded
+incident trace.
+
+Tests may talk to NATS directly (only ``actors/`` may not): :func:`nats_client` is a plain nats-py
+client for what the bus has no public API for (raw publishes and subscriptions, JetStream state).
+The whole programs the process tests start live beside this module: ``agents_proc.py`` (lead and
+subagents on a scripted model), ``jobs.py`` (the jobs actor); ``fake_messages_api.py`` is a fake of
+the Messages API over HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import msgspec
+import nats
+from nats.aio.client import Client as NATS
+
+from actors.agent.models.base import ModelRequest, ModelResponse
+from actors.agent.models.scripted import calls, text
+from actors.client import Client
+from actors.collector.actor import CollectorActor, TraceStore
+from actors.collector.otlp import OtlpExporter
+from bus.actor import Actor
+from bus.codec import Decoder
+from bus.connection import Bus
+from bus.lifecycle import run_actors
+from bus.runtime import RuntimeSettings
+from bus.server import find_server_binary
+from bus.state import Listener
+from schemas import AgentSpec, SessionResult, SessionSubmit, TeamSpec
+from schemas.conversation import ToolResultBlock
+from schemas.session import SubmitReply
+from schemas.trace import AnyTraceEvent
+
+T = TypeVar("T")
+
+ROOT_DIR = Path(__file__).resolve().parent.parent
+INCIDENT_TRACE = Path(__file__).parent / "fixtures" / "incident-trace.jsonl"
+
+# --- a real nats-server ------------------------------------------------------------------------------
+
+READY_TIMEOUT = 20.0
+
+
+@dataclass
+class NatsServer:
+    url: str
+    port: int
+    store_dir: Path
+    process: subprocess.Popen[bytes]
+    log: list[str]
+    reader: threading.Thread
+
+
+def start_nats_server(store_dir: Path, *, jetstream: bool = True) -> NatsServer:
+    """Start ``nats-server -p -1 -js -sd <dir>`` and block until it logs "Server is ready"."""
+    binary = find_server_binary()
+    js = ["-js", "-sd", str(store_dir)] if jetstream else []
+    proc = subprocess.Popen(
+        [str(binary), "-a", "127.0.0.1", "-p", "-1", *js],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stderr is not None
+    lines: list[str] = []
+    port = 0
+    ready = threading.Event()
+
+    def reader() -> None:
+        nonlocal port
+        assert proc.stderr is not None
+        for raw in proc.stderr:
+            line = raw.decode(errors="replace").rstrip()
+            lines.append(line)
+            if match := re.search(r"Listening for client connections on \S+:(\d+)", line):
+                port = int(match.group(1))
+            if "Server is ready" in line:
+                ready.set()
+        ready.set()  # exited: let the waiter see it
+
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+    if not ready.wait(READY_TIMEOUT) or not port:
+        proc.kill()
+        raise RuntimeError("nats-server did not become ready:\n" + "\n".join(lines[-20:]))
+    return NatsServer(
+        url=f"nats://127.0.0.1:{port}", port=port, store_dir=store_dir, process=proc, log=lines, reader=thread
+    )
+
+
+def stop_nats_server(server: NatsServer) -> None:
+    server.process.terminate()
+    try:
+        server.process.wait(10)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        server.process.wait()
+    server.reader.join(10)
+    assert server.process.stderr is not None
+    server.process.stderr.close()
+
+
+# --- talking to NATS ---------------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def nats_client(url: str) -> AsyncIterator[NATS]:
+    """A plain nats-py client, for fault injection and low-level checks the bus has no API for."""
+    nc = await nats.connect(url, name="test-raw", connect_timeout=5, allow_reconnect=False)
+    try:
+        yield nc
+    finally:
+        await nc.close()
+
+
+async def round_trip(bus: Bus) -> None:
+    """A ping to the server and back: whatever ``bus`` sent before (publishes, acks, subscriptions)
+    has reached the server."""
+    await bus.server_info()
+
+
+async def consumer_state(bus: Bus, nc: NATS, durable: str) -> tuple[int | None, int | None, int | None]:
+    """(pending, ack pending, redelivered) of the consumer ``durable`` on the bus's log stream, read
+    over ``nc`` once everything the bus sent (acks included) has reached the server."""
+    await round_trip(bus)
+    info = await nc.jetstream().consumer_info(bus.subjects.log_stream, durable)
+    return info.num_pending, info.num_ack_pending, info.num_redelivered
+
+
+class Inbox(Generic[T]):
+    """The messages on a core subject, decoded into ``T``, in the order they came. Open with
+    :func:`inbox`."""
+
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue[T] = asyncio.Queue()
+        self._listener: Listener[T] | None = None
+
+    async def next(self, timeout: float = 10.0) -> T:
+        """The next message; ``TimeoutError`` if none comes within ``timeout``."""
+        async with asyncio.timeout(timeout):
+            return await self._queue.get()
+
+    async def take(self, count: int, timeout: float = 20.0) -> list[T]:
+        """The next ``count`` messages, all within ``timeout``."""
+        async with asyncio.timeout(timeout):
+            return [await self._queue.get() for _ in range(count)]
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            await self._listener.close()
+
+
+async def inbox(bus: Bus, subject: str, type: type[T]) -> Inbox[T]:
+    """Start collecting what is published on ``subject`` (wildcards allowed), from now on: the
+    subscription has reached the server when this returns. :meth:`Inbox.close` (or closing the bus)
+    ends it."""
+    box: Inbox[T] = Inbox()
+    box._listener = await bus.listen(subject, type, box._queue.put_nowait)
+    await round_trip(bus)
+    return box
+
+
+# --- agent tests: a team, a scripted lead, a session; the collector -----------------------------------
+
+_reply: Decoder[SubmitReply] = Decoder(SubmitReply)
+
+
+def team(*agents: str, tools: tuple[str, ...] = (), **fields: object) -> TeamSpec:
+    return TeamSpec(
+        name="testteam",
+        lead=AgentSpec(name="lead"),
+        agents=[AgentSpec(name=a, description=f"the {a} specialist", tools=list(tools)) for a in agents],
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+def tool_results(request: ModelRequest) -> list[ToolResultBlock]:
+    last = request.messages[-1]
+    return [b for b in last.content if isinstance(b, ToolResultBlock)]
+
+
+def delegate(tool_use_id: str, agent: str, task: str) -> tuple[str, str, dict[str, object]]:
+    """A ``delegate`` tool call, for :func:`~actors.agent.models.scripted.calls`."""
+    return (tool_use_id, "delegate", {"agent": agent, "task": task})
+
+
+def fan_out_lead(agents: list[str], *, prefix: str = "toolu_") -> list[ModelResponse]:
+    """A lead that delegates to every agent in one turn, then reports what came back."""
+    first = calls(*[delegate(f"{prefix}{i}_{a}", a, f"task for {a}") for i, a in enumerate(agents)])
+
+    def report(request: ModelRequest) -> ModelResponse:
+        parts = [r.content for r in tool_results(request)]
+        return text("REPORT\n" + "\n".join(parts))
+
+    return [first, report]  # type: ignore[list-item]
+
+
+async def submit(bus: Bus, request: SessionSubmit, timeout: float = 10.0) -> str:
+    """Start a session through the front door, ``<root>.api.submit`` (the gateway every lead process
+    runs); its id."""
+    reply = _reply.decode(await bus.request(bus.subjects.api_submit, request, timeout=timeout))
+    assert reply.accepted, reply.error
+    return reply.session_id
+
+
+async def submit_and_wait(
+    bus: Bus, request: SessionSubmit, timeout: float = 60.0, *, direct: bool = False
+) -> SessionResult:
+    """Start a session and wait for its result: through the gateway, or with ``direct`` published
+    straight on ``<root>.submit`` (the lead pool's durable inbox, where the gateway puts what it
+    accepts; no gateway check and no record made before the lead's)."""
+    if direct:
+        await bus.publish(bus.subjects.submit, request)
+        session_id = request.session_id
+    else:
+        session_id = await submit(bus, request)
+    return await wait_result(bus, session_id, timeout)
+
+
+async def wait_result(bus: Bus, session_id: str, timeout: float = 60.0) -> SessionResult:
+    """The session's result once it is stored (it may already be)."""
+    return await Client(bus).wait(session_id, timeout=timeout)
+
+
+@asynccontextmanager
+async def running_actors(
+    bus: Bus, actors: Sequence[Actor[Any] | tuple[Actor[Any], RuntimeSettings]]
+) -> AsyncIterator[None]:
+    """``actors`` on ``bus`` for the block, once every one consumes; stopped gracefully after."""
+    stop = asyncio.Event()
+    ready = asyncio.Event()
+    serving = asyncio.ensure_future(run_actors(bus, actors, stop, on_ready=ready.set))
+    waiting = asyncio.ensure_future(ready.wait())
+    try:
+        await asyncio.wait({serving, waiting}, timeout=20, return_when=asyncio.FIRST_COMPLETED)
+        if serving.done():
+            serving.result()  # it failed to start: raise why
+        if not ready.is_set():
+            raise TimeoutError("the actors were not ready within 20 s")
+        yield
+    finally:
+        waiting.cancel()
+        stop.set()
+        await serving
+
+
+@asynccontextmanager
+async def collector(
+    bus: Bus, path: Path, exporter: OtlpExporter | None = None, *, busy_timeout: float = 5.0
+) -> AsyncIterator[TraceStore]:
+    """The trace collector in this process, storing into ``path`` (and exporting spans if given an
+    exporter), until the block ends."""
+    store = TraceStore(path, busy_timeout=busy_timeout)
+    actor = CollectorActor(store, exporter=exporter)
+    try:
+        async with running_actors(bus, [(actor, RuntimeSettings(concurrency=1024, batch_size=256))]):
+            yield store
+    finally:
+        store.close()
+
+
+# --- processes, polling, ports, fixtures ------------------------------------------------------------
+
+
+@asynccontextmanager
+async def ready_process(
+    module: str, *args: str, ready_word: bytes = b"READY"
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    """``python -m module args...``, yielded once it printed ``ready_word`` (on stdout, or on stderr
+    for ``staffwork`` commands); killed if still running after."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        module,
+        *args,
+        cwd=ROOT_DIR,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT if ready_word != b"READY" else asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert proc.stdout is not None
+        async with asyncio.timeout(20):
+            line = await proc.stdout.readline()
+            while ready_word != b"READY" and line and ready_word not in line:
+                line = await proc.stdout.readline()
+        assert ready_word in line, line + (await proc.stderr.read() if proc.stderr else b"")
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.communicate()
+
+
+async def run_cli(*args: str, home: Path | None = None, timeout: float = 60.0) -> tuple[int, str, str]:
+    """``staffwork ARGS`` (``python -m actors.cli`` in the repository) run to its end: the exit code,
+    stdout and stderr. ``home`` is its ``STAFFWORK_HOME``."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "actors.cli",
+        *args,
+        cwd=ROOT_DIR,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "STAFFWORK_HOME": str(home)} if home else None,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def eventually(check: Callable[[], bool], timeout: float = 30.0) -> None:
+    """Wait until ``check()`` holds, within ``timeout``: for state another process or task produces
+    with nothing to await on (a SQLite database, an exporter's counters)."""
+    async with asyncio.timeout(timeout):
+        while not check():  # noqa: ASYNC110 - the state is elsewhere, nothing to await
+            await asyncio.sleep(0.02)
+
+
+def free_port() -> int:
+    """A local port nothing listens on (bound once, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def incident_trace(session_id: str = "") -> list[AnyTraceEvent]:
+    """The recorded trace of the incident example (``fixtures/incident-trace.jsonl``), optionally
+    moved to another session."""
+    decoder = msgspec.json.Decoder(AnyTraceEvent)
+    events = [decoder.decode(line) for line in INCIDENT_TRACE.read_bytes().splitlines() if line.strip()]
+    if session_id:
+        events = [msgspec.structs.replace(event, session_id=session_id) for event in events]
+    return events
