@@ -1,14 +1,10 @@
 """The subagent worker: runs delegations and follow-ups on threads whose history lives in JetStream.
 
-One :class:`SubagentActor` serves one agent (one durable consumer, ``agent_<name>``); a worker process
-runs one per agent it is allowed to serve (all agents of a team, or only named ones, so a container
-holding a database credential runs only the agent that may use it).
-
-For a delegation the thread is created (``session.thread_created``) and the task becomes its first
-turn; a follow-up is appended to the thread's existing history, so the agent continues with
-everything from its earlier turns, whichever worker picks it up. The same message delivered twice
-(redelivery after a crash, or a duplicate publish) never creates a second thread and never repeats
-finished work: the trigger's id is in the log, and a finished answer is sent again as is.
+One :class:`SubagentActor` serves one agent (consumer ``agent_<name>``). A delegation creates its
+thread; a follow-up continues the thread's history, whichever worker picks it up. The same message
+delivered twice never creates a second thread and never repeats finished work: the trigger's id is in
+the log, and a finished answer is sent again as is. Across processes the history log decides who
+owns a thread: the worker whose append conflicts steps aside.
 """
 
 from __future__ import annotations

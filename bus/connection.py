@@ -1,9 +1,11 @@
 """The connection to NATS: one client with reconnect-forever, logged errors, and typed publishing.
 
-``Bus`` bundles the nats client, its JetStream context, the subject builder and the codec. Publishing
-a message stamps it with ``Nats-Msg-Id`` (its ``msg_id``: JetStream stores a repeat once) and the
-``traceparent`` of the span in progress. ``close()`` drains: buffered publishes and acks are flushed
-and subscriptions finish before the socket closes.
+:class:`Bus` keeps the nats client and its JetStream context private (``_nc``, ``_js``: only
+``bus/`` uses them) and offers publishing, requests (:meth:`Bus.request`: :class:`NoResponders` at
+once, :class:`BusTimeout`), subscriptions and KV. :func:`translated` maps nats-py's exceptions to
+ours, in one place. Publishing a message stamps it with ``Nats-Msg-Id`` (its ``msg_id``: JetStream
+stores a repeat once) and the ``traceparent`` of the span in progress. ``close()`` drains: buffered
+publishes and acks are flushed and subscriptions finish before the socket closes.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from bus.codec import DEFAULT_MAX_BYTES, Decoder, encode
-from bus.errors import BusError, BusTimeout, BusUnavailable, NoResponders
+from bus.errors import BusError, BusTimeout, BusUnavailable, NoResponders, ServerRefused
 from bus.state import KV, Listener, Responder, follow
 from bus.subjects import Subjects
 from bus.tracing import SpanContext, current_span
@@ -76,6 +78,8 @@ def translated(
         raise BusUnavailable(url, "connection closed") from exc
     except nats.js.errors.NotFoundError as exc:
         raise NotFound(f"{operation}: {subject!r} not found") from exc
+    except nats.js.errors.APIError as exc:
+        raise ServerRefused(operation, subject, exc.err_code or 0, exc.description or str(exc)) from exc
     except nats.errors.Error as exc:
         raise BusError(f"{operation} on {subject!r} failed: {exc}") from exc
 

@@ -13,6 +13,7 @@
     │   ├── BusUnavailable         no server reachable within the deadline
     │   ├── BusTimeout             a request or publish got no answer within its deadline
     │   ├── NoResponders           nobody answers requests on a subject (the server says so at once)
+    │   ├── ServerRefused          JetStream refused a request (its error code and description)
     │   ├── ProvisionError         a stream, consumer or bucket could not be created or reconciled
     │   └── HistoryConflict        another worker extended the same thread first
     ├── MessageRejected            a message failed to decode or validate: terminated, never redelivered
@@ -64,6 +65,7 @@ __all__ = [
     "ServerError",
     "ServerFailed",
     "ServerNotFound",
+    "ServerRefused",
     "SpecError",
     "StaffworkError",
     "StoreInUse",
@@ -144,6 +146,18 @@ class NoResponders(BusError):
         self.subject = subject
         self.hint = hint
         super().__init__(f"nobody answers requests on {subject!r}" + (f": {hint}" if hint else ""))
+
+
+class ServerRefused(BusError):
+    """JetStream refused ``operation`` on ``subject`` with ``err_code`` (e.g. 10071: the expected
+    last sequence of a conditional publish no longer holds)."""
+
+    def __init__(self, operation: str, subject: str, err_code: int, description: str) -> None:
+        self.operation = operation
+        self.subject = subject
+        self.err_code = err_code
+        self.description = description
+        super().__init__(f"{operation} on {subject!r} was refused: {description} (code {err_code})")
 
 
 class ProvisionError(BusError):

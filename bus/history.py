@@ -14,12 +14,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import nats.js.errors
-
 from bus.codec import Decoder
 from bus.connection import Bus
 from bus.direct import read_subject
-from bus.errors import HistoryConflict
+from bus.errors import HistoryConflict, ServerRefused
 from schemas.conversation import ThreadTurn, Turn
 
 _WRONG_LAST_SEQUENCE = 10071
@@ -70,7 +68,7 @@ class ThreadLog:
                 msg_id=f"{history.session_id}.{history.thread_id}.{entry.index}",
                 headers=headers,
             )
-        except nats.js.errors.APIError as exc:
+        except ServerRefused as exc:
             if exc.err_code == _WRONG_LAST_SEQUENCE:
                 raise HistoryConflict(history.session_id, history.thread_id, entry.index) from exc
             raise

@@ -1,23 +1,11 @@
 """Memory stores: named trees of small text files on JetStream, every change an immutable version.
 
 A file's versions are the messages on ``<root>.mem.<store>.f.<path64>`` in the ``<key>_memory``
-stream (no max age): the body is the content (UTF-8; empty for a delete) and the headers say what
-happened and who did it::
-
-    Sw-Op       write | delete
-    Sw-Path     the file's path (also encoded in the subject, which is authoritative)
-    Sw-Sha256   hex SHA-256 of the content (writes only)
-    Sw-Writer   JSON of the :class:`~schemas.memory.Writer`
-
-A version's number is its stream sequence. The latest version is one direct get of the subject's
-last message; listing a store is one pass over the last message of each of its subjects (headers
-only); a file's history is a batched direct read of its subject.
-
-Optimistic concurrency: an update that names the sha256 it replaces is published with
-``Nats-Expected-Last-Subject-Sequence`` set to the sequence of the version it read, so of two
-writers that read the same version only one is stored; the other gets :class:`MemoryConflict`.
-
-Stores are registered in the KV bucket ``<key>_memstores`` (key: the store's name).
+stream (no max age): the content as the body, ``Sw-Op``, ``Sw-Path``, ``Sw-Sha256`` and ``Sw-Writer``
+as headers; a version's number is its stream sequence. An update that names the sha256 it replaces is
+stored only if nobody changed the file since (:class:`MemoryConflict` otherwise). Stores are
+registered in ``<key>_memstores``. The API is :class:`Memory`; the layout: docs/architecture.md,
+"Memory stores".
 """
 
 from __future__ import annotations
@@ -46,6 +34,7 @@ from bus.errors import (
     MemoryStoreExists,
     MemoryStoreNotFound,
     MemoryTooLarge,
+    ServerRefused,
 )
 from bus.state import last_per_subject
 from bus.workspace import normalize_path
@@ -260,7 +249,7 @@ class Memory:
         subject = self.bus.subjects.memory_file(store, _path_token(path))
         try:
             return await self.bus.publish_bytes(subject, data, headers=headers, timeout=self.timeout)
-        except nats.js.errors.APIError as exc:
+        except ServerRefused as exc:
             if precondition is None or exc.err_code not in _WRONG_LAST_SEQUENCE:
                 raise BusError(
                     f"storing {path!r} in memory store {store!r} failed: {exc.description}"

@@ -1,20 +1,11 @@
 """Idempotent provisioning of everything staffwork keeps in JetStream, for one subject root.
 
-=====================  ==========================================================================
-``<key>_log``          stream, limits retention, all traffic under ``<root>.>``: the durable log that
-                       work consumers read from, ``tail`` replays and the collector indexes
-``lead``               durable pull consumer on ``<root>.submit`` (the lead pool)
-``agent_<name>``       durable pull consumer per agent on ``<root>.s.*.task.<name>``
-``<key>_sessions``     KV bucket: session state
-``<key>_registry``     KV bucket: registered teams and agents
-``<key>_files``        object store: the shared filesystem (``<session>/<path>``)
-``<key>_memory``       stream, limits retention, no max age: every version of every memory file
-                       (``<root>.mem.>``)
-``<key>_memstores``    KV bucket: registered memory stores
-=====================  ==========================================================================
-
-Running it again changes nothing; a stream whose settings drifted is updated in place. Work
-consumers start at new messages: they are created before anything is published to them.
+:func:`provision` makes sure the log stream, the work consumers (lead, grader, webhooks, and the
+agents given), the KV buckets, the object store and the memory stream exist. Running it again changes
+nothing; a stream whose settings drifted is updated in place. Work consumers start at new messages,
+so they are created before anything is published to them. :class:`ConsumerSpec` and
+:class:`StreamSettings` describe what is made; the list: docs/architecture.md, "Subjects and
+resources".
 """
 
 from __future__ import annotations

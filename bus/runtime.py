@@ -1,35 +1,13 @@
 """The actor runtime: everything an actor does that is not its behaviour.
 
-An actor (``bus/actor.py``) is its ``handle(msg, ctx) -> reply``. The runtime, once for every actor:
-
-1. makes sure the actor's durable pull consumer exists (or only binds to it);
-2. pulls with bounded concurrency. Each pull request asks for as many messages as there are free
-   slots, on a reply subject of its own, so its credits and its end (``404``/``408``/``409``) are
-   counted per request. Each message is dispatched the moment it arrives (no waiting for a full
-   batch). No pulls are sent while disconnected. Error statuses back off exponentially. A message
-   beyond the bound (from a request that outlived a reconnect) is nak'ed, never run;
-3. decodes into the actor's inbox type. A payload over the size limit, one that is not JSON, or one
-   with a wrong tag or field is logged with msgspec's path message, published as a
-   ``bus.message_rejected`` trace event, and terminated (never redelivered). The actor carries on;
-4. calls ``handle`` in a task of its TaskGroup. The sender's span is the parent, and the message's
-   session/thread/agent are bound to the log context. ``in_progress`` heartbeats go out every third
-   of ``ack_wait`` until the message is settled, so a live worker's message is never redelivered;
-5. publishes the reply (to the ``Sw-Reply-To`` header, or wherever the actor routes it) with a dedup
-   id derived from the request, then acks. A :class:`Retryable` failure is nak'ed with backoff.
-   Any other failure becomes the actor's typed failure reply (if it has one) and a ``session.error``
-   event, and the message is terminated;
-6. on stop: no new pulls; messages still in transit are drained and nak'ed for another worker;
-   in-flight handlers get ``grace`` seconds to finish; the rest are cancelled (and nak'ed).
-
-The actor's ``on_start`` runs before the consumer is made and ``on_stop`` after the last handler;
-an actor without a consumer (a service) only runs its hooks and waits for ``stop``.
-
-An actor with ``handle_batch`` (:class:`~bus.actor.BatchActor`) gets its messages in batches of up to
-``batch_size`` instead: one task takes whatever has arrived, decodes it (rejecting as above), hands
-the batch over and acks every message when it returns. One heartbeat covers the batch. If the batch
-fails, its messages go through ``handle`` one at a time, so one bad message cannot hold up the rest.
-
-A worker that dies mid-message (kill -9) never acks: JetStream redelivers after ``ack_wait``.
+:class:`ActorRuntime` runs one actor (``bus/actor.py``) on one connection: its ``on_start``, then its
+durable pull consumer with bounded concurrency (a service, without a consumer, only waits for
+``stop``), then its ``on_stop``. Per message it decodes (a bad payload becomes a
+``bus.message_rejected`` event and is never redelivered), binds the log context and the sender's
+span, heartbeats until the message is settled, publishes the reply deduplicated and acks; it naks a
+:class:`Retryable` with backoff and turns any other failure into the typed failure reply and a
+``session.error``. On stop it lets in-flight work finish within ``grace``. Batch actors get their
+messages in batches. The details: docs/architecture.md, "The actor runtime".
 """
 
 from __future__ import annotations

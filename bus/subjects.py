@@ -1,28 +1,10 @@
-"""Every NATS subject and JetStream resource name staffwork uses, built in one place.
+"""Every NATS subject and JetStream resource name staffwork uses, built in one place: :class:`Subjects`.
 
-Under a configurable root (default ``sw``; each test uses its own):
-
-========================================  =========================================================
-``<root>.submit``                         session requests from anyone (the lead pool consumes)
-``<root>.api.submit``                     request/reply: validated submit, answered with the session id
-``<root>.s.<session>.task.<agent>``       delegations and follow-ups for a subagent
-``<root>.s.<session>.reply.<thread>``     a subagent's reply to the lead
-``<root>.s.<session>.evt.<kind...>``      trace events (``evt.session.thread_created``)
-``<root>.s.<session>.ctl``                cancel / interrupt
-``<root>.s.<session>.hist.<thread>``      a thread's history log (model turns, tool calls, results)
-``<root>.s.<session>.out.<name>``         session lifecycle messages (accepted, status, result,
-                                          ``verdict-<n>``: the grader's verdict on attempt n)
-``<root>.s.<session>.grade``              grading requests for the grader
-``<root>.s.<session>.hook``               pending webhook deliveries
-``<root>.sys.evt.<kind...>``              events that belong to no session (undecodable traffic)
-``<root>.sys.dream.{cancel,done}.<id>``    cancelling a dream; a dream's final record
-``<root>.api.{submit,trace,dream}``        request/reply (not logged): submit, trace queries, dreams
-``<root>.mem.<store>.f.<path64>``         a memory file's versions (path64: the path, base64url
-                                          without padding), in their own stream: no max age
-========================================  =========================================================
-
-The session id is always the third token, so ``<root>.s.<id>.>`` selects one session's traffic.
-Resource names are derived from the root too, so roots never share a stream or bucket.
+Names live under a configurable root (default ``sw``; each test uses its own), and resource names are
+derived from it, so two roots never share a stream or bucket. Every id, agent name and root part is
+checked as a single subject token (:func:`check_token`: a :class:`ConfigError` naming the value). The
+session id is always the third token, so ``<root>.s.<id>.>`` selects one session's traffic. The table
+of subjects and resources: docs/architecture.md, "Subjects and resources".
 """
 
 from __future__ import annotations
@@ -153,7 +135,7 @@ class Subjects:
         return f"{self.root}.s.{sid}.evt.{kind}"
 
     def system_events(self, kind: str = ">") -> str:
-        """Filter for events that belong to no session (undecodable traffic)."""
+        """Filter for events that belong to no session (undecodable traffic, the dreamer's model calls)."""
         return f"{self.root}.sys.evt.{kind}"
 
     @property

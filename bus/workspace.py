@@ -1,15 +1,10 @@
 """The shared filesystem: each session's workspace as objects ``<session>/<path>`` in a JetStream
 object store, written in the standard object-store layout (any NATS client or ``nats object get``
-reads them) and read with a fast path of our own.
-
-Why not nats-py's ``ObjectStore.get``: it joins chunks with ``bytes +=`` (quadratic: ~10 MB/s on a
-50 MiB object) and paces its ordered consumer with a 250 ms flow-control poll. Here chunks come in
-batches of direct gets (one request returns many chunks, no consumer is created), are streamed to
-the caller as they arrive, and are checked against the recorded size and SHA-256 at the end. Writes
-publish chunks pipelined (many acks in flight) instead of one round trip per chunk.
+reads them) and read with a fast path of our own: batched direct gets, streamed to the caller and
+checked against the recorded size and SHA-256 at the end. Writes publish chunks pipelined.
 
 Who wrote a file (session, thread, agent, tool call) is stored in the object's headers and comes back
-with :meth:`Workspace.stat`.
+with :meth:`Workspace.stat`. Why not nats-py's object store: docs/architecture.md, "Decisions".
 """
 
 from __future__ import annotations

@@ -1,14 +1,10 @@
-"""Dreams: a batch job that reads a memory store and past sessions and writes a reorganised copy.
+"""Dreams: a batch job that reads a memory store and past sessions and writes a curated copy.
 
-A dream (:class:`DreamRecord`, id ``drm_...``) merges duplicate entries, keeps the latest value of
-an entry that changed, and adds lessons from the sessions it read (what the grader kept rejecting,
-which tools failed and why, the follow-ups the lead had to send). It writes a *new* store
-(``<store>-dream-<id>``) or, when told, an existing one; the input store is never written.
-
-Its status goes ``pending → running → completed | failed | canceled`` (cancel works while pending or
-running, until the dream starts writing its output). Every dream's :class:`DreamReport` states the
-baseline of the sessions it read (outcome pass rate, average revisions per agent, tool errors), so
-the reports of successive dreams show whether sessions that used the new store did better.
+A dream (:class:`DreamRecord`, id ``drm_...``) merges duplicate entries, keeps the latest value of an
+entry that changed and adds lessons from the sessions it read; it writes a new store (or, when told,
+an existing one), never its input. Its status goes ``pending → running → completed | failed |
+canceled`` (cancel works until it starts writing). Its :class:`DreamReport` states the baseline of
+the sessions it read, so successive dreams' reports show whether sessions did better.
 """
 
 from __future__ import annotations

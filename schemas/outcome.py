@@ -1,24 +1,10 @@
 """Outcomes: a rubric the deliverable must meet, graded by a separate grader, with revisions.
 
-An outcome is a markdown rubric (each top-level list item is one criterion, graded by the grader's
-model) and/or machine checks that need no model (a file exists; a file or the answer contains a
-string or matches a regex; a JSON file validates against a JSON Schema; a number in the answer or a
-file lies in a range), and ``max_iterations``. In a team file::
-
-    [outcome]
-    max_iterations = 3
-    rubric = \"\"\"
-    - The report names the deploy that caused the incident.
-    - The timeline is in UTC.
-    \"\"\"
-
-    [[outcome.checks]]
-    name = "the report exists"
-    kind = "file_exists"
-    path = "incident-report.md"
-
-The lead sends a :class:`GradeRequest` after each attempt; the grader (its own actor, a fresh
-context: it never sees the lead's conversation) answers with a :class:`GradeVerdict`.
+An :class:`Outcome` (a team's ``[outcome]``, or a submit's, which replaces it) is a markdown rubric
+whose top-level list items are criteria for the grader's model, machine checks (:class:`Check`) that
+need no model, and ``max_iterations``. The lead sends a :class:`GradeRequest` after each attempt; the
+grader, in a fresh context, answers with a :class:`GradeVerdict`; the session's result carries an
+:class:`OutcomeReport`.
 """
 
 from __future__ import annotations

@@ -1,21 +1,9 @@
 """Agent specs and team specs, and reading them from TOML with errors a person can act on.
 
-A team file looks like::
-
-    name = "incident"
-    model = "claude-sonnet-4-6"        # default for agents that name none
-
-    [lead]
-    name = "lead"
-    system = "You coordinate an incident investigation..."
-
-    [[agents]]
-    name = "logs"
-    description = "Searches application logs for error signatures."
-    tools = ["grep", "read_file"]
-
-Any mistake is reported as one line with the file, the line, the path in the document and the value:
-``team.toml:12: at agents[1].max_turns: expected int, got str 'ten'``.
+:func:`parse_team` reads a team file (``[lead]``, ``[[agents]]``, team defaults such as ``model``,
+and optionally ``[outcome]`` and ``[[webhooks]]``) into a :class:`TeamSpec`. Any mistake is one
+:class:`SpecError` line with the file, the line, the path in the document and the value:
+``team.toml:12: agents[1].max_turns: expected int, got str 'ten'``.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 Names follow Anthropic's Managed Agents vocabulary where it has one (``session.thread_created``,
 ``agent.tool_use``, ``span.model_request_end``), with a version suffix on the wire tag. Every event
-names its session, and where it applies its thread, agent and span (``parent_span_id`` links spans
-across processes; the W3C ``traceparent`` header carries the same ids).
+names its session (empty for events of no session, on ``<root>.sys.evt.<kind>``), and where it
+applies its thread, agent and span (``parent_span_id`` links spans across processes).
 
 The collector answers queries on ``<root>.api.trace`` (core request/reply, JSON): a ``TraceQuery``
 (``SessionsQuery``, ``EventsQuery``, ``ProvenanceQuery``) gets the matching ``TraceAnswer``

@@ -1,14 +1,9 @@
 """Webhooks: other systems told when work is done, with signed, retried, durable deliveries.
 
-A team (or a submit) lists endpoints::
-
-    [[webhooks]]
-    url = "https://ops.example.com/hooks/staffwork"
-    events = ["session.status_idled", "session.outcome_evaluation_ended"]
-    secret_env = "OPS_WEBHOOK_SECRET"      # or secret = "whsec_..." (base64)
-
-The webhooks actor turns the session's trace events into :class:`WebhookDelivery` messages (durable in
-JetStream, one per endpoint and event) and POSTs each, signed per the Standard Webhooks spec.
+A team (or a submit, replacing the team's) lists endpoints: :class:`WebhookSpec` (``url``, the
+``events`` wanted, and ``secret`` or ``secret_env``). The webhooks actor turns the session's trace
+events into :class:`WebhookDelivery` messages, one per endpoint and event, durable in JetStream, and
+POSTs each, signed per the Standard Webhooks spec.
 """
 
 from __future__ import annotations

@@ -6,11 +6,13 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from bus.connection import MSG_ID, TRACEPARENT, Bus
-from bus.errors import BusError, BusUnavailable, ConfigError, ProvisionError
+from bus.errors import BusError, BusUnavailable, ConfigError, HistoryConflict, ProvisionError, ServerRefused
+from bus.history import ThreadLog
 from bus.provision import StreamSettings, agent_consumer, ensure_consumer, provision
 from bus.subjects import Subjects
 from bus.tracing import SpanContext, current_span
 from schemas import SessionSubmit
+from schemas.conversation import ContentBlock, TextBlock, ThreadTurn, Turn
 from schemas.trace import ThreadCreated
 from tests.helpers import NatsServer
 
@@ -159,3 +161,22 @@ async def test_kv_keys_lists_every_live_key_without_racing(bus: Bus, nc: NATS) -
         assert "k000" not in keys
         assert "k001" not in keys
     assert await kv.keys("other") == ["other"]
+
+
+async def test_two_workers_extending_one_thread_conflict_and_the_loser_is_told(bus: Bus) -> None:
+    """The server refuses the second append at the same index (expected last subject sequence); the
+    loser gets :class:`HistoryConflict`, never a generic bus error, and the log keeps one entry."""
+    log = ThreadLog(bus)
+    first, second = await log.load("ses_h", "t-1"), await log.load("ses_h", "t-1")
+
+    def turn(text: str) -> ThreadTurn:
+        content: list[ContentBlock] = [TextBlock(text=text)]
+        user = Turn(role="user", content=content)
+        return ThreadTurn(session_id="ses_h", thread_id="t-1", agent="a", index=0, turn=user)
+
+    await log.append(first, turn("from the first worker"))
+    with pytest.raises(HistoryConflict) as lost:
+        await log.append(second, turn("from the second worker"))
+    assert isinstance(lost.value.__cause__, ServerRefused)
+    stored = await log.load("ses_h", "t-1")
+    assert [e.turn.content[0] for e in stored.entries] == [TextBlock(text="from the first worker")]

@@ -15,15 +15,9 @@ from nats.aio.client import Client as NATS
 from actors.agent.models.base import ModelRequest, ModelResponse
 from actors.agent.models.offline import OfflineModel
 from actors.agent.models.scripted import ScriptedModel, calls
-from actors.dreamer.actor import (
-    Dreamer,
-    DreamerService,
-    DreamSchedule,
-    cancel_dream,
-    request_dream,
-    wait_dream,
-)
+from actors.dreamer.actor import DreamerService, DreamSchedule, request_dream
 from actors.dreamer.curation import lessons, merge_lines
+from actors.dreamer.dream import Dreamer, cancel_dream, wait_dream
 from actors.dreamer.sessions import LESSONS, DreamError
 from actors.sessions.directory import SessionDirectory
 from bus.connection import Bus

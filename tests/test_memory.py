@@ -25,6 +25,7 @@ from bus.errors import (
     MemoryStoreExists,
     MemoryStoreNotFound,
     MemoryTooLarge,
+    ServerRefused,
 )
 from bus.memory import Memory, sha256_hex
 from bus.provision import StreamSettings, provision
@@ -344,7 +345,10 @@ async def test_the_server_rejects_the_writer_that_read_the_same_version_second(
     won = [r for r in results if isinstance(r, MemoryVersion)]
     lost = [r for r in results if isinstance(r, MemoryConflict)]
     assert (len(won), len(lost)) == (1, 1), results
-    assert isinstance(lost[0].__cause__, nats.js.errors.APIError)  # refused by the server, not by us
+    refused = lost[0].__cause__  # refused by the server, not by us
+    assert isinstance(refused, ServerRefused)
+    assert refused.err_code == 10071
+    assert isinstance(refused.__cause__, nats.js.errors.APIError)
     assert f"expected sha256 {base.sha256}, but there is sha256 {won[0].sha256} now" in str(lost[0])
     assert [v.op for v in await memory.versions("notes", "plan.md")] == ["write", "write"]
 

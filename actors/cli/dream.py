@@ -14,15 +14,8 @@ from actors.agent.models.base import Model
 from actors.agent.models.offline import OfflineModel
 from actors.cli.common import NatsOption, RootOption, bus_target, err, fail, out, run_async
 from actors.cli.serve import serve_here
-from actors.dreamer.actor import (
-    DreamBook,
-    Dreamer,
-    DreamSchedule,
-    cancel_dream,
-    ensure_dreams,
-    request_dream,
-    wait_dream,
-)
+from actors.dreamer.actor import DreamSchedule, request_dream
+from actors.dreamer.dream import DreamBook, Dreamer, cancel_dream, ensure_dreams, wait_dream
 from actors.dreamer.sessions import DreamError
 from actors.roles import RoleConfig
 from actors.views.tail import parse_duration

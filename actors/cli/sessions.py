@@ -1,9 +1,10 @@
 """The session commands: ``run`` (submit a session and follow it live), ``submit``, ``status`` and
 ``cancel``.
 
-Which actors run a session: if a lead answers the submit gateway (``up``, or actors deployed against
-``--nats``), the session goes to it, and this process adds workers only for agents nobody serves;
-otherwise this process runs the lead and the team's agents itself.
+Which actors run a session (:func:`run_session`): for each role the team needs, whether its consumer
+has active pullers (``up``, or actors deployed against ``--nats``); this process runs the roles nobody
+serves. If a lead runs elsewhere, it adds workers only for agents nobody serves; otherwise it runs the
+lead and all the team's agents itself.
 """
 
 from __future__ import annotations

@@ -1,16 +1,10 @@
 """The trace collector: every trace event, stored exactly once in SQLite, queryable over NATS.
 
-A durable consumer (``collector``) reads every event subject of the log stream from its first
-message (``<root>.s.*.evt.>`` and ``<root>.sys.evt.>``). Each event is stored under its stream
-sequence (the primary key), so a redelivery after a crash (kill -9 between the insert and the ack)
-is ignored: never lost, never duplicated. Undecodable traffic is rejected by the runtime, which
-publishes a ``bus.message_rejected`` event, and that event is stored like any other. Before
-storing, strings that look like API keys or bearer tokens are redacted. Given an
-:class:`~actors.collector.otlp.OtlpExporter`, each newly stored event also goes to it, to be exported as
-OpenTelemetry spans (OTLP/HTTP JSON).
-
-Queries on ``<root>.api.trace`` follow the protocol in :mod:`schemas.trace` (a ``TraceQuery`` gets
-a ``TraceAnswer``); requests of the earlier protocol (``{"op": "events", ...}``) are still accepted.
+:class:`CollectorActor` (a batch actor on consumer ``collector``: every event subject, from the first
+message) stores each event, redacted, under its stream sequence in a :class:`TraceStore`, so a
+redelivery is never stored twice, and hands each newly stored one to an optional
+:class:`~actors.collector.otlp.OtlpExporter`. :class:`TraceQueries` answers ``<root>.api.trace`` with
+the protocol of :mod:`schemas.trace` (requests of the earlier ``{"op": ...}`` protocol still work).
 """
 
 from __future__ import annotations
@@ -41,7 +35,6 @@ from schemas.trace import (
     AnyTraceEvent,
     EventsAnswer,
     EventsQuery,
-    FileOriginReport,
     ProvenanceAnswer,
     ProvenanceQuery,
     QueryFailed,
@@ -293,8 +286,7 @@ class TraceQueries:
                 return EventsAnswer(events=_EVENTS.decode(msgspec.json.encode(rows)))
             case ProvenanceQuery(session_id=session_id, path=path):
                 events = _EVENTS.decode(msgspec.json.encode(self.store.events(session_id)))
-                origin = file_origin(events, path).to_dict()
-                return ProvenanceAnswer(origin=msgspec.convert(origin, FileOriginReport))
+                return ProvenanceAnswer(origin=file_origin(events, path).report())
 
 
 _EVENTS = msgspec.json.Decoder(list[AnyTraceEvent])

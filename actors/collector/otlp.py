@@ -1,15 +1,11 @@
 """Optional OTLP export: trace events as OpenTelemetry spans, POSTed to a receiver as OTLP/HTTP JSON.
 
-The collector hands each newly stored event to :meth:`OtlpExporter.add`, which turns it into spans
-with :class:`~actors.collector.spans.SpanBuilder` (the span tree, the ids, and what is inferred when an end
-comes without its start, as after a collector restart, are described there).
-
-Export never slows or stops the collector: ``add`` only updates bounded state and a bounded queue,
-and a background task posts batches to ``<url>/v1/traces``. While the receiver is down it retries
-with exponential backoff up to ``max_backoff`` (after a 429 or 503 it waits at least the answer's
-``Retry-After``, within that cap), logging once per failure streak; spans beyond the queue are
-dropped and counted (``dropped``). ``close`` exports the runs still open as unfinished (counted in
-``unfinished``) and sends what is queued, within ``timeout``.
+:meth:`OtlpExporter.add` turns each newly stored event into spans
+(:class:`~actors.collector.spans.SpanBuilder`), only updating bounded state and a bounded queue. A
+background task posts batches to ``<url>/v1/traces`` and retries a receiver that is down with
+backoff; spans beyond the queue are dropped and counted, so export never slows or stops the
+collector. :meth:`OtlpExporter.close` exports the runs still open as unfinished and sends what is
+queued, within ``timeout``.
 """
 
 from __future__ import annotations

@@ -1,38 +1,11 @@
 """Trace events as OpenTelemetry spans (OTLP/JSON), built without I/O; ``collector.otlp`` sends them.
 
-One trace per session; spans named and attributed after the OpenTelemetry GenAI conventions::
-
-    invoke_agent <agent>      a run of a thread: session.thread_created/_status_running .. _status_idle
-    ├── chat <model>          a model call: span.model_request_start .. span.model_request_end
-    └── execute_tool <name>   a tool call: agent.tool_use .. agent.tool_result (by tool_use_id)
-
-A run is one handler invocation (the lead's: session.status_running .. session.status_idle). It ends
-with its idle or terminated event; with an error status when its handler fails for good (the runtime
-then emits session.error, stamped with the handler's span id, and no idle event) or when its thread
-runs again (the handler was retried); at :meth:`SpanBuilder.finish` (the collector stops) or its
-session's eviction, unfinished: no status, ending at its last event, ``staffwork.unfinished=true``.
-
-Ids are derived, never random, so a redelivery or another collector process exports the same ids: the
-trace's from the session id; a run's is its handler's span id (whose parent is the delegating lead's
-span; the lead's parent, the client's submit span, is not exported, so the lead's span is the root);
-a chat span's from its end event, a tool span's from its tool_use_id. Each session remembers its
-latest 512 exported span ids, so an event fed twice never exports a span twice.
-
-Ends without starts. Events come in stream order and all of a run's from one process, so an end
-without its start means an earlier collector process saw the start (or, rarely, a redelivered batch
-brings it later). The builder then infers the start rather than ask the collector's store, so that
-``add`` stays pure and never waits on SQLite in the collector's event loop: a model call starts
-``duration_ms`` before its end; a run at its earliest event seen (``staffwork.start_unknown=true``);
-a tool result without its use waits for its run's end, then goes out with its own time as start and
-end (``staffwork.start_unknown=true``), and a use still without its result then ends with the run
-(``staffwork.unfinished=true``). So a restart drops no span and exports no child without its parent:
-every run is exported. A run exported unfinished by a stopping collector process and ended under the
-next one is exported twice under its id, the second time finished.
-
-Memory is bounded: an LRU of sessions, and per session at most 4096 runs and parked tool calls (the
-fields a span needs, never inputs or outputs); a session's ended runs go once its lead's run ends.
-Prompts, completions, tool inputs and outputs are not exported (the GenAI conventions make content
-opt-in); error messages are redacted.
+One trace per session, named after the GenAI conventions: ``invoke_agent <agent>`` per run of a
+thread, with ``chat <model>`` (a model call) and ``execute_tool <name>`` (a tool call) under it.
+:class:`SpanBuilder` guarantees: ids derived from the events, never random (a redelivery or another
+collector process exports the same ones); an event fed twice never exports a span twice; no child
+without its parent (a start it did not see is inferred); bounded memory; no content (prompts,
+completions, tool inputs and outputs). How: docs/architecture.md, "Trace collector".
 """
 
 from __future__ import annotations

@@ -1,31 +1,11 @@
-"""The grader: grades a session's deliverable against its outcome, in a fresh context.
+"""The grader actor: grades a session's attempt against its outcome, in a fresh context.
 
-The lead sends a :class:`~schemas.outcome.GradeRequest` after each attempt. The grader never sees
-the lead's conversation: it has the task, the answer, the report file and the workspace files they
-name, and grades
-
-- the machine checks (:func:`~actors.grader.checks.run_check`) without a model: a file exists; a file or
-  the answer contains a string or matches a regex; a JSON file validates against a JSON Schema; a
-  number lies in a range. Those that run a team's regex or schema run in a child process with a
-  deadline per check (``check_timeout``), so a pattern that backtracks without end fails its check
-  instead of freezing the grader;
-- the rubric's criteria with the model, in one call that must answer with the ``submit_grades``
-  tool. The material (task, answer, files, criteria) goes in between delimiters that carry a random
-  id per request, and the system prompt says only the text outside them is instructions, so an
-  answer cannot close its own block and talk to the grader. The offline model grades none of them:
-  each is "not graded: needs a model", never passed.
-
-The result (:func:`overall`): ``failed`` if the model found the rubric impossible to meet or
-contradicting the task, if the model failed for good (the rubric cannot be graded), or if no
-criterion at all could be graded; else, if a criterion failed, or the model left one without a valid
-grade, ``needs_revision`` (``max_iterations_reached`` on the last attempt); else ``satisfied``. Only
-the offline model's "needs a model" is lenient: those criteria are named in the explanation (the
-lead's feedback for a revision), as are every failed criterion and every one the grader could not
-grade, and why.
-
-A request is graded once: a redelivery finds the stored verdict and returns it. One that stays
-:class:`~bus.errors.Retryable` until its last delivery gets a ``failed`` verdict, and its trace span
-an end.
+For each :class:`~schemas.outcome.GradeRequest` it runs the machine checks (:mod:`actors.grader.checks`)
+and grades the rubric's criteria with one traced model call (the prompt and the overall result are in
+:mod:`actors.grader.verdict`), never seeing the lead's conversation, and answers with a
+:class:`~schemas.outcome.GradeVerdict`. A request is graded once: a redelivery returns the stored
+verdict. One still retryable on its last delivery gets a ``failed`` verdict, so the lead is never left
+waiting. The rules: docs/architecture.md, "Outcomes".
 """
 
 from __future__ import annotations

@@ -1,16 +1,9 @@
 """Machine checks of an outcome: criteria graded without a model, and reading the workspace for them.
 
-A file exists; a file (or the answer) contains a string or matches a regex; a JSON file validates
-against a JSON Schema (remote ``$ref``s are refused: a team file must not make the grader fetch
-URLs); a number in a file (or the answer) lies in a range. Each check is a pure function of the
-answer and the files read (:func:`run_check`), so it is tested without a bus.
-
-A team's regex can backtrack for hours (``^(a+)+$`` on ``"a" * 40 + "!"``), and ``re`` holds the
-GIL meanwhile, so a thread does not keep the grader alive. :func:`run_checks_apart` runs the checks
-that use a regex or a schema in a child process (``python -m actors.grader.checks``: the job goes in as
-msgpack on stdin, each verdict comes out as a length-prefixed msgpack frame on stdout, as soon as it
-is known), gives each check ``timeout`` seconds, kills the child when one overruns and fails the
-checks it left without a verdict. The cheap ones (a file exists, a substring) run in-process.
+Each check is a pure function of the answer and the files read (:func:`run_check`), tested without a
+bus. :func:`run_checks_apart` runs the ones that use a team's regex or JSON Schema in a child process
+(``python -m actors.grader.checks``, msgpack over pipes) with a deadline per check, so a pattern that
+backtracks without end fails its check instead of freezing the grader; the cheap ones run here.
 """
 
 from __future__ import annotations

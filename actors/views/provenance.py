@@ -14,12 +14,23 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 from rich.text import Text
 from rich.tree import Tree
 
 from bus.errors import StaffworkError
 from schemas.thread import thread_id_for
-from schemas.trace import AgentToolResult, AgentToolUse, AnyTraceEvent, FileWritten, ThreadCreated
+from schemas.trace import (
+    AgentToolResult,
+    AgentToolUse,
+    AnyTraceEvent,
+    FileOriginReport,
+    FileWritten,
+    OriginSource,
+    ThreadCreated,
+    ThreadRef,
+    ToolCallRef,
+)
 
 DELEGATING_TOOLS = ("delegate", "message_agent")
 
@@ -34,20 +45,18 @@ class Source:
     agent: str = ""
     sources: list[Source] = field(default_factory=list)
 
-    def to_dict(self) -> dict[str, Any]:
-        found: dict[str, Any] = {
-            "tool_use_id": self.use.tool_use_id,
-            "name": self.use.name,
-            "input": self.use.input,
-            "called": self.use.time.isoformat(),
-            "returned": self.result.time.isoformat(),
-            "is_error": self.result.is_error,
-            "result": self.result.content,
-        }
-        if self.thread_id:
-            found["thread"] = {"thread_id": self.thread_id, "agent": self.agent}
-            found["sources"] = [source.to_dict() for source in self.sources]
-        return found
+    def report(self) -> OriginSource:
+        return OriginSource(
+            tool_use_id=self.use.tool_use_id,
+            name=self.use.name,
+            input=self.use.input,
+            called=self.use.time,
+            returned=self.result.time,
+            is_error=self.result.is_error,
+            result=self.result.content,
+            thread=ThreadRef(thread_id=self.thread_id, agent=self.agent) if self.thread_id else None,
+            sources=[source.report() for source in self.sources],
+        )
 
 
 @dataclass
@@ -58,22 +67,27 @@ class FileOrigin:
     sources: list[Source]
     earlier_writes: int
 
-    def to_dict(self) -> dict[str, Any]:
+    def report(self) -> FileOriginReport:
+        """The origin as the trace API's typed answer (``staffwork trace --file --json`` prints it)."""
         w = self.written
-        return {
-            "path": w.path,
-            "size": w.size,
-            "digest": w.digest,
-            "written": w.time.isoformat(),
-            "thread_id": w.provenance.thread_id or w.thread_id,
-            "agent": w.provenance.agent or w.agent,
-            "tool_call": None
+        return FileOriginReport(
+            path=w.path,
+            size=w.size,
+            digest=w.digest,
+            written=w.time,
+            thread_id=w.provenance.thread_id or w.thread_id,
+            agent=w.provenance.agent or w.agent,
+            tool_call=None
             if self.write_call is None
-            else {"tool_use_id": self.write_call.tool_use_id, "name": self.write_call.name},
-            "task": self.task,
-            "earlier_writes": self.earlier_writes,
-            "sources": [source.to_dict() for source in self.sources],
-        }
+            else ToolCallRef(tool_use_id=self.write_call.tool_use_id, name=self.write_call.name),
+            task=self.task,
+            earlier_writes=self.earlier_writes,
+            sources=[source.report() for source in self.sources],
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        document: dict[str, Any] = msgspec.to_builtins(self.report())
+        return document
 
 
 def file_origin(events: list[AnyTraceEvent], path: str) -> FileOrigin:

@@ -1,8 +1,8 @@
 """A session as a tree, from its trace events: who did what, in what order, at what cost.
 
-The lead's thread is the root; each delegation shows the subagent thread it started, with that
-thread's model calls and tool calls; every node carries its duration, tokens and cost, and the
-session's totals come last. Built from the events alone, so it works from the stream (no collector
+The root is the session with its totals; the lead's thread is under it, and each delegation shows the
+subagent thread it started, with that thread's model calls and tool calls; every node carries its
+duration, tokens and cost. Built from the events alone, so it works from the stream (no collector
 needed) and after the run has ended.
 """
 

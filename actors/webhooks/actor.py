@@ -1,60 +1,12 @@
-"""Webhooks: a session's trace events become signed HTTP deliveries, retried and durable in JetStream.
+"""The webhooks actor: a session's lifecycle events become signed HTTP deliveries, retried from JetStream.
 
-Two actors, run by one process (:func:`serve_webhooks`):
-
-``WebhookEvents`` (consumer ``webhooks``) reads the trace events a webhook can announce
-(``WEBHOOK_SOURCES``), finds the session's endpoints (the ``webhooks`` of the team in the session
-directory; the lead has already put a submit's override there) and publishes one
-:class:`~schemas.webhooks.WebhookDelivery` per endpoint that wants the event's type, on
-``<root>.s.<session>.hook``. The event id is derived from the trace event's ``msg_id`` and the dedup
-id from the event id and the endpoint's index, so a redelivered trace event does not deliver twice.
-
-``WebhookDeliverer`` (consumer ``webhook_deliveries``) POSTs each delivery, signed per the Standard
-Webhooks spec, so that any Standard Webhooks library verifies it::
-
-    webhook-id: whevt_...                   the same on every attempt
-    webhook-timestamp: 1767225600           seconds, at this attempt
-    webhook-signature: v1,<base64 HMAC-SHA256(key, "<id>.<timestamp>.<body>")>
-
-    {"type":"event","id":"whevt_...","created_at":"...Z","data":{"type":"session.status_idled","id":"ses_...",...}}
-
-A 2xx answer is a delivery. Anything else is a failed attempt: another status (a redirect too: they
-are not followed), a timeout, a connection or resolution error. It is retried with exponential
-backoff and jitter (:meth:`WebhookSettings.backoff`) by nak'ing the message with that delay, so a
-pending delivery lives in JetStream and survives a restart; the attempt number is the message's
-delivery count. Deliveries are not ordered. A delivery is given up after ``max_attempts`` failed
-attempts (54 to 107 minutes with the default settings): its last ``webhook.delivery_failed`` event
-has ``retry_in_s=None``.
-
-Endpoint state is kept per URL, shared by every session and team that lists it, in the KV bucket
-``<key>_webhooks`` under ``ep_<sha256(url)[:32]>``, changed by compare-and-set: the current streak
-of consecutive failed attempts (of any delivery) and when it began; disabled, why and since when. A
-2xx answer ends the streak. The endpoint is disabled (one ``webhook.endpoint_disabled`` event) by a
-failed attempt that makes the streak ``max_failures`` long *and* at least ``failing_for`` seconds
-old. Both, so that a short outage does not disable it: the first attempts of many queued deliveries
-fail together within a second, and once the endpoint is back they all arrive. With the defaults
-(20 failures, 10 minutes), an endpoint that keeps failing is disabled at the first failure after
-10 minutes if it had 20 attempts by then, else at its 20th (with one delivery: the attempt at which
-that delivery is given up). A delivery the receiver always rejects, while others arrive, is given up
-and does not disable it. A missing ``secret_env`` or a refused address disables it at once.
-Deliveries for a disabled endpoint, the pending ones included, are acked without an attempt (each
-logged as ``webhook_skipped`` with the running count ``skipped``) until :func:`enable_endpoint` is
-called; they are not replayed.
-
-Trace events (stored by the collector, shown by ``tail``) show an endpoint's URL
-:func:`~actors.webhooks.http.redacted`, without userinfo and query, which can carry tokens; logs and
-``webhooks list`` show it whole.
-
-A trace event redelivered after JetStream's duplicate window (two minutes by default; redelivery
-comes after ``ack_wait``) would queue its deliveries again: the receiver sees the same ``webhook-id``
-twice, which the spec allows for (receivers deduplicate on it).
-
-Addresses: the host is resolved here and the connection goes to the address that was checked (the
-``Host`` header and TLS server name stay the URL's), so DNS cannot swap in another address after the
-check. Private, loopback, link-local, site-local, reserved, multicast, unspecified and other
-non-public addresses (IPv4 inside IPv6 included) are refused unless ``allow_private``; a refused
-endpoint is disabled at once. Connections are not kept alive, so a connection is never reused for
-another host name.
+``WebhookEvents`` (consumer ``webhooks``) turns each trace event a webhook can announce into one
+:class:`~schemas.webhooks.WebhookDelivery` per endpoint of the session's team (read from its session
+record) that wants it, on ``<root>.s.<session>.hook``, deduplicated per event and endpoint.
+``WebhookDeliverer`` (consumer ``webhook_deliveries``) POSTs each one: a 2xx is delivered, anything
+else is nak'ed with backoff until ``max_attempts``, and each URL's failure streak can disable its
+endpoint (:mod:`actors.webhooks.endpoints`). Both run in the ``webhooks`` role (``actors.roles``).
+The protocol, the backoff and when an endpoint is disabled: docs/architecture.md, "Webhooks".
 """
 
 from __future__ import annotations

@@ -1,16 +1,11 @@
 """Sending one webhook: the Standard Webhooks signature, the address policy, one HTTP attempt.
 
-``webhook-id`` (the same on every attempt), ``webhook-timestamp`` (seconds, at this attempt) and
-``webhook-signature`` (``v1,`` + base64 HMAC-SHA256 of ``<id>.<timestamp>.<body>`` with the secret's
-key), so any Standard Webhooks library verifies a delivery. The host is resolved here and the
-connection goes to the address that was checked (the ``Host`` header and TLS server name stay the
-URL's): private, loopback, link-local, site-local, reserved, multicast, unspecified and other
-non-public addresses (IPv4 inside IPv6 included) are refused unless allowed. Redirects are not
-followed.
-
-A URL can carry a token (``https://hooks.example.com/T0/B0/x?token=...``, ``https://user:pw@...``):
-what goes into the trace shows it :func:`redacted`, without userinfo, query and fragment; so does a
-redirect's ``Location`` in an error (an ``http`` to ``https`` redirect repeats the URL).
+:func:`signed_headers` signs a body (``webhook-id``, ``webhook-timestamp``, and ``webhook-signature``:
+``v1,`` + base64 HMAC-SHA256 of ``<id>.<timestamp>.<body>``), so any Standard Webhooks library
+verifies it. :func:`post` resolves the host here and connects to the address it checked (non-public
+addresses refused unless allowed; redirects not followed). Connections are not kept alive, so one is
+never reused for another host name. :func:`redacted` is a URL as the trace shows it: without
+userinfo, query and fragment, where tokens hide.
 """
 
 from __future__ import annotations

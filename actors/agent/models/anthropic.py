@@ -1,19 +1,12 @@
 """Claude through the official ``anthropic`` SDK: the only module that imports it.
 
-:class:`AnthropicModel` turns a :class:`ModelRequest` into one ``messages.create`` call and the
-answer back into our blocks, with usage and an estimated cost. The system prompt and the tool list
-carry ``cache_control`` so a thread's stable prefix is cached across its turns.
-
-The SDK's own retries are off (``max_retries=0``): this module retries, so that the policy is in
-one place and every failure leaves here as one of ours, chained to the SDK's exception::
-
-    ModelError                 (actors.agent.models.base)
-    ├── ModelRetryable         429, 529, other 5xx, 408, 409, connection failure, timeout:
-    │                          retried here with backoff, raised once the retries are spent
-    └── ModelFatal             400, 401, 403, 404, 413, 422 and any other 4xx: raised at once
-
-A redacted thinking block becomes a :class:`ThinkingBlock` with empty ``thinking`` and the opaque
-``data`` in ``signature``, and goes back to the API as ``redacted_thinking``.
+:class:`AnthropicModel` turns a :class:`ModelRequest` into one ``messages.create`` call (the system
+prompt and the tools marked for prompt caching) and the answer back into our blocks, with usage and
+an estimated cost. The SDK's own retries are off: this module retries, and every failure leaves as
+one of ours, chained to the SDK's: :class:`ModelRetryable` (429, 529 and other 5xx, 408, 409, a
+connection failure, a timeout; raised once the retries are spent) or :class:`ModelFatal` (any other
+4xx, at once). Redacted thinking goes back to the API as ``redacted_thinking``. The details:
+docs/architecture.md, "Models".
 """
 
 from __future__ import annotations

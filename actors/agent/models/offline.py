@@ -1,15 +1,10 @@
 """The offline model: deterministic, no network, the default when no API key is configured.
 
-It is not a language model. It lets a team run end to end on a laptop or in CI, with real tool
-calls over real data:
-
-- an agent with a playbook (``[agents.playbook]`` in the team file) makes the playbook's tool calls
-  in one turn, then answers from the template over their real results;
-- the lead without a playbook delegates the task to every roster agent in one turn, then writes a
-  report from their replies;
-- a subagent without a playbook says that it has none, and what it was asked.
-
-Every answer it writes says it came from the offline model.
+It is not a language model: it lets a team run end to end on a laptop or in CI, with real tool calls
+over real data. An agent with a playbook (``[agents.playbook]``) makes its tool calls in one turn,
+then answers from the playbook's template over their results; the lead without one delegates the task
+to every roster agent, then writes a report from their replies; a subagent without one says so, and
+what it was asked. Every answer it writes says it came from the offline model.
 """
 
 from __future__ import annotations

@@ -1,17 +1,11 @@
 """Tools: typed Python functions the model can call.
 
-A tool is an async (or plain) function whose first parameter is a :class:`ToolContext` and whose
-other parameters are keyword-only and typed::
-
-    @tool
-    async def read_file(ctx: ToolContext, *, path: str, offset: Annotated[int, Meta(ge=0)] = 0) -> str:
-        \"\"\"Read a file of the session's workspace.\"\"\"
-
-Its JSON input schema is derived from the type hints (msgspec), its docstring is its description.
-Arguments from the model are validated first: a bad one comes back as an ``is_error`` tool result
-that says what was wrong (so the model can correct itself), as does a :class:`ToolError` or any other
-failure; a tool never kills its thread. Output over ``MAX_OUTPUT`` characters is stored in the
-workspace (``tool-outputs/<tool_use_id>.txt``) and the model gets a truncated view naming that path.
+A tool (:func:`tool`) is an async or plain function whose first parameter is a :class:`ToolContext`
+and whose other parameters are keyword-only and typed; its input schema comes from the type hints,
+its description from its docstring. :meth:`Tool.run` always returns a result block: bad arguments, a
+:class:`ToolError` or any other failure come back as an ``is_error`` result (a tool never kills its
+thread), and output over ``MAX_OUTPUT`` characters is stored in the workspace, the model getting a
+truncated view. :class:`Delegating` is what the lead's delegation tools call (``ctx.delegating``).
 """
 
 from __future__ import annotations
