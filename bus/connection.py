@@ -327,21 +327,21 @@ class Bus:
 
     async def consumer_active(self, durable: str) -> bool:
         """Whether some worker is pulling from the consumer right now (it has waiting pull requests)."""
-        try:
-            with translated("consumer info", durable, self.url):
-                info = await self._js.consumer_info(self.subjects.log_stream, durable)
-        except NotFound:
-            return False
-        return bool(info.num_waiting)
+        info = await self._consumer_info(durable)
+        return info is not None and bool(info.num_waiting)
 
     async def consumer_backlog(self, durable: str) -> int:
         """Messages the consumer has not settled yet: pending delivery plus delivered and unacked."""
+        info = await self._consumer_info(durable)
+        return 0 if info is None else int(info.num_pending) + int(info.num_ack_pending)
+
+    async def _consumer_info(self, durable: str) -> Any:
+        """The log stream's consumer ``durable`` as the server sees it now, or None if it is not there."""
         try:
             with translated("consumer info", durable, self.url):
-                info = await self._js.consumer_info(self.subjects.log_stream, durable)
+                return await self._js.consumer_info(self.subjects.log_stream, durable)
         except NotFound:
-            return 0
-        return int(info.num_pending) + int(info.num_ack_pending)
+            return None
 
     async def last(self, subject: str) -> bytes | None:
         """The last message stored on ``subject`` in the log stream, or None."""
