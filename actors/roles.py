@@ -4,18 +4,27 @@ A role is the list of actors (consumers and services) built for one job from a :
 ``staffwork actor ROLE`` serves one role, ``staffwork up`` starts a process per role (per agent for
 ``subagent``), ``staffwork run`` runs in-process the roles a team needs that nobody serves, and
 tests use :func:`running`. The actors of one process share a session directory and a cancel watch.
+
+A process that serves sessions (the lead, subagent or grader role) says with which model it does
+(:class:`ModelNotice`: provider and endpoint, in the root's registry), so that ``run`` shares actors
+only with processes of its own model.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from actors.agent.models import default_model
+import msgspec
+import structlog
+
+from actors.agent.models import default_model, model_profile
 from actors.agent.models.base import Model
 from actors.collector.actor import CollectorActor, TraceStore
 from actors.collector.otlp import OtlpExporter
@@ -28,24 +37,32 @@ from actors.sessions.cancel import CancelWatch
 from actors.sessions.directory import SessionDirectory
 from actors.subagent import SubagentActor
 from actors.webhooks.actor import WebhookDeliverer, WebhookEvents, WebhookSettings
-from bus.actor import Actor
+from bus.actor import Actor, BaseActor
 from bus.connection import Bus
+from bus.errors import BusError
 from bus.lifecycle import run_actors
 from bus.paths import data_dir
 from bus.runtime import RuntimeSettings
 from bus.subjects import Subjects
+from schemas.ids import new_id
 from schemas.team import TeamSpec
+
+log = structlog.get_logger("staffwork.roles")
 
 
 @dataclass(frozen=True)
 class AgentSettings:
     lead_ack_wait: float = 30.0
     subagent_ack_wait: float = 30.0
-    lead_concurrency: int = 16  # sessions one lead process drives at once
+    #: sessions one lead process drives at once. A session mostly waits (on models, threads, the
+    #: grader), so this is high: sessions waiting on others never hold back new ones.
+    lead_concurrency: int = 256
     subagent_concurrency: int = 20  # threads one worker runs at once, per agent
     grace: float = 30.0
     max_deliver: int = 5
     grade_timeout: float = 900.0  # how long the lead waits for the grader's verdict on an attempt
+    claim_timeout: float = 120.0  # a delegation no worker has taken by then fails (no worker serves it)
+    session_deadline: float = 3600.0  # a session's deadline when neither its submit nor its team sets one
 
 
 @dataclass(frozen=True)
@@ -86,11 +103,13 @@ def _lead(process: Process) -> Built:
             ack_wait=settings.lead_ack_wait,
             subagent_ack_wait=settings.subagent_ack_wait,
             grade_timeout=settings.grade_timeout,
+            claim_timeout=settings.claim_timeout,
+            session_deadline=settings.session_deadline,
         ),
     )
     return [
         (lead, RuntimeSettings(concurrency=settings.lead_concurrency, grace=settings.grace)),
-        (SubmitGateway(), RuntimeSettings()),
+        (SubmitGateway(claim_timeout=settings.claim_timeout), RuntimeSettings()),
     ]
 
 
@@ -204,12 +223,118 @@ ROLES: dict[str, Role] = {
 }
 
 
+# --- which model serves a root's sessions ----------------------------------------------------------
+
+#: The registry key (in ``<key>_registry``) of the notice: ``{instance: {"model": profile, "at": t}}``.
+NOTICE_KEY = "serving"
+NOTICE_EVERY = 5.0  # seconds between renewals of a process's line
+NOTICE_FRESH = 3 * NOTICE_EVERY  # a line not renewed for this long is forgotten (its process died)
+#: The roles whose actors call a model on a session's behalf.
+SESSION_ROLES = frozenset({"lead", "subagent", "grader"})
+
+
+class NoticeLine(msgspec.Struct, frozen=True):
+    model: str  # the process's model profile (provider and endpoint)
+    at: float  # when it was last renewed (Unix time)
+
+
+_lines = msgspec.json.Decoder(dict[str, NoticeLine])
+
+
+class ModelNotice:
+    """This process's line in its root's notice of which models serve sessions there: written by
+    :meth:`start`, renewed every :data:`NOTICE_EVERY` seconds, withdrawn by :meth:`stop`. A process
+    that dies without stopping is forgotten :data:`NOTICE_FRESH` seconds after its last renewal."""
+
+    def __init__(self, bus: Bus, profile: str) -> None:
+        self.bus = bus
+        self.profile = profile
+        self.instance = new_id("srv")
+        self._renewing: asyncio.Task[None] | None = None
+
+    async def start(self) -> dict[str, str]:
+        """Write this process's line; the other processes' lines (instance: model profile)."""
+        lines = await self._change(self._mine)
+        self._renewing = asyncio.ensure_future(self._renew())
+        return {instance: line.model for instance, line in lines.items() if instance != self.instance}
+
+    async def stop(self) -> None:
+        if self._renewing is not None:
+            self._renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewing
+            self._renewing = None
+        try:
+            await self._change(lambda lines: lines.pop(self.instance, None))
+        except BusError as exc:  # the line is forgotten once it is stale anyway
+            log.warning("model_notice_withdraw_failed", error=str(exc))
+
+    def _mine(self, lines: dict[str, NoticeLine]) -> None:
+        lines[self.instance] = NoticeLine(self.profile, time.time())
+
+    async def _renew(self) -> None:
+        while True:
+            await asyncio.sleep(NOTICE_EVERY)
+            try:
+                await self._change(self._mine)
+            except Exception as exc:  # an outage: renewed again at the next turn
+                log.warning("model_notice_renew_failed", error=repr(exc))
+
+    async def _change(self, edit: Callable[[dict[str, NoticeLine]], object]) -> dict[str, NoticeLine]:
+        """Apply ``edit`` to the fresh lines (compare-and-set, retried on a conflict); the lines after."""
+        kv = await self.bus.kv(self.bus.subjects.registry_bucket)
+        for _ in range(50):
+            stored = await kv.entry(NOTICE_KEY)
+            try:
+                lines = _lines.decode(stored[0]) if stored else {}
+            except msgspec.DecodeError:
+                lines = {}  # a damaged notice: rebuilt from the lines renewed from now on
+            oldest = time.time() - NOTICE_FRESH
+            lines = {instance: line for instance, line in lines.items() if line.at > oldest}
+            edit(lines)
+            value = msgspec.json.encode(lines)
+            if await (kv.update(NOTICE_KEY, value, stored[1]) if stored else kv.create(NOTICE_KEY, value)):
+                return lines
+        raise BusError(f"the notice {NOTICE_KEY!r} in {kv.bucket} kept changing under this process")
+
+
+class ModelNoticeService(BaseActor[None]):
+    """A service of every process that serves sessions: its :class:`ModelNotice`, while it runs."""
+
+    role = "model-notice"
+
+    def __init__(self, profile: str) -> None:
+        self.profile = profile
+        self._notice: ModelNotice | None = None
+
+    def consumer(self, subjects: Subjects) -> None:
+        return None
+
+    async def on_start(self, bus: Bus) -> None:
+        notice = ModelNotice(bus, self.profile)
+        try:
+            await notice.start()
+        except BusError as exc:  # the notice helps run choose; serving goes on without it
+            log.warning("model_notice_failed", error=str(exc))
+            return
+        self._notice = notice
+
+    async def on_stop(self) -> None:
+        if self._notice is not None:
+            await self._notice.stop()
+            self._notice = None
+
+
 def build(bus: Bus, roles: Iterable[str], config: RoleConfig) -> Built:
-    """The actors of ``roles`` for one process (sharing its directory and cancel watch)."""
+    """The actors of ``roles`` for one process (sharing its directory and cancel watch); with the
+    process's :class:`ModelNoticeService` when it serves sessions."""
     process = Process(bus, config)
     built: Built = []
-    for name in roles:
+    names = list(roles)
+    for name in names:
         built += ROLES[name].build(process)
+    if SESSION_ROLES.intersection(names):
+        built.append((ModelNoticeService(model_profile(process.model)), RuntimeSettings()))
     return built
 
 
@@ -260,8 +385,11 @@ def running_agents(
 
 
 __all__ = [
+    "NOTICE_FRESH",
     "ROLES",
     "AgentSettings",
+    "ModelNotice",
+    "ModelNoticeService",
     "Process",
     "Role",
     "RoleConfig",

@@ -151,7 +151,7 @@ class SubagentActor(BaseActor[SubagentInbox]):
         if await self.directory.is_canceled(msg.session_id):
             return self._reply(msg, status="canceled", text="the session was canceled")
 
-        log = ThreadLog(bus)
+        log = ThreadLog(bus, reader=self.role)
         history = await log.load(msg.session_id, msg.thread_id)
         if not await self._start_turn(bus, log, history, msg, spec):
             error = ErrorInfo(

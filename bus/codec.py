@@ -25,8 +25,10 @@ def encode(msg: object) -> bytes:
 class Decoder(Generic[T]):
     """Decodes payloads into ``type`` (a Struct or a union of tagged Structs), enforcing a size limit.
 
-    Failures raise :class:`MessageRejected` carrying msgspec's message with the path of the bad field
-    (``Expected `str`, got `int` - at `$.task```).
+    Every failure raises :class:`MessageRejected`, whatever its cause, so a caller that handles it
+    never meets a payload it cannot survive: msgspec's message with the path of the bad field
+    (``Expected `str`, got `int` - at `$.task```), or the cause named (``nesting too deep``: msgspec
+    raises ``RecursionError`` on ~1,000 nested arrays or objects, 2 KB of JSON).
     """
 
     @overload
@@ -45,6 +47,14 @@ class Decoder(Generic[T]):
             return self._decoder.decode(data)
         except msgspec.DecodeError as exc:  # ValidationError is a subclass
             raise MessageRejected(str(exc), subject=subject, size=len(data)) from None
+        except RecursionError:
+            raise MessageRejected(_TOO_DEEP, subject=subject, size=len(data)) from None
+        except Exception as exc:  # whatever else a payload can make decoding raise: still the payload's fault
+            reason = f"cannot be decoded: {type(exc).__name__}: {exc}"
+            raise MessageRejected(reason, subject=subject, size=len(data)) from None
+
+
+_TOO_DEEP = "JSON nesting too deep (msgspec's recursion limit)"
 
 
 _loose = msgspec.json.Decoder(dict[str, Any])
@@ -60,6 +70,6 @@ def peek_session(data: bytes) -> str:
     """
     try:
         value = _loose.decode(data).get("session_id", "")
-    except (msgspec.DecodeError, AttributeError):
+    except Exception:  # not JSON, not an object, nested too deep: no session to name
         return ""
     return value if isinstance(value, str) and _TOKEN.match(value) else ""

@@ -24,6 +24,7 @@ import nats.js.errors
 import structlog
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
+from nats.js.api import DeliverPolicy
 
 from bus.codec import DEFAULT_MAX_BYTES, Decoder, encode
 from bus.errors import BusError, BusTimeout, BusUnavailable, NoResponders, ServerRefused
@@ -378,3 +379,60 @@ class Bus:
         with translated("JetStream account info", "$JS.API.INFO", self.url, timeout=timeout):
             async with asyncio.timeout(timeout):
                 return await self._js.account_info()
+
+    async def stored_message(self, stream: str, seq: int, timeout: float = 5.0) -> tuple[str, bytes] | None:
+        """The subject and payload stored at sequence ``seq`` of ``stream``, or None if it is gone."""
+        try:
+            with translated("read stored message", f"{stream}#{seq}", self.url, timeout=timeout):
+                async with asyncio.timeout(timeout):
+                    raw = await self._js.get_msg(stream, seq, direct=True)
+        except NotFound:
+            return None
+        return str(raw.subject or ""), bytes(raw.data or b"")
+
+    async def on_max_deliveries(
+        self,
+        stream: str,
+        callback: Callable[[MaxDeliveries], Awaitable[None] | None],
+        *,
+        consumer: str = "*",
+        queue: str = "",
+    ) -> Listener[MaxDeliveries]:
+        """Call ``callback`` each time the server gives up on a message of ``stream``'s ``consumer``
+        (``*``: any) after its ``max_deliver`` deliveries: JetStream's max-deliveries advisory, which
+        the server publishes on ``$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.<stream>.<consumer>``
+        and does not store. With ``queue``, one subscriber of the group gets each advisory."""
+        subject = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.{consumer}"
+        listener: Listener[MaxDeliveries] = Listener(Decoder(MaxDeliveries), callback)
+        with translated("subscribe", subject, self.url):
+            listener._sub = await self._nc.subscribe(subject, queue=queue, cb=listener._on_message)
+        return listener
+
+    async def follow_raw(self, subject: str) -> AsyncGenerator[bytes, None]:
+        """The payloads stored on ``subject`` in the log stream from the first, then live ones, as
+        they are (undecodable ones included: the caller decides what to reject)."""
+        sub = await self._js.subscribe(
+            subject, stream=self.subjects.log_stream, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
+        )
+        try:
+            async for msg in sub.messages:
+                yield bytes(msg.data)
+        finally:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
+
+    async def consumer_served(self, durable: str) -> bool:
+        """Whether some worker serves the consumer now: it waits for messages (pull requests) or
+        holds some it has not settled yet (busy at its concurrency, it sends no pull request)."""
+        info = await self._consumer_info(durable)
+        return info is not None and bool(info.num_waiting or info.num_ack_pending)
+
+
+class MaxDeliveries(msgspec.Struct, frozen=True, kw_only=True):
+    """JetStream's max-deliveries advisory (``io.nats.jetstream.advisory.v1.max_deliver``): the
+    message at ``stream_seq`` was delivered ``deliveries`` times and will not be delivered again."""
+
+    stream: str
+    consumer: str
+    stream_seq: int
+    deliveries: int = 0

@@ -41,16 +41,18 @@ async def read_subject(
     pending_bytes: int = 256 * 1024 * 1024,
     since: datetime | None = None,
     until_seq: int | None = None,
+    start_seq: int = 1,
 ) -> AsyncGenerator[StoredMsg, None]:
     """Every message stored on ``subject`` (wildcards allowed) in ``stream`` (at most ``limit``; only
-    those stored at or after ``since``, up to stream sequence ``until_seq``), in stream order."""
+    those stored at or after ``since``, from stream sequence ``start_seq`` up to ``until_seq``), in
+    stream order."""
     if limit == 0:
         return
     nc = bus._nc
     inbox = nc.new_inbox()
     sub = await nc.subscribe(inbox, pending_bytes_limit=pending_bytes)
     try:
-        seq = 1
+        seq = max(start_seq, 1)
         remaining = limit
         while remaining is None or remaining > 0:
             size = batch if remaining is None else min(batch, remaining)

@@ -60,6 +60,8 @@ class SubmitReply(Message, frozen=True, kw_only=True, tag="session.submit_reply.
     accepted: bool
     duplicate: bool = False
     error: ErrorInfo | None = None
+    #: what may stop an accepted session from finishing well (an agent no worker serves right now)
+    warnings: list[str] = msgspec.field(default_factory=list)
     #: where to watch: ``<root>.s.<session>.evt.>`` (trace), ``<root>.s.<session>.out.result``
     events_subject: str = ""
     result_subject: str = ""

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from actors.cli.common import NatsOption, RootOption, err, fail, out, run_async
+from actors.cli.common import NatsOption, RootOption, err, fail, print_whole, run_async
 from bus.connection import Bus
 from bus.errors import StaffworkError
 from bus.server import EmbeddedServer, find_server_binary, server_version
@@ -64,7 +64,7 @@ def doctor(nats: NatsOption = None, root: RootOption = "sw") -> None:
                         await _check_server(srv.url, root, row)
                 except StaffworkError as exc:
                     row("embedded server", False, str(exc))
-        out.print(table)
+        print_whole(table)  # piped or logged: whole paths, not cut to 80 columns
         return ok
 
     if not run_async(go):

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Annotated, NoReturn, TypeVar
 
 import typer
-from rich.console import Console
+from rich.console import Console, RenderableType
+from rich.measure import Measurement
 
 from actors.client import Client
 from bus import local
@@ -40,6 +41,16 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
+
+
+def print_whole(renderable: RenderableType) -> None:
+    """Print to stdout; when stdout is not a terminal (a pipe, a log file), at the renderable's own
+    width rather than rich's default of 80 columns, so nothing a user pipes or logs is cut or folded."""
+    if out.is_terminal:
+        out.print(renderable)
+        return
+    width = Measurement.get(out, out.options.update_width(1 << 20), renderable).maximum
+    Console(file=out.file, soft_wrap=True, width=max(width, out.width)).print(renderable)
 
 
 class State:

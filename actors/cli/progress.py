@@ -1,5 +1,7 @@
 """The live table of ``staffwork run``: one row per thread (status, turns, tool calls, tokens,
-elapsed), built from the session's trace events."""
+elapsed), built from the session's trace events. A thread ends when it goes idle, is terminated, or
+fails for good (the runtime's ``session.error`` while it runs: its model calls were exhausted, say),
+as ``staffwork trace`` tells it."""
 
 from __future__ import annotations
 
@@ -15,11 +17,14 @@ from schemas.trace import (
     ModelRequestEnd,
     OutcomeEvaluationEnd,
     OutcomeEvaluationStart,
+    SessionErrorEvent,
     SessionStatusIdle,
     SessionStatusRunning,
+    SessionStatusTerminated,
     ThreadCreated,
     ThreadStatusIdle,
     ThreadStatusRunning,
+    ThreadStatusTerminated,
 )
 
 
@@ -58,6 +63,7 @@ class ThreadRow:
 class Progress:
     threads: dict[str, ThreadRow] = field(default_factory=dict)
     last: datetime | None = None
+    models: list[str] = field(default_factory=list)  # the model ids that answered, in first-seen order
 
     def row(self, thread_id: str, agent: str) -> ThreadRow:
         if thread_id not in self.threads:
@@ -68,23 +74,43 @@ class Progress:
         self.last = event.time
         row = self.row(event.thread_id or "lead", event.agent)
         if isinstance(event, SessionStatusRunning | ThreadStatusRunning | ThreadCreated):
-            row.status = "running"
+            row.status = "running"  # a follow-up runs a thread again
             row.started = row.started or event.time
+            row.ended = None
         elif isinstance(event, ModelRequestEnd):
             row.turns += 1
             row.tokens += event.usage.input_tokens + event.usage.output_tokens
             row.cost += event.usage.cost_usd
+            if event.error is None and event.model and event.model not in self.models:
+                self.models.append(event.model)
         elif isinstance(event, AgentToolUse):
             row.tools += 1
         elif isinstance(event, ThreadStatusIdle | SessionStatusIdle):
             row.status = "idle" if event.stop_reason in ("end_turn", "") else event.stop_reason
             row.ended = event.time
+        elif isinstance(event, ThreadStatusTerminated | SessionStatusTerminated):
+            row.status = event.reason or "terminated"  # why: canceled, failed, budget_reached...
+            row.ended = event.time
+        elif isinstance(event, SessionErrorEvent):
+            # The runtime ends a thread's run that failed for good with this. One without a thread
+            # (the lead's, or the grader's, after which the lead goes on) leaves the result to say.
+            if event.thread_id and row.status == "running":
+                row.status = "failed"
+                row.ended = event.time
         elif isinstance(event, OutcomeEvaluationStart):
             row.status = f"grading {event.iteration}"
             row.started = row.started or event.time
         elif isinstance(event, OutcomeEvaluationEnd):  # its usage came with the grader's model calls
             row.status = event.result
             row.ended = event.time
+
+    def finish(self, status: str) -> None:
+        """The session's result says it ended ``status``: a lead row still running ends with it (a
+        lead that failed for good publishes its failed result, and no ``session.status_idle``)."""
+        lead = self.threads.get("lead")
+        if lead is not None and lead.status == "running":
+            lead.status = status
+            lead.ended = self.last
 
     def table(self) -> Table:
         table = Table(box=None, header_style="bold", pad_edge=False)

@@ -1,35 +1,20 @@
-"""The session commands: ``run`` (submit a session and follow it live), ``submit``, ``status`` and
-``cancel``.
-
-Which actors run a session (:func:`run_session`): for each role the team needs, whether its consumer
-has active pullers (``up``, or actors deployed against ``--nats``); this process runs the roles nobody
-serves. If a lead runs elsewhere, it adds workers only for agents nobody serves; otherwise it runs the
-lead and all the team's agents itself.
-"""
+"""The session commands: ``run`` (submit a session and follow it live; how it runs one is in
+:mod:`actors.cli.running`), ``submit``, ``status`` and ``cancel``."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-import os
 import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import msgspec
 import typer
-from rich.console import Console
-from rich.live import Live
 
-from actors.agent.models import default_model
 from actors.cli.common import (
     AllowPrivateOption,
     NatsOption,
     RootOption,
-    Target,
     bus_target,
     err,
     load_example,
@@ -38,14 +23,10 @@ from actors.cli.common import (
     run_async,
     session_record,
 )
-from actors.cli.progress import Progress
+from actors.cli.running import RunOutcome, run_session
 from actors.client import Client
-from actors.roles import ROLES, RoleConfig, running
 from actors.sessions.directory import TERMINAL
-from actors.webhooks.actor import WebhookSettings
-from bus import local
-from bus.connection import Bus
-from bus.errors import BusTimeout, StaffworkError
+from bus.errors import StaffworkError
 from bus.provision import provision
 from schemas.ids import new_id
 from schemas.session import SessionResult
@@ -105,7 +86,6 @@ def run(
             await provision(target.bus)  # a bus that cannot be used says so before anything else
             if not as_json:
                 err.print(f"bus: {target.where}", highlight=False)
-                err.print(f"model: {_model_line()}", highlight=False)
                 err.print(f"team: {spec.name} (lead + {len(spec.agents)} agents)", highlight=False)
             return await run_session(
                 target,
@@ -134,7 +114,7 @@ def run(
         out.print(f"files: {', '.join(result.files) or 'none'}", highlight=False, markup=False)
         out.print(
             f"usage: {usage.input_tokens:,} input + {usage.output_tokens:,} output tokens, "
-            f"cost ${usage.cost_usd:.4f} (model: {outcome.model})",
+            f"cost ${usage.cost_usd:.4f} (model: {outcome.served()})",
             highlight=False,
         )
         if result.outcome is not None:
@@ -146,12 +126,6 @@ def run(
                 )
     if result.status not in ("idle",):
         raise typer.Exit(2)
-
-
-def _model_line() -> str:
-    if os.environ.get("ANTHROPIC_API_KEY"):
-        return "Claude (ANTHROPIC_API_KEY is set)"
-    return "offline (no ANTHROPIC_API_KEY: deterministic playbooks over the real data, no network)"
 
 
 def submit(
@@ -214,135 +188,3 @@ def cancel(session: str, nats: NatsOption = None, root: RootOption = "sw") -> No
             out.print(f"{session}: canceled", highlight=False)
 
     run_async(go)
-
-
-# --- run -------------------------------------------------------------------------------------------
-
-
-@dataclass
-class RunOutcome:
-    result: SessionResult
-    progress: Progress
-    wall_s: float
-    model: str
-
-    def as_json(self) -> dict[str, Any]:
-        """The stable, documented shape of ``staffwork run --json``."""
-        usage = self.result.usage
-        return {
-            "session_id": self.result.session_id,
-            "status": self.result.status,
-            "final_text": self.result.final_text,
-            "report_path": self.result.report_path,
-            "files": self.result.files,
-            "threads": [row.as_json() for row in self.progress.threads.values()],
-            "usage": {
-                "input_tokens": usage.input_tokens,
-                "output_tokens": usage.output_tokens,
-                "cache_creation_input_tokens": usage.cache_creation_input_tokens,
-                "cache_read_input_tokens": usage.cache_read_input_tokens,
-            },
-            "cost_usd": round(usage.cost_usd, 6),
-            "wall_s": round(self.wall_s, 3),
-            "model": self.model,
-            "error": self.result.error.message if self.result.error else None,
-            "outcome": msgspec.to_builtins(self.result.outcome) if self.result.outcome else None,
-        }
-
-
-async def _deliveries_settled(bus: Bus, console: Console, *, timeout: float) -> None:
-    """Wait (at most ``timeout``) until no webhook delivery is pending; what is still pending then
-    stays in JetStream for the next webhooks actor (``staffwork up`` or ``staffwork actor webhooks``)."""
-    deadline = time.monotonic() + timeout
-    events, deliveries = bus.subjects.webhook_events_consumer, bus.subjects.webhook_deliveries_consumer
-    while time.monotonic() < deadline:
-        if await bus.consumer_backlog(events) + await bus.consumer_backlog(deliveries) == 0:
-            return
-        await asyncio.sleep(0.1)
-    console.print(
-        "some webhook deliveries are still pending (retrying): the next webhooks actor delivers them",
-        highlight=False,
-    )
-
-
-async def run_session(
-    target: Target,
-    team: TeamSpec,
-    task: str,
-    inputs: list[Path],
-    *,
-    console: Console,
-    live: bool,
-    timeout: float | None = None,
-    allow_private_webhooks: bool = False,
-) -> RunOutcome:
-    """Run one session on an already provisioned bus (the ``run`` command provisions it first)."""
-    bus = target.bus
-    started = time.perf_counter()
-    model = default_model()
-    needed = [  # the roles this session needs that no other process serves
-        role.name
-        for role in ROLES.values()
-        if not role.per_agent
-        and role.needed(team)
-        and role.consumer is not None
-        and not await bus.consumer_active(role.consumer(bus.subjects))
-    ]
-    has_lead = "lead" not in needed
-    missing = [
-        a.name
-        for a in team.agents
-        if not (has_lead and await bus.consumer_active(bus.subjects.agent_consumer(a.name)))
-    ]
-    if missing:
-        needed.append("subagent")
-    hooks = "webhooks" in needed
-    config = RoleConfig(
-        model=model, agents=missing, webhooks=WebhookSettings(allow_private=allow_private_webhooks)
-    )
-    async with contextlib.AsyncExitStack() as stack:
-        if needed:
-            await stack.enter_async_context(running(bus, needed, config))
-        client = Client(bus)
-        session_id = new_id("ses")
-        uploaded: list[str] = []
-        for directory in inputs:
-            uploaded += await client.upload(session_id, directory)
-        await client.submit(task, team=team, inputs=uploaded, session_id=session_id)
-        progress = Progress()
-        display = (
-            Live(progress.table(), console=console, refresh_per_second=8, transient=False) if live else None
-        )
-
-        async def follow() -> None:
-            async for event in client.events(session_id):
-                progress.apply(event)
-                if display is not None:
-                    display.update(progress.table())
-
-        with contextlib.ExitStack() as finish:
-            if display is not None:
-                finish.callback(console.line)  # the display's last frame ends without a newline
-                finish.enter_context(display)
-            follower = asyncio.ensure_future(follow())
-            try:
-                # The result decides the end: a session that fails never goes idle, but has a result.
-                result = await client.wait(session_id, timeout=timeout)
-                with contextlib.suppress(TimeoutError):  # let the display catch up with the last events
-                    await asyncio.wait_for(asyncio.shield(follower), 2.0)
-            except BusTimeout:
-                await client.cancel(session_id, f"gave up after {timeout:g}s")
-                raise StaffworkError(f"gave up after {timeout:g}s; session {session_id} canceled") from None
-            finally:
-                follower.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await follower
-        if hooks:  # the session's webhooks go out before this process (their deliverer) ends
-            await _deliveries_settled(bus, console, timeout=15.0)
-        if target.owned and (not has_lead or missing) and local.other_clients():
-            # Commands attached to our server may be relying on the actors we run: keep serving.
-            console.print("other staffwork commands are using this server's actors: waiting for them")
-            await local.wait_for_clients()
-    return RunOutcome(
-        result=result, progress=progress, wall_s=time.perf_counter() - started, model=model.name
-    )

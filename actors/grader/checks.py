@@ -13,6 +13,7 @@ import contextlib
 import math
 import os
 import re
+import signal
 import sys
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -162,13 +163,11 @@ async def _run_child(job: _Job, timeout: float) -> list[CriterionVerdict]:
             tg.create_task(_keep_tail(proc.stderr, stderr))
             overran = await _collect(proc.stdout, len(job.checks), timeout, verdicts)
             if len(verdicts) < len(job.checks):  # it overran, or wrote something else than verdicts
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()  # the pipes close with it: the feeder and the stderr reader end
+                _kill(proc)  # the pipes close with it: the feeder and the stderr reader end
         returncode = await proc.wait()
     finally:
         if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
+            _kill(proc)
             await asyncio.shield(proc.wait())  # reaped even when the grading is cancelled
     missing = job.checks[len(verdicts) :]
     if not missing:
@@ -185,6 +184,21 @@ async def _run_child(job: _Job, timeout: float) -> list[CriterionVerdict]:
     verdicts.append(_failed(first, reason))
     verdicts += [_failed(check, after) for check in rest]
     return verdicts
+
+
+def _kill(proc: asyncio.subprocess.Process) -> None:
+    """Kill the child unless asyncio has reaped it. Not ``proc.kill()`` on POSIX: ``Popen.send_signal``
+    polls first, and that poll reaps a child that has just exited behind the back of asyncio's child
+    watcher, whose own wait then fails ("Unknown child process pid", exit code 255 instead of the
+    child's). A signal to a child that exited but is not reaped yet (a zombie) does nothing, and its
+    pid cannot be reused before the watcher reaps it."""
+    if proc.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        if sys.platform == "win32":
+            proc.kill()
+        else:
+            os.kill(proc.pid, signal.SIGKILL)
 
 
 def _child_env() -> dict[str, str]:

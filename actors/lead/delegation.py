@@ -3,13 +3,20 @@
 :class:`Delegations` sends a session's :class:`Delegation` and :class:`FollowUp` requests and waits
 for their :class:`ThreadReply`, holding one of ``max_concurrent_threads`` slots each (more wait, none
 is dropped). A request whose reply is already in the stream (a replay, or a reply published while
-the connection was down) is not sent again: the stored reply is used. The lead's tools reach it
-through :class:`~actors.agent.tools.base.Delegating` on their :class:`ToolContext`.
+the connection was down) is not sent again: the stored reply is used. A reply counts only if it
+answers the request (its ``in_reply_to``, thread, agent and session match); anything else on the
+reply subject is rejected with a ``bus.message_rejected`` event and ignored. A request no worker
+has taken within ``claim_timeout`` (its trigger is not in the thread's history) while no worker
+serves its agent fails, and so does one JetStream stopped delivering (:func:`given_up_reply`, from
+the max-deliveries advisory). The lead's tools reach it through
+:class:`~actors.agent.tools.base.Delegating` on their :class:`ToolContext`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import time
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -19,33 +26,81 @@ from actors.agent.tools.base import Delegating, Tool, ToolContext, ToolError, to
 from bus.codec import Decoder
 from bus.connection import Bus
 from bus.direct import read_subject
-from bus.history import ThreadHistory
+from bus.errors import MessageRejected
+from bus.history import ThreadHistory, ThreadLog
 from bus.state import Listener
-from schemas.base import Usage
+from schemas.base import ErrorInfo, Usage
 from schemas.team import TeamSpec
 from schemas.thread import Delegation, FollowUp, ThreadReply, thread_id_for
+from schemas.trace import MessageRejected as Rejected
 from schemas.trace import ThreadMessageReceived, ThreadMessageSent
 
 LEAD_THREAD = "lead"
 REPLY_RECHECK = 10.0  # seconds between looks in the stream for a reply the subscription missed
 _REPLY_BYTES = 4 * 1024 * 1024
 _replies: Decoder[ThreadReply] = Decoder(ThreadReply, max_bytes=_REPLY_BYTES)
+_requests: Decoder[Delegation | FollowUp] = Decoder(Delegation | FollowUp)
+
+Request = Delegation | FollowUp
+
+
+def failed_reply(request: Request, kind: str, message: str) -> ThreadReply:
+    """The failed reply the lead gives itself (and stores) for a request no worker answered."""
+    return ThreadReply(
+        session_id=request.session_id,
+        msg_id=f"{request.msg_id}.reply",  # the worker's reply would have this id: only one is stored
+        thread_id=request.thread_id,
+        agent=request.agent,
+        status="failed",
+        text=message,
+        error=ErrorInfo(kind=kind, message=message),
+        in_reply_to=request.msg_id,
+    )
+
+
+async def given_up_reply(bus: Bus, stream_seq: int, deliveries: int) -> ThreadReply | None:
+    """The failed reply to the delegation or follow-up at ``stream_seq`` of the log stream, which
+    JetStream will not deliver again (``max_deliver`` reached: each worker that took it stopped
+    without settling it). None if that message is gone or is not a request."""
+    stored = await bus.stored_message(bus.subjects.log_stream, stream_seq)
+    if stored is None:
+        return None
+    try:
+        request = _requests.decode(stored[1], subject=stored[0])
+    except MessageRejected:
+        return None
+    message = (
+        f"JetStream gave up delivering {request.msg_id} to agent {request.agent!r} after "
+        f"{deliveries} deliveries (each worker that took it stopped without answering, e.g. it was "
+        "killed)"
+    )
+    return failed_reply(request, "undelivered", message)
 
 
 class Delegations:
     """One session's threads: requests sent, replies awaited, and which agent runs which thread."""
 
     def __init__(
-        self, bus: Bus, session_id: str, team: TeamSpec, *, on_usage: Callable[[Usage], None]
+        self,
+        bus: Bus,
+        session_id: str,
+        team: TeamSpec,
+        *,
+        on_usage: Callable[[Usage], None],
+        claim_timeout: float = 120.0,
     ) -> None:
         self.bus = bus
         self.sid = session_id
         self.team = team
         self.threads: dict[str, str] = {}  # thread id -> agent
+        self.claim_timeout = claim_timeout
         self._on_usage = on_usage
         self._slots = asyncio.Semaphore(team.max_concurrent_threads)
-        self._pending: dict[str, asyncio.Future[ThreadReply]] = {}
+        self._pending: dict[str, tuple[Request, asyncio.Future[ThreadReply]]] = {}
+        self._sent: set[str] = set()  # request ids this lead sent or looked up (late replies are fine)
+        self._rejected: set[str] = set()  # digests of the stray messages already reported
         self._listener: Listener[ThreadReply] | None = None
+        self._log = ThreadLog(bus)
 
     async def start(self) -> None:
         """Listen for the session's replies (before any request is sent)."""
@@ -104,7 +159,8 @@ class Delegations:
         lead = self.team.lead.name
         async with self._slots:
             future: asyncio.Future[ThreadReply] = asyncio.get_running_loop().create_future()
-            self._pending[request.msg_id] = future
+            self._pending[request.msg_id] = (request, future)
+            self._sent.add(request.msg_id)
             try:
                 reply = await self._stored_reply(request)
                 if reply is None:
@@ -134,32 +190,113 @@ class Delegations:
             raise ToolError(f"thread {reply.thread_id} ({reply.agent}) failed: {message}")
         return reply
 
-    async def _stored_reply(self, request: Delegation | FollowUp) -> ThreadReply | None:
-        """The reply to ``request`` if it is already in the stream (a replay, or a missed message)."""
+    async def _stored_reply(self, request: Request) -> ThreadReply | None:
+        """The reply to ``request`` if it is already in the stream (a replay, or a missed message);
+        stray messages on the reply subject are rejected (reported once) and skipped."""
         subject = self.bus.subjects.reply(self.sid, request.thread_id)
         async for stored in read_subject(self.bus, self.bus.subjects.log_stream, subject):
-            reply = _replies.decode(stored.data, subject=subject)
+            try:
+                reply = _replies.decode(stored.data, subject=subject)
+            except MessageRejected as exc:
+                await self._reject(subject, stored.data, exc.reason)
+                continue
             if reply.in_reply_to == request.msg_id:
-                return reply
+                problem = _mismatch(request, reply)
+                if not problem:
+                    return reply
+                await self._reject(subject, stored.data, problem)
+            elif reply.in_reply_to not in self._sent and not _ours(self.sid, reply.in_reply_to):
+                await self._reject(subject, stored.data, f"answers no request: {reply.in_reply_to!r}")
         return None
 
-    async def _await_reply(
-        self, request: Delegation | FollowUp, future: asyncio.Future[ThreadReply]
-    ) -> ThreadReply:
+    async def _await_reply(self, request: Request, future: asyncio.Future[ThreadReply]) -> ThreadReply:
         """Wait for the reply; every ``REPLY_RECHECK`` seconds also look in the stream, so a reply
-        published while this connection was down (the live subscription missed it) is still found."""
+        published while this connection was down (the live subscription missed it) is still found.
+        A request no worker has taken within ``claim_timeout`` fails, unless the agent's workers are
+        busy (it waits its turn, another ``claim_timeout`` at a time). The wait itself is bounded by
+        the session's deadline, and a request JetStream gives up on is answered by the lead."""
+        claim_by = time.monotonic() + self.claim_timeout
+        claimed = False
         while True:
+            wait = REPLY_RECHECK if claimed else max(0.0, min(REPLY_RECHECK, claim_by - time.monotonic()))
             try:
-                return await asyncio.wait_for(asyncio.shield(future), REPLY_RECHECK)
+                return await asyncio.wait_for(asyncio.shield(future), wait)
             except TimeoutError:
                 stored = await self._stored_reply(request)
                 if stored is not None:
                     return stored
+            if not claimed:
+                try:
+                    history = await self._log.load(self.sid, request.thread_id)
+                except MessageRejected:  # a stray entry in the thread's log: look again next time
+                    history = ThreadHistory(session_id=self.sid, thread_id=request.thread_id)
+                claimed = history.has_trigger(request.msg_id)
+                if not claimed and time.monotonic() >= claim_by:
+                    consumer = self.bus.subjects.agent_consumer(request.agent)
+                    if not await self.bus.consumer_served(consumer):
+                        return await self._unclaimed(request)
+                    claim_by += self.claim_timeout  # its workers are busy: it is queued, not lost
 
-    def _on_reply(self, reply: ThreadReply) -> None:
-        future = self._pending.get(reply.in_reply_to)
-        if future is not None and not future.done():
+    async def _unclaimed(self, request: Request) -> ThreadReply:
+        """Fail a request no worker took, storing the failure (a replaying lead finds it)."""
+        message = (
+            f"no worker took the request {request.msg_id} within {self.claim_timeout:g}s: is a worker "
+            f"serving agent {request.agent!r} running? (staffwork actor subagent --agents "
+            f"{request.agent}, or staffwork up)"
+        )
+        reply = failed_reply(request, "unclaimed", message)
+        await self.bus.publish(self.bus.subjects.reply(self.sid, request.thread_id), reply)
+        return reply
+
+    async def _on_reply(self, reply: ThreadReply) -> None:
+        pending = self._pending.get(reply.in_reply_to)
+        subject = self.bus.subjects.replies(self.sid)
+        if pending is None:
+            if reply.in_reply_to not in self._sent and not _ours(self.sid, reply.in_reply_to):
+                await self._reject(subject, msgspec.json.encode(reply), "answers no request of this lead")
+            return
+        request, future = pending
+        if problem := _mismatch(request, reply):
+            await self._reject(subject, msgspec.json.encode(reply), problem)
+            return
+        if not future.done():
             future.set_result(reply)
+
+    async def _reject(self, subject: str, data: bytes, reason: str) -> None:
+        """Report a stray message on a reply subject (once per payload) and leave it."""
+        digest = hashlib.sha256(data).hexdigest()
+        if digest in self._rejected:
+            return
+        self._rejected.add(digest)
+        await self.bus.emit(
+            Rejected(
+                session_id=self.sid,
+                thread_id=LEAD_THREAD,
+                agent=self.team.lead.name,
+                subject=subject,
+                actor="lead",
+                reason=f"not a reply to this lead's request: {reason}",
+                size=len(data),
+                preview=data[:200].decode("utf-8", "replace"),
+            )
+        )
+
+
+def _ours(session_id: str, request_id: str) -> bool:
+    """Whether ``request_id`` has the form of this session's requests (a late or replayed reply)."""
+    return request_id.startswith((f"dlg-{session_id}-", f"fup-{session_id}-"))
+
+
+def _mismatch(request: Request, reply: ThreadReply) -> str:
+    """Why ``reply`` is not the answer to ``request`` ("" if it is)."""
+    for field, want, got in (
+        ("session", request.session_id, reply.session_id),
+        ("thread", request.thread_id, reply.thread_id),
+        ("agent", request.agent, reply.agent),
+    ):
+        if want != got:
+            return f"{field} {got!r} where the request {request.msg_id} has {want!r}"
+    return ""
 
 
 def _describe(reply: ThreadReply) -> str:

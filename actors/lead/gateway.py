@@ -7,10 +7,17 @@ Accepted requests are published durably on ``<root>.submit`` for the lead pool.
 
 Idempotency: with ``idempotency_key`` the session id is derived from the key, so the same key twice
 is one session (``duplicate: true`` on the second answer).
+
+Limits: a submit whose session record or request would not fit the server's max payload is refused
+(``too_large``) rather than accepted and lost. An agent of the team that no worker serves right now
+(its consumer has no waiting pull request) is a warning, not a refusal: it is in the reply's
+``warnings`` and in the trace (``session.error``, kind ``no_worker``), and the session is accepted,
+because a worker may start later; a delegation no worker takes fails after the lead's claim timeout.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 
@@ -27,9 +34,15 @@ from bus.state import Responder
 from bus.subjects import Subjects
 from schemas.base import ErrorInfo
 from schemas.errors import SpecError
-from schemas.session import SessionSubmit, SubmitReply
+from schemas.session import SessionRecord, SessionSubmit, SubmitReply
+from schemas.team import TeamSpec
+from schemas.trace import SessionErrorEvent
 
 log = structlog.get_logger("staffwork.gateway")
+
+#: bytes left under the server's max payload for what the lead adds to a session's record and first
+#: turn (status, times, usage; the input files' names)
+PAYLOAD_HEADROOM = 8 * 1024
 
 
 def session_id_for_key(key: str) -> str:
@@ -42,9 +55,11 @@ class SubmitGateway(BaseActor[None]):
 
     role = "gateway"
 
-    def __init__(self) -> None:
+    def __init__(self, *, claim_timeout: float = 120.0) -> None:
         self._decoder: Decoder[SessionSubmit] = Decoder(SessionSubmit, max_bytes=1024 * 1024)
         self._responder: Responder | None = None
+        self.claim_timeout = claim_timeout  # the lead's: said in the no-worker warning
+        self.max_payload = 0
 
     def consumer(self, subjects: Subjects) -> None:
         return None
@@ -52,6 +67,7 @@ class SubmitGateway(BaseActor[None]):
     async def on_start(self, bus: Bus) -> None:
         self.bus = bus
         self.directory = SessionDirectory(bus)
+        self.max_payload = (await bus.server_info()).max_payload
         self._responder = await bus.respond(bus.subjects.api_submit, self._answer, queue="gateway")
 
     async def on_stop(self) -> None:
@@ -89,11 +105,14 @@ class SubmitGateway(BaseActor[None]):
         except SpecError as exc:
             kind = "invalid_request" if exc.source == "session.submit" else "invalid_team"
             return self._refuse(kind, exc.reason if kind == "invalid_request" else str(exc), sid)
+        if too_large := self._too_large(submit, team):
+            return self._refuse("too_large", too_large, sid)
         # Recording the session first (a KV create) makes a second request with the same id a
         # duplicate even long after JetStream's dedup window, and even before a lead has picked it up.
         duplicate = not await self.directory.create_pending(sid, team, submit.task)
         if not duplicate:
             await self.bus.publish_once(self.bus.subjects.submit, submit, msg_id=submit.msg_id)
+        warnings = await self._unserved(sid, team) if not duplicate else []
         subjects = self.bus.subjects
         return encode(
             SubmitReply(
@@ -102,5 +121,41 @@ class SubmitGateway(BaseActor[None]):
                 duplicate=duplicate,
                 events_subject=subjects.events(sid),
                 result_subject=subjects.out(sid, "result"),
+                warnings=warnings,
             )
         )
+
+    def _too_large(self, submit: SessionSubmit, team: TeamSpec) -> str:
+        """Why the session would not fit the server's max payload ("" if it fits)."""
+        if not self.max_payload:
+            return ""
+        record = SessionRecord(session_id=submit.session_id, team=team, task=submit.task, status="pending")
+        sizes = {"record": len(encode(record)), "request": len(encode(submit))}
+        limit = self.max_payload - PAYLOAD_HEADROOM
+        what, size = max(sizes.items(), key=lambda item: item[1])
+        if size <= limit:
+            return ""
+        return (
+            f"the session's {what} would be {size:,} bytes, over the {limit:,} allowed (the server's max "
+            f"payload {self.max_payload:,} less {PAYLOAD_HEADROOM:,} for what the lead adds): put large "
+            "inputs in the workspace (staffwork fs put, Client.upload) and name them in 'inputs'"
+        )
+
+    async def _unserved(self, sid: str, team: TeamSpec) -> list[str]:
+        """A warning for each agent of ``team`` no worker serves right now (also in the trace)."""
+        names = [agent.name for agent in team.agents]
+        served = await asyncio.gather(
+            *(self.bus.consumer_active(self.bus.subjects.agent_consumer(name)) for name in names)
+        )
+        warnings = [
+            f"no worker serves agent {name!r} right now: its delegations fail after "
+            f"{self.claim_timeout:g}s unless one starts (staffwork actor subagent --agents {name}, "
+            "or staffwork up)"
+            for name, active in zip(names, served, strict=True)
+            if not active
+        ]
+        for warning in warnings:
+            log.warning("agent_unserved", session_id=sid, warning=warning)
+            error = ErrorInfo(kind="no_worker", message=warning, retryable=True)
+            await self.bus.emit(SessionErrorEvent(session_id=sid, agent=team.lead.name, error=error))
+        return warnings

@@ -5,23 +5,28 @@ an outcome, asks the grader for a verdict (a ``GradeRequest`` on ``Subjects.grad
 read from ``Subjects.verdict``), feeding ``needs_revision`` back to the lead as a new user turn
 until the grader is satisfied, fails it, or ``max_iterations`` is reached. Resumable: feedback turns
 are in the lead's history and verdicts in the stream, so a replay continues at the attempt it was
-on without asking again.
+on without asking again. A verdict counts only if it decodes and names this session, its outcome
+and the attempt; anything else on a verdict subject is rejected with a ``bus.message_rejected``
+event and ignored, and the wait for the real one goes on (``grade_timeout`` bounds it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import time
 from collections.abc import Callable
 
-import msgspec
 import structlog
 
 from actors.agent.loop import AgentLoop, LoopResult
 from actors.agent.tools.workspace import write_and_record
 from actors.lead.delegation import LEAD_THREAD
+from bus.codec import Decoder
 from bus.connection import Bus
 from bus.direct import read_subject
+from bus.errors import MessageRejected
 from bus.history import ThreadHistory, ThreadLog
 from bus.workspace import Workspace
 from schemas.base import Usage
@@ -29,9 +34,11 @@ from schemas.conversation import TextBlock, ThreadTurn, Turn
 from schemas.files import Provenance
 from schemas.outcome import GradeRequest, GradeVerdict, Outcome, OutcomeReport
 from schemas.team import TeamSpec
+from schemas.trace import MessageRejected as Rejected
 
 log = structlog.get_logger("staffwork.lead")
 
+_verdicts: Decoder[GradeVerdict] = Decoder(GradeVerdict, max_bytes=4 * 1024 * 1024)
 FEEDBACK = "feedback-"  # the trigger of a grader's feedback turn in the lead's history
 _GRADE_TEXT = (
     64 * 1024
@@ -62,6 +69,7 @@ class Revision:
         self.grade_timeout = grade_timeout
         self.verdicts: list[GradeVerdict] = []
         self._on_usage = on_usage
+        self._rejected: set[str] = set()  # digests of the stray verdicts already reported
 
     @property
     def outcome_id(self) -> str:
@@ -129,11 +137,9 @@ class Revision:
         if not await self.bus.consumer_active(self.bus.subjects.grader_consumer):
             log.warning("no_grader_running", session_id=self.sid, hint="start one: staffwork actor grader")
         await self.bus.publish(self.bus.subjects.grade(self.sid), request)
-        verdicts = self.bus.follow(self.bus.subjects.verdict(self.sid, iteration), GradeVerdict)
-        limit = self.grade_timeout
-        try:
-            verdict: GradeVerdict = await asyncio.wait_for(anext(verdicts), limit)
-        except TimeoutError:
+        verdict = await self._next_verdict(iteration)
+        if verdict is None:
+            limit = self.grade_timeout
             log.warning("no_verdict", session_id=self.sid, iteration=iteration, waited_s=limit)
             return GradeVerdict(
                 session_id=self.sid,
@@ -143,18 +149,65 @@ class Revision:
                 explanation=f"no verdict from the grader within {limit:g}s: is a grader running? "
                 "(staffwork actor grader, or staffwork up)",
             )
-        finally:
-            await verdicts.aclose()
         self._on_usage(verdict.usage)
         return verdict
 
-    async def _stored_verdict(self, iteration: int) -> GradeVerdict | None:
-        """The grader's first verdict on attempt ``iteration``, if it is in the stream."""
+    async def _next_verdict(self, iteration: int) -> GradeVerdict | None:
+        """The first valid verdict on attempt ``iteration`` (stored or to come), or None after
+        ``grade_timeout``; strays are rejected on the way."""
         subject = self.bus.subjects.verdict(self.sid, iteration)
-        stored = read_subject(self.bus, self.bus.subjects.log_stream, subject, limit=1)
+        payloads = self.bus.follow_raw(subject)
+        ends = time.monotonic() + self.grade_timeout
+        try:
+            while True:
+                try:
+                    data = await asyncio.wait_for(anext(payloads), max(0.0, ends - time.monotonic()))
+                except TimeoutError:
+                    return None
+                verdict = await self._valid(subject, data, iteration)
+                if verdict is not None:
+                    return verdict
+        finally:
+            await payloads.aclose()
+
+    async def _stored_verdict(self, iteration: int) -> GradeVerdict | None:
+        """The grader's first valid verdict on attempt ``iteration``, if it is in the stream."""
+        subject = self.bus.subjects.verdict(self.sid, iteration)
+        stored = read_subject(self.bus, self.bus.subjects.log_stream, subject)
         async with contextlib.aclosing(stored):
-            async for first in stored:
-                return msgspec.json.decode(first.data, type=GradeVerdict)
+            async for message in stored:
+                verdict = await self._valid(subject, message.data, iteration)
+                if verdict is not None:
+                    return verdict
+        return None
+
+    async def _valid(self, subject: str, data: bytes, iteration: int) -> GradeVerdict | None:
+        """``data`` as the verdict on attempt ``iteration``, or None (reported once) if it is not one."""
+        try:
+            verdict = _verdicts.decode(data, subject=subject)
+        except MessageRejected as exc:
+            reason = exc.reason
+        else:
+            want = (self.sid, self.outcome_id, iteration)
+            got = (verdict.session_id, verdict.outcome_id, verdict.iteration)
+            if got == want:
+                return verdict
+            reason = f"(session, outcome, iteration) {got} where attempt {iteration} is {want}"
+        digest = hashlib.sha256(data).hexdigest()
+        if digest not in self._rejected:
+            self._rejected.add(digest)
+            await self.bus.emit(
+                Rejected(
+                    session_id=self.sid,
+                    thread_id=LEAD_THREAD,
+                    agent=self.team.lead.name,
+                    subject=subject,
+                    actor="lead",
+                    reason=f"not the grader's verdict: {reason}",
+                    size=len(data),
+                    preview=data[:200].decode("utf-8", "replace"),
+                )
+            )
         return None
 
 

@@ -5,7 +5,9 @@ for a submit published straight to ``<root>.submit``), publishes ``accepted`` an
 runs the lead's attempts (:mod:`actors.lead.revision`) with its delegations
 (:mod:`actors.lead.delegation`) and enforces the limits: a token and/or cost budget for the whole
 session (``budget_reached``), a wall-clock deadline from the recorded start (``deadline_reached``)
-and cancellation. A limit that wins cancels the session's running threads.
+and cancellation. Every session has a deadline: its submit's ``deadline_s``, else its team's, else
+``session_deadline`` (an hour by default), so no wait of the lead outlives it. A limit that wins
+cancels the session's running threads.
 """
 
 from __future__ import annotations
@@ -67,6 +69,8 @@ class LeadRun:
         cancels: CancelWatch,
         agent_consumer: Callable[[str], Awaitable[None]],
         grade_timeout: float,
+        claim_timeout: float = 120.0,
+        session_deadline: float = 3600.0,
     ) -> None:
         self.submit = submit
         self.bus = bus
@@ -75,12 +79,14 @@ class LeadRun:
         self.cancels = cancels
         self.agent_consumer = agent_consumer  # makes sure an agent's task consumer exists
         self.grade_timeout = grade_timeout
+        self.claim_timeout = claim_timeout
+        self.session_deadline = session_deadline
         self.sid = submit.session_id
         self.usage = Usage()
         self.started = time.time()
         self.team: TeamSpec | None = None
         self.workspace = Workspace(bus)
-        self.log = ThreadLog(bus)
+        self.log = ThreadLog(bus, reader="lead")
         self._budget_hit = asyncio.Event()
         self._delegations: Delegations | None = None
         self._revision: Revision | None = None
@@ -100,7 +106,9 @@ class LeadRun:
                 return msgspec.json.decode(stored, type=SessionResult)
         if record.status == "canceled":
             return self._result("canceled", "the session was canceled")
-        delegations = self._delegations = Delegations(self.bus, self.sid, team, on_usage=self._count)
+        delegations = self._delegations = Delegations(
+            self.bus, self.sid, team, on_usage=self._count, claim_timeout=self.claim_timeout
+        )
         await asyncio.gather(*(self.agent_consumer(a.name) for a in team.agents))
         await self.bus.publish(
             self.bus.subjects.out(self.sid, "accepted"),
@@ -171,12 +179,11 @@ class LeadRun:
             roster=[a.name for a in team.agents],
         )
         work: asyncio.Task[LoopResult] = asyncio.ensure_future(revision.attempts(loop, history))
-        deadline = self.submit.deadline_s or team.deadline_s
+        deadline = self.submit.deadline_s or team.deadline_s or self.session_deadline
         deadline_hit = asyncio.Event()
-        timer = None
-        if deadline:  # measured from the session's recorded start, so a replaying lead does not reset it
-            left = max(0.0, deadline - (time.time() - self.started))
-            timer = asyncio.get_running_loop().call_later(left, deadline_hit.set)
+        # measured from the session's recorded start, so a replaying lead does not reset it
+        left = max(0.0, deadline - (time.time() - self.started))
+        timer = asyncio.get_running_loop().call_later(left, deadline_hit.set)
         try:
             outcome = await race_cancel(
                 work,
@@ -185,8 +192,7 @@ class LeadRun:
                 (deadline_hit, "deadline_reached"),
             )
         finally:
-            if timer is not None:
-                timer.cancel()
+            timer.cancel()
         if outcome != "done":
             status = cast(SessionState, outcome)
             if outcome != "canceled":  # stop the threads still running for this session

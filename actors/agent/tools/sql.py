@@ -2,7 +2,10 @@
 
 The data files are loaded into an in-memory database built afresh for every call (files change),
 in a worker thread so the event loop is not blocked; read-only is enforced three ways (the first
-keyword, an authorizer that allows only reads, and ``PRAGMA query_only``).
+keyword, an authorizer that allows only reads, and ``PRAGMA query_only``). A query is bounded in
+time (``SQL_SECONDS``, or until its call is cancelled), in the size of one value (``SQL_VALUE_BYTES``),
+in the memory SQLite may hold (``SQL_HEAP_BYTES``) and in the text it keeps (``SQL_RESULT_CHARS``);
+passing a bound is an ``is_error`` result that names it.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import csv
 import io
 import re
 import sqlite3
+import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -27,6 +31,11 @@ from bus.errors import FileNotFound
 
 SQL_CELL_CHARS = 500
 SQL_SECONDS = 30.0
+SQL_VALUE_BYTES = 16 * 2**20  # one string or blob (SQLITE_LIMIT_LENGTH; SQLite's default is 1 GB)
+# What SQLite may allocate in the whole process (PRAGMA hard_heap_limit, set by every query): shared
+# by the queries running at once, their loaded tables included (the collector's SQLite is elsewhere).
+SQL_HEAP_BYTES = 512 * 2**20
+SQL_RESULT_CHARS = 1_000_000  # printed rows kept, beyond which they are counted only
 
 MaxRows = Annotated[int, msgspec.Meta(ge=1, le=10_000, description="Most result rows to print.")]
 
@@ -210,12 +219,21 @@ def _cell(value: Any) -> str:
     if value is None:
         return "NULL"
     if isinstance(value, bytes):
-        value = "x'" + value.hex() + "'"
+        value = "x'" + value[: SQL_CELL_CHARS // 2 + 1].hex() + "'"
+    elif isinstance(value, str):
+        value = value[: SQL_CELL_CHARS + 1]
     return cut(str(value).replace("\n", "\\n"), SQL_CELL_CHARS)
 
 
-def _run_query(sources: list[tuple[str, bytes]], query: str, max_rows: int) -> str:
-    """Load the data files into a fresh in-memory database and run one read-only query (in a thread)."""
+def _mib(n: int) -> str:
+    return f"{n / 2**20:g} MiB"
+
+
+def _run_query(
+    sources: list[tuple[str, bytes]], query: str, max_rows: int, stop: threading.Event | None = None
+) -> str:
+    """Load the data files into a fresh in-memory database and run one read-only query (in a thread;
+    setting ``stop`` ends the query at SQLite's next progress check)."""
     found = _LEADING.match(query)
     verb = re.match(r"[A-Za-z]*", query[found.end() if found else 0 :])
     first = verb.group().upper() if verb else ""
@@ -224,7 +242,15 @@ def _run_query(sources: list[tuple[str, bytes]], query: str, max_rows: int) -> s
         raise ToolError(f"{_READ_ONLY}, not {what}: the workspace's data is read-only")
     conn = sqlite3.connect(":memory:", isolation_level=None)
     try:
-        tables, skipped = _load(conn, sources)
+        conn.execute(f"PRAGMA hard_heap_limit = {SQL_HEAP_BYTES}")
+        try:
+            tables, skipped = _load(conn, sources)
+        except MemoryError as exc:
+            raise ToolError(
+                f"the data files do not fit in the {_mib(SQL_HEAP_BYTES)} that sql may use in this worker "
+                "(shared by the queries running at once)"
+            ) from exc
+        conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, SQL_VALUE_BYTES)
         conn.execute("PRAGMA query_only = ON")
         denied: list[int] = []
 
@@ -236,31 +262,46 @@ def _run_query(sources: list[tuple[str, bytes]], query: str, max_rows: int) -> s
 
         conn.set_authorizer(authorize)
         deadline = time.monotonic() + SQL_SECONDS
-        conn.set_progress_handler(lambda: time.monotonic() > deadline, 10_000)
+        stopped = stop or threading.Event()
+        conn.set_progress_handler(lambda: stopped.is_set() or time.monotonic() > deadline, 10_000)
         try:
             cursor = conn.execute(query)
             header = [d[0] for d in cursor.description or ()]
-            rows: list[tuple[Any, ...]] = []
+            lines: list[str] = []  # the printed rows, cut as they come: a big result is only counted
+            size = 0
             count = 0
             for row in cursor:
                 count += 1
-                if count <= max_rows:
-                    rows.append(row)
-        except sqlite3.Error as exc:
+                if count <= max_rows and size < SQL_RESULT_CHARS:  # both only grow: a prefix is kept
+                    lines.append(" | ".join(_cell(v) for v in row))
+                    size += len(lines[-1]) + 1
+        except (sqlite3.Error, MemoryError) as exc:
             if denied:
                 message = f"the query was refused: {_READ_ONLY}, the workspace's data is read-only"
             elif "one statement" in str(exc):
                 message = "only one statement at a time is allowed"
+            elif stopped.is_set():
+                message = "the query was cancelled"
             elif time.monotonic() > deadline:
                 message = f"the query was stopped after {SQL_SECONDS:g} s"
+            elif isinstance(exc, MemoryError):
+                message = (
+                    f"the query was stopped: it needed more than the {_mib(SQL_HEAP_BYTES)} that sql may use "
+                    "in this worker (shared by the queries running at once); aggregate, filter or LIMIT it"
+                )
+            elif "too big" in str(exc):
+                message = (
+                    f"the query was stopped: a value passed {_mib(SQL_VALUE_BYTES)}, "
+                    f"the limit on one string or blob ({exc})"
+                )
             else:
                 message = f"SQL error: {exc}"
             raise ToolError(f"{message}\n{_catalog(tables, skipped)}") from exc
     finally:
         conn.close()
-    out = [" | ".join(header), *(" | ".join(_cell(v) for v in row) for row in rows), ""]
+    out = [" | ".join(header), *lines, ""]
     summary = plural(count, "row", "rows")
-    out.append(summary + (f" (showing the first {max_rows})" if count > max_rows else ""))
+    out.append(summary + (f" (showing the first {len(lines)})" if count > len(lines) else ""))
     return "\n".join(out)
 
 
@@ -280,4 +321,9 @@ async def sql(ctx: ToolContext, *, query: str, max_rows: MaxRows = 200) -> str:
         if PurePosixPath(info.path).suffix.lower() in _DATA_KINDS:
             with contextlib.suppress(FileNotFound):  # deleted since the listing
                 sources.append((info.path, await ctx.workspace.get(ctx.session_id, info.path)))
-    return await asyncio.to_thread(_run_query, sources, query, max_rows)
+    stop = threading.Event()
+    try:
+        return await asyncio.to_thread(_run_query, sources, query, max_rows, stop)
+    except asyncio.CancelledError:
+        stop.set()  # the thread would otherwise run on until the deadline
+        raise

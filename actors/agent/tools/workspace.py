@@ -3,16 +3,20 @@
 Every tool works inside the calling session's workspace (``ctx.session_id``). Paths go through
 :func:`bus.workspace.normalize_path`, so ``../x`` or ``/etc/passwd`` come back as ``is_error`` results
 that name the path. ``read_file`` and ``grep`` stream files chunk by chunk and keep only what they
-print; ``sql`` loads the data files into an in-memory SQLite database, built afresh for every call.
+print; ``grep`` matches with RE2 (time linear in the text, whatever the pattern) in a worker thread, so
+the event loop never runs a pattern. ``sql`` loads the data files into an in-memory SQLite database,
+built afresh for every call.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
-from collections.abc import AsyncIterator
-from typing import Annotated
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Annotated, Protocol
 
 import msgspec
+import re2
 
 from actors.agent.tools.base import Tool, ToolContext, ToolError, tool
 from actors.agent.tools.memory import list_memory, mounted, read_memory, write_memory
@@ -164,21 +168,53 @@ async def read_file(ctx: ToolContext, *, path: str, offset: Offset = 0, limit: L
 # --- grep ---
 
 
-async def _lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[str]:
-    """The decoded lines of a streamed file (without their line ends)."""
+_RE2_LACKS = "backreferences, lookarounds, atomic groups, possessive repeats, conditionals or \\Z"
+
+
+class _Regex(Protocol):
+    def search(self, text: str) -> object | None: ...
+
+
+def _compile(pattern: str, ignore_case: bool) -> _Regex:
+    """RE2's compiled ``pattern``. A pattern RE2 refuses is compiled (never run) by Python's parser
+    too, to tell a pattern that is no regular expression at all from one that RE2 cannot run."""
+    options = re2.Options()
+    options.log_errors = False
+    options.case_sensitive = not ignore_case
+    try:
+        regex: _Regex = re2.compile(pattern, options)
+    except re2.error as exc:
+        try:
+            re.compile(pattern)
+        except re.error as invalid:
+            raise ToolError(f"invalid regular expression {pattern!r}: {invalid}") from exc
+        reason = exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+        raise ToolError(
+            f"grep cannot run {pattern!r} ({reason}): its patterns are RE2 syntax, which has no {_RE2_LACKS}"
+        ) from exc
+    return regex
+
+
+async def _line_blocks(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """A streamed file as runs of whole lines, one per chunk that ends a line (line ends between
+    the lines of a run, none after the last)."""
     parts: list[bytes] = []  # the unterminated line so far
     async for block in chunks:
-        cut = block.rfind(b"\n")
-        if cut < 0:
+        end = block.rfind(b"\n")
+        if end < 0:
             parts.append(block)
             continue
-        head = b"".join([*parts, block[:cut]])
-        parts = [block[cut + 1 :]]
-        for piece in head.split(b"\n"):
-            yield _decode(piece)
+        yield b"".join([*parts, block[:end]])
+        parts = [block[end + 1 :]]
     tail = b"".join(parts)
     if tail:
-        yield _decode(tail)
+        yield tail
+
+
+def _search(regex: _Regex, block: bytes) -> tuple[int, list[tuple[int, str]]]:
+    """The number of lines of ``block`` and the (0-based index, text) of those ``regex`` matches."""
+    lines = [_decode(piece) for piece in block.split(b"\n")]
+    return len(lines), [(i, line) for i, line in enumerate(lines) if regex.search(line)]
 
 
 @tool
@@ -190,17 +226,17 @@ async def grep(
     ignore_case: bool = False,
     max_matches: MaxMatches = 200,
 ) -> str:
-    """Search the session's workspace for a Python regular expression, line by line.
+    r"""Search the session's workspace for a regular expression, line by line.
 
     Searches every file whose path starts with `prefix` (all files by default; earlier spilled outputs
     under tool-outputs/ only when the prefix names that directory). Prints the first `max_matches`
     matching lines as `path:line_number: text` (text cut at 300 characters), then how many lines
     matched in each file and in all: these counts are exact, also beyond `max_matches`.
+    Patterns are RE2 syntax: Python's without backreferences, lookarounds (`(?=`, `(?!`, `(?<=`,
+    `(?<!`), atomic groups, possessive repeats or `\Z` (use `\z`); `\w`, `\d`, `\s` and `\b` are ASCII
+    (`\pL`, `\pN` match Unicode letters and digits).
     """
-    try:
-        regex = re.compile(pattern, re.IGNORECASE if ignore_case else 0)
-    except re.error as exc:
-        raise ToolError(f"invalid regular expression {pattern!r}: {exc}") from exc
+    regex = await asyncio.to_thread(_compile, pattern, ignore_case)
     files = await ctx.workspace.list(ctx.session_id, prefix)
     if _whole_workspace(prefix) or not normalize_path(prefix.strip("/")).startswith(SPILL_DIR):
         files = [f for f in files if not f.path.startswith(f"{SPILL_DIR}/")]
@@ -214,13 +250,17 @@ async def grep(
         except FileNotFound:
             continue  # deleted since the listing
         count = 0
-        lineno = 0
-        async for line in _lines(chunks):
-            lineno += 1
-            if regex.search(line):
-                count += 1
-                if len(shown) < max_matches:
-                    shown.append(f"{info.path}:{lineno}: {cut(line, GREP_LINE_CHARS)}")
+        lineno = 0  # lines before the block
+        try:
+            async for block in _line_blocks(chunks):
+                lines, hits = await asyncio.to_thread(_search, regex, block)
+                count += len(hits)
+                for index, line in hits[: max_matches - len(shown)]:
+                    shown.append(f"{info.path}:{lineno + index + 1}: {cut(line, GREP_LINE_CHARS)}")
+                lineno += lines
+        finally:  # a grep cancelled mid-file (its worker stopping) ends the file's stream now
+            if isinstance(chunks, AsyncGenerator):
+                await chunks.aclose()
         if count:
             counts[info.path] = count
     if not counts:
