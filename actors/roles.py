@@ -13,7 +13,6 @@ only with processes of its own model.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -261,8 +260,7 @@ class ModelNotice:
     async def stop(self) -> None:
         if self._renewing is not None:
             self._renewing.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._renewing
+            await asyncio.wait({self._renewing})  # its end, without swallowing a cancel of our own
             self._renewing = None
         try:
             await self._change(lambda lines: lines.pop(self.instance, None))
