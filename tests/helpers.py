@@ -27,7 +27,9 @@ from typing import Any, Generic, TypeVar
 
 import msgspec
 import nats
+import nats.errors
 from nats.aio.client import Client as NATS
+from nats.aio.subscription import Subscription
 
 from actors.agent.models.base import ModelRequest, ModelResponse
 from actors.agent.models.scripted import calls, text
@@ -125,6 +127,20 @@ async def nats_client(url: str) -> AsyncIterator[NATS]:
         yield nc
     finally:
         await nc.close()
+
+
+async def subscribed(nc: NATS, sub: Subscription, probe_subject: str, timeout: float = 10.0) -> None:
+    """Wait until ``sub`` really receives: a probe published on ``probe_subject`` (which it matches)
+    comes back. On a freshly started, loaded server a subscription can miss a message published right
+    after the client's flush; the probe is sent again until one arrives, then the probes are gone."""
+    async with asyncio.timeout(timeout):
+        while True:
+            await nc.publish(probe_subject, b"probe")
+            try:
+                await sub.next_msg(timeout=0.5)
+                return
+            except nats.errors.TimeoutError:
+                continue
 
 
 async def round_trip(bus: Bus) -> None:
