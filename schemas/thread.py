@@ -9,6 +9,9 @@ import msgspec
 
 from schemas.base import ErrorInfo, Message, Usage
 
+#: The lead's own thread in every session.
+LEAD_THREAD = "lead"
+
 
 def thread_id_for(tool_use_id: str) -> str:
     """The thread a lead's ``delegate`` call creates: derived from the call's id, so a replay finds it."""

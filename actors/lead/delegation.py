@@ -15,7 +15,6 @@ the max-deliveries advisory). The lead's tools reach it through
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
 from collections.abc import Callable
 from typing import Annotated, Any
@@ -23,6 +22,7 @@ from typing import Annotated, Any
 import msgspec
 
 from actors.agent.tools.base import Delegating, Tool, ToolContext, ToolError, tool
+from actors.lead.strays import Strays
 from bus.codec import Decoder
 from bus.connection import Bus
 from bus.direct import read_subject
@@ -31,11 +31,9 @@ from bus.history import ThreadHistory, ThreadLog
 from bus.state import Listener
 from schemas.base import ErrorInfo, Usage
 from schemas.team import TeamSpec
-from schemas.thread import Delegation, FollowUp, ThreadReply, thread_id_for
-from schemas.trace import MessageRejected as Rejected
+from schemas.thread import LEAD_THREAD, Delegation, FollowUp, ThreadReply, thread_id_for
 from schemas.trace import ThreadMessageReceived, ThreadMessageSent
 
-LEAD_THREAD = "lead"
 REPLY_RECHECK = 10.0  # seconds between looks in the stream for a reply the subscription missed
 _REPLY_BYTES = 4 * 1024 * 1024
 _replies: Decoder[ThreadReply] = Decoder(ThreadReply, max_bytes=_REPLY_BYTES)
@@ -98,7 +96,7 @@ class Delegations:
         self._slots = asyncio.Semaphore(team.max_concurrent_threads)
         self._pending: dict[str, tuple[Request, asyncio.Future[ThreadReply]]] = {}
         self._sent: set[str] = set()  # request ids this lead sent or looked up (late replies are fine)
-        self._rejected: set[str] = set()  # digests of the stray messages already reported
+        self._strays = Strays(bus, session_id, team.lead.name, what="not a reply to this lead's request")
         self._listener: Listener[ThreadReply] | None = None
         self._log = ThreadLog(bus)
 
@@ -198,15 +196,15 @@ class Delegations:
             try:
                 reply = _replies.decode(stored.data, subject=subject)
             except MessageRejected as exc:
-                await self._reject(subject, stored.data, exc.reason)
+                await self._strays.reject(subject, stored.data, exc.reason)
                 continue
             if reply.in_reply_to == request.msg_id:
                 problem = _mismatch(request, reply)
                 if not problem:
                     return reply
-                await self._reject(subject, stored.data, problem)
+                await self._strays.reject(subject, stored.data, problem)
             elif reply.in_reply_to not in self._sent and not _ours(self.sid, reply.in_reply_to):
-                await self._reject(subject, stored.data, f"answers no request: {reply.in_reply_to!r}")
+                await self._strays.reject(subject, stored.data, f"answers no request: {reply.in_reply_to!r}")
         return None
 
     async def _await_reply(self, request: Request, future: asyncio.Future[ThreadReply]) -> ThreadReply:
@@ -253,33 +251,16 @@ class Delegations:
         subject = self.bus.subjects.replies(self.sid)
         if pending is None:
             if reply.in_reply_to not in self._sent and not _ours(self.sid, reply.in_reply_to):
-                await self._reject(subject, msgspec.json.encode(reply), "answers no request of this lead")
+                await self._strays.reject(
+                    subject, msgspec.json.encode(reply), "answers no request of this lead"
+                )
             return
         request, future = pending
         if problem := _mismatch(request, reply):
-            await self._reject(subject, msgspec.json.encode(reply), problem)
+            await self._strays.reject(subject, msgspec.json.encode(reply), problem)
             return
         if not future.done():
             future.set_result(reply)
-
-    async def _reject(self, subject: str, data: bytes, reason: str) -> None:
-        """Report a stray message on a reply subject (once per payload) and leave it."""
-        digest = hashlib.sha256(data).hexdigest()
-        if digest in self._rejected:
-            return
-        self._rejected.add(digest)
-        await self.bus.emit(
-            Rejected(
-                session_id=self.sid,
-                thread_id=LEAD_THREAD,
-                agent=self.team.lead.name,
-                subject=subject,
-                actor="lead",
-                reason=f"not a reply to this lead's request: {reason}",
-                size=len(data),
-                preview=data[:200].decode("utf-8", "replace"),
-            )
-        )
 
 
 def _ours(session_id: str, request_id: str) -> bool:

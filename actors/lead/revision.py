@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import time
 from collections.abc import Callable
 
@@ -22,7 +21,7 @@ import structlog
 
 from actors.agent.loop import AgentLoop, LoopResult
 from actors.agent.tools.workspace import write_and_record
-from actors.lead.delegation import LEAD_THREAD
+from actors.lead.strays import Strays
 from bus.codec import Decoder
 from bus.connection import Bus
 from bus.direct import read_subject
@@ -34,7 +33,7 @@ from schemas.conversation import TextBlock, ThreadTurn, Turn
 from schemas.files import Provenance
 from schemas.outcome import GradeRequest, GradeVerdict, Outcome, OutcomeReport
 from schemas.team import TeamSpec
-from schemas.trace import MessageRejected as Rejected
+from schemas.thread import LEAD_THREAD
 
 log = structlog.get_logger("staffwork.lead")
 
@@ -69,7 +68,7 @@ class Revision:
         self.grade_timeout = grade_timeout
         self.verdicts: list[GradeVerdict] = []
         self._on_usage = on_usage
-        self._rejected: set[str] = set()  # digests of the stray verdicts already reported
+        self._strays = Strays(bus, session_id, team.lead.name, what="not the grader's verdict")
 
     @property
     def outcome_id(self) -> str:
@@ -193,21 +192,7 @@ class Revision:
             if got == want:
                 return verdict
             reason = f"(session, outcome, iteration) {got} where attempt {iteration} is {want}"
-        digest = hashlib.sha256(data).hexdigest()
-        if digest not in self._rejected:
-            self._rejected.add(digest)
-            await self.bus.emit(
-                Rejected(
-                    session_id=self.sid,
-                    thread_id=LEAD_THREAD,
-                    agent=self.team.lead.name,
-                    subject=subject,
-                    actor="lead",
-                    reason=f"not the grader's verdict: {reason}",
-                    size=len(data),
-                    preview=data[:200].decode("utf-8", "replace"),
-                )
-            )
+        await self._strays.reject(subject, data, reason)
         return None
 
 

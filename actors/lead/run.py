@@ -25,7 +25,7 @@ from actors.agent.models.base import Model
 from actors.agent.tools.base import Toolbox, ToolContext
 from actors.agent.tools.catalog import tools_for
 from actors.agent.tools.memory import memory_note
-from actors.lead.delegation import LEAD_THREAD, LEAD_TOOLS, Delegations
+from actors.lead.delegation import LEAD_TOOLS, Delegations
 from actors.lead.revision import Revision
 from actors.sessions.cancel import CancelWatch, cancel_session, race_cancel
 from actors.sessions.directory import TERMINAL, SessionDirectory
@@ -39,6 +39,7 @@ from schemas.conversation import TextBlock, ThreadTurn, Turn
 from schemas.errors import SpecError
 from schemas.session import SessionAccepted, SessionResult, SessionState, SessionSubmit
 from schemas.team import TeamSpec
+from schemas.thread import LEAD_THREAD
 from schemas.trace import SessionStatusIdle, SessionStatusRunning, SessionStatusTerminated
 
 
