@@ -24,14 +24,14 @@ import nats.js.errors
 import structlog
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
-from nats.js.api import DeliverPolicy
 
 from bus.codec import DEFAULT_MAX_BYTES, Decoder, encode
 from bus.errors import BusError, BusTimeout, BusUnavailable, NoResponders, ServerRefused
-from bus.state import KV, Listener, Responder, follow
+from bus.state import KV, Listener, Responder, follow, follow_raw
 from bus.subjects import Subjects
 from bus.tracing import SpanContext, current_span
 from schemas.base import Message
+from schemas.trace import MessageRejected as MessageRejectedEvent
 from schemas.trace import TraceEvent, event_kind
 
 log = structlog.get_logger("staffwork.bus")
@@ -234,6 +234,38 @@ class Bus:
             future = await self._js.publish_async(subject, encode(event), headers=headers)
         future.add_done_callback(_log_emit_failure)
 
+    async def emit_rejected(
+        self,
+        subject: str,
+        data: bytes,
+        reason: str,
+        *,
+        actor: str,
+        session_id: str = "",
+        thread_id: str = "",
+        agent: str = "",
+        msg_id: str = "",
+    ) -> None:
+        """Report a message that was rejected (undecodable, or not from its producer) as a
+        ``bus.message_rejected`` event with a preview of the payload. Best effort: the work goes on
+        whether or not the event can be published (a failure is logged)."""
+        event = MessageRejectedEvent(
+            session_id=session_id,
+            thread_id=thread_id,
+            agent=agent,
+            subject=subject,
+            actor=actor,
+            reason=reason,
+            size=len(data),
+            preview=data[:200].decode("utf-8", errors="replace"),
+        )
+        if msg_id:  # a stable id: the same rejection reported again is stored once
+            event = msgspec.structs.replace(event, msg_id=msg_id)
+        try:
+            await self.emit(event)
+        except Exception as exc:
+            log.warning("reject_event_failed", subject=subject, error=repr(exc))
+
     async def publish_core(
         self, subject: str, msg: Message, *, headers: dict[str, str] | None = None
     ) -> None:
@@ -262,6 +294,7 @@ class Bus:
         callback: Callable[[T], Awaitable[None] | None],
         *,
         max_bytes: int = DEFAULT_MAX_BYTES,
+        queue: str = "",
     ) -> Listener[T]: ...
     @overload
     async def listen(
@@ -271,6 +304,7 @@ class Bus:
         callback: Callable[[Any], Awaitable[None] | None],
         *,
         max_bytes: int = DEFAULT_MAX_BYTES,
+        queue: str = "",
     ) -> Listener[Any]: ...
     async def listen(
         self,
@@ -279,11 +313,13 @@ class Bus:
         callback: Callable[[Any], Awaitable[None] | None],
         *,
         max_bytes: int = DEFAULT_MAX_BYTES,
+        queue: str = "",
     ) -> Listener[Any]:
-        """Subscribe to ``subject`` (core, not durable), decoding each message into ``type``."""
+        """Subscribe to ``subject`` (core, not durable), decoding each message into ``type``; with
+        ``queue``, one subscriber of the group gets each message."""
         listener: Listener[Any] = Listener(Decoder(type, max_bytes=max_bytes), callback)
         with translated("subscribe", subject, self.url):
-            listener._sub = await self._nc.subscribe(subject, cb=listener._on_message)
+            listener._sub = await self._nc.subscribe(subject, queue=queue, cb=listener._on_message)
         return listener
 
     async def respond(
@@ -403,23 +439,14 @@ class Bus:
         the server publishes on ``$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.<stream>.<consumer>``
         and does not store. With ``queue``, one subscriber of the group gets each advisory."""
         subject = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.{consumer}"
-        listener: Listener[MaxDeliveries] = Listener(Decoder(MaxDeliveries), callback)
-        with translated("subscribe", subject, self.url):
-            listener._sub = await self._nc.subscribe(subject, queue=queue, cb=listener._on_message)
-        return listener
+        return await self.listen(subject, MaxDeliveries, callback, queue=queue)
 
     async def follow_raw(self, subject: str) -> AsyncGenerator[bytes, None]:
         """The payloads stored on ``subject`` in the log stream from the first, then live ones, as
         they are (undecodable ones included: the caller decides what to reject)."""
-        sub = await self._js.subscribe(
-            subject, stream=self.subjects.log_stream, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
-        )
-        try:
-            async for msg in sub.messages:
+        async with contextlib.aclosing(follow_raw(self._js, self.subjects.log_stream, subject)) as messages:
+            async for msg in messages:
                 yield bytes(msg.data)
-        finally:
-            with contextlib.suppress(nats.errors.Error):
-                await sub.unsubscribe()
 
     async def consumer_served(self, durable: str) -> bool:
         """Whether some worker serves the consumer now: it waits for messages (pull requests) or

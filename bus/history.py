@@ -30,7 +30,6 @@ from bus.connection import Bus
 from bus.direct import StoredMsg, read_subject
 from bus.errors import HistoryConflict, MessageRejected, Retryable, ServerRefused
 from schemas.conversation import ThreadTurn, Turn
-from schemas.trace import MessageRejected as MessageRejectedEvent
 
 log = structlog.get_logger("staffwork.history")
 
@@ -167,17 +166,12 @@ class ThreadLog:
         if len(_reported) > _REPORTED_MAX:
             _reported.popitem(last=False)
         log.warning("history_entry_rejected", subject=stored.subject, seq=stored.seq, reason=reason)
-        event = MessageRejectedEvent(
+        await self.bus.emit_rejected(
+            stored.subject,
+            stored.data,
+            reason,
+            actor=self.reader,
             session_id=history.session_id,
             thread_id=history.thread_id,
             msg_id=f"rejected-{self.bus.subjects.log_stream}-{stored.seq}",
-            subject=stored.subject,
-            actor=self.reader,
-            reason=reason,
-            size=len(stored.data),
-            preview=stored.data[:200].decode("utf-8", errors="replace"),
         )
-        try:
-            await self.bus.emit(event)
-        except Exception as exc:  # the trace is best effort: the thread's work goes on
-            log.warning("reject_event_failed", error=repr(exc))

@@ -32,7 +32,6 @@ from bus.errors import MessageRejected, Retryable
 from bus.provision import ConsumerSpec, ensure_consumer
 from bus.tracing import SpanContext, current_span
 from schemas.base import ErrorInfo, Message
-from schemas.trace import MessageRejected as MessageRejectedEvent
 from schemas.trace import SessionErrorEvent
 
 __all__ = ["Actor", "ActorRuntime", "BaseActor", "Context", "RuntimeSettings"]
@@ -486,18 +485,10 @@ class ActorRuntime(Generic[In]):
         self.log.warning("message_rejected", subject=msg.subject, reason=exc.reason, size=len(msg.data))
         await msg.term()
         fits = len(msg.data) <= self.settings.max_bytes
-        event = MessageRejectedEvent(
-            session_id=peek_session(msg.data) if fits else "",
-            subject=msg.subject,
-            actor=self.actor.role,
-            reason=exc.reason,
-            size=len(msg.data),
-            preview=msg.data[:200].decode("utf-8", errors="replace"),
+        session_id = peek_session(msg.data) if fits else ""
+        await self.bus.emit_rejected(
+            msg.subject, msg.data, exc.reason, actor=self.actor.role, session_id=session_id
         )
-        try:
-            await self.bus.emit(event)
-        except Exception as emit_exc:
-            self.log.warning("reject_event_failed", error=repr(emit_exc))
 
     async def _retry(self, msg: Msg, request: In, ctx: Context, exc: Retryable) -> None:
         if 0 < self.spec.max_deliver <= ctx.delivery:

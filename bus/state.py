@@ -118,19 +118,26 @@ class Responder:
             self._sub = None
 
 
-async def follow(js: Any, stream: str, subject: str, decoder: Decoder[T]) -> AsyncGenerator[T, None]:
+async def follow_raw(js: Any, stream: str, subject: str) -> AsyncGenerator[Msg, None]:
     """Every message stored on ``subject`` from the first, then new ones as they come (an ordered
-    consumer). Messages that do not decode are skipped."""
+    consumer), as they are."""
     sub = await js.subscribe(subject, stream=stream, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
     try:
         async for msg in sub.messages:
+            yield msg
+    finally:
+        with contextlib.suppress(nats.errors.Error):
+            await sub.unsubscribe()
+
+
+async def follow(js: Any, stream: str, subject: str, decoder: Decoder[T]) -> AsyncGenerator[T, None]:
+    """:func:`follow_raw`, decoded; messages that do not decode are skipped."""
+    async with contextlib.aclosing(follow_raw(js, stream, subject)) as messages:
+        async for msg in messages:
             try:
                 yield decoder.decode(msg.data, subject=msg.subject)
             except MessageRejected:
                 continue
-    finally:
-        with contextlib.suppress(nats.errors.Error):
-            await sub.unsubscribe()
 
 
 class Listener(Generic[T]):

@@ -7,7 +7,6 @@ import hashlib
 
 from bus.connection import Bus
 from schemas.thread import LEAD_THREAD
-from schemas.trace import MessageRejected as Rejected
 
 
 class Strays:
@@ -23,15 +22,12 @@ class Strays:
         if digest in self._seen:
             return
         self._seen.add(digest)
-        await self.bus.emit(
-            Rejected(
-                session_id=self.sid,
-                thread_id=LEAD_THREAD,
-                agent=self.lead,
-                subject=subject,
-                actor="lead",
-                reason=f"{self.what}: {reason}",
-                size=len(data),
-                preview=data[:200].decode("utf-8", "replace"),
-            )
+        await self.bus.emit_rejected(
+            subject,
+            data,
+            f"{self.what}: {reason}",
+            actor="lead",
+            session_id=self.sid,
+            thread_id=LEAD_THREAD,
+            agent=self.lead,
         )
