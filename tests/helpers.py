@@ -33,6 +33,7 @@ from nats.aio.subscription import Subscription
 
 from actors.agent.models.base import ModelRequest, ModelResponse
 from actors.agent.models.scripted import calls, text
+from actors.agent.tools.base import ToolContext
 from actors.client import Client
 from actors.collector.actor import CollectorActor, TraceStore
 from actors.collector.otlp import OtlpExporter
@@ -43,6 +44,7 @@ from bus.lifecycle import run_actors
 from bus.runtime import RuntimeSettings
 from bus.server import find_server_binary
 from bus.state import Listener
+from bus.workspace import Workspace
 from schemas import AgentSpec, SessionResult, SessionSubmit, TeamSpec
 from schemas.conversation import ToolResultBlock
 from schemas.session import SubmitReply
@@ -369,3 +371,37 @@ def incident_trace(session_id: str = "") -> list[AnyTraceEvent]:
     if session_id:
         events = [msgspec.structs.replace(event, session_id=session_id) for event in events]
     return events
+
+
+STAFFWORK = [sys.executable, "-m", "actors.cli"]
+
+
+def staffwork(
+    *args: str, home: Path, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """``staffwork ARGS`` run to its end with its own ``STAFFWORK_HOME``, finding its own bus (no
+    ``STAFFWORK_NATS_URL``) and printing as it would to a pipe (no ``COLUMNS``/``LINES``)."""
+    environment = {**os.environ, "STAFFWORK_HOME": str(home), **(env or {})}
+    for name in ("STAFFWORK_NATS_URL", "COLUMNS", "LINES"):
+        environment.pop(name, None)
+    return subprocess.run(
+        [*STAFFWORK, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=environment,
+        cwd=ROOT_DIR,
+        check=False,
+    )
+
+
+def tool_context(bus: Bus, session_id: str) -> ToolContext:
+    """A tool call's context: thread ``thr_1`` of agent ``logs``, call ``toolu_1``."""
+    return ToolContext(
+        bus=bus,
+        workspace=Workspace(bus),
+        session_id=session_id,
+        thread_id="thr_1",
+        agent="logs",
+        tool_use_id="toolu_1",
+    )

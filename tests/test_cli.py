@@ -7,32 +7,13 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from schemas import PUBLIC_MESSAGES, tag_of
-from tests.helpers import ROOT_DIR, NatsServer
-
-STAFFWORK = [sys.executable, "-m", "actors.cli"]
-
-
-def staffwork(
-    *args: str, home: Path, env: dict[str, str] | None = None, timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
-    environment = {**os.environ, "STAFFWORK_HOME": str(home), **(env or {})}
-    environment.pop("STAFFWORK_NATS_URL", None)
-    return subprocess.run(
-        [*STAFFWORK, *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=environment,
-        cwd=ROOT_DIR,
-        check=False,
-    )
+from tests.helpers import ROOT_DIR, STAFFWORK, NatsServer, staffwork
 
 
 def test_schema_prints_every_message(tmp_path: Path) -> None:

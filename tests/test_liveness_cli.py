@@ -38,27 +38,7 @@ from schemas.trace import (
     ThreadStatusTerminated,
 )
 from tests.fake_messages_api import FakeMessagesAPI, text
-from tests.helpers import ROOT_DIR, delegate, submit_and_wait, team
-
-STAFFWORK = [sys.executable, "-m", "actors.cli"]
-
-
-def staffwork(
-    *args: str, home: Path, env: dict[str, str] | None = None, timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
-    environment = {**os.environ, "STAFFWORK_HOME": str(home), **(env or {})}
-    for name in ("STAFFWORK_NATS_URL", "COLUMNS", "LINES"):
-        environment.pop(name, None)
-    return subprocess.run(
-        [*STAFFWORK, *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=environment,
-        cwd=ROOT_DIR,
-        check=False,
-    )
-
+from tests.helpers import ROOT_DIR, STAFFWORK, delegate, staffwork, submit_and_wait, team
 
 # --- case 10: two runs at once, each served by its own model ---------------------------------------
 

@@ -18,7 +18,7 @@ from actors.agent.tools.base import Tool, ToolContext
 from actors.agent.tools.sql import sql
 from actors.agent.tools.workspace import grep
 from bus.connection import Bus
-from bus.workspace import Workspace
+from tests.helpers import tool_context
 
 SID = "ses_live"
 
@@ -30,14 +30,7 @@ BAD_LINE = "a" * 28 + "!"
 
 @pytest.fixture
 def ctx(bus: Bus) -> ToolContext:
-    return ToolContext(
-        bus=bus,
-        workspace=Workspace(bus),
-        session_id=SID,
-        thread_id="thr_1",
-        agent="logs",
-        tool_use_id="toolu_1",
-    )
+    return tool_context(bus, SID)
 
 
 async def run(tool: Tool, ctx: ToolContext, **arguments: Any) -> tuple[str, bool, float]:

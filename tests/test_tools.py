@@ -13,6 +13,7 @@ from actors.agent.tools.workspace import WORKSPACE_TOOLS, grep, list_files, read
 from bus.connection import Bus
 from bus.workspace import Workspace
 from schemas import Provenance
+from tests.helpers import tool_context
 
 SID = "ses_t"
 
@@ -31,14 +32,7 @@ SERVICES_JSON = {
 
 @pytest.fixture
 def ctx(bus: Bus) -> ToolContext:
-    return ToolContext(
-        bus=bus,
-        workspace=Workspace(bus),
-        session_id=SID,
-        thread_id="thr_1",
-        agent="logs",
-        tool_use_id="toolu_1",
-    )
+    return tool_context(bus, SID)
 
 
 async def ok(tool: Tool, ctx: ToolContext, **arguments: Any) -> str:
