@@ -341,10 +341,22 @@ class Bus:
         :class:`BusTimeout` when nobody answers within ``timeout`` seconds.
         """
         data = payload if isinstance(payload, bytes) else encode(payload)
+        return (await self.request_raw(subject, data, timeout=timeout, hint=hint))[0]
+
+    async def request_raw(
+        self,
+        subject: str,
+        data: bytes,
+        *,
+        timeout: float,
+        headers: dict[str, str] | None = None,
+        hint: str = "",
+    ) -> tuple[bytes, dict[str, str]]:
+        """:meth:`request` with headers both ways: the answer's payload and its headers."""
         with translated("request", subject, self.url, timeout=timeout, hint=hint):
             async with asyncio.timeout(timeout):
-                answer = await self._nc.request(subject, data, timeout=timeout)
-        return bytes(answer.data)
+                answer = await self._nc.request(subject, data, timeout=timeout, headers=headers)
+        return bytes(answer.data), dict(answer.headers or {})
 
     async def publish_once(self, subject: str, msg: Message, *, msg_id: str, timeout: float = 10.0) -> bool:
         """Store ``msg`` unless a message with ``msg_id`` was stored within the dedup window.

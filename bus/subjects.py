@@ -168,6 +168,17 @@ class Subjects:
         """One memory file's versions; ``path_token`` is its path in base64url without padding."""
         return f"{self.root}.mem.{check_token(store, 'memory store')}.f.{path_token}"
 
+    def tool_result(self, session_id: str, tool_use_id: str) -> str:
+        """The caller's answer to a custom tool call (a ``user.custom_tool_result``), kept by the log."""
+        sid = check_token(session_id, "session id")
+        return f"{self.root}.s.{sid}.in.tool_result.{check_token(tool_use_id, 'tool use id')}"
+
+    @staticmethod
+    def service_info(service: str) -> str:
+        """The NATS micro protocol's discovery subject: every instance of ``service`` answers with
+        its endpoints (not under the root: any micro service answers it)."""
+        return f"$SRV.INFO.{check_token(service, 'service name')}"
+
     def session_of(self, subject: str) -> str:
         """The session id in ``subject``, or ``""`` when it names none."""
         prefix = f"{self.root}.s."

@@ -23,7 +23,7 @@ from schemas.session import (
     SubmitReply,
 )
 from schemas.team import AgentSpec, MemoryAttachment, TeamSpec, parse_team, team_from_dict
-from schemas.thread import Delegation, FollowUp, ThreadReply
+from schemas.thread import CustomToolResult, Delegation, FollowUp, ThreadReply
 from schemas.trace import (
     AnyTraceEvent,
     EventsAnswer,
@@ -52,6 +52,7 @@ SESSION_MESSAGES: tuple[type[Message], ...] = (
     Delegation,
     FollowUp,
     ThreadReply,
+    CustomToolResult,
     GradeRequest,
     GradeVerdict,
     WebhookDelivery,
@@ -90,6 +91,7 @@ __all__ = [
     "AnyTraceEvent",
     "Check",
     "CriterionVerdict",
+    "CustomToolResult",
     "Delegation",
     "ErrorInfo",
     "EventsAnswer",

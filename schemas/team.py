@@ -22,9 +22,18 @@ from schemas.webhooks import WebhookSpec
 #: Agent and team names are subject tokens and file-name safe.
 Name = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_-]{0,47}$")]
 
+#: A tool's name as the model sees it (the Messages API's rule).
+ToolName = Annotated[str, msgspec.Meta(pattern=r"^[a-zA-Z0-9_-]{1,64}$")]
+#: An MCP server's or a tool service's name in a team file: the first part of its tools' names
+#: (``<source>__<tool>``), so it never holds ``__`` itself.
+SourceName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z][A-Za-z0-9]*(?:[_-][A-Za-z0-9]+)*$", max_length=32)]
+
 DEFAULT_MODEL = "claude-sonnet-4-6"
 MAX_AGENTS = 20
 MAX_MEMORY_STORES = 8
+MAX_TOOL_SOURCES = 16
+#: ``${VAR}`` in an MCP server's ``env`` and ``headers``: the value comes from the worker's environment.
+ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 class MemoryAttachment(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -33,6 +42,88 @@ class MemoryAttachment(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     store: Name
     access: Literal["read_only", "read_write"] = "read_only"
     instructions: Annotated[str, msgspec.Meta(max_length=4096)] = ""
+
+
+def _check_references(field: str, values: dict[str, str]) -> None:
+    for key, value in values.items():
+        if not ENV_REFERENCE.search(value):
+            raise ValueError(
+                f"{field}.{key} = {value!r} does not name an environment variable: write ${{VAR}} "
+                f"(with any text around it, as in 'Bearer ${{TOKEN}}'), so no secret is in the team file"
+            )
+        if "${" in ENV_REFERENCE.sub("", value):
+            raise ValueError(f"{field}.{key} = {value!r} has a malformed ${{...}} reference")
+
+
+class McpServer(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """An MCP server whose tools an agent may call, run by the worker that serves the agent: a
+    ``command`` it starts (stdio) or a ``url`` (streamable HTTP). ``env`` (stdio) and ``headers``
+    (HTTP) take their values from the worker's environment (``${VAR}``), so a credential lives only
+    where the agent allowed to use it runs. ``tools`` is the allowlist, as the server names them
+    (absent: every tool it offers); the model sees them as ``<name>__<tool>``."""
+
+    name: SourceName
+    command: list[str] = msgspec.field(default_factory=list)
+    url: str = ""
+    env: dict[str, str] = msgspec.field(default_factory=dict)
+    headers: dict[str, str] = msgspec.field(default_factory=dict)
+    tools: list[ToolName] | None = None
+    #: the longest a start, a listing or one call may take
+    timeout_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 60.0
+
+    def __post_init__(self) -> None:
+        if bool(self.command) == bool(self.url):
+            raise ValueError(f"MCP server {self.name!r} needs exactly one of command (stdio) or url (HTTP)")
+        if self.url and not re.match(r"^https?://[^\s/]+", self.url):
+            raise ValueError(f"MCP server {self.name!r}: url {self.url!r} is not an http(s) URL")
+        if self.env and not self.command:
+            raise ValueError(f"MCP server {self.name!r}: env is for a command's process; use headers with a url")
+        if self.headers and not self.url:
+            raise ValueError(f"MCP server {self.name!r}: headers are for a url; use env with a command")
+        _check_references("env", self.env)
+        _check_references("headers", self.headers)
+        _no_repeats(f"MCP server {self.name!r}", self.tools)
+
+    @property
+    def transport(self) -> str:
+        return "stdio" if self.command else "http"
+
+
+class ToolService(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A NATS micro service whose endpoints are tools (found with ``$SRV.INFO.<name>``); any process
+    in any language can serve it. ``tools`` is the allowlist of endpoint names (absent: all); the
+    model sees them as ``<name>__<endpoint>``."""
+
+    name: SourceName
+    tools: list[ToolName] | None = None
+    #: the longest discovery or one call may take
+    timeout_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 60.0
+
+    def __post_init__(self) -> None:
+        _no_repeats(f"tool service {self.name!r}", self.tools)
+
+
+class CustomTool(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A tool the caller answers (the hosted service's ``custom`` tools): a call idles the thread
+    with ``requires_action`` until a ``user.custom_tool_result`` for it arrives."""
+
+    name: ToolName
+    description: Annotated[str, msgspec.Meta(min_length=1)]
+    input_schema: dict[str, Any] = msgspec.field(
+        default_factory=lambda: {"type": "object", "properties": {}}
+    )
+    #: how long the thread waits for the answer (absent: until the session's deadline)
+    timeout_s: Annotated[float, msgspec.Meta(gt=0)] | None = None
+
+    def __post_init__(self) -> None:
+        if self.input_schema.get("type") != "object":
+            raise ValueError(f"custom tool {self.name!r}: input_schema must have type 'object'")
+
+
+def _no_repeats(owner: str, tools: list[str] | None) -> None:
+    for tool in tools or []:
+        if (tools or []).count(tool) > 1:
+            raise ValueError(f"{owner}: tool {tool!r} is listed twice")
 
 
 class PlaybookCall(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -65,18 +156,48 @@ class AgentSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     memory: Annotated[list[MemoryAttachment], msgspec.Meta(max_length=MAX_MEMORY_STORES)] = msgspec.field(
         default_factory=list
     )
+    #: MCP servers the agent's worker runs for it
+    mcp_servers: Annotated[list[McpServer], msgspec.Meta(max_length=MAX_TOOL_SOURCES)] = msgspec.field(
+        default_factory=list
+    )
+    #: NATS micro services whose endpoints are the agent's tools
+    services: Annotated[list[ToolService], msgspec.Meta(max_length=MAX_TOOL_SOURCES)] = msgspec.field(
+        default_factory=list
+    )
+    #: tools the session's caller answers
+    custom_tools: Annotated[list[CustomTool], msgspec.Meta(max_length=64)] = msgspec.field(
+        default_factory=list
+    )
     playbook: Playbook | None = None
 
     def __post_init__(self) -> None:
         seen: set[str] = set()
-        for tool in self.tools:
+        for tool in [*self.tools, *(c.name for c in self.custom_tools)]:
             if tool in seen:
                 raise ValueError(f"tool {tool!r} is listed twice")
             seen.add(tool)
+        sources = [s.name for s in self.mcp_servers] + [s.name for s in self.services]
+        for source in sources:
+            if sources.count(source) > 1:
+                raise ValueError(f"tool source {source!r} is declared twice (MCP servers and services share names)")
         stores = [m.store for m in self.memory]
         for store in stores:
             if stores.count(store) > 1:
                 raise ValueError(f"memory store {store!r} is attached twice")
+
+
+class TeamOrigin(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The file a team was read from, with the lines of its tool sources and allowlists: a worker finds
+    some mistakes only when it meets the server (a tool the server does not offer) and names the
+    file and line all the same."""
+
+    file: str
+    lines: dict[str, int] = msgspec.field(default_factory=dict)
+
+    def where(self, path: str) -> str:
+        """``team.toml:42: agents[0].mcp_servers[0].tools[1]`` (the line when it is known)."""
+        line = self.lines.get(path)
+        return f"{self.file}:{line}: {path}" if line else f"{self.file}: {path}"
 
 
 class TeamSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -98,6 +219,8 @@ class TeamSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     outcome: Outcome | None = None
     #: endpoints told when the team's sessions change state
     webhooks: Annotated[list[WebhookSpec], msgspec.Meta(max_length=16)] = msgspec.field(default_factory=list)
+    #: set when the team is read from a file (see :class:`TeamOrigin`)
+    origin: TeamOrigin | None = None
 
     def __post_init__(self) -> None:
         report = self.report_path
@@ -119,6 +242,16 @@ class TeamSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 
     def model_of(self, agent: AgentSpec) -> str:
         return agent.model or self.model
+
+    def path_of(self, agent: AgentSpec) -> str:
+        """Where ``agent`` is in the document: ``lead`` or ``agents[2]``."""
+        if agent is self.lead or agent.name == self.lead.name:
+            return "lead"
+        return next(f"agents[{i}]" for i, a in enumerate(self.agents) if a.name == agent.name)
+
+    def where(self, path: str) -> str:
+        """``path`` with the file and line it came from, when the team was read from a file."""
+        return self.origin.where(path) if self.origin is not None else f"team {self.name!r}: {path}"
 
 
 # --- reading TOML ----------------------------------------------------------------------------------
@@ -144,7 +277,22 @@ def parse_team(text: str | bytes, *, source: str = "<string>") -> TeamSpec:
         line = int(match.group(1)) if match else None
         reason = _TOML_POS.sub("", str(exc)).strip()
         raise SpecError(f"not valid TOML: {reason}", source=source, line=line) from None
-    return team_from_dict(raw, source=source, text=text)
+    team = team_from_dict(raw, source=source, text=text)
+    return msgspec.structs.replace(team, origin=_origin(team, source, text))
+
+
+def _origin(team: TeamSpec, source: str, text: str) -> TeamOrigin:
+    """The lines of every tool source, allowlist entry and custom tool of ``team`` in ``text``."""
+    paths: list[list[str | int]] = []
+    for base, spec in [(["lead"], team.lead)] + [(["agents", i], a) for i, a in enumerate(team.agents)]:
+        for kind, sources in (("mcp_servers", spec.mcp_servers), ("services", spec.services)):
+            for j, found in enumerate(sources):
+                paths.append([*base, kind, j])
+                paths.extend([*base, kind, j, "tools", k] for k in range(len(found.tools or [])))
+        paths.extend([*base, "custom_tools", j] for j in range(len(spec.custom_tools)))
+        paths.extend([*base, "tools", k] for k in range(len(spec.tools)))
+    lines = {_format_path(path): line for path in paths if (line := _find_line(text, path)) is not None}
+    return TeamOrigin(file=source, lines=lines)
 
 
 def team_from_dict(raw: Any, *, source: str = "<dict>", text: str | None = None) -> TeamSpec:
@@ -292,12 +440,20 @@ def _find_line(text: str, path: list[str | int]) -> int | None:
             continue
         header = _HEADER.match(line)
         if header:
-            names: list[str | int] = list(_split_key(header.group(2)))
-            if header.group(1) == "[[":
-                key = tuple(names)
-                counts[key] = counts.get(key, -1) + 1
-                names.append(counts[key])
-            current = names
+            # resolve the header to a path: an array of tables named on the way stands for its
+            # latest element (``[[agents.mcp_servers]]`` after the second ``[[agents]]`` is
+            # ``agents[1].mcp_servers[n]``)
+            names = _split_key(header.group(2))
+            resolved: list[str | int] = []
+            for position, name in enumerate(names):
+                resolved.append(name)
+                key = tuple(resolved)
+                if position == len(names) - 1 and header.group(1) == "[[":
+                    counts[key] = counts.get(key, -1) + 1
+                    resolved.append(counts[key])
+                elif key in counts:
+                    resolved.append(counts[key])
+            current = resolved
             if current == path[: len(current)] and (best is None or len(current) == len(path)):
                 best = number
             if current == path:

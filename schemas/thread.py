@@ -3,7 +3,7 @@ thread id a delegation gets."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -54,3 +54,13 @@ class ThreadReply(Message, frozen=True, kw_only=True, tag="thread.reply.v1"):
     usage: Usage = msgspec.field(default_factory=Usage)
     error: ErrorInfo | None = None
     in_reply_to: str = ""
+
+
+class CustomToolResult(Message, frozen=True, kw_only=True, tag="user.custom_tool_result.v1"):
+    """The caller's answer to a custom tool call (``agent.custom_tool_use``), published on
+    ``<root>.s.<session>.in.tool_result.<custom_tool_use_id>``: the waiting thread continues with it.
+    Shaped as the hosted service's ``user.custom_tool_result`` event."""
+
+    custom_tool_use_id: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    content: str = ""
+    is_error: bool = False

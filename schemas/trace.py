@@ -105,22 +105,54 @@ class AgentThinking(TraceEvent, frozen=True, kw_only=True, tag="agent.thinking.v
     text: str
 
 
+#: what served a tool call: a built-in tool, an MCP server, a NATS tool service, the session's caller
+ToolKindName = str
+
+
 class AgentToolUse(TraceEvent, frozen=True, kw_only=True, tag="agent.tool_use.v1"):
-    """The model called a tool."""
+    """The model called a tool. ``kind`` says what serves it (``builtin``, ``mcp``, ``service``,
+    ``custom``) and ``source`` which MCP server or tool service."""
 
     tool_use_id: str
     name: str
     input: dict[str, Any] = msgspec.field(default_factory=dict)
+    kind: ToolKindName = "builtin"
+    source: str = ""
 
 
 class AgentToolResult(TraceEvent, frozen=True, kw_only=True, tag="agent.tool_result.v1"):
-    """A tool's result as the model saw it (``ref`` points to the full output when it was too big)."""
+    """A tool's result as the model saw it (``ref`` points to the full output when it was too big),
+    and how long the call took."""
 
     tool_use_id: str
     name: str = ""
     is_error: bool = False
     content: str = ""
     ref: str = ""
+    kind: ToolKindName = "builtin"
+    source: str = ""
+    duration_ms: float = 0.0
+
+
+class CustomToolUse(TraceEvent, frozen=True, kw_only=True, tag="agent.custom_tool_use.v1"):
+    """A call to a tool the session's caller answers: the thread waits (``requires_action``) for a
+    ``user.custom_tool_result`` naming ``tool_use_id`` on ``<root>.s.<session>.in.tool_result.<id>``."""
+
+    tool_use_id: str
+    name: str
+    input: dict[str, Any] = msgspec.field(default_factory=dict)
+    #: where to send the answer
+    result_subject: str = ""
+
+
+class ToolSourceFailed(TraceEvent, frozen=True, kw_only=True, tag="agent.tool_source_failed.v1"):
+    """An agent's MCP server or tool service could not be used (it did not start, died, answered
+    garbage, or does not offer a tool the team file allows): its tools answer with this error, and
+    the thread goes on with the others."""
+
+    kind: ToolKindName
+    source: str
+    message: str
 
 
 class ToolDenied(TraceEvent, frozen=True, kw_only=True, tag="agent.tool_denied.v1"):
@@ -254,6 +286,8 @@ AnyTraceEvent = (
     | AgentToolUse
     | AgentToolResult
     | ToolDenied
+    | CustomToolUse
+    | ToolSourceFailed
     | ThreadMessageSent
     | ThreadMessageReceived
     | ModelRequestStart

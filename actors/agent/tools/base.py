@@ -1,20 +1,24 @@
-"""Tools: typed Python functions the model can call.
+"""Tools: what the model can call, and how a call's output comes back.
 
-A tool (:func:`tool`) is an async or plain function whose first parameter is a :class:`ToolContext`
-and whose other parameters are keyword-only and typed; its input schema comes from the type hints,
-its description from its docstring. :meth:`Tool.run` always returns a result block: bad arguments, a
-:class:`ToolError` or any other failure come back as an ``is_error`` result (a tool never kills its
-thread), and output over ``MAX_OUTPUT`` characters is stored in the workspace, the model getting a
-truncated view. :class:`Delegating` is what the lead's delegation tools call (``ctx.delegating``).
+A built-in tool (:func:`tool`) is an async or plain function whose first parameter is a
+:class:`ToolContext` and whose other parameters are keyword-only and typed; its input schema comes
+from the type hints, its description from its docstring. A :class:`RemoteTool` is served elsewhere
+(an MCP server, a NATS tool service) and called with a deadline. Every kind is an
+:class:`AnyTool`: ``run`` always returns a result block. Bad arguments, a :class:`ToolError`, a
+timeout or any other failure come back as an ``is_error`` result (a tool never kills its thread);
+output over ``MAX_OUTPUT`` characters is stored in the workspace, the model getting a truncated view,
+and output over ``MAX_RESULT_CHARS`` is refused. :class:`Delegating` is what the lead's delegation
+tools call (``ctx.delegating``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import typing
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import msgspec
 import structlog
@@ -29,6 +33,10 @@ from schemas.team import MemoryAttachment
 log = structlog.get_logger("staffwork.tools")
 
 MAX_OUTPUT = 16_000
+#: the most a tool may return: more is refused (an error naming the size), not stored
+MAX_RESULT_CHARS = 4 * 1024 * 1024
+
+ToolKind = Literal["builtin", "mcp", "service", "custom"]
 
 
 class ToolError(Exception):
@@ -68,6 +76,24 @@ class ToolContext:
         )
 
 
+class AnyTool(Protocol):
+    """What a toolbox holds: a built-in :class:`Tool`, a :class:`RemoteTool`, a custom tool."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def kind(self) -> ToolKind: ...
+
+    @property
+    def source(self) -> str: ...  # the MCP server or tool service ("" for the others)
+
+    @property
+    def spec(self) -> ToolSpec: ...
+
+    async def run(self, ctx: ToolContext, arguments: dict[str, Any]) -> ToolResultBlock: ...
+
+
 @dataclass(frozen=True)
 class Tool:
     name: str
@@ -75,6 +101,8 @@ class Tool:
     params: type[msgspec.Struct]
     fn: Callable[..., Any]
     input_schema: dict[str, Any]
+    kind: ToolKind = "builtin"
+    source: str = ""
 
     @property
     def spec(self) -> ToolSpec:
@@ -97,17 +125,78 @@ class Tool:
             log.exception("tool_failed", tool=self.name, tool_use_id=ctx.tool_use_id)
             return self._error(ctx, f"{self.name} failed: {type(exc).__name__}: {exc}")
         text = result if isinstance(result, str) else msgspec.json.encode(result).decode()
-        if len(text) > MAX_OUTPUT:
-            try:
-                text = await _spill(ctx, self.name, text)
-            except StaffworkError as exc:  # the output is still useful cut short
-                log.warning("tool_output_not_stored", tool=self.name, error=str(exc))
-                note = f"[{self.name} output truncated at {MAX_OUTPUT} of {len(text)} characters]"
-                text = f"{text[:MAX_OUTPUT]}\n\n{note}"
-        return ToolResultBlock(tool_use_id=ctx.tool_use_id, content=text)
+        return await finish(ctx, self.name, text)
 
     def _error(self, ctx: ToolContext, message: str) -> ToolResultBlock:
         return ToolResultBlock(tool_use_id=ctx.tool_use_id, content=message, is_error=True)
+
+
+#: what a remote tool's transport does with one call: the output text and whether it is an error
+RemoteCall = Callable[["ToolContext", dict[str, Any]], Awaitable[tuple[str, bool]]]
+
+
+@dataclass(frozen=True)
+class RemoteTool:
+    """A tool served by another process: an MCP server's tool or a tool service's endpoint.
+
+    ``name`` is what the model sees (``<source>__<remote_name>``); ``call`` does one call over the
+    transport. :meth:`run` bounds it by ``timeout_s`` and turns every failure into an ``is_error``
+    result that names the source and the tool.
+    """
+
+    kind: ToolKind
+    source: str
+    remote_name: str
+    description: str
+    input_schema: dict[str, Any]
+    timeout_s: float
+    call: RemoteCall
+
+    @property
+    def name(self) -> str:
+        return f"{self.source}__{self.remote_name}"
+
+    @property
+    def what(self) -> str:
+        """``MCP server 'deployapi': tool 'list_deploys'`` (how errors name the call)."""
+        owner = "MCP server" if self.kind == "mcp" else "tool service"
+        return f"{owner} {self.source!r}: tool {self.remote_name!r}"
+
+    @property
+    def spec(self) -> ToolSpec:
+        return ToolSpec(name=self.name, description=self.description, input_schema=self.input_schema)
+
+    async def run(self, ctx: ToolContext, arguments: dict[str, Any]) -> ToolResultBlock:
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                text, is_error = await self.call(ctx, arguments)
+        except TimeoutError:
+            text, is_error = f"{self.what} did not answer within {self.timeout_s:g}s", True
+        except (ToolError, StaffworkError) as exc:
+            text, is_error = f"{self.what}: {exc}", True
+        except Exception as exc:
+            log.warning("remote_tool_failed", tool=self.name, tool_use_id=ctx.tool_use_id, error=repr(exc))
+            text, is_error = f"{self.what} failed: {type(exc).__name__}: {exc}", True
+        return await finish(ctx, self.name, text, is_error=is_error)
+
+
+async def finish(ctx: ToolContext, name: str, text: str, *, is_error: bool = False) -> ToolResultBlock:
+    """The result block of a call that produced ``text``: refused over ``MAX_RESULT_CHARS``, stored in
+    the workspace (the model getting a truncated view) over ``MAX_OUTPUT``."""
+    if len(text) > MAX_RESULT_CHARS:
+        message = (
+            f"{name} returned {len(text):,} characters, over the limit of {MAX_RESULT_CHARS:,}: "
+            "ask it for less (a filter, a page, a narrower query)"
+        )
+        return ToolResultBlock(tool_use_id=ctx.tool_use_id, content=message, is_error=True)
+    if len(text) > MAX_OUTPUT:
+        try:
+            text = await _spill(ctx, name, text)
+        except StaffworkError as exc:  # the output is still useful cut short
+            log.warning("tool_output_not_stored", tool=name, error=str(exc))
+            note = f"[{name} output truncated at {MAX_OUTPUT} of {len(text)} characters]"
+            text = f"{text[:MAX_OUTPUT]}\n\n{note}"
+    return ToolResultBlock(tool_use_id=ctx.tool_use_id, content=text, is_error=is_error)
 
 
 async def _spill(ctx: ToolContext, name: str, text: str) -> str:
@@ -167,14 +256,18 @@ def _input_schema(params: type[msgspec.Struct]) -> dict[str, Any]:
 
 
 class Toolbox:
-    """The tools one agent may call: the allowlist is enforced here, not by the prompt."""
+    """The tools one agent may call: the allowlist is enforced here, not by the prompt.
 
-    def __init__(self, tools: Iterable[Tool]) -> None:
-        self.tools = {t.name: t for t in tools}
+    ``unavailable`` maps a tool the agent may call but cannot now (its MCP server failed to start,
+    say) to why: a call to it gets that reason, not a refusal."""
+
+    def __init__(self, tools: Iterable[AnyTool], *, unavailable: dict[str, str] | None = None) -> None:
+        self.tools: dict[str, AnyTool] = {t.name: t for t in tools}
+        self.unavailable = dict(unavailable or {})
 
     @property
     def specs(self) -> list[ToolSpec]:
         return [t.spec for t in self.tools.values()]
 
-    def get(self, name: str) -> Tool | None:
+    def get(self, name: str) -> AnyTool | None:
         return self.tools.get(name)
