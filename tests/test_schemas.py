@@ -14,6 +14,7 @@ from bus.errors import MessageRejected, MessageTooLarge
 from schemas import (
     PUBLIC_MESSAGES,
     AgentSpec,
+    CustomToolResult,
     Delegation,
     ErrorInfo,
     FollowUp,
@@ -85,6 +86,18 @@ SAMPLES: dict[type[Message], Message] = {
             session_id=SID, time=NOW, tool_use_id="tu_1", content="3 matches", ref="out/grep.txt"
         ),
         t.ToolDenied(session_id=SID, time=NOW, tool_use_id="tu_2", name="sql", allowed=["grep"]),
+        t.CustomToolUse(
+            session_id=SID,
+            time=NOW,
+            tool_use_id="tu_3",
+            name="approve",
+            input={"change": "rollback"},
+            result_subject=f"sw.s.{SID}.in.tool_result.tu_3",
+        ),
+        t.ToolSourceFailed(
+            session_id=SID, time=NOW, kind="mcp", source="deployapi", message="it did not start"
+        ),
+        CustomToolResult(session_id=SID, custom_tool_use_id="tu_3", content="approved"),
         t.ThreadMessageSent(session_id=SID, time=NOW, to_thread_id="thr_1", to_agent="logs", content="go"),
         t.ThreadMessageReceived(
             session_id=SID, time=NOW, from_thread_id="thr_1", from_agent="logs", content="ok"
