@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import TracebackType
@@ -21,17 +22,20 @@ from actors.sessions.cancel import cancel_session
 from actors.sessions.directory import SessionDirectory
 from bus.codec import Decoder
 from bus.connection import Bus
-from bus.errors import BusTimeout, StaffworkError
+from bus.direct import read_subject
+from bus.errors import BusTimeout, MessageRejected, StaffworkError
 from bus.workspace import Workspace
 from schemas.files import FileInfo
 from schemas.outcome import Outcome
 from schemas.session import SessionRecord, SessionResult, SessionSubmit, SubmitReply
 from schemas.team import TeamSpec
-from schemas.trace import AnyTraceEvent, SessionStatusIdle, SessionStatusTerminated
+from schemas.thread import CustomToolResult
+from schemas.trace import AnyTraceEvent, CustomToolUse, SessionStatusIdle, SessionStatusTerminated, event_kind
 from schemas.webhooks import WebhookSpec
 
 _result: Decoder[SessionResult] = Decoder(SessionResult, max_bytes=4 * 1024 * 1024)
 _reply: Decoder[SubmitReply] = Decoder(SubmitReply)
+_custom_call: Decoder[CustomToolUse] = Decoder(CustomToolUse, max_bytes=4 * 1024 * 1024)
 
 
 class SubmitRefused(StaffworkError):
@@ -160,6 +164,45 @@ class Client:
 
     async def cancel(self, session_id: str, reason: str = "canceled by the user") -> None:
         await cancel_session(self.bus, session_id, reason)
+
+    async def custom_tool_calls(self, session_id: str, *, pending: bool = True) -> list[CustomToolUse]:
+        """The session's calls to custom tools (the ones the caller answers), oldest first; with
+        ``pending`` only those not answered yet."""
+        subject = self.bus.subjects.event(session_id, event_kind(CustomToolUse))
+        calls: dict[str, CustomToolUse] = {}
+        async for stored in read_subject(self.bus, self.bus.subjects.log_stream, subject):
+            with contextlib.suppress(MessageRejected):  # the thread that waits reports strays
+                call = _custom_call.decode(stored.data, subject=subject)
+                calls.setdefault(call.tool_use_id, call)  # announced again after a restart: once
+        if not pending:
+            return list(calls.values())
+        answered = await asyncio.gather(
+            *(self.bus.last(self.bus.subjects.tool_result(session_id, c.tool_use_id)) for c in calls.values())
+        )
+        return [call for call, answer in zip(calls.values(), answered, strict=True) if answer is None]
+
+    async def answer_tool(
+        self, session_id: str, tool_use_id: str, content: str, *, is_error: bool = False
+    ) -> None:
+        """Answer a custom tool call of the session (a ``user.custom_tool_result``): its thread goes
+        on with ``content`` as the call's result. :class:`StaffworkError` if the session made no
+        such call or it is already answered."""
+        calls = {c.tool_use_id: c for c in await self.custom_tool_calls(session_id, pending=False)}
+        if tool_use_id not in calls:
+            known = ", ".join(calls) or "none"
+            raise StaffworkError(
+                f"session {session_id!r} has no custom tool call {tool_use_id!r} (its calls: {known})"
+            )
+        subject = self.bus.subjects.tool_result(session_id, tool_use_id)
+        answer = CustomToolResult(
+            session_id=session_id, custom_tool_use_id=tool_use_id, content=content, is_error=is_error
+        )
+        if await self.bus.last(subject) is not None or not await self.bus.publish_once(
+            subject, answer, msg_id=f"{session_id}.{tool_use_id}.answer"
+        ):
+            raise StaffworkError(
+                f"custom tool call {tool_use_id!r} of session {session_id!r} is already answered"
+            )
 
 
 __all__ = ["Client", "SubmitRefused"]

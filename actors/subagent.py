@@ -16,9 +16,9 @@ from typing import Any
 
 from actors.agent.loop import AgentLoop, LoopResult, answer_for
 from actors.agent.models.base import Model
-from actors.agent.tools.base import Toolbox, ToolContext
-from actors.agent.tools.catalog import tools_for
+from actors.agent.tools.base import ToolContext
 from actors.agent.tools.memory import memory_note
+from actors.agent.tools.sources import ToolSources
 from actors.agent.tools.workspace import write_and_record
 from actors.sessions.cancel import CancelWatch, race_cancel
 from actors.sessions.directory import SessionDirectory
@@ -70,8 +70,11 @@ class SubagentActor(BaseActor[SubagentInbox]):
         cancels: CancelWatch,
         ack_wait: float = 30.0,
         max_deliver: int = 5,
+        sources: ToolSources | None = None,
     ) -> None:
         self.agent = agent
+        #: the agent's MCP servers run here, and only here
+        self.sources = sources or ToolSources()
         self.role = f"subagent:{agent}"
         self.model = model
         self.directory = directory
@@ -89,6 +92,7 @@ class SubagentActor(BaseActor[SubagentInbox]):
 
     async def on_stop(self) -> None:
         await self.cancels.stop()
+        await self.sources.close()
 
     def reply_subject(self, msg: SubagentInbox, reply: Message, ctx: Context) -> str | None:
         return ctx.bus.subjects.reply(msg.session_id, msg.thread_id)
@@ -180,7 +184,9 @@ class SubagentActor(BaseActor[SubagentInbox]):
             spec=spec,
             model_name=team.model_of(spec),
             system=subagent_system_prompt(team, spec),
-            toolbox=Toolbox(tools_for(spec)),
+            toolbox=await self.sources.toolbox(
+                bus, team, spec, session_id=msg.session_id, thread_id=msg.thread_id
+            ),
             tool_context=lambda tool_use_id: ToolContext(
                 bus=bus,
                 workspace=workspace,

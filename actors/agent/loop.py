@@ -12,6 +12,7 @@ ends the thread as ``failed`` with the model's message.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -191,9 +192,10 @@ class AgentLoop:
         }
 
     async def _model_turn(self) -> None:
+        note = self.toolbox.note
         request = ModelRequest(
             model=self.model_name,
-            system=self.system,
+            system=f"{self.system}\n\n{note}" if note else self.system,
             messages=self.history.turns,
             tools=self.toolbox.specs,
             max_tokens=self.spec.max_tokens,
@@ -221,14 +223,24 @@ class AgentLoop:
             elif isinstance(block, ThinkingBlock) and block.thinking:
                 await self.bus.emit(AgentThinking(text=block.thinking[:TRACE_TEXT_LIMIT], **fields))
             elif isinstance(block, ToolUseBlock):
+                tool = self.toolbox.get(block.name)
+                served: dict[str, Any] = {"kind": tool.kind, "source": tool.source} if tool else {}
                 await self.bus.emit(
-                    AgentToolUse(tool_use_id=block.id, name=block.name, input=block.input, **fields)
+                    AgentToolUse(tool_use_id=block.id, name=block.name, input=block.input, **served, **fields)
                 )
 
     async def _run_tool(self, use: ToolUseBlock) -> ToolResultBlock:
         fields = self._event_fields()
         tool = self.toolbox.get(use.name)
-        if tool is None:
+        served: dict[str, Any] = {}
+        started = time.monotonic()
+        if tool is not None:
+            served = {"kind": tool.kind, "source": tool.source}
+            result = await tool.run(self.tool_context(use.id), use.input)
+        elif why := self.toolbox.why_unavailable(use.name):
+            # allowed, but its source cannot serve it now: the reason, not a refusal
+            result = ToolResultBlock(tool_use_id=use.id, content=why, is_error=True)
+        else:
             allowed = sorted(self.toolbox.tools)
             await self.bus.emit(ToolDenied(tool_use_id=use.id, name=use.name, allowed=allowed, **fields))
             result = ToolResultBlock(
@@ -237,14 +249,14 @@ class AgentLoop:
                 f"(its tools: {', '.join(allowed) or 'none'})",
                 is_error=True,
             )
-        else:
-            result = await tool.run(self.tool_context(use.id), use.input)
         await self.bus.emit(
             AgentToolResult(
                 tool_use_id=use.id,
                 name=use.name,
                 is_error=result.is_error,
                 content=result.content[:TRACE_TEXT_LIMIT],
+                duration_ms=round((time.monotonic() - started) * 1000, 3),
+                **served,
                 **fields,
             )
         )

@@ -50,6 +50,7 @@ for command in (
     sessions.submit,
     sessions.status,
     sessions.cancel,
+    sessions.answer,
     trace.tail,
     trace.trace,
     trace.sessions,

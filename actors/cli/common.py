@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import shutil
 import sys
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -190,18 +188,9 @@ def load_example(name: str) -> Example:
     team = load_team(team_file)
     data = data_dir() / "examples" / name
     if name == "incident":
-        from examples.incident.generate import generate
+        from examples.incident import ensure_data
 
-        if not data.exists():
-            # Generate privately, then rename into place: a command starting at the same moment never
-            # reads half-written files (the rename is atomic; if another process won, use its data).
-            private = data.with_name(f".{name}-{os.getpid()}")
-            shutil.rmtree(private, ignore_errors=True)
-            generate(private)
-            try:
-                private.rename(data)
-            except OSError:
-                shutil.rmtree(private, ignore_errors=True)
+        ensure_data(data)
         task = (
             "Payments are failing since this afternoon. Find out what happened and write the incident report."
         )

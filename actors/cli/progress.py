@@ -5,6 +5,7 @@ as ``staffwork trace`` tells it."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -14,6 +15,7 @@ from rich.table import Table
 from schemas.trace import (
     AgentToolUse,
     AnyTraceEvent,
+    CustomToolUse,
     ModelRequestEnd,
     OutcomeEvaluationEnd,
     OutcomeEvaluationStart,
@@ -25,6 +27,7 @@ from schemas.trace import (
     ThreadStatusIdle,
     ThreadStatusRunning,
     ThreadStatusTerminated,
+    ToolSourceFailed,
 )
 
 
@@ -64,6 +67,7 @@ class Progress:
     threads: dict[str, ThreadRow] = field(default_factory=dict)
     last: datetime | None = None
     models: list[str] = field(default_factory=list)  # the model ids that answered, in first-seen order
+    reported: set[str] = field(default_factory=set)  # tool source problems printed already
 
     def row(self, thread_id: str, agent: str) -> ThreadRow:
         if thread_id not in self.threads:
@@ -103,6 +107,19 @@ class Progress:
         elif isinstance(event, OutcomeEvaluationEnd):  # its usage came with the grader's model calls
             row.status = event.result
             row.ended = event.time
+
+    def notice(self, event: AnyTraceEvent) -> str | None:
+        """A line to print above the table for an event the user must see: a custom tool call
+        waiting for their answer, a tool source that failed (each message once)."""
+        if isinstance(event, CustomToolUse):
+            return (
+                f"waiting for you: {event.agent} called {event.name} {json.dumps(event.input)}; answer with "
+                f"staffwork answer {event.session_id} {event.tool_use_id} TEXT"
+            )
+        if isinstance(event, ToolSourceFailed) and event.message not in self.reported:
+            self.reported.add(event.message)
+            return f"warning: {event.agent}: {event.message}"
+        return None
 
     def finish(self, status: str) -> None:
         """The session's result says it ended ``status``: a lead row still running ends with it (a

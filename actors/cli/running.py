@@ -252,6 +252,8 @@ async def _run_here(
         async def follow() -> None:
             async for event in client.events(session_id):
                 progress.apply(event)
+                if (line := progress.notice(event)) is not None:
+                    console.print(line, highlight=False, markup=False)
                 if display is not None:
                     display.update(progress.table())
 

@@ -1,5 +1,5 @@
 """The session commands: ``run`` (submit a session and follow it live; how it runs one is in
-:mod:`actors.cli.running`), ``submit``, ``status`` and ``cancel``."""
+:mod:`actors.cli.running`), ``submit``, ``status``, ``cancel`` and ``answer`` (a custom tool call)."""
 
 from __future__ import annotations
 
@@ -163,6 +163,13 @@ def status(session: str, nats: NatsOption = None, root: RootOption = "sw") -> No
                 highlight=False,
                 markup=False,
             )
+            for call in await Client(target.bus).custom_tool_calls(session):
+                out.print(
+                    f"waiting for you: {call.agent} called {call.name} {json.dumps(call.input)} "
+                    f"(answer: staffwork answer {session} {call.tool_use_id} TEXT)",
+                    highlight=False,
+                    markup=False,
+                )
             stored = await target.bus.last(target.bus.subjects.out(session, "result"))
             if stored:
                 result = msgspec.json.decode(stored, type=SessionResult)
@@ -186,5 +193,45 @@ def cancel(session: str, nats: NatsOption = None, root: RootOption = "sw") -> No
                 return
             await Client(target.bus).cancel(session)
             out.print(f"{session}: canceled", highlight=False)
+
+    run_async(go)
+
+
+def answer(
+    session: str,
+    tool_use_id: Annotated[
+        str | None, typer.Argument(help="The call's id (without it: list the calls waiting for an answer).")
+    ] = None,
+    content: Annotated[
+        str | None, typer.Argument(help="The result the agent gets ('-' reads stdin).")
+    ] = None,
+    error: Annotated[bool, typer.Option("--error", help="The call failed: the result is an error.")] = False,
+    nats: NatsOption = None,
+    root: RootOption = "sw",
+) -> None:
+    """Answer a custom tool call (a tool the caller answers): the waiting thread goes on with it."""
+
+    async def go() -> None:
+        async with bus_target(nats, root, name="staffwork-answer") as target:
+            await session_record(target.bus, session, root)
+            client = Client(target.bus)
+            if tool_use_id is None:
+                calls = await client.custom_tool_calls(session)
+                for call in calls:
+                    out.print(
+                        f"{call.tool_use_id}  {call.agent}  {call.name} {json.dumps(call.input)}",
+                        highlight=False,
+                        markup=False,
+                    )
+                if not calls:
+                    out.print(f"{session}: no custom tool call is waiting for an answer", highlight=False)
+                return
+            if content is None:
+                raise StaffworkError(
+                    "give the result: staffwork answer SESSION TOOL_USE_ID TEXT (or - for stdin)"
+                )
+            text = sys.stdin.read() if content == "-" else content
+            await client.answer_tool(session, tool_use_id, text, is_error=error)
+            out.print(f"{session}: answered {tool_use_id}", highlight=False)
 
     run_async(go)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import structlog
 
 from actors.agent.models.base import Model
+from actors.agent.tools.sources import ToolSources
 from actors.lead.delegation import given_up_reply
 from actors.lead.run import LeadRun
 from actors.sessions.cancel import CancelWatch
@@ -60,6 +61,8 @@ class LeadActor(BaseActor[SessionSubmit]):
         self.directory = directory
         self.cancels = cancels
         self.settings = settings or LeadSettings()
+        #: the lead's MCP servers run here
+        self.sources = ToolSources()
         self._consumers: set[str] = set()  # agent consumers this process already made sure of
         self._advisories: Listener[MaxDeliveries] | None = None
 
@@ -83,6 +86,7 @@ class LeadActor(BaseActor[SessionSubmit]):
             await self._advisories.close()
             self._advisories = None
         await self.cancels.stop()
+        await self.sources.close()
 
     async def _given_up(self, bus: Bus, advisory: MaxDeliveries) -> None:
         """JetStream gave up on a message: if it is an agent's request, answer it as failed."""
@@ -115,6 +119,7 @@ class LeadActor(BaseActor[SessionSubmit]):
             model=self.model,
             directory=self.directory,
             cancels=self.cancels,
+            sources=self.sources,
             agent_consumer=functools.partial(self.ensure_agent_consumer, ctx.bus),
             grade_timeout=self.settings.grade_timeout,
             claim_timeout=self.settings.claim_timeout,

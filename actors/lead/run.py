@@ -22,9 +22,9 @@ import msgspec
 
 from actors.agent.loop import AgentLoop, LoopResult
 from actors.agent.models.base import Model
-from actors.agent.tools.base import Toolbox, ToolContext
-from actors.agent.tools.catalog import tools_for
+from actors.agent.tools.base import ToolContext
 from actors.agent.tools.memory import memory_note
+from actors.agent.tools.sources import ToolSources
 from actors.lead.delegation import LEAD_TOOLS, Delegations
 from actors.lead.revision import Revision
 from actors.sessions.cancel import CancelWatch, cancel_session, race_cancel
@@ -68,6 +68,7 @@ class LeadRun:
         model: Model,
         directory: SessionDirectory,
         cancels: CancelWatch,
+        sources: ToolSources,
         agent_consumer: Callable[[str], Awaitable[None]],
         grade_timeout: float,
         claim_timeout: float = 120.0,
@@ -78,6 +79,7 @@ class LeadRun:
         self.model = model
         self.directory = directory
         self.cancels = cancels
+        self.sources = sources
         self.agent_consumer = agent_consumer  # makes sure an agent's task consumer exists
         self.grade_timeout = grade_timeout
         self.claim_timeout = claim_timeout
@@ -165,7 +167,14 @@ class LeadRun:
             spec=team.lead,
             model_name=team.model_of(team.lead),
             system=lead_system_prompt(team),
-            toolbox=Toolbox([*LEAD_TOOLS.values(), *tools_for(team.lead)]),
+            toolbox=await self.sources.toolbox(
+                self.bus,
+                team,
+                team.lead,
+                session_id=self.sid,
+                thread_id=LEAD_THREAD,
+                extra=LEAD_TOOLS.values(),
+            ),
             tool_context=lambda tool_use_id: ToolContext(
                 bus=self.bus,
                 workspace=self.workspace,

@@ -43,6 +43,11 @@ class ToolError(Exception):
     """A tool failed in a way the model should be told about (an ``is_error`` result)."""
 
 
+class ToolSourceError(StaffworkError):
+    """An MCP server or tool service cannot serve its tools now (it did not start, died, answered
+    garbage, or timed out): one line naming the source and what happened."""
+
+
 class Delegating(Protocol):
     """What the lead's ``delegate`` and ``message_agent`` tools call: each returns the thread's reply."""
 
@@ -271,3 +276,15 @@ class Toolbox:
 
     def get(self, name: str) -> AnyTool | None:
         return self.tools.get(name)
+
+    def why_unavailable(self, name: str) -> str:
+        """Why the allowed tool ``name`` cannot be called now ("" if that is not known)."""
+        return self.unavailable.get(name) or self.unavailable.get(name.split("__", 1)[0], "")
+
+    @property
+    def note(self) -> str:
+        """What the agent's system prompt says about the tools it cannot call now ("" if none)."""
+        if not self.unavailable:
+            return ""
+        lines = "\n".join(f"- {problem}" for problem in self.unavailable.values())
+        return f"Some of your tools cannot be used now:\n{lines}"

@@ -1,8 +1,10 @@
-"""Which tools exist, and which ones an agent gets.
+"""Which built-in tools exist, and which ones an agent gets.
 
 An agent gets exactly the tools its spec lists (the worker enforces it: a call to any other tool is
-refused and recorded as ``agent.tool_denied``). The lead also always gets ``delegate`` and
-``message_agent``; no subagent may list those.
+refused and recorded as ``agent.tool_denied``), plus its custom tools and what its MCP servers and
+tool services offer within their allowlists (see :mod:`actors.agent.tools.sources`). The lead also
+always gets ``delegate`` and ``message_agent``; no subagent may list those, and no custom tool may
+take a built-in's name.
 """
 
 from __future__ import annotations
@@ -26,9 +28,15 @@ def tools_for(spec: AgentSpec) -> list[Tool]:
 
 
 def check_team_tools(team: TeamSpec, *, source: str = "") -> None:
-    """Raise :class:`SpecError` naming the agent and the tool if a spec lists an unknown tool."""
+    """Raise :class:`SpecError` naming the agent and the tool if a spec lists an unknown tool, or a
+    custom tool takes the name of a built-in one (with the file's line when the team has one)."""
     known = builtin_tools()
-    where = source or f"team {team.name!r}"
+    where = source or (team.origin.file if team.origin else f"team {team.name!r}")
+    lines = team.origin.lines if team.origin else {}
+
+    def error(message: str, path: str, value: str) -> SpecError:
+        return SpecError(message, source=where, path=path, value=value, line=lines.get(path))
+
     for path, spec, lead in [("lead", team.lead, True)] + [
         (f"agents[{i}]", a, False) for i, a in enumerate(team.agents)
     ]:
@@ -36,16 +44,14 @@ def check_team_tools(team: TeamSpec, *, source: str = "") -> None:
             if name in LEAD_ONLY:
                 if lead:
                     continue
-                raise SpecError(
-                    f"tool {name!r} is the lead's; agent {spec.name!r} cannot use it",
-                    source=where,
-                    path=f"{path}.tools[{index}]",
-                    value=name,
-                )
+                message = f"tool {name!r} is the lead's; agent {spec.name!r} cannot use it"
+                raise error(message, f"{path}.tools[{index}]", name)
             if name not in known:
-                raise SpecError(
-                    f"unknown tool {name!r} for agent {spec.name!r} (known: {', '.join(sorted(known))})",
-                    source=where,
-                    path=f"{path}.tools[{index}]",
-                    value=name,
+                message = f"unknown tool {name!r} for agent {spec.name!r} (known: {', '.join(sorted(known))})"
+                raise error(message, f"{path}.tools[{index}]", name)
+        for index, custom in enumerate(spec.custom_tools):
+            if custom.name in known or custom.name in LEAD_ONLY:
+                message = (
+                    f"custom tool {custom.name!r} of agent {spec.name!r} has the name of a built-in tool"
                 )
+                raise error(message, f"{path}.custom_tools[{index}]", custom.name)
