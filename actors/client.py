@@ -36,6 +36,7 @@ from schemas.webhooks import WebhookSpec
 _result: Decoder[SessionResult] = Decoder(SessionResult, max_bytes=4 * 1024 * 1024)
 _reply: Decoder[SubmitReply] = Decoder(SubmitReply)
 _custom_call: Decoder[CustomToolUse] = Decoder(CustomToolUse, max_bytes=4 * 1024 * 1024)
+_custom_answer: Decoder[CustomToolResult] = Decoder(CustomToolResult, max_bytes=8 * 1024 * 1024)
 
 
 class SubmitRefused(StaffworkError):
@@ -176,10 +177,18 @@ class Client:
                 calls.setdefault(call.tool_use_id, call)  # announced again after a restart: once
         if not pending:
             return list(calls.values())
-        answered = await asyncio.gather(
-            *(self.bus.last(self.bus.subjects.tool_result(session_id, c.tool_use_id)) for c in calls.values())
-        )
-        return [call for call, answer in zip(calls.values(), answered, strict=True) if answer is None]
+        answered = await asyncio.gather(*(self._answered(session_id, c.tool_use_id) for c in calls.values()))
+        return [call for call, done in zip(calls.values(), answered, strict=True) if not done]
+
+    async def _answered(self, session_id: str, tool_use_id: str) -> bool:
+        """Whether the call's answer is stored (what else is on its subject does not count)."""
+        subject = self.bus.subjects.tool_result(session_id, tool_use_id)
+        async for stored in read_subject(self.bus, self.bus.subjects.log_stream, subject):
+            with contextlib.suppress(MessageRejected):
+                answer = _custom_answer.decode(stored.data, subject=subject)
+                if answer.session_id == session_id and answer.custom_tool_use_id == tool_use_id:
+                    return True
+        return False
 
     async def answer_tool(
         self, session_id: str, tool_use_id: str, content: str, *, is_error: bool = False
@@ -197,7 +206,7 @@ class Client:
         answer = CustomToolResult(
             session_id=session_id, custom_tool_use_id=tool_use_id, content=content, is_error=is_error
         )
-        if await self.bus.last(subject) is not None or not await self.bus.publish_once(
+        if await self._answered(session_id, tool_use_id) or not await self.bus.publish_once(
             subject, answer, msg_id=f"{session_id}.{tool_use_id}.answer"
         ):
             raise StaffworkError(

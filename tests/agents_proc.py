@@ -1,6 +1,7 @@
 """A lead and/or subagent worker as a separate process, on a deterministic scripted model.
 
-``python -m tests.agents_proc URL ROOT [--lead] [--agents a,b] [--slow agent=seconds]``. The script
+``python -m tests.agents_proc URL ROOT [--lead] [--agents a,b] [--slow agent=seconds] [--offline]``.
+With ``--offline`` the agents run the offline model (the team's playbooks); otherwise a script that
 is a pure function of the request (so any process can continue any thread):
 
 - lead: with no tool results yet, delegate to every agent in ``AGENTS`` in one turn (tool use ids
@@ -13,7 +14,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from actors.agent.models.base import ModelRequest, ModelResponse
+from actors.agent.models.base import Model, ModelRequest, ModelResponse
+from actors.agent.models.offline import OfflineModel
 from actors.agent.models.scripted import ScriptedModel, calls, text
 from actors.roles import AgentSettings, RoleConfig, serve_roles
 from bus.connection import Bus
@@ -44,13 +46,14 @@ def main() -> None:
     parser.add_argument("--agents", default="")
     parser.add_argument("--slow", action="append", default=[])
     parser.add_argument("--ack-wait", type=float, default=2.0)
+    parser.add_argument("--offline", action="store_true")
     args = parser.parse_args()
     configure_logging("info", json=True)
     latency = {"lead": 0.05} | {a: 0.05 for a in AGENTS}
     for item in args.slow:
         agent, seconds = item.split("=")
         latency[agent] = float(seconds)
-    model = ScriptedModel(responder=respond, latency=latency)
+    model: Model = OfflineModel() if args.offline else ScriptedModel(responder=respond, latency=latency)
     settings = AgentSettings(lead_ack_wait=args.ack_wait, subagent_ack_wait=args.ack_wait, grace=5.0)
 
     async def run() -> None:
