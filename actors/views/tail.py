@@ -21,6 +21,7 @@ from schemas.trace import (
     AgentToolResult,
     AgentToolUse,
     AnyTraceEvent,
+    CustomToolUse,
     FileWritten,
     MessageRejected,
     ModelRequestEnd,
@@ -36,6 +37,7 @@ from schemas.trace import (
     ThreadStatusIdle,
     ThreadStatusTerminated,
     ToolDenied,
+    ToolSourceFailed,
     TraceEvent,
     WebhookDelivered,
     WebhookEndpointDisabled,
@@ -114,6 +116,11 @@ def summary(event: TraceEvent) -> str:
             return reason
         case SessionErrorEvent(error=error):
             return _clip(f"{error.kind}: {error.message}")
+        case CustomToolUse(name=name, input=arguments, tool_use_id=call):
+            shown = ", ".join(f"{k}={v!r}" for k, v in arguments.items())
+            return _clip(f"⏸ {name}({shown}) waits for the caller: staffwork answer SESSION {call} TEXT")
+        case ToolSourceFailed(kind=kind, source=source, message=message):
+            return _clip(f"{kind} {source} failed: {message}")
         case ToolDenied(name=name, allowed=allowed):
             return f"{name} is not allowed (allowed: {', '.join(allowed) or 'none'})"
         case MessageRejected(subject=subject, actor=actor, reason=reason):

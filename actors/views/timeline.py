@@ -30,6 +30,7 @@ from schemas.trace import (
     AgentToolResult,
     AgentToolUse,
     AnyTraceEvent,
+    CustomToolUse,
     FileWritten,
     MessageRejected,
     ModelRequestEnd,
@@ -47,6 +48,7 @@ from schemas.trace import (
     ThreadStatusRunning,
     ThreadStatusTerminated,
     ToolDenied,
+    ToolSourceFailed,
     WebhookDelivered,
     WebhookEndpointDisabled,
     WebhookFailed,
@@ -193,6 +195,8 @@ def timeline(session_id: str, events: list[AnyTraceEvent]) -> dict[str, Any]:
                 thread.tools += 1
                 span = _Span(f"tool-{event.tool_use_id}", lane, "tool", event.name, event.time)
                 span.add("tool", event.name)
+                if event.kind != "builtin":
+                    span.add("served by", f"{event.kind} {event.source}".rstrip())
                 span.add("tool_use_id", event.tool_use_id)
                 span.add("input", _json(event.input), pre=True)
                 for key, value in event.input.items():  # multi-line text (SQL, code) as written
@@ -219,6 +223,13 @@ def timeline(session_id: str, events: list[AnyTraceEvent]) -> dict[str, Any]:
                 if event.ref:
                     span.add("ref", event.ref)
                 span.add("result", event.content, pre=True)
+            case CustomToolUse():
+                waiting = tools.get(event.tool_use_id) or marker("tool", event, event.name)
+                waiting.add("waits for", f"the caller's answer on {event.result_subject}")
+            case ToolSourceFailed():
+                marker("error", event, f"{event.kind} {event.source} failed", error=True).add(
+                    "error", event.message, pre=True
+                )
             case ToolDenied():
                 denied = tools.get(event.tool_use_id) or marker("error", event, f"denied {event.name}")
                 denied.error = True

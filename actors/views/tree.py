@@ -19,6 +19,7 @@ from schemas.trace import (
     AgentToolResult,
     AgentToolUse,
     AnyTraceEvent,
+    CustomToolUse,
     FileWritten,
     ModelRequestEnd,
     OutcomeEvaluationEnd,
@@ -32,6 +33,7 @@ from schemas.trace import (
     ThreadStatusIdle,
     ThreadStatusRunning,
     ThreadStatusTerminated,
+    ToolSourceFailed,
     WebhookDelivered,
     WebhookEndpointDisabled,
     WebhookFailed,
@@ -105,7 +107,14 @@ def build(events: list[AnyTraceEvent]) -> tuple[dict[str, ThreadNode], dict[str,
             mark = "?" if result is None else ("✗" if result.is_error else "✓")
             duration = _seconds(event.time, result.time if result else None)
             arguments = ", ".join(f"{k}={' '.join(repr(v).split())}"[:60] for k, v in event.input.items())
-            current.steps.append(f"{mark} {event.name}({arguments}) · {duration} · {event.tool_use_id}")
+            served = f" · {event.kind} {event.source}".rstrip() if event.kind != "builtin" else ""
+            current.steps.append(
+                f"{mark} {event.name}({arguments}) · {duration}{served} · {event.tool_use_id}"
+            )
+        elif isinstance(event, CustomToolUse):
+            current.steps.append(f"⏸ {event.name} waits for the caller's answer · {event.tool_use_id}")
+        elif isinstance(event, ToolSourceFailed):
+            current.steps.append(f"⚠ {event.kind} {event.source}: {event.message}")
         elif isinstance(event, ThreadMessageSent):
             current.children.append(event.to_thread_id)
             current.steps.append(f"→ thread {event.to_thread_id} ({event.to_agent})")
