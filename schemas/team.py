@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import re
 import tomllib
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -26,7 +27,9 @@ Name = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_-]{0,47}$")]
 ToolName = Annotated[str, msgspec.Meta(pattern=r"^[a-zA-Z0-9_-]{1,64}$")]
 #: An MCP server's or a tool service's name in a team file: the first part of its tools' names
 #: (``<source>__<tool>``), so it never holds ``__`` itself.
-SourceName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z][A-Za-z0-9]*(?:[_-][A-Za-z0-9]+)*$", max_length=32)]
+SourceName = Annotated[
+    str, msgspec.Meta(pattern=r"^[A-Za-z][A-Za-z0-9]*(?:[_-][A-Za-z0-9]+)*$", max_length=32)
+]
 
 DEFAULT_MODEL = "claude-sonnet-4-6"
 MAX_AGENTS = 20
@@ -77,7 +80,9 @@ class McpServer(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
         if self.url and not re.match(r"^https?://[^\s/]+", self.url):
             raise ValueError(f"MCP server {self.name!r}: url {self.url!r} is not an http(s) URL")
         if self.env and not self.command:
-            raise ValueError(f"MCP server {self.name!r}: env is for a command's process; use headers with a url")
+            raise ValueError(
+                f"MCP server {self.name!r}: env is for a command's process; use headers with a url"
+            )
         if self.headers and not self.url:
             raise ValueError(f"MCP server {self.name!r}: headers are for a url; use env with a command")
         _check_references("env", self.env)
@@ -109,9 +114,7 @@ class CustomTool(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
 
     name: ToolName
     description: Annotated[str, msgspec.Meta(min_length=1)]
-    input_schema: dict[str, Any] = msgspec.field(
-        default_factory=lambda: {"type": "object", "properties": {}}
-    )
+    input_schema: dict[str, Any] = msgspec.field(default_factory=lambda: {"type": "object", "properties": {}})
     #: how long the thread waits for the answer (absent: until the session's deadline)
     timeout_s: Annotated[float, msgspec.Meta(gt=0)] | None = None
 
@@ -179,7 +182,9 @@ class AgentSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
         sources = [s.name for s in self.mcp_servers] + [s.name for s in self.services]
         for source in sources:
             if sources.count(source) > 1:
-                raise ValueError(f"tool source {source!r} is declared twice (MCP servers and services share names)")
+                raise ValueError(
+                    f"tool source {source!r} is declared twice (MCP servers and services share names)"
+                )
         stores = [m.store for m in self.memory]
         for store in stores:
             if stores.count(store) > 1:
@@ -285,8 +290,12 @@ def _origin(team: TeamSpec, source: str, text: str) -> TeamOrigin:
     """The lines of every tool source, allowlist entry and custom tool of ``team`` in ``text``."""
     paths: list[list[str | int]] = []
     for base, spec in [(["lead"], team.lead)] + [(["agents", i], a) for i, a in enumerate(team.agents)]:
-        for kind, sources in (("mcp_servers", spec.mcp_servers), ("services", spec.services)):
-            for j, found in enumerate(sources):
+        sources: list[tuple[str, Sequence[McpServer | ToolService]]] = [
+            ("mcp_servers", spec.mcp_servers),
+            ("services", spec.services),
+        ]
+        for kind, declared in sources:
+            for j, found in enumerate(declared):
                 paths.append([*base, kind, j])
                 paths.extend([*base, kind, j, "tools", k] for k in range(len(found.tools or [])))
         paths.extend([*base, "custom_tools", j] for j in range(len(spec.custom_tools)))
