@@ -35,8 +35,9 @@ DEFAULT_MODEL = "claude-sonnet-4-6"
 MAX_AGENTS = 20
 MAX_MEMORY_STORES = 8
 MAX_TOOL_SOURCES = 16
-#: ``${VAR}`` in an MCP server's ``env`` and ``headers``: the value comes from the worker's environment.
-ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+#: ``${VAR}`` in an MCP server's ``env`` and ``headers``: the value comes from the worker's environment
+#: (``${VAR:-default}``: the default when it is unset or empty, as in a shell).
+ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 class MemoryAttachment(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -57,7 +57,7 @@ def first_row(section: str, column: str) -> str:
 
 
 async def test_the_offline_team_finds_what_happened(
-    bus: Bus, data: tuple[Path, GroundTruth], team: TeamSpec
+    bus: Bus, data: tuple[Path, GroundTruth], team: TeamSpec, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     directory, truth = data
     submit = SessionSubmit(task=TASK, team_spec=team, inputs=list(FILES))
@@ -66,6 +66,7 @@ async def test_the_offline_team_finds_what_happened(
         await workspace.put(submit.session_id, name, (directory / name).read_bytes())
 
     model = OfflineModel()
+    monkeypatch.setenv("INCIDENT_DATA", str(directory))  # where the deploy API reads the deploys
     async with (
         running_agents(bus, model, agents=[a.name for a in team.agents]),
         running(bus, ["grader"], RoleConfig(model=model)),
@@ -85,9 +86,11 @@ async def test_the_offline_team_finds_what_happened(
 
     deploys, logs, metrics, tickets = (by_agent[a] for a in ("deploys", "logs", "metrics", "tickets"))
     assert "Bad deploy:" in deploys
-    assert first_row(deploys, "deploy_id") == truth.deploy_id
-    assert first_row(deploys, "deployed_at") == truth.deployed_at
-    assert first_row(deploys, "service") == truth.service
+    # from the deploy API (an MCP server the deploys worker runs): the deploy the rollback reverted
+    assert f'"reverted_deploy_id": "{truth.deploy_id}"' in deploys
+    assert f'"reverted_deployed_at": "{truth.deployed_at}"' in deploys
+    assert first_row(deploys, "failing_service") == truth.service
+    assert first_row(deploys, "first_error_at") == truth.first_error_at
     assert "Failing service and error signature:" in logs
     assert first_row(logs, "failing_service") == truth.service
     assert first_row(logs, "error_signature") == truth.error_signature

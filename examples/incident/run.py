@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import tempfile
 from pathlib import Path
 
@@ -34,6 +35,7 @@ TASK = "Payments are failing since this afternoon. Find out what happened and wr
 async def run(data: Path, *, timeout: float = 600.0) -> str:
     """The report of one session of the incident team over the files in ``data``."""
     team = parse_team(TEAM_FILE.read_text(), source=str(TEAM_FILE))
+    os.environ["INCIDENT_DATA"] = str(data)  # the deploy API (the deploys worker's MCP server) reads it
     check_team_tools(team, source=str(TEAM_FILE))
     with tempfile.TemporaryDirectory(prefix="staffwork-incident-") as store:
         server = EmbeddedServer(store)
