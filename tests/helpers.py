@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import threading
+import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -405,3 +406,52 @@ def tool_context(bus: Bus, session_id: str) -> ToolContext:
         agent="logs",
         tool_use_id="toolu_1",
     )
+
+
+# --- example tool services (NATS micro services) as processes -----------------------------------------
+
+JS_DIR = ROOT_DIR / "examples" / "tools" / "js"
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+@dataclass
+class Running:
+    name: str
+    process: asyncio.subprocess.Process
+
+
+@asynccontextmanager
+async def ledger(server: NatsServer) -> AsyncIterator[Running]:
+    """The Python example service, once it said it is ready."""
+    name = unique("ledger")
+    args = ("--nats", server.url, "--name", name)
+    async with ready_process("examples.tools.ledger_service", *args, ready_word=b"service ready") as proc:
+        yield Running(name, proc)
+
+
+@asynccontextmanager
+async def statuspage(server: NatsServer) -> AsyncIterator[Running]:
+    """The JavaScript example service (``node_modules`` installed), once it said it is ready."""
+    name = unique("statuspage")
+    proc = await asyncio.create_subprocess_exec(
+        "node",
+        "statuspage-service.mjs",
+        server.url,
+        name,
+        cwd=JS_DIR,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        assert proc.stdout is not None
+        async with asyncio.timeout(20):
+            line = await proc.stdout.readline()
+        assert b"service ready" in line, line
+        yield Running(name, proc)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.communicate()

@@ -8,14 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
-import shutil
-import subprocess
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,78 +21,13 @@ from actors.agent.tools.base import RemoteTool, ToolContext, ToolSourceError
 from actors.agent.tools.services import ServiceDirectory, service_tools
 from bus.connection import Bus
 from schemas.team import ToolService
-from tests.helpers import NatsServer, ready_process, tool_context
+from tests.helpers import NatsServer, Running, ledger, statuspage, tool_context, unique
 
-JS_DIR = Path(__file__).resolve().parent.parent / "examples" / "tools" / "js"
 SID = "ses_svc"
 WHO = {"session": SID, "thread": "thr_1", "agent": "logs", "tool_use_id": "toolu_1"}
 #: what a call to a service killed a moment ago says: nothing answers, or the server had not yet
 #: noticed and the request went unanswered
 GONE = r": the service is not running \(nothing answers requests on '[\w.-]+'\)| did not answer within 3s"
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-@dataclass
-class Running:
-    name: str
-    process: asyncio.subprocess.Process
-
-
-@pytest.fixture(scope="session")
-def node_modules() -> Path:
-    """``npm ci`` in ``examples/tools/js`` once per test session (skipped without node, unless CI)."""
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if node is None or npm is None:
-        if os.environ.get("CI"):
-            pytest.fail("node and npm must be on PATH in CI (the JavaScript example service needs them)")
-        pytest.skip("node or npm is not on PATH")
-    done = subprocess.run(
-        [npm, "ci", "--no-audit", "--no-fund"],
-        cwd=JS_DIR,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    return JS_DIR / "node_modules"
-
-
-@asynccontextmanager
-async def ledger(server: NatsServer) -> AsyncIterator[Running]:
-    """The Python example service, once it said it is ready."""
-    name = unique("ledger")
-    args = ("--nats", server.url, "--name", name)
-    async with ready_process("examples.tools.ledger_service", *args, ready_word=b"service ready") as proc:
-        yield Running(name, proc)
-
-
-@asynccontextmanager
-async def statuspage(server: NatsServer) -> AsyncIterator[Running]:
-    """The JavaScript example service (``node_modules`` installed), once it said it is ready."""
-    name = unique("statuspage")
-    proc = await asyncio.create_subprocess_exec(
-        "node",
-        "statuspage-service.mjs",
-        server.url,
-        name,
-        cwd=JS_DIR,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    try:
-        assert proc.stdout is not None
-        async with asyncio.timeout(20):
-            line = await proc.stdout.readline()
-        assert b"service ready" in line, line
-        yield Running(name, proc)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-        await proc.communicate()
 
 
 @pytest.fixture

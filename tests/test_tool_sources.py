@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import io
 import sys
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from bus.connection import Bus
 from schemas.session import SessionSubmit
 from schemas.team import parse_team
 from schemas.trace import AgentToolResult, AgentToolUse, AnyTraceEvent, ToolDenied, ToolSourceFailed
-from tests.helpers import NatsServer, ready_process, submit, wait_result
+from tests.helpers import NatsServer, ledger, ready_process, statuspage, submit, wait_result
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "mcp_server.py"
 TOKEN = "fixture-token-4711"
@@ -44,15 +43,6 @@ def tree_text(session_id: str, events: list[AnyTraceEvent]) -> str:
 
 
 @pytest.fixture
-async def ledger(nats_server: NatsServer) -> AsyncIterator[str]:
-    """The example ledger service (Python, nats.micro) under a name of this test's own."""
-    name = f"ledger{uuid.uuid4().hex[:8]}"
-    module = "examples.tools.ledger_service"
-    async with ready_process(module, "--nats", nats_server.url, "--name", name, ready_word=b"service ready"):
-        yield name
-
-
-@pytest.fixture
 async def http_mcp(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[str]:
     """The fixture MCP server over streamable HTTP, requiring a bearer token; its URL."""
     monkeypatch.setenv("MCP_FIXTURE_TOKEN", TOKEN)  # the server's, and the worker's ${MCP_FIXTURE_TOKEN}
@@ -70,7 +60,7 @@ async def http_mcp(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[str]:
         await proc.communicate()
 
 
-def reach_team(ledger: str, url: str) -> str:
+def reach_team(ledger: str, status: str, url: str) -> str:
     return f"""
 name = "reach"
 
@@ -127,18 +117,31 @@ tools = ["balance"]
 [[agents.playbook.calls]]
 tool = "{ledger}__balance"
 input = {{ account = "savings" }}
+
+[[agents]]
+name = "status"
+description = "reads the status page (a NATS tool service in JavaScript)"
+
+[[agents.services]]
+name = "{status}"
+
+[[agents.playbook.calls]]
+tool = "{status}__component_status"
+input = {{ component = "payments" }}
 """
 
 
-async def test_a_session_reaches_mcp_servers_and_a_tool_service(
-    bus: Bus, ledger: str, http_mcp: str, monkeypatch: pytest.MonkeyPatch
+async def test_a_session_reaches_mcp_servers_and_tool_services(
+    nats_server: NatsServer, bus: Bus, http_mcp: str, node_modules: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("FIXTURE_REGION", "eu-west")
     monkeypatch.setenv("WORKER_SECRET", "must-not-leak")  # in the worker, not declared for the server
-    team = parse_team(reach_team(ledger, http_mcp), source="reach.toml")
-    async with running_agents(bus, OfflineModel(), agents=["deploys", "web", "finance"]):
-        session_id = await submit(bus, SessionSubmit(task="checkout", team_spec=team))
-        result = await wait_result(bus, session_id, timeout=60)
+    async with ledger(nats_server) as python_service, statuspage(nats_server) as js_service:
+        team = parse_team(reach_team(python_service.name, js_service.name, http_mcp), source="reach.toml")
+        async with running_agents(bus, OfflineModel(), agents=["deploys", "web", "finance", "status"]):
+            session_id = await submit(bus, SessionSubmit(task="checkout", team_spec=team))
+            result = await wait_result(bus, session_id, timeout=60)
+    ledger_name, status_name = python_service.name, js_service.name
     report = result.final_text
     assert result.status == "idle", report
     assert "deploys asked about checkout" in report
@@ -147,6 +150,7 @@ async def test_a_session_reaches_mcp_servers_and_a_tool_service(
     assert "must-not-leak" not in report
     assert "<unset>" in report
     assert "over http" in report
+    assert "partial_outage" in report  # from the JavaScript service
     assert '"balance": "50129.17"' in report.replace(" ", "").replace('":"', '": "')
 
     events = await session_events(bus, session_id)
@@ -154,7 +158,8 @@ async def test_a_session_reaches_mcp_servers_and_a_tool_service(
     served = {(e.agent, e.name): (e.kind, e.source) for e in uses}
     assert served[("deploys", "fixture__add")] == ("mcp", "fixture")
     assert served[("web", "remote__echo")] == ("mcp", "remote")
-    assert served[("finance", f"{ledger}__balance")] == ("service", ledger)
+    assert served[("finance", f"{ledger_name}__balance")] == ("service", ledger_name)
+    assert served[("status", f"{status_name}__component_status")] == ("service", status_name)
     results = [e for e in events if isinstance(e, AgentToolResult) and e.kind != "builtin"]
     assert results
     assert [r.content for r in results if r.is_error] == []
@@ -163,8 +168,8 @@ async def test_a_session_reaches_mcp_servers_and_a_tool_service(
     tree = tree_text(session_id, events)
     assert "fixture__add(a=20, b=22)" in tree
     assert "mcp fixture" in tree
-    assert f"{ledger}__balance(account='savings')" in tree
-    assert f"service {ledger}" in tree
+    assert f"{ledger_name}__balance(account='savings')" in tree
+    assert f"service {ledger_name}" in tree
 
 
 BROKEN = f"""
