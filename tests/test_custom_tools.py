@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -20,7 +21,7 @@ from schemas.errors import SpecError
 from schemas.session import SessionSubmit
 from schemas.team import AgentSpec, CustomTool, Playbook, PlaybookCall, TeamSpec, parse_team
 from schemas.trace import AnyTraceEvent, CustomToolUse, MessageRejected, ThreadStatusIdle
-from tests.helpers import NatsServer, ready_process, submit, wait_result
+from tests.helpers import NatsServer, ready_process, staffwork, submit, wait_result
 
 APPROVE = CustomTool(
     name="approve",
@@ -210,3 +211,31 @@ def test_a_source_name_cannot_hold_a_double_underscore() -> None:
     text = 'name = "t"\n[lead]\nname = "lead"\n[[lead.services]]\nname = "led__ger"\n'
     with pytest.raises(SpecError, match=r"team.toml:5: lead.services\[0\].name"):
         parse_team(text, source="team.toml")
+
+
+async def test_the_cli_lists_the_calls_waiting_and_answers_one(
+    nats_server: NatsServer, bus: Bus, tmp_path: Path
+) -> None:
+    client = Client(bus)
+    where = ("--nats", nats_server.url, "--root", bus.subjects.root)
+    async with running_agents(bus, OfflineModel(), agents=["ops"]):
+        session_id = await submit(bus, SessionSubmit(task="search", team_spec=ops_team()))
+        call = await first_call(client, session_id)
+        listed = await asyncio.to_thread(staffwork, "answer", session_id, *where, home=tmp_path)
+        assert listed.returncode == 0, listed.stderr
+        assert call.tool_use_id in listed.stdout
+        assert "approve" in listed.stdout
+        status = await asyncio.to_thread(staffwork, "status", session_id, *where, home=tmp_path)
+        assert f"staffwork answer {session_id} {call.tool_use_id} TEXT" in status.stdout
+
+        wrong = await asyncio.to_thread(
+            staffwork, "answer", session_id, "toolu_x", "ok", *where, home=tmp_path
+        )
+        assert wrong.returncode == 1
+        assert wrong.stderr.strip().startswith("error: session") and "'toolu_x'" in wrong.stderr
+        done = await asyncio.to_thread(
+            staffwork, "answer", session_id, call.tool_use_id, "approved on the CLI", *where, home=tmp_path
+        )
+        assert done.returncode == 0, done.stderr
+        result = await wait_result(bus, session_id, timeout=30)
+    assert "approval: approved on the CLI" in result.final_text
