@@ -232,7 +232,8 @@ async def test_the_cli_lists_the_calls_waiting_and_answers_one(
             staffwork, "answer", session_id, "toolu_x", "ok", *where, home=tmp_path
         )
         assert wrong.returncode == 1
-        assert wrong.stderr.strip().startswith("error: session") and "'toolu_x'" in wrong.stderr
+        assert wrong.stderr.strip().startswith("error: session")
+        assert "'toolu_x'" in wrong.stderr
         done = await asyncio.to_thread(
             staffwork, "answer", session_id, call.tool_use_id, "approved on the CLI", *where, home=tmp_path
         )
