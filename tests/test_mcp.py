@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import structlog
 
-from actors.agent.tools import mcp
+from actors.agent.tools import mcp_stdio
 from actors.agent.tools.base import RemoteTool, ToolContext, ToolSourceError
 from actors.agent.tools.mcp import McpHub
 from bus.connection import Bus
@@ -327,7 +327,7 @@ async def test_close_stops_every_server_and_is_idempotent(ctx: ToolContext) -> N
 
 
 async def test_a_hung_server_does_not_hang_close(monkeypatch: pytest.MonkeyPatch, ctx: ToolContext) -> None:
-    monkeypatch.setattr(mcp, "EXIT_GRACE", 0.3)
+    monkeypatch.setattr(mcp_stdio, "EXIT_GRACE", 0.3)
     hub = McpHub()
     tools = await tools_of(hub, stdio(timeout_s=1))
     pid = await pid_of(tools["pid"], ctx)
@@ -340,17 +340,19 @@ async def test_a_hung_server_does_not_hang_close(monkeypatch: pytest.MonkeyPatch
 
 
 def test_an_oversized_line_is_counted_not_kept_and_its_response_id_found() -> None:
-    lines = mcp._Lines(100)
+    lines = mcp_stdio._Lines(100)
     head = b'{"jsonrpc":"2.0","id":7,"result":{"content":[{"type":"text","text":"'
     out = lines.feed(head + b"a" * 300) + lines.feed(b"a" * 300 + b'"}]}}\n{"jsonrpc"') + lines.feed(b":1}\n")
     assert len(out) == 2
     assert out[1] == b'{"jsonrpc":1}'
     over = out[0]
-    assert isinstance(over, mcp._Oversized)
+    assert isinstance(over, mcp_stdio._Oversized)
     assert (over.size, over.response_id()) == (len(head) + 605, 7)
-    tail_first = mcp._Oversized(10**8, b'{"result": {"content": [', b'"}]}, "jsonrpc": "2.0", "id": "a-1"}')
+    tail_first = mcp_stdio._Oversized(
+        10**8, b'{"result": {"content": [', b'"}]}, "jsonrpc": "2.0", "id": "a-1"}'
+    )
     assert tail_first.response_id() == "a-1"
-    nested = mcp._Oversized(10**8, b'{"result": {"content": [', b'"id": 4}}')
-    request = mcp._Oversized(10**8, b'{"jsonrpc":"2.0","id":5,"method":"sampling/createMessage"', b"}")
+    nested = mcp_stdio._Oversized(10**8, b'{"result": {"content": [', b'"id": 4}}')
+    request = mcp_stdio._Oversized(10**8, b'{"jsonrpc":"2.0","id":5,"method":"sampling/createMessage"', b"}")
     assert nested.response_id() is None
     assert request.response_id() is None

@@ -3,12 +3,12 @@
 - **One connection per (agent, server name)** in a :class:`McpHub`, started by the first
   :meth:`~McpHub.tools`, kept for later threads, stopped by :meth:`~McpHub.close`. Agents do not
   share a server process, so one agent's credentials never serve another's calls.
-- **stdio**: ``command`` runs in its own process group; ``python``/``python3`` as its first word is
-  the worker's own interpreter (``sys.executable``), so a team file works in any virtualenv. The
-  child's environment is the SDK's minimal default (``PATH``, ``HOME``, ``USER``, ``SHELL``,
-  ``TERM``, ``LOGNAME``) plus the server's ``env``, ``${VAR}`` filled from the worker's environment,
-  and nothing else: a secret reaches only the server that declares it. Its stderr is read all along;
-  errors quote its last line (``exited with code 1: ModuleNotFoundError: ...``).
+- **stdio**: a child process (:mod:`~actors.agent.tools.mcp_stdio`); ``python``/``python3`` as
+  the first word of ``command`` is the worker's own interpreter, so a team file works in any
+  virtualenv. The child's environment is the SDK's minimal default (``PATH``, ``HOME``, ``USER``,
+  ``SHELL``, ``TERM``, ``LOGNAME``) plus the server's ``env``, ``${VAR}`` filled from the worker's
+  environment, and nothing else: a secret reaches only the server that declares it. Its stderr is
+  read all along; errors quote its last line (``exited with code 1: ModuleNotFoundError: ...``).
 - **HTTP**: the SDK's streamable HTTP client, with ``headers`` filled from ``${VAR}``.
 - **Bounds**: starting, initializing and listing take ``timeout_s`` at most (then
   :class:`ToolSourceError`, saying which step); :meth:`RemoteTool.run` bounds each call, and a call
@@ -22,22 +22,19 @@
   images, audio and binary resources as one line (``[image image/png, 1234 bytes]``); ``isError``
   as an ``is_error`` result. A protocol error or a malformed answer is an error naming the tool.
 - **Message size**: one message is ``MAX_MESSAGE_BYTES`` at most; a bigger answer fails its call,
-  naming its size. (The SDK's stdio reader has no limit and copies a long line once per 64 KiB
-  read, 70 s for 50 MB: this module reads stdio itself.) Lines on stdout that are not JSON-RPC are
-  logged and skipped (servers print banners), and named if the server then fails to start.
+  naming its size (over stdio, :mod:`~actors.agent.tools.mcp_stdio` says why it reads stdout
+  itself). Lines on stdout that are not JSON-RPC are logged and skipped (servers print banners), and
+  named if the server then fails to start.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import json
 import os
 import re
-import signal
-import sys
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,15 +42,13 @@ import anyio
 import httpx2
 import mcp_types as types
 import structlog
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from mcp import ClientSession, MCPError
 from mcp.client.session import IncomingMessage
-from mcp.client.stdio import get_default_environment
 from mcp.client.streamable_http import streamable_http_client
-from mcp.shared.message import SessionMessage
 from pydantic import ValidationError
 
 from actors.agent.tools.base import MAX_RESULT_CHARS, RemoteTool, ToolContext, ToolError, ToolSourceError
+from actors.agent.tools.mcp_stdio import TOO_BIG, NotJsonRpc, StdioServer
 from schemas.team import ENV_REFERENCE, McpServer
 
 log = structlog.get_logger("staffwork.tools.mcp")
@@ -61,8 +56,6 @@ log = structlog.get_logger("staffwork.tools.mcp")
 #: the most one message from a server may hold: a result of ``MAX_RESULT_CHARS`` characters in
 #: UTF-8 with JSON escapes, twice (servers often repeat the text as structured content)
 MAX_MESSAGE_BYTES = 8 * MAX_RESULT_CHARS
-#: after stdin is closed, how long a server has to exit; then as long after SIGTERM, after SIGKILL
-EXIT_GRACE = 2.0
 #: how long a stop waits for a ready connection to end politely before cancelling it
 STOP_GRACE = 2.0
 #: the longest a stop may take in all (past it the connection is abandoned, and logged)
@@ -73,24 +66,11 @@ MAX_LIST_PAGES = 100
 #: the read timeout is at least the server's ``timeout_s``, a call's answer may come that late)
 HTTP_TIMEOUT = 30.0
 HTTP_READ_TIMEOUT = 300.0
-STDERR_LINES = 20
-PREVIEW_CHARS = 200
 CLIENT_INFO = types.Implementation(name="staffwork", version="0.1.0")
 
 _DOING = {"start": "start", "initialize": "initialize", "tools/list": "list its tools", "ready": "serve"}
 _RESTARTED = "; it is started again on the next call"
-_TOO_BIG = "staffwork: message over the limit"  # marks the error this module makes of such an answer
 _TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
-_READ_CHUNK = 64 * 1024
-_EDGE = 512  # bytes kept of each end of a line over the limit (to find its request id)
-_ID = rb'(-?\d+|"(?:[^"\\]|\\.)*")'
-#: a response's id where it can be read without parsing the whole message: first (after "jsonrpc")...
-_HEAD_ID = re.compile(
-    rb'^\s*\{\s*(?:"jsonrpc"\s*:\s*"2\.0"\s*,\s*)?"id"\s*:\s*' + _ID + rb'\s*,\s*"(?:result|error)"\s*:'
-)
-#: ... or last, after "result" came first (as the TypeScript SDK writes it)
-_HEAD_RESULT = re.compile(rb'^\s*\{\s*"(?:result|error)"\s*:')
-_TAIL_ID = re.compile(rb'"id"\s*:\s*' + _ID + rb'\s*(?:,\s*"jsonrpc"\s*:\s*"2\.0"\s*)?\}\s*$')
 
 
 class _StartFailed(Exception):
@@ -99,10 +79,6 @@ class _StartFailed(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
-
-
-class _NotJsonRpc(Exception):
-    """A line on a server's stdout that is not a JSON-RPC message."""
 
 
 class McpHub:
@@ -188,14 +164,22 @@ class _Connection:
     ) -> None:
         self.agent = agent
         self.server = server
-        self.env = env
         self.headers = headers
         self.session: ClientSession | None = None
         self.listed: list[types.Tool] = []
         self.reason = ""  # why it ended, once it has: completes "the server ..."
-        self.pid: int | None = None
-        self.returncode: int | None = None  # of a stdio server that exited by itself
-        self._stdout_closed = False
+        self._stdio = (
+            StdioServer(
+                server.command,
+                env=env,
+                max_message_bytes=MAX_MESSAGE_BYTES,
+                on_lost=self._lose,
+                agent=agent,
+                server=server.name,
+            )
+            if server.command
+            else None
+        )
         self._phase = "start"
         self._scope = anyio.CancelScope()
         self._wake = asyncio.Event()  # a ready connection should end (stop, or the server is gone)
@@ -208,8 +192,11 @@ class _Connection:
         self._failure: BaseException | None = None
         self._garbage = ""
         self._http_error = ""
-        self._stderr: collections.deque[str] = collections.deque(maxlen=STDERR_LINES)
         self._tools: list[RemoteTool] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._stdio.pid if self._stdio is not None else None
 
     @property
     def ready(self) -> bool:
@@ -297,7 +284,7 @@ class _Connection:
                 raise ToolError(
                     f"the connection ended before the answer ({_one_line(error.message)})"
                 ) from None
-            if error.data == _TOO_BIG:
+            if error.data == TOO_BIG:
                 raise ToolError(error.message) from None
             raise ToolError(f"refused the call: {_one_line(error.message)} (error {error.code})") from None
         except (ValidationError, ValueError, RuntimeError, TypeError) as exc:
@@ -333,7 +320,7 @@ class _Connection:
     # --- the supervisor task --------------------------------------------------------------------
 
     async def _supervise(self) -> None:
-        transport = self._stdio() if self.server.command else self._http()
+        transport = self._stdio.connect() if self._stdio is not None else self._http()
         try:
             with self._scope:
                 async with (
@@ -382,7 +369,7 @@ class _Connection:
         self._wake.set()
 
     async def _on_message(self, message: IncomingMessage) -> None:
-        if isinstance(message, _NotJsonRpc) and not self._garbage:  # the first is logged, and kept
+        if isinstance(message, NotJsonRpc) and not self._garbage:  # the first is logged, and kept
             self._garbage = str(message)
             log.warning(
                 "mcp_server_stdout_garbage", agent=self.agent, server=self.server.name, line=self._garbage
@@ -391,14 +378,10 @@ class _Connection:
     def _why(self) -> str:
         """Why the connection ended, completing "the server ..."."""
         failure = _leaf(self._failure) if self._failure is not None else None
-        if isinstance(failure, OSError) and self._phase == "start" and self.server.command:
-            return f"could not be started ({_argv(self.server.command)[0]}): {failure}"
-        if self._lost and self.returncode is not None:
-            return (
-                _exit(self.returncode)
-                + (f": {self._stderr[-1]}" if self._stderr else "")
-                + self._notes(stderr=False)
-            )
+        if isinstance(failure, OSError) and self._phase == "start" and self._stdio is not None:
+            return f"could not be started ({self._stdio.argv[0]}): {failure}"
+        if self._lost and self._stdio is not None and (exited := self._stdio.exited) is not None:
+            return exited + (f": {self._stderr[-1]}" if self._stderr else "") + self._notes(stderr=False)
         if self._lost:
             return self._lost + self._notes()
         if isinstance(failure, MCPError):
@@ -413,6 +396,11 @@ class _Connection:
             )
         return "was stopped" if self._stopping else "closed the connection"
 
+    @property
+    def _stderr(self) -> Sequence[str]:
+        """The last lines of a stdio server's stderr."""
+        return self._stdio.stderr if self._stdio is not None else ()
+
     def _notes(self, *, stderr: bool = True) -> str:
         """What else is known that may say why: an HTTP error, stdout garbage, the stderr's last line."""
         notes = [self._http_error] if self._http_error else []
@@ -421,114 +409,6 @@ class _Connection:
         if stderr and self._stderr:
             notes.append(f"stderr: {self._stderr[-1]}")
         return f" ({'; '.join(notes)})" if notes else ""
-
-    # --- stdio ----------------------------------------------------------------------------------
-
-    @contextlib.asynccontextmanager
-    async def _stdio(
-        self,
-    ) -> AsyncIterator[tuple[MemoryObjectReceiveStream[Any], MemoryObjectSendStream[Any]]]:
-        with anyio.CancelScope(shield=True):  # a spawn cancelled half-way could leak the process
-            proc = await asyncio.create_subprocess_exec(
-                *_argv(self.server.command),
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                env=get_default_environment() | self.env,  # PATH, HOME...: nothing else of the worker's
-                start_new_session=True,  # its own process group: a stop reaches what it started
-            )
-        self.pid = proc.pid
-        incoming, read = anyio.create_memory_object_stream[SessionMessage | Exception](0)
-        write, outgoing = anyio.create_memory_object_stream[SessionMessage](0)
-        try:
-            async with anyio.create_task_group() as tasks:
-                tasks.start_soon(self._read_stdout, proc, incoming)
-                tasks.start_soon(self._write_stdin, proc, outgoing)
-                tasks.start_soon(self._read_stderr, proc)
-                try:
-                    yield read, write
-                finally:
-                    with anyio.CancelScope(shield=True):
-                        await self._end_process(proc)
-                    tasks.cancel_scope.cancel()
-        finally:
-            for stream in (incoming, read, write, outgoing):
-                stream.close()
-
-    async def _read_stdout(self, proc: asyncio.subprocess.Process, sink: MemoryObjectSendStream[Any]) -> None:
-        assert proc.stdout is not None
-        lines = _Lines(MAX_MESSAGE_BYTES)
-        try:
-            with sink:
-                while chunk := await proc.stdout.read(_READ_CHUNK):
-                    for line in lines.feed(chunk):
-                        if (message := self._message(line)) is not None:
-                            await sink.send(message)
-                self._stdout_closed = True
-                self._lose("closed its stdout")
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-            while await proc.stdout.read(_READ_CHUNK):  # the session is gone: drain until the end
-                pass
-
-    def _message(self, line: bytes | _Oversized) -> SessionMessage | Exception | None:
-        if isinstance(line, _Oversized):
-            size = f"{_size(line.size)}, over the limit of {_size(MAX_MESSAGE_BYTES)} for one message"
-            if (request_id := line.response_id()) is None:
-                self._lose(f"wrote a message of {size}")
-                return None
-            error = types.ErrorData(
-                code=types.INTERNAL_ERROR, message=f"the answer is {size}: ask for less", data=_TOO_BIG
-            )
-            return SessionMessage(types.JSONRPCError(jsonrpc="2.0", id=request_id, error=error))
-        if not line.strip():
-            return None
-        try:
-            return SessionMessage(types.jsonrpc_message_adapter.validate_json(line, by_name=False))
-        except ValueError:
-            return _NotJsonRpc(_preview(line))
-
-    async def _write_stdin(
-        self, proc: asyncio.subprocess.Process, source: MemoryObjectReceiveStream[Any]
-    ) -> None:
-        assert proc.stdin is not None
-        try:
-            with source:
-                async for message in source:
-                    data = message.message.model_dump_json(by_alias=True, exclude_unset=True)
-                    proc.stdin.write(data.encode() + b"\n")
-                    await proc.stdin.drain()
-        except (BrokenPipeError, ConnectionResetError):
-            self._lose("closed its stdin")
-
-    async def _read_stderr(self, proc: asyncio.subprocess.Process) -> None:
-        assert proc.stderr is not None
-        lines = _Lines(4 * PREVIEW_CHARS)
-        while chunk := await proc.stderr.read(_READ_CHUNK):
-            for line in lines.feed(chunk):
-                raw = line.head if isinstance(line, _Oversized) else line
-                if text := _one_line(raw.decode(errors="replace")):
-                    self._stderr.append(text)
-                    log.debug("mcp_server_stderr", agent=self.agent, server=self.server.name, line=text)
-
-    async def _end_process(self, proc: asyncio.subprocess.Process) -> None:
-        """Close stdin, give the server ``EXIT_GRACE`` to exit, then SIGTERM its group, then SIGKILL.
-        ``returncode`` is kept only if the server exited by itself (it closed its stdout first)."""
-        assert proc.stdin is not None
-        by_itself = self._stdout_closed
-        proc.stdin.close()
-        for sig in (None, signal.SIGTERM, signal.SIGKILL):
-            if sig is not None:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(proc.pid, sig)
-            with anyio.move_on_after(EXIT_GRACE):
-                await proc.wait()
-                if by_itself and sig is None:
-                    self.returncode = proc.returncode
-                return
-        log.error("mcp_server_not_reaped", agent=self.agent, server=self.server.name, pid=proc.pid)
-        transport = getattr(proc, "_transport", None)  # else it warns when collected (as the SDK does)
-        if transport is not None:
-            transport.close()
 
     # --- HTTP -----------------------------------------------------------------------------------
 
@@ -555,11 +435,6 @@ class _Connection:
 
 
 # --- helpers --------------------------------------------------------------------------------------
-
-
-def _argv(command: list[str]) -> list[str]:
-    """``command`` with ``python``/``python3`` made the worker's own interpreter."""
-    return [sys.executable, *command[1:]] if command[0] in ("python", "python3") else list(command)
 
 
 def _expand(server: McpServer, environ: Mapping[str, str]) -> tuple[dict[str, str], dict[str, str]]:
@@ -625,74 +500,6 @@ def _result_text(result: types.CallToolResult) -> tuple[str, bool]:
     return "\n".join(parts), bool(result.is_error)
 
 
-@dataclass
-class _Oversized:
-    """A line over the limit: its size, and its first and last bytes."""
-
-    size: int
-    head: bytes
-    tail: bytes
-
-    def add(self, piece: bytes) -> None:
-        self.size += len(piece)
-        self.tail = (self.tail + piece[-_EDGE:])[-_EDGE:]
-
-    def response_id(self) -> str | int | None:
-        """The id of the response this line is, if its head or tail says so unambiguously."""
-        match = _HEAD_ID.match(self.head)
-        if match is None and _HEAD_RESULT.match(self.head):
-            match = _TAIL_ID.search(self.tail)
-        if match is None:
-            return None
-        value: str | int = json.loads(match.group(1))
-        return value
-
-
-class _Lines:
-    """A byte stream cut into lines, each kept only up to ``limit`` bytes: a longer line comes out
-    as an :class:`_Oversized` (its bytes are counted, not kept)."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.buffer = bytearray()
-        self.over: _Oversized | None = None
-
-    def feed(self, chunk: bytes) -> list[bytes | _Oversized]:
-        lines: list[bytes | _Oversized] = []
-        start = 0
-        while (end := chunk.find(b"\n", start)) != -1:
-            self._add(chunk[start:end])
-            lines.append(self._take())
-            start = end + 1
-        self._add(chunk[start:])
-        return lines
-
-    def _add(self, piece: bytes) -> None:
-        if self.over is not None:
-            self.over.add(piece)
-            return
-        self.buffer += piece
-        if len(self.buffer) > self.limit:
-            self.over = _Oversized(len(self.buffer), bytes(self.buffer[:_EDGE]), bytes(self.buffer[-_EDGE:]))
-            self.buffer = bytearray()
-
-    def _take(self) -> bytes | _Oversized:
-        if self.over is not None:
-            over, self.over = self.over, None
-            return over
-        line = bytes(self.buffer)
-        self.buffer.clear()
-        return line
-
-
-def _exit(returncode: int) -> str:
-    if returncode >= 0:
-        return f"exited with code {returncode}"
-    with contextlib.suppress(ValueError):
-        return f"was killed by {signal.Signals(-returncode).name}"
-    return f"was killed by signal {-returncode}"
-
-
 def _leaf(error: BaseException) -> BaseException:
     """The first error in an exception group (the SDK's task groups wrap what failed)."""
     while isinstance(error, BaseExceptionGroup) and error.exceptions:
@@ -703,15 +510,6 @@ def _leaf(error: BaseException) -> BaseException:
 def _one_line(text: str, limit: int = 300) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[:limit] + "..."
-
-
-def _preview(data: bytes) -> str:
-    text = data[:PREVIEW_CHARS].decode("utf-8", errors="replace")
-    return repr(text) + ("..." if len(data) > PREVIEW_CHARS else "")
-
-
-def _size(n: int) -> str:
-    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n:,} bytes"
 
 
 def _base64_size(data: str) -> int:
