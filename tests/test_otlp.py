@@ -676,3 +676,31 @@ def test_a_bad_otlp_url_is_one_clear_line(nats_server: NatsServer, tmp_path: Pat
     assert result.stderr.strip() == (
         "error: --otlp: an OTLP/HTTP endpoint is an http(s) URL, not 'ftp://example.com'"
     )
+
+
+def test_a_tool_served_by_another_system_is_an_extension_span() -> None:
+    t0 = datetime(2026, 12, 3, 10, 0, tzinfo=UTC)
+    ms = timedelta(milliseconds=1)
+    run: dict[str, Any] = {"session_id": "ses_mcp", "thread_id": "t-1", "agent": "deploys"}
+    served = {"kind": "mcp", "source": "deployapi"}
+    events: list[AnyTraceEvent] = [
+        SessionStatusRunning(time=t0, **run),
+        AgentToolUse(tool_use_id="toolu_1", name="deployapi__list_rollbacks", time=t0 + ms, **served, **run),
+        AgentToolResult(
+            tool_use_id="toolu_1", content="[]", time=t0 + 2 * ms, duration_ms=1.0, **served, **run
+        ),
+        AgentToolUse(tool_use_id="toolu_2", name="sql", time=t0 + 3 * ms, **run),
+        AgentToolResult(tool_use_id="toolu_2", content="1 row", time=t0 + 4 * ms, **run),
+        SessionStatusIdle(time=t0 + 5 * ms, **run),
+    ]
+    builder = SpanBuilder()
+    spans = by_kind([span for event in events for span in builder.add(event)])
+    by_tool = {attributes(s)["gen_ai.tool.name"]: attributes(s) for s in spans["execute_tool"]}
+    mcp, sql = by_tool["deployapi__list_rollbacks"], by_tool["sql"]
+    assert (mcp["gen_ai.tool.type"], mcp["staffwork.tool.kind"], mcp["staffwork.tool.source"]) == (
+        "extension",
+        "mcp",
+        "deployapi",
+    )
+    assert sql["gen_ai.tool.type"] == "function"
+    assert "staffwork.tool.kind" not in sql

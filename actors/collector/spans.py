@@ -118,6 +118,8 @@ class _ToolEnd:
     name: str
     time: int
     is_error: bool = False
+    kind: str = "builtin"  # what served it: builtin, mcp, service, custom
+    source: str = ""  # the MCP server or tool service
 
 
 @dataclass
@@ -335,7 +337,17 @@ class SpanBuilder:
             return []  # a duplicate, or the other end of a call exported without it
         is_use = isinstance(event, AgentToolUse)
         is_error = isinstance(event, AgentToolResult) and event.is_error
-        end = _ToolEnd(is_use, run.span_id, event.thread_id, event.agent, event.name, time, is_error)
+        end = _ToolEnd(
+            is_use,
+            run.span_id,
+            event.thread_id,
+            event.agent,
+            event.name,
+            time,
+            is_error,
+            event.kind,
+            event.source,
+        )
         other = session.tool_calls.pop(call_id, None)
         if other is not None and other.is_use != is_use:
             use, result = (end, other) if is_use else (other, end)
@@ -372,6 +384,10 @@ class SpanBuilder:
         }
         if not name:
             del values["gen_ai.tool.name"]
+        if known.kind in ("mcp", "service"):  # served by another system: an extension of the agent
+            values["gen_ai.tool.type"] = "extension"
+            values["staffwork.tool.kind"] = known.kind
+            values["staffwork.tool.source"] = known.source
         if use is None:
             values["staffwork.start_unknown"] = True
         if result is None:  # its run ended (or the builder finished) without it

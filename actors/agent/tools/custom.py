@@ -19,9 +19,9 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from actors.agent.tools.base import ToolContext, ToolError, ToolKind, finish
+from actors.agent.tools.base import ToolContext, ToolKind, finish
 from bus.codec import Decoder
-from bus.errors import MessageRejected
+from bus.errors import MessageRejected, Retryable
 from schemas.conversation import ToolResultBlock, ToolSpec
 from schemas.team import CustomTool
 from schemas.thread import CustomToolResult
@@ -95,7 +95,9 @@ class CallerTool:
                     msg_id=f"rej-{ctx.tool_use_id}-{hashlib.sha256(data).hexdigest()[:16]}",
                     **fields,
                 )
-        raise ToolError(f"custom tool {self.name!r}: the answer subject {subject} closed")
+        # the subscription ended without an answer (the connection is closing): let the request come
+        # back, and the loop resume at this call
+        raise Retryable(f"custom tool {self.name!r}: stopped waiting on {subject} without an answer")
 
 
 def _valid(ctx: ToolContext, data: bytes) -> tuple[CustomToolResult | None, str]:
