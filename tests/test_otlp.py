@@ -682,7 +682,7 @@ def test_a_tool_served_by_another_system_is_an_extension_span() -> None:
     t0 = datetime(2026, 12, 3, 10, 0, tzinfo=UTC)
     ms = timedelta(milliseconds=1)
     run: dict[str, Any] = {"session_id": "ses_mcp", "thread_id": "t-1", "agent": "deploys"}
-    served = {"kind": "mcp", "source": "deployapi"}
+    served: dict[str, Any] = {"kind": "mcp", "source": "deployapi"}
     events: list[AnyTraceEvent] = [
         SessionStatusRunning(time=t0, **run),
         AgentToolUse(tool_use_id="toolu_1", name="deployapi__list_rollbacks", time=t0 + ms, **served, **run),
