@@ -39,6 +39,7 @@ from actors.webhooks.actor import WebhookDeliverer, WebhookEvents, WebhookSettin
 from bus.actor import Actor, BaseActor
 from bus.connection import Bus
 from bus.errors import BusError
+from bus.health import ProcessIdentity
 from bus.lifecycle import run_actors
 from bus.paths import data_dir
 from bus.runtime import RuntimeSettings
@@ -343,9 +344,11 @@ async def serve_roles(
     stop: asyncio.Event,
     *,
     on_ready: Callable[[], Awaitable[None] | None] | None = None,
+    identity: ProcessIdentity | None = None,
 ) -> None:
-    """Run ``roles`` on ``bus`` until ``stop`` is set; ``on_ready`` once every actor consumes."""
-    await run_actors(bus, build(bus, roles, config), stop, on_ready=on_ready)
+    """Run ``roles`` on ``bus`` until ``stop`` is set; ``on_ready`` once every actor consumes. With
+    an ``identity``, the process is the ``staffwork`` micro service meanwhile (``staffwork ps``)."""
+    await run_actors(bus, build(bus, roles, config), stop, on_ready=on_ready, identity=identity)
 
 
 @asynccontextmanager

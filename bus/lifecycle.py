@@ -1,7 +1,9 @@
 """Running actors as a process: signals, graceful stop, and the connection's drain.
 
 SIGTERM or SIGINT asks every actor to stop gracefully (finish in-flight work within its grace
-period); a second signal cancels everything. The connection is drained last.
+period); a second signal cancels everything. The connection is drained last. A process that says who
+it is (a :class:`~bus.health.ProcessIdentity`) is a NATS micro service while its actors run
+(``bus/health.py``): ``staffwork ps`` and ``staffwork health`` find it.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import structlog
 
 from bus.actor import Actor
 from bus.connection import Bus
+from bus.health import ProcessIdentity, start_service
 from bus.runtime import ActorRuntime, RuntimeSettings
 
 log = structlog.get_logger("staffwork.lifecycle")
@@ -45,9 +48,11 @@ async def run_actors(
     settings: RuntimeSettings | None = None,
     *,
     on_ready: Callable[[], Awaitable[None] | None] | None = None,
+    identity: ProcessIdentity | None = None,
 ) -> list[ActorRuntime[Any]]:
     """Run ``actors`` on ``bus`` until ``stop`` is set, then let each finish gracefully. An actor
-    may come with its own settings (``(actor, settings)``); the others get ``settings``.
+    may come with its own settings (``(actor, settings)``); the others get ``settings``. With an
+    ``identity``, the process is the ``staffwork`` micro service meanwhile (``bus/health.py``).
 
     If an actor cannot start (its consumer cannot be created, say), the others are stopped and that
     error is raised as itself, not wrapped in an exception group.
@@ -56,6 +61,7 @@ async def run_actors(
         ActorRuntime(bus, *item) if isinstance(item, tuple) else ActorRuntime(bus, item, settings)
         for item in actors
     ]
+    service = await start_service(bus, identity, runtimes, stop) if identity is not None else None
     try:
         async with asyncio.TaskGroup() as tg:
             for runtime in runtimes:
@@ -67,6 +73,9 @@ async def run_actors(
     except* Exception as group:
         first = group.exceptions[0]
         raise first from (group if len(group.exceptions) > 1 else None)
+    finally:
+        if service is not None:
+            await service.stop()
     return runtimes
 
 
@@ -78,8 +87,10 @@ async def serve(
     name: str = "staffwork-actor",
     settings: RuntimeSettings | None = None,
     on_ready: Callable[[], Awaitable[None] | None] | None = None,
+    identity: ProcessIdentity | None = None,
 ) -> list[ActorRuntime[Any]]:
-    """A whole actor process: connect, run until SIGTERM/SIGINT, finish in-flight work, drain."""
+    """A whole actor process: connect, run until SIGTERM/SIGINT, finish in-flight work, drain. With
+    an ``identity``, a ``staffwork`` micro service while it runs."""
     stop = asyncio.Event()
     main = asyncio.current_task()
 
@@ -90,6 +101,6 @@ async def serve(
     install_stop_signals(stop, on_second=cancel_everything)
     bus = await Bus.connect(url, root=root, name=name)
     try:
-        return await run_actors(bus, actors, stop, settings, on_ready=on_ready)
+        return await run_actors(bus, actors, stop, settings, on_ready=on_ready, identity=identity)
     finally:
         await bus.close()

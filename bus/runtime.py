@@ -63,6 +63,7 @@ class _Stats:
     failed: int = 0
     retried: int = 0
     returned: int = 0
+    last_error: str = ""  # the latest failure for good, "kind: message" (what health reports)
 
 
 class ActorRuntime(Generic[In]):
@@ -230,6 +231,11 @@ class ActorRuntime(Generic[In]):
             return
         task = self._tg.create_task(self._process(msg))
         self._inflight[task] = msg
+
+    @property
+    def in_flight(self) -> int:
+        """Messages delivered and not yet settled (what health reports)."""
+        return self._load()
 
     def _load(self) -> int:
         """Messages delivered and not yet settled."""
@@ -506,6 +512,7 @@ class ActorRuntime(Generic[In]):
     async def _fail(self, msg: Msg, request: In, ctx: Context, error: ErrorInfo) -> None:
         """Report a failure for good (typed reply, error event), then terminate: never retried."""
         self.stats.failed += 1
+        self.stats.last_error = f"{error.kind}: {error.message}"[:500]
         try:
             reply = self.actor.failure(request, error)
             if reply is not None:

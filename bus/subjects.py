@@ -144,6 +144,12 @@ class Subjects:
         return f"{self.root}.api.trace"
 
     @property
+    def api_health(self) -> str:
+        """Request/reply: every staffwork process of the root answers with its health record (each in
+        a queue group of its own, so one request reaches them all)."""
+        return f"{self.root}.api.health"
+
+    @property
     def api_dream(self) -> str:
         """Request/reply: start a dream (the dreamer answers with its record)."""
         return f"{self.root}.api.dream"
@@ -178,6 +184,11 @@ class Subjects:
         """The NATS micro protocol's discovery subject: every instance of ``service`` answers with
         its endpoints (not under the root: any micro service answers it)."""
         return f"$SRV.INFO.{check_token(service, 'service name')}"
+
+    @staticmethod
+    def service_stats(service: str) -> str:
+        """The NATS micro protocol's statistics subject: every instance of ``service`` answers."""
+        return f"$SRV.STATS.{check_token(service, 'service name')}"
 
     def session_of(self, subject: str) -> str:
         """The session id in ``subject``, or ``""`` when it names none."""
@@ -247,3 +258,154 @@ class Subjects:
     def webhooks_bucket(self) -> str:
         """Endpoint state: consecutive failures, disabled."""
         return f"{self.key}_webhooks"
+
+    # --- every session at once (consumer filters and permissions) ---
+    @property
+    def all_tasks(self) -> str:
+        """Every agent's tasks in every session."""
+        return f"{self.root}.s.*.task.*"
+
+    @property
+    def all_replies(self) -> str:
+        return f"{self.root}.s.*.reply.*"
+
+    @property
+    def all_histories(self) -> str:
+        """Every thread's history log (thread ids do not name their agent)."""
+        return f"{self.root}.s.*.hist.*"
+
+    @property
+    def all_outs(self) -> str:
+        """Every session's lifecycle messages (``accepted``, ``result``, the verdicts)."""
+        return f"{self.root}.s.*.out.*"
+
+    @property
+    def all_tool_results(self) -> str:
+        """Every answer to a custom tool call."""
+        return f"{self.root}.s.*.in.tool_result.*"
+
+    @property
+    def all_dream_cancels(self) -> str:
+        return f"{self.root}.sys.dream.cancel.*"
+
+    @property
+    def all_dream_dones(self) -> str:
+        return f"{self.root}.sys.dream.done.*"
+
+    def thread_histories(self, thread_id: str) -> str:
+        """One thread id's history in every session (the lead's own thread is ``lead`` in each)."""
+        return f"{self.root}.s.*.hist.{check_token(thread_id, 'thread id')}"
+
+    @staticmethod
+    def service_endpoints(service: str) -> str:
+        """A tool service's endpoints, when grouped under its name (as the examples' services are)."""
+        return f"{check_token(service, 'service name')}.>"
+
+    @staticmethod
+    def inbox(owner: str = "") -> str:
+        """The reply inbox prefix: nats' shared ``_INBOX``, or ``_INBOX.<owner>`` for one user's
+        replies only (a client connected with that ``inbox_prefix``)."""
+        return f"_INBOX.{check_token(owner, 'inbox owner')}" if owner else "_INBOX"
+
+    @staticmethod
+    def services() -> str:
+        """The NATS micro protocol's discovery subjects (``$SRV.PING|INFO|STATS[.<name>[.<id>]]``)."""
+        return "$SRV.>"
+
+
+class JetStreamApi:
+    """JetStream's own subjects: nats-server's API (``$JS.API.…``), acks, flow control, advisories,
+    and the KV and object-store layouts (``KV_<bucket>`` on ``$KV.<bucket>.…``, ``OBJ_<bucket>`` on
+    ``$O.<bucket>.…``), as nats-py uses them; ``*`` and ``>`` may stand for a stream, consumer or
+    subject (permissions). The layouts: ADR-8 (KV) and ADR-20 (object store)."""
+
+    @staticmethod
+    def all() -> str:
+        return "$JS.API.>"
+
+    @staticmethod
+    def info() -> str:
+        """Account info (``js.account_info()``)."""
+        return "$JS.API.INFO"
+
+    @staticmethod
+    def stream_info(stream: str) -> str:
+        return f"$JS.API.STREAM.INFO.{stream}"
+
+    @staticmethod
+    def stream_purge(stream: str) -> str:
+        """Purge (the subject filter is in the request's body, not here)."""
+        return f"$JS.API.STREAM.PURGE.{stream}"
+
+    @staticmethod
+    def consumer_info(stream: str, consumer: str) -> str:
+        return f"$JS.API.CONSUMER.INFO.{stream}.{consumer}"
+
+    @staticmethod
+    def durable_create(stream: str, consumer: str) -> str:
+        """Create or update the durable ``consumer`` (nats-py's form for a ``durable_name`` config;
+        the filter is in the body)."""
+        return f"$JS.API.CONSUMER.DURABLE.CREATE.{stream}.{consumer}"
+
+    @staticmethod
+    def ephemeral_create(stream: str) -> str:
+        """Create an unnamed consumer (nats-py's form for ordered consumers and ``add_consumer``
+        without a name; the filter is in the body)."""
+        return f"$JS.API.CONSUMER.CREATE.{stream}"
+
+    @staticmethod
+    def consumer_delete(stream: str, consumer: str) -> str:
+        return f"$JS.API.CONSUMER.DELETE.{stream}.{consumer}"
+
+    @staticmethod
+    def msg_next(stream: str, consumer: str) -> str:
+        """A pull request to ``consumer``."""
+        return f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
+
+    @staticmethod
+    def ack(stream: str, consumer: str) -> str:
+        """Every ack, nak, in-progress and term of ``consumer``'s messages."""
+        return f"$JS.ACK.{stream}.{consumer}.>"
+
+    @staticmethod
+    def direct_get(stream: str) -> str:
+        """A direct get whose request (seq, last or next by subject, batch) is in the body."""
+        return f"$JS.API.DIRECT.GET.{stream}"
+
+    @staticmethod
+    def direct_get_last(stream: str, subject: str) -> str:
+        """A direct get of the last message on ``subject`` (the subject is in the request subject)."""
+        return f"$JS.API.DIRECT.GET.{stream}.{subject}"
+
+    @staticmethod
+    def flow_control(stream: str) -> str:
+        """Flow-control replies of push (ordered) consumers on ``stream``."""
+        return f"$JS.FC.{stream}.>"
+
+    @staticmethod
+    def max_deliveries(stream: str, consumer: str = "*") -> str:
+        """The advisory published when a message of ``consumer`` ran out of deliveries."""
+        return f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.{consumer}"
+
+    @staticmethod
+    def kv_stream(bucket: str) -> str:
+        return f"KV_{bucket}"
+
+    @staticmethod
+    def kv_key(bucket: str, key: str = ">") -> str:
+        """The subject of ``key`` in ``bucket`` (``>``: every key)."""
+        return f"$KV.{bucket}.{key}"
+
+    @staticmethod
+    def object_stream(bucket: str) -> str:
+        return f"OBJ_{bucket}"
+
+    @staticmethod
+    def object_subjects(bucket: str) -> str:
+        """Every chunk and metadata subject of an object store."""
+        return f"$O.{bucket}.>"
+
+    @staticmethod
+    def object_meta(bucket: str) -> str:
+        """Every object's metadata subject."""
+        return f"$O.{bucket}.M.*"

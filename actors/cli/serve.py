@@ -1,12 +1,12 @@
 """The serving commands: ``server`` (a NATS server in the foreground), ``actor`` (one actor process,
-what a container runs) and ``up`` (the embedded server plus every actor as its own process)."""
+what a container runs) and ``up`` (the embedded server plus every actor as its own process, under a
+:class:`Supervisor` that restarts what dies)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import os
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -24,6 +24,7 @@ from actors.cli.common import (
     out,
     run_async,
 )
+from actors.cli.supervisor import RESTARTS_ENV, Supervisor
 from actors.collector.otlp import OtlpExporter
 from actors.roles import ROLES, RoleConfig, serve_roles
 from actors.sessions.teams import register_team, registered_teams
@@ -31,10 +32,11 @@ from actors.webhooks.actor import WebhookSettings
 from bus import local
 from bus.connection import Bus
 from bus.errors import StaffworkError
+from bus.health import ProcessIdentity
 from bus.lifecycle import install_stop_signals
 from bus.paths import data_dir, server_store_dir
 from bus.provision import provision
-from bus.server import EmbeddedServer, die_with_parent
+from bus.server import EmbeddedServer
 
 
 def server(
@@ -123,12 +125,28 @@ def actor(
 
 
 async def serve_here(bus: Bus, roles: list[str], config: RoleConfig, ready: str) -> None:
-    """Serve ``roles`` in this process until SIGTERM/SIGINT; print ``ready`` once they consume."""
+    """Serve ``roles`` in this process until SIGTERM/SIGINT; print ``ready`` once they consume. The
+    process is the ``staffwork`` micro service meanwhile (``staffwork ps`` lists it)."""
     stop = asyncio.Event()
     install_stop_signals(stop)
+    identity = ProcessIdentity(roles=tuple(roles), agents=tuple(config.agents), restarts=_restarts())
     await serve_roles(
-        bus, roles, config, stop, on_ready=lambda: err.print(ready, highlight=False, markup=False)
+        bus,
+        roles,
+        config,
+        stop,
+        on_ready=lambda: err.print(ready, highlight=False, markup=False),
+        identity=identity,
     )
+
+
+def _restarts() -> int:
+    """How often ``up`` restarted this process (it says so in :data:`RESTARTS_ENV`)."""
+    value = os.environ.get(RESTARTS_ENV, "0")
+    try:
+        return max(int(value), 0)
+    except ValueError:
+        raise StaffworkError(f"{RESTARTS_ENV}={value!r} is not a count of restarts") from None
 
 
 def up(
@@ -139,7 +157,8 @@ def up(
     root: RootOption = "sw",
 ) -> None:
     """The embedded server plus every actor as its own process (lead, one worker per agent of the
-    registered teams); logs prefixed by role; Ctrl-C stops them all gracefully."""
+    registered teams); logs prefixed by role; a process that dies is restarted (and the server too);
+    Ctrl-C stops them all gracefully."""
 
     async def go() -> None:
         if nats is None and (running := local.running_server()) is not None:
@@ -149,6 +168,7 @@ def up(
             )
         async with contextlib.AsyncExitStack() as owned:
             url = nats
+            server = None
             if url is None:
                 server = EmbeddedServer(server_store_dir(), port=port)
                 url = await server.start()
@@ -157,16 +177,17 @@ def up(
                     err.print(f"waiting for {count} staffwork command(s) still using this server")
 
                 await owned.enter_async_context(local.serving(server, "up", on_wait=waiting))
-            clean = await _up(url, root, otlp, allow_private)
+            roles = await _up(url, root, otlp, allow_private)
+            await Supervisor(url, root, roles, server).run()
         out.print("staffwork is down")
-        if not clean:
-            raise StaffworkError("an actor process exited unexpectedly (see its log above)")
 
     run_async(go)
 
 
-async def _up(url: str, root: str, otlp: str | None = None, allow_private: bool = False) -> bool:
-    """Register the bundled teams, then supervise one process per role until stopped."""
+async def _up(
+    url: str, root: str, otlp: str | None = None, allow_private: bool = False
+) -> list[tuple[str, list[str]]]:
+    """Register the bundled teams and say what runs; the processes to supervise (name, arguments)."""
     async with await Bus.connect(url, root=root, name="staffwork-up") as bus:
         await provision(bus)
         for example in sorted(p.parent.name for p in EXAMPLES.glob("*/team.toml")):
@@ -190,58 +211,4 @@ async def _up(url: str, root: str, otlp: str | None = None, allow_private: bool 
         highlight=False,
     )
     out.print(f"export STAFFWORK_NATS_URL={url}", highlight=False)
-    return await _supervise(url, root, roles)
-
-
-async def _supervise(url: str, root: str, roles: list[tuple[str, list[str]]]) -> bool:
-    """Start one process per role, prefix their output, stop them all on SIGINT/SIGTERM. False if a
-    process exited on its own (the others are stopped then too)."""
-    stop = asyncio.Event()
-    install_stop_signals(stop)
-    procs: list[tuple[str, asyncio.subprocess.Process]] = []
-
-    async def relay(name: str, stream: asyncio.StreamReader) -> None:
-        while line := await stream.readline():
-            out.print(
-                f"[cyan]\\[{name}][/] {line.decode(errors='replace').rstrip()}", highlight=False, markup=True
-            )
-
-    async with asyncio.TaskGroup() as tg:
-        for name, args in roles:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "actors.cli",
-                "--log-console",
-                "actor",
-                *args,
-                "--nats",
-                url,
-                "--root",
-                root,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                start_new_session=True,
-                preexec_fn=die_with_parent if sys.platform.startswith("linux") else None,
-            )
-            procs.append((name, proc))
-            assert proc.stdout is not None
-            tg.create_task(relay(name, proc.stdout))
-        exits = [asyncio.ensure_future(p.wait()) for _, p in procs]
-        stopper = asyncio.ensure_future(stop.wait())
-        await asyncio.wait({stopper, *exits}, return_when=asyncio.FIRST_COMPLETED)
-        stopper.cancel()
-        clean = stop.is_set()
-        for name, proc in procs:
-            if proc.returncode is not None and not stop.is_set():
-                err.print(f"{name} exited with code {proc.returncode}; stopping the others", highlight=False)
-            if proc.returncode is None:
-                proc.terminate()
-        _, pending = await asyncio.wait(exits, timeout=45)
-        for _, proc in procs:
-            if proc.returncode is None:
-                proc.kill()
-        if pending:
-            await asyncio.wait(pending)
-    return clean
+    return roles
