@@ -6,12 +6,20 @@ once, :class:`BusTimeout`), subscriptions and KV. :func:`translated` maps nats-p
 ours, in one place. Publishing a message stamps it with ``Nats-Msg-Id`` (its ``msg_id``: JetStream
 stores a repeat once) and the ``traceparent`` of the span in progress. ``close()`` drains: buffered
 publishes and acks are flushed and subscriptions finish before the socket closes.
+
+:meth:`Bus.connect` takes the servers and the identity as :class:`~bus.options.NatsOptions` (by
+default from the ``STAFFWORK_NATS_*`` environment); a refused identity is one line naming it, never a
+secret. The server's permission violations, which reach only the error callback, are kept on
+:attr:`Bus.permission_errors`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import os
+import ssl
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
@@ -27,6 +35,7 @@ from nats.js import JetStreamContext
 
 from bus.codec import DEFAULT_MAX_BYTES, Decoder, encode
 from bus.errors import BusError, BusTimeout, BusUnavailable, NoResponders, ServerRefused
+from bus.options import NatsOptions
 from bus.state import KV, Listener, Responder, follow, follow_raw
 from bus.subjects import Subjects
 from bus.tracing import SpanContext, current_span
@@ -51,6 +60,15 @@ class ServerInfo:
     version: str
     max_payload: int  # bytes
     rtt: float  # seconds
+    cluster: str = ""  # the cluster's name; "" for a server on its own
+    cluster_size: int = 1  # servers in the cluster, as the server announced them when we connected
+
+
+@dataclass(frozen=True)
+class StreamSummary:
+    messages: int
+    replicas: int
+    leader: str = ""  # the server leading the stream in a cluster
 
 
 class NotFound(BusError):
@@ -92,15 +110,96 @@ def _log_emit_failure(future: asyncio.Future[Any]) -> None:
         log.warning("trace_event_not_stored", error=repr(exc))
 
 
+PERMISSIONS_VIOLATION = "permissions violation"  # nats-py hands the server's -ERR over lowercased
+
+
+def _refusal(cause: BaseException, options: NatsOptions, timeout: float) -> str:
+    """Why the first connection failed, in words: for a refused identity or TLS, naming what was used
+    (never a secret)."""
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        return f"TLS: the server's certificate is not trusted ({cause.verify_message}; {options.describe()})"
+    if isinstance(cause, TimeoutError):
+        return f"no answer within {timeout:g}s"
+    if isinstance(cause, ssl.SSLError) or (
+        options.tls and isinstance(cause, ConnectionError | nats.errors.UnexpectedEOF)
+    ):  # a server wanting a client certificate says so, or just hangs up: which one is a race
+        said = (cause.reason or str(cause)) if isinstance(cause, ssl.SSLError) else "the server hung up"
+        hint = "" if options.tls_cert else ": does it want a client certificate (--tls-cert, --tls-key)?"
+        return f"TLS handshake failed: {said} ({options.describe()}){hint}"
+    text = str(cause) or type(cause).__name__
+    said = text.removeprefix("nats: ").strip("'\" ").lower()
+    if "authorization violation" in said or "authentication" in said:  # refused, expired, revoked
+        return f"{said} ({options.identity()})"
+    return text
+
+
+async def _abandon(nc: NATS) -> None:
+    """Close a client whose first connection failed, within a second: after a failed TLS handshake
+    nats-py's close waits for the transport to close, which never happens."""
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(1.0):
+            await nc.close()
+
+
+class PermissionErrors:
+    """The server's permission violations on one connection, newest last.
+
+    The server reports a refused publish or subscription only asynchronously, through the client's
+    error callback; the refused operation itself waits out its deadline. So whoever wants to know
+    notes :attr:`count`, does the operation, and waits for :meth:`after` (or, for a subscription,
+    :meth:`Bus.settle` and then compares :attr:`count`).
+    """
+
+    def __init__(self, keep: int = 64) -> None:
+        self.recent: collections.deque[str] = collections.deque(maxlen=keep)
+        self.count = 0  # every one so far, also those no longer in ``recent``
+        #: Set while someone tries operations that may be refused on purpose (``doctor``): the
+        #: violations are then logged at debug level, not as warnings.
+        self.probing = False
+        self._arrived = asyncio.Event()
+
+    def add(self, text: str) -> None:
+        self.recent.append(text)
+        self.count += 1
+        self._arrived.set()
+        self._arrived = asyncio.Event()
+
+    def since(self, mark: int) -> list[str]:
+        """The violations reported after :attr:`count` was ``mark`` (those still kept)."""
+        return (
+            list(self.recent)[max(mark - (self.count - len(self.recent)), 0) :] if self.count > mark else []
+        )
+
+    async def after(self, mark: int) -> str:
+        """The first violation reported after :attr:`count` was ``mark``, waiting for it."""
+        while self.count <= mark:
+            await self._arrived.wait()
+        return self.since(mark)[0]
+
+
 class Bus:
     """A connected client. Use :meth:`connect`; close with :meth:`close` or ``async with``."""
 
-    def __init__(self, nc: NATS, subjects: Subjects, url: str, online: asyncio.Event | None = None) -> None:
+    def __init__(
+        self,
+        nc: NATS,
+        subjects: Subjects,
+        url: str,
+        online: asyncio.Event | None = None,
+        *,
+        options: NatsOptions | None = None,
+        permission_errors: PermissionErrors | None = None,
+    ) -> None:
         self._nc = nc
         self.api_timeout = API_TIMEOUT
         self._js: JetStreamContext = nc.jetstream(timeout=self.api_timeout)
         self.subjects = subjects
         self.url = url
+        #: The servers and identity this connection was made with (never print its secrets:
+        #: ``options.describe()`` names the identity without them).
+        self.options = options or NatsOptions().with_servers(url)
+        #: The server's permission violations on this connection (see :class:`PermissionErrors`).
+        self.permission_errors = permission_errors or PermissionErrors()
         self._stream_slots: asyncio.Semaphore | None = None
         #: Set while connected; pullers wait on it rather than buffer requests during an outage.
         self.online = online or asyncio.Event()
@@ -109,20 +208,43 @@ class Bus:
 
     @classmethod
     async def connect(
-        cls, url: str = DEFAULT_URL, *, root: str = "sw", name: str = "staffwork", timeout: float = 10.0
+        cls,
+        url: str | None = None,
+        *,
+        root: str = "sw",
+        name: str = "staffwork",
+        timeout: float = 10.0,
+        options: NatsOptions | None = None,
     ) -> Bus:
-        """Connect to ``url``, then reconnect forever; :class:`BusUnavailable` if the first try fails."""
+        """Connect to ``url`` (one URL or a comma-separated list), then reconnect forever;
+        :class:`BusUnavailable` if the first try fails, naming the identity when the server refuses it.
+
+        ``options`` holds the credentials and TLS (default: :meth:`NatsOptions.from_env`, so every
+        process started with the ``STAFFWORK_NATS_*`` variables uses them); without ``url``, its
+        servers are used, else :data:`DEFAULT_URL`.
+        """
+        options = NatsOptions.from_env(os.environ) if options is None else options
+        if url is not None or not options.servers:
+            options = options.with_servers(url or DEFAULT_URL)
+        shown = options.shown_servers
+        kwargs = options.connect_kwargs()  # a ConfigError (an unusable TLS file, say) before any I/O
         subjects = Subjects(root)
-        bound = log.bind(client=name, url=url)
+        bound = log.bind(client=name, url=shown)
 
         connected = False
         first_errors: list[Exception] = []
         online = asyncio.Event()
+        denials = PermissionErrors()
 
         async def error_cb(exc: Exception) -> None:
             if not connected:
                 first_errors.append(exc)  # raised as BusUnavailable below, with this cause
                 return
+            if PERMISSIONS_VIOLATION in str(exc).lower():
+                denials.add(str(exc).removeprefix("nats: "))
+                if denials.probing:  # asked for on purpose (doctor): reported by whoever probes
+                    bound.debug("nats_error", error=repr(exc))
+                    return
             # Permission denials and slow-consumer drops reach only this callback; never hide them.
             bound.warning("nats_error", error=repr(exc))
 
@@ -138,7 +260,7 @@ class Bus:
         try:
             async with asyncio.timeout(timeout):
                 await nc.connect(
-                    servers=[url],
+                    **kwargs,
                     name=name,
                     connect_timeout=max(1, int(min(timeout, 5.0))),
                     max_reconnect_attempts=1,  # 0 would mean "forever" to nats-py's server selection
@@ -150,17 +272,21 @@ class Bus:
                     allow_reconnect=False,
                 )
         except (OSError, TimeoutError, nats.errors.Error) as exc:
-            with contextlib.suppress(Exception):
-                await nc.close()
+            await _abandon(nc)
             cause = first_errors[-1] if isinstance(exc, nats.errors.NoServersError) and first_errors else exc
-            reason = f"no answer within {timeout:g}s" if isinstance(cause, TimeoutError) else str(cause)
-            raise BusUnavailable(url, reason or type(cause).__name__) from exc
+            raise BusUnavailable(shown, _refusal(cause, options, timeout)) from exc
+        if options.tls and not nc._server_info.get("tls_required"):
+            # nats-py upgrades to TLS only when the server asks for it: refuse to go on in plain text.
+            await _abandon(nc)
+            raise BusUnavailable(
+                shown, f"TLS was asked for ({options.describe()}) but the server does not require TLS"
+            )
         # Reconnect forever from now on; the first connection attempt above fails fast instead
         # (with -1 attempts nats-py's initial connect would retry forever against a dead URL).
         nc.options["allow_reconnect"] = True
         nc.options["max_reconnect_attempts"] = -1
         connected = True
-        return cls(nc, subjects, url, online)
+        return cls(nc, subjects, shown, online, options=options, permission_errors=denials)
 
     async def close(self) -> None:
         """Drain (flush pending publishes and acks, finish subscriptions), then close."""
@@ -409,7 +535,11 @@ class Bus:
                 rtt = await self._nc.rtt()
         info = self._nc._server_info  # nats-py keeps the server's INFO only here
         return ServerInfo(
-            version=str(info.get("version", "?")), max_payload=int(info.get("max_payload", 0)), rtt=rtt
+            version=str(info.get("version", "?")),
+            max_payload=int(info.get("max_payload", 0)),
+            rtt=rtt,
+            cluster=str(info.get("cluster") or ""),
+            cluster_size=len(set(info.get("connect_urls") or ())) or 1,
         )
 
     async def stream_messages(self, stream: str, timeout: float = 5.0) -> int | None:
@@ -421,6 +551,31 @@ class Bus:
         except NotFound:
             return None
         return int(info.state.messages)
+
+    async def stream_summary(self, stream: str, timeout: float = 5.0) -> StreamSummary | None:
+        """``stream``'s message count, replicas and cluster leader, or None if there is no such stream."""
+        try:
+            with translated("stream info", stream, self.url, timeout=timeout):
+                async with asyncio.timeout(timeout):
+                    info = await self._js.stream_info(stream)
+        except NotFound:
+            return None
+        cluster = info.cluster
+        return StreamSummary(
+            messages=int(info.state.messages),
+            replicas=int(info.config.num_replicas or 1),
+            leader=str(getattr(cluster, "leader", None) or ""),
+        )
+
+    async def settle(self, timeout: float = 5.0) -> None:
+        """Wait until the server has handled everything sent so far and its answers have been read:
+        after it, a subscription the server refused is in :attr:`permission_errors`."""
+        with translated("flush", "(server)", self.url, timeout=timeout):
+            async with asyncio.timeout(timeout):
+                # nats-py writes its PING ahead of the commands it still buffers (a SUB, say), so
+                # those go out first; then the PONG comes after the server's answer to them.
+                await self._nc._flush_pending(force_flush=True)
+                await self._nc.flush(timeout=max(1, int(timeout)))
 
     async def account_info(self, timeout: float = 5.0) -> Any:
         """JetStream account info: proves JetStream is enabled and reachable."""

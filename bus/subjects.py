@@ -279,6 +279,10 @@ class Subjects:
         """Every session's lifecycle messages (``accepted``, ``result``, the verdicts)."""
         return f"{self.root}.s.*.out.*"
 
+    def all_out(self, name: str) -> str:
+        """One lifecycle message (``result``, say) of every session."""
+        return f"{self.root}.s.*.out.{check_token(name, 'name')}"
+
     @property
     def all_tool_results(self) -> str:
         """Every answer to a custom tool call."""

@@ -71,12 +71,14 @@ class NatsServer:
     reader: threading.Thread
 
 
-def start_nats_server(store_dir: Path, *, jetstream: bool = True) -> NatsServer:
-    """Start ``nats-server -p -1 -js -sd <dir>`` and block until it logs "Server is ready"."""
+def start_nats_server(store_dir: Path, *, jetstream: bool = True, config: Path | None = None) -> NatsServer:
+    """Start ``nats-server -p -1 -js -sd <dir>`` and block until it logs "Server is ready". With
+    ``config``, the server also reads that file (``-c``: users, TLS; the flags win over it)."""
     binary = find_server_binary()
     js = ["-js", "-sd", str(store_dir)] if jetstream else []
+    conf = ["-c", str(config)] if config is not None else []
     proc = subprocess.Popen(
-        [str(binary), "-a", "127.0.0.1", "-p", "-1", *js],
+        [str(binary), *conf, "-a", "127.0.0.1", "-p", "-1", *js],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )

@@ -32,7 +32,7 @@ from bus.health import HealthRecord, ProcessIdentity, discover, gather, probe
 from bus.lifecycle import run_actors
 from bus.runtime import RuntimeSettings
 from bus.subjects import Subjects
-from tests.helpers import ROOT_DIR, free_port, inbox
+from tests.helpers import ROOT_DIR, STAFFWORK, free_port, inbox
 from tests.jobs import Job, JobActor, JobDone
 
 # --- the restart policy ------------------------------------------------------------------------------
@@ -167,15 +167,6 @@ async def test_gathering_where_nobody_listens_ends_at_once(bus: Bus) -> None:
 
 # --- ``up``, ``ps`` and ``health`` as processes ------------------------------------------------------
 
-#: ``staffwork ps`` and ``staffwork health`` (an app of these two commands until the main app has them).
-PS_CLI = [
-    sys.executable,
-    "-c",
-    "import typer; from actors.cli.ps import health, ps; from bus.logs import configure_logging; "
-    "configure_logging('warning', json=True); app = typer.Typer(); app.command()(ps); "
-    "app.command()(health); app()",
-]
-
 
 class Up:
     """A running ``staffwork up``: its output as it comes (read by a thread), its URL and home."""
@@ -233,13 +224,13 @@ class Up:
         )
 
     def ps(self) -> list[dict[str, Any]]:
-        result = self.run(*PS_CLI, "ps", "--json", "--nats", self.url)
+        result = self.run(*STAFFWORK, "ps", "--json", "--nats", self.url)
         assert result.returncode == 0, result.stderr
         rows: list[dict[str, Any]] = json.loads(result.stdout)
         return rows
 
     def health(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return self.run(*PS_CLI, "health", *args, "--nats", self.url)
+        return self.run(*STAFFWORK, "health", *args, "--nats", self.url)
 
     def server_pid(self) -> int:
         pid: int = json.loads((self.home / "nats" / ".staffwork-server.lock").read_text())["pid"]
@@ -317,7 +308,7 @@ def test_ps_lists_every_process_with_its_pid_host_and_uptime(up: Up) -> None:
     assert {r["host"] for r in rows.values()} == {socket.gethostname()}
     assert all(r["uptime_s"] > 0 and r["restarts"] == 0 and r["root"] == "sw" for r in rows.values())
     assert len({r["pid"] for r in rows.values()}) == PROCESSES
-    table = up.run(*PS_CLI, "ps", "--nats", up.url).stdout.splitlines()
+    table = up.run(*STAFFWORK, "ps", "--nats", up.url).stdout.splitlines()
     assert table[0].split() == [
         "ROLE", "AGENTS", "HOST", "PID", "UPTIME", "RESTARTS", "IN-FLIGHT", "HANDLED/FAILED", "HEALTH"
     ]  # fmt: skip

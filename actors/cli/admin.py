@@ -1,26 +1,34 @@
-"""The installation commands: ``doctor`` (the nats-server binary, a server's reachability with
-JetStream) and ``schema`` (the JSON Schema of every public message)."""
+"""The installation commands: ``doctor`` (the nats-server binary; a server's reachability with
+JetStream; for a remote deployment, this identity's permissions) and ``schema`` (the JSON Schema of
+every public message)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import platform
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from actors.cli.common import NatsOption, RootOption, err, fail, print_whole, run_async
-from bus.connection import Bus
-from bus.errors import StaffworkError
+from actors.cli.common import NatsOption, RootOption, err, fail, out, print_whole, run_async
+from bus.connection import Bus, ServerInfo, StreamSummary
+from bus.errors import BusError, NoResponders, StaffworkError
 from bus.server import EmbeddedServer, find_server_binary, server_version
+from bus.subjects import Subjects
 from schemas import json_schema
+from schemas.session import SessionCancel
 
 
 def _version() -> str:
@@ -31,26 +39,32 @@ def _version() -> str:
 
 
 def doctor(nats: NatsOption = None, root: RootOption = "sw") -> None:
-    """Check this installation: the nats-server binary, and a server's reachability with JetStream."""
+    """Check this installation: the nats-server binary, and a server's reachability with JetStream.
+
+    With --nats (a remote deployment), as the identity the connection options give: who connected,
+    JetStream, the root's log stream and its replicas, and what this identity may do (each operation
+    a role needs, tried harmlessly: ok or refused). Exits 1 when the connection or JetStream fails."""
 
     async def go() -> bool:
         table = Table(show_header=False, box=None, pad_edge=False)
+        permissions: list[Outcome] = []
         ok = True
 
-        def row(name: str, good: bool, detail: str) -> None:
+        def row(name: str, status: str, detail: str) -> None:
             nonlocal ok
-            ok &= good
-            table.add_row(f"[{'green' if good else 'red'}]{'ok ' if good else 'FAIL'}[/]", name, detail)
+            ok &= status != "FAIL"
+            color = {"ok": "green", "warn": "yellow"}.get(status, "red")
+            table.add_row(f"[{color}]{status if status != 'ok' else 'ok '}[/]", escape(name), escape(detail))
 
-        row("staffwork", True, f"{_version()} on Python {platform.python_version()} ({sys.platform})")
+        row("staffwork", "ok", f"{_version()} on Python {platform.python_version()} ({sys.platform})")
         binary = None
         try:
             binary = find_server_binary()
-            row("nats-server binary", True, f"{binary} ({server_version(binary)})")
-        except StaffworkError as exc:
-            row("nats-server binary", False, str(exc))
+            row("nats-server binary", "ok", f"{binary} ({server_version(binary)})")
+        except StaffworkError as exc:  # not needed to check a server elsewhere
+            row("nats-server binary", "warn" if nats else "FAIL", str(exc))
         if nats:
-            await _check_server(nats, root, row)
+            permissions = await _check_server(nats, root, row)
         elif binary is not None:
             with tempfile.TemporaryDirectory(prefix="staffwork-doctor-") as tmp:
                 started = time.perf_counter()
@@ -58,52 +72,192 @@ def doctor(nats: NatsOption = None, root: RootOption = "sw") -> None:
                     async with EmbeddedServer(tmp, port=-1, binary=binary) as srv:
                         row(
                             "embedded server",
-                            True,
+                            "ok",
                             f"started in {(time.perf_counter() - started) * 1000:.0f} ms at {srv.url}",
                         )
-                        await _check_server(srv.url, root, row)
+                        permissions = await _check_server(srv.url, root, row)
                 except StaffworkError as exc:
-                    row("embedded server", False, str(exc))
+                    row("embedded server", "FAIL", str(exc))
         print_whole(table)  # piped or logged: whole paths, not cut to 80 columns
+        if nats and permissions:  # the embedded server has no users: everything is allowed there
+            out.print("\nwhat this identity may do (each tried harmlessly):", highlight=False)
+            listed = Table(show_header=False, box=None, pad_edge=False)
+            for outcome in permissions:
+                color = {"ok": "green", "n/a": "yellow"}.get(outcome.status, "red")
+                listed.add_row(
+                    f"  [{color}]{outcome.status}[/]",
+                    escape(outcome.what),
+                    escape(outcome.detail),
+                    f"[dim]for {escape(outcome.needed_by)}[/]",
+                )
+            print_whole(listed)
         return ok
 
     if not run_async(go):
         raise typer.Exit(1)
 
 
-async def _check_server(url: str, root: str, row: Callable[[str, bool, str], None]) -> None:
+PROBE_TIMEOUT = 3.0  # seconds: a refused operation is known at once, but an unanswered one is not
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One operation tried: ``ok``, ``refused`` (the server's permission violation), ``n/a`` (nothing
+    to try it on yet) or ``failed``."""
+
+    what: str
+    needed_by: str
+    status: str
+    detail: str
+
+
+async def _attempt(bus: Bus, action: Callable[[], Awaitable[str]]) -> tuple[str, str]:
+    """Run ``action``; ``refused`` as soon as the server reports a permission violation meanwhile
+    (the refused operation itself would only wait out its deadline)."""
+    mark = bus.permission_errors.count
+    work = asyncio.ensure_future(action())
+    refusal = asyncio.ensure_future(bus.permission_errors.after(mark))
+    try:
+        done, _ = await asyncio.wait(
+            {work, refusal}, timeout=PROBE_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
+        )
+    finally:
+        for task in (work, refusal):
+            task.cancel()
+        await asyncio.gather(work, refusal, return_exceptions=True)
+    if refused := bus.permission_errors.since(mark):
+        return "refused", refused[0]
+    if work not in done:
+        return "failed", f"no answer within {PROBE_TIMEOUT:g}s"
+    if (exc := work.exception()) is None:
+        return "ok", work.result()
+    if isinstance(exc, StaffworkError):
+        return "failed", str(exc)
+    raise exc
+
+
+async def _check_server(url: str, root: str, row: Callable[[str, str, str], None]) -> list[Outcome]:
     try:
         started = time.perf_counter()
         bus = await Bus.connect(url, root=root, name="staffwork-doctor", timeout=5.0)
     except StaffworkError as exc:
-        row("NATS connection", False, str(exc))
-        return
+        row("NATS connection", "FAIL", str(exc))
+        return []
     try:
         info = await bus.server_info()
+        cluster = f", cluster {info.cluster!r} of {info.cluster_size}" if info.cluster else ""
         row(
             "NATS connection",
-            True,
-            f"{url} (server {info.version}, "
+            "ok",
+            f"{bus.url} as {bus.options.describe()} (server {info.version}{cluster}, "
             f"connect {(time.perf_counter() - started) * 1000:.1f} ms, "
             f"rtt {info.rtt * 1000:.2f} ms, max payload {info.max_payload // 1024} KiB)",
         )
-        try:
-            account = await bus.account_info()
-            row(
-                "JetStream",
-                True,
-                f"enabled ({account.streams} streams, {account.storage / 1e6:.1f} MB stored)",
-            )
-        except StaffworkError as exc:
-            row("JetStream", False, str(exc))
-            return
-        messages = await bus.stream_messages(bus.subjects.log_stream)
-        if messages is None:
-            row(f"root {root!r}", True, "not provisioned yet (staffwork run provisions it)")
-        else:
-            row(f"root {root!r}", True, f"provisioned ({messages} messages in {bus.subjects.log_stream})")
+        return await _check_identity(bus, root, info, row)
     finally:
         await bus.close()
+
+
+async def _check_identity(
+    bus: Bus, root: str, info: ServerInfo, row: Callable[[str, str, str], None]
+) -> list[Outcome]:
+    """JetStream, the log stream, and each operation a role needs, tried without side effects."""
+    subjects = bus.subjects
+    stream = subjects.log_stream
+    inbox = f"_INBOX.doctor{uuid.uuid4().hex}"
+
+    async def subscribe(subject: str) -> str:
+        listener = await bus.listen(subject, SessionCancel, lambda _: None)
+        try:
+            await bus.settle(PROBE_TIMEOUT)  # a refusal arrives before the server's answer to this
+        finally:
+            await listener.close()
+        return "allowed"
+
+    async def jetstream() -> str:
+        account = await bus.account_info(timeout=PROBE_TIMEOUT)
+        return f"enabled ({account.streams} streams, {account.storage / 1e6:.1f} MB stored)"
+
+    summary: StreamSummary | None = None
+
+    async def log_stream() -> str:
+        nonlocal summary
+        summary = await bus.stream_summary(stream, timeout=PROBE_TIMEOUT)
+        if summary is None:
+            return "allowed (no such stream yet)"
+        return f"allowed ({summary.messages} messages, R{summary.replicas})"
+
+    async def consumer() -> str:
+        serving = await bus.consumer_active(subjects.lead_consumer)
+        return "allowed (a lead is pulling)" if serving else "allowed (no lead pulling now)"
+
+    async def kv_get() -> str:
+        try:
+            kv = await bus.kv(subjects.sessions_bucket)
+        except BusError as exc:
+            if "does not exist" in str(exc):
+                raise NothingThere("the bucket does not exist yet (not provisioned)") from None
+            raise
+        await kv.get("doctor-probe")
+        return "allowed"
+
+    async def service_request() -> str:
+        subject = Subjects.service_info("staffwork-doctor-probe")
+        with contextlib.suppress(NoResponders):  # allowed: nobody serves that name, as expected
+            await bus.request(subject, b"", timeout=PROBE_TIMEOUT)
+        return "allowed"
+
+    probes: list[tuple[str, str, Callable[[], Awaitable[str]]]] = [
+        ("subscribe to _INBOX.>", "replies to every request (every role)", lambda: subscribe(inbox)),
+        ("JetStream API", "streams, consumers, KV (every role)", jetstream),
+        (f"read stream {stream}", "provisioning (every role)", log_stream),
+        (f"read consumer {subjects.lead_consumer}", "whether a lead serves (run, submit)", consumer),
+        (f"read KV {subjects.sessions_bucket}", "session records (status, the lead, the gateway)", kv_get),
+        (
+            f"subscribe to {subjects.all_ctl}",
+            "cancelling (the lead, subagents)",
+            lambda: subscribe(subjects.all_ctl),
+        ),
+        ("request $SRV.INFO.*", "tool services (subagents)", service_request),
+    ]
+    outcomes = []
+    bus.permission_errors.probing = True  # refusals are what we look for: not warnings in the log
+    for what, needed_by, action in probes:
+        try:
+            status, detail = await _attempt(bus, action)
+        except NothingThere as exc:
+            status, detail = "n/a", str(exc)
+        outcomes.append(Outcome(what, needed_by, status, detail))
+    replies, js, log_info = outcomes[0], outcomes[1], outcomes[2]
+
+    if js.status == "ok":
+        row("JetStream", "ok", js.detail)
+    else:
+        row("JetStream", "FAIL", f"{js.status}: {js.detail}")
+    if replies.status != "ok":
+        row("replies", "FAIL", f"cannot subscribe to _INBOX.>: {replies.detail}")
+    if log_info.status != "ok":
+        row(f"root {root!r}", "warn", f"cannot read stream {stream}: {log_info.detail}")
+    elif summary is None:
+        row(f"root {root!r}", "ok", "not provisioned yet (staffwork run provisions it)")
+    elif summary.replicas == 1 and info.cluster_size > 1:
+        row(
+            f"root {root!r}",
+            "warn",
+            f"provisioned ({summary.messages} messages in {stream}), but R1 on a cluster of "
+            f"{info.cluster_size} servers: losing its server ({summary.leader or '?'}) stops the root",
+        )
+    else:
+        row(
+            f"root {root!r}",
+            "ok",
+            f"provisioned ({summary.messages} messages in {stream}, R{summary.replicas})",
+        )
+    return outcomes
+
+
+class NothingThere(Exception):
+    """A probe found nothing to try the operation on (not provisioned yet): neither allowed nor refused."""
 
 
 def schema(
