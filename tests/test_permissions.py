@@ -1,0 +1,650 @@
+"""Least privilege, enforced by a real nats-server: ``staffwork auth`` makes one user per role and per
+agent, the server runs with that config, what a user may not do is refused, and a whole session
+still works with every actor on its own user (each a process, on the offline model).
+
+The server is started here (``start_auth_server``: ``nats-server -c <config>``, readiness and port
+from its log, as ``tests/helpers.start_nats_server``), because that helper takes no config file yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import re
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nats
+import nats.errors
+import pytest
+import typer
+from nats.aio.client import Client as NATS
+from typer.testing import CliRunner
+
+from actors.cli.auth import CONFIG_FILE, auth
+from actors.cli.common import load_team
+from actors.client import Client
+from actors.collector.actor import CollectorActor, TraceStore
+from actors.dreamer.actor import request_dream
+from actors.dreamer.dream import ensure_dreams, wait_dream
+from actors.roles import NOTICE_KEY
+from actors.sessions.teams import register_team
+from bus.codec import encode
+from bus.connection import Bus
+from bus.memory import Memory
+from bus.permissions import NOTICE_KEY as GRANTED_NOTICE_KEY
+from bus.provision import ensure_consumer, provision
+from bus.server import find_server_binary
+from bus.subjects import JetStreamApi as J
+from bus.subjects import Subjects
+from bus.workspace import Workspace
+from schemas.dream import DreamRequest
+from schemas.ids import new_id
+from schemas.memory import Writer
+from schemas.session import SessionResult
+from schemas.webhooks import WebhookSpec
+from tests.helpers import ROOT_DIR, inbox
+
+READY_TIMEOUT = 20.0
+OPERATOR = Writer(kind="user", user="operator")
+HOOK_SECRET = "whsec_" + base64.b64encode(b"permissions-test-key!").decode()
+AGENTS = ("scout", "scribe")
+TEAM = """
+name = "permteam"
+report_path = "report.md"
+
+[outcome]
+max_iterations = 2
+
+[[outcome.checks]]
+name = "the report is written"
+kind = "file_exists"
+path = "report.md"
+
+[[outcome.checks]]
+name = "it has the scout's finding"
+kind = "contains"
+path = "report.md"
+value = "scout read"
+
+[lead]
+name = "lead"
+
+[[agents]]
+name = "scout"
+description = "reads the data and notes what it saw"
+tools = ["read_file", "write_file"]
+memory = [{ store = "notes", access = "read_write" }]
+
+[agents.playbook]
+answer = "scout read: {result[0]}\\nnoted: {result[1]}"
+calls = [
+  { tool = "read_file", input = { path = "data.csv" } },
+  { tool = "write_file", input = { path = "/memory/notes/findings.md", content = "scout saw: {task}" } },
+]
+
+[[agents]]
+name = "scribe"
+description = "reads the team's notes and writes a summary"
+tools = ["read_file", "write_file", "list_files"]
+memory = [{ store = "notes", access = "read_only" }]
+
+[agents.playbook]
+answer = "scribe read: {result[0]}\\nwrote: {result[1]}\\nnotes: {result[2]}"
+calls = [
+  { tool = "read_file", input = { path = "/memory/notes/readme.md" } },
+  { tool = "write_file", input = { path = "scribe.md", content = "summary of: {task}" } },
+  { tool = "list_files", input = { prefix = "/memory/notes/" } },
+]
+"""
+
+
+# --- a nats-server on the generated config ---------------------------------------------------------
+
+
+@dataclass
+class AuthServer:
+    url: str
+    process: subprocess.Popen[bytes]
+    log: list[str]
+    reader: threading.Thread
+    root: str
+    bundle: Path  # nats-auth.conf and the users' credentials files
+
+    def env(self, user: str) -> dict[str, str]:
+        """The ``KEY=value`` lines of ``user``'s credentials file."""
+        lines = (self.bundle / f"{user}.env").read_text().splitlines()
+        return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+
+    def violations(self) -> list[str]:
+        return [line for line in self.log if "Violation" in line]
+
+
+def start_auth_server(config: Path) -> tuple[str, subprocess.Popen[bytes], list[str], threading.Thread]:
+    """``nats-server -c config``, once it logs "Server is ready" (its port read from the log)."""
+    proc = subprocess.Popen(
+        [str(find_server_binary()), "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    assert proc.stderr is not None
+    lines: list[str] = []
+    port = 0
+    ready = threading.Event()
+
+    def reader() -> None:
+        nonlocal port
+        assert proc.stderr is not None
+        for raw in proc.stderr:
+            line = raw.decode(errors="replace").rstrip()
+            lines.append(line)
+            if match := re.search(r"Listening for client connections on \S+:(\d+)", line):
+                port = int(match.group(1))
+            if "Server is ready" in line:
+                ready.set()
+        ready.set()  # exited: the waiter sees it
+
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+    if not ready.wait(READY_TIMEOUT) or not port:
+        proc.kill()
+        proc.wait()
+        thread.join(10)
+        proc.stderr.close()
+        raise RuntimeError("nats-server did not become ready:\n" + "\n".join(lines[-20:]))
+    return f"nats://127.0.0.1:{port}", proc, lines, thread
+
+
+def run_auth(*args: str) -> str:
+    """``staffwork auth ARGS`` in this process (the command alone, as the CLI registers it)."""
+    app = typer.Typer()
+    app.command()(auth)
+    result = CliRunner().invoke(app, list(args))
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+@pytest.fixture
+def team_file(tmp_path: Path) -> Path:
+    path = tmp_path / "team.toml"
+    path.write_text(TEAM)
+    return path
+
+
+@pytest.fixture
+def server(tmp_path: Path, team_file: Path) -> Iterator[AuthServer]:
+    root = f"p{uuid.uuid4().hex[:8]}"
+    bundle = tmp_path / "auth"
+    run_auth("--team", str(team_file), "--root", root, "--out", str(bundle))
+    config = tmp_path / "server.conf"
+    config.write_text(
+        "host: 127.0.0.1\nport: -1\n"
+        f"jetstream {{ store_dir: {json.dumps(str(tmp_path / 'js'))} }}\n"
+        f"include {json.dumps(f'auth/{CONFIG_FILE}')}\n"  # relative to this file
+    )
+    url, proc, lines, thread = start_auth_server(config)
+    try:
+        yield AuthServer(url, proc, lines, thread, root, bundle)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        thread.join(10)
+        assert proc.stderr is not None
+        proc.stderr.close()
+
+
+# --- clients on a user ------------------------------------------------------------------------------
+
+
+@dataclass
+class Refusals:
+    """The permission violations the server reported to one client, as they come."""
+
+    seen: list[str] = field(default_factory=list)
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def add(self, text: str) -> None:
+        self.seen.append(text)
+        self.arrived.set()
+
+    async def of(self, subject: str, timeout: float = 5.0) -> str:
+        """The refusal naming ``subject`` (waiting for it)."""
+        async with asyncio.timeout(timeout):
+            while True:
+                for text in self.seen:
+                    if f'"{subject.lower()}"' in text:  # nats-py lowercases the server's -ERR
+                        return text
+                self.arrived.clear()
+                await self.arrived.wait()
+
+
+@asynccontextmanager
+async def client(server: AuthServer, user: str) -> AsyncIterator[tuple[NATS, Refusals]]:
+    """A plain nats-py client as ``user`` (its password and inbox prefix from its credentials file)."""
+    env = server.env(user)
+    refusals = Refusals()
+
+    async def error_cb(exc: Exception) -> None:
+        if "permissions violation" in str(exc):
+            refusals.add(str(exc))
+
+    nc = await nats.connect(
+        server.url,
+        user=env["STAFFWORK_NATS_USER"],
+        password=env["STAFFWORK_NATS_PASSWORD"],
+        inbox_prefix=env["STAFFWORK_NATS_INBOX_PREFIX"],
+        error_cb=error_cb,
+        connect_timeout=5,
+        allow_reconnect=False,
+    )
+    try:
+        yield nc, refusals
+    finally:
+        await nc.close()
+
+
+@asynccontextmanager
+async def bus_as(server: AuthServer, user: str) -> AsyncIterator[Bus]:
+    """A :class:`Bus` on ``user``'s connection (``Bus.connect`` cannot set the inbox prefix yet)."""
+    async with client(server, user) as (nc, _):
+        yield Bus(nc, Subjects(server.root), server.url)
+
+
+async def refused_publish(nc: NATS, refusals: Refusals, subject: str, data: bytes = b"") -> str:
+    await nc.publish(subject, data, reply=nc.new_inbox())
+    await nc.flush()
+    return await refusals.of(subject)
+
+
+async def refused_subscription(nc: NATS, refusals: Refusals, subject: str) -> str:
+    await nc.subscribe(subject)
+    await nc.flush()
+    return await refusals.of(subject)
+
+
+def user_of(server: AuthServer, role: str, agent: str = "") -> str:
+    key = Subjects(server.root).key
+    return f"{key}-agent-{agent}" if agent else f"{key}-{role}"
+
+
+# --- the CLI ----------------------------------------------------------------------------------------
+
+
+def test_auth_writes_the_config_and_private_credentials(server: AuthServer) -> None:
+    files = sorted(p.name for p in server.bundle.iterdir())
+    key = Subjects(server.root).key
+    roles = ("lead", "grader", "collector", "webhooks", "dreamer", "submit", "admin")
+    users = [f"{key}-{r}" for r in roles] + [f"{key}-agent-{a}" for a in AGENTS]
+    assert files == sorted([CONFIG_FILE, *(f"{u}.env" for u in users)])
+    for path in server.bundle.iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    env = server.env(f"{key}-agent-scout")
+    assert env["STAFFWORK_NATS_USER"] == f"{key}-agent-scout"
+    assert env["STAFFWORK_NATS_INBOX_PREFIX"] == f"_INBOX.{key}-agent-scout"
+    assert env["STAFFWORK_ROOT"] == server.root
+    assert len(env["STAFFWORK_NATS_PASSWORD"]) >= 40
+    assert env["STAFFWORK_NATS_PASSWORD"] in (server.bundle / CONFIG_FILE).read_text()
+    assert GRANTED_NOTICE_KEY == NOTICE_KEY  # the registry key the workers may write
+
+
+def test_auth_prints_the_config_without_out_and_refuses_to_overwrite(tmp_path: Path) -> None:
+    printed = run_auth("--agents", "a,b", "--group", "ab=a,b", "--roles", "subagent,submit")
+    assert 'user: "sw-agents-ab"' in printed
+    assert 'user: "sw-submit"' in printed
+    assert "sw-lead" not in printed
+    assert "no team says what all of a, b's tools reach" in printed
+    run_auth("--agents", "a", "--out", str(tmp_path / "out"))
+    app = typer.Typer()
+    app.command()(auth)
+    again = CliRunner().invoke(app, ["--agents", "a", "--out", str(tmp_path / "out")])
+    assert again.exit_code == 1
+    assert "exists" in again.output
+    assert "--force" in again.output
+    bad = CliRunner().invoke(app, ["--agents", "a", "--group", "x=a,zz"])
+    assert bad.exit_code == 1
+    assert "'zz' is not one of the agents" in bad.output
+
+
+# --- what each user may not do ------------------------------------------------------------------------
+
+
+async def provisioned(server: AuthServer) -> None:
+    async with bus_as(server, user_of(server, "admin")) as admin:
+        await provision(admin, agents=AGENTS)
+
+
+async def test_a_worker_takes_its_own_tasks_and_nobody_elses(server: AuthServer) -> None:
+    await provisioned(server)
+    s = Subjects(server.root)
+    log = s.log_stream
+    async with bus_as(server, user_of(server, "admin")) as admin:
+        await admin._js.publish(s.task("ses_1", "scout"), b"for scout")
+        await admin._js.publish(s.task("ses_1", "scribe"), b"for scribe")
+        own = (await admin._js.consumer_info(log, s.agent_consumer("scout"))).config.as_dict()
+    async with client(server, user_of(server, "subagent", "scout")) as (nc, refusals):
+        # its own consumer: pulled and acked
+        deliveries = await nc.subscribe(nc.new_inbox())
+        await nc.publish(
+            J.msg_next(log, s.agent_consumer("scout")), b'{"batch": 1}', reply=deliveries.subject
+        )
+        pulled = await deliveries.next_msg(timeout=5)
+        assert pulled.data == b"for scout"
+        await pulled.ack_sync(timeout=5)
+        # another agent's: not pulled, not settled, not reconfigured, not sidestepped
+        assert await refused_publish(nc, refusals, J.msg_next(log, s.agent_consumer("scribe")), b"{}")
+        assert await refused_publish(nc, refusals, f"$JS.ACK.{log}.agent_scribe.1.2.2.0.0", b"+ACK")
+        assert await refused_publish(nc, refusals, J.durable_create(log, s.agent_consumer("scribe")), b"{}")
+        # no consumer anywhere: its tools list nothing (so it cannot have the server publish for it)
+        assert await refused_publish(nc, refusals, J.ephemeral_create(log), b"{}")
+        assert await refused_publish(nc, refusals, J.ephemeral_create(J.object_stream(s.files_bucket)))
+        assert await refused_publish(nc, refusals, J.ephemeral_create(s.memory_stream))
+        # its own consumer it may update, but a pull consumer does not become push
+        push = {key: value for key, value in own.items() if key != "max_waiting"}  # a pull setting
+        push["deliver_subject"] = "elsewhere"
+        answer = await nc.request(
+            J.durable_create(log, s.agent_consumer("scout")),
+            json.dumps({"stream_name": log, "config": push}).encode(),
+            timeout=5,
+        )
+        assert json.loads(answer.data)["error"]["description"] == "can not update pull consumer to push based"
+
+        # the lead's traffic
+        assert await refused_publish(nc, refusals, s.submit)
+        assert await refused_publish(nc, refusals, s.task("ses_1", "scribe"))
+        assert await refused_publish(nc, refusals, s.history("ses_1", "lead"))
+        assert await refused_publish(nc, refusals, s.out("ses_1", "result"))
+        # administration
+        assert await refused_publish(nc, refusals, f"$JS.API.STREAM.CREATE.{s.key}_mine", b"{}")
+        assert await refused_publish(nc, refusals, f"$JS.API.STREAM.DELETE.{log}")
+        # others' messages in flight
+        assert await refused_subscription(nc, refusals, "_INBOX.>")
+        assert await refused_subscription(nc, refusals, f"_INBOX.{user_of(server, 'lead')}.>")
+        assert await refused_subscription(nc, refusals, s.all_tasks)
+        assert await refused_subscription(nc, refusals, s.all_replies)
+    # a read-only store is read-only on the server too
+    async with client(server, user_of(server, "subagent", "scribe")) as (nc, refusals):
+        assert await refused_publish(nc, refusals, s.memory_file("notes", "eA"))
+        assert await refused_publish(nc, refusals, s.memory_file("other", "eA"))
+
+
+async def test_the_submit_client_submits_and_reads_results_only(server: AuthServer) -> None:
+    await provisioned(server)
+    s = Subjects(server.root)
+    async with client(server, user_of(server, "submit")) as (nc, refusals):
+        assert await refused_publish(nc, refusals, J.msg_next(s.log_stream, s.agent_consumer("scout")))
+        assert await refused_publish(nc, refusals, J.msg_next(s.log_stream, s.lead_consumer))
+        assert await refused_publish(nc, refusals, s.submit)  # only through the gateway, which checks
+        assert await refused_publish(nc, refusals, s.task("ses_1", "scout"))
+        assert await refused_publish(nc, refusals, s.ctl("ses_1"))
+        assert await refused_publish(nc, refusals, J.direct_get(s.log_stream), b'{"seq": 1}')
+        assert await refused_publish(nc, refusals, J.ephemeral_create(s.log_stream), b"{}")
+        assert await refused_publish(nc, refusals, J.kv_key(s.sessions_bucket, "ses_1"))
+        assert await refused_publish(nc, refusals, J.object_subjects(s.files_bucket).replace(">", "M.x"))
+        assert await refused_subscription(nc, refusals, s.all_replies)
+        assert await refused_subscription(nc, refusals, s.all_histories)
+        assert await refused_subscription(nc, refusals, "$SRV.>")  # not a service
+
+
+async def test_the_other_roles_keep_to_their_own(server: AuthServer) -> None:
+    await provisioned(server)
+    s = Subjects(server.root)
+    log = s.log_stream
+    async with client(server, user_of(server, "grader")) as (nc, refusals):
+        assert await refused_publish(nc, refusals, J.msg_next(log, s.agent_consumer("scout")))
+        assert await refused_publish(nc, refusals, s.out("ses_1", "result"))  # its verdicts only
+        assert await refused_publish(nc, refusals, s.task("ses_1", "scout"))
+        assert await refused_publish(nc, refusals, J.object_subjects(s.files_bucket).replace(">", "M.x"))
+    async with client(server, user_of(server, "collector")) as (nc, refusals):
+        assert await refused_publish(nc, refusals, J.direct_get(log), b'{"seq": 1}')
+        assert await refused_publish(nc, refusals, s.reply("ses_1", "t-1"))
+        assert await refused_publish(nc, refusals, J.msg_next(log, s.grader_consumer))
+    async with client(server, user_of(server, "lead")) as (nc, refusals):
+        assert await refused_publish(nc, refusals, J.msg_next(log, s.agent_consumer("scout")))
+        assert await refused_publish(nc, refusals, s.task("ses_1", "stranger"))  # not an agent here
+        assert await refused_publish(nc, refusals, s.memory_file("notes", "eA"))  # not the lead's store
+        assert await refused_publish(nc, refusals, f"$JS.API.STREAM.DELETE.{log}")
+
+
+async def test_the_unnamed_consumer_create_updates_any_consumer_so_no_worker_gets_it(
+    server: AuthServer,
+) -> None:
+    """Why ``EPHEMERAL_CAUTION``: the lead needs an ordered consumer (the grader's verdicts), and
+    the same right rewrites another consumer's settings."""
+    await provisioned(server)
+    s = Subjects(server.root)
+    durable = s.agent_consumer("scribe")
+    async with bus_as(server, user_of(server, "admin")) as admin:
+        config = (await admin._js.consumer_info(s.log_stream, durable)).config.as_dict()
+        assert config.pop("durable_name") == durable  # the unnamed form refuses a durable name...
+        assert config["max_deliver"] != 1
+    update = {
+        "stream_name": s.log_stream,
+        "config": {**config, "name": durable, "max_deliver": 1},
+    }  # ...not a name
+    async with client(server, user_of(server, "lead")) as (nc, _):
+        answer = await nc.request(J.ephemeral_create(s.log_stream), json.dumps(update).encode(), timeout=5)
+    assert json.loads(answer.data)["config"]["max_deliver"] == 1
+
+
+async def test_a_listing_right_is_a_right_to_publish_where_someone_listens(server: AuthServer) -> None:
+    """Why only the agents whose tools list get to create consumers (``PUSH_CAUTION``): the scribe
+    lists files, so it may create a consumer on the files bucket, and nats-server 2.15 lets it pick a
+    push deliver subject it may not publish to (nats-io/nats-server#8274). Here the server delivers
+    a file the scribe wrote to a client waiting for a session's result: a result the scribe could not
+    publish itself. When the server checks deliver subjects, this test fails and the caution can go."""
+    await provisioned(server)
+    s = Subjects(server.root)
+    session_id = new_id("ses")
+    result = s.out(session_id, "result")
+    forged = encode(SessionResult(session_id=session_id, status="idle", final_text="forged by the scribe"))
+    async with (
+        client(server, user_of(server, "submit")) as (waiting, _),
+        client(server, user_of(server, "subagent", "scribe")) as (nc, refusals),
+    ):
+        results = await waiting.subscribe(result)
+        await waiting.flush()
+        assert await refused_publish(nc, refusals, result, forged)
+        await Workspace(Bus(nc, s, server.url)).put(session_id, "result.json", forged)  # its own file
+        config = {
+            "deliver_subject": result,
+            "filter_subject": J.object_subjects(s.files_bucket).replace(">", "C.>"),
+            "ack_policy": "none",
+        }
+        request = {"stream_name": J.object_stream(s.files_bucket), "config": config}
+        await nc.request(
+            J.ephemeral_create(J.object_stream(s.files_bucket)), json.dumps(request).encode(), timeout=5
+        )
+        delivered = await results.next_msg(timeout=10)
+    assert delivered.data == forged
+
+
+# --- a whole session, every actor on its own user -----------------------------------------------------
+
+
+@dataclass
+class ActorProcess:
+    name: str
+    process: asyncio.subprocess.Process
+    stdout: list[str]
+    stderr: list[str]
+    readers: asyncio.Future[tuple[None, None]]
+    ready: asyncio.Event
+
+    async def wait_ready(self) -> None:
+        """Until it printed READY; an error with its last log lines if it exited first."""
+        exited = asyncio.ensure_future(self.process.wait())
+        ready = asyncio.ensure_future(self.ready.wait())
+        try:
+            await asyncio.wait({exited, ready}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            exited.cancel()
+            ready.cancel()
+        if not self.ready.is_set():
+            raise AssertionError(f"{self.name} exited before READY:\n" + "\n".join(self.stderr[-30:]))
+
+
+async def spawn_actor(server: AuthServer, role: str, user: str, *args: str) -> ActorProcess:
+    """``tests/perm_actor.py ROLE`` as ``user`` (its credentials file is its environment)."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("STAFFWORK_NATS_")}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.perm_actor",
+        role,
+        server.url,
+        server.root,
+        *args,
+        cwd=ROOT_DIR,
+        env={**env, **server.env(user), "PYTHONUNBUFFERED": "1"},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    stdout: list[str] = []
+    stderr: list[str] = []
+    ready = asyncio.Event()
+
+    async def read(stream: asyncio.StreamReader, lines: list[str]) -> None:
+        while line := await stream.readline():
+            lines.append(line.decode(errors="replace").rstrip())
+            if lines is stdout and lines[-1] == "READY":
+                ready.set()
+
+    readers = asyncio.gather(read(proc.stdout, stdout), read(proc.stderr, stderr))
+    return ActorProcess(f"{role}:{user}", proc, stdout, stderr, readers, ready)
+
+
+async def stop_actors(actors: list[ActorProcess]) -> dict[str, int]:
+    """SIGTERM each, then its exit code (killed after 30 s)."""
+    for actor in actors:
+        if actor.process.returncode is None:
+            actor.process.send_signal(signal.SIGTERM)
+    codes = {}
+    for actor in actors:
+        try:
+            async with asyncio.timeout(30):
+                codes[actor.name] = await actor.process.wait()
+        except TimeoutError:
+            actor.process.kill()
+            codes[actor.name] = await actor.process.wait()
+        await actor.readers
+    return codes
+
+
+class HookReceiver:
+    """A local HTTP endpoint that answers every request 200 and keeps the bodies."""
+
+    def __init__(self) -> None:
+        self.bodies: list[bytes] = []
+        self.arrived = asyncio.Event()
+        self.url = ""
+
+    async def __aenter__(self) -> HookReceiver:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._server.close()
+        await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = re.search(rb"(?i)content-length:\s*(\d+)", head)
+        self.bodies.append(await reader.readexactly(int(length.group(1)) if length else 0))
+        self.arrived.set()
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    async def wait(self, timeout: float = 20.0) -> bytes:
+        """The first delivery's body."""
+        async with asyncio.timeout(timeout):
+            await self.arrived.wait()
+        return self.bodies[0]
+
+
+async def test_a_session_runs_with_every_actor_on_its_own_user(
+    server: AuthServer, team_file: Path, tmp_path: Path
+) -> None:
+    s = Subjects(server.root)
+    session_id = new_id("ses")
+    async with bus_as(server, user_of(server, "admin")) as admin:  # what the operator provisions
+        await provision(admin, agents=AGENTS)
+        trace = TraceStore(tmp_path / "unused.db")
+        await ensure_consumer(admin, CollectorActor(trace).consumer(s))  # provision() leaves it out
+        trace.close()
+        await ensure_dreams(admin)
+        await register_team(admin, load_team(team_file))
+        memory = Memory(admin)
+        await memory.create("notes")
+        await memory.write("notes", "readme.md", "the team's notes start here", writer=OPERATOR)
+        await Workspace(admin).put(session_id, "data.csv", "service,errors\npayments,7\n")
+
+    actors: list[ActorProcess] = []
+    try:
+        for role, user, args in [
+            ("lead", user_of(server, "lead"), ()),
+            ("subagent", user_of(server, "subagent", "scout"), ("--agents", "scout")),
+            ("subagent", user_of(server, "subagent", "scribe"), ("--agents", "scribe")),
+            ("grader", user_of(server, "grader"), ()),
+            ("collector", user_of(server, "collector"), ("--db", str(tmp_path / "trace.db"))),
+            ("webhooks", user_of(server, "webhooks"), ()),
+            ("dreamer", user_of(server, "dreamer"), ()),
+        ]:
+            actors.append(await spawn_actor(server, role, user, *args))
+        async with asyncio.timeout(30):
+            await asyncio.gather(*(actor.wait_ready() for actor in actors))
+        async with HookReceiver() as receiver, bus_as(server, user_of(server, "submit")) as submitter:
+            results = await inbox(submitter, s.out(session_id, "result"), SessionResult)
+            await Client(submitter).submit(
+                "what failed?",
+                team="permteam",
+                session_id=session_id,
+                inputs=["data.csv"],
+                webhooks=[WebhookSpec(url=f"{receiver.url}/hook", secret=HOOK_SECRET)],
+            )
+            result = await results.next(timeout=60)
+            hook = json.loads(await receiver.wait())
+        assert result.status == "idle", result.final_text
+        assert "scout read:" in result.final_text
+        assert "payments,7" in result.final_text
+        assert "scribe read:" in result.final_text
+        assert "the team's notes start here" in result.final_text
+        assert result.outcome is not None
+        assert result.outcome.result == "satisfied", result.outcome
+        assert hook["data"]["id"] == session_id
+        async with bus_as(server, user_of(server, "admin")) as admin:
+            note = await Memory(admin).read("notes", "findings.md")
+            assert note.content.startswith("scout saw: what failed?")
+            assert (await Workspace(admin).get(session_id, "scribe.md")).startswith(
+                b"summary of: what failed?"
+            )
+            # the dreamer reads the session (through the collector) and writes a new store
+            dream = await request_dream(admin, DreamRequest(store="notes", sessions=5))
+            done = await wait_dream(admin, dream.dream_id, timeout=30)
+            assert done.status == "completed", done.error
+            assert done.report is not None
+            assert done.report.sessions == 1
+        async with bus_as(server, user_of(server, "submit")) as submitter:  # long stored by now
+            assert await submitter.last(s.out(session_id, "result")) == encode(result)
+    finally:
+        codes = await stop_actors(actors)
+    assert server.violations() == []
+    for actor in actors:
+        assert not [line for line in actor.stderr if "PERMISSION_VIOLATION" in line], actor.name
+    assert set(codes.values()) <= {0}, codes
