@@ -42,6 +42,7 @@ ENV = {
     "tls_cert": "STAFFWORK_NATS_TLS_CERT",
     "tls_key": "STAFFWORK_NATS_TLS_KEY",
     "context": "STAFFWORK_NATS_CONTEXT",
+    "inbox_prefix": "STAFFWORK_NATS_INBOX_PREFIX",
 }
 
 _AUTH = ("creds", "nkey", "user", "password", "token")
@@ -125,6 +126,9 @@ class NatsOptions:
     tls_key: Path | None = None
     #: The ``nats`` CLI context these options started from (its name or path), for messages.
     context: str | None = None
+    #: Where replies come back (``_INBOX.<user>``): with least privilege (``staffwork auth``) each
+    #: user may read only its own inbox prefix.
+    inbox_prefix: str | None = None
 
     def __post_init__(self) -> None:
         # Accept what a caller naturally has: a comma-separated string of URLs, paths as strings.
@@ -268,6 +272,8 @@ class NatsOptions:
             kwargs["token"] = self.token
         if (context := self.ssl_context()) is not None:
             kwargs["tls"] = context
+        if self.inbox_prefix:
+            kwargs["inbox_prefix"] = self.inbox_prefix
         return kwargs
 
     def identity(self) -> str:
