@@ -31,10 +31,10 @@ import nats.errors
 import nats.js.errors
 import structlog
 from nats.aio.client import Client as NATS
-from nats.js import JetStreamContext
 
 from bus.codec import DEFAULT_MAX_BYTES, Decoder, encode
 from bus.errors import BusError, BusTimeout, BusUnavailable, NoResponders, ServerRefused
+from bus.failover import FailoverJetStream
 from bus.options import NatsOptions
 from bus.state import KV, Listener, Responder, follow, follow_raw
 from bus.subjects import Subjects
@@ -192,7 +192,7 @@ class Bus:
     ) -> None:
         self._nc = nc
         self.api_timeout = API_TIMEOUT
-        self._js: JetStreamContext = nc.jetstream(timeout=self.api_timeout)
+        self._js = FailoverJetStream(nc, timeout=self.api_timeout)
         self.subjects = subjects
         self.url = url
         #: The servers and identity this connection was made with (never print its secrets:
@@ -292,6 +292,7 @@ class Bus:
         """Drain (flush pending publishes and acks, finish subscriptions), then close."""
         if self._nc.is_closed:
             return
+        await self._js.aclose()  # trace events still being sent again after a failover
         try:
             await self._nc.drain()
         except (nats.errors.Error, TimeoutError) as exc:
