@@ -10,6 +10,7 @@ resources".
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import nats.errors
@@ -193,6 +194,11 @@ async def ensure_stream(bus: Bus, config: StreamConfig) -> None:
     except (nats.errors.TimeoutError, TimeoutError) as exc:
         raise ProvisionError(f"creating stream {config.name!r} timed out (is JetStream enabled?)") from exc
     try:
+        # Never lower a stream's replicas: an actor starting with the defaults (R1) must not undo
+        # a cluster's R3 (raising them is applied).
+        current = (await bus._js.stream_info(str(config.name))).config.num_replicas or 1
+        if (config.num_replicas or 1) < current:
+            config = dataclasses.replace(config, num_replicas=current)
         await bus._js.update_stream(config)
         log.info("stream_updated", stream=config.name)
     except nats.js.errors.APIError as exc:

@@ -30,12 +30,13 @@ from actors.roles import ROLES, RoleConfig, serve_roles
 from actors.sessions.teams import register_team, registered_teams
 from actors.webhooks.actor import WebhookSettings
 from bus import local
+from bus.cluster import LocalCluster
 from bus.connection import Bus
 from bus.errors import StaffworkError
 from bus.health import ProcessIdentity
 from bus.lifecycle import install_stop_signals
 from bus.paths import data_dir, server_store_dir
-from bus.provision import provision
+from bus.provision import StreamSettings, provision
 from bus.server import EmbeddedServer
 
 
@@ -155,10 +156,18 @@ def up(
     allow_private: AllowPrivateOption = False,
     nats: NatsOption = None,
     root: RootOption = "sw",
+    cluster: Annotated[
+        int,
+        typer.Option(
+            "--cluster",
+            help="Run a local JetStream cluster of this many nodes (3 or more; streams at R3) "
+            "instead of one server.",
+        ),
+    ] = 0,
 ) -> None:
     """The embedded server plus every actor as its own process (lead, one worker per agent of the
-    registered teams); logs prefixed by role; a process that dies is restarted (and the server too);
-    Ctrl-C stops them all gracefully."""
+    registered teams); logs prefixed by role; a process that dies is restarted (and the server, or a
+    cluster's node, too); Ctrl-C stops them all gracefully."""
 
     async def go() -> None:
         if nats is None and (running := local.running_server()) is not None:
@@ -166,10 +175,22 @@ def up(
                 f"a staffwork {running.mode} already runs at {running.url} (pid {running.pid}): "
                 "use it, or stop it first"
             )
+        if cluster and (cluster < 3 or nats is not None):
+            raise StaffworkError(
+                f"--cluster {cluster}: a local cluster needs 3 or more nodes, and no --nats"
+                if cluster < 3
+                else "--cluster starts its own servers: give it without --nats"
+            )
         async with contextlib.AsyncExitStack() as owned:
             url = nats
             server = None
-            if url is None:
+            settings = StreamSettings()
+            nodes: LocalCluster | None = None
+            if cluster:
+                nodes = await owned.enter_async_context(LocalCluster(data_dir() / "cluster", size=cluster))
+                url, settings = nodes.url, nodes.stream_settings()
+                out.print(f"a local JetStream cluster of {cluster} nodes: {url}", highlight=False)
+            elif url is None:
                 server = EmbeddedServer(server_store_dir(), port=port)
                 url = await server.start()
 
@@ -177,19 +198,51 @@ def up(
                     err.print(f"waiting for {count} staffwork command(s) still using this server")
 
                 await owned.enter_async_context(local.serving(server, "up", on_wait=waiting))
-            roles = await _up(url, root, otlp, allow_private)
-            await Supervisor(url, root, roles, server).run()
+            roles = await _up(url, root, otlp, allow_private, settings)
+            supervisor = Supervisor(url, root, roles, server)
+            if nodes is None:
+                await supervisor.run()
+            else:
+                keeper = asyncio.ensure_future(_keep_nodes(nodes))
+                try:
+                    await supervisor.run()
+                finally:
+                    keeper.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await keeper
         out.print("staffwork is down")
 
     run_async(go)
 
 
+async def _keep_nodes(nodes: LocalCluster) -> None:
+    """Restart a cluster node that dies (same store and ports), until cancelled."""
+    while True:
+        index = await nodes.watch()
+        err.print(
+            f"[supervisor] cluster node {index + 1} exited; restarting it", highlight=False, markup=False
+        )
+        try:
+            await nodes.restart(index)
+        except StaffworkError as exc:
+            err.print(
+                f"[supervisor] cluster node {index + 1} did not come back: {exc}",
+                highlight=False,
+                markup=False,
+            )
+            await asyncio.sleep(5.0)
+
+
 async def _up(
-    url: str, root: str, otlp: str | None = None, allow_private: bool = False
+    url: str,
+    root: str,
+    otlp: str | None = None,
+    allow_private: bool = False,
+    settings: StreamSettings | None = None,
 ) -> list[tuple[str, list[str]]]:
     """Register the bundled teams and say what runs; the processes to supervise (name, arguments)."""
     async with await Bus.connect(url, root=root, name="staffwork-up") as bus:
-        await provision(bus)
+        await provision(bus, settings=settings)
         for example in sorted(p.parent.name for p in EXAMPLES.glob("*/team.toml")):
             await register_team(bus, load_example(example).team)
         teams = await registered_teams(bus)
