@@ -246,6 +246,8 @@ async def provisioned(cluster: LocalCluster, root: str) -> None:
                     if "no suitable peers" not in str(exc):
                         raise
                     await asyncio.sleep(0.2)  # the leader's view of its peers: nothing to await on
+        # an actor starting later provisions with the defaults (R1): that must not lower R3
+        await provision(admin, settings=StreamSettings(max_age=3600), agents=AGENTS)
     async with nats_client(cluster.urls[0]) as nc:
         replicas = await all_current(nc, timeout=20)
     assert set(replicas.values()) == {3}, replicas
