@@ -545,13 +545,8 @@ class Bus:
 
     async def stream_messages(self, stream: str, timeout: float = 5.0) -> int | None:
         """How many messages ``stream`` holds, or None if there is no such stream."""
-        try:
-            with translated("stream info", stream, self.url, timeout=timeout):
-                async with asyncio.timeout(timeout):
-                    info = await self._js.stream_info(stream)
-        except NotFound:
-            return None
-        return int(info.state.messages)
+        summary = await self.stream_summary(stream, timeout)
+        return None if summary is None else summary.messages
 
     async def stream_summary(self, stream: str, timeout: float = 5.0) -> StreamSummary | None:
         """``stream``'s message count, replicas and cluster leader, or None if there is no such stream."""

@@ -2,8 +2,7 @@
 agent, the server runs with that config, what a user may not do is refused, and a whole session
 still works with every actor on its own user (each a process, on the offline model).
 
-The server is started here (``start_auth_server``: ``nats-server -c <config>``, readiness and port
-from its log, as ``tests/helpers.start_nats_server``), because that helper takes no config file yet.
+The server is ``tests/helpers.start_nats_server`` with the generated config included.
 """
 
 from __future__ import annotations
@@ -44,7 +43,6 @@ from bus.connection import Bus
 from bus.memory import Memory
 from bus.permissions import NOTICE_KEY as GRANTED_NOTICE_KEY
 from bus.provision import ensure_consumer, provision
-from bus.server import find_server_binary
 from bus.subjects import JetStreamApi as J
 from bus.subjects import Subjects
 from bus.workspace import Workspace
@@ -53,7 +51,7 @@ from schemas.ids import new_id
 from schemas.memory import Writer
 from schemas.session import SessionResult
 from schemas.webhooks import WebhookSpec
-from tests.helpers import ROOT_DIR, inbox
+from tests.helpers import ROOT_DIR, inbox, start_nats_server, stop_nats_server
 
 READY_TIMEOUT = 20.0
 OPERATOR = Writer(kind="user", user="operator")
@@ -130,39 +128,6 @@ class AuthServer:
         return [line for line in self.log if "Violation" in line]
 
 
-def start_auth_server(config: Path) -> tuple[str, subprocess.Popen[bytes], list[str], threading.Thread]:
-    """``nats-server -c config``, once it logs "Server is ready" (its port read from the log)."""
-    proc = subprocess.Popen(
-        [str(find_server_binary()), "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    assert proc.stderr is not None
-    lines: list[str] = []
-    port = 0
-    ready = threading.Event()
-
-    def reader() -> None:
-        nonlocal port
-        assert proc.stderr is not None
-        for raw in proc.stderr:
-            line = raw.decode(errors="replace").rstrip()
-            lines.append(line)
-            if match := re.search(r"Listening for client connections on \S+:(\d+)", line):
-                port = int(match.group(1))
-            if "Server is ready" in line:
-                ready.set()
-        ready.set()  # exited: the waiter sees it
-
-    thread = threading.Thread(target=reader, daemon=True)
-    thread.start()
-    if not ready.wait(READY_TIMEOUT) or not port:
-        proc.kill()
-        proc.wait()
-        thread.join(10)
-        proc.stderr.close()
-        raise RuntimeError("nats-server did not become ready:\n" + "\n".join(lines[-20:]))
-    return f"nats://127.0.0.1:{port}", proc, lines, thread
-
-
 def run_auth(*args: str) -> str:
     """``staffwork auth ARGS`` in this process (the command alone, as the CLI registers it)."""
     app = typer.Typer()
@@ -185,24 +150,12 @@ def server(tmp_path: Path, team_file: Path) -> Iterator[AuthServer]:
     bundle = tmp_path / "auth"
     run_auth("--team", str(team_file), "--root", root, "--out", str(bundle))
     config = tmp_path / "server.conf"
-    config.write_text(
-        "host: 127.0.0.1\nport: -1\n"
-        f"jetstream {{ store_dir: {json.dumps(str(tmp_path / 'js'))} }}\n"
-        f"include {json.dumps(f'auth/{CONFIG_FILE}')}\n"  # relative to this file
-    )
-    url, proc, lines, thread = start_auth_server(config)
+    config.write_text(f"include {json.dumps(f'auth/{CONFIG_FILE}')}\n")  # relative to this file
+    nats = start_nats_server(tmp_path / "js", config=config)
     try:
-        yield AuthServer(url, proc, lines, thread, root, bundle)
+        yield AuthServer(nats.url, nats.process, nats.log, nats.reader, root, bundle)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        thread.join(10)
-        assert proc.stderr is not None
-        proc.stderr.close()
+        stop_nats_server(nats)
 
 
 # --- clients on a user ------------------------------------------------------------------------------
