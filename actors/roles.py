@@ -277,6 +277,11 @@ class ModelNotice:
             try:
                 await self._change(self._mine)
             except Exception as exc:  # an outage: renewed again at the next turn
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    # stopped while a request timed out: on 3.11 the cancel can arrive as that
+                    # TimeoutError, and swallowing it would keep stop() waiting a whole turn
+                    raise asyncio.CancelledError from exc
                 log.warning("model_notice_renew_failed", error=repr(exc))
 
     async def _change(self, edit: Callable[[dict[str, NoticeLine]], object]) -> dict[str, NoticeLine]:

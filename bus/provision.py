@@ -10,8 +10,11 @@ resources".
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import nats.errors
 import nats.js.errors
@@ -31,6 +34,8 @@ from nats.js.api import (
 from bus.connection import Bus
 from bus.errors import ProvisionError
 from bus.subjects import Subjects
+
+T = TypeVar("T")
 
 log = structlog.get_logger("staffwork.provision")
 
@@ -179,10 +184,29 @@ def _unavailable(exc: BaseException) -> ProvisionError:
     return ProvisionError(f"JetStream is not available on this server (start nats-server with -js): {exc!r}")
 
 
+_PLACEMENT_WAIT = 10.0  # seconds a new cluster may take to count every peer in (see _placed)
+
+
+async def _placed(create: Callable[[], Awaitable[T]]) -> T:
+    """``create()``, asked again while the cluster answers "no suitable peers for placement": just
+    after a cluster starts (or a node returns) its metadata leader may count a peer offline for a
+    moment, and an R3 stream cannot be placed yet. Bounded by ``_PLACEMENT_WAIT``."""
+    deadline = asyncio.get_running_loop().time() + _PLACEMENT_WAIT
+    while True:
+        try:
+            return await create()
+        except nats.js.errors.APIError as exc:
+            if "no suitable peers" not in str(exc.description or "") or (
+                asyncio.get_running_loop().time() >= deadline
+            ):
+                raise
+        await asyncio.sleep(0.2)  # the leader's view of its peers: nothing to await on
+
+
 async def ensure_stream(bus: Bus, config: StreamConfig) -> None:
     """Create the stream, or update it when it exists with other settings."""
     try:
-        await bus._js.add_stream(config)
+        await _placed(lambda: bus._js.add_stream(config))
         return
     except nats.js.errors.BadRequestError as exc:
         if exc.err_code != _STREAM_IN_USE:
@@ -199,7 +223,7 @@ async def ensure_stream(bus: Bus, config: StreamConfig) -> None:
         current = (await bus._js.stream_info(str(config.name))).config.num_replicas or 1
         if (config.num_replicas or 1) < current:
             config = dataclasses.replace(config, num_replicas=current)
-        await bus._js.update_stream(config)
+        await _placed(lambda: bus._js.update_stream(config))
         log.info("stream_updated", stream=config.name)
     except nats.js.errors.APIError as exc:
         raise ProvisionError(
@@ -243,7 +267,7 @@ async def ensure_kv(bus: Bus, bucket: str, *, history: int, settings: StreamSett
         bucket=bucket, history=history, storage=settings.storage, replicas=settings.replicas, direct=True
     )
     try:
-        await bus._js.create_key_value(config)
+        await _placed(lambda: bus._js.create_key_value(config))
     except nats.js.errors.APIError as exc:
         raise ProvisionError(f"cannot create KV bucket {bucket!r}: {exc.description}") from exc
 
@@ -261,7 +285,7 @@ async def ensure_object_store(bus: Bus, bucket: str, *, settings: StreamSettings
         replicas=settings.replicas,
     )
     try:
-        await bus._js.create_object_store(bucket, config)
+        await _placed(lambda: bus._js.create_object_store(bucket, config))
     except nats.js.errors.APIError as exc:
         raise ProvisionError(f"cannot create object store {bucket!r}: {exc.description}") from exc
 
