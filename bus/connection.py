@@ -37,7 +37,7 @@ from bus.errors import BusError, BusTimeout, BusUnavailable, NoResponders, Serve
 from bus.failover import FailoverJetStream
 from bus.options import NatsOptions
 from bus.state import KV, Listener, Responder, follow, follow_raw
-from bus.subjects import Subjects
+from bus.subjects import JetStreamApi, Subjects
 from bus.tracing import SpanContext, current_span
 from schemas.base import Message
 from schemas.trace import MessageRejected as MessageRejectedEvent
@@ -601,7 +601,7 @@ class Bus:
         (``*``: any) after its ``max_deliver`` deliveries: JetStream's max-deliveries advisory, which
         the server publishes on ``$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.<stream>.<consumer>``
         and does not store. With ``queue``, one subscriber of the group gets each advisory."""
-        subject = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.{consumer}"
+        subject = JetStreamApi.max_deliveries(stream, consumer)
         return await self.listen(subject, MaxDeliveries, callback, queue=queue)
 
     async def follow_raw(self, subject: str) -> AsyncGenerator[bytes, None]:

@@ -20,6 +20,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from bus.connection import Bus
 from bus.errors import BusError, BusTimeout
+from bus.subjects import JetStreamApi
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +61,7 @@ async def read_subject(
             if since is not None and seq == 1:  # the first batch starts at a time, the next ones at a seq
                 del request["seq"]
                 request["start_time"] = since.astimezone(UTC).isoformat().replace("+00:00", "Z")
-            await nc.publish(f"$JS.API.DIRECT.GET.{stream}", json.dumps(request).encode(), reply=inbox)
+            await nc.publish(JetStreamApi.direct_get(stream), json.dumps(request).encode(), reply=inbox)
             got = 0
             more = 0
             while True:

@@ -37,6 +37,7 @@ from bus.errors import (
     ServerRefused,
 )
 from bus.state import last_per_subject
+from bus.subjects import JetStreamApi
 from bus.workspace import normalize_path
 from schemas.memory import MAX_MEMORY_BYTES, MemoryFile, MemoryStoreInfo, MemoryVersion, Writer
 
@@ -121,11 +122,13 @@ class Memory:
 
     async def stores(self) -> list[MemoryStoreInfo]:
         """Every registered store, by name."""
-        head = f"$KV.{self.bucket}."
         found: list[MemoryStoreInfo] = []
         try:
             async for msg in last_per_subject(
-                self.bus._js, f"KV_{self.bucket}", head + ">", timeout=self.timeout
+                self.bus._js,
+                JetStreamApi.kv_stream(self.bucket),
+                JetStreamApi.kv_key(self.bucket),
+                timeout=self.timeout,
             ):
                 if (msg.headers or {}).get("KV-Operation") in ("DEL", "PURGE") or not msg.data:
                     continue

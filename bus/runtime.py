@@ -30,6 +30,7 @@ from bus.codec import DEFAULT_MAX_BYTES, Decoder, peek_session
 from bus.connection import REPLY_TO, TRACEPARENT, Bus
 from bus.errors import MessageRejected, Retryable
 from bus.provision import ConsumerSpec, ensure_consumer
+from bus.subjects import JetStreamApi
 from bus.tracing import SpanContext, current_span
 from schemas.base import ErrorInfo, Message
 from schemas.trace import SessionErrorEvent
@@ -149,7 +150,7 @@ class ActorRuntime(Generic[In]):
 
     async def _pull_loop(self, prefix: str, stop_waiter: asyncio.Future[Any]) -> None:
         settings = self.settings
-        pull_subject = f"$JS.API.CONSUMER.MSG.NEXT.{self.bus.subjects.log_stream}.{self.spec.durable}"
+        pull_subject = JetStreamApi.msg_next(self.bus.subjects.log_stream, self.spec.durable)
         expires_ns = int(settings.pull_expires * 1e9)
         number = 0
         while not stop_waiter.done():

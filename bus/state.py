@@ -20,6 +20,7 @@ from nats.js.kv import KeyValue
 
 from bus.codec import Decoder
 from bus.errors import BusError, BusTimeout, MessageRejected
+from bus.subjects import JetStreamApi
 
 T = TypeVar("T")
 log = structlog.get_logger("staffwork.bus")
@@ -61,9 +62,10 @@ class KV:
 
     async def keys(self, prefix: str = "") -> list[str]:
         """The keys (optionally only those starting with ``prefix``), sorted; [] for an empty bucket."""
-        head = f"$KV.{self.bucket}."
+        head = JetStreamApi.kv_key(self.bucket, "")
         found: list[str] = []
-        async for msg in last_per_subject(self._js, f"KV_{self.bucket}", head + ">", headers_only=True):
+        stream, every = JetStreamApi.kv_stream(self.bucket), JetStreamApi.kv_key(self.bucket)
+        async for msg in last_per_subject(self._js, stream, every, headers_only=True):
             if (msg.headers or {}).get("KV-Operation") in ("DEL", "PURGE"):
                 continue  # deleted: its last message is the delete marker
             key = msg.subject[len(head) :]

@@ -28,7 +28,7 @@ from bus.connection import Bus
 from bus.direct import read_subject
 from bus.errors import BusError, BusTimeout, FileChanged, FileNotFound, IntegrityError, InvalidPath
 from bus.state import last_per_subject
-from bus.subjects import check_token
+from bus.subjects import JetStreamApi, check_token
 from schemas.files import FileInfo, Provenance
 
 MAX_PATH_BYTES = 1024
@@ -131,7 +131,7 @@ class Workspace:
     ) -> None:
         self.bus = bus
         self.bucket = bucket or bus.subjects.files_bucket
-        self.stream = f"OBJ_{self.bucket}"
+        self.stream = JetStreamApi.object_stream(self.bucket)
         self.chunk_size = chunk_size
         self.timeout = timeout
 
