@@ -199,38 +199,10 @@ def up(
 
                 await owned.enter_async_context(local.serving(server, "up", on_wait=waiting))
             roles = await _up(url, root, otlp, allow_private, settings)
-            supervisor = Supervisor(url, root, roles, server)
-            if nodes is None:
-                await supervisor.run()
-            else:
-                keeper = asyncio.ensure_future(_keep_nodes(nodes))
-                try:
-                    await supervisor.run()
-                finally:
-                    keeper.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await keeper
+            await Supervisor(url, root, roles, server, cluster=nodes).run()
         out.print("staffwork is down")
 
     run_async(go)
-
-
-async def _keep_nodes(nodes: LocalCluster) -> None:
-    """Restart a cluster node that dies (same store and ports), until cancelled."""
-    while True:
-        index = await nodes.watch()
-        err.print(
-            f"[supervisor] cluster node {index + 1} exited; restarting it", highlight=False, markup=False
-        )
-        try:
-            await nodes.restart(index)
-        except StaffworkError as exc:
-            err.print(
-                f"[supervisor] cluster node {index + 1} did not come back: {exc}",
-                highlight=False,
-                markup=False,
-            )
-            await asyncio.sleep(5.0)
 
 
 async def _up(

@@ -1,7 +1,8 @@
 """The supervisor of ``staffwork up`` (the Erlang/OTP idea: let it crash, restart it): one task per
-actor process and one for the embedded nats-server; a process that exits is restarted with
-exponential backoff (reset once it stayed up), a role that keeps crashing is reported loudly and still
-retried; SIGINT/SIGTERM stops everything, and nothing is restarted then."""
+actor process and one for the embedded nats-server (or the nodes of ``up --cluster``); a process
+that exits is restarted with exponential backoff (reset once it stayed up), a role that keeps
+crashing is reported loudly and still retried; SIGINT/SIGTERM stops everything, and nothing is
+restarted then."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from actors.cli.common import err, out
+from bus.cluster import LocalCluster
 from bus.errors import ServerError, ServerFailed
 from bus.lifecycle import install_stop_signals
 from bus.server import EmbeddedServer, die_with_parent
@@ -75,11 +77,13 @@ class Supervisor:
         roles: list[tuple[str, list[str]]],
         server: EmbeddedServer | None = None,
         policy: RestartPolicy | None = None,
+        cluster: LocalCluster | None = None,
     ) -> None:
         self.url = url
         self.root = root
         self.roles = roles
         self.server = server
+        self.cluster = cluster
         self.policy = policy or RestartPolicy()
         self.stop = asyncio.Event()
 
@@ -89,6 +93,8 @@ class Supervisor:
         async with asyncio.TaskGroup() as tg:
             if self.server is not None:
                 tg.create_task(self._keep_server(self.server), name="keep-nats-server")
+            if self.cluster is not None:
+                tg.create_task(self._keep_cluster(self.cluster), name="keep-nats-cluster")
             for name, args in self.roles:
                 tg.create_task(self._keep(name, args), name=f"keep-{name}")
 
@@ -150,6 +156,38 @@ class Supervisor:
                 highlight=False,
                 markup=False,
             )
+
+    async def _keep_cluster(self, cluster: LocalCluster) -> None:
+        """Restart a node of ``up``'s local cluster when it dies (same store and ports), until stopped;
+        each node with its own backoff, as an actor process has. Every node found down is restarted,
+        so two that die together both come back."""
+        loop = asyncio.get_running_loop()
+        backoffs: dict[int, Backoff] = {}
+        restarts: dict[int, int] = {}
+        started = dict.fromkeys(range(cluster.size), loop.time())
+        while True:
+            down = cluster.down()
+            if not down:
+                await _first(cluster.watch(), self.stop.wait())  # a node exits, or we stop
+                if self.stop.is_set():
+                    return  # the cluster's owner stops it, once the actors are down
+                continue
+            index = down[0]
+            name = f"nats-server node {index + 1}"
+            ran = loop.time() - started[index]
+            what, cause = f"exited after {ran:.1f}s", "exited"
+            while True:
+                restarts[index] = restarts.get(index, 0) + 1
+                backoff = backoffs.setdefault(index, Backoff(self.policy))
+                if not await self._restarting(name, what, cause, ran, backoff, restarts[index]):
+                    return
+                try:
+                    url = await cluster.restart(index)
+                    break
+                except ServerError as exc:
+                    what, cause, ran = f"could not restart: {exc}", "could not restart", 0.0
+            started[index] = loop.time()
+            err.print(f"[supervisor] {name} is back at {url}", highlight=False, markup=False)
 
     async def _restarting(
         self, name: str, what: str, cause: str, ran: float, backoff: Backoff, restart: int
