@@ -186,7 +186,7 @@ class Client:
         async for stored in read_subject(self.bus, self.bus.subjects.log_stream, subject):
             with contextlib.suppress(MessageRejected):
                 answer = _custom_answer.decode(stored.data, subject=subject)
-                if answer.session_id == session_id and answer.custom_tool_use_id == tool_use_id:
+                if not answer.mismatch(session_id, tool_use_id):
                     return True
         return False
 

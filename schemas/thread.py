@@ -64,3 +64,11 @@ class CustomToolResult(Message, frozen=True, kw_only=True, tag="user.custom_tool
     custom_tool_use_id: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
     content: str = ""
     is_error: bool = False
+
+    def mismatch(self, session_id: str, tool_use_id: str) -> str:
+        """Why this is not the answer to call ``tool_use_id`` of ``session_id`` ("" if it is)."""
+        if self.session_id != session_id:
+            return f"names session {self.session_id!r}, not {session_id!r}"
+        if self.custom_tool_use_id != tool_use_id:
+            return f"answers {self.custom_tool_use_id!r}, not {tool_use_id!r}"
+        return ""

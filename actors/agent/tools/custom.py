@@ -106,11 +106,8 @@ def _valid(ctx: ToolContext, data: bytes) -> tuple[CustomToolResult | None, str]
         answer = _answers.decode(data)
     except MessageRejected as exc:
         return None, exc.reason
-    if answer.session_id != ctx.session_id:
-        return None, f"names session {answer.session_id!r}, not {ctx.session_id!r}"
-    if answer.custom_tool_use_id != ctx.tool_use_id:
-        return None, f"answers {answer.custom_tool_use_id!r}, not {ctx.tool_use_id!r}"
-    return answer, ""
+    problem = answer.mismatch(ctx.session_id, ctx.tool_use_id)
+    return (None, problem) if problem else (answer, "")
 
 
 async def _running(ctx: ToolContext) -> None:
