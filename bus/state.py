@@ -202,11 +202,19 @@ async def last_per_subject(
     remaining = info.num_pending or 0
     psub = await js.pull_subscribe_bind(info.name, stream)
     try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         while remaining > 0:
             try:
                 batch = await psub.fetch(min(_LAST_BATCH, remaining), timeout=timeout)
             except (nats.errors.TimeoutError, TimeoutError) as exc:
                 raise BusTimeout("read the last messages", filter_subject, timeout) from exc
+            except nats.js.errors.ServiceUnavailableError as exc:
+                # on a cluster, the server we talk to may not know the new consumer yet (503)
+                if loop.time() >= deadline:
+                    raise BusTimeout("read the last messages", filter_subject, timeout) from exc
+                await asyncio.sleep(0.05)
+                continue
             for msg in batch:
                 remaining -= 1
                 yield msg
