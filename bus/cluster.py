@@ -42,6 +42,7 @@ _SELF_LEADER = "Self is new JetStream cluster metadata leader"
 _NO_LEADER = "JetStream cluster no metadata leader"
 _KILL = getattr(signal, "SIGKILL", signal.SIGTERM)
 _ROUTE_ERROR_EVERY = 60  # log every 60th failed attempt to reach a lost node (about once a minute)
+_PORT_CLASH_TRIES = 3
 MAX_REPLICAS = 3  # JetStream allows 5; three survive one lost node, which is what a laptop needs
 
 
@@ -57,6 +58,11 @@ def _free_ports(count: int, host: str) -> list[int]:
         for sock in sockets:
             sock.bind((host, 0))
         return [int(sock.getsockname()[1]) for sock in sockets]
+
+
+def _port_clash(exc: ServerFailed) -> bool:
+    """Whether a node failed because a port chosen for it was taken before it could bind it."""
+    return any("address already in use" in line for line in [exc.reason, *exc.lines])
 
 
 @dataclass
@@ -153,20 +159,37 @@ class LocalCluster:
     # --- lifecycle -----------------------------------------------------------------------------------
 
     async def start(self) -> list[str]:
-        """Start every node; return the client URLs once every node knows the metadata leader."""
+        """Start every node; return the client URLs once every node knows the metadata leader.
+
+        The route ports are chosen before any node starts (each node's ``--routes`` names them
+        all), so another process can take one in between; a node then fails with "address already
+        in use", and the whole cluster is started again on new ports (at most
+        ``_PORT_CLASH_TRIES`` times)."""
         self.store_root.mkdir(parents=True, exist_ok=True)
-        ports = _free_ports(self.size, self.host)
-        self.nodes = [
-            ClusterNode(name=f"n{i + 1}", store_dir=self.store_root / f"n{i + 1}", cluster_port=port)
-            for i, port in enumerate(ports)
-        ]
         started = time.monotonic()
-        try:
-            await asyncio.gather(*(self._launch(node) for node in self.nodes))
-            await self.wait_ready()
-        except BaseException:
-            await self.stop()
-            raise
+        for attempt in range(1, _PORT_CLASH_TRIES + 1):
+            ports = _free_ports(self.size, self.host)
+            self.nodes = [
+                ClusterNode(name=f"n{i + 1}", store_dir=self.store_root / f"n{i + 1}", cluster_port=port)
+                for i, port in enumerate(ports)
+            ]
+            try:
+                launched = await asyncio.gather(
+                    *(self._launch(node) for node in self.nodes), return_exceptions=True
+                )
+                for failure in launched:  # every launch has ended, so stop() leaves no node behind
+                    if isinstance(failure, BaseException):
+                        raise failure
+                await self.wait_ready(every_node=True)
+                break
+            except ServerFailed as exc:
+                await self.stop()
+                if attempt == _PORT_CLASH_TRIES or not _port_clash(exc):
+                    raise
+                log.warning("nats_cluster_port_taken", attempt=attempt, error=str(exc))
+            except BaseException:
+                await self.stop()
+                raise
         log.info(
             "nats_cluster_ready",
             urls=self.urls,
@@ -227,13 +250,16 @@ class LocalCluster:
         node.meta_leader = leader
         node.knows_leader.set()
 
-    async def wait_ready(self, timeout: float | None = None) -> None:
+    async def wait_ready(self, timeout: float | None = None, *, every_node: bool = False) -> None:
         """Wait until every running node knows the metadata leader and JetStream can place a stream
         on as many of them as :attr:`replicas` asks (a probe stream, made and deleted: the leader
         counts a peer only once it has heard from it). :class:`ServerFailed` if a node exits first
-        or it takes longer than ``timeout`` (default: ``ready_timeout``)."""
+        or it takes longer than ``timeout`` (default: ``ready_timeout``); with ``every_node``, also
+        if one has already exited."""
         timeout = self.ready_timeout if timeout is None else timeout
-        waiting = [node for node in self.nodes if node.running]
+        # At start every node must join: one that already exited (its route port taken: nats-server
+        # binds it after it says it is ready) fails the wait with its log lines.
+        waiting = [node for node in self.nodes if every_node or node.running]
         step = "heard of a JetStream metadata leader"
         try:
             async with asyncio.timeout(timeout):

@@ -10,6 +10,7 @@ import asyncio
 import importlib.util
 import json
 import re
+import socket
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -21,6 +22,7 @@ import nats.js.errors
 import pytest
 from nats.aio.client import Client as NATS
 
+import bus.cluster
 from actors.agent.models.base import ModelRequest, ModelResponse
 from actors.agent.models.offline import OfflineModel
 from actors.roles import running_agents
@@ -374,3 +376,32 @@ async def test_sessions_finish_when_the_node_their_actors_use_dies(cluster: Loca
 @NEEDS_FAILOVER
 async def test_sessions_finish_when_the_log_streams_leader_dies(cluster: LocalCluster, root: str) -> None:
     await sessions_across_a_kill(cluster, root, leaders_on_victim=True)
+
+
+async def test_a_route_port_taken_before_its_node_binds_it_starts_the_cluster_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The route ports are chosen before the nodes start; when another process takes one first,
+    the node fails with "address already in use" and the cluster starts again on new ports."""
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", 0))
+    squatter.listen()
+    taken = int(squatter.getsockname()[1])
+    choices: list[list[int]] = []
+    real = bus.cluster._free_ports
+
+    def first_one_taken(count: int, host: str) -> list[int]:
+        ports = real(count, host)
+        if not choices:
+            ports[1] = taken  # another process got it between the choice and the bind
+        choices.append(ports)
+        return ports
+
+    monkeypatch.setattr(bus.cluster, "_free_ports", first_one_taken)
+    try:
+        async with LocalCluster(tmp_path / "cluster") as running:
+            assert len(choices) == 2
+            assert taken not in [node.cluster_port for node in running.nodes]
+            assert len(running.urls) == 3
+    finally:
+        squatter.close()
