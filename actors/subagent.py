@@ -21,7 +21,7 @@ from actors.agent.tools.memory import memory_note
 from actors.agent.tools.sources import ToolSources
 from actors.agent.tools.workspace import write_and_record
 from actors.sessions.cancel import CancelWatch, race_cancel
-from actors.sessions.directory import SessionDirectory
+from actors.sessions.directory import STOPPED, SessionDirectory
 from bus.actor import BaseActor, Context
 from bus.connection import Bus
 from bus.errors import HistoryConflict, InvalidPath, Retryable
@@ -143,7 +143,17 @@ class SubagentActor(BaseActor[SubagentInbox]):
 
     async def _handle(self, msg: SubagentInbox, ctx: Context) -> Message | None:
         bus = ctx.bus
-        team = await self.directory.team(msg.session_id)
+        log = ThreadLog(bus, reader=self.role)
+        # One read of the session's record gives its team and whether it was stopped. A delegation's
+        # first delivery starts a new thread: its claim is appended on an empty log without reading
+        # it first (one round trip less); if the log turns out not to be empty, it is read and handled
+        # as any other delivery. Other requests read the log alongside the record.
+        optimistic = isinstance(msg, Delegation) and ctx.delivery == 1
+        record, history = await asyncio.gather(
+            self.directory.get(msg.session_id),
+            self._no_history(msg) if optimistic else log.load(msg.session_id, msg.thread_id),
+        )
+        team = record.team if record is not None else None
         if team is None:
             error = ErrorInfo(kind="unknown_session", message=f"session {msg.session_id!r} is not recorded")
             return self._reply(msg, status="failed", text=error.message, error=error)
@@ -152,12 +162,14 @@ class SubagentActor(BaseActor[SubagentInbox]):
         except KeyError as exc:
             error = ErrorInfo(kind="unknown_agent", message=str(exc.args[0]))
             return self._reply(msg, status="failed", text=error.message, error=error)
-        if await self.directory.is_canceled(msg.session_id):
+        if record is not None and record.status in STOPPED:
             return self._reply(msg, status="canceled", text="the session was canceled")
-
-        log = ThreadLog(bus, reader=self.role)
-        history = await log.load(msg.session_id, msg.thread_id)
-        if not await self._start_turn(bus, log, history, msg, spec):
+        if optimistic:
+            try:
+                await self._start_turn(bus, log, history, msg, spec)
+            except HistoryConflict:  # not new after all: the log was read into ``history``
+                optimistic = False
+        if not optimistic and not await self._start_turn(bus, log, history, msg, spec):
             error = ErrorInfo(
                 kind="unknown_thread", message=f"no thread {msg.thread_id!r} in session {msg.session_id!r}"
             )
@@ -221,6 +233,10 @@ class SubagentActor(BaseActor[SubagentInbox]):
             error=result.error,
         )
 
+    @staticmethod
+    async def _no_history(msg: SubagentInbox) -> ThreadHistory:
+        return ThreadHistory(session_id=msg.session_id, thread_id=msg.thread_id)
+
     async def _start_turn(
         self, bus: Any, log: ThreadLog, history: ThreadHistory, msg: SubagentInbox, spec: AgentSpec
     ) -> bool:
@@ -230,15 +246,6 @@ class SubagentActor(BaseActor[SubagentInbox]):
         if isinstance(msg, Delegation):
             if history.entries:
                 raise Retryable(f"thread {msg.thread_id!r} already exists for another request")
-            await bus.emit(
-                ThreadCreated(
-                    session_id=msg.session_id,
-                    thread_id=msg.thread_id,
-                    agent=msg.agent,
-                    parent_thread_id=msg.parent_thread_id,
-                    task=msg.task,
-                )
-            )
             text = msg.task
         else:
             if not history.entries:
@@ -260,6 +267,16 @@ class SubagentActor(BaseActor[SubagentInbox]):
             trigger=msg.msg_id,
         )
         await log.append(history, entry)
+        if isinstance(msg, Delegation):
+            await bus.emit(
+                ThreadCreated(
+                    session_id=msg.session_id,
+                    thread_id=msg.thread_id,
+                    agent=msg.agent,
+                    parent_thread_id=msg.parent_thread_id,
+                    task=msg.task,
+                )
+            )
         return True
 
 

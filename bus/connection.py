@@ -36,7 +36,7 @@ from bus.codec import DEFAULT_MAX_BYTES, Decoder, encode
 from bus.errors import BusError, BusTimeout, BusUnavailable, NoResponders, ServerRefused
 from bus.failover import FailoverJetStream
 from bus.options import NatsOptions
-from bus.state import KV, Listener, Responder, follow, follow_raw
+from bus.state import KV, Listener, Rejected, Responder, follow, follow_raw
 from bus.subjects import JetStreamApi, Subjects
 from bus.tracing import SpanContext, current_span
 from schemas.base import Message
@@ -201,6 +201,7 @@ class Bus:
         #: The server's permission violations on this connection (see :class:`PermissionErrors`).
         self.permission_errors = permission_errors or PermissionErrors()
         self._stream_slots: asyncio.Semaphore | None = None
+        self._kvs: dict[str, KV] = {}  # the design's buckets, looked up once (see kv())
         #: Set while connected; pullers wait on it rather than buffer requests during an outage.
         self.online = online or asyncio.Event()
         if nc.is_connected:
@@ -407,11 +408,22 @@ class Bus:
         return self._stream_slots
 
     async def kv(self, bucket: str) -> KV:
-        """A KV bucket (it must exist: provisioning creates the design's buckets)."""
+        """A KV bucket (it must exist: provisioning creates the design's buckets).
+
+        The design's own buckets (sessions, registry, webhooks) are looked up once per connection:
+        finding a bucket is a stream-info round trip, which the hot path would otherwise pay on
+        every read. Memory stores and dreams come and go, so they are looked up each time."""
+        cached = self._kvs.get(bucket)
+        if cached is not None:
+            return cached
         try:
-            return KV(await self._js.key_value(bucket), bucket, self._js)
+            kv = KV(await self._js.key_value(bucket), bucket, self._js)
         except nats.js.errors.BucketNotFoundError as exc:
             raise BusError(f"KV bucket {bucket!r} does not exist: was the bus provisioned?") from exc
+        s = self.subjects
+        if bucket in (s.sessions_bucket, s.registry_bucket, s.webhooks_bucket):
+            self._kvs[bucket] = kv
+        return kv
 
     @overload
     async def listen(
@@ -422,6 +434,7 @@ class Bus:
         *,
         max_bytes: int = DEFAULT_MAX_BYTES,
         queue: str = "",
+        on_rejected: Rejected | None = None,
     ) -> Listener[T]: ...
     @overload
     async def listen(
@@ -432,6 +445,7 @@ class Bus:
         *,
         max_bytes: int = DEFAULT_MAX_BYTES,
         queue: str = "",
+        on_rejected: Rejected | None = None,
     ) -> Listener[Any]: ...
     async def listen(
         self,
@@ -441,10 +455,12 @@ class Bus:
         *,
         max_bytes: int = DEFAULT_MAX_BYTES,
         queue: str = "",
+        on_rejected: Rejected | None = None,
     ) -> Listener[Any]:
         """Subscribe to ``subject`` (core, not durable), decoding each message into ``type``; with
-        ``queue``, one subscriber of the group gets each message."""
-        listener: Listener[Any] = Listener(Decoder(type, max_bytes=max_bytes), callback)
+        ``queue``, one subscriber of the group gets each message. An undecodable message is logged
+        and, with ``on_rejected``, handed to it (subject, payload, reason)."""
+        listener: Listener[Any] = Listener(Decoder(type, max_bytes=max_bytes), callback, on_rejected)
         with translated("subscribe", subject, self.url):
             listener._sub = await self._nc.subscribe(subject, queue=queue, cb=listener._on_message)
         return listener

@@ -142,6 +142,10 @@ async def follow(js: Any, stream: str, subject: str, decoder: Decoder[T]) -> Asy
                 continue
 
 
+#: What a listener hands an undecodable message to: (subject, payload, reason).
+Rejected = Callable[[str, bytes, str], Awaitable[None]]
+
+
 class Listener(Generic[T]):
     """A core subscription that decodes each message into ``T`` and hands it to a callback.
 
@@ -149,9 +153,15 @@ class Listener(Generic[T]):
     the listener.
     """
 
-    def __init__(self, decoder: Decoder[T], callback: Callable[[T], Awaitable[None] | None]) -> None:
+    def __init__(
+        self,
+        decoder: Decoder[T],
+        callback: Callable[[T], Awaitable[None] | None],
+        on_rejected: Rejected | None = None,
+    ) -> None:
         self._decoder = decoder
         self._callback = callback
+        self._on_rejected = on_rejected
         self._sub: Subscription | None = None
 
     async def _on_message(self, msg: Msg) -> None:
@@ -159,6 +169,11 @@ class Listener(Generic[T]):
             value = self._decoder.decode(msg.data, subject=msg.subject)
         except MessageRejected as exc:
             log.warning("listener_rejected", subject=msg.subject, reason=exc.reason)
+            if self._on_rejected is not None:
+                try:
+                    await self._on_rejected(msg.subject, msg.data, exc.reason)
+                except Exception:
+                    log.exception("listener_reject_report_failed", subject=msg.subject)
             return
         try:
             result = self._callback(value)

@@ -170,9 +170,6 @@ async def test_stray_replies_are_rejected_and_the_real_reply_is_used(bus: Bus) -
         in_reply_to=f"dlg-{sid}-t-toolu_slow",
     )
     orphan = msgspec.structs.replace(forged, agent="slow", in_reply_to="nope", text="orphan")
-    # Before the delegation: the lead finds them when it looks for a stored reply.
-    await bus.publish_bytes(subject, b"\x00 not json")
-    await bus.publish(subject, forged)
     starts = await inbox(bus, bus.subjects.event(sid, "span.model_request_start"), ModelRequestStart)
     async with running_agents(bus, model, agents=["fast", "slow"]):
         await submit(bus, request)
@@ -184,7 +181,10 @@ async def test_stray_replies_are_rejected_and_the_real_reply_is_used(bus: Bus) -
                 waiting.cancel()
             elif waiting.result().agent == "slow":
                 break
-        # While the lead waits: its live subscription gets them.
+        # While the lead waits: its live subscription gets them. (A new request is sent without
+        # reading the reply subject first; a replayed one reads it: test_durability.)
+        await bus.publish_bytes(subject, b"\x00 not json")
+        await bus.publish(subject, forged)
         await bus.publish(subject, orphan)
         await bus.publish(subject, msgspec.structs.replace(forged, msg_id="rpl_live", text="forged live"))
         result = await ending

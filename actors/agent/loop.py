@@ -101,6 +101,7 @@ class AgentLoop:
         self.on_usage = on_usage
         self.roster = roster or []
         self.usage = Usage()
+        self._fresh: set[str] = set()  # tool use ids of the model turns made in this run
 
     @property
     def model_turns(self) -> int:
@@ -210,6 +211,7 @@ class AgentLoop:
         if self.on_usage is not None:
             self.on_usage(response.usage)
         content = response.content or [TextBlock(text="(no answer)")]  # the API refuses empty turns later
+        self._fresh.update(block.id for block in content if isinstance(block, ToolUseBlock))
         await self._append(
             Turn(role="assistant", content=content),
             usage=response.usage,
@@ -236,7 +238,9 @@ class AgentLoop:
         started = time.monotonic()
         if tool is not None:
             served = {"kind": tool.kind, "source": tool.source}
-            result = await tool.run(self.tool_context(use.id), use.input)
+            context = self.tool_context(use.id)
+            context.replayed = use.id not in self._fresh
+            result = await tool.run(context, use.input)
         elif why := self.toolbox.why_unavailable(use.name):
             # allowed, but its source cannot serve it now: the reason, not a refusal
             result = ToolResultBlock(tool_use_id=use.id, content=why, is_error=True)

@@ -103,7 +103,11 @@ class Delegations:
     async def start(self) -> None:
         """Listen for the session's replies (before any request is sent)."""
         self._listener = await self.bus.listen(
-            self.bus.subjects.replies(self.sid), ThreadReply, self._on_reply, max_bytes=_REPLY_BYTES
+            self.bus.subjects.replies(self.sid),
+            ThreadReply,
+            self._on_reply,
+            max_bytes=_REPLY_BYTES,
+            on_rejected=self._strays.reject,
         )
 
     async def close(self) -> None:
@@ -117,7 +121,7 @@ class Delegations:
                 if use.name == "delegate" and isinstance(use.input.get("agent"), str):
                     self.threads[thread_id_for(use.id)] = use.input["agent"]
 
-    async def delegate(self, agent: str, task: str, tool_use_id: str) -> str:
+    async def delegate(self, agent: str, task: str, tool_use_id: str, *, replayed: bool = True) -> str:
         try:
             self.team.agent(agent)
         except KeyError as exc:
@@ -133,9 +137,11 @@ class Delegations:
             parent_thread_id=LEAD_THREAD,
             tool_use_id=tool_use_id,
         )
-        return _describe(await self._exchange(request, agent, task))
+        return _describe(await self._exchange(request, agent, task, replayed=replayed))
 
-    async def message_agent(self, thread_id: str, message: str, tool_use_id: str) -> str:
+    async def message_agent(
+        self, thread_id: str, message: str, tool_use_id: str, *, replayed: bool = True
+    ) -> str:
         agent = self.threads.get(thread_id)
         if agent is None:
             known = ", ".join(f"{t} ({a})" for t, a in self.threads.items()) or "none yet"
@@ -149,18 +155,23 @@ class Delegations:
             parent_thread_id=LEAD_THREAD,
             tool_use_id=tool_use_id,
         )
-        return _describe(await self._exchange(request, agent, message))
+        return _describe(await self._exchange(request, agent, message, replayed=replayed))
 
-    async def _exchange(self, request: Delegation | FollowUp, agent: str, content: str) -> ThreadReply:
-        """Send a request to a thread and wait for its reply (read back from the stream if it came
-        before a replay), holding one of the session's thread slots meanwhile."""
+    async def _exchange(
+        self, request: Delegation | FollowUp, agent: str, content: str, *, replayed: bool
+    ) -> ThreadReply:
+        """Send a request to a thread and wait for its reply, holding one of the session's thread
+        slots meanwhile. A replayed request (its turn was recorded before this run) may have been
+        answered already: the stream is read first. A new one is sent at once (its tool use id was
+        just minted), unless JetStream says it was sent before (the same id again): then too the
+        stored reply is used."""
         lead = self.team.lead.name
         async with self._slots:
             future: asyncio.Future[ThreadReply] = asyncio.get_running_loop().create_future()
             self._pending[request.msg_id] = (request, future)
             self._sent.add(request.msg_id)
             try:
-                reply = await self._stored_reply(request)
+                reply = await self._stored_reply(request) if replayed else None
                 if reply is None:
                     fields: dict[str, Any] = {"session_id": self.sid, "thread_id": LEAD_THREAD, "agent": lead}
                     await self.bus.emit(
@@ -168,8 +179,10 @@ class Delegations:
                             to_thread_id=request.thread_id, to_agent=agent, content=content, **fields
                         )
                     )
-                    await self.bus.publish(self.bus.subjects.task(self.sid, agent), request)
-                    reply = await self._await_reply(request, future)
+                    subject = self.bus.subjects.task(self.sid, agent)
+                    if not await self.bus.publish_once(subject, request, msg_id=request.msg_id):
+                        reply = None if replayed else await self._stored_reply(request)
+                    reply = reply or await self._await_reply(request, future)
             finally:
                 self._pending.pop(request.msg_id, None)
         self._on_usage(reply.usage)
@@ -301,7 +314,7 @@ async def delegate(
 ) -> str:
     """Delegate a task to a specialist on your team. It works in its own thread, with its own tools,
     and its final answer comes back as this tool's result (with the thread id for follow-ups)."""
-    return await _delegating(ctx, "delegate").delegate(agent, task, ctx.tool_use_id)
+    return await _delegating(ctx, "delegate").delegate(agent, task, ctx.tool_use_id, replayed=ctx.replayed)
 
 
 @tool
@@ -313,7 +326,9 @@ async def message_agent(
 ) -> str:
     """Send a follow-up to a specialist's existing thread. It continues with its full history (its
     earlier task, tool calls and answers) and its new answer comes back as this tool's result."""
-    return await _delegating(ctx, "message_agent").message_agent(thread_id, message, ctx.tool_use_id)
+    return await _delegating(ctx, "message_agent").message_agent(
+        thread_id, message, ctx.tool_use_id, replayed=ctx.replayed
+    )
 
 
 LEAD_TOOLS: dict[str, Tool] = {"delegate": delegate, "message_agent": message_agent}

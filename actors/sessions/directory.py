@@ -130,8 +130,3 @@ class SessionDirectory:
             return None
         self._teams[session_id] = record.team
         return record.team
-
-    async def is_canceled(self, session_id: str) -> bool:
-        """Whether the session's work was stopped (canceled, or a budget, deadline or failure)."""
-        record = await self.get(session_id)
-        return record is not None and record.status in STOPPED

@@ -51,9 +51,11 @@ class ToolSourceError(StaffworkError):
 class Delegating(Protocol):
     """What the lead's ``delegate`` and ``message_agent`` tools call: each returns the thread's reply."""
 
-    async def delegate(self, agent: str, task: str, tool_use_id: str) -> str: ...
+    async def delegate(self, agent: str, task: str, tool_use_id: str, *, replayed: bool = True) -> str: ...
 
-    async def message_agent(self, thread_id: str, message: str, tool_use_id: str) -> str: ...
+    async def message_agent(
+        self, thread_id: str, message: str, tool_use_id: str, *, replayed: bool = True
+    ) -> str: ...
 
 
 @dataclass
@@ -70,6 +72,10 @@ class ToolContext:
     delegating: Delegating | None = None
     #: The memory stores attached to the agent, by store name (reached under ``/memory/<store>/``).
     memory: dict[str, MemoryAttachment] = field(default_factory=dict)
+    #: Whether the call comes from a turn recorded before this run (a resumed thread): it may have
+    #: run before, so a tool that sends something looks for an earlier answer first. A call from a
+    #: model turn made in this run is new (its tool use id was just minted).
+    replayed: bool = True
 
     @property
     def provenance(self) -> Provenance:
