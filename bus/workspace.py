@@ -42,6 +42,13 @@ _BATCH = 16
 _STREAMS = 4
 _LIST_BATCH = 256
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: Whole content from this size up is stored by content (see Workspace.put); smaller files cost as
+#: little to copy as to look up.
+SHARE_MIN_BYTES = 64 * 1024
+SHARED_PREFIX = "sha256-"  # the nuid of chunks stored by content: sha256-<hex digest>
+_EXPECTED_LAST = "Nats-Expected-Last-Subject-Sequence"
+_WRONG_LAST_SEQUENCE = 10071
+_WRITER_STALL = 1.0  # seconds without a new chunk after which another writer is taken for dead
 
 _H_SESSION = "Sw-Session"
 _H_THREAD = "Sw-Thread"
@@ -111,6 +118,14 @@ _info_encoder = msgspec.json.Encoder()
 
 def _digest_text(raw: bytes) -> str:
     return "SHA-256=" + base64.urlsafe_b64encode(raw).decode()
+
+
+def _digest_of(data: bytes) -> str:
+    return _digest_text(hashlib.sha256(data).digest())
+
+
+class _Claimed(Exception):
+    """Another writer stored the first chunk of a shared subject first."""
 
 
 def _header(headers: dict[str, list[str]] | None, key: str) -> str:
@@ -220,16 +235,73 @@ class Workspace:
         *,
         provenance: Provenance | None = None,
     ) -> FileInfo:
-        """Write (or replace) a file. ``data`` may be bytes, text (UTF-8) or a binary file object."""
+        """Write (or replace) a file. ``data`` may be bytes, text (UTF-8) or a binary file object.
+
+        Content given whole (bytes or text) of ``SHARE_MIN_BYTES`` or more is stored by content: its
+        chunks go to a subject named by its SHA-256, so the same input given to many sessions is
+        stored once and each session's object (its own name, metadata and provenance) points to it.
+        """
         name, _ = self._name(session_id, path)
-        reader: BinaryIO = (
-            io.BytesIO(data.encode() if isinstance(data, str) else data)
-            if isinstance(data, bytes | str)
-            else data
-        )
-        blocking = not isinstance(reader, io.BytesIO)
+        prov = provenance or Provenance(session_id=session_id)
         previous = await self._info(name)
-        nuid = os.urandom(16).hex()
+        whole = data.encode() if isinstance(data, str) else data
+        if isinstance(whole, bytes) and len(whole) >= SHARE_MIN_BYTES:
+            info = await self._put_shared(name, whole, prov)
+        else:
+            reader = io.BytesIO(whole) if isinstance(whole, bytes) else whole
+            info = await self._write(name, reader, os.urandom(16).hex(), prov)
+        if previous is not None and not previous.deleted and previous.nuid != info.nuid:
+            await self._release(previous)
+        return self._file_info(session_id, info)
+
+    async def _put_shared(self, name: str, data: bytes, provenance: Provenance) -> _ObjectInfo:
+        """Store ``data`` under its content's subject: reuse the chunks if they are all there, claim
+        the subject if it is empty, else (another writer is at it, or one died half way) write a
+        private copy as usual."""
+        nuid = SHARED_PREFIX + hashlib.sha256(data).hexdigest()
+        chunks = max(1, -(-len(data) // self.chunk_size))
+        stored = await self._stored_chunks(nuid)
+        if stored == 0:
+            try:
+                return await self._write(name, io.BytesIO(data), nuid, provenance, claim=True)
+            except _Claimed:
+                stored = await self._stored_chunks(nuid)
+        if 0 < stored < chunks:
+            stored = await self._await_writer(nuid, stored, chunks)
+        if stored == chunks:
+            return await self._record(name, nuid, len(data), chunks, _digest_of(data), provenance)
+        return await self._write(name, io.BytesIO(data), os.urandom(16).hex(), provenance)
+
+    async def _await_writer(self, nuid: str, stored: int, chunks: int) -> int:
+        """Another writer is storing the same content: wait while its chunks keep coming (each
+        ``_WRITER_STALL`` seconds must bring one, or it is taken for dead), at most ``timeout``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        moved = loop.time()
+        while stored < chunks and loop.time() < deadline and loop.time() - moved < _WRITER_STALL:
+            await asyncio.sleep(0.02)  # a count on the server: nothing to subscribe to
+            now = await self._stored_chunks(nuid)
+            if now != stored:
+                stored, moved = now, loop.time()
+        return stored
+
+    async def _stored_chunks(self, nuid: str) -> int:
+        """How many chunks the subject of ``nuid`` holds."""
+        subject = self._chunk_subject(nuid)
+        try:
+            info = await self.bus._js.stream_info(self.stream, subjects_filter=subject)
+        except nats.js.errors.NotFoundError as exc:
+            raise self._missing_bucket() from exc
+        except (nats.errors.TimeoutError, TimeoutError) as exc:
+            raise BusTimeout("count stored chunks", subject, self.bus.api_timeout) from exc
+        return int((info.state.subjects or {}).get(subject, 0))
+
+    async def _write(
+        self, name: str, reader: BinaryIO, nuid: str, provenance: Provenance, *, claim: bool = False
+    ) -> _ObjectInfo:
+        """Write the chunks under ``nuid``, then the metadata. With ``claim``, the first chunk is
+        stored only if the subject is still empty (:class:`_Claimed` if another writer was first)."""
+        blocking = not isinstance(reader, io.BytesIO)
         chunk_subject = self._chunk_subject(nuid)
         digest = hashlib.sha256()
         size = chunks = 0
@@ -248,42 +320,25 @@ class Workspace:
                 digest.update(block)
                 size += len(block)
                 chunks += 1
+                if claim and chunks == 1:
+                    await self._claim(chunk_subject, block)
+                    claim = False  # the subject is ours: from here on, as any write
+                    continue
                 pending.append(await self.bus._js.publish_async(chunk_subject, block))
                 if len(pending) >= _PIPELINE:
                     await self._await_acks(pending[: _PIPELINE // 2], chunk_subject)
                     del pending[: _PIPELINE // 2]
             await self._await_acks(pending, chunk_subject)
             pending.clear()
-            prov = provenance or Provenance(session_id=session_id)
-            headers = {_H_SESSION: [prov.session_id or session_id]}
-            for key, value in (
-                (_H_THREAD, prov.thread_id),
-                (_H_AGENT, prov.agent),
-                (_H_TOOL, prov.tool_call_id),
-            ):
-                if value:
-                    headers[key] = [value]
-            info = _ObjectInfo(
-                name=name,
-                bucket=self.bucket,
-                nuid=nuid,
-                size=size,
-                mtime=datetime.now(UTC).isoformat(),
-                chunks=chunks,
-                digest=_digest_text(digest.digest()),
-                headers=headers,
-                options=_Options(max_chunk_size=self.chunk_size),
-            )
             meta_sent = True
-            await self.bus.publish_bytes(
-                self._meta_subject(name),
-                _info_encoder.encode(info),
-                headers={"Nats-Rollup": "sub"},
-                timeout=self.timeout,
-            )
+            return await self._record(name, nuid, size, chunks, _digest_text(digest.digest()), provenance)
+        except _Claimed:
+            raise  # nothing of ours was stored
         except BaseException:
             for future in pending:
                 future.cancel()
+            if claim:  # failed before the shared subject was ours: it may hold another's chunks
+                raise
             with contextlib.suppress(Exception):
                 # The metadata may have been stored although its ack never came: then the new
                 # chunks are the file now, and purging them would lose both versions.
@@ -291,9 +346,53 @@ class Workspace:
                 if current is None or current.nuid != nuid:
                     await self._purge(chunk_subject)
             raise
-        if previous is not None and not previous.deleted and previous.nuid != nuid:
-            await self._purge(self._chunk_subject(previous.nuid))
-        return self._file_info(session_id, info)
+
+    async def _claim(self, subject: str, block: bytes) -> None:
+        """Store the first chunk on ``subject`` only if the subject is empty."""
+        try:
+            await self.bus._js.publish(subject, block, timeout=self.timeout, headers={_EXPECTED_LAST: "0"})
+        except nats.js.errors.APIError as exc:
+            if exc.err_code == _WRONG_LAST_SEQUENCE:
+                raise _Claimed(subject) from exc
+            raise BusError(f"storing file chunks failed: {exc.description}") from exc
+        except (nats.errors.TimeoutError, TimeoutError) as exc:
+            raise BusTimeout("store file chunks", subject, self.timeout) from exc
+
+    async def _record(
+        self, name: str, nuid: str, size: int, chunks: int, digest: str, prov: Provenance
+    ) -> _ObjectInfo:
+        """Store the object's metadata (the file exists from then on)."""
+        headers = {_H_SESSION: [prov.session_id or name.split("/", 1)[0]]}
+        for key, value in ((_H_THREAD, prov.thread_id), (_H_AGENT, prov.agent), (_H_TOOL, prov.tool_call_id)):
+            if value:
+                headers[key] = [value]
+        info = _ObjectInfo(
+            name=name,
+            bucket=self.bucket,
+            nuid=nuid,
+            size=size,
+            mtime=datetime.now(UTC).isoformat(),
+            chunks=chunks,
+            digest=digest,
+            headers=headers,
+            options=_Options(max_chunk_size=self.chunk_size),
+        )
+        await self.bus.publish_bytes(
+            self._meta_subject(name),
+            _info_encoder.encode(info),
+            headers={"Nats-Rollup": "sub"},
+            timeout=self.timeout,
+        )
+        return info
+
+    async def _release(self, old: _ObjectInfo) -> None:
+        """Purge the chunks of a replaced or deleted version, unless other objects share them."""
+        if old.nuid.startswith(SHARED_PREFIX):
+            async for data in self._last_per_subject(f"$O.{self.bucket}.M.>"):
+                other = _info_decoder.decode(data)
+                if other.nuid == old.nuid and other.name != old.name and not other.deleted:
+                    return
+        await self._purge(self._chunk_subject(old.nuid))
 
     async def _await_acks(self, futures: list[asyncio.Future[Any]], subject: str) -> None:
         if not futures:
@@ -320,7 +419,7 @@ class Workspace:
         await self.bus.publish_bytes(
             self._meta_subject(name), _info_encoder.encode(tombstone), headers={"Nats-Rollup": "sub"}
         )
-        await self._purge(self._chunk_subject(info.nuid))
+        await self._release(info)
 
     # --- reading ---
 

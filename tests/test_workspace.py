@@ -232,3 +232,73 @@ async def test_many_concurrent_large_reads_do_not_overrun_the_connection(bus: Bu
     await ws.put(SID, "big.bin", data)
     results = await asyncio.gather(*(ws.get(SID, "big.bin") for _ in range(8)))
     assert all(r == data for r in results)
+
+
+# --- content stored once -----------------------------------------------------------------------
+
+
+async def _stored_bytes(nc: NATS, ws: Workspace) -> int:
+    return int((await nc.jetstream().stream_info(ws.stream)).state.bytes)
+
+
+async def test_the_same_input_in_many_sessions_is_stored_once(bus: Bus, nc: NATS) -> None:
+    ws = Workspace(bus, chunk_size=64 * 1024)
+    data = os.urandom(1024 * 1024)
+    empty = await _stored_bytes(nc, ws)
+    first = await ws.put("ses_a", "data/app.jsonl", data, provenance=Provenance(session_id="ses_a"))
+    one = await _stored_bytes(nc, ws) - empty
+    for sid in ("ses_b", "ses_c", "ses_d"):
+        await ws.put(sid, "app.jsonl", data, provenance=Provenance(session_id=sid, agent="uploader"))
+    four = await _stored_bytes(nc, ws) - empty
+    assert one >= len(data)
+    assert four < one + 8 * 1024, (one, four)  # three more sessions: metadata only
+    for sid in ("ses_b", "ses_c", "ses_d"):
+        assert await ws.get(sid, "app.jsonl") == data
+        info = await ws.stat(sid, "app.jsonl")
+        assert (info.digest, info.size) == (first.digest, first.size)
+        assert info.provenance.session_id == sid
+        assert info.provenance.agent == "uploader"
+        assert [f.path for f in await ws.list(sid)] == ["app.jsonl"]  # each session sees its own
+    assert [f.path for f in await ws.list("ses_a")] == ["data/app.jsonl"]
+
+
+async def test_shared_content_lives_until_its_last_file_goes(bus: Bus, nc: NATS) -> None:
+    ws = Workspace(bus, chunk_size=64 * 1024)
+    data = os.urandom(300 * 1024)
+    empty = await _stored_bytes(nc, ws)
+    await ws.put("ses_a", "x.bin", data)
+    await ws.put("ses_b", "x.bin", data)
+    await ws.put("ses_c", "x.bin", data)
+    await ws.delete("ses_a", "x.bin")
+    await ws.put("ses_b", "x.bin", b"replaced in b")  # a new version of b's file
+    assert await ws.get("ses_c", "x.bin") == data  # c still points at the shared chunks
+    assert await ws.get("ses_b", "x.bin") == b"replaced in b"
+    assert await _stored_bytes(nc, ws) - empty > len(data)
+    await ws.delete("ses_c", "x.bin")  # the last one: its chunks go
+    assert await _stored_bytes(nc, ws) - empty < 8 * 1024
+
+
+async def test_concurrent_puts_of_the_same_content_all_read_back(bus: Bus, nc: NATS) -> None:
+    ws = Workspace(bus, chunk_size=64 * 1024)
+    data = os.urandom(2 * 1024 * 1024)
+    empty = await _stored_bytes(nc, ws)
+    sessions = [f"ses_{i}" for i in range(8)]
+    await asyncio.gather(*(ws.put(sid, "in.csv", data) for sid in sessions))
+    for sid in sessions:
+        assert await ws.get(sid, "in.csv") == data
+    # One writer claims the shared subject; the others wait for it and reuse its chunks.
+    assert await _stored_bytes(nc, ws) - empty < len(data) + 16 * 1024
+
+
+async def test_a_half_written_shared_copy_is_never_used(bus: Bus, nc: NATS) -> None:
+    ws = Workspace(bus, chunk_size=64 * 1024)
+    data = os.urandom(256 * 1024)
+    nuid = "sha256-" + hashlib.sha256(data).hexdigest()
+    # a writer died after its first chunk: the subject holds 1 of 4 chunks and no file points to it
+    await nc.jetstream().publish(f"$O.{ws.bucket}.C.{nuid}", data[: 64 * 1024])
+    info = await ws.put("ses_a", "x.bin", data)
+    assert await ws.get("ses_a", "x.bin") == data
+    stored = await ws._info("ses_a/x.bin")
+    assert stored is not None
+    assert stored.nuid != nuid
+    assert info.size == len(data)
