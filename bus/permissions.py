@@ -255,6 +255,7 @@ class _Grants:
         if write:
             self.pub(J.object_subjects(bucket), "write files (chunks and metadata)")
             self.pub(J.stream_purge(stream), "drop a replaced file's chunks")
+            self.pub(J.stream_info(stream), "count the chunks of content stored once for many files")
             reach = "reads, writes and purges (the purge's filter is in its body)"
         if listing:
             self.listing(stream, "a session's files")

@@ -33,7 +33,8 @@ from nats.js.api import (
 
 from bus.connection import Bus
 from bus.errors import ProvisionError
-from bus.subjects import Subjects
+from bus.subjects import JetStreamApi, Subjects
+from bus.workspace import Workspace
 
 T = TypeVar("T")
 
@@ -290,6 +291,23 @@ async def ensure_object_store(bus: Bus, bucket: str, *, settings: StreamSettings
         raise ProvisionError(f"cannot create object store {bucket!r}: {exc.description}") from exc
 
 
+async def ensure_session_index(bus: Bus, bucket: str) -> None:
+    """Add the session index subjects to the object store's stream; a store made before the index
+    existed gets every file's entry written from its metadata."""
+    stream = JetStreamApi.object_stream(bucket)
+    index = JetStreamApi.object_index(bucket).replace(".*.>", ".>")
+    config = (await bus._js.stream_info(stream)).config
+    subjects = list(config.subjects or [])
+    if index in subjects:
+        return
+    try:
+        await _placed(lambda: bus._js.update_stream(dataclasses.replace(config, subjects=[*subjects, index])))
+    except nats.js.errors.APIError as exc:
+        raise ProvisionError(f"cannot add the session index to {stream!r}: {exc.description}") from exc
+    indexed = await Workspace(bus, bucket).reindex()
+    log.info("workspace_index_added", bucket=bucket, files=indexed)
+
+
 async def provision(
     bus: Bus, *, settings: StreamSettings | None = None, agents: tuple[str, ...] = ()
 ) -> None:
@@ -306,6 +324,7 @@ async def provision(
     await ensure_kv(bus, bus.subjects.registry_bucket, history=8, settings=settings)
     await ensure_kv(bus, bus.subjects.webhooks_bucket, history=1, settings=settings)
     await ensure_object_store(bus, bus.subjects.files_bucket, settings=settings)
+    await ensure_session_index(bus, bus.subjects.files_bucket)
     await ensure_stream(bus, memory_stream_config(bus, settings))
     await ensure_kv(bus, bus.subjects.memory_stores_bucket, history=1, settings=settings)
     log.debug("provisioned", root=bus.subjects.root, agents=list(agents))

@@ -410,6 +410,13 @@ class JetStreamApi:
         return f"$O.{bucket}.>"
 
     @staticmethod
+    def object_index(bucket: str, session_id: str = "*") -> str:
+        """The session index of an object store (staffwork's own addition to the layout): one
+        subject per file of a session, holding its metadata, so a session's files are listed
+        without reading every session's."""
+        return f"$O.{bucket}.S.{session_id}.>"
+
+    @staticmethod
     def object_meta(bucket: str) -> str:
         """Every object's metadata subject."""
         return f"$O.{bucket}.M.*"

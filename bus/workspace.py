@@ -160,6 +160,10 @@ class Workspace:
     def _meta_subject(self, name: str) -> str:
         return f"$O.{self.bucket}.M.{base64.urlsafe_b64encode(name.encode()).decode()}"
 
+    def _index_subject(self, name: str) -> str:
+        session_id, path = name.split("/", 1)
+        return f"$O.{self.bucket}.S.{session_id}.{base64.urlsafe_b64encode(path.encode()).decode()}"
+
     def _chunk_subject(self, nuid: str) -> str:
         return f"$O.{self.bucket}.C.{nuid}"
 
@@ -377,13 +381,30 @@ class Workspace:
             headers=headers,
             options=_Options(max_chunk_size=self.chunk_size),
         )
-        await self.bus.publish_bytes(
-            self._meta_subject(name),
-            _info_encoder.encode(info),
-            headers={"Nats-Rollup": "sub"},
-            timeout=self.timeout,
-        )
+        await self._store_meta(info)
         return info
+
+    async def _store_meta(self, info: _ObjectInfo) -> None:
+        """Store an object's metadata and its session index entry (the same record), pipelined:
+        both are on the same stream and connection, so they are stored in this order."""
+        record = _info_encoder.encode(info)
+        headers = {"Nats-Rollup": "sub"}
+        acks = [
+            await self.bus._js.publish_async(subject, record, headers=headers)
+            for subject in (self._meta_subject(info.name), self._index_subject(info.name))
+        ]
+        await self._await_acks(acks, self._meta_subject(info.name))
+
+    async def reindex(self) -> int:
+        """Write every live object's session index entry from its metadata (a store made before the
+        index existed); how many were written."""
+        written = 0
+        async for data in self._last_per_subject(f"$O.{self.bucket}.M.>"):
+            info = _info_decoder.decode(data)
+            if "/" in info.name and not info.deleted:
+                await self._store_meta(info)
+                written += 1
+        return written
 
     async def _release(self, old: _ObjectInfo) -> None:
         """Purge the chunks of a replaced or deleted version, unless other objects share them."""
@@ -416,9 +437,7 @@ class Workspace:
         tombstone = msgspec.structs.replace(
             info, deleted=True, size=0, chunks=0, digest="", mtime=datetime.now(UTC).isoformat()
         )
-        await self.bus.publish_bytes(
-            self._meta_subject(name), _info_encoder.encode(tombstone), headers={"Nats-Rollup": "sub"}
-        )
+        await self._store_meta(tombstone)
         await self._release(info)
 
     # --- reading ---
@@ -486,7 +505,7 @@ class Workspace:
             prefix = normalize_path(stripped) + ("/" if prefix.endswith("/") else "")
         wanted = f"{session_id}/{prefix}"
         files: list[FileInfo] = []
-        async for data in self._last_per_subject(f"$O.{self.bucket}.M.>"):
+        async for data in self._last_per_subject(JetStreamApi.object_index(self.bucket, session_id)):
             info = _info_decoder.decode(data)
             if not info.deleted and info.name.startswith(wanted):
                 files.append(self._file_info(session_id, info))

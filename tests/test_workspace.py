@@ -7,6 +7,7 @@ import hashlib
 import io
 import os
 import re
+from typing import Any
 
 import pytest
 from nats.aio.client import Client as NATS
@@ -21,6 +22,7 @@ from bus.errors import (
     IntegrityError,
     InvalidPath,
 )
+from bus.provision import provision
 from bus.workspace import Workspace, normalize_path
 from schemas import Provenance
 
@@ -189,13 +191,13 @@ async def test_put_whose_metadata_ack_was_lost_keeps_the_new_file(
 ) -> None:
     ws = Workspace(bus)
     await ws.put(SID, "notes.md", b"old")
-    publish_bytes = bus.publish_bytes
+    store_meta = ws._store_meta
 
-    async def stored_but_unacknowledged(subject: str, data: bytes, **kwargs: object) -> int:
-        await publish_bytes(subject, data, **kwargs)  # type: ignore[arg-type]
-        raise BusTimeout("publish", subject, 10)
+    async def stored_but_unacknowledged(info: Any) -> None:
+        await store_meta(info)
+        raise BusTimeout("publish", info.name, 10)
 
-    monkeypatch.setattr(bus, "publish_bytes", stored_but_unacknowledged)
+    monkeypatch.setattr(ws, "_store_meta", stored_but_unacknowledged)
     with pytest.raises(BusTimeout):
         await ws.put(SID, "notes.md", b"new")
     monkeypatch.undo()
@@ -302,3 +304,22 @@ async def test_a_half_written_shared_copy_is_never_used(bus: Bus, nc: NATS) -> N
     assert stored is not None
     assert stored.nuid != nuid
     assert info.size == len(data)
+
+
+async def test_a_store_made_before_the_session_index_gets_it_when_provisioned(bus: Bus, nc: NATS) -> None:
+    ws = Workspace(bus)
+    await ws.put("ses_a", "a.txt", b"a")
+    await ws.put("ses_a", "gone.txt", b"g")
+    await ws.delete("ses_a", "gone.txt")
+    await ws.put("ses_b", "dir/b.txt", b"b")
+    js = nc.jetstream()
+    # the store as an older version left it: no index subjects, no entries
+    await js.purge_stream(ws.stream, subject=f"$O.{ws.bucket}.S.>")
+    config = (await js.stream_info(ws.stream)).config
+    config.subjects = [s for s in config.subjects or [] if ".S." not in s]
+    await js.update_stream(config)
+    await provision(bus)
+    assert [f.path for f in await ws.list("ses_a")] == ["a.txt"]
+    assert [f.path for f in await ws.list("ses_b")] == ["dir/b.txt"]
+    await ws.put("ses_a", "new.txt", b"n")
+    assert [f.path for f in await ws.list("ses_a")] == ["a.txt", "new.txt"]
