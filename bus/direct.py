@@ -19,7 +19,7 @@ import nats.errors
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from bus.connection import Bus
-from bus.errors import BusError, BusTimeout
+from bus.errors import BusError, BusTimeout, NoResponders
 from bus.subjects import JetStreamApi
 
 
@@ -77,6 +77,8 @@ async def read_subject(
                         break
                     if status == "404":
                         break
+                    if status == "503":  # no responders: the stream does not exist
+                        raise NoResponders(JetStreamApi.direct_get(stream), f"is there a stream {stream!r}?")
                     raise BusError(f"reading {subject!r} from {stream!r} failed: status {status}")
                 if not headers:  # an API error arrives as a JSON body without headers
                     raise BusError(f"reading {subject!r} from {stream!r} failed: {msg.data[:200]!r}")

@@ -305,7 +305,8 @@ async def ensure_session_index(bus: Bus, bucket: str) -> None:
     except nats.js.errors.APIError as exc:
         raise ProvisionError(f"cannot add the session index to {stream!r}: {exc.description}") from exc
     indexed = await Workspace(bus, bucket).reindex()
-    log.info("workspace_index_added", bucket=bucket, files=indexed)
+    if indexed:
+        log.info("workspace_index_added", bucket=bucket, files=indexed)
 
 
 async def provision(

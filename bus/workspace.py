@@ -26,7 +26,15 @@ import nats.js.errors
 
 from bus.connection import Bus
 from bus.direct import read_subject
-from bus.errors import BusError, BusTimeout, FileChanged, FileNotFound, IntegrityError, InvalidPath
+from bus.errors import (
+    BusError,
+    BusTimeout,
+    FileChanged,
+    FileNotFound,
+    IntegrityError,
+    InvalidPath,
+    NoResponders,
+)
 from bus.state import last_per_subject
 from bus.subjects import JetStreamApi, check_token
 from schemas.files import FileInfo, Provenance
@@ -504,8 +512,18 @@ class Workspace:
         else:
             prefix = normalize_path(stripped) + ("/" if prefix.endswith("/") else "")
         wanted = f"{session_id}/{prefix}"
+        # Each index subject holds one message (every entry rolls up its subject's earlier ones), so
+        # the session's entries are read with batched direct gets, no consumer; an entry replaced
+        # during the read is seen twice, and the later one wins.
+        latest: dict[str, bytes] = {}
+        index = JetStreamApi.object_index(self.bucket, session_id)
+        try:
+            async for stored in read_subject(self.bus, self.stream, index, batch=_LIST_BATCH):
+                latest[stored.subject] = stored.data
+        except NoResponders as exc:
+            raise self._missing_bucket() from exc
         files: list[FileInfo] = []
-        async for data in self._last_per_subject(JetStreamApi.object_index(self.bucket, session_id)):
+        for data in latest.values():
             info = _info_decoder.decode(data)
             if not info.deleted and info.name.startswith(wanted):
                 files.append(self._file_info(session_id, info))
