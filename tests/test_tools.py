@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import hashlib
 import json
 from typing import Any
 
 import pytest
 
+from actors.agent.tools import sql as sql_module
 from actors.agent.tools.base import MAX_OUTPUT, Tool, ToolContext
 from actors.agent.tools.sql import sql
+from actors.agent.tools.sql_cache import BuildCache, Database, Files
 from actors.agent.tools.workspace import WORKSPACE_TOOLS, grep, list_files, read_file, write_file
 from bus.connection import Bus
 from bus.workspace import Workspace
@@ -361,3 +366,145 @@ async def test_sql_with_no_data_files(ctx: ToolContext) -> None:
     assert await error(sql, ctx, query="SELECT * FROM t") == (
         "SQL error: no such table: t\nno tables: the workspace has no .csv, .json, .jsonl or .ndjson files"
     )
+
+
+# --- sql: the built databases are kept, keyed by the files' digests -----------------------------------
+
+
+class CountingWorkspace(Workspace):
+    """The workspace, recording the files read whole."""
+
+    def __init__(self, bus: Bus) -> None:
+        super().__init__(bus)
+        self.reads: list[str] = []
+
+    async def get(self, session_id: str, path: str) -> bytes:
+        self.reads.append(path)
+        return await super().get(session_id, path)
+
+
+@pytest.fixture
+def counting(ctx: ToolContext) -> ToolContext:
+    return dataclasses.replace(ctx, workspace=CountingWorkspace(ctx.bus))
+
+
+def reads(ctx: ToolContext) -> list[str]:
+    assert isinstance(ctx.workspace, CountingWorkspace)
+    return ctx.workspace.reads
+
+
+@pytest.fixture
+def cache(monkeypatch: pytest.MonkeyPatch) -> BuildCache[Files, Database]:
+    """An empty cache of this test's own (the module's is shared by every test of the process)."""
+    fresh: BuildCache[Files, Database] = BuildCache(
+        max_bytes=sql_module.SQL_CACHE_BYTES,
+        max_entries=sql_module.SQL_CACHE_ENTRIES,
+        weigh=lambda db: len(db.image),
+    )
+    monkeypatch.setattr(sql_module, "_CACHE", fresh)
+    return fresh
+
+
+async def count_metrics(ctx: ToolContext) -> str:
+    return await ok(sql, ctx, query="SELECT COUNT(*) AS n FROM metrics")
+
+
+async def test_sql_reads_and_loads_the_same_files_once(
+    counting: ToolContext, cache: BuildCache[Files, Database]
+) -> None:
+    await put_data(counting)
+    assert await count_metrics(counting) == "n\n5\n\n1 row"
+    assert sorted(reads(counting)) == ["data/metrics.csv", "services.json"]
+    await counting.workspace.put(SID, "notes.md", "not data")  # not a table: the same database
+    out = await ok(sql, counting, query="SELECT team FROM services ORDER BY team")
+    assert out == "team\ndata\nweb\n\n2 rows"
+    other = dataclasses.replace(counting, session_id="ses_other")  # the same files elsewhere
+    await other.workspace.put(other.session_id, "data/metrics.csv", METRICS_CSV)
+    await other.workspace.put(other.session_id, "services.json", json.dumps(SERVICES_JSON))
+    assert await count_metrics(other) == "n\n5\n\n1 row"
+    assert sorted(reads(counting)) == ["data/metrics.csv", "services.json"]
+    assert cache.builds == 1
+
+
+async def test_sql_concurrent_calls_load_the_files_once(
+    counting: ToolContext, cache: BuildCache[Files, Database]
+) -> None:
+    await put_data(counting)
+    outs = await asyncio.gather(*(count_metrics(counting) for _ in range(4)))
+    assert outs == ["n\n5\n\n1 row"] * 4
+    assert sorted(reads(counting)) == ["data/metrics.csv", "services.json"]
+    assert cache.builds == 1
+
+
+async def test_sql_a_changed_file_is_loaded_again(
+    counting: ToolContext, cache: BuildCache[Files, Database]
+) -> None:
+    await put_data(counting)
+    assert await count_metrics(counting) == "n\n5\n\n1 row"
+    await counting.workspace.put(SID, "data/metrics.csv", "service,status\napi,200\n")
+    assert await count_metrics(counting) == "n\n1\n\n1 row"
+    assert await ok(sql, counting, query="SELECT status FROM metrics") == "status\n200\n\n1 row"
+    await counting.workspace.put(SID, "data/metrics.csv", METRICS_CSV)  # back as it was: kept
+    assert await count_metrics(counting) == "n\n5\n\n1 row"
+    await counting.workspace.delete(SID, "services.json")
+    message = await error(sql, counting, query="SELECT * FROM services")
+    assert message.splitlines()[0] == "SQL error: no such table: services"
+    assert reads(counting).count("data/metrics.csv") == 3  # not when it came back
+    assert cache.builds == 3
+
+
+async def test_sql_queries_cannot_change_the_kept_database(
+    ctx: ToolContext, cache: BuildCache[Files, Database]
+) -> None:
+    await put_data(ctx)
+    assert await count_metrics(ctx) == "n\n5\n\n1 row"
+    files = tuple((info.path, info.digest) for info in await ctx.workspace.list(SID))
+    database = cache.get(files)  # kept under the digests the workspace lists
+    assert database is not None
+    image = hashlib.sha256(database.image).hexdigest()
+    for query in [
+        "DELETE FROM metrics",
+        "WITH x AS (SELECT 1) UPDATE metrics SET status = 0",
+        "PRAGMA query_only = OFF",
+        "SELECT 1; DROP TABLE metrics",
+    ]:
+        assert "allowed" in await error(sql, ctx, query=query)
+    # Each query has a copy of its own: what is done to one (here with no guard), the next does not see.
+    conn = sql_module._open(database)
+    try:
+        conn.execute("DELETE FROM metrics")
+        assert conn.execute("SELECT COUNT(*) FROM metrics").fetchone() == (0,)
+    finally:
+        conn.close()
+    assert await count_metrics(ctx) == "n\n5\n\n1 row"
+    assert hashlib.sha256(database.image).hexdigest() == image
+    assert cache.builds == 1
+
+
+async def test_sql_cache_stays_within_its_bounds(
+    counting: ToolContext, cache: BuildCache[Files, Database]
+) -> None:
+    async def query_version(v: int) -> None:  # versions of one file: as big, each a database of its own
+        await counting.workspace.put(SID, "n.csv", "n,v\n" + "".join(f"{i},{v}\n" for i in range(500)))
+        assert await ok(sql, counting, query="SELECT MAX(v) AS v FROM n") == f"v\n{v}\n\n1 row"
+
+    await query_version(1)
+    one = cache.bytes
+    assert one > 0
+    cache.max_bytes = 2 * one  # room for two
+    for v in range(2, 7):
+        await query_version(v)
+        assert cache.bytes <= cache.max_bytes
+        assert len(cache) <= 2
+    assert (cache.bytes, len(cache), cache.builds) == (2 * one, 2, 6)
+    await query_version(6)  # the newest is kept
+    assert cache.builds == 6
+    await query_version(1)  # the oldest was dropped: loaded again
+    assert (cache.builds, len(cache), cache.bytes) == (7, 2, 2 * one)
+    cache.max_entries = 1
+    await query_version(2)
+    assert (cache.builds, len(cache), cache.bytes) == (8, 1, one)
+    cache.max_bytes = one - 1  # too big to keep at all: used, not kept (and the others dropped)
+    await query_version(3)
+    await query_version(3)
+    assert (cache.builds, len(cache), cache.bytes) == (10, 0, 0)

@@ -1,11 +1,15 @@
 """The ``sql`` tool: one read-only SQLite query over the session's CSV and JSON files.
 
-The data files are loaded into an in-memory database built afresh for every call (files change),
-in a worker thread so the event loop is not blocked; read-only is enforced three ways (the first
-keyword, an authorizer that allows only reads, and ``PRAGMA query_only``). A query is bounded in
-time (``SQL_SECONDS``, or until its call is cancelled), in the size of one value (``SQL_VALUE_BYTES``),
-in the memory SQLite may hold (``SQL_HEAP_BYTES``) and in the text it keeps (``SQL_RESULT_CHARS``);
-passing a bound is an ``is_error`` result that names it.
+The data files are loaded into a database, in a worker thread so the event loop is not blocked. The
+built database is kept, as an image (``serialize()``) with its table catalog, under the paths and
+digests of the files it was built from (``SQL_CACHE_BYTES``, ``SQL_CACHE_ENTRIES``; a changed file has
+a new digest, so a new key): a later call over the same files reads none of them. Every query runs on
+a private in-memory copy of the image (``deserialize()``), so no query can affect another.
+Read-only is enforced three ways (the first keyword, an authorizer that allows only reads, and
+``PRAGMA query_only``). A query is bounded in time (``SQL_SECONDS``, or until its call is cancelled),
+in the size of one value (``SQL_VALUE_BYTES``), in the memory SQLite may hold (``SQL_HEAP_BYTES``)
+and in the text it keeps (``SQL_RESULT_CHARS``); passing a bound is an ``is_error`` result that
+names it.
 """
 
 from __future__ import annotations
@@ -21,12 +25,14 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import repeat, zip_longest
 from pathlib import PurePosixPath
 from typing import Annotated, Any
 
 import msgspec
 
 from actors.agent.tools.base import ToolContext, ToolError, tool
+from actors.agent.tools.sql_cache import BuildCache, Database, Files, digest
 from bus.errors import FileNotFound
 
 SQL_CELL_CHARS = 500
@@ -36,6 +42,9 @@ SQL_VALUE_BYTES = 16 * 2**20  # one string or blob (SQLITE_LIMIT_LENGTH; SQLite'
 # by the queries running at once, their loaded tables included (the collector's SQLite is elsewhere).
 SQL_HEAP_BYTES = 512 * 2**20
 SQL_RESULT_CHARS = 1_000_000  # printed rows kept, beyond which they are counted only
+# The built databases kept for later calls, in this process (their images, outside SQLite's heap).
+SQL_CACHE_BYTES = 256 * 2**20
+SQL_CACHE_ENTRIES = 32
 
 MaxRows = Annotated[int, msgspec.Meta(ge=1, le=10_000, description="Most result rows to print.")]
 
@@ -49,13 +58,13 @@ def plural(n: int, one: str, many: str) -> str:
 
 
 _DATA_KINDS = {".csv": "csv", ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl"}
-_INT = re.compile(r"\s*[+-]?\d+\s*")
-_FLOAT = re.compile(r"\s*[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?\s*")
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _LEADING = re.compile(r"(?:\s+|--[^\n]*|/\*.*?\*/)*", re.DOTALL)
 _READ_ONLY = "only a single SELECT (or WITH ... SELECT) query is allowed"
 _INT64 = range(-(2**63), 2**63)
 _ALLOWED = {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, sqlite3.SQLITE_RECURSIVE}
+_JSON = msgspec.json.Decoder()
+_PLAIN = {str, float, int, type(None)}  # JSON values stored as they are (ints if int64)
 
 
 class _Skip(Exception):
@@ -116,17 +125,36 @@ def _column_names(raw: Sequence[str]) -> list[str]:
     return names
 
 
-def _csv_column(values: list[str]) -> list[Any]:
+def _numbers(texts: list[str]) -> list[int] | list[float] | None:
+    """``texts`` as int64s, else as floats (decimal digits, an optional sign, point and exponent, and
+    blanks around), else None. What else ``int()`` and ``float()`` take (``_``, nan, inf) is text."""
+    joined = "".join(texts)
+    if "_" in joined:
+        return None
+    with contextlib.suppress(ValueError):
+        ints = list(map(int, texts))
+        if min(ints) in _INT64 and max(ints) in _INT64:
+            return ints
+    if any(c in joined for c in "nNiI"):
+        return None
+    with contextlib.suppress(ValueError):
+        return list(map(float, texts))
+    return None
+
+
+def _csv_column(values: Sequence[str]) -> tuple[list[Any], str]:
     """int if every non-empty value is one, else float likewise, else text; empty is NULL."""
     present = [v for v in values if v.strip()]
-    if present and all(_INT.fullmatch(v) and int(v) in _INT64 for v in present):
-        return [int(v) if v.strip() else None for v in values]
-    if present and all(_FLOAT.fullmatch(v) for v in present):
-        return [float(v) if v.strip() else None for v in values]
-    return [v if v.strip() else None for v in values]
+    numbers = _numbers(present) if present else None
+    converted: Sequence[Any] = present if numbers is None else numbers
+    kind = "TEXT" if numbers is None else "INTEGER" if isinstance(numbers[0], int) else "REAL"
+    if len(present) == len(values):
+        return list(converted), kind
+    found = iter(converted)
+    return [next(found) if v.strip() else None for v in values], kind
 
 
-def _parse_csv(data: bytes) -> tuple[list[str], list[list[Any]]]:
+def _parse_csv(data: bytes) -> tuple[list[str], list[tuple[list[Any], str]]]:
     text = data.decode("utf-8-sig", errors="replace")
     try:
         rows = [row for row in csv.reader(io.StringIO(text, newline="")) if row]
@@ -136,9 +164,9 @@ def _parse_csv(data: bytes) -> tuple[list[str], list[list[Any]]]:
         raise _Skip("no header row")
     header, body = rows[0], rows[1:]
     width = len(header)
-    cells = [(row + [""] * width)[:width] for row in body]
-    columns = [_csv_column([row[i] for row in cells]) for i in range(width)]
-    return header, [list(row) for row in zip(*columns, strict=True)]
+    cells = list(zip_longest(*body, fillvalue=""))[:width]  # short rows padded, long ones cut
+    cells += [("",) * len(body)] * (width - len(cells))
+    return header, [_csv_column(column) for column in cells]
 
 
 def _json_value(value: Any) -> Any:
@@ -151,13 +179,21 @@ def _json_value(value: Any) -> Any:
     return msgspec.json.encode(value).decode()  # nested: JSON text
 
 
-def _parse_json(data: bytes, kind: str) -> tuple[list[str], list[list[Any]]]:
+def _json_column(values: list[Any]) -> tuple[list[Any], str]:
+    """The values as they came when they can be (the common case), else converted one by one."""
+    kinds = set(map(type, values))
+    ints = values if kinds == {int} else [v for v in values if type(v) is int] if int in kinds else []
+    if not kinds <= _PLAIN or (ints and not (min(ints) in _INT64 and max(ints) in _INT64)):
+        values = [_json_value(v) for v in values]
+        kinds = set(map(type, values))
+    return values, _declared_type(kinds)
+
+
+def _parse_json(data: bytes, kind: str) -> tuple[list[str], list[tuple[list[Any], str]]]:
+    """The records' keys (in the order first seen) and their columns (values, declared type)."""
     data = data.removeprefix(b"\xef\xbb\xbf")
     try:
-        if kind == "jsonl":
-            records = [msgspec.json.decode(line) for line in data.splitlines() if line.strip()]
-        else:
-            records = msgspec.json.decode(data)
+        records = _JSON.decode_lines(data) if kind == "jsonl" else _JSON.decode(data)
     except msgspec.DecodeError as exc:
         raise _Skip(f"not valid JSON: {exc}") from exc
     if isinstance(records, dict):
@@ -167,12 +203,13 @@ def _parse_json(data: bytes, kind: str) -> tuple[list[str], list[list[Any]]]:
         records = found[0]
     if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
         raise _Skip("not an array of objects" if kind == "json" else "a line is not an object")
-    header = list(dict.fromkeys(key for record in records for key in record))
-    return header, [[_json_value(record.get(key)) for key in header] for record in records]
+    shapes = dict.fromkeys(map(tuple, records))  # the records' keys, each sequence once, in order
+    header = list(dict.fromkeys(key for shape in shapes for key in shape))
+    return header, [_json_column(list(map(dict.get, records, repeat(key)))) for key in header]
 
 
-def _declared_type(values: list[Any]) -> str:
-    kinds = {type(v) for v in values if v is not None}
+def _declared_type(kinds: set[type]) -> str:
+    kinds = kinds - {type(None)}
     if kinds == {int}:
         return "INTEGER"
     if kinds and kinds <= {int, float}:
@@ -192,19 +229,21 @@ def _load(conn: sqlite3.Connection, sources: list[tuple[str, bytes]]) -> tuple[l
     for path, data in sources:
         kind = _DATA_KINDS[PurePosixPath(path).suffix.lower()]
         try:
-            header, rows = _parse_csv(data) if kind == "csv" else _parse_json(data, kind)
+            header, typed = _parse_csv(data) if kind == "csv" else _parse_json(data, kind)
             if not header:
                 raise _Skip("no columns")
         except _Skip as exc:
             skipped.append(f"  {path}: skipped, {exc}")
             continue
         columns = _column_names(header)
-        types = [_declared_type([row[i] for row in rows]) for i in range(len(columns))]
+        values, types = [v for v, _ in typed], [t for _, t in typed]
         name = names[path]
         spec = ", ".join(f"{_quote(c)} {t}".rstrip() for c, t in zip(columns, types, strict=True))
         conn.execute(f"CREATE TABLE {_quote(name)} ({spec})")
-        conn.executemany(f"INSERT INTO {_quote(name)} VALUES ({', '.join('?' * len(columns))})", rows)
-        tables.append(_Table(name, path, list(zip(columns, types, strict=True)), len(rows)))
+        conn.executemany(
+            f"INSERT INTO {_quote(name)} VALUES ({', '.join('?' * len(columns))})", zip(*values, strict=True)
+        )
+        tables.append(_Table(name, path, list(zip(columns, types, strict=True)), len(values[0])))
     conn.execute("COMMIT")
     return tables, skipped
 
@@ -229,27 +268,66 @@ def _mib(n: int) -> str:
     return f"{n / 2**20:g} MiB"
 
 
-def _run_query(
-    sources: list[tuple[str, bytes]], query: str, max_rows: int, stop: threading.Event | None = None
-) -> str:
-    """Load the data files into a fresh in-memory database and run one read-only query (in a thread;
-    setting ``stop`` ends the query at SQLite's next progress check)."""
+_CACHE: BuildCache[Files, Database] = BuildCache(
+    max_bytes=SQL_CACHE_BYTES, max_entries=SQL_CACHE_ENTRIES, weigh=lambda db: len(db.image)
+)
+
+
+def _too_big() -> ToolError:
+    return ToolError(
+        f"the data files do not fit in the {_mib(SQL_HEAP_BYTES)} that sql may use in this worker "
+        "(shared by the queries running at once)"
+    )
+
+
+def _build(sources: list[tuple[str, bytes]]) -> Database:
+    """Load the data files into a new database and take its image (in a thread)."""
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    try:
+        conn.execute(f"PRAGMA hard_heap_limit = {SQL_HEAP_BYTES}")
+        tables, skipped = _load(conn, sources)
+        return Database(image=conn.serialize() if tables else b"", catalog=_catalog(tables, skipped))
+    except MemoryError as exc:
+        raise _too_big() from exc
+    finally:
+        conn.close()
+
+
+def _build_and_keep(sources: list[tuple[str, bytes]]) -> Database:
+    """:func:`_build`, the database kept under the digests of the bytes read (a file replaced between
+    the listing and the read is keyed by what was read)."""
+    database = _build(sources)
+    _CACHE.put(tuple((path, digest(data)) for path, data in sources), database)
+    return database
+
+
+def _check_read_only(query: str) -> None:
     found = _LEADING.match(query)
     verb = re.match(r"[A-Za-z]*", query[found.end() if found else 0 :])
     first = verb.group().upper() if verb else ""
     if first not in ("SELECT", "WITH"):
         what = f"a {first} statement" if first else "an empty query"
         raise ToolError(f"{_READ_ONLY}, not {what}: the workspace's data is read-only")
+
+
+def _open(database: Database) -> sqlite3.Connection:
+    """A new in-memory database holding a copy of ``database``'s (this connection's own)."""
     conn = sqlite3.connect(":memory:", isolation_level=None)
     try:
         conn.execute(f"PRAGMA hard_heap_limit = {SQL_HEAP_BYTES}")
-        try:
-            tables, skipped = _load(conn, sources)
-        except MemoryError as exc:
-            raise ToolError(
-                f"the data files do not fit in the {_mib(SQL_HEAP_BYTES)} that sql may use in this worker "
-                "(shared by the queries running at once)"
-            ) from exc
+        if database.image:
+            conn.deserialize(database.image)  # copied into SQLite's heap
+    except MemoryError as exc:
+        conn.close()
+        raise _too_big() from exc
+    return conn
+
+
+def _query(database: Database, query: str, max_rows: int, stop: threading.Event | None = None) -> str:
+    """Run one read-only query on a private copy of ``database`` (in a thread; setting ``stop`` ends
+    the query at SQLite's next progress check)."""
+    conn = _open(database)
+    try:
         conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, SQL_VALUE_BYTES)
         conn.execute("PRAGMA query_only = ON")
         denied: list[int] = []
@@ -296,13 +374,21 @@ def _run_query(
                 )
             else:
                 message = f"SQL error: {exc}"
-            raise ToolError(f"{message}\n{_catalog(tables, skipped)}") from exc
+            raise ToolError(f"{message}\n{database.catalog}") from exc
     finally:
         conn.close()
     out = [" | ".join(header), *lines, ""]
     summary = plural(count, "row", "rows")
     out.append(summary + (f" (showing the first {len(lines)})" if count > len(lines) else ""))
     return "\n".join(out)
+
+
+def _run_query(
+    sources: list[tuple[str, bytes]], query: str, max_rows: int, stop: threading.Event | None = None
+) -> str:
+    """Load the data files into a new database, not cached, and run one read-only query on it."""
+    _check_read_only(query)
+    return _query(_build(sources), query, max_rows, stop)
 
 
 @tool
@@ -316,14 +402,26 @@ async def sql(ctx: ToolContext, *, query: str, max_rows: MaxRows = 200) -> str:
     are JSON text (use json_extract). Only a single SELECT or WITH ... SELECT is allowed. The result is a
     table (columns separated by " | ") and its row count; an error lists the tables and their columns.
     """
-    sources: list[tuple[str, bytes]] = []
-    for info in await ctx.workspace.list(ctx.session_id):
-        if PurePosixPath(info.path).suffix.lower() in _DATA_KINDS:
+    _check_read_only(query)
+    files = tuple(
+        sorted(
+            (info.path, info.digest)
+            for info in await ctx.workspace.list(ctx.session_id)
+            if PurePosixPath(info.path).suffix.lower() in _DATA_KINDS
+        )
+    )
+
+    async def read_and_build() -> Database:
+        sources: list[tuple[str, bytes]] = []
+        for path, _ in files:
             with contextlib.suppress(FileNotFound):  # deleted since the listing
-                sources.append((info.path, await ctx.workspace.get(ctx.session_id, info.path)))
+                sources.append((path, await ctx.workspace.get(ctx.session_id, path)))
+        return await asyncio.to_thread(_build_and_keep, sources)
+
+    database = await _CACHE.get_or_build(files, read_and_build)
     stop = threading.Event()
     try:
-        return await asyncio.to_thread(_run_query, sources, query, max_rows, stop)
+        return await asyncio.to_thread(_query, database, query, max_rows, stop)
     except asyncio.CancelledError:
         stop.set()  # the thread would otherwise run on until the deadline
         raise
