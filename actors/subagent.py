@@ -149,20 +149,23 @@ class SubagentActor(BaseActor[SubagentInbox]):
         # it first (one round trip less); if the log turns out not to be empty, it is read and handled
         # as any other delivery. Other requests read the log alongside the record.
         optimistic = isinstance(msg, Delegation) and ctx.delivery == 1
-        record, history = await asyncio.gather(
-            self.directory.get(msg.session_id),
-            self._no_history(msg) if optimistic else log.load(msg.session_id, msg.thread_id),
-        )
-        team = record.team if record is not None else None
-        if team is None:
+        if optimistic:
+            found = await self.directory.lookup(msg.session_id)
+            history = ThreadHistory(session_id=msg.session_id, thread_id=msg.thread_id)
+        else:
+            found, history = await asyncio.gather(
+                self.directory.lookup(msg.session_id), log.load(msg.session_id, msg.thread_id)
+            )
+        if found is None:
             error = ErrorInfo(kind="unknown_session", message=f"session {msg.session_id!r} is not recorded")
             return self._reply(msg, status="failed", text=error.message, error=error)
+        team, status = found
         try:
             spec = team.agent(msg.agent)
         except KeyError as exc:
             error = ErrorInfo(kind="unknown_agent", message=str(exc.args[0]))
             return self._reply(msg, status="failed", text=error.message, error=error)
-        if record is not None and record.status in STOPPED:
+        if status in STOPPED:
             return self._reply(msg, status="canceled", text="the session was canceled")
         if optimistic:
             try:
@@ -232,10 +235,6 @@ class SubagentActor(BaseActor[SubagentInbox]):
             usage=result.usage,
             error=result.error,
         )
-
-    @staticmethod
-    async def _no_history(msg: SubagentInbox) -> ThreadHistory:
-        return ThreadHistory(session_id=msg.session_id, thread_id=msg.thread_id)
 
     async def _start_turn(
         self, bus: Any, log: ThreadLog, history: ThreadHistory, msg: SubagentInbox, spec: AgentSpec

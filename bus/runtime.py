@@ -123,6 +123,9 @@ class ActorRuntime(Generic[In]):
                     f"{prefix}.*", cb=self._on_delivery, pending_msgs_limit=4 * self.settings.concurrency + 64
                 )
                 batches = tg.create_task(self._batch_loop()) if self._batcher is not None else None
+                # One heartbeat for every message in flight (a task per message cost more than the
+                # rest of the runtime's work on it); batch mode has its own in the batch loop.
+                beats = tg.create_task(self._heartbeat(self._held)) if self._batcher is None else None
                 self.ready.set()
                 self.log.info(
                     "actor_started",
@@ -137,6 +140,8 @@ class ActorRuntime(Generic[In]):
                     await self._close_intake(sub)
                     self._arrival.set()  # the batch loop finishes what has arrived, then ends
                     await self._finish_inflight(*([batches] if batches is not None else []))
+                    if beats is not None:
+                        beats.cancel()
         finally:
             stop_waiter.cancel()
             self._tg = None
@@ -306,6 +311,9 @@ class ActorRuntime(Generic[In]):
             heartbeat.cancel()
             await asyncio.wait({heartbeat})
 
+    def _held(self) -> list[Msg]:
+        return list(self._inflight.values())
+
     def _unsettled(self) -> list[Msg]:
         return [*self._batch, *self._arrived]
 
@@ -379,7 +387,6 @@ class ActorRuntime(Generic[In]):
     async def _process(self, msg: Msg) -> None:
         task = asyncio.current_task()
         structlog.contextvars.clear_contextvars()
-        heartbeat: asyncio.Task[None] | None = None
         try:
             try:
                 decoded = self.decoder.decode(msg.data, subject=msg.subject)
@@ -387,8 +394,7 @@ class ActorRuntime(Generic[In]):
                 await self._reject(msg, exc)
                 return
             ctx = self._context(msg, decoded)
-            heartbeat = asyncio.create_task(self._heartbeat(lambda: [msg]))  # until the message is settled
-            await self._settle_guarded(msg, decoded, ctx)
+            await self._settle_guarded(msg, decoded, ctx)  # the runtime's heartbeat covers it meanwhile
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
                 await msg.nak()
@@ -399,9 +405,6 @@ class ActorRuntime(Generic[In]):
             with contextlib.suppress(Exception):
                 await msg.nak(delay=self.settings.retry_delays[0])
         finally:
-            if heartbeat is not None:
-                heartbeat.cancel()
-                await asyncio.wait({heartbeat})
             if task is not None:
                 self._inflight.pop(task, None)
             self._slot_free.set()

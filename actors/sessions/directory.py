@@ -51,6 +51,15 @@ class Bounded(OrderedDict[str, T]):
 
 
 _record = msgspec.json.Decoder(SessionRecord)
+
+
+class _Status(msgspec.Struct):
+    """A session record's status alone (decoding the team is most of a record's cost)."""
+
+    status: str = "running"
+
+
+_status = msgspec.json.Decoder(_Status)
 _encoder = msgspec.json.Encoder()
 
 
@@ -120,6 +129,19 @@ class SessionDirectory:
             if await kv.update(session_id, _encoder.encode(record), current[1]):
                 return
         log.warning("session_status_contended", session_id=session_id, status=status)
+
+    async def lookup(self, session_id: str) -> tuple[TeamSpec, str] | None:
+        """The session's team (cached: it never changes) and its status (read now), in one read;
+        None if the session is not recorded."""
+        value = await (await self._kv()).get(session_id)
+        if not value:
+            return None
+        team = self._teams.get(session_id)
+        if team is not None:
+            return team, _status.decode(value).status
+        record = _record.decode(value)
+        self._teams[session_id] = record.team
+        return record.team, record.status
 
     async def team(self, session_id: str) -> TeamSpec | None:
         cached = self._teams.get(session_id)
