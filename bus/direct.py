@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import nats.errors
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from bus.connection import Bus
@@ -29,6 +31,21 @@ class StoredMsg:
     seq: int
     data: bytes
     headers: dict[str, str]
+
+
+async def next_message(sub: Subscription, timeout: float) -> Msg:
+    """The subscription's next message, as nats-py's ``next_msg`` gives it, without the task and
+    the uuid4 it makes for every message (a tenth of a busy worker's time went there): a message
+    already queued is taken at once. ``TimeoutError`` after ``timeout``."""
+    queue: asyncio.Queue[Msg] = sub._pending_queue
+    if queue.empty():
+        async with asyncio.timeout(timeout):
+            msg = await queue.get()
+    else:
+        msg = queue.get_nowait()
+    sub._pending_size -= len(msg.data)  # the slow-consumer accounting next_msg keeps
+    queue.task_done()
+    return msg
 
 
 async def read_subject(
@@ -66,8 +83,8 @@ async def read_subject(
             more = 0
             while True:
                 try:
-                    msg = await sub.next_msg(timeout=timeout)
-                except (nats.errors.TimeoutError, TimeoutError) as exc:
+                    msg = await next_message(sub, timeout)
+                except TimeoutError as exc:
                     raise BusTimeout("read stored messages", subject, timeout) from exc
                 headers = msg.headers or {}
                 status = headers.get("Status")

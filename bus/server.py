@@ -132,6 +132,10 @@ class _StoreLock:
             self._file = None
 
 
+#: The embedded server's soft memory limit (``GOMEMLIMIT``; the server may pass it when it must).
+MEMORY_LIMIT = "512MiB"
+
+
 class EmbeddedServer:
     """A nats-server child process with JetStream, as an async context manager::
 
@@ -153,8 +157,10 @@ class EmbeddedServer:
         ready_timeout: float = 15.0,
         extra_args: tuple[str, ...] = (),
         on_log: Callable[[str], None] | None = None,
+        memory_limit: str = MEMORY_LIMIT,
     ) -> None:
         self.store_dir = Path(store_dir)
+        self.memory_limit = memory_limit
         self.host = host
         self.port = port
         self.binary = binary
@@ -182,7 +188,13 @@ class EmbeddedServer:
         self._lock.acquire()
         args = [str(binary), "-a", self.host, "-p", str(self.port), "-js", "-sd", str(self.store_dir)]
         args += list(self.extra_args)
-        kwargs: dict[str, object] = {}
+        # The Go runtime's soft memory limit: without one the server's heap grows to about three
+        # times what it uses (the collector's headroom) while agents read files (bench/load.py).
+        # A GOMEMLIMIT in our environment wins.
+        env = dict(os.environ)
+        if self.memory_limit:
+            env.setdefault("GOMEMLIMIT", self.memory_limit)
+        kwargs: dict[str, object] = {"env": env}
         if os.name == "posix":
             kwargs["start_new_session"] = True
             if sys.platform.startswith("linux"):

@@ -92,3 +92,19 @@ async def test_stop_is_idempotent(tmp_path: Path) -> None:
     await server.stop()
     await server.stop()
     assert server.returncode is not None
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="reads /proc/<pid>/environ")
+async def test_the_server_runs_under_a_soft_memory_limit_unless_one_is_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def limit(server: EmbeddedServer) -> str:
+        environ = Path(f"/proc/{server.pid}/environ").read_bytes().split(b"\0")
+        return next((v.split(b"=", 1)[1].decode() for v in environ if v.startswith(b"GOMEMLIMIT=")), "")
+
+    monkeypatch.delenv("GOMEMLIMIT", raising=False)
+    async with EmbeddedServer(tmp_path / "a") as server:
+        assert limit(server) == "512MiB"
+    monkeypatch.setenv("GOMEMLIMIT", "2GiB")
+    async with EmbeddedServer(tmp_path / "b") as server:
+        assert limit(server) == "2GiB"
