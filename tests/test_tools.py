@@ -508,3 +508,49 @@ async def test_sql_cache_stays_within_its_bounds(
     await query_version(3)
     await query_version(3)
     assert (cache.builds, len(cache), cache.bytes) == (10, 0, 0)
+
+
+def test_grep_scanning_whole_blocks_finds_exactly_the_lines_searching_each_line_finds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """grep runs RE2 over a whole block and searches only the lines where a match starts; matches
+    that span lines, anchors, CRLF, invalid UTF-8 and mostly-matching blocks must change nothing."""
+    import random
+
+    from actors.agent.tools import workspace as ws_tools
+
+    monkeypatch.setattr(ws_tools, "_DENSE", 3)  # reach the line-at-a-time switch in small blocks
+    rng = random.Random(7)
+    words = ["ERROR", "error", "a", "b", "ab", "\r", "é", "  ", "1234", "", "\ufffd", "x y"]
+    patterns = [
+        r"ERROR",
+        r"^ERROR",
+        r"ERROR$",
+        r"a[^z]*b",
+        r"a\s+b",
+        r"x*",
+        r"^$",
+        r".",
+        r"a.b",
+        r"\pL+$",
+        r"(?i)error",
+        r"\bab\b",
+        r"\Aab",
+        r"ab\z",
+        "\ufffd",
+    ]
+    for _ in range(600):
+        lines = [
+            "".join(rng.choice(words) for _ in range(rng.randint(0, 5))) for _ in range(rng.randint(1, 20))
+        ]
+        block = rng.choice(["\n", "\r\n"]).join(lines).encode()
+        if rng.random() < 0.2:
+            block = block.replace(b"a", b"a\xff", 1)
+        for pattern in patterns:
+            for ignore_case in (False, True):
+                regex = ws_tools._compile(pattern, ignore_case)
+                scan = ws_tools._scanner(pattern, ignore_case)
+                assert ws_tools._search(regex, block, scan) == ws_tools._search(regex, block), (
+                    pattern,
+                    block,
+                )

@@ -211,10 +211,57 @@ async def _line_blocks(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         yield tail
 
 
-def _search(regex: _Regex, block: bytes) -> tuple[int, list[tuple[int, str]]]:
-    """The number of lines of ``block`` and the (0-based index, text) of those ``regex`` matches."""
-    lines = [_decode(piece) for piece in block.split(b"\n")]
-    return len(lines), [(i, line) for i, line in enumerate(lines) if regex.search(line)]
+_DENSE = 1000  # matching lines after which a scan that finds most lines matching goes line by line
+
+
+def _search(regex: _Regex, block: bytes, scan: _Regex | None = None) -> tuple[int, list[tuple[int, str]]]:
+    """The number of lines of ``block`` and the (0-based index, text) of those ``regex`` matches.
+
+    With ``scan`` (the pattern in multi-line mode, see :func:`_scanner`) RE2 runs over the whole
+    block and only the lines where a match starts are searched on their own (a match may span lines;
+    the line alone decides), the search going on from the next line: a line that matches alone holds
+    the start of the leftmost match from its own start, so none is missed, and the result is what
+    searching every line gives, without a Python step per line."""
+    if scan is None:
+        lines = [_decode(piece) for piece in block.split(b"\n")]
+        return len(lines), [(i, line) for i, line in enumerate(lines) if regex.search(line)]
+    # Scanned as bytes (the wrapper would encode a str again on every call), of valid UTF-8: what
+    # the lines decode to, so the scan sees the text the lines are searched in.
+    text = block.decode("utf-8", errors="replace").replace("\r\n", "\n").removesuffix("\r").encode()
+    hits: list[tuple[int, str]] = []
+    index = 0  # the line at ``start``
+    start = 0  # where that line starts
+    while (found := scan.search(text, start)) is not None:  # type: ignore[call-arg, arg-type]
+        at = found.start()  # type: ignore[attr-defined]
+        index += text.count(b"\n", start, at)
+        start = text.rfind(b"\n", 0, at) + 1
+        end = text.find(b"\n", at)
+        line = text[start : len(text) if end < 0 else end].decode()
+        if regex.search(line):
+            hits.append((index, line))
+        if end < 0:
+            break
+        index, start = index + 1, end + 1
+        if len(hits) >= _DENSE and len(hits) * 4 > index:  # most lines match: a line at a time is faster
+            rest = [piece.decode() for piece in text[start:].split(b"\n")]
+            hits += [(index + i, line) for i, line in enumerate(rest) if regex.search(line)]
+            break
+    return text.count(b"\n") + 1, hits
+
+
+def _scanner(pattern: str, ignore_case: bool) -> _Regex | None:
+    """``pattern`` in multi-line mode (``^``/``$`` at line ends) for scanning whole blocks; None
+    when it names the text's start or end (``\\A``, ``\\z``), which only a line at a time gives."""
+    if re.search(r"\\[Az]", pattern):
+        return None
+    options = re2.Options()
+    options.log_errors = False
+    options.case_sensitive = not ignore_case
+    try:
+        scan: _Regex = re2.compile(f"(?m){pattern}".encode(), options)
+    except re2.error:
+        return None
+    return scan
 
 
 @tool
@@ -237,6 +284,7 @@ async def grep(
     (`\pL`, `\pN` match Unicode letters and digits).
     """
     regex = await asyncio.to_thread(_compile, pattern, ignore_case)
+    scan = await asyncio.to_thread(_scanner, pattern, ignore_case)
     files = await ctx.workspace.list(ctx.session_id, prefix)
     if _whole_workspace(prefix) or not normalize_path(prefix.strip("/")).startswith(SPILL_DIR):
         files = [f for f in files if not f.path.startswith(f"{SPILL_DIR}/")]
@@ -253,7 +301,7 @@ async def grep(
         lineno = 0  # lines before the block
         try:
             async for block in _line_blocks(chunks):
-                lines, hits = await asyncio.to_thread(_search, regex, block)
+                lines, hits = await asyncio.to_thread(_search, regex, block, scan)
                 count += len(hits)
                 for index, line in hits[: max_matches - len(shown)]:
                     shown.append(f"{info.path}:{lineno + index + 1}: {cut(line, GREP_LINE_CHARS)}")
