@@ -45,7 +45,7 @@ from bus.paths import data_dir
 from bus.runtime import RuntimeSettings
 from bus.subjects import Subjects
 from schemas.ids import new_id
-from schemas.team import TeamSpec
+from schemas.team import AgentSpec, TeamSpec
 
 log = structlog.get_logger("staffwork.roles")
 
@@ -77,9 +77,15 @@ class RoleConfig:
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     check_timeout: float = CHECK_TIMEOUT  # grader: seconds per machine check
     schedules: Sequence[DreamSchedule] = ()  # dreamer: dreams on a schedule
+    team: TeamSpec | None = None  # subagent: the team about to run (its agents' MCP servers start now)
 
 
 Built = list[tuple[Actor[Any], RuntimeSettings]]
+
+
+def _spec(team: TeamSpec | None, agent: str) -> AgentSpec | None:
+    """``agent`` as ``team`` defines it (None without a team, or if it is not on it)."""
+    return next((spec for spec in team.agents if spec.name == agent), None) if team is not None else None
 
 
 class Process:
@@ -125,6 +131,7 @@ def _subagents(process: Process) -> Built:
                 cancels=process.cancels,
                 ack_wait=settings.subagent_ack_wait,
                 max_deliver=settings.max_deliver,
+                warm=_spec(process.config.team, name),
             ),
             runtime,
         )

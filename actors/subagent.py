@@ -71,8 +71,13 @@ class SubagentActor(BaseActor[SubagentInbox]):
         ack_wait: float = 30.0,
         max_deliver: int = 5,
         sources: ToolSources | None = None,
+        warm: AgentSpec | None = None,
     ) -> None:
         self.agent = agent
+        #: the agent as a known team defines it: its MCP servers start with the worker, not on its
+        #: first request (``staffwork run`` knows the team before the session starts)
+        self.warm = warm
+        self._warming: asyncio.Task[None] | None = None
         #: the agent's MCP servers run here, and only here
         self.sources = sources or ToolSources()
         self.role = f"subagent:{agent}"
@@ -89,9 +94,14 @@ class SubagentActor(BaseActor[SubagentInbox]):
 
     async def on_start(self, bus: Bus) -> None:
         await self.cancels.start()
+        if self.warm is not None:
+            self._warming = asyncio.create_task(self.sources.warm(self.warm), name=f"warm-{self.agent}")
 
     async def on_stop(self) -> None:
         await self.cancels.stop()
+        if self._warming is not None:
+            self._warming.cancel()
+            await asyncio.wait({self._warming})
         await self.sources.close()
 
     def reply_subject(self, msg: SubagentInbox, reply: Message, ctx: Context) -> str | None:

@@ -233,7 +233,10 @@ async def _run_here(
             )
     hooks = "webhooks" in needed
     config = RoleConfig(
-        model=model, agents=missing, webhooks=WebhookSettings(allow_private=allow_private_webhooks)
+        model=model,
+        agents=missing,
+        webhooks=WebhookSettings(allow_private=allow_private_webhooks),
+        team=team,
     )
     async with contextlib.AsyncExitStack() as stack:
         if needed:

@@ -52,6 +52,20 @@ class ToolSources:
         if self._mcp is not None:
             await self._mcp.close()
 
+    async def warm(self, spec: AgentSpec) -> None:
+        """Start ``spec``'s MCP servers now, so its first request does not wait for them (a server's
+        start is mostly its interpreter importing the MCP SDK). A failure is left for that request
+        to report, with the team file's line."""
+        if not spec.mcp_servers:
+            return
+        hub = self._hub()
+        outcomes = await asyncio.gather(
+            *(hub.tools(spec.name, server) for server in spec.mcp_servers), return_exceptions=True
+        )
+        for server, outcome in zip(spec.mcp_servers, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                log.debug("mcp_warm_up_failed", agent=spec.name, server=server.name, error=str(outcome))
+
     async def toolbox(
         self,
         bus: Bus,
