@@ -356,3 +356,36 @@ def test_an_oversized_line_is_counted_not_kept_and_its_response_id_found() -> No
     request = mcp_stdio._Oversized(10**8, b'{"jsonrpc":"2.0","id":5,"method":"sampling/createMessage"', b"}")
     assert nested.response_id() is None
     assert request.response_id() is None
+
+
+async def test_a_worker_given_its_team_starts_the_agents_servers_before_any_request(
+    bus: Bus, ctx: ToolContext
+) -> None:
+    from actors.agent.models.offline import OfflineModel
+    from actors.sessions.cancel import CancelWatch
+    from actors.sessions.directory import SessionDirectory
+    from actors.subagent import SubagentActor
+    from schemas.team import AgentSpec
+
+    spec = AgentSpec(name="logs", mcp_servers=[stdio()])
+    actor = SubagentActor(
+        "logs",
+        model=OfflineModel(),
+        directory=SessionDirectory(bus),
+        cancels=CancelWatch(bus),
+        warm=spec,
+    )
+    await actor.on_start(bus)
+    try:
+        assert actor._warming is not None
+        async with asyncio.timeout(30):
+            await actor._warming
+        hub = actor.sources._hub()
+        warmed = hub._connections.get(("logs", "fixture"))
+        assert warmed is not None  # started with the worker, no request yet
+        pid = await pid_of((await tools_of(hub, stdio()))["pid"], ctx)
+        assert alive(pid)
+        assert hub._connections[("logs", "fixture")] is warmed  # the request used it
+    finally:
+        await actor.on_stop()
+    assert not alive(pid)
