@@ -13,6 +13,10 @@
 Every phase checks no loss and no duplicates: exactly N rows, N distinct stream sequences, N distinct
 msg ids, and the collector's consumer left with nothing pending, unacknowledged or redelivered.
 
+The rates depend on what else the machine runs; the CPU each process spends per event (read from
+``/proc``, on Linux) does much less, and says which process bounds the live rate: the publisher, the
+nats-server and the collector share the cores.
+
 Run: ``python bench/trace.py [--events 20000] [--rounds 3]``, against an embedded nats-server with
 file storage in a temporary directory. ``--profile`` instead runs the catch-up phase with the
 collector in this process under cProfile and prints where it spends its time.
@@ -69,6 +73,7 @@ from schemas.trace import (  # noqa: E402
 STAFFWORK = Path(sys.executable).with_name("staffwork")  # the venv's entry point
 DURABLE = "collector"  # the collector's consumer (CollectorActor.consumer)
 POLL = 0.005  # seconds between COUNT(*) polls of the collector's database
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 #: One event ready to publish: subject, JSON payload, headers (traceparent and Nats-Msg-Id).
 Publication = tuple[str, bytes, dict[str, str]]
@@ -219,9 +224,24 @@ async def settled(js: JetStreamContext, stream: str, timeout: float = 30.0) -> i
             await asyncio.sleep(POLL)
 
 
+def cpu_seconds(pid: int | None) -> float:
+    """The CPU time (user and system) process ``pid`` has used; NaN where ``/proc`` cannot say."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+@dataclass
+class Collector:
+    pid: int
+    ready_at: float  # perf_counter when it said it was ready
+
+
 @contextlib.asynccontextmanager
-async def collector_process(url: str, root: str, db: Path) -> AsyncIterator[float]:
-    """``staffwork actor collector`` as a child process; yields when it says it is ready (perf_counter)."""
+async def collector_process(url: str, root: str, db: Path) -> AsyncIterator[Collector]:
+    """``staffwork actor collector`` as a child process; yields when it says it is ready."""
     proc = await asyncio.create_subprocess_exec(
         str(STAFFWORK),
         *("actor", "collector", "--nats", url, "--db", str(db), "--root", root),
@@ -249,7 +269,7 @@ async def collector_process(url: str, root: str, db: Path) -> AsyncIterator[floa
             ready_at = await ready()
         reader = asyncio.create_task(drain())
         try:
-            yield ready_at
+            yield Collector(pid=proc.pid, ready_at=ready_at)
         finally:
             proc.terminate()
             async with asyncio.timeout(30):
@@ -271,39 +291,52 @@ class Round:
     catch_up: float  # events/s, collector ready until it stored a backlog of N
     startup: float  # seconds, spawn to "collector ready"
     redelivered: int
+    # CPU microseconds per event
+    cpu_publisher: float  # raw phase
+    cpu_server_raw: float
+    cpu_collector_live: float  # first publish -> all stored
+    cpu_server_live: float
+    cpu_collector_catch_up: float  # ready -> all stored
 
 
-async def one_round(url: str, tmp: Path, number: int, events: int) -> Round:
+async def one_round(url: str, server_pid: int | None, tmp: Path, number: int, events: int) -> Round:
     timeout = max(60.0, events / 200)
     # Raw publish on a fresh root, then a collector catching up on that backlog.
     root, session_id = f"trace_backlog{number}", f"ses_backlog{number}"
     async with await Bus.connect(url, root=root, name="bench-publisher") as bus, raw_jetstream(url) as js:
         await provision(bus)
         batch = publications(bus, session_id, events)
+        publisher, server = time.process_time(), cpu_seconds(server_pid)
         raw_s = await publish_all(js, batch)
+        cpu_publisher, cpu_server_raw = time.process_time() - publisher, cpu_seconds(server_pid) - server
         db_path = tmp / f"{root}.db"
         spawned = time.perf_counter()
-        async with collector_process(url, root, db_path) as ready_at:
+        async with collector_process(url, root, db_path) as collector:
+            collector_cpu = cpu_seconds(collector.pid)
             db = Database(db_path)
             try:
                 stored_at = await db.wait_for(events, timeout)
+                cpu_catch_up = cpu_seconds(collector.pid) - collector_cpu
                 redelivered = await settled(js, bus.subjects.log_stream)
                 db.check(session_id, events)
             finally:
                 db.close()
-        catch_up_s, startup_s = stored_at - ready_at, ready_at - spawned
+        catch_up_s, startup_s = stored_at - collector.ready_at, collector.ready_at - spawned
     # Live: a ready collector on another fresh root, N new events.
     root, session_id = f"trace_live{number}", f"ses_live{number}"
     async with await Bus.connect(url, root=root, name="bench-publisher") as bus, raw_jetstream(url) as js:
         await provision(bus)
         batch = publications(bus, session_id, events)
         db_path = tmp / f"{root}.db"
-        async with collector_process(url, root, db_path):
+        async with collector_process(url, root, db_path) as collector:
             db = Database(db_path)
             try:
+                collector_cpu, server = cpu_seconds(collector.pid), cpu_seconds(server_pid)
                 started = time.perf_counter()
                 publish_s = await publish_all(js, batch)
                 live_s = await db.wait_for(events, timeout) - started
+                cpu_live = cpu_seconds(collector.pid) - collector_cpu
+                cpu_server_live = cpu_seconds(server_pid) - server
                 redelivered += await settled(js, bus.subjects.log_stream)
                 db.check(session_id, events)
             finally:
@@ -315,6 +348,11 @@ async def one_round(url: str, tmp: Path, number: int, events: int) -> Round:
         catch_up=events / catch_up_s,
         startup=startup_s,
         redelivered=redelivered,
+        cpu_publisher=cpu_publisher * 1e6 / events,
+        cpu_server_raw=cpu_server_raw * 1e6 / events,
+        cpu_collector_live=cpu_live * 1e6 / events,
+        cpu_server_live=cpu_server_live * 1e6 / events,
+        cpu_collector_catch_up=cpu_catch_up * 1e6 / events,
     )
 
 
@@ -323,7 +361,7 @@ async def main(events: int, rounds: int) -> None:
     with tempfile.TemporaryDirectory(prefix="staffwork-bench-") as tmp:
         async with EmbeddedServer(Path(tmp) / "nats") as server:
             for number in range(rounds):
-                results.append(await one_round(server.url, Path(tmp), number, events))
+                results.append(await one_round(server.url, server.pid, Path(tmp), number, events))
 
     median = statistics.median
     raw = median(r.raw for r in results)
@@ -331,10 +369,10 @@ async def main(events: int, rounds: int) -> None:
     catch_up = median(r.catch_up for r in results)
     ratio = live / raw
 
-    def row(label: str, values: list[float], ratio_to_raw: float | None) -> None:
-        each = "  ".join(f"{v:8,.0f}" for v in values)
+    def row(label: str, values: list[float], ratio_to_raw: float | None, digits: int = 0) -> None:
+        each = "  ".join(f"{v:8,.{digits}f}" for v in values)
         shown = f"{ratio_to_raw:5.2f}" if ratio_to_raw is not None else "     "
-        print(f"{label:<44} {median(values):9,.0f}   {shown}     {each}")
+        print(f"{label:<44} {median(values):9,.{digits}f}   {shown}     {each}")
 
     print(
         f"# staffwork bench/trace.py: {events} trace events ({_size_range()} B of JSON each) x {rounds} "
@@ -348,6 +386,14 @@ async def main(events: int, rounds: int) -> None:
     row("collector catch-up: backlog of N -> stored", [r.catch_up for r in results], catch_up / raw)
     startup = median(r.startup for r in results)
     print(f"collector process start (spawn -> ready): {startup:.2f} s, not included in the rates above")
+    print(f"{'## CPU per event, us':<44} {'median':>9}             rounds")
+    row("publisher (raw phase)", [r.cpu_publisher for r in results], None, digits=1)
+    row("nats-server (raw phase)", [r.cpu_server_raw for r in results], None, digits=1)
+    row("nats-server (live phase)", [r.cpu_server_live for r in results], None, digits=1)
+    row("collector (live phase)", [r.cpu_collector_live for r in results], None, digits=1)
+    row("collector (catch-up phase)", [r.cpu_collector_catch_up for r in results], None, digits=1)
+    loads = ", ".join(f"{load:.2f}" for load in os.getloadavg())
+    print(f"load average at the end: {loads} on {os.cpu_count()} CPUs (other work slows every rate)")
     redelivered = sum(r.redelivered for r in results)
     print(
         f"no loss, no duplicates: exactly {events} rows, distinct seq and msg ids, consumer drained, in "

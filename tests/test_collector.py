@@ -204,3 +204,35 @@ async def test_a_locked_database_delays_the_events_and_loses_none(bus: Bus, tmp_
                 await retried.next(timeout=0.2)
     finally:
         blocker.close()
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [
+        "sk-ant-api03-abcdefghijklmnop",
+        "sk-proj-abcdefghijklmnopqrstuv",
+        "AKIAABCDEFGHIJKLMNOP",
+        "Bearer abcdefghijklmnopqrstuvwxyz",
+        "BEARER abcdefghijklmnopqrstuvwxyz",
+        "xoxb-1234567890-abcdef",
+        *(f"gh{kind}_abcdefghijklmnopqrstuvwxyz" for kind in "pousr"),
+        "whsec_abcdefghijklmnopqrstu",
+    ],
+)
+def test_every_kind_of_secret_passes_the_pre_check_and_is_redacted(secret: str) -> None:
+    assert redact(f'{{"text": "key {secret} here"}}') == '{"text": "key [redacted] here"}'
+
+
+def test_a_batch_larger_than_one_insert_is_stored_once_with_its_redeliveries(tmp_path: Path) -> None:
+    store = TraceStore(tmp_path / "trace.db")
+    try:
+        events = [AgentMessage(session_id="ses_many", text=f"event {n}") for n in range(300)]
+        batch = [(n + 1, event, encode(event)) for n, event in enumerate(events)]
+        first = store.add_many("log", [*batch[:150], batch[10]])  # a redelivery racing the first
+        again = store.add_many("log", batch)  # 150 redelivered, 150 new
+        assert first == [True] * 150 + [False]
+        assert again == [False] * 150 + [True] * 150
+        assert store.count("ses_many") == 300
+        assert [event["text"] for event in store.events("ses_many")] == [f"event {n}" for n in range(300)]
+    finally:
+        store.close()

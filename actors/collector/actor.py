@@ -11,6 +11,7 @@ the protocol of :mod:`schemas.trace` (requests of the earlier ``{"op": ...}`` pr
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import sqlite3
@@ -86,8 +87,45 @@ FROM events_v1
 """
 
 
+#: A row of ``events``, in column order.
+_Row = tuple[str, int, bytes, str, str, str, str, str, str, str, str, str]
+#: Rows per INSERT statement: one statement inserts many rows (far cheaper than one execution per
+#: row), within SQLite's historical limit of 999 bound parameters.
+_ROWS_PER_INSERT = 64
+
+
 def _digest(raw: bytes) -> bytes:
     return hashlib.blake2b(raw, digest_size=16).digest()
+
+
+@functools.cache
+def _insert(rows: int) -> str:
+    """The statement inserting ``rows`` rows (the connection caches it prepared)."""
+    return "INSERT OR IGNORE INTO events VALUES " + ",".join(["(?,?,?,?,?,?,?,?,?,?,?,?)"] * rows)
+
+
+@functools.cache
+def _kind(cls: type[AnyTraceEvent]) -> str:
+    return event_kind(cls)
+
+
+def _row(stream: str, seq: int, event: AnyTraceEvent, raw: bytes) -> _Row:
+    """The row of one event read from ``stream`` at ``seq`` (``raw``: its JSON as it arrived, or b"")."""
+    payload = raw or encode(event)
+    return (
+        stream,
+        seq,
+        _digest(payload),
+        event.msg_id,
+        event.session_id,
+        event.thread_id,
+        event.agent,
+        _kind(type(event)),
+        event.time.isoformat(),
+        event.span_id,
+        event.parent_span_id,
+        redact(payload.decode("utf-8", errors="replace")),
+    )
 
 
 class TraceStore:
@@ -146,25 +184,7 @@ class TraceStore:
         the same stream deleted and made again (its sequences start over, its messages differ), is
         another message. An event a version-1 collector stored (no stream known) is recognised by
         its sequence and msg_id."""
-        values = []
-        for seq, event, raw in rows:
-            payload = raw or encode(event)
-            values.append(
-                (
-                    stream,
-                    seq,
-                    _digest(payload),
-                    event.msg_id,
-                    event.session_id,
-                    event.thread_id,
-                    event.agent,
-                    event_kind(event),
-                    event.time.isoformat(),
-                    event.span_id,
-                    event.parent_span_id,
-                    redact(payload.decode("utf-8", errors="replace")),
-                )
-            )
+        values = [_row(stream, seq, event, raw) for seq, event, raw in rows]
         seqs = sorted({row[1] for row in values})
         with self._lock:
             self.db.execute("BEGIN IMMEDIATE")  # the write lock first: the check and the insert are one
@@ -184,16 +204,16 @@ class TraceStore:
                         else:
                             earlier.add((seq, msg_id))
                 added: list[bool] = []
-                fresh = []
+                fresh: list[_Row] = []
                 for row in values:  # a message twice in one batch (a redelivery racing the first) is new once
                     new = (row[1], row[2]) not in stored and (row[1], row[3]) not in earlier
                     added.append(new)
                     if new:
                         fresh.append(row)
                         stored.add((row[1], row[2]))
-                self.db.executemany(
-                    "INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", fresh
-                )
+                for start in range(0, len(fresh), _ROWS_PER_INSERT):
+                    chunk_rows = fresh[start : start + _ROWS_PER_INSERT]
+                    self.db.execute(_insert(len(chunk_rows)), [value for row in chunk_rows for value in row])
                 self.db.execute("COMMIT")
             except BaseException:
                 if self.db.in_transaction:
