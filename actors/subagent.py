@@ -26,9 +26,10 @@ from bus.actor import BaseActor, Context
 from bus.connection import Bus
 from bus.errors import HistoryConflict, InvalidPath, Retryable
 from bus.history import ThreadHistory, ThreadLog
+from bus.objects import normalize_path
 from bus.provision import ConsumerSpec, agent_consumer
 from bus.subjects import Subjects
-from bus.workspace import Workspace, normalize_path
+from bus.workspace import Workspace
 from schemas.base import ErrorInfo, Message
 from schemas.conversation import TextBlock, ThreadTurn, ToolResultBlock, Turn
 from schemas.files import Provenance

@@ -36,9 +36,9 @@ from bus.errors import (
     MemoryTooLarge,
     ServerRefused,
 )
+from bus.objects import normalize_path
 from bus.state import last_per_subject
 from bus.subjects import JetStreamApi
-from bus.workspace import normalize_path
 from schemas.memory import MAX_MEMORY_BYTES, MemoryFile, MemoryStoreInfo, MemoryVersion, Writer
 
 _STORE_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,47}$")

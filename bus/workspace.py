@@ -15,7 +15,6 @@ import contextlib
 import hashlib
 import io
 import os
-import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any, BinaryIO
@@ -32,15 +31,26 @@ from bus.errors import (
     FileChanged,
     FileNotFound,
     IntegrityError,
-    InvalidPath,
     NoResponders,
+)
+from bus.objects import (
+    H_AGENT,
+    H_SESSION,
+    H_THREAD,
+    H_TOOL,
+    ObjectInfo,
+    ObjectOptions,
+    digest_of,
+    digest_text,
+    header,
+    info_decoder,
+    info_encoder,
+    normalize_path,
 )
 from bus.state import last_per_subject
 from bus.subjects import JetStreamApi, check_token
 from schemas.files import FileInfo, Provenance
 
-MAX_PATH_BYTES = 1024
-MAX_SEGMENT_BYTES = 255
 DEFAULT_CHUNK_SIZE = 256 * 1024
 _PIPELINE = 32  # chunk publishes in flight at once
 # Chunks per direct-get request, and file streams at once per connection: together they bound what
@@ -49,7 +59,6 @@ _PIPELINE = 32  # chunk publishes in flight at once
 _BATCH = 16
 _STREAMS = 4
 _LIST_BATCH = 256
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 #: Whole content from this size up is stored by content (see Workspace.put); smaller files cost as
 #: little to copy as to look up.
 SHARE_MIN_BYTES = 64 * 1024
@@ -58,87 +67,9 @@ _EXPECTED_LAST = "Nats-Expected-Last-Subject-Sequence"
 _WRONG_LAST_SEQUENCE = 10071
 _WRITER_STALL = 1.0  # seconds without a new chunk after which another writer is taken for dead
 
-_H_SESSION = "Sw-Session"
-_H_THREAD = "Sw-Thread"
-_H_AGENT = "Sw-Agent"
-_H_TOOL = "Sw-Tool-Call"
-
-
-def normalize_path(path: str) -> str:
-    """Return the canonical relative form of a workspace path, or raise :class:`InvalidPath`.
-
-    ``./a//`` is refused rather than guessed at: empty segments, ``..``, absolute paths, backslashes,
-    NUL and other control characters, segments over 255 bytes and paths over 1024 bytes are errors.
-    ``.`` segments are dropped (``./notes/a.md`` is ``notes/a.md``).
-    """
-    if not isinstance(path, str) or not path:
-        raise InvalidPath(str(path), "the path is empty")
-    if "\x00" in path:
-        raise InvalidPath(path, "it contains a NUL byte")
-    if control := _CONTROL.search(path):
-        raise InvalidPath(path, f"it contains the control character U+{ord(control.group()):04X}")
-    if "\\" in path:
-        raise InvalidPath(path, "it contains a backslash; separate directories with '/'")
-    if path.startswith("/") or re.match(r"^[A-Za-z]:", path):
-        raise InvalidPath(path, "it is absolute; workspace paths are relative to the session's workspace")
-    parts: list[str] = []
-    for part in path.split("/"):
-        if part == "":
-            raise InvalidPath(path, "it has an empty segment ('//' or a trailing '/')")
-        if part == ".":
-            continue
-        if part == "..":
-            raise InvalidPath(path, "it escapes the workspace ('..' is not allowed)")
-        if len(part.encode()) > MAX_SEGMENT_BYTES:
-            raise InvalidPath(path, f"a segment is longer than {MAX_SEGMENT_BYTES} bytes")
-        parts.append(part)
-    if not parts:
-        raise InvalidPath(path, "it names no file")
-    normalized = "/".join(parts)
-    if len(normalized.encode()) > MAX_PATH_BYTES:
-        raise InvalidPath(path, f"it is longer than {MAX_PATH_BYTES} bytes")
-    return normalized
-
-
-class _Options(msgspec.Struct, omit_defaults=True):
-    max_chunk_size: int | None = None
-
-
-class _ObjectInfo(msgspec.Struct, omit_defaults=True):
-    """An object's metadata record, as the object-store layout (ADR-20) defines it."""
-
-    name: str
-    bucket: str
-    nuid: str
-    size: int = 0
-    mtime: str = ""
-    chunks: int = 0
-    digest: str = ""
-    deleted: bool = False
-    description: str | None = None
-    headers: dict[str, list[str]] | None = None
-    options: _Options | None = None
-
-
-_info_decoder = msgspec.json.Decoder(_ObjectInfo)
-_info_encoder = msgspec.json.Encoder()
-
-
-def _digest_text(raw: bytes) -> str:
-    return "SHA-256=" + base64.urlsafe_b64encode(raw).decode()
-
-
-def _digest_of(data: bytes) -> str:
-    return _digest_text(hashlib.sha256(data).digest())
-
 
 class _Claimed(Exception):
     """Another writer stored the first chunk of a shared subject first."""
-
-
-def _header(headers: dict[str, list[str]] | None, key: str) -> str:
-    values = (headers or {}).get(key) or []
-    return values[0] if values else ""
 
 
 class Workspace:
@@ -177,7 +108,7 @@ class Workspace:
 
     # --- metadata ---
 
-    async def _info(self, name: str) -> _ObjectInfo | None:
+    async def _info(self, name: str) -> ObjectInfo | None:
         subject = self._meta_subject(name)
         try:
             raw = await self.bus._js.get_last_msg(self.stream, subject, direct=True)
@@ -189,7 +120,7 @@ class Workspace:
             raise BusTimeout("read object metadata", subject, self.bus.api_timeout) from exc
         if not raw.data:
             return None
-        return _info_decoder.decode(raw.data)
+        return info_decoder.decode(raw.data)
 
     def _missing_bucket(self) -> BusError:
         return BusError(
@@ -205,7 +136,7 @@ class Workspace:
         except (nats.errors.TimeoutError, TimeoutError) as exc:
             raise BusTimeout("purge", subject, self.bus.api_timeout) from exc
 
-    def _file_info(self, session_id: str, info: _ObjectInfo) -> FileInfo:
+    def _file_info(self, session_id: str, info: ObjectInfo) -> FileInfo:
         path = info.name.split("/", 1)[1]
         try:
             modified = datetime.fromisoformat(info.mtime.replace("Z", "+00:00"))
@@ -217,10 +148,10 @@ class Workspace:
             digest=info.digest,
             modified=modified,
             provenance=Provenance(
-                session_id=_header(info.headers, _H_SESSION) or session_id,
-                thread_id=_header(info.headers, _H_THREAD),
-                agent=_header(info.headers, _H_AGENT),
-                tool_call_id=_header(info.headers, _H_TOOL),
+                session_id=header(info.headers, H_SESSION) or session_id,
+                thread_id=header(info.headers, H_THREAD),
+                agent=header(info.headers, H_AGENT),
+                tool_call_id=header(info.headers, H_TOOL),
             ),
         )
 
@@ -266,7 +197,7 @@ class Workspace:
             await self._release(previous)
         return self._file_info(session_id, info)
 
-    async def _put_shared(self, name: str, data: bytes, provenance: Provenance) -> _ObjectInfo:
+    async def _put_shared(self, name: str, data: bytes, provenance: Provenance) -> ObjectInfo:
         """Store ``data`` under its content's subject: reuse the chunks if they are all there, claim
         the subject if it is empty, else (another writer is at it, or one died half way) write a
         private copy as usual."""
@@ -281,7 +212,7 @@ class Workspace:
         if 0 < stored < chunks:
             stored = await self._await_writer(nuid, stored, chunks)
         if stored == chunks:
-            return await self._record(name, nuid, len(data), chunks, _digest_of(data), provenance)
+            return await self._record(name, nuid, len(data), chunks, digest_of(data), provenance)
         return await self._write(name, io.BytesIO(data), os.urandom(16).hex(), provenance)
 
     async def _await_writer(self, nuid: str, stored: int, chunks: int) -> int:
@@ -310,7 +241,7 @@ class Workspace:
 
     async def _write(
         self, name: str, reader: BinaryIO, nuid: str, provenance: Provenance, *, claim: bool = False
-    ) -> _ObjectInfo:
+    ) -> ObjectInfo:
         """Write the chunks under ``nuid``, then the metadata. With ``claim``, the first chunk is
         stored only if the subject is still empty (:class:`_Claimed` if another writer was first)."""
         blocking = not isinstance(reader, io.BytesIO)
@@ -343,7 +274,7 @@ class Workspace:
             await self._await_acks(pending, chunk_subject)
             pending.clear()
             meta_sent = True
-            return await self._record(name, nuid, size, chunks, _digest_text(digest.digest()), provenance)
+            return await self._record(name, nuid, size, chunks, digest_text(digest.digest()), provenance)
         except _Claimed:
             raise  # nothing of ours was stored
         except BaseException:
@@ -372,13 +303,13 @@ class Workspace:
 
     async def _record(
         self, name: str, nuid: str, size: int, chunks: int, digest: str, prov: Provenance
-    ) -> _ObjectInfo:
+    ) -> ObjectInfo:
         """Store the object's metadata (the file exists from then on)."""
-        headers = {_H_SESSION: [prov.session_id or name.split("/", 1)[0]]}
-        for key, value in ((_H_THREAD, prov.thread_id), (_H_AGENT, prov.agent), (_H_TOOL, prov.tool_call_id)):
+        headers = {H_SESSION: [prov.session_id or name.split("/", 1)[0]]}
+        for key, value in ((H_THREAD, prov.thread_id), (H_AGENT, prov.agent), (H_TOOL, prov.tool_call_id)):
             if value:
                 headers[key] = [value]
-        info = _ObjectInfo(
+        info = ObjectInfo(
             name=name,
             bucket=self.bucket,
             nuid=nuid,
@@ -387,15 +318,15 @@ class Workspace:
             chunks=chunks,
             digest=digest,
             headers=headers,
-            options=_Options(max_chunk_size=self.chunk_size),
+            options=ObjectOptions(max_chunk_size=self.chunk_size),
         )
         await self._store_meta(info)
         return info
 
-    async def _store_meta(self, info: _ObjectInfo) -> None:
+    async def _store_meta(self, info: ObjectInfo) -> None:
         """Store an object's metadata and its session index entry (the same record), pipelined:
         both are on the same stream and connection, so they are stored in this order."""
-        record = _info_encoder.encode(info)
+        record = info_encoder.encode(info)
         headers = {"Nats-Rollup": "sub"}
         acks = [
             await self.bus._js.publish_async(subject, record, headers=headers)
@@ -408,17 +339,17 @@ class Workspace:
         index existed); how many were written."""
         written = 0
         async for data in self._last_per_subject(f"$O.{self.bucket}.M.>"):
-            info = _info_decoder.decode(data)
+            info = info_decoder.decode(data)
             if "/" in info.name and not info.deleted:
                 await self._store_meta(info)
                 written += 1
         return written
 
-    async def _release(self, old: _ObjectInfo) -> None:
+    async def _release(self, old: ObjectInfo) -> None:
         """Purge the chunks of a replaced or deleted version, unless other objects share them."""
         if old.nuid.startswith(SHARED_PREFIX):
             async for data in self._last_per_subject(f"$O.{self.bucket}.M.>"):
-                other = _info_decoder.decode(data)
+                other = info_decoder.decode(data)
                 if other.nuid == old.nuid and other.name != old.name and not other.deleted:
                     return
         await self._purge(self._chunk_subject(old.nuid))
@@ -459,7 +390,7 @@ class Workspace:
             raise FileNotFound(session_id, normalized)
         return self._chunks(info, normalized)
 
-    async def _chunks(self, info: _ObjectInfo, path: str) -> AsyncIterator[bytes]:
+    async def _chunks(self, info: ObjectInfo, path: str) -> AsyncIterator[bytes]:
         digest = hashlib.sha256()
         received = size = 0
         chunks = read_subject(
@@ -485,7 +416,7 @@ class Workspace:
             raise IntegrityError(
                 path, f"expected {info.size} bytes in {info.chunks} chunks, read {size} in {received}"
             )
-        if _digest_text(digest.digest()) != info.digest:
+        if digest_text(digest.digest()) != info.digest:
             raise IntegrityError(path, f"SHA-256 does not match the recorded {info.digest}")
 
     async def get(self, session_id: str, path: str) -> bytes:
@@ -524,7 +455,7 @@ class Workspace:
             raise self._missing_bucket() from exc
         files: list[FileInfo] = []
         for data in latest.values():
-            info = _info_decoder.decode(data)
+            info = info_decoder.decode(data)
             if not info.deleted and info.name.startswith(wanted):
                 files.append(self._file_info(session_id, info))
         files.sort(key=lambda f: f.path)

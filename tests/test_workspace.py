@@ -22,8 +22,9 @@ from bus.errors import (
     IntegrityError,
     InvalidPath,
 )
+from bus.objects import normalize_path
 from bus.provision import provision
-from bus.workspace import Workspace, normalize_path
+from bus.workspace import Workspace
 from schemas import Provenance
 
 SID = "ses_ws"

@@ -15,7 +15,7 @@ import structlog
 from actors.agent.models.base import ModelError, ModelRequest, ModelResponse
 from actors.dreamer.sessions import DREAMER, LESSONS, DreamError, SessionDigest
 from bus.errors import InvalidPath, Retryable
-from bus.workspace import normalize_path
+from bus.objects import normalize_path
 from schemas.base import Usage
 from schemas.conversation import TextBlock, ToolSpec, Turn
 from schemas.memory import MAX_MEMORY_BYTES

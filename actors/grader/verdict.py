@@ -13,7 +13,8 @@ import msgspec
 
 from actors.grader.checks import MAX_EXPLANATION, FileRead, clip, read_file
 from bus.errors import BusError, InvalidPath, Retryable
-from bus.workspace import Workspace, normalize_path
+from bus.objects import normalize_path
+from bus.workspace import Workspace
 from schemas.conversation import ToolSpec
 from schemas.outcome import (
     CriterionStatus,

@@ -23,7 +23,8 @@ from actors.agent.tools.memory import list_memory, mounted, read_memory, write_m
 from actors.agent.tools.sql import cut, plural, sql
 from bus.connection import Bus
 from bus.errors import FileNotFound
-from bus.workspace import Workspace, normalize_path
+from bus.objects import normalize_path
+from bus.workspace import Workspace
 from schemas.files import FileInfo, Provenance
 from schemas.trace import FileWritten
 
