@@ -85,7 +85,8 @@ async def one_round(data: Path, warm: int, timeout: float) -> dict[str, Any]:
                 await provision(bus)
                 times["provision"] = time.perf_counter() - mark
                 mark = time.perf_counter()
-                config = RoleConfig(model=model, agents=[a.name for a in team.agents])
+                # as `staffwork run` does: given the team, the workers start its MCP servers at once
+                config = RoleConfig(model=model, agents=[a.name for a in team.agents], team=team)
                 async with running(bus, roles_for(team), config):
                     times["actors_ready"] = time.perf_counter() - mark
                     client = Client(bus)

@@ -27,6 +27,8 @@ import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import msgspec
+
 DATE = "2024-05-14"
 DAY_MS = 24 * 3600 * 1000
 MINUTES = 24 * 60
@@ -271,6 +273,19 @@ def _deploys(rng: random.Random, t: _Timeline) -> tuple[str, tuple[str, str, str
 # --- logs ------------------------------------------------------------------------------------------
 
 
+class _LogLine(msgspec.Struct):
+    """One app.jsonl line, its keys in this order."""
+
+    time: str
+    service: str
+    level: str
+    status: int
+    route: str
+    latency_ms: int
+    msg: str
+    trace_id: str
+
+
 def _trace(rng: random.Random) -> str:
     return f"{rng.getrandbits(128):032x}"
 
@@ -315,12 +330,9 @@ def _logs(rng: random.Random, t: _Timeline) -> str:
         records.append((at, service.name, level, status, route, round(took), msg, _trace(rng)))
 
     records.sort(key=lambda r: r[0])
-    keys = ("time", "service", "level", "status", "route", "latency_ms", "msg", "trace_id")
-    lines = [
-        json.dumps(dict(zip(keys, (_stamp(r[0]), *r[1:]), strict=True)), separators=(",", ":"))
-        for r in records
-    ]
-    return "\n".join(lines) + "\n"
+    # msgspec writes the same compact JSON as json.dumps does for this ASCII text, several times faster
+    encode = msgspec.json.encode
+    return (b"\n".join([encode(_LogLine(_stamp(r[0]), *r[1:])) for r in records]) + b"\n").decode()
 
 
 # --- metrics ---------------------------------------------------------------------------------------

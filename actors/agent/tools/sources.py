@@ -16,6 +16,7 @@ file and line when the team came from a file. The other tools work as usual.
 from __future__ import annotations
 
 import asyncio
+import importlib
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
@@ -58,6 +59,8 @@ class ToolSources:
         to report, with the team file's line."""
         if not spec.mcp_servers:
             return
+        # The MCP SDK takes ~0.45 s to import: in a thread, so the worker's event loop serves on.
+        await asyncio.to_thread(importlib.import_module, "actors.agent.tools.mcp")
         hub = self._hub()
         outcomes = await asyncio.gather(
             *(hub.tools(spec.name, server) for server in spec.mcp_servers), return_exceptions=True
