@@ -8,6 +8,7 @@ periodic thing is the memory sampler, which polls by design.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import re
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -360,3 +362,24 @@ def run_watched(args: list[str], *, env: dict[str, str], timeout: float, every: 
     if left:
         print(f"warning: {' '.join(args[:3])} left {left} running; killed them", file=sys.stderr)
     return Ran(wall, proc.returncode, stdout, stderr, window.peak_total)
+
+
+@contextlib.asynccontextmanager
+async def ready_processes(commands: list[list[str]], what: str) -> AsyncIterator[None]:
+    """Start ``commands`` one after the other, each ready when its first line of output is
+    ``READY`` (30 s at most); terminate and reap them all on leaving."""
+    procs: list[asyncio.subprocess.Process] = []
+    try:
+        for command in commands:
+            proc = await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.PIPE)
+            procs.append(proc)
+            assert proc.stdout is not None
+            line = await asyncio.wait_for(proc.stdout.readline(), 30)
+            if line.strip() != b"READY":
+                raise RuntimeError(f"{what} did not start: {line!r}")
+        yield
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            await proc.wait()

@@ -39,7 +39,7 @@ import signal  # noqa: E402
 import socket  # noqa: E402
 import time  # noqa: E402
 from collections.abc import AsyncIterator  # noqa: E402
-from contextlib import asynccontextmanager  # noqa: E402
+from contextlib import AbstractAsyncContextManager, asynccontextmanager  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from importlib.metadata import version  # noqa: E402
 
@@ -54,6 +54,8 @@ from autogen_ext.runtimes.grpc import (  # type: ignore[import-not-found, unused
     GrpcWorkerAgentRuntime,
     GrpcWorkerAgentRuntimeHost,
 )
+
+from bench._proc import ready_processes  # noqa: E402
 
 AGENTS = [f"a{i:02d}" for i in range(20)]
 LEAD = AgentId("lead", "default")
@@ -212,31 +214,13 @@ async def host() -> AsyncIterator[str]:
         await runtime_host.stop(grace=1)
 
 
-@asynccontextmanager
-async def workers(address: str, processes: int) -> AsyncIterator[None]:
+def workers(address: str, processes: int) -> AbstractAsyncContextManager[None]:
     """``processes`` worker processes, the agents dealt round-robin (a type lives in one worker)."""
-    procs = []
-    try:
-        for i in range(processes):
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                __file__,
-                "--serve-worker",
-                address,
-                ",".join(AGENTS[i::processes]),
-                stdout=asyncio.subprocess.PIPE,
-            )
-            procs.append(proc)
-            assert proc.stdout is not None
-            line = await asyncio.wait_for(proc.stdout.readline(), 30)
-            if line.strip() != b"READY":
-                raise RuntimeError(f"an AutoGen worker process did not start: {line!r}")
-        yield
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            await proc.wait()
+    commands = [
+        [sys.executable, __file__, "--serve-worker", address, ",".join(AGENTS[i::processes])]
+        for i in range(processes)
+    ]
+    return ready_processes(commands, "an AutoGen worker process")
 
 
 async def serve_worker(address: str, agents: list[str]) -> None:

@@ -34,13 +34,13 @@ import importlib.util  # noqa: E402
 import statistics  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
-from collections.abc import AsyncIterator  # noqa: E402
-from contextlib import asynccontextmanager  # noqa: E402
+from contextlib import AbstractAsyncContextManager  # noqa: E402
 from typing import TYPE_CHECKING  # noqa: E402
 
 from actors.agent.models.base import ModelRequest, ModelResponse  # noqa: E402
 from actors.agent.models.scripted import ScriptedModel, calls, text  # noqa: E402
 from actors.roles import AgentSettings, RoleConfig, running_agents, serve_roles  # noqa: E402
+from bench._proc import ready_processes  # noqa: E402
 from bus.codec import Decoder  # noqa: E402
 from bus.connection import Bus  # noqa: E402
 from bus.direct import read_subject  # noqa: E402
@@ -127,32 +127,10 @@ async def serve_workers(url: str, latency: float) -> None:
         await bus.close()
 
 
-@asynccontextmanager
-async def workers(url: str, latency: float, processes: int) -> AsyncIterator[None]:
+def workers(url: str, latency: float, processes: int) -> AbstractAsyncContextManager[None]:
     """``processes`` worker processes, each serving every agent (they share the agents' consumers)."""
-    procs = []
-    try:
-        for _ in range(processes):
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                __file__,
-                "--serve-workers",
-                url,
-                "--latency",
-                str(latency),
-                stdout=asyncio.subprocess.PIPE,
-            )
-            procs.append(proc)
-            assert proc.stdout is not None
-            line = await asyncio.wait_for(proc.stdout.readline(), 30)
-            if line.strip() != b"READY":
-                raise RuntimeError(f"a worker process did not start: {line!r}")
-        yield
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            await proc.wait()
+    command = [sys.executable, __file__, "--serve-workers", url, "--latency", str(latency)]
+    return ready_processes([command] * processes, "a worker process")
 
 
 async def main(latency: float, rounds: int, overhead_sessions: int, processes: int, autogen: bool) -> None:
