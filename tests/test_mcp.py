@@ -383,9 +383,31 @@ async def test_a_worker_given_its_team_starts_the_agents_servers_before_any_requ
         hub = actor.sources._hub()
         warmed = hub._connections.get(("logs", "fixture"))
         assert warmed is not None  # started with the worker, no request yet
+        assert not actor.sources._prestarted._waiting  # its process, started first, was adopted
         pid = await pid_of((await tools_of(hub, stdio()))["pid"], ctx)
         assert alive(pid)
         assert hub._connections[("logs", "fixture")] is warmed  # the request used it
     finally:
         await actor.on_stop()
     assert not alive(pid)
+
+
+async def test_a_process_started_ahead_is_adopted_only_by_the_same_settings_and_killed_if_never() -> None:
+    from actors.agent.tools.mcp_spawn import Prestarted, inherited_environment, stdio_argv
+
+    prestarted = Prestarted()
+    argv = stdio_argv(["python", SERVER, "stdio"])
+    env = inherited_environment()
+    await prestarted.start("logs", "fixture", argv, env)
+    await prestarted.start("logs", "other", argv, env)
+    assert prestarted.adopt("metrics", "fixture", argv, env) is None  # another agent's
+    assert prestarted.adopt("logs", "fixture", argv, {**env, "X": "1"}) is None  # other env
+    adopted = prestarted.adopt("logs", "fixture", argv, env)
+    assert adopted is not None
+    assert alive(adopted.pid)
+    assert prestarted.adopt("logs", "fixture", argv, env) is None  # once
+    never = prestarted._waiting[Prestarted.key("logs", "other", argv, env)]
+    await prestarted.close()
+    assert not alive(never.pid)
+    adopted.kill()
+    await adopted.wait()

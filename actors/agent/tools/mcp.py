@@ -48,8 +48,9 @@ from mcp.client.streamable_http import streamable_http_client
 from pydantic import ValidationError
 
 from actors.agent.tools.base import MAX_RESULT_CHARS, RemoteTool, ToolContext, ToolError, ToolSourceError
+from actors.agent.tools.mcp_spawn import MissingVariable, Prestarted, expand
 from actors.agent.tools.mcp_stdio import TOO_BIG, NotJsonRpc, StdioServer
-from schemas.team import ENV_REFERENCE, McpServer
+from schemas.team import McpServer
 
 log = structlog.get_logger("staffwork.tools.mcp")
 
@@ -85,8 +86,11 @@ class McpHub:
     """The MCP servers of the agents this process serves: one connection per (agent, server name),
     started on first use, kept, restarted after it dies."""
 
-    def __init__(self, *, environ: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, *, environ: Mapping[str, str] | None = None, prestarted: Prestarted | None = None
+    ) -> None:
         self._environ: Mapping[str, str] = os.environ if environ is None else environ  # for ${VAR}s
+        self._prestarted = prestarted  # processes started before the SDK was imported
         self._connections: dict[tuple[str, str], _Connection] = {}
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._closed = False
@@ -135,7 +139,7 @@ class McpHub:
                     if self._closed:
                         raise _StartFailed("is not available: the worker is shutting down")
                 env, headers = _expand(server, self._environ)
-                connection = _Connection(agent, server, env=env, headers=headers)
+                connection = _Connection(agent, server, env=env, headers=headers, prestarted=self._prestarted)
                 self._connections[key] = connection
                 connection.launch()
             await connection.wait_ready()
@@ -160,7 +164,13 @@ class _Connection:
     (entered and exited in that task); callers use ``session`` from their own tasks."""
 
     def __init__(
-        self, agent: str, server: McpServer, *, env: dict[str, str], headers: dict[str, str]
+        self,
+        agent: str,
+        server: McpServer,
+        *,
+        env: dict[str, str],
+        headers: dict[str, str],
+        prestarted: Prestarted | None = None,
     ) -> None:
         self.agent = agent
         self.server = server
@@ -176,6 +186,7 @@ class _Connection:
                 on_lost=self._lose,
                 agent=agent,
                 server=server.name,
+                prestarted=prestarted,
             )
             if server.command
             else None
@@ -438,26 +449,10 @@ class _Connection:
 
 
 def _expand(server: McpServer, environ: Mapping[str, str]) -> tuple[dict[str, str], dict[str, str]]:
-    """The server's ``env`` and ``headers`` with every ``${VAR}`` filled from ``environ``
-    (``${VAR:-default}``: the default when ``VAR`` is unset or empty, as in a shell)."""
-
-    def fill(field: str, key: str, value: str) -> str:
-        def one(match: re.Match[str]) -> str:
-            name, default = match.group(1), match.group(2)
-            found = environ.get(name)
-            if default is not None:
-                return found or default
-            if found is None:
-                raise _StartFailed(
-                    f"cannot start: {field}.{key} needs ${{{name}}}, not set in this worker's environment"
-                )
-            return found
-
-        return ENV_REFERENCE.sub(one, value)
-
-    env = {key: fill("env", key, value) for key, value in server.env.items()}
-    headers = {key: fill("headers", key, value) for key, value in server.headers.items()}
-    return env, headers
+    try:
+        return expand(server, environ)
+    except MissingVariable as exc:
+        raise _StartFailed(str(exc)) from None
 
 
 async def _list_tools(session: ClientSession) -> list[types.Tool]:

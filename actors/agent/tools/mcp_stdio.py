@@ -4,8 +4,9 @@
 ``ClientSession`` takes; leaving it ends the process.
 
 - **Process**: ``command`` runs in its own process group; ``python``/``python3`` as its first word is
-  the worker's own interpreter (``sys.executable``). Its environment is the SDK's minimal default
-  (``PATH``, ``HOME``, ...) plus ``env``, and nothing else of the worker's.
+  the worker's own interpreter (``sys.executable``). Its environment is a minimal inherited set
+  (``PATH``, ``HOME``, ...: :data:`~actors.agent.tools.mcp_spawn.INHERITED`) plus ``env``, and
+  nothing else of the worker's. A process started before its connection (``Prestarted``) is adopted.
 - **stdout** is read here, not by the SDK's ``stdio_client``: that one has no limit on a line and
   copies a long line once per 64 KiB read (quadratic: 70 s for 50 MB). :class:`_Lines` keeps a line
   up to ``max_message_bytes`` and only counts the rest. An answer over the limit becomes a JSON-RPC
@@ -29,7 +30,6 @@ import json
 import os
 import re
 import signal
-import sys
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -38,8 +38,9 @@ import anyio
 import mcp_types as types
 import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
-from mcp.client.stdio import get_default_environment
 from mcp.shared.message import SessionMessage
+
+from actors.agent.tools.mcp_spawn import Prestarted, inherited_environment, spawn, stdio_argv
 
 log = structlog.get_logger("staffwork.tools.mcp")
 
@@ -78,8 +79,10 @@ class StdioServer:
         on_lost: Callable[[str], None],
         agent: str,
         server: str,
+        prestarted: Prestarted | None = None,
     ) -> None:
-        self.argv = _argv(command)
+        self.argv = stdio_argv(command)
+        self._prestarted = prestarted
         self.env = dict(env)
         self.max_message_bytes = max_message_bytes
         self.pid: int | None = None
@@ -100,15 +103,12 @@ class StdioServer:
         self,
     ) -> AsyncIterator[tuple[MemoryObjectReceiveStream[Any], MemoryObjectSendStream[Any]]]:
         """Start the server; yield the streams a ``ClientSession`` reads and writes; end it."""
+        env = inherited_environment() | self.env  # PATH, HOME...: nothing else of the worker's
+        waiting = (
+            self._prestarted.adopt(self._agent, self._server, self.argv, env) if self._prestarted else None
+        )
         with anyio.CancelScope(shield=True):  # a spawn cancelled half-way could leak the process
-            proc = await asyncio.create_subprocess_exec(
-                *self.argv,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                env=get_default_environment() | self.env,  # PATH, HOME...: nothing else of the worker's
-                start_new_session=True,  # its own process group: a stop reaches what it started
-            )
+            proc = waiting or await spawn(self.argv, env)
         self.pid = proc.pid
         incoming, read = anyio.create_memory_object_stream[SessionMessage | Exception](0)
         write, outgoing = anyio.create_memory_object_stream[SessionMessage](0)
@@ -267,11 +267,6 @@ class _Lines:
 
 
 # --- helpers --------------------------------------------------------------------------------------
-
-
-def _argv(command: list[str]) -> list[str]:
-    """``command`` with ``python``/``python3`` made the worker's own interpreter."""
-    return [sys.executable, *command[1:]] if command[0] in ("python", "python3") else list(command)
 
 
 def _exit(returncode: int) -> str:

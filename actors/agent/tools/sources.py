@@ -16,7 +16,9 @@ file and line when the team came from a file. The other tools work as usual.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
+import os
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
@@ -25,6 +27,13 @@ import structlog
 from actors.agent.tools.base import AnyTool, RemoteTool, Toolbox, ToolSourceError
 from actors.agent.tools.catalog import tools_for
 from actors.agent.tools.custom import CallerTool
+from actors.agent.tools.mcp_spawn import (
+    MissingVariable,
+    Prestarted,
+    expand,
+    inherited_environment,
+    stdio_argv,
+)
 from bus.connection import Bus
 from schemas.team import AgentSpec, McpServer, TeamSpec, ToolService
 from schemas.trace import ToolSourceFailed
@@ -41,17 +50,19 @@ class ToolSources:
     def __init__(self, *, environ: Mapping[str, str] | None = None) -> None:
         self._environ = environ
         self._mcp: McpHub | None = None  # made on first use: the mcp SDK is imported only then
+        self._prestarted = Prestarted()
 
     def _hub(self) -> McpHub:
         if self._mcp is None:
             from actors.agent.tools.mcp import McpHub
 
-            self._mcp = McpHub(environ=self._environ)
+            self._mcp = McpHub(environ=self._environ, prestarted=self._prestarted)
         return self._mcp
 
     async def close(self) -> None:
         if self._mcp is not None:
             await self._mcp.close()
+        await self._prestarted.close()
 
     async def warm(self, spec: AgentSpec) -> None:
         """Start ``spec``'s MCP servers now, so its first request does not wait for them (a server's
@@ -59,7 +70,14 @@ class ToolSources:
         to report, with the team file's line."""
         if not spec.mcp_servers:
             return
-        # The MCP SDK takes ~0.45 s to import: in a thread, so the worker's event loop serves on.
+        # The servers' processes first (they import the SDK meanwhile), then the SDK here, ~0.45 s,
+        # in a thread so the worker's event loop serves on; the connections adopt the processes.
+        environ = os.environ if self._environ is None else self._environ
+        for server in spec.mcp_servers:
+            if server.command:
+                with contextlib.suppress(MissingVariable, OSError):  # the connection reports it
+                    env = inherited_environment() | expand(server, environ)[0]
+                    await self._prestarted.start(spec.name, server.name, stdio_argv(server.command), env)
         await asyncio.to_thread(importlib.import_module, "actors.agent.tools.mcp")
         hub = self._hub()
         outcomes = await asyncio.gather(
