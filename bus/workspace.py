@@ -332,7 +332,17 @@ class Workspace:
             await self.bus._js.publish_async(subject, record, headers=headers)
             for subject in (self._meta_subject(info.name), self._index_subject(info.name))
         ]
-        await self._await_acks(acks, self._meta_subject(info.name))
+        await self._await_acks(acks[:1], self._meta_subject(info.name))  # both are sent already
+        try:
+            await self._await_acks(acks[1:], self._index_subject(info.name))
+        except BusError as exc:
+            if isinstance(exc.__cause__, nats.js.errors.NoStreamResponseError):
+                # the file is stored, its index entry is not: a store older than the index
+                raise BusError(
+                    f"the shared filesystem {self.bucket!r} has no session index (a store made by an "
+                    "older staffwork): provision it again (staffwork run, or any actor's start, does)"
+                ) from exc
+            raise
 
     async def reindex(self) -> int:
         """Write every live object's session index entry from its metadata (a store made before the

@@ -324,3 +324,16 @@ async def test_a_store_made_before_the_session_index_gets_it_when_provisioned(bu
     assert [f.path for f in await ws.list("ses_b")] == ["dir/b.txt"]
     await ws.put("ses_a", "new.txt", b"n")
     assert [f.path for f in await ws.list("ses_a")] == ["a.txt", "new.txt"]
+
+
+async def test_a_store_without_the_session_index_says_to_provision_it(bus: Bus, nc: NATS) -> None:
+    ws = Workspace(bus)
+    js = nc.jetstream()
+    config = (await js.stream_info(ws.stream)).config
+    config.subjects = [s for s in config.subjects or [] if ".S." not in s]
+    await js.update_stream(config)
+    with pytest.raises(BusError, match=r"has no session index .* provision it again"):
+        await ws.put("ses_a", "a.txt", b"a")
+    await provision(bus)
+    await ws.put("ses_a", "a.txt", b"a")
+    assert [f.path for f in await ws.list("ses_a")] == ["a.txt"]
