@@ -74,8 +74,12 @@ _INDEXES = (
     "CREATE UNIQUE INDEX IF NOT EXISTS events_key ON events (seq, stream, digest)",
     "CREATE INDEX IF NOT EXISTS events_session ON events (session_id, time)",
     "CREATE INDEX IF NOT EXISTS events_thread ON events (session_id, thread_id, time)",
-    "CREATE INDEX IF NOT EXISTS events_agent ON events (agent, time)",
-    "CREATE INDEX IF NOT EXISTS events_kind ON events (kind, time)",
+    # Every query names its session: an index led by agent or kind made SQLite scan that agent's or
+    # kind's events across every session (and cost every insert). Within a session, agent and kind
+    # filter what events_session finds; kind also finds a session's end at once.
+    "DROP INDEX IF EXISTS events_agent",
+    "DROP INDEX IF EXISTS events_kind",
+    "CREATE INDEX IF NOT EXISTS events_session_kind ON events (session_id, kind)",
 )
 #: version 1's rows, as version 2 keeps them: stream and digest unknown, the msg_id read from the data
 _FROM_VERSION_1 = """
