@@ -6,7 +6,8 @@
    (``js.publish_async``, the mechanism of ``Bus.emit``), timed until every ack is in.
 2. Live: a collector process (``staffwork actor collector``) is ready on another fresh root; N new
    events are published the same way, timed from the first publish until its SQLite database holds
-   all N (polled read-only every few ms). Goal: the collector keeps up with >= 50% of the raw rate.
+   all N (polled read-only every few ms). Goal (issue #15): the collector keeps up with >= 80% of the
+   raw rate (the goal before it was >= 50%).
 3. Catch-up: a collector started on the stream of step 1 (a backlog of N events), timed from its
    "collector ready" line until all N are stored.
 
@@ -399,8 +400,8 @@ async def main(events: int, rounds: int) -> None:
         f"no loss, no duplicates: exactly {events} rows, distinct seq and msg ids, consumer drained, in "
         f"every phase of every round ({redelivered} redeliveries)"
     )
-    verdict = "PASS" if ratio >= 0.5 else "FAIL"
-    print(f"Goal: collector >= 50% of raw publish: {verdict} (ratio {ratio:.2f})")
+    verdict = "met" if ratio >= 0.8 else "MISSED"
+    print(f"goal collector >= 80% of raw publish: {verdict} (ratio {ratio:.2f}; the goal before it was >= 50%)")
 
 
 def _size_range() -> str:
