@@ -16,16 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import csv
-import io
 import re
 import sqlite3
 import threading
 import time
-from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass
-from itertools import repeat, zip_longest
 from pathlib import PurePosixPath
 from typing import Annotated, Any
 
@@ -33,6 +27,7 @@ import msgspec
 
 from actors.agent.tools.base import ToolContext, ToolError, tool
 from actors.agent.tools.sql_cache import BuildCache, Database, Files, digest
+from actors.agent.tools.sql_load import DATA_KINDS, catalog, load, plural
 from bus.errors import FileNotFound
 
 SQL_CELL_CHARS = 500
@@ -53,205 +48,9 @@ def cut(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
-def plural(n: int, one: str, many: str) -> str:
-    return f"{n} {one if n == 1 else many}"
-
-
-_DATA_KINDS = {".csv": "csv", ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl"}
-_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _LEADING = re.compile(r"(?:\s+|--[^\n]*|/\*.*?\*/)*", re.DOTALL)
 _READ_ONLY = "only a single SELECT (or WITH ... SELECT) query is allowed"
-_INT64 = range(-(2**63), 2**63)
 _ALLOWED = {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, sqlite3.SQLITE_RECURSIVE}
-_JSON = msgspec.json.Decoder()
-_PLAIN = {str, float, int, type(None)}  # JSON values stored as they are (ints if int64)
-
-
-class _Skip(Exception):
-    """A data file that cannot become a table (the reason is the message)."""
-
-
-@dataclass
-class _Table:
-    name: str
-    path: str
-    columns: list[tuple[str, str]]  # (name, declared type)
-    rows: int
-
-    def describe(self) -> str:
-        columns = ", ".join(f"{name} {kind}".rstrip() for name, kind in self.columns)
-        return f"  {self.name} ({self.path}, {plural(self.rows, 'row', 'rows')}): {columns}"
-
-
-def _identifier(text: str, fallback: str) -> str:
-    """``text`` with each run of other characters than ASCII letters, digits and ``_`` made one ``_``."""
-    name = re.sub(r"[^0-9A-Za-z_]+", "_", text).strip("_") or fallback
-    if name[0].isdigit() or name.lower().startswith("sqlite_"):
-        name = f"{fallback}_{name}"
-    return name
-
-
-def _table_names(paths: Sequence[str]) -> dict[str, str]:
-    """``data/metrics.csv`` → ``metrics``; files whose names clash are named by path (``data_metrics``)."""
-    stems = {path: _identifier(PurePosixPath(path).stem, "t") for path in paths}
-    seen = Counter(stem.lower() for stem in stems.values())
-    names: dict[str, str] = {}
-    taken: set[str] = set()
-    for path in sorted(paths):
-        name = stems[path]
-        if seen[name.lower()] > 1:
-            name = _identifier(path.rsplit(".", 1)[0], "t")
-        if name.lower() in taken:
-            name = _identifier(path, "t")
-        base, n = name, 2
-        while name.lower() in taken:
-            name, n = f"{base}_{n}", n + 1
-        taken.add(name.lower())
-        names[path] = name
-    return names
-
-
-def _column_names(raw: Sequence[str]) -> list[str]:
-    """Valid identifiers stay as they are; others are sanitised; duplicates get ``_2``, ``_3``..."""
-    names: list[str] = []
-    taken: set[str] = set()
-    for i, original in enumerate(raw, 1):
-        name = original if _IDENT.fullmatch(original) else _identifier(original, f"c{i}")
-        base, n = name, 2
-        while name.lower() in taken:
-            name, n = f"{base}_{n}", n + 1
-        taken.add(name.lower())
-        names.append(name)
-    return names
-
-
-def _numbers(texts: list[str]) -> list[int] | list[float] | None:
-    """``texts`` as int64s, else as floats (decimal digits, an optional sign, point and exponent, and
-    blanks around), else None. What else ``int()`` and ``float()`` take (``_``, nan, inf) is text."""
-    joined = "".join(texts)
-    if "_" in joined:
-        return None
-    with contextlib.suppress(ValueError):
-        ints = list(map(int, texts))
-        if min(ints) in _INT64 and max(ints) in _INT64:
-            return ints
-    if any(c in joined for c in "nNiI"):
-        return None
-    with contextlib.suppress(ValueError):
-        return list(map(float, texts))
-    return None
-
-
-def _csv_column(values: Sequence[str]) -> tuple[list[Any], str]:
-    """int if every non-empty value is one, else float likewise, else text; empty is NULL."""
-    present = [v for v in values if v.strip()]
-    numbers = _numbers(present) if present else None
-    converted: Sequence[Any] = present if numbers is None else numbers
-    kind = "TEXT" if numbers is None else "INTEGER" if isinstance(numbers[0], int) else "REAL"
-    if len(present) == len(values):
-        return list(converted), kind
-    found = iter(converted)
-    return [next(found) if v.strip() else None for v in values], kind
-
-
-def _parse_csv(data: bytes) -> tuple[list[str], list[tuple[list[Any], str]]]:
-    text = data.decode("utf-8-sig", errors="replace")
-    try:
-        rows = [row for row in csv.reader(io.StringIO(text, newline="")) if row]
-    except csv.Error as exc:
-        raise _Skip(f"not valid CSV: {exc}") from exc
-    if not rows:
-        raise _Skip("no header row")
-    header, body = rows[0], rows[1:]
-    width = len(header)
-    cells = list(zip_longest(*body, fillvalue=""))[:width]  # short rows padded, long ones cut
-    cells += [("",) * len(body)] * (width - len(cells))
-    return header, [_csv_column(column) for column in cells]
-
-
-def _json_value(value: Any) -> Any:
-    if value is None or isinstance(value, str | float):
-        return value
-    if isinstance(value, bool):
-        return int(value)
-    if isinstance(value, int):
-        return value if value in _INT64 else str(value)
-    return msgspec.json.encode(value).decode()  # nested: JSON text
-
-
-def _json_column(values: list[Any]) -> tuple[list[Any], str]:
-    """The values as they came when they can be (the common case), else converted one by one."""
-    kinds = set(map(type, values))
-    ints = values if kinds == {int} else [v for v in values if type(v) is int] if int in kinds else []
-    if not kinds <= _PLAIN or (ints and not (min(ints) in _INT64 and max(ints) in _INT64)):
-        values = [_json_value(v) for v in values]
-        kinds = set(map(type, values))
-    return values, _declared_type(kinds)
-
-
-def _parse_json(data: bytes, kind: str) -> tuple[list[str], list[tuple[list[Any], str]]]:
-    """The records' keys (in the order first seen) and their columns (values, declared type)."""
-    data = data.removeprefix(b"\xef\xbb\xbf")
-    try:
-        records = _JSON.decode_lines(data) if kind == "jsonl" else _JSON.decode(data)
-    except msgspec.DecodeError as exc:
-        raise _Skip(f"not valid JSON: {exc}") from exc
-    if isinstance(records, dict):
-        found = [v for v in records.values() if isinstance(v, list) and all(isinstance(x, dict) for x in v)]
-        if not found:
-            raise _Skip("an object holding no array of objects")
-        records = found[0]
-    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
-        raise _Skip("not an array of objects" if kind == "json" else "a line is not an object")
-    shapes = dict.fromkeys(map(tuple, records))  # the records' keys, each sequence once, in order
-    header = list(dict.fromkeys(key for shape in shapes for key in shape))
-    return header, [_json_column(list(map(dict.get, records, repeat(key)))) for key in header]
-
-
-def _declared_type(kinds: set[type]) -> str:
-    kinds = kinds - {type(None)}
-    if kinds == {int}:
-        return "INTEGER"
-    if kinds and kinds <= {int, float}:
-        return "REAL"
-    return "TEXT" if kinds <= {str} else ""
-
-
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _load(conn: sqlite3.Connection, sources: list[tuple[str, bytes]]) -> tuple[list[_Table], list[str]]:
-    tables: list[_Table] = []
-    skipped: list[str] = []
-    names = _table_names([path for path, _ in sources])
-    conn.execute("BEGIN")
-    for path, data in sources:
-        kind = _DATA_KINDS[PurePosixPath(path).suffix.lower()]
-        try:
-            header, typed = _parse_csv(data) if kind == "csv" else _parse_json(data, kind)
-            if not header:
-                raise _Skip("no columns")
-        except _Skip as exc:
-            skipped.append(f"  {path}: skipped, {exc}")
-            continue
-        columns = _column_names(header)
-        values, types = [v for v, _ in typed], [t for _, t in typed]
-        name = names[path]
-        spec = ", ".join(f"{_quote(c)} {t}".rstrip() for c, t in zip(columns, types, strict=True))
-        conn.execute(f"CREATE TABLE {_quote(name)} ({spec})")
-        conn.executemany(
-            f"INSERT INTO {_quote(name)} VALUES ({', '.join('?' * len(columns))})", zip(*values, strict=True)
-        )
-        tables.append(_Table(name, path, list(zip(columns, types, strict=True)), len(values[0])))
-    conn.execute("COMMIT")
-    return tables, skipped
-
-
-def _catalog(tables: list[_Table], skipped: list[str]) -> str:
-    if not tables and not skipped:
-        return "no tables: the workspace has no .csv, .json, .jsonl or .ndjson files"
-    return "\n".join(["tables:", *(t.describe() for t in tables), *skipped])
 
 
 def _cell(value: Any) -> str:
@@ -285,8 +84,8 @@ def _build(sources: list[tuple[str, bytes]]) -> Database:
     conn = sqlite3.connect(":memory:", isolation_level=None)
     try:
         conn.execute(f"PRAGMA hard_heap_limit = {SQL_HEAP_BYTES}")
-        tables, skipped = _load(conn, sources)
-        return Database(image=conn.serialize() if tables else b"", catalog=_catalog(tables, skipped))
+        tables, skipped = load(conn, sources)
+        return Database(image=conn.serialize() if tables else b"", catalog=catalog(tables, skipped))
     except MemoryError as exc:
         raise _too_big() from exc
     finally:
@@ -407,7 +206,7 @@ async def sql(ctx: ToolContext, *, query: str, max_rows: MaxRows = 200) -> str:
         sorted(
             (info.path, info.digest)
             for info in await ctx.workspace.list(ctx.session_id)
-            if PurePosixPath(info.path).suffix.lower() in _DATA_KINDS
+            if PurePosixPath(info.path).suffix.lower() in DATA_KINDS
         )
     )
 

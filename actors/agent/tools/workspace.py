@@ -20,7 +20,8 @@ import re2
 
 from actors.agent.tools.base import Tool, ToolContext, ToolError, tool
 from actors.agent.tools.memory import list_memory, mounted, read_memory, write_memory
-from actors.agent.tools.sql import cut, plural, sql
+from actors.agent.tools.sql import cut, sql
+from actors.agent.tools.sql_load import plural
 from bus.connection import Bus
 from bus.errors import FileNotFound
 from bus.objects import normalize_path
