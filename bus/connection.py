@@ -202,6 +202,7 @@ class Bus:
         self.permission_errors = permission_errors or PermissionErrors()
         self._stream_slots: asyncio.Semaphore | None = None
         self._kvs: dict[str, KV] = {}  # the design's buckets, looked up once (see kv())
+        self._flushes: set[asyncio.Future[None]] = set()  # settle()'s flushes, until they end
         #: Set while connected; pullers wait on it rather than buffer requests during an outage.
         self.online = online or asyncio.Event()
         if nc.is_connected:
@@ -587,7 +588,19 @@ class Bus:
                 # nats-py writes its PING ahead of the commands it still buffers (a SUB, say), so
                 # those go out first; then the PONG comes after the server's answer to them.
                 await self._nc._flush_pending(force_flush=True)
-                await self._nc.flush(timeout=max(1, int(timeout)))
+                # Shielded: a flush cancelled midway leaves its cancelled future among nats-py's
+                # PONG waiters, and that PONG then raises in its read loop (InvalidStateError),
+                # stranding what came after it in the read buffer (a permission error, say) until
+                # more bytes arrive. A cancelled settle lets its flush finish instead.
+                flush = asyncio.ensure_future(self._nc.flush(timeout=max(1, int(timeout))))
+                self._flushes.add(flush)
+                flush.add_done_callback(self._flush_done)
+                await asyncio.shield(flush)
+
+    def _flush_done(self, flush: asyncio.Future[None]) -> None:
+        self._flushes.discard(flush)
+        if not flush.cancelled():
+            flush.exception()  # retrieved: a flush nobody waits for any more may fail unseen
 
     async def account_info(self, timeout: float = 5.0) -> Any:
         """JetStream account info: proves JetStream is enabled and reachable."""

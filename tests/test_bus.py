@@ -183,3 +183,28 @@ async def test_two_workers_extending_one_thread_conflict_and_the_loser_is_told(b
     assert isinstance(lost.value.__cause__, ServerRefused)
     stored = await log.load("ses_h", "t-1")
     assert [e.turn.content[0] for e in stored.entries] == [TextBlock(text="from the first worker")]
+
+
+async def test_a_cancelled_settle_does_not_strand_what_the_server_sends_after_it(bus: Bus) -> None:
+    """nats-py fails its read loop on the PONG of a flush cancelled midway (the waiter is a cancelled
+    future), and what arrived with that PONG waits in its buffer until more bytes come; settle()
+    lets its flush finish instead, so a message sent right after arrives at once."""
+    import asyncio
+
+    from schemas.session import SessionCancel
+
+    for _ in range(20):
+        got: asyncio.Queue[SessionCancel] = asyncio.Queue()
+        listener = await bus.listen("_INBOX.settle-test", SessionCancel, got.put_nowait)
+        await bus.settle()
+        settling = asyncio.ensure_future(bus.settle())
+        for _ in range(100):  # until its PING is out and its PONG awaited
+            await asyncio.sleep(0)
+            if bus._nc._pongs:
+                break
+        assert bus._nc._pongs
+        settling.cancel()
+        await bus.publish_core("_INBOX.settle-test", SessionCancel(session_id="ses_x"))
+        async with asyncio.timeout(2):  # stranded, it would wait for the server's next PING (2 min)
+            assert (await got.get()).session_id == "ses_x"
+        await listener.close()
