@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from nats.aio.client import Client as NATS
 
@@ -13,6 +15,7 @@ from bus.subjects import Subjects
 from bus.tracing import SpanContext, current_span
 from schemas import SessionSubmit
 from schemas.conversation import ContentBlock, TextBlock, ThreadTurn, Turn
+from schemas.session import SessionCancel
 from schemas.trace import ThreadCreated
 from tests.helpers import NatsServer, subscribed
 
@@ -189,10 +192,6 @@ async def test_a_cancelled_settle_does_not_strand_what_the_server_sends_after_it
     """nats-py fails its read loop on the PONG of a flush cancelled midway (the waiter is a cancelled
     future), and what arrived with that PONG waits in its buffer until more bytes come; settle()
     lets its flush finish instead, so a message sent right after arrives at once."""
-    import asyncio
-
-    from schemas.session import SessionCancel
-
     for _ in range(20):
         got: asyncio.Queue[SessionCancel] = asyncio.Queue()
         listener = await bus.listen("_INBOX.settle-test", SessionCancel, got.put_nowait)
