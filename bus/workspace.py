@@ -350,9 +350,17 @@ class Workspace:
         written = 0
         async for data in self._last_per_subject(f"$O.{self.bucket}.M.>"):
             info = info_decoder.decode(data)
-            if "/" in info.name and not info.deleted:
-                await self._store_meta(info)
-                written += 1
+            if "/" not in info.name or info.deleted:
+                continue
+            # Only into an empty index subject: a put meanwhile wrote a newer entry than this one.
+            headers = {"Nats-Rollup": "sub", _EXPECTED_LAST: "0"}
+            try:
+                await self.bus._js.publish(self._index_subject(info.name), data, headers=headers)
+            except nats.js.errors.APIError as exc:
+                if exc.err_code != _WRONG_LAST_SEQUENCE:
+                    raise BusError(f"indexing {info.name!r} failed: {exc.description}") from exc
+                continue
+            written += 1
         return written
 
     async def _release(self, old: ObjectInfo) -> None:

@@ -323,7 +323,10 @@ async def test_a_store_made_before_the_session_index_gets_it_when_provisioned(bu
     assert [f.path for f in await ws.list("ses_a")] == ["a.txt"]
     assert [f.path for f in await ws.list("ses_b")] == ["dir/b.txt"]
     await ws.put("ses_a", "new.txt", b"n")
+    await ws.put("ses_a", "a.txt", b"a, version 2")
     assert [f.path for f in await ws.list("ses_a")] == ["a.txt", "new.txt"]
+    assert await ws.reindex() == 0  # an entry already there is never written over (it may be newer)
+    assert {f.path: f.size for f in await ws.list("ses_a")} == {"a.txt": 12, "new.txt": 1}
 
 
 async def test_a_store_without_the_session_index_says_to_provision_it(bus: Bus, nc: NATS) -> None:
