@@ -47,11 +47,11 @@ class MissingVariable(Exception):
     """A ``${VAR}`` a server's ``env`` or ``headers`` needs is not set (the message says which)."""
 
 
-def inherited_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The part of ``environ`` (default: this process's) a server inherits; exported shell
-    functions (values starting ``()``) are left out."""
-    source = os.environ if environ is None else environ
-    return {name: value for name in INHERITED if (value := source.get(name)) and not value.startswith("()")}
+def inherited_environment() -> dict[str, str]:
+    """The part of this process's environment a server inherits; exported shell functions (values
+    starting ``()``) are left out."""
+    found = {name: os.environ.get(name, "") for name in INHERITED}
+    return {name: value for name, value in found.items() if value and not value.startswith("()")}
 
 
 def expand(server: McpServer, environ: Mapping[str, str]) -> tuple[dict[str, str], dict[str, str]]:
@@ -80,6 +80,12 @@ def expand(server: McpServer, environ: Mapping[str, str]) -> tuple[dict[str, str
 def stdio_argv(command: list[str]) -> list[str]:
     """``command`` with ``python``/``python3`` made the worker's own interpreter."""
     return [sys.executable, *command[1:]] if command[0] in ("python", "python3") else list(command)
+
+
+def process_environment(env: Mapping[str, str]) -> dict[str, str]:
+    """The whole environment of a server's process: what it inherits, and its own (expanded) ``env``.
+    A prestarted process is adopted only if this is the same when its connection starts."""
+    return inherited_environment() | dict(env)
 
 
 async def spawn(argv: list[str], env: Mapping[str, str]) -> asyncio.subprocess.Process:

@@ -40,7 +40,7 @@ import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from mcp.shared.message import SessionMessage
 
-from actors.agent.tools.mcp_spawn import Prestarted, inherited_environment, spawn, stdio_argv
+from actors.agent.tools.mcp_spawn import Prestarted, process_environment, spawn, stdio_argv
 
 log = structlog.get_logger("staffwork.tools.mcp")
 
@@ -103,7 +103,7 @@ class StdioServer:
         self,
     ) -> AsyncIterator[tuple[MemoryObjectReceiveStream[Any], MemoryObjectSendStream[Any]]]:
         """Start the server; yield the streams a ``ClientSession`` reads and writes; end it."""
-        env = inherited_environment() | self.env  # PATH, HOME...: nothing else of the worker's
+        env = process_environment(self.env)  # PATH, HOME...: nothing else of the worker's
         waiting = (
             self._prestarted.adopt(self._agent, self._server, self.argv, env) if self._prestarted else None
         )

@@ -31,7 +31,7 @@ from actors.agent.tools.mcp_spawn import (
     MissingVariable,
     Prestarted,
     expand,
-    inherited_environment,
+    process_environment,
     stdio_argv,
 )
 from bus.connection import Bus
@@ -48,7 +48,7 @@ class ToolSources:
     """The tool sources of the agents this process serves; :meth:`close` stops their MCP servers."""
 
     def __init__(self, *, environ: Mapping[str, str] | None = None) -> None:
-        self._environ = environ
+        self._environ = os.environ if environ is None else environ  # for the servers' ${VAR}s
         self._mcp: McpHub | None = None  # made on first use: the mcp SDK is imported only then
         self._prestarted = Prestarted()
 
@@ -72,11 +72,10 @@ class ToolSources:
             return
         # The servers' processes first (they import the SDK meanwhile), then the SDK here, ~0.45 s,
         # in a thread so the worker's event loop serves on; the connections adopt the processes.
-        environ = os.environ if self._environ is None else self._environ
         for server in spec.mcp_servers:
             if server.command:
                 with contextlib.suppress(MissingVariable, OSError):  # the connection reports it
-                    env = inherited_environment() | expand(server, environ)[0]
+                    env = process_environment(expand(server, self._environ)[0])
                     await self._prestarted.start(spec.name, server.name, stdio_argv(server.command), env)
         await asyncio.to_thread(importlib.import_module, "actors.agent.tools.mcp")
         hub = self._hub()
