@@ -295,7 +295,7 @@ async def ensure_session_index(bus: Bus, bucket: str) -> None:
     """Add the session index subjects to the object store's stream; a store made before the index
     existed gets every file's entry written from its metadata."""
     stream = JetStreamApi.object_stream(bucket)
-    index = JetStreamApi.object_index(bucket).replace(".*.>", ".>")
+    index = JetStreamApi.object_index(bucket)
     config = (await bus._js.stream_info(stream)).config
     subjects = list(config.subjects or [])
     if index in subjects:
