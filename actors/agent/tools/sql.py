@@ -26,9 +26,10 @@ from typing import Annotated, Any
 import msgspec
 
 from actors.agent.tools.base import ToolContext, ToolError, tool
-from actors.agent.tools.sql_cache import BuildCache, Database, Files, digest
+from actors.agent.tools.sql_cache import BuildCache, Database, Files
 from actors.agent.tools.sql_load import DATA_KINDS, catalog, load, plural
 from bus.errors import FileNotFound
+from bus.objects import digest_of
 
 SQL_CELL_CHARS = 500
 SQL_SECONDS = 30.0
@@ -96,7 +97,7 @@ def _build_and_keep(sources: list[tuple[str, bytes]]) -> Database:
     """:func:`_build`, the database kept under the digests of the bytes read (a file replaced between
     the listing and the read is keyed by what was read)."""
     database = _build(sources)
-    _CACHE.put(tuple((path, digest(data)) for path, data in sources), database)
+    _CACHE.put(tuple((path, digest_of(data)) for path, data in sources), database)
     return database
 
 

@@ -11,9 +11,7 @@ others wait for its value or its error (if it is cancelled, a waiter builds inst
 from __future__ import annotations
 
 import asyncio
-import base64
 import concurrent.futures
-import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
@@ -30,11 +28,6 @@ Files = tuple[tuple[str, str], ...]  # (path, digest) of each data file, by path
 class Database:
     image: bytes  # b"" when it has no table (SQLite cannot serialize an empty database)
     catalog: str  # its tables and columns, and the files skipped (what an error lists)
-
-
-def digest(data: bytes) -> str:
-    """A file's digest as the workspace records it (the NATS object store's: SHA-256, base64url)."""
-    return "SHA-256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).decode()
 
 
 class BuildCache(Generic[K, V]):
