@@ -31,6 +31,7 @@ from bus.errors import (
     FileChanged,
     FileNotFound,
     IntegrityError,
+    InvalidPath,
     NoResponders,
 )
 from bus.objects import (
@@ -352,16 +353,49 @@ class Workspace:
             info = info_decoder.decode(data)
             if "/" not in info.name or info.deleted:
                 continue
-            # Only into an empty index subject: a put meanwhile wrote a newer entry than this one.
-            headers = {"Nats-Rollup": "sub", _EXPECTED_LAST: "0"}
-            try:
-                await self.bus._js.publish(self._index_subject(info.name), data, headers=headers)
-            except nats.js.errors.APIError as exc:
-                if exc.err_code != _WRONG_LAST_SEQUENCE:
-                    raise BusError(f"indexing {info.name!r} failed: {exc.description}") from exc
-                continue
-            written += 1
+            written += await self._index_if_absent(info.name, data)
         return written
+
+    async def _index_if_absent(self, name: str, record: bytes) -> bool:
+        """Write an object's session index entry unless it has one: a put meanwhile may have written
+        a newer entry than ``record``. Whether it was written."""
+        headers = {"Nats-Rollup": "sub", _EXPECTED_LAST: "0"}
+        try:
+            await self.bus._js.publish(self._index_subject(name), record, headers=headers)
+        except nats.js.errors.APIError as exc:
+            if exc.err_code != _WRONG_LAST_SEQUENCE:
+                raise BusError(f"indexing {name!r} failed: {exc.description}") from exc
+            return False
+        return True
+
+    async def adopt(self, session_id: str, paths: list[str]) -> list[str]:
+        """Make the session's files ``paths`` listable, also those another NATS client put in the
+        standard object-store layout (named ``<session>/<path>``, with no session index entry);
+        return the paths that are not there (or not valid paths), in the order given."""
+        check_token(session_id, "session id")
+        indexed: set[str] = set()
+        try:
+            index = JetStreamApi.object_index(self.bucket, session_id)
+            async for stored in read_subject(self.bus, self.stream, index, batch=_LIST_BATCH):
+                entry = info_decoder.decode(stored.data)
+                (indexed.discard if entry.deleted else indexed.add)(entry.name)
+        except NoResponders as exc:
+            raise self._missing_bucket() from exc
+        missing: list[str] = []
+        for path in paths:
+            try:
+                name, _ = self._name(session_id, path)
+            except InvalidPath:
+                missing.append(path)
+                continue
+            if name in indexed:
+                continue
+            info = await self._info(name)
+            if info is None or info.deleted:
+                missing.append(path)
+                continue
+            await self._index_if_absent(name, info_encoder.encode(info))
+        return missing
 
     async def _release(self, old: ObjectInfo) -> None:
         """Purge the chunks of a replaced or deleted version, unless other objects share them."""

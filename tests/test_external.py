@@ -177,3 +177,78 @@ async def test_a_session_id_contradicting_the_idempotency_key_is_refused(
         reply = await plain_request(nats_server, bus.subjects.api_submit, payload)
     assert reply["accepted"] is False
     assert "session_id 'ses_mine' contradicts idempotency_key 'k-1'" in reply["error"]["message"]  # type: ignore[index]
+
+
+async def test_a_key_or_session_id_reused_with_another_task_is_refused(
+    nats_server: NatsServer, bus: Bus
+) -> None:
+    keyed = {**HAND_WRITTEN, "idempotency_key": "ticket-4712"}
+    chosen = {**HAND_WRITTEN, "session_id": "ses_ticket-4713"}
+    async with running_agents(bus, OfflineModel(), agents=["notes"]):
+        replies = [
+            await plain_request(nats_server, bus.subjects.api_submit, json.dumps(request).encode())
+            for request in (
+                keyed,
+                {**keyed, "task": "Something else entirely"},
+                chosen,
+                chosen,
+                {**chosen, "task": "Another task"},
+            )
+        ]
+        async with Client(bus) as client:
+            result = await client.wait(str(replies[0]["session_id"]), timeout=20)
+    first, other_task, mine, mine_again, mine_other = replies
+    assert (first["accepted"], first["duplicate"]) == (True, False)
+    assert other_task["accepted"] is False
+    assert other_task["error"] == {
+        "kind": "conflict",
+        "message": f"idempotency_key 'ticket-4712' was already used for session {first['session_id']!r} "
+        "with another task ('Summarise the incident', not 'Something else entirely'): use a new key "
+        "for new work",
+        "retryable": False,
+    }
+    assert (mine["session_id"], mine["accepted"], mine_again["duplicate"]) == ("ses_ticket-4713", True, True)
+    assert mine_other["accepted"] is False
+    assert "session_id 'ses_ticket-4713' was already used" in mine_other["error"]["message"]  # type: ignore[index]
+    assert "Summarise the incident" in result.final_text  # the first task ran, untouched
+
+
+async def test_inputs_put_by_any_object_store_client_reach_the_agents(
+    nats_server: NatsServer, bus: Bus
+) -> None:
+    """A caller in another language: choose the session id, put the inputs with the client's own
+    object store (the standard layout), submit naming them. A missing input is refused by name."""
+    session_id = "ses_upload-first"
+    nc = await nats.connect(nats_server.url)
+    try:
+        store = await nc.jetstream().object_store(bus.subjects.files_bucket)
+        await store.put(f"{session_id}/data/orders.csv", b"order,amount\n1,10\n")
+        async with running_agents(bus, OfflineModel(), agents=["notes"]):
+            missing = await plain_request(
+                nats_server,
+                bus.subjects.api_submit,
+                json.dumps(
+                    {**HAND_WRITTEN, "session_id": session_id, "inputs": ["data/orders.csv", "data/gone.csv"]}
+                ).encode(),
+            )
+            assert missing["accepted"] is False
+            assert missing["error"]["kind"] == "missing_input"  # type: ignore[index]
+            assert "1 of the inputs is not in the session's workspace: 'data/gone.csv'" in str(
+                missing["error"]
+            )
+            assert await Client(bus).status(session_id) is None  # refused: nothing was recorded
+            reply = await plain_request(
+                nats_server,
+                bus.subjects.api_submit,
+                json.dumps(
+                    {**HAND_WRITTEN, "session_id": session_id, "inputs": ["data/orders.csv"]}
+                ).encode(),
+            )
+            assert reply["accepted"] is True
+            async with Client(bus) as client:
+                assert (await client.wait(session_id, timeout=20)).status == "idle"
+                listed = [f.path for f in await client.workspace.list(session_id)]
+                assert "data/orders.csv" in listed  # adopted into the session's index: agents list it
+                assert await client.read_file(session_id, "data/orders.csv") == b"order,amount\n1,10\n"
+    finally:
+        await nc.close()

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import get_args
 
 import pytest
 
 from actors.agent.tools.catalog import check_team_tools
+from schemas import TRACE_EVENTS
 from schemas.team import parse_team
+from schemas.trace import event_kind
+from schemas.webhooks import WebhookEventType
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 TEAM_FILES = [
@@ -26,3 +30,21 @@ def test_the_readme_shows_team_files() -> None:
 def test_a_team_file_in_the_readme_is_valid(text: str) -> None:
     team = parse_team(text, source="README.md")
     check_team_tools(team)
+
+
+API_DOC = README.parent / "docs" / "api.md"
+
+
+def test_the_event_table_names_every_event_and_webhook() -> None:
+    """docs/api.md's table maps every trace event kind to its wire type and webhook name."""
+    rows = {
+        cells[0].strip("` "): [cell.strip() for cell in cells[1:]]
+        for line in API_DOC.read_text().splitlines()
+        if line.startswith("| `") and len(cells := line.strip("|").split("|")) == 4
+    }
+    kinds = {event_kind(cls) for cls in TRACE_EVENTS}
+    assert set(rows) >= kinds, f"missing from docs/api.md: {sorted(kinds - set(rows))}"
+    for kind in kinds:
+        assert rows[kind][0] == f"`{kind}.v1`"
+    documented_hooks = {row[1].strip("`") for row in rows.values() if row[1]}
+    assert documented_hooks == set(get_args(WebhookEventType))

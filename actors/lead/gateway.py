@@ -5,8 +5,14 @@ back ``session.submit_reply.v1``: the session id and the subjects to watch, or a
 the problem (malformed JSON and the offending field, an unknown team, a team with an unknown tool).
 Accepted requests are published durably on ``<root>.submit`` for the lead pool.
 
-Idempotency: with ``idempotency_key`` the session id is derived from the key, so the same key twice
-is one session (``duplicate: true`` on the second answer).
+Idempotency: a session id is used once. With ``idempotency_key`` the session id is derived from the
+key; a caller may instead choose ``session_id`` (so it can put the inputs first). The same request
+twice is one session (``duplicate: true`` on the second answer); the same key or id with another task
+or team is refused (``conflict``), never answered as a duplicate that drops the new task.
+
+Inputs: every path in ``inputs`` must be in the session's workspace when the request arrives (or it is
+refused, ``missing_input``, naming the paths); files another NATS client put there in the standard
+object-store layout are adopted into the session's index, so the agents list them.
 
 Limits: a submit whose session record or request would not fit the server's max payload is refused
 (``too_large``) rather than accepted and lost. An agent of the team that no worker serves right now
@@ -32,6 +38,7 @@ from bus.connection import Bus
 from bus.errors import MessageRejected
 from bus.state import Responder
 from bus.subjects import Subjects
+from bus.workspace import Workspace
 from schemas.base import ErrorInfo
 from schemas.errors import SpecError
 from schemas.session import SessionRecord, SessionSubmit, SubmitReply
@@ -43,6 +50,10 @@ log = structlog.get_logger("staffwork.gateway")
 #: bytes left under the server's max payload for what the lead adds to a session's record and first
 #: turn (status, times, usage; the input files' names)
 PAYLOAD_HEADROOM = 8 * 1024
+
+
+def _clip(text: str, limit: int = 60) -> str:
+    return repr(text if len(text) <= limit else text[: limit - 3] + "...")
 
 
 def session_id_for_key(key: str) -> str:
@@ -67,6 +78,7 @@ class SubmitGateway(BaseActor[None]):
     async def on_start(self, bus: Bus) -> None:
         self.bus = bus
         self.directory = SessionDirectory(bus)
+        self.workspace = Workspace(bus)
         self.max_payload = (await bus.server_info()).max_payload
         self._responder = await bus.respond(bus.subjects.api_submit, self._answer, queue="gateway")
 
@@ -107,9 +119,13 @@ class SubmitGateway(BaseActor[None]):
             return self._refuse(kind, exc.reason if kind == "invalid_request" else str(exc), sid)
         if too_large := self._too_large(submit, team):
             return self._refuse("too_large", too_large, sid)
+        if submit.inputs and (missing := await self.workspace.adopt(sid, submit.inputs)):
+            return self._refuse("missing_input", self._missing(sid, missing), sid)
         # Recording the session first (a KV create) makes a second request with the same id a
         # duplicate even long after JetStream's dedup window, and even before a lead has picked it up.
         duplicate = not await self.directory.create_pending(sid, team, submit.task)
+        if duplicate and (conflict := await self._conflict(submit, team)):
+            return self._refuse("conflict", conflict, sid)
         if not duplicate:
             await self.bus.publish_once(self.bus.subjects.submit, submit, msg_id=submit.msg_id)
         warnings = await self._unserved(sid, team) if not duplicate else []
@@ -123,6 +139,31 @@ class SubmitGateway(BaseActor[None]):
                 result_subject=subjects.out(sid, "result"),
                 warnings=warnings,
             )
+        )
+
+    def _missing(self, sid: str, missing: list[str]) -> str:
+        shown = ", ".join(repr(path) for path in missing[:5]) + (", ..." if len(missing) > 5 else "")
+        return (
+            f"{len(missing)} of the inputs {'is' if len(missing) == 1 else 'are'} not in the session's "
+            f"workspace: {shown} (put each as object {sid}/<path> in the bucket "
+            f"{self.workspace.bucket!r} before submitting)"
+        )
+
+    async def _conflict(self, submit: SessionSubmit, team: TeamSpec) -> str:
+        """Why a request for a session that exists is not a repeat of the one that started it ("")."""
+        record = await self.directory.get(submit.session_id)
+        if record is None or (record.task == submit.task and record.team.name == team.name):
+            return ""
+        what = "task" if record.task != submit.task else "team"
+        mine, theirs = (submit.task, record.task) if what == "task" else (team.name, record.team.name)
+        key = (
+            f"idempotency_key {submit.idempotency_key!r}"
+            if submit.idempotency_key
+            else f"session_id {submit.session_id!r}"
+        )
+        return (
+            f"{key} was already used for session {submit.session_id!r} with another {what} "
+            f"({_clip(theirs)}, not {_clip(mine)}): use a new key for new work"
         )
 
     def _too_large(self, submit: SessionSubmit, team: TeamSpec) -> str:
