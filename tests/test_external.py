@@ -16,8 +16,8 @@ from actors.roles import running_agents
 from actors.sessions.teams import register_team
 from bus.connection import Bus
 from bus.direct import read_subject
-from schemas.trace import event_kind
-from tests.helpers import NatsServer, fan_out_lead, team
+from schemas.trace import ModelRequestStart, event_kind
+from tests.helpers import NatsServer, fan_out_lead, inbox, team
 
 HAND_WRITTEN_TEAM: dict[str, object] = {
     "name": "handmade",
@@ -252,3 +252,34 @@ async def test_inputs_put_by_any_object_store_client_reach_the_agents(
                 assert await client.read_file(session_id, "data/orders.csv") == b"order,amount\n1,10\n"
     finally:
         await nc.close()
+
+
+async def test_a_plain_json_cancel_on_the_ctl_subject_ends_the_session(
+    nats_server: NatsServer, bus: Bus
+) -> None:
+    slow = ScriptedModel(
+        {"lead": fan_out_lead(["notes"])}, responder=lambda r: text("x"), latency={"notes": 30.0}
+    )
+    session_id = "ses_cancel-me"
+    async with running_agents(bus, slow, agents=["notes"]):
+        reply = await plain_request(
+            nats_server,
+            bus.subjects.api_submit,
+            json.dumps({**HAND_WRITTEN, "session_id": session_id}).encode(),
+        )
+        assert reply["accepted"] is True
+        started = await inbox(
+            bus, bus.subjects.event(session_id, "span.model_request_start"), ModelRequestStart
+        )
+        await started.take(2)  # the lead's call, then the subagent's (30 s) call is under way
+        await started.close()
+        nc = await nats.connect(nats_server.url)
+        try:
+            cancel = {"type": "session.cancel.v1", "session_id": session_id, "reason": "the caller gave up"}
+            await nc.publish(f"{bus.subjects.root}.s.{session_id}.ctl", json.dumps(cancel).encode())
+            await nc.flush()
+        finally:
+            await nc.close()
+        async with Client(bus) as client:
+            result = await client.wait(session_id, timeout=10)
+    assert result.status == "canceled"
