@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import get_args
 
+import msgspec
 import pytest
 
 from actors.agent.tools.catalog import check_team_tools
-from schemas import TRACE_EVENTS
+from schemas import PUBLIC_MESSAGES, TRACE_EVENTS, tag_of
 from schemas.team import parse_team
 from schemas.trace import event_kind
 from schemas.webhooks import WebhookEventType
@@ -48,3 +50,22 @@ def test_the_event_table_names_every_event_and_webhook() -> None:
         assert rows[kind][0] == f"`{kind}.v1`"
     documented_hooks = {row[1].strip("`") for row in rows.values() if row[1]}
     assert documented_hooks == set(get_args(WebhookEventType))
+
+
+MESSAGES = {tag_of(cls): cls for cls in PUBLIC_MESSAGES}
+JSON_MESSAGES = [
+    block
+    for block in re.findall(r"```json\n(.*?)```", README.read_text(), flags=re.DOTALL)
+    if '"type"' in block
+]
+
+
+def test_the_readme_shows_messages() -> None:
+    assert len(JSON_MESSAGES) >= 3
+
+
+@pytest.mark.parametrize("text", JSON_MESSAGES)
+def test_a_message_in_the_readme_is_valid(text: str) -> None:
+    """Each JSON message the README shows decodes as the type its ``type`` names."""
+    tag = json.loads(text)["type"]
+    msgspec.json.decode(text, type=MESSAGES[tag])
