@@ -1,4 +1,5 @@
-// A status page as a staffwork tool service: a NATS micro service in JavaScript (the `nats` package).
+// A status page as a staffwork tool service: a NATS micro service in JavaScript (nats.js v3:
+// @nats-io/transport-node and @nats-io/services).
 //
 //   npm ci && node statuspage-service.mjs nats://127.0.0.1:4222   (or STAFFWORK_NATS_URL)
 //
@@ -10,7 +11,8 @@
 // Staffwork-* headers). Bad input is an is_error reply; an unknown component is a micro error (404).
 // The service's name is the second argument or STATUSPAGE_NAME (default "statuspage").
 
-import { connect } from "nats";
+import { Svcm } from "@nats-io/services";
+import { connect } from "@nats-io/transport-node";
 
 const url = process.argv[2] ?? process.env.STAFFWORK_NATS_URL ?? "nats://127.0.0.1:4222";
 const name = process.argv[3] ?? process.env.STATUSPAGE_NAME ?? "statuspage";
@@ -80,7 +82,7 @@ function openIncidents(err, msg) {
 }
 
 const nc = await connect({ servers: url, name: `${name}-service` });
-const service = await nc.services.add({
+const service = await new Svcm(nc).add({
   name,
   version: "1.0.0",
   description: "The public status page: component health and open incidents.",
