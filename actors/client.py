@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import TracebackType
+
+import structlog
 
 from actors.sessions.cancel import cancel_session
 from actors.sessions.directory import SessionDirectory
@@ -24,6 +27,7 @@ from bus.codec import Decoder
 from bus.connection import Bus
 from bus.direct import read_subject
 from bus.errors import BusTimeout, MessageRejected, StaffworkError
+from bus.logs import configure_logging
 from bus.workspace import Workspace
 from schemas.files import FileInfo
 from schemas.outcome import Outcome
@@ -56,6 +60,8 @@ class Client:
 
     @classmethod
     async def connect(cls, url: str, *, root: str = "sw", name: str = "staffwork-client") -> Client:
+        if not structlog.is_configured():  # a program of the caller's: its stdout is its own
+            configure_logging("warning", stream=sys.stderr)
         return cls(await Bus.connect(url, root=root, name=name), owns_bus=True)
 
     async def close(self) -> None:
