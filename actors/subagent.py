@@ -222,6 +222,7 @@ class SubagentActor(BaseActor[SubagentInbox]):
                 tool_use_id=tool_use_id,
                 memory={attached.store: attached for attached in spec.memory},
             ),
+            prices=team.prices,
         )
         work: asyncio.Task[LoopResult] = asyncio.ensure_future(loop.run())
         outcome = await race_cancel(work, (self.cancels.event(msg.session_id), "canceled"))

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from schemas.base import Message, Usage
+from schemas.prices import ModelPrice
 
 MAX_ITERATIONS = 20
 
@@ -35,13 +36,21 @@ class Check(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
       ``path`` (or the answer) is a number within ``min``..``max`` (inclusive).
     """
 
+    #: the criterion as the verdict names it
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    #: how it is checked (see the kinds above)
     kind: CheckKind
+    #: a file in the session's workspace, relative (empty: the lead's answer)
     path: str = ""
+    #: the text ``contains`` looks for
     value: str = ""
+    #: the regex of ``matches`` and ``number_in_range``
     pattern: str = ""
+    #: the JSON Schema a ``json_schema`` check validates ``path`` against
     schema: dict[str, Any] | None = None
+    #: the lowest number ``number_in_range`` accepts (inclusive)
     min: float | None = None
+    #: the highest number ``number_in_range`` accepts (inclusive)
     max: float | None = None
 
     def __post_init__(self) -> None:
@@ -73,9 +82,13 @@ class Check(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
 class Outcome(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """What the deliverable must meet, and how many attempts it gets (1 to 20, default 3)."""
 
+    #: markdown: each top-level list item (or paragraph) is a criterion the grader's model grades
     rubric: str = ""
+    #: criteria graded without a model
     checks: list[Check] = msgspec.field(default_factory=list)
+    #: how many attempts the deliverable gets (1 to 20)
     max_iterations: Annotated[int, msgspec.Meta(ge=1, le=MAX_ITERATIONS)] = 3
+    #: what the outcome is about, for people reading the trace
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -111,39 +124,61 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
 class CriterionVerdict(msgspec.Struct, frozen=True, kw_only=True):
     """One criterion's grade: ``passed``, ``failed`` or ``not_graded`` (with why)."""
 
+    #: the criterion: a rubric item's text, or a check's name
     criterion: str
-    kind: str  # "rubric" (graded by the model) or the check's kind
+    #: ``rubric`` (graded by the model) or the check's kind
+    kind: str
+    #: the grade
     status: CriterionStatus
+    #: why, in a sentence or two
     explanation: str = ""
 
 
 class GradeRequest(Message, frozen=True, kw_only=True, tag="outcome.grade.v1"):
     """Grade attempt ``iteration`` of a session's deliverable (sent by the lead to the grader)."""
 
+    #: the outcome's id, the same for every attempt of a session
     outcome_id: str
+    #: the attempt graded, from 1
     iteration: Annotated[int, msgspec.Meta(ge=1)]
+    #: what the deliverable must meet
     outcome: Outcome
+    #: the session's task
     task: str
+    #: the lead's answer on this attempt
     answer: str
+    #: the report's path in the session's workspace
     report_path: str = ""
-    model: str = ""  # the model the grader uses for rubric criteria (the team's)
+    #: the model the grader uses for rubric criteria (the team's)
+    model: str = ""
+    #: the team's own model prices, for the cost of the grader's model call
+    prices: list[ModelPrice] = msgspec.field(default_factory=list)
 
 
 class GradeVerdict(Message, frozen=True, kw_only=True, tag="outcome.verdict.v1"):
     """The grader's answer: the overall result, an explanation (the feedback for a revision) and
     every criterion's verdict."""
 
+    #: the outcome's id
     outcome_id: str
+    #: the attempt graded, from 1
     iteration: int
+    #: the overall result of this attempt
     result: OutcomeResult
+    #: why: the feedback the lead revises with
     explanation: str
+    #: each criterion's grade
     criteria: list[CriterionVerdict] = msgspec.field(default_factory=list)
+    #: tokens and cost of the grader's model call
     usage: Usage = msgspec.field(default_factory=Usage)
 
 
 class OutcomeReport(msgspec.Struct, frozen=True, kw_only=True):
     """A session's outcome, in its result: the final result and every iteration's verdict."""
 
+    #: the outcome's id
     outcome_id: str
+    #: the final result
     result: OutcomeResult
+    #: every attempt's verdict, first to last
     iterations: list[GradeVerdict] = msgspec.field(default_factory=list)

@@ -18,6 +18,7 @@ import msgspec
 
 from schemas.errors import SpecError
 from schemas.outcome import Outcome
+from schemas.prices import ModelPrice
 from schemas.webhooks import WebhookSpec
 
 #: Agent and team names are subject tokens and file-name safe.
@@ -43,8 +44,11 @@ ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 class MemoryAttachment(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """A memory store an agent may read (``read_only``) or also write (``read_write``)."""
 
+    #: the memory store's name
     store: Name
+    #: whether the agent may only read it or also write it
     access: Literal["read_only", "read_write"] = "read_only"
+    #: what the agent is told about the store (at most 4096 characters)
     instructions: Annotated[str, msgspec.Meta(max_length=4096)] = ""
 
 
@@ -66,11 +70,17 @@ class McpServer(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     where the agent allowed to use it runs. ``tools`` is the allowlist, as the server names them
     (absent: every tool it offers); the model sees them as ``<name>__<tool>``."""
 
+    #: the server's name: the model sees its tools as ``<name>__<tool>``
     name: SourceName
+    #: the program and arguments to start (stdio); give this or ``url``
     command: list[str] = msgspec.field(default_factory=list)
+    #: the server's streamable HTTP endpoint; give this or ``command``
     url: str = ""
+    #: environment of the started process; values name the worker's variables (``${VAR}``)
     env: dict[str, str] = msgspec.field(default_factory=dict)
+    #: HTTP headers of each request; values name the worker's variables (``${VAR}``)
     headers: dict[str, str] = msgspec.field(default_factory=dict)
+    #: the allowlist, as the server names its tools (absent: every tool it offers)
     tools: list[ToolName] | None = None
     #: the longest a start, a listing or one call may take
     timeout_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 60.0
@@ -100,7 +110,9 @@ class ToolService(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     in any language can serve it. ``tools`` is the allowlist of endpoint names (absent: all); the
     model sees them as ``<name>__<endpoint>``."""
 
+    #: the micro service's name: the model sees its endpoints as ``<name>__<endpoint>``
     name: SourceName
+    #: the allowlist of endpoint names (absent: all)
     tools: list[ToolName] | None = None
     #: the longest discovery or one call may take
     timeout_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 60.0
@@ -113,8 +125,11 @@ class CustomTool(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     """A tool the caller answers (the hosted service's ``custom`` tools): a call idles the thread
     with ``requires_action`` until a ``user.custom_tool_result`` for it arrives."""
 
+    #: the tool's name as the model sees it
     name: ToolName
+    #: what the model reads about the tool
     description: Annotated[str, msgspec.Meta(min_length=1)]
+    #: the JSON Schema of the tool's input (an object schema)
     input_schema: dict[str, Any] = msgspec.field(default_factory=lambda: {"type": "object", "properties": {}})
     #: how long the thread waits for the answer (absent: until the session's deadline)
     timeout_s: Annotated[float, msgspec.Meta(gt=0)] | None = None
@@ -133,7 +148,9 @@ def _no_repeats(owner: str, tools: list[str] | None) -> None:
 class PlaybookCall(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """One tool call of an offline playbook. String inputs may use ``{task}``."""
 
+    #: the tool's name
     tool: str
+    #: the tool's input; string values may use ``{task}``
     input: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
@@ -142,7 +159,9 @@ class Playbook(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     an answer from a template over their real results: ``{task}``, ``{results}`` (all, in order) and
     ``{result[0]}``, ``{result[1]}``, ..."""
 
+    #: the tool calls, made in one turn
     calls: list[PlaybookCall] = msgspec.field(default_factory=list)
+    #: the answer's template: ``{task}``, ``{results}``, ``{result[0]}``...
     answer: str = "{results}"
 
 
@@ -150,13 +169,21 @@ class AgentSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     """One agent: who it is (``description`` is what the lead reads to choose it), its model, its
     system prompt, the tools it may call, its limits and its memory stores."""
 
+    #: the agent's name (a lower-case token, unique in the team)
     name: Name
+    #: what the lead reads to choose this agent
     description: str = ""
+    #: the model it uses (empty: the team's)
     model: str = ""
+    #: its system prompt
     system: str = ""
+    #: the built-in tools it may call, by name
     tools: list[str] = msgspec.field(default_factory=list)
+    #: the most model calls one of its threads makes per task
     max_turns: Annotated[int, msgspec.Meta(ge=1, le=500)] = 20
+    #: the most output tokens per model call
     max_tokens: Annotated[int, msgspec.Meta(ge=1, le=128_000)] = 4096
+    #: the memory stores it may read or write
     memory: Annotated[list[MemoryAttachment], msgspec.Meta(max_length=MAX_MEMORY_STORES)] = msgspec.field(
         default_factory=list
     )
@@ -172,6 +199,7 @@ class AgentSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     custom_tools: Annotated[list[CustomTool], msgspec.Meta(max_length=64)] = msgspec.field(
         default_factory=list
     )
+    #: what it does under the offline model (tests and demos)
     playbook: Playbook | None = None
 
     def __post_init__(self) -> None:
@@ -197,7 +225,9 @@ class TeamOrigin(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     some mistakes only when it meets the server (a tool the server does not offer) and names the
     file and line all the same."""
 
+    #: the team file's path, as given
     file: str
+    #: the line of each tool source, allowlist entry and custom tool, by its path in the document
     lines: dict[str, int] = msgspec.field(default_factory=dict)
 
     def where(self, path: str) -> str:
@@ -209,22 +239,34 @@ class TeamOrigin(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
 class TeamSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """A lead, a roster of at most 20 subagents, and the defaults of the team's sessions."""
 
+    #: the team's name (a lower-case token)
     name: Name
+    #: what the team is for
     description: str = ""
+    #: the model of every agent that names none
     model: str = DEFAULT_MODEL
+    #: the lead agent: it plans, delegates and writes the deliverable
     lead: AgentSpec
+    #: the subagents the lead may delegate to
     agents: Annotated[list[AgentSpec], msgspec.Meta(max_length=MAX_AGENTS)] = msgspec.field(
         default_factory=list
     )
+    #: how many subagent threads may run at once
     max_concurrent_threads: Annotated[int, msgspec.Meta(ge=1, le=MAX_AGENTS)] = MAX_AGENTS
+    #: where the lead's report is written, relative to the session's workspace
     report_path: str = "report.md"
+    #: the session stops once its model calls cost more than this, in US dollars
     budget_usd: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    #: the session stops once its model calls used more than this many tokens
     budget_tokens: Annotated[int, msgspec.Meta(gt=0)] | None = None
+    #: how long a session may run, in seconds from its start
     deadline_s: Annotated[float, msgspec.Meta(gt=0)] | None = None
     #: the deliverable is graded against it and revised until it is met (or the iterations run out)
     outcome: Outcome | None = None
     #: endpoints told when the team's sessions change state
     webhooks: Annotated[list[WebhookSpec], msgspec.Meta(max_length=16)] = msgspec.field(default_factory=list)
+    #: model prices that win over the known ones (``[[prices]]``, USD per million tokens)
+    prices: Annotated[list[ModelPrice], msgspec.Meta(max_length=64)] = msgspec.field(default_factory=list)
     #: set when the team is read from a file (see :class:`TeamOrigin`)
     origin: TeamOrigin | None = None
 

@@ -14,8 +14,9 @@ from typing import Any
 import msgspec
 import pytest
 
-from actors.agent.models.anthropic import AnthropicModel, estimate_cost
+from actors.agent.models.anthropic import AnthropicModel
 from actors.agent.models.base import ModelFatal, ModelRequest, ModelRetryable
+from actors.agent.models.prices import cost_usd
 from schemas.base import Usage
 from schemas.conversation import (
     ContentBlock,
@@ -184,16 +185,15 @@ async def test_stop_reasons_pass_through(
 
 
 @pytest.mark.parametrize(
-    ("billed_model", "price_in", "price_out"),
-    [
-        ("claude-opus-4-6", 15.0, 75.0),
-        ("claude-sonnet-4-6", 3.0, 15.0),
-        ("claude-haiku-4-5", 0.80, 4.0),
-        ("some-future-model", 3.0, 15.0),  # unknown: priced as sonnet
+    ("billed_model", "prices"),
+    [  # USD per million tokens: input, output, cache write, cache read (genai-prices' figures)
+        ("claude-opus-4-6", (5.0, 25.0, 6.25, 0.50)),
+        ("claude-sonnet-4-6", (3.0, 15.0, 3.75, 0.30)),
+        ("claude-haiku-4-5-20251001", (1.0, 5.0, 1.25, 0.10)),
     ],
 )
 async def test_usage_and_cost(
-    api: FakeMessagesAPI, model: AnthropicModel, billed_model: str, price_in: float, price_out: float
+    api: FakeMessagesAPI, model: AnthropicModel, billed_model: str, prices: tuple[float, ...]
 ) -> None:
     usage = {
         "input_tokens": 1000,
@@ -205,11 +205,12 @@ async def test_usage_and_cost(
 
     response = await model.complete(ask(user("Hi.")))
 
-    expected = (1000 * price_in + 2000 * price_out + 3000 * price_in * 1.25 + 4000 * price_in * 0.1) / 1e6
+    counts = (1000, 2000, 3000, 4000)
+    expected = sum(count * price for count, price in zip(counts, prices, strict=True)) / 1e6
     assert response.model == billed_model
     assert response.usage == Usage(**usage, cost_usd=response.usage.cost_usd)
     assert response.usage.cost_usd == pytest.approx(expected)
-    assert estimate_cost(billed_model, response.usage) == pytest.approx(expected)
+    assert cost_usd(response.usage, billed_model) == pytest.approx(expected)
 
 
 async def test_missing_cache_counts_are_zero(api: FakeMessagesAPI, model: AnthropicModel) -> None:

@@ -24,6 +24,7 @@ from bus.connection import Bus
 from bus.history import ThreadHistory, ThreadLog
 from schemas.base import ErrorInfo, Usage
 from schemas.conversation import TextBlock, ThinkingBlock, ThreadTurn, ToolResultBlock, ToolUseBlock, Turn
+from schemas.prices import ModelPrice
 from schemas.team import AgentSpec
 from schemas.thread import ThreadOutcome
 from schemas.trace import (
@@ -88,6 +89,7 @@ class AgentLoop:
         tool_context: Callable[[str], ToolContext],
         on_usage: Callable[[Usage], None] | None = None,
         roster: list[str] | None = None,
+        prices: list[ModelPrice] | None = None,
     ) -> None:
         self.bus = bus
         self.model = model
@@ -100,6 +102,7 @@ class AgentLoop:
         self.tool_context = tool_context
         self.on_usage = on_usage
         self.roster = roster or []
+        self.prices = prices or []  # the team's, for the cost of each model call
         self.usage = Usage()
         self._fresh: set[str] = set()  # tool use ids of the model turns made in this run
 
@@ -203,6 +206,7 @@ class AgentLoop:
             agent=self.spec.name,
             thread_id=self.history.thread_id,
             session_id=self.history.session_id,
+            prices=self.prices,
             roster=self.roster,
             playbook=self.spec.playbook,
         )

@@ -201,6 +201,7 @@ class GraderActor(BaseActor[GradeRequest]):
             agent=GRADER,
             thread_id=GRADER,
             session_id=msg.session_id,
+            prices=msg.prices,
         )
         try:
             response = await call_model(bus, self.model, request)  # a retryable failure: Retryable

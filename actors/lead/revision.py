@@ -132,6 +132,7 @@ class Revision:
             answer=_cut(answer, _GRADE_TEXT, f"the whole answer is in {team.report_path}"),
             report_path=team.report_path,
             model=team.model_of(team.lead),
+            prices=team.prices,
         )
         if not await self.bus.consumer_active(self.bus.subjects.grader_consumer):
             log.warning("no_grader_running", session_id=self.sid, hint="start one: staffwork actor grader")

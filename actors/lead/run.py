@@ -187,6 +187,7 @@ class LeadRun:
             ),
             on_usage=self._count,
             roster=[a.name for a in team.agents],
+            prices=team.prices,
         )
         work: asyncio.Task[LoopResult] = asyncio.ensure_future(revision.attempts(loop, history))
         deadline = self.submit.deadline_s or team.deadline_s or self.session_deadline

@@ -1,7 +1,7 @@
 """Registered teams (``team.<name>`` in the registry KV bucket) and resolving a submit's team.
 
 :func:`resolve_team` is the one place a session's effective team is decided: the inline or
-registered team, its tools checked, with the submit's ``outcome`` and ``webhooks`` overrides
+registered team, its tools and prices checked, with the submit's ``outcome`` and ``webhooks`` overrides
 applied. The gateway stores that team in the session record; every other role reads the record.
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import msgspec
 
+from actors.agent.models.prices import check_team_prices
 from actors.agent.tools.catalog import check_team_tools
 from bus.connection import Bus
 from schemas.errors import SpecError
@@ -20,8 +21,9 @@ _decoder = msgspec.json.Decoder(TeamSpec)
 
 
 async def register_team(bus: Bus, team: TeamSpec) -> None:
-    """Store (or replace) a team; its tools are checked first."""
+    """Store (or replace) a team; its tools and prices are checked first."""
     check_team_tools(team)
+    check_team_prices(team)
     kv = await bus.kv(bus.subjects.registry_bucket)
     await kv.put(f"team.{team.name}", _encoder.encode(team))
 
@@ -47,9 +49,9 @@ class UnknownTeam(SpecError):
 
 
 async def resolve_team(bus: Bus, submit: SessionSubmit) -> TeamSpec:
-    """The team a submit runs: inline (``team_spec``) or registered (``team``), tools checked, with
-    the submit's ``outcome`` and ``webhooks`` replacing the team's. :class:`SpecError` says why not
-    (:class:`UnknownTeam` lists the registered names)."""
+    """The team a submit runs: inline (``team_spec``) or registered (``team``), tools and prices
+    checked, with the submit's ``outcome`` and ``webhooks`` replacing the team's. :class:`SpecError`
+    says why not (:class:`UnknownTeam` lists the registered names)."""
     if submit.team_spec is not None and submit.team:
         raise SpecError("give 'team' or 'team_spec', not both", source="session.submit", path="team")
     team = submit.team_spec
@@ -68,6 +70,7 @@ async def resolve_team(bus: Bus, submit: SessionSubmit) -> TeamSpec:
                 value=submit.team,
             )
     check_team_tools(team, source=f"team {team.name!r}")
+    check_team_prices(team, source=f"team {team.name!r}")
     if submit.outcome is not None:
         team = msgspec.structs.replace(team, outcome=submit.outcome)
     if submit.webhooks is not None:

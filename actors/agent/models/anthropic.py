@@ -2,11 +2,12 @@
 
 :class:`AnthropicModel` turns a :class:`ModelRequest` into one ``messages.create`` call (the system
 prompt and the tools marked for prompt caching) and the answer back into our blocks, with usage and
-an estimated cost. The SDK's own retries are off: this module retries, and every failure leaves as
-one of ours, chained to the SDK's: :class:`ModelRetryable` (429, 529 and other 5xx, 408, 409, a
-connection failure, a timeout; raised once the retries are spent) or :class:`ModelFatal` (any other
-4xx, at once). Redacted thinking goes back to the API as ``redacted_thinking``. The details:
-docs/architecture.md, "Models".
+its cost (:mod:`actors.agent.models.prices`; a model with no price costs 0, and one
+``model_unpriced`` warning per model says how to price it). The SDK's own retries are off: this
+module retries, and every failure leaves as one of ours, chained to the SDK's:
+:class:`ModelRetryable` (429, 529 and other 5xx, 408, 409, a connection failure, a timeout; raised
+once the retries are spent) or :class:`ModelFatal` (any other 4xx, at once). Redacted thinking goes
+back to the API as ``redacted_thinking``. The details: docs/architecture.md, "Models".
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import structlog
 from anthropic import types as api
 
 from actors.agent.models.base import ModelFatal, ModelRequest, ModelResponse, ModelRetryable
+from actors.agent.models.prices import cost_usd, unpriced_hint
 from schemas.base import Usage
 from schemas.conversation import (
     ContentBlock,
@@ -33,19 +35,9 @@ from schemas.conversation import (
     Turn,
 )
 
-__all__ = ["AnthropicModel", "estimate_cost"]
+__all__ = ["AnthropicModel"]
 
 log = structlog.get_logger("staffwork.model")
-
-#: USD per million tokens (input, output) by model family; unknown models are priced as sonnet.
-PRICES: Final[dict[str, tuple[float, float]]] = {
-    "opus": (15.0, 75.0),
-    "sonnet": (3.0, 15.0),
-    "haiku": (0.80, 4.0),
-}
-DEFAULT_FAMILY: Final = "sonnet"
-CACHE_WRITE_FACTOR: Final = 1.25
-CACHE_READ_FACTOR: Final = 0.1
 
 #: Statuses worth retrying besides 5xx (529 "overloaded" is one of those).
 RETRYABLE_STATUSES: Final = frozenset({408, 409, 429})
@@ -53,18 +45,6 @@ RETRYABLE_STATUSES: Final = frozenset({408, 409, 429})
 MAX_DELAY: Final = 60.0
 
 _EPHEMERAL: Final[api.CacheControlEphemeralParam] = {"type": "ephemeral"}
-
-
-def estimate_cost(model: str, usage: Usage) -> float:
-    """The cost in USD of ``usage`` on ``model``, from :data:`PRICES`."""
-    family = next((f for f in PRICES if f in model.lower()), DEFAULT_FAMILY)
-    price_in, price_out = PRICES[family]
-    return (
-        usage.input_tokens * price_in
-        + usage.output_tokens * price_out
-        + usage.cache_creation_input_tokens * price_in * CACHE_WRITE_FACTOR
-        + usage.cache_read_input_tokens * price_in * CACHE_READ_FACTOR
-    ) / 1_000_000
 
 
 class AnthropicModel:
@@ -92,6 +72,7 @@ class AnthropicModel:
         self.max_retries = max_retries
         self.retry_base_delay = retry_base_delay
         self.timeout = timeout
+        self._unpriced: set[str] = set()  # models already warned about
         try:
             self._client = anthropic.AsyncAnthropic(
                 api_key=api_key, base_url=base_url, max_retries=0, timeout=timeout
@@ -163,7 +144,26 @@ class AnthropicModel:
             raise ModelFatal(text, status=status) from exc
         except anthropic.APIError as exc:
             raise ModelFatal(f"anthropic API call failed: {_one_line(exc.message)}") from exc
-        return _response(message)
+        response = _response(message)
+        return msgspec.structs.replace(response, usage=self._priced(response, request))
+
+    def _priced(self, response: ModelResponse, request: ModelRequest) -> Usage:
+        """``response``'s usage with its cost; 0 for a model with no price (warned about once)."""
+        usage = response.usage
+        cost = cost_usd(usage, response.model, request.prices, requested=request.model)
+        if cost is None:
+            if response.model not in self._unpriced:
+                self._unpriced.add(response.model)
+                log.warning(
+                    "model_unpriced",
+                    model=response.model,
+                    cost_usd=0.0,
+                    hint=unpriced_hint(response.model),
+                    agent=request.agent,
+                    session_id=request.session_id,
+                )
+            cost = 0.0
+        return msgspec.structs.replace(usage, cost_usd=cost)
 
 
 # -- request -----------------------------------------------------------------------------------------
@@ -230,7 +230,6 @@ def _response(message: api.Message) -> ModelResponse:
         cache_creation_input_tokens=message.usage.cache_creation_input_tokens or 0,
         cache_read_input_tokens=message.usage.cache_read_input_tokens or 0,
     )
-    usage = msgspec.structs.replace(usage, cost_usd=estimate_cost(message.model, usage))
     return ModelResponse(
         content=content,
         stop_reason=message.stop_reason or "",

@@ -15,6 +15,7 @@ import msgspec
 from schemas.base import Usage
 from schemas.conversation import ContentBlock, ToolSpec, ToolUseBlock, Turn
 from schemas.errors import StaffworkError
+from schemas.prices import ModelPrice
 from schemas.team import Playbook
 
 #: Stop reasons of the Messages API that the loops handle.
@@ -38,6 +39,8 @@ class ModelRequest(msgspec.Struct, frozen=True, kw_only=True):
     agent: str = ""
     thread_id: str = ""
     session_id: str = ""
+    #: the team's own model prices, which win over the known ones when the call's cost is reckoned
+    prices: list[ModelPrice] = msgspec.field(default_factory=list)
     #: hints for the offline model (real providers ignore them): the lead's roster, the playbook
     roster: list[str] = msgspec.field(default_factory=list)
     playbook: Playbook | None = None
