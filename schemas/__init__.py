@@ -6,10 +6,9 @@ This package does no I/O and imports nothing else of staffwork, so another syste
 
 from __future__ import annotations
 
-import msgspec
-
 from schemas.base import ErrorInfo, Message, Token, Usage
 from schemas.errors import SpecError, StaffworkError
+from schemas.export import json_schema
 from schemas.files import FileInfo, Provenance
 from schemas.ids import new_id
 from schemas.outcome import Check, CriterionVerdict, GradeRequest, GradeVerdict, Outcome, OutcomeReport
@@ -64,23 +63,6 @@ PUBLIC_MESSAGES: tuple[type[Message], ...] = SESSION_MESSAGES + TRACE_EVENTS
 def tag_of(cls: type[Message]) -> str:
     """The wire tag of a message class: ``session.submit.v1``."""
     return str(cls.__struct_config__.tag)
-
-
-def json_schema() -> dict[str, object]:
-    """A JSON Schema document for every public message and for team files.
-
-    ``messages`` maps each wire tag to its definition under ``$defs``; ``team`` is the schema of a
-    team file (TOML or JSON).
-    """
-    types: list[object] = [*PUBLIC_MESSAGES, TeamSpec]
-    schemas, components = msgspec.json.schema_components(types, ref_template="#/$defs/{name}")
-    return {
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "title": "staffwork messages",
-        "messages": {tag_of(cls): schema for cls, schema in zip(PUBLIC_MESSAGES, schemas, strict=False)},
-        "team": schemas[-1],
-        "$defs": components,
-    }
 
 
 __all__ = [

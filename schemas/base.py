@@ -26,17 +26,24 @@ class Message(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
     (``Nats-Msg-Id``): publishing the same message twice stores it once.
     """
 
+    #: the session the message belongs to (a subject token); empty only on events that belong to no session
     session_id: SessionId
+    #: the message's unique id, JetStream's ``Nats-Msg-Id``: the same id published twice is stored once
     msg_id: str = msgspec.field(default_factory=_msg_id)
 
 
 class Usage(msgspec.Struct, frozen=True, kw_only=True):
     """Token usage and estimated cost of one or more model calls."""
 
+    #: input tokens billed at the full rate
     input_tokens: int = 0
+    #: output tokens the model generated
     output_tokens: int = 0
+    #: input tokens written to the prompt cache
     cache_creation_input_tokens: int = 0
+    #: input tokens read from the prompt cache
     cache_read_input_tokens: int = 0
+    #: estimated cost, in US dollars
     cost_usd: float = 0.0
 
     def __add__(self, other: Usage) -> Usage:
@@ -52,6 +59,9 @@ class Usage(msgspec.Struct, frozen=True, kw_only=True):
 class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True):
     """A failure as data: what kind, what happened (one line), and whether a retry may help."""
 
+    #: what kind of failure, a snake_case word (``invalid_request``, ``no_worker``, ``query_failed``...)
     kind: str
+    #: what happened, in one line naming the offending value
     message: str
+    #: whether the same request may succeed if tried again
     retryable: bool = False

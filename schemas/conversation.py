@@ -15,23 +15,40 @@ from schemas.base import Message, Usage
 
 
 class TextBlock(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="text"):
+    """Text, from the model or the user."""
+
+    #: the text
     text: str
 
 
 class ThinkingBlock(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="thinking"):
+    """The model's visible reasoning."""
+
+    #: the model's reasoning
     thinking: str
+    #: the provider's signature of it (sent back unchanged)
     signature: str = ""
 
 
 class ToolUseBlock(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="tool_use"):
+    """A tool call the model made."""
+
+    #: the call's id
     id: str
+    #: the tool's name
     name: str
+    #: the tool's input
     input: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
 class ToolResultBlock(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="tool_result"):
+    """A tool's result, given back to the model."""
+
+    #: the id of the call answered
     tool_use_id: str
+    #: the result
     content: str
+    #: the call failed; ``content`` says why
     is_error: bool = False
 
 
@@ -42,7 +59,9 @@ Role = Literal["user", "assistant"]
 class Turn(msgspec.Struct, frozen=True, kw_only=True):
     """One message of a conversation: a role and its content blocks."""
 
+    #: who speaks: ``user`` (tasks, tool results) or ``assistant`` (the model)
     role: Role
+    #: the turn's content blocks, in order
     content: list[ContentBlock]
 
     @property
@@ -70,11 +89,19 @@ class ThreadTurn(Message, frozen=True, kw_only=True, tag="thread.turn.v1"):
     follow-up), so a redelivered follow-up is recognised and not appended twice.
     """
 
+    #: the thread whose history it is
     thread_id: str
+    #: the thread's agent
     agent: str
+    #: the turn's place in the history, from 0
     index: int
+    #: the turn
     turn: Turn
+    #: the ``msg_id`` that caused a user turn (a delegation or a follow-up)
     trigger: str = ""
+    #: tokens and cost of the model call that made an assistant turn
     usage: Usage = msgspec.field(default_factory=Usage)
+    #: the model that made an assistant turn
     model: str = ""
+    #: why the model stopped, for an assistant turn
     stop_reason: str = ""

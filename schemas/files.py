@@ -10,9 +10,13 @@ import msgspec
 class Provenance(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """Who wrote a file: the session, and the thread, agent and tool call when an agent did."""
 
+    #: the session the file belongs to
     session_id: str
+    #: the thread that wrote it (empty: not an agent)
     thread_id: str = ""
+    #: that thread's agent
     agent: str = ""
+    #: the tool call that wrote it
     tool_call_id: str = ""
 
 

@@ -36,6 +36,7 @@ from schemas import (
     tag_of,
 )
 from schemas import trace as t
+from schemas.errors import StaffworkError
 from schemas.outcome import Check, CriterionVerdict, GradeRequest, GradeVerdict, Outcome
 from schemas.webhooks import WebhookDelivery
 
@@ -159,6 +160,9 @@ SAMPLES: dict[type[Message], Message] = {
         ),
         t.WebhookEndpointDisabled(
             session_id=SID, time=NOW, url="https://x", reason="20 failures", failures=20
+        ),
+        t.WebhookDeliverySkipped(
+            session_id=SID, time=NOW, url="https://x", event_id="e", event_type="t", reason="refused"
         ),
     ]
 }
@@ -434,18 +438,71 @@ def test_spec_error_fields() -> None:
     )
 
 
-def test_json_schema_covers_every_message() -> None:
+def test_json_schema_is_a_root_schema_of_every_message() -> None:
     document = json_schema()
-    messages = document["messages"]
-    assert isinstance(messages, dict)
-    assert set(messages) == {tag_of(cls) for cls in PUBLIC_MESSAGES}
-    submit = messages["session.submit.v1"]
-    ref = submit["$ref"].rsplit("/", 1)[-1]
-    definition = document["$defs"][ref]  # type: ignore[index]
-    assert "task" in definition["required"]
-    assert definition["properties"]["type"] == {"enum": ["session.submit.v1"]}
-    assert "team" in document
+    assert document["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    defs = document["$defs"]
+    names = [ref["$ref"].removeprefix("#/$defs/") for ref in document["oneOf"]]
+    tags = {defs[name]["properties"]["type"]["const"]: name for name in names}
+    assert {tag_of(cls) for cls in PUBLIC_MESSAGES} <= set(tags)
+    assert document["discriminator"]["mapping"] == {tag: f"#/$defs/{name}" for tag, name in tags.items()}
+    assert tags["session.submit.v1"] == "SessionSubmitV1"
+    assert tags["span.model_request_end.v1"] == "SpanModelRequestEndV1"
+    assert {"TeamSpec", "Usage", "ErrorInfo"} <= set(defs)
+    assert defs["SessionSubmitV1"]["properties"]["type"]["const"] == "session.submit.v1"
     msgspec.json.encode(document)  # serialisable as is
+
+
+def test_one_message_and_the_team_file_are_root_schemas_too() -> None:
+    one = json_schema("thread.delegate.v1")
+    assert one["$ref"] == "#/$defs/ThreadDelegateV1"
+    assert set(one["$defs"]) == {"ThreadDelegateV1"}  # only what it needs
+    team = json_schema(team=True)
+    assert team["$ref"] == "#/$defs/TeamSpec"
+    assert {"AgentSpec", "McpServer", "Outcome"} <= set(team["$defs"])
+    with pytest.raises(StaffworkError, match=r"no message with tag 'thread.delegate.v7' \(known: "):
+        json_schema("thread.delegate.v7")
+
+
+def test_required_is_what_a_producer_always_sends() -> None:
+    defs = json_schema()["$defs"]
+    # outside callers send these: only fields without a default are required, in what they contain too
+    assert defs["SessionSubmitV1"]["required"] == ["type", "task"]
+    assert defs["SessionCancelV1"]["required"] == ["type", "session_id"]
+    assert defs["UserCustomToolResultV1"]["required"] == ["type", "session_id", "custom_tool_use_id"]
+    assert defs["TeamSpec"]["required"] == ["name", "lead"]
+    assert defs["Outcome"]["required"] == []  # in a submit's team, and in the lead's grade request
+    # staffwork sends these, and msgspec encodes every field
+    for name in ("SessionResultV1", "SessionStatusIdleV1", "ThreadReplyV1", "Usage", "ErrorInfo"):
+        assert defs[name]["required"] == list(defs[name]["properties"]), name
+    # a struct that omits its defaults when encoded requires only the others
+    assert defs["Provenance"]["required"] == ["session_id"]
+
+
+def test_every_property_of_every_message_has_a_description() -> None:
+    defs = json_schema()["$defs"]
+    missing = [
+        f"{name}.{prop}"
+        for name, schema in defs.items()
+        for prop, value in schema.get("properties", {}).items()
+        if not value.get("description", "").strip()
+    ]
+    assert missing == []
+    assert [name for name, schema in defs.items() if not schema.get("description", "").strip()] == []
+    submit = defs["SessionSubmitV1"]
+    assert submit["description"].startswith("A request to run a team on a task")
+    assert submit["properties"]["idempotency_key"]["description"].startswith("the same key twice")
+    assert submit["properties"]["msg_id"]["description"].startswith("the message's unique id")  # inherited
+
+
+def test_times_are_date_times_or_say_they_are_unix_seconds() -> None:
+    defs = json_schema()["$defs"]
+    assert defs["AgentMessageV1"]["properties"]["time"]["format"] == "date-time"
+    assert defs["WebhookDeliveryV1"]["properties"]["created_at"]["format"] == "date-time"
+    for prop in ("created", "started", "ended"):
+        field = defs["DreamRecord"]["properties"][prop]
+        assert field["type"] == "number"
+        assert "Unix time, seconds" in field["description"]
 
 
 def test_a_rubrics_criteria_are_its_list_items_and_paragraphs() -> None:

@@ -1,6 +1,6 @@
 """The installation commands: ``doctor`` (the nats-server binary; a server's reachability with
 JetStream; for a remote deployment, this identity's permissions) and ``schema`` (the JSON Schema of
-every public message)."""
+every message, or the AsyncAPI catalogue of every subject)."""
 
 from __future__ import annotations
 
@@ -16,12 +16,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
+from actors.asyncapi import asyncapi_document
 from actors.cli.common import NatsOption, RootOption, err, fail, out, print_whole, run_async
 from bus.connection import Bus, ServerInfo, StreamSummary
 from bus.errors import BusError, NoResponders, StaffworkError
@@ -265,15 +266,23 @@ def schema(
         Path | None, typer.Option("--output", "-o", help="Write to a file instead of stdout.")
     ] = None,
     tag: Annotated[str | None, typer.Option(help="Only this message (e.g. session.submit.v1).")] = None,
+    team: Annotated[bool, typer.Option("--team", help="Only the team file's schema.")] = False,
+    asyncapi: Annotated[
+        bool,
+        typer.Option(
+            "--asyncapi", help="The AsyncAPI 3.0 catalogue: every subject, what it carries, who uses it."
+        ),
+    ] = False,
 ) -> None:
-    """Print the JSON Schema of every public message, so any system can publish without our code."""
-    document: dict[str, Any] = json_schema()
-    if tag is not None:
-        messages = document["messages"]
-        if tag not in messages:
-            fail(StaffworkError(f"no message with tag {tag!r} (known: {', '.join(sorted(messages))})"))
-        document = {"$schema": document["$schema"], "$defs": document["$defs"], **messages[tag]}
-    text = json.dumps(document, indent=2, sort_keys=True)
+    """Print the JSON Schema (2020-12) of every message, so any system can publish without our code;
+    or, with --asyncapi, the event catalogue of every subject."""
+    if sum([tag is not None, team, asyncapi]) > 1:
+        fail(StaffworkError("give at most one of --tag, --team and --asyncapi"))
+    try:
+        document = asyncapi_document() if asyncapi else json_schema(tag, team=team)
+    except StaffworkError as exc:
+        fail(exc)
+    text = json.dumps(document, indent=2)
     if output:
         output.write_text(text + "\n")
         err.print(f"wrote {output}")
