@@ -1,7 +1,8 @@
 """Webhooks: signed deliveries that a Standard Webhooks library verifies, retries with the same id,
 durability across kill -9, a delivery given up after its last attempt, endpoints disabled after a
-lasting streak of failures (not by a short outage) or for a refused address, tokens in URLs kept out
-of the trace, the test command.
+lasting streak of failures (not by a short outage), deliveries skipped for a refused address or a
+missing secret (told on the trace), tokens in URLs kept out of the trace, the test command. That the
+payloads are the anthropic SDK's types: ``tests/test_webhook_sdk.py``.
 
 A local HTTP receiver verifies every request with the ``standardwebhooks`` package and answers as
 each test scripts it.
@@ -56,6 +57,7 @@ from schemas.trace import (
     ThreadStatusIdle,
     TraceEvent,
     WebhookDelivered,
+    WebhookDeliverySkipped,
     WebhookEndpointDisabled,
     WebhookFailed,
     event_kind,
@@ -367,13 +369,17 @@ async def test_an_event_is_delivered_signed_to_each_endpoint_that_wants_it(
         "data": {
             "type": "session.status_idled",
             "id": sid,
-            "stop_reason": "end_turn",
-            "usage": {
-                "input_tokens": 120,
-                "output_tokens": 40,
-                "cache_creation_input_tokens": 0,
-                "cache_read_input_tokens": 0,
-                "cost_usd": 0.002,
+            "organization_id": "staffwork",
+            "workspace_id": "default",
+            "staffwork": {
+                "stop_reason": "end_turn",
+                "usage": {
+                    "input_tokens": 120,
+                    "output_tokens": 40,
+                    "cache_creation_input_tokens": 0,
+                    "cache_read_input_tokens": 0,
+                    "cost_usd": 0.002,
+                },
             },
         },
     }
@@ -383,8 +389,10 @@ async def test_an_event_is_delivered_signed_to_each_endpoint_that_wants_it(
     assert threads["session.thread_created"]["data"] == {
         "type": "session.thread_created",
         "id": sid,
-        "thread_id": "t-logs",
-        "agent": "logs",
+        "organization_id": "staffwork",
+        "workspace_id": "default",
+        "session_thread_id": "t-logs",
+        "staffwork": {"agent": "logs"},
     }
     assert threads["session.status_idled"]["id"] == to_idle.id  # one event, the same id everywhere
 
@@ -494,7 +502,7 @@ async def test_pending_deliveries_survive_a_killed_webhooks_process(
     assert all(r.payload is not None for r in receiver.requests)
     delivered = Counter(r.id for r in receiver.delivered())
     assert set(delivered) == ids, delivered  # none lost (a duplicate, the same id again, is allowed)
-    threads = {r.payload["data"]["thread_id"] for r in receiver.delivered()}
+    threads = {r.payload["data"]["session_thread_id"] for r in receiver.delivered()}
     assert threads == {f"t-{n}" for n in range(count)}
 
 
@@ -505,11 +513,13 @@ async def test_an_endpoint_is_disabled_after_consecutive_failures_and_can_be_ena
         async with watching(bus, sid) as trace:
             await bus.emit(SessionStatusIdle(session_id=sid))
             await trace.wait_for(lambda: bool(trace.of(WebhookEndpointDisabled)))
-            await publish(bus, SessionStatusIdle(session_id=sid))  # for a disabled endpoint: not attempted
+            skipped = SessionStatusIdle(session_id=sid)
+            await publish(bus, skipped)  # for a disabled endpoint: not attempted, but told
+            await trace.wait_for(lambda: bool(trace.of(WebhookDeliverySkipped)))
             await settled(bus)
             assert len(receiver.requests) == 3
             [state] = await endpoint_states(bus)
-            assert (state.url, state.failures, state.disabled) == (url, 3, True)
+            assert (state.url, state.failures, state.disabled, state.skipped) == (url, 3, True, 1)
 
             receiver.default = 200
             assert await enable_endpoint(bus, url) is True
@@ -522,6 +532,17 @@ async def test_an_endpoint_is_disabled_after_consecutive_failures_and_can_be_ena
     [disabled] = trace.of(WebhookEndpointDisabled)
     assert (disabled.url, disabled.failures) == (url, 3)
     assert disabled.reason == "3 consecutive failed attempts (the last: HTTP 500: answer 500)"
+    [skip] = trace.of(WebhookDeliverySkipped)
+    assert (skip.url, skip.event_id, skip.event_type) == (
+        url,
+        event_id_for(skipped.msg_id),
+        "session.status_idled",
+    )
+    assert skip.reason == (
+        "the endpoint is disabled (3 consecutive failed attempts (the last: HTTP 500: answer 500)); "
+        "staffwork webhooks enable turns it on again"
+    )
+    assert state.skip_reason == skip.reason
     assert [r.id for r in receiver.delivered()] == [event_id_for(later.msg_id)]
 
 
@@ -583,53 +604,71 @@ async def test_trace_events_show_the_url_without_userinfo_and_query(
         async with watching(bus, sid) as trace:
             await bus.emit(SessionStatusIdle(session_id=sid))
             await trace.wait_for(
-                lambda: bool(trace.of(WebhookDelivered) and trace.of(WebhookEndpointDisabled))
+                lambda: bool(trace.of(WebhookDelivered) and trace.of(WebhookDeliverySkipped))
             )
             states = {state.url for state in await endpoint_states(bus)}
     assert [r.path for r in receiver.requests] == ["/a/T0?token=abc"] * 2  # the token reached the receiver
     [failed] = trace.of(WebhookFailed)
     [delivered] = trace.of(WebhookDelivered)
-    [disabled] = trace.of(WebhookEndpointDisabled)
+    [skipped] = trace.of(WebhookDeliverySkipped)
     assert failed.url == delivered.url == f"{receiver.url}/a/T0"
-    assert disabled.url == f"{receiver.url}/b"
-    assert "abc" not in disabled.reason
+    assert skipped.url == f"{receiver.url}/b"
+    assert "abc" not in skipped.reason
     assert states == {f"{base}/a/T0?token=abc", f"{receiver.url}/b?token=abc"}  # the operator's view
 
 
-async def test_a_private_address_is_refused_without_a_request(
+async def test_a_private_address_or_a_missing_secret_skips_the_delivery_without_a_request(
     bus: Bus, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.delenv("SW_TEST_NO_SUCH_SECRET", raising=False)
-    async with Receiver() as receiver, webhooks(bus, allow_private=False):
+    """Both are the webhooks actor's configuration, not the endpoint's health: each delivery is
+    skipped and told, and the endpoint is not disabled, so the actor started with the flag or the
+    secret delivers the next event with no ``webhooks enable``."""
+    monkeypatch.delenv("SW_TEST_LATE_SECRET", raising=False)
+    async with Receiver() as receiver:
         sid = await session(
             bus,
             WebhookSpec(url=f"{receiver.url}/a", secret=SECRET),
-            WebhookSpec(url=f"{receiver.url}/b", secret_env="SW_TEST_NO_SUCH_SECRET"),
+            WebhookSpec(url=f"{receiver.url}/b", secret_env="SW_TEST_LATE_SECRET"),
         )
         async with watching(bus, sid) as trace:
-            await bus.emit(SessionStatusIdle(session_id=sid))
-            await trace.wait_for(lambda: len(trace.of(WebhookEndpointDisabled)) == 2)
-            await settled(bus)
-    assert receiver.requests == []
+            async with webhooks(bus, allow_private=False):
+                first = SessionStatusIdle(session_id=sid)
+                await bus.emit(first)
+                await trace.wait_for(lambda: len(trace.of(WebhookDeliverySkipped)) == 2)
+                await settled(bus)
+                states = {state.url.rsplit("/", 1)[1]: state for state in await endpoint_states(bus)}
+            assert receiver.requests == []
+            monkeypatch.setenv("SW_TEST_LATE_SECRET", SECRET)
+            async with webhooks(bus, allow_private=True):
+                later = SessionStatusIdle(session_id=sid)
+                await bus.emit(later)
+                await receiver.wait_for(lambda: len(receiver.delivered()) == 2)
     assert trace.of(WebhookFailed) == []
-    reasons = {event.url.rsplit("/", 1)[1]: event.reason for event in trace.of(WebhookEndpointDisabled)}
-    assert reasons == {
+    assert trace.of(WebhookEndpointDisabled) == []
+    skipped = {event.url.rsplit("/", 1)[1]: event for event in trace.of(WebhookDeliverySkipped)}
+    assert {path: event.reason for path, event in skipped.items()} == {
         "a": "refused: loopback address 127.0.0.1 (allow with --allow-private-webhooks)",
-        "b": "secret_env 'SW_TEST_NO_SUCH_SECRET' is not set for the webhooks actor",
+        "b": "secret_env 'SW_TEST_LATE_SECRET' is not set for the webhooks actor",
     }
+    assert {event.event_id for event in skipped.values()} == {event_id_for(first.msg_id)}
+    assert {path: (s.disabled, s.skipped, s.skip_reason) for path, s in states.items()} == {
+        path: (False, 1, event.reason) for path, event in skipped.items()
+    }
+    assert {r.id for r in receiver.delivered()} == {event_id_for(later.msg_id)}  # no enable needed
 
 
 async def test_the_test_command_sends_one_verifiable_event() -> None:
     async with Receiver(answers=[200, 410]) as receiver:
-        status, text = await send_test_event(f"{receiver.url}/test", SECRET, allow_private=True)
-        gone = await send_test_event(f"{receiver.url}/test", SECRET, allow_private=True)
+        allowed = WebhookSettings(allow_private=True)
+        status, text = await send_test_event(f"{receiver.url}/test", SECRET, settings=allowed)
+        gone = await send_test_event(f"{receiver.url}/test", SECRET, settings=allowed)
         with pytest.raises(StaffworkError, match="invalid secret: a webhook secret starts with 'whsec_'"):
-            await send_test_event(receiver.url, "hunter2", allow_private=True)
-        refused = r"refused: loopback address 127\.0\.0\.1 \(allow with --allow-private\)$"
+            await send_test_event(receiver.url, "hunter2", settings=allowed)
+        refused = r"refused: loopback address 127\.0\.0\.1 \(allow with --allow-private-webhooks\)$"
         with pytest.raises(StaffworkError, match=refused):
             await send_test_event(receiver.url, SECRET)
         with pytest.raises(StaffworkError, match="ConnectError"):
-            await send_test_event(f"http://127.0.0.1:{free_port()}", SECRET, allow_private=True)
+            await send_test_event(f"http://127.0.0.1:{free_port()}", SECRET, settings=allowed)
         with pytest.raises(StaffworkError, match="not an http"):
             await send_test_event("ftp://example.com/", SECRET)
     assert (status, text) == (200, "answer 200")
@@ -648,7 +687,9 @@ async def test_the_webhooks_test_command_sends_a_signed_sample(tmp_path: Path) -
         return await run_cli("webhooks", "test", *args, home=tmp_path)
 
     async with Receiver() as receiver:
-        code, out, err = await staffwork(f"{receiver.url}/hook", "--secret", SECRET, "--allow-private")
+        code, out, err = await staffwork(
+            f"{receiver.url}/hook", "--secret", SECRET, "--allow-private-webhooks"
+        )
         assert (code, out.strip()) == (0, f"{receiver.url}/hook answered 200: answer 200"), err
         [request] = receiver.requests
         assert request.payload is not None  # it verified with standardwebhooks
@@ -656,7 +697,7 @@ async def test_the_webhooks_test_command_sends_a_signed_sample(tmp_path: Path) -
         code, out, err = await staffwork(f"{receiver.url}/hook", "--secret", SECRET)
         assert code == 1
         assert err.startswith("error: webhook http://127.0.0.1:")
-        assert "(allow with --allow-private)" in err
+        assert err.rstrip().endswith("(allow with --allow-private-webhooks)")
         assert len(receiver.requests) == 1  # the refused one never left
 
 

@@ -1,7 +1,8 @@
 """The live table of ``staffwork run``: one row per thread (status, turns, tool calls, tokens,
 elapsed), built from the session's trace events. A thread ends when it goes idle, is terminated, or
 fails for good (the runtime's ``session.error`` while it runs: its model calls were exhausted, say),
-as ``staffwork trace`` tells it."""
+as ``staffwork trace`` tells it. The webhooks actor's events are no thread: they are not rows, but a
+delivery skipped or given up and an endpoint disabled are notices."""
 
 from __future__ import annotations
 
@@ -28,7 +29,13 @@ from schemas.trace import (
     ThreadStatusRunning,
     ThreadStatusTerminated,
     ToolSourceFailed,
+    WebhookDelivered,
+    WebhookDeliverySkipped,
+    WebhookEndpointDisabled,
+    WebhookFailed,
 )
+
+_WEBHOOK_EVENTS = (WebhookDelivered, WebhookDeliverySkipped, WebhookEndpointDisabled, WebhookFailed)
 
 
 @dataclass
@@ -75,6 +82,8 @@ class Progress:
         return self.threads[thread_id]
 
     def apply(self, event: AnyTraceEvent) -> None:
+        if isinstance(event, _WEBHOOK_EVENTS):
+            return
         self.last = event.time
         row = self.row(event.thread_id or "lead", event.agent)
         if isinstance(event, SessionStatusRunning | ThreadStatusRunning | ThreadCreated):
@@ -110,7 +119,8 @@ class Progress:
 
     def notice(self, event: AnyTraceEvent) -> str | None:
         """A line to print above the table for an event the user must see: a custom tool call
-        waiting for their answer, a tool source that failed (each message once)."""
+        waiting for their answer; a tool source that failed, a webhook skipped or given up, a webhook
+        endpoint disabled (each message once)."""
         if isinstance(event, CustomToolUse):
             return (
                 f"waiting for you: {event.agent} called {event.name} {json.dumps(event.input)}; answer with "
@@ -119,7 +129,23 @@ class Progress:
         if isinstance(event, ToolSourceFailed) and event.message not in self.reported:
             self.reported.add(event.message)
             return f"warning: {event.agent}: {event.message}"
-        return None
+        line = None
+        if isinstance(event, WebhookDeliverySkipped):
+            line = f"warning: webhook {event.event_type} to {event.url} skipped: {event.reason}"
+        elif isinstance(event, WebhookFailed) and event.retry_in_s is None:
+            line = (
+                f"warning: webhook {event.event_type} to {event.url} given up after {event.attempt} "
+                f"attempts: {event.error}"
+            )
+        elif isinstance(event, WebhookEndpointDisabled):
+            line = (
+                f"warning: webhook endpoint {event.url} disabled: {event.reason}; "
+                "staffwork webhooks enable URL turns it on again"
+            )
+        if line is None or line in self.reported:
+            return None
+        self.reported.add(line)
+        return line
 
     def finish(self, status: str) -> None:
         """The session's result says it ended ``status``: a lead row still running ends with it (a

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import os
 import re
 import time
 from collections.abc import AsyncIterator
@@ -34,12 +35,17 @@ from actors.client import Client
 from actors.roles import ROLES, ModelNotice, RoleConfig, running
 from actors.webhooks.actor import WebhookSettings
 from bus import local
+from bus.codec import Decoder
 from bus.connection import Bus
-from bus.errors import BusTimeout, StaffworkError
+from bus.direct import read_subject
+from bus.errors import BusTimeout, MessageRejected, StaffworkError
 from bus.provision import provision
 from schemas.ids import new_id
 from schemas.session import SessionResult
 from schemas.team import TeamSpec
+from schemas.trace import AnyTraceEvent
+
+_trace_event: Decoder[AnyTraceEvent] = Decoder(AnyTraceEvent)
 
 
 def _model_line(profile: str) -> str:
@@ -99,6 +105,17 @@ async def _deliveries_settled(bus: Bus, console: Console, *, timeout: float) -> 
         "some webhook deliveries are still pending (retrying): the next webhooks actor delivers them",
         highlight=False,
     )
+
+
+async def _webhook_notices(bus: Bus, session_id: str, progress: Progress, console: Console) -> None:
+    """Print what the user must see of the session's webhooks (deliveries skipped or given up, an
+    endpoint disabled) that the live view missed: it ends when the lead goes idle, before the last
+    deliveries. ``progress`` prints each line once."""
+    subject = bus.subjects.events(session_id, "webhook.>")
+    async for stored in read_subject(bus, bus.subjects.log_stream, subject):
+        with contextlib.suppress(MessageRejected):  # of a newer staffwork: tail shows it
+            if (line := progress.notice(_trace_event.decode(stored.data, subject=subject))) is not None:
+                console.print(line, highlight=False, markup=False)
 
 
 def _model_token(profile: str) -> str:
@@ -235,7 +252,7 @@ async def _run_here(
     config = RoleConfig(
         model=model,
         agents=missing,
-        webhooks=WebhookSettings(allow_private=allow_private_webhooks),
+        webhooks=WebhookSettings.from_env(os.environ, allow_private=allow_private_webhooks),
         team=team,
     )
     async with contextlib.AsyncExitStack() as stack:
@@ -282,6 +299,8 @@ async def _run_here(
                 display.update(progress.table())
         if hooks:  # the session's webhooks go out before this process (their deliverer) ends
             await _deliveries_settled(bus, console, timeout=15.0)
+        if team.webhooks:
+            await _webhook_notices(bus, session_id, progress, console)
         if target.owned and (not has_lead or missing) and local.other_clients():
             # Commands attached to our server may be relying on the actors we run: keep serving.
             console.print("other staffwork commands are using this server's actors: waiting for them")

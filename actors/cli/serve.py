@@ -112,7 +112,7 @@ def actor(
                 agents=names,
                 db=db or data_dir() / "trace.db",
                 otlp=otlp,
-                webhooks=WebhookSettings(allow_private=allow_private),
+                webhooks=WebhookSettings.from_env(os.environ, allow_private=allow_private),
             )
             details = {
                 "lead": "lead",

@@ -40,6 +40,7 @@ from schemas.trace import (
     ToolSourceFailed,
     TraceEvent,
     WebhookDelivered,
+    WebhookDeliverySkipped,
     WebhookEndpointDisabled,
     WebhookFailed,
     event_kind,
@@ -136,6 +137,8 @@ def summary(event: TraceEvent) -> str:
             return _clip(f"{kind} → {url} · attempt {attempt} failed: {error}{again}")
         case WebhookEndpointDisabled(url=url, reason=reason):
             return _clip(f"{url} disabled: {reason}")
+        case WebhookDeliverySkipped(url=url, event_type=kind, reason=reason):
+            return _clip(f"{kind} → {url} skipped: {reason}", 160)
     return ""
 
 
@@ -150,7 +153,13 @@ def line(event: TraceEvent, *, with_session: bool) -> Text:
     text.append(f" {event.thread_id or '-':<22}", style=style + " dim" if event.agent else "dim")
     kind = event_kind(event)
     failed = isinstance(
-        event, SessionErrorEvent | ToolDenied | MessageRejected | WebhookFailed | WebhookEndpointDisabled
+        event,
+        SessionErrorEvent
+        | ToolDenied
+        | MessageRejected
+        | WebhookFailed
+        | WebhookEndpointDisabled
+        | WebhookDeliverySkipped,
     ) or (
         isinstance(event, AgentToolResult | ModelRequestEnd)
         and (getattr(event, "is_error", False) or getattr(event, "error", None) is not None)

@@ -5,7 +5,9 @@
 record) that wants it, on ``<root>.s.<session>.hook``, deduplicated per event and endpoint.
 ``WebhookDeliverer`` (consumer ``webhook_deliveries``) POSTs each one: a 2xx is delivered, anything
 else is nak'ed with backoff until ``max_attempts``, and each URL's failure streak can disable its
-endpoint (:mod:`actors.webhooks.endpoints`). Both run in the ``webhooks`` role (``actors.roles``).
+endpoint (:mod:`actors.webhooks.endpoints`). A delivery that cannot be attempted (a refused address,
+no secret, a disabled endpoint) is skipped: ``webhook.delivery_skipped`` on the session's trace says
+why. Both run in the ``webhooks`` role (``actors.roles``).
 The protocol, the backoff and when an endpoint is disabled: docs/architecture.md, "Webhooks".
 """
 
@@ -13,10 +15,8 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, assert_never
 
 import httpx2
-import msgspec
 import structlog
 
 from actors.sessions.directory import SessionDirectory
@@ -27,7 +27,9 @@ from actors.webhooks.endpoints import (
     enable_endpoint,
     endpoint_states,
 )
+from actors.webhooks.events import WebhookSource, webhook_event
 from actors.webhooks.http import (
+    ALLOW_PRIVATE_HINT,
     AddressRefused,
     WebhookError,
     event_id_for,
@@ -44,17 +46,12 @@ from bus.errors import BusError, Retryable
 from bus.provision import ConsumerSpec, webhook_deliveries_consumer, webhook_events_consumer
 from bus.subjects import Subjects
 from schemas.trace import (
-    OutcomeEvaluationEnd,
-    SessionStatusIdle,
-    SessionStatusRunning,
-    SessionStatusTerminated,
-    ThreadCreated,
-    ThreadStatusIdle,
     WebhookDelivered,
+    WebhookDeliverySkipped,
     WebhookEndpointDisabled,
     WebhookFailed,
 )
-from schemas.webhooks import WebhookDelivery, WebhookEventType, WebhookSpec, secret_key
+from schemas.webhooks import WebhookDelivery, WebhookSpec, secret_key
 
 __all__ = [
     "AddressRefused",
@@ -63,53 +60,19 @@ __all__ = [
     "WebhookError",
     "WebhookEvents",
     "WebhookSettings",
+    "WebhookSource",
     "enable_endpoint",
     "endpoint_states",
     "send_test_event",
+    "webhook_event",
 ]
 
 log = structlog.get_logger("staffwork.webhooks")
 
 WEBHOOKS = "webhooks"  # the webhooks actor's thread and agent in the trace
 
-_ACTOR_HINT = "allow with --allow-private-webhooks"
-
-#: The trace events a webhook can announce (``bus.provision.WEBHOOK_SOURCES`` filters the same).
-WebhookSource = (
-    SessionStatusRunning
-    | SessionStatusIdle
-    | SessionStatusTerminated
-    | ThreadCreated
-    | ThreadStatusIdle
-    | OutcomeEvaluationEnd
-)
-
 
 # --- the actors ------------------------------------------------------------------------------------
-
-
-def webhook_event(event: WebhookSource) -> tuple[WebhookEventType, dict[str, Any]]:
-    """The webhook event type a trace event announces, and its details for ``data``."""
-    match event:
-        case SessionStatusRunning():
-            return "session.status_run_started", {}
-        case SessionStatusIdle():
-            return "session.status_idled", {
-                "stop_reason": event.stop_reason,
-                "usage": msgspec.to_builtins(event.usage),
-            }
-        case SessionStatusTerminated():
-            return "session.status_terminated", {"reason": event.reason}
-        case ThreadCreated():
-            return "session.thread_created", {"thread_id": event.thread_id, "agent": event.agent}
-        case ThreadStatusIdle():
-            thread: dict[str, Any] = {"thread_id": event.thread_id, "agent": event.agent}
-            return "session.thread_idled", {**thread, "stop_reason": event.stop_reason}
-        case OutcomeEvaluationEnd():
-            verdict: dict[str, Any] = {"outcome_id": event.outcome_id, "iteration": event.iteration}
-            return "session.outcome_evaluation_ended", {**verdict, "result": event.result}
-        case _:
-            assert_never(event)
 
 
 class WebhookEvents(BaseActor[WebhookSource]):
@@ -134,9 +97,8 @@ class WebhookEvents(BaseActor[WebhookSource]):
             team = await self._directory.team(msg.session_id)
             if team is None or not team.webhooks:
                 return
-            event_type, details = webhook_event(msg)
+            event_type, data = webhook_event(msg, self.settings)
             event_id = event_id_for(msg.msg_id)
-            data = {"type": event_type, "id": msg.session_id, **details}
             for index, spec in enumerate(team.webhooks):
                 if event_type not in spec.events:
                     continue
@@ -185,6 +147,8 @@ class WebhookDeliverer(BaseActor[WebhookDelivery]):
             max_attempts=self.settings.max_attempts,
             max_failures=self.settings.max_failures,
             failing_for=self.settings.failing_for,
+            organization_id=self.settings.organization_id,
+            workspace_id=self.settings.workspace_id,
         )
 
     async def on_stop(self) -> None:
@@ -204,20 +168,18 @@ class WebhookDeliverer(BaseActor[WebhookDelivery]):
         endpoints, bound = self._endpoints, ctx.log.bind(url=msg.url, event_id=msg.event_id)
         state = await endpoints.get(msg.url)
         if state.disabled:
-            self.skipped += 1
-            bound.info("webhook_skipped", reason=f"endpoint disabled: {state.reason}", skipped=self.skipped)
+            reason = f"the endpoint is disabled ({state.reason}); staffwork webhooks enable turns it on again"
+            await self._skip(msg, reason, ctx, known=True)
             return
         team = await self._directory.team(msg.session_id)
         spec = team.webhooks[msg.endpoint] if team and msg.endpoint < len(team.webhooks) else None
         if spec is None or spec.url != msg.url:
-            self.skipped += 1
-            reason = f"the session has no endpoint {msg.endpoint} at this URL"
-            bound.warning("webhook_skipped", reason=reason, skipped=self.skipped)
+            await self._skip(msg, f"the session's team has no endpoint {msg.endpoint} at this URL", ctx)
             return
         try:
             key = _key_of(spec)
         except WebhookError as exc:
-            await self._disable(msg, exc.reason, ctx)
+            await self._skip(msg, exc.reason, ctx)
             return
         if self._client is None:
             self._client = http_client(self.settings.timeout)
@@ -233,7 +195,7 @@ class WebhookDeliverer(BaseActor[WebhookDelivery]):
                 timeout=self.settings.timeout,
             )
         except AddressRefused as exc:
-            await self._disable(msg, f"{exc.reason} ({_ACTOR_HINT})", ctx)
+            await self._skip(msg, f"{exc.reason} ({ALLOW_PRIVATE_HINT})", ctx)
             return
         except WebhookError as exc:
             error = exc.reason
@@ -293,16 +255,26 @@ class WebhookDeliverer(BaseActor[WebhookDelivery]):
         elif not old.disabled:
             await self._announce(msg, new, ctx)
 
-    async def _disable(self, msg: WebhookDelivery, reason: str, ctx: Context) -> None:
-        """Disable the endpoint at once (a refused address, no secret) and give up the delivery."""
+    async def _skip(self, msg: WebhookDelivery, reason: str, ctx: Context, *, known: bool = False) -> None:
+        """Give the delivery up without an attempt (nothing about the endpoint changes but the count of
+        skips): logged, counted in the endpoint's state and told on the session's trace. ``known``:
+        the endpoint is disabled, which was announced already (logged at info, not as a warning)."""
         assert self._endpoints is not None
-        disable = {"disabled": True, "reason": reason, "since": time.time()}
-        old, new = await self._endpoints.change(
-            msg.url, lambda s: s if s.disabled else msgspec.structs.replace(s, **disable)
-        )
+        await self._endpoints.change(msg.url, lambda s: s.skip(reason, time.time()))
         self.skipped += 1
-        if not old.disabled:
-            await self._announce(msg, new, ctx)
+        bound = ctx.log.bind(url=msg.url, event_id=msg.event_id)
+        (bound.info if known else bound.warning)("webhook_skipped", reason=reason, skipped=self.skipped)
+        await ctx.bus.emit(
+            WebhookDeliverySkipped(
+                session_id=msg.session_id,
+                thread_id=WEBHOOKS,
+                agent=WEBHOOKS,
+                url=redacted(msg.url),
+                event_id=msg.event_id,
+                event_type=msg.event_type,
+                reason=reason,
+            )
+        )
 
     async def _announce(self, msg: WebhookDelivery, state: EndpointState, ctx: Context) -> None:
         ctx.log.warning(

@@ -1,5 +1,9 @@
-"""Webhook settings and endpoint state: per URL, consecutive failed attempts since when, and whether
-(why, since when) the endpoint is disabled; kept in the webhooks KV bucket, changed by compare-and-set.
+"""Webhook settings and endpoint state: per URL, consecutive failed attempts since when, whether
+(why, since when) the endpoint is disabled, and the deliveries skipped without an attempt; kept in
+the webhooks KV bucket, changed by compare-and-set.
+
+:meth:`WebhookSettings.from_env` reads the ``organization_id`` and ``workspace_id`` every payload
+carries from :data:`ENV` (``STAFFWORK_ORGANIZATION_ID``, ``STAFFWORK_WORKSPACE_ID``).
 """
 
 from __future__ import annotations
@@ -7,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
 
 import msgspec
 
@@ -18,6 +23,13 @@ from bus.state import KV
 
 _CAS_TRIES = 10
 _LOCK_STRIPES = 64
+
+#: Staffwork has no organizations or workspaces: the ids every payload's ``data`` carries (the SDK's
+#: event data requires both) are these unless the environment (:data:`ENV`) names others.
+DEFAULT_ORGANIZATION_ID = "staffwork"
+DEFAULT_WORKSPACE_ID = "default"
+#: The environment variable of each setting :meth:`WebhookSettings.from_env` reads.
+ENV = {"organization_id": "STAFFWORK_ORGANIZATION_ID", "workspace_id": "STAFFWORK_WORKSPACE_ID"}
 
 
 @dataclass(frozen=True)
@@ -31,6 +43,16 @@ class WebhookSettings:
     allow_private: bool = False  # allow private, loopback, link-local ... addresses
     ack_wait: float = 30.0
     concurrency: int = 16
+    organization_id: str = DEFAULT_ORGANIZATION_ID  # every payload's data.organization_id
+    workspace_id: str = DEFAULT_WORKSPACE_ID  # every payload's data.workspace_id
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], **values: Any) -> WebhookSettings:
+        """Settings with ``values``, and the ids of :data:`ENV` that ``environ`` sets (not empty)."""
+        settings = cls(**values)
+        organization = environ.get(ENV["organization_id"], "").strip() or settings.organization_id
+        workspace = environ.get(ENV["workspace_id"], "").strip() or settings.workspace_id
+        return replace(settings, organization_id=organization, workspace_id=workspace)
 
     def backoff(self, attempt: int) -> float:
         """Seconds to wait after failed attempt ``attempt`` (from 1): ``base_delay`` doubled per
@@ -40,15 +62,28 @@ class WebhookSettings:
 
 
 class EndpointState(msgspec.Struct, frozen=True, kw_only=True):
-    """An endpoint's health, per URL: consecutive failed attempts and when the first of them was
-    (Unix time); disabled, why and since when."""
+    """An endpoint's health, per URL: consecutive failed attempts and since when; disabled, why and
+    since when; deliveries skipped without an attempt since the last one that arrived, and why."""
 
+    #: the endpoint's URL, whole (the KV key is a digest of it)
     url: str
+    #: consecutive failed attempts (of any delivery) since the last 2xx answer
     failures: int = 0
+    #: when the first of those failed attempts was (Unix time, seconds); 0 without failures
     failing_since: float = 0.0
+    #: no delivery is attempted until ``staffwork webhooks enable URL``
     disabled: bool = False
+    #: why the endpoint is disabled (the streak and its last error); empty while enabled
     reason: str = ""
+    #: when the endpoint was disabled (Unix time, seconds); 0 while enabled
     since: float = 0.0
+    #: deliveries given up without an attempt (refused address, no secret, disabled endpoint ...)
+    #: since the last one that arrived
+    skipped: int = 0
+    #: why the last of those was skipped
+    skip_reason: str = ""
+    #: when the last of those was skipped (Unix time, seconds); 0 without skips
+    skipped_at: float = 0.0
 
     def failed(self, error: str, now: float, settings: WebhookSettings) -> EndpointState:
         """The state after a failed attempt at ``now``: the streak is one longer, and the endpoint is
@@ -62,6 +97,10 @@ class EndpointState(msgspec.Struct, frozen=True, kw_only=True):
             return state
         reason = f"{failures} consecutive failed attempts (the last: {error})"
         return msgspec.structs.replace(state, disabled=True, reason=reason, since=now)
+
+    def skip(self, reason: str, now: float) -> EndpointState:
+        """The state after a delivery was skipped at ``now`` for ``reason``."""
+        return msgspec.structs.replace(self, skipped=self.skipped + 1, skip_reason=reason, skipped_at=now)
 
 
 _state = msgspec.json.Decoder(EndpointState)
@@ -113,7 +152,7 @@ async def enable_endpoint(bus: Bus, url: str) -> bool:
 
 
 async def endpoint_states(bus: Bus) -> list[EndpointState]:
-    """Every endpoint that has a state (it failed, or was disabled, at some point)."""
+    """Every endpoint that has a state (it failed, was disabled or had a delivery skipped)."""
     kv = await bus.kv(bus.subjects.webhooks_bucket)
     values = [await kv.get(key) for key in await kv.keys("ep_")]
     return [_state.decode(value) for value in values if value]

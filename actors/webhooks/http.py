@@ -25,6 +25,8 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx2
 import msgspec
 
+from actors.webhooks.endpoints import WebhookSettings
+from actors.webhooks.events import webhook_event
 from bus.errors import StaffworkError
 from schemas.ids import new_id
 from schemas.trace import SessionStatusIdle
@@ -32,6 +34,8 @@ from schemas.webhooks import secret_key
 
 USER_AGENT = "staffwork-webhooks"
 TEXT_LIMIT = 200  # characters of an answer's body kept for errors and the test command
+#: How a refusal tells the user to allow the address (the same flag on every command).
+ALLOW_PRIVATE_HINT = "allow with --allow-private-webhooks"
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
 
@@ -61,7 +65,8 @@ def event_id_for(msg_id: str) -> str:
 
 
 def payload(event_id: str, created_at: datetime, data: dict[str, Any]) -> bytes:
-    """The body of a webhook: compact JSON."""
+    """The body of a webhook, compact JSON: the anthropic SDK's ``BetaWebhookEvent``, ``created_at``
+    in RFC 3339 (``data``: :func:`actors.webhooks.events.webhook_event`)."""
     return msgspec.json.encode({"type": "event", "id": event_id, "created_at": created_at, "data": data})
 
 
@@ -182,11 +187,14 @@ async def post(
 
 
 async def send_test_event(
-    url: str, secret: str, *, allow_private: bool = False, timeout: float = 10.0
+    url: str, secret: str, *, settings: WebhookSettings | None = None
 ) -> tuple[int, str]:
-    """Send one signed sample ``session.status_idled`` event to ``url``; return the answer's status and
-    the start of its body. :class:`WebhookError` for an invalid secret or URL, a refused address, a
-    connection failure or no answer within ``timeout``."""
+    """Send one signed sample ``session.status_idled`` event (of a made-up session) to ``url``, with
+    ``settings``' ids, address policy and timeout; return the answer's status and the start of its
+    body. :class:`WebhookError` for an invalid secret or URL, a refused address, a connection
+    failure or no answer within the timeout."""
+    settings = settings or WebhookSettings()
+    allow_private, timeout = settings.allow_private, settings.timeout
     try:
         key = secret_key(secret)
     except ValueError as exc:
@@ -195,12 +203,7 @@ async def send_test_event(
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise WebhookError(url, "not an http(s) URL with a host")
     event_id = new_id("whevt_test")
-    data = {
-        "type": "session.status_idled",
-        "id": new_id("ses_test"),
-        "stop_reason": "end_turn",
-        "usage": msgspec.to_builtins(SessionStatusIdle(session_id="").usage),
-    }
+    _, data = webhook_event(SessionStatusIdle(session_id=new_id("ses_test")), settings)
     body = payload(event_id, datetime.now(UTC), data)
     async with http_client(timeout) as client:
         try:
@@ -213,4 +216,4 @@ async def send_test_event(
                 timeout=timeout,
             )
         except AddressRefused as exc:
-            raise AddressRefused(url, f"{exc.reason} (allow with --allow-private)") from None
+            raise AddressRefused(url, f"{exc.reason} ({ALLOW_PRIVATE_HINT})") from None
