@@ -1,7 +1,8 @@
 """The client examples (``examples/clients``, shown verbatim in the README's "Start sessions from
 other systems") run as real processes against a real stack: a nats-server of their own, the incident
 team registered as ``staffwork up`` registers it, and the lead, the team's workers and the grader on
-the offline model."""
+the offline model. Each hands in the incident example's data as the session's inputs; the report must
+name what the data shows (the generator's ground truth), so an example that forgot its inputs fails."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from actors.roles import RoleConfig, serve_roles
 from actors.sessions.teams import register_team
 from bus.connection import Bus
 from bus.provision import provision
-from examples.incident import ensure_data
+from examples.incident.generate import GroundTruth, generate
 from schemas import SessionResult
 from schemas.team import parse_team
 from tests.helpers import ROOT_DIR, start_nats_server, stop_nats_server
@@ -155,9 +156,16 @@ def serving_incident(url: str) -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def incident(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, GroundTruth]:
+    """The incident example's data (what ``staffwork up`` generates), and what happened in it."""
+    directory = tmp_path_factory.mktemp("incident") / "data"
+    return directory, generate(directory)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, incident: tuple[Path, GroundTruth]) -> Iterator[str]:
     """A server of its own, with the incident team served on it: its URL."""
-    data = ensure_data(tmp_path_factory.mktemp("incident") / "data")
+    data, _ = incident
     server = start_nats_server(tmp_path_factory.mktemp("nats"))
     try:
         with pytest.MonkeyPatch.context() as patch:
@@ -187,28 +195,48 @@ async def stored_result(url: str, session_id: str) -> SessionResult:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("example", list(EXAMPLES))
-def test_an_example_starts_a_session_and_prints_its_result(
-    stack: str, example: str, toolchain: dict[str, str]
+def test_an_example_hands_in_a_directory_and_prints_the_report(
+    stack: str, incident: tuple[Path, GroundTruth], example: str, toolchain: dict[str, str]
 ) -> None:
-    done = run_example(example, stack, toolchain)
+    directory, truth = incident
+    done = run_example(example, stack, toolchain, str(directory))
 
     assert done.returncode == 0, done.stderr
-    status = re.search(r"^session (ses_\w+): (\w+)$", done.stdout, re.M)
+    status = re.search(r"^session (ses_[0-9a-f]{16}): (\w+)$", done.stdout, re.M)
     assert status is not None, done.stdout
     assert status.group(2) == "idle"
     result = asyncio.run(stored_result(stack, status.group(1)))
     assert result.status == "idle"
-    assert result.final_text.strip()
-    assert f"{status.group(0)}\n{result.final_text}\n" in done.stdout
+    assert result.outcome is not None
+    assert result.outcome.result == "satisfied", result.final_text
+    # what only the data shows: the agents read the files the example put (as test_incident checks)
+    for fact in (truth.deploy_id, truth.deployed_at, truth.service, truth.error_signature, truth.metric):
+        assert fact in result.final_text, result.final_text
+    # the example's own lines and nothing else (submit.py: no log lines from the staffwork client)
+    assert done.stdout == f"{status.group(0)}\n{result.final_text}\n"
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("example", list(EXAMPLES))
 def test_an_example_says_why_a_request_is_refused(
-    stack: str, example: str, toolchain: dict[str, str]
+    stack: str, tmp_path: Path, example: str, toolchain: dict[str, str]
 ) -> None:
-    done = run_example(example, stack, toolchain, "nosuchteam")
+    (tmp_path / "notes.txt").write_text("checkout failed at 14:05\n")
+    done = run_example(example, stack, toolchain, str(tmp_path), "nosuchteam")
 
     assert done.returncode == 1, done.stdout + done.stderr
     assert "refused: unknown_team: team 'nosuchteam' is not registered (known: incident)\n" in done.stderr
-    assert "session ses_" not in done.stdout
+    assert done.stdout == ""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("example", list(EXAMPLES))
+def test_an_example_submits_nothing_without_files(
+    stack: str, tmp_path: Path, example: str, toolchain: dict[str, str]
+) -> None:
+    (tmp_path / "empty").mkdir()
+    done = run_example(example, stack, toolchain, str(tmp_path))
+
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"no files below {tmp_path}\n" in done.stderr
+    assert done.stdout == ""

@@ -236,3 +236,25 @@ def test_generated_types_refuse_a_wrong_type_and_an_unknown_message(
     ]
     assert len(python_failures(generated, lines)) == 2
     assert len(typescript_failures(generated, lines, tmp_path)) == 2
+
+
+def test_the_readmes_type_generation_commands_run_as_written(contract_modules: Path, tmp_path: Path) -> None:
+    """The README's "Schemas and the event catalogue" block, run by bash as it is written, with the
+    installed staffwork, datamodel-codegen and quicktype on PATH."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme[readme.index("### Schemas and the event catalogue") :]
+    block = section.split("```bash\n", 1)[1].split("```", 1)[0]
+    path = os.pathsep.join([str(Path(sys.executable).parent), str(BIN), os.environ.get("PATH", "")])
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", block],
+        cwd=tmp_path,
+        env={**os.environ, "PATH": path},
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((tmp_path / "staffwork.asyncapi.json").read_text())["asyncapi"] == "3.0.0"
+    assert "class SessionResultV1(" in (tmp_path / "staffwork_models.py").read_text()
+    assert "toSessionResultV1" in (tmp_path / "staffwork.ts").read_text()

@@ -69,3 +69,17 @@ def test_a_message_in_the_readme_is_valid(text: str) -> None:
     """Each JSON message the README shows decodes as the type its ``type`` names."""
     tag = json.loads(text)["type"]
     msgspec.json.decode(text, type=MESSAGES[tag])
+
+
+TEAM_FRAGMENTS = [
+    block
+    for block in re.findall(r"```toml\n(.*?)```", README.read_text(), flags=re.DOTALL)
+    if "[lead]" not in block
+]
+
+
+@pytest.mark.parametrize("text", TEAM_FRAGMENTS)
+def test_a_team_file_fragment_in_the_readme_is_valid(text: str) -> None:
+    """A part of a team file the README shows (outcome, webhooks, prices) is valid in a team."""
+    team = parse_team(f'name = "fragment"\n{text}\n[lead]\nname = "lead"\n', source="README.md")
+    check_team_tools(team)
