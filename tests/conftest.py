@@ -12,11 +12,18 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 from nats.aio.client import Client as NATS
 
 from bus.connection import Bus
 from bus.provision import StreamSettings, provision
 from tests.helpers import JS_DIR, NatsServer, nats_client, start_nats_server, stop_nats_server
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """structlog keeps its defaults (every level; tests capture what they check), marked configured
+    so that ``Client.connect`` does not set up logging for a calling program as it does elsewhere."""
+    structlog.configure()
 
 
 @pytest.fixture(scope="session")

@@ -15,14 +15,19 @@ if (dir === undefined) {
   console.error("usage: node submit.mjs DIR [TEAM]");
   process.exit(1);
 }
-const nc = await connect({ servers: process.env.STAFFWORK_NATS_URL });
 try {
-  process.exitCode = await submit();
-} finally {
-  await nc.drain(); // the connection closes, so the process can exit
+  const nc = await connect({ servers: process.env.STAFFWORK_NATS_URL });
+  try {
+    process.exitCode = await submit(nc);
+  } finally {
+    await nc.drain(); // the connection closes, so the process can exit
+  }
+} catch (err) {
+  console.error(err.message); // one line: no server, a missing DIR, a request timed out...
+  process.exitCode = 1;
 }
 
-async function submit() {
+async function submit(nc) {
   // Choose the session id, so the inputs can be put before the session starts.
   const sessionId = `ses_${randomBytes(8).toString("hex")}`;
   const files = await new Objm(nc).open("sw_files");
