@@ -37,6 +37,8 @@ from schemas.thread import CustomToolResult
 from schemas.trace import AnyTraceEvent, CustomToolUse, SessionStatusIdle, SessionStatusTerminated, event_kind
 from schemas.webhooks import WebhookSpec
 
+log = structlog.get_logger("staffwork.client")
+
 _result: Decoder[SessionResult] = Decoder(SessionResult, max_bytes=4 * 1024 * 1024)
 _reply: Decoder[SubmitReply] = Decoder(SubmitReply)
 _custom_call: Decoder[CustomToolUse] = Decoder(CustomToolUse, max_bytes=4 * 1024 * 1024)
@@ -112,6 +114,8 @@ class Client:
         if not reply.accepted:
             error = reply.error
             raise SubmitRefused(error.kind if error else "refused", error.message if error else "refused")
+        for warning in reply.warnings:  # accepted, but something may stop it finishing well
+            log.warning("submit_warning", session_id=reply.session_id, warning=warning)
         return reply.session_id
 
     async def wait(self, session_id: str, timeout: float | None = None) -> SessionResult:

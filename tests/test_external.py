@@ -7,6 +7,7 @@ import json
 import msgspec
 import nats
 import pytest
+import structlog
 from nats.js.api import DeliverPolicy
 
 from actors.agent.models.offline import OfflineModel
@@ -283,3 +284,14 @@ async def test_a_plain_json_cancel_on_the_ctl_subject_ends_the_session(
         async with Client(bus) as client:
             result = await client.wait(session_id, timeout=10)
     assert result.status == "canceled"
+
+
+async def test_the_python_client_tells_the_warnings_of_an_accepted_request(bus: Bus) -> None:
+    await register_team(bus, team("notes", "ghost"))
+    async with running_agents(bus, OfflineModel(), agents=["notes"]), Client(bus) as client:
+        with structlog.testing.capture_logs() as logs:
+            session_id = await client.submit("write it down", team="testteam")
+        await client.cancel(session_id)
+    warnings = [entry for entry in logs if entry["event"] == "submit_warning"]
+    assert [entry["log_level"] for entry in warnings] == ["warning"]
+    assert "no worker serves agent 'ghost' right now" in warnings[0]["warning"]
