@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -17,7 +16,7 @@ from nats.aio.client import Client as NATS
 
 from bus.connection import Bus
 from bus.provision import StreamSettings, provision
-from tests.helpers import JS_DIR, NatsServer, nats_client, start_nats_server, stop_nats_server
+from tests.helpers import JS_DIR, NatsServer, nats_client, npm_ci, start_nats_server, stop_nats_server
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -82,18 +81,4 @@ def no_server_on_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 @pytest.fixture(scope="session")
 def node_modules() -> Path:
     """``npm ci`` in ``examples/tools/js`` once per test session (skipped without node, unless CI)."""
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if node is None or npm is None:
-        if os.environ.get("CI"):
-            pytest.fail("node and npm must be on PATH in CI (the JavaScript example service needs them)")
-        pytest.skip("node or npm is not on PATH")
-    done = subprocess.run(
-        [npm, "ci", "--no-audit", "--no-fund"],
-        cwd=JS_DIR,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    return JS_DIR / "node_modules"
+    return npm_ci(JS_DIR, "the JavaScript example service needs them")

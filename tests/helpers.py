@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -29,6 +30,7 @@ from typing import Any, Generic, TypeVar
 import msgspec
 import nats
 import nats.errors
+import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.subscription import Subscription
 
@@ -457,3 +459,24 @@ async def statuspage(server: NatsServer) -> AsyncIterator[Running]:
         if proc.returncode is None:
             proc.kill()
         await proc.communicate()
+
+
+def need_tool(tool: str, why: str) -> str:
+    """``tool``'s path; the test is skipped without it, unless in CI (then it fails)."""
+    path = shutil.which(tool)
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{tool} must be on PATH in CI ({why})")
+        pytest.skip(f"{tool} is not on PATH")
+    return path
+
+
+def npm_ci(directory: Path, why: str) -> Path:
+    """``npm ci`` in ``directory`` (a package with its lock file); its ``node_modules``."""
+    need_tool("node", why)
+    npm = need_tool("npm", why)
+    done = subprocess.run(
+        [npm, "ci", "--no-audit", "--no-fund"], cwd=directory, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    return directory / "node_modules"

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import shutil
 import subprocess
 import sys
 import threading
@@ -28,7 +27,7 @@ from bus.provision import provision
 from examples.incident.generate import GroundTruth, generate
 from schemas import SessionResult
 from schemas.team import parse_team
-from tests.helpers import ROOT_DIR, start_nats_server, stop_nats_server
+from tests.helpers import ROOT_DIR, need_tool, npm_ci, start_nats_server, stop_nats_server
 
 CLIENTS = ROOT_DIR / "examples" / "clients"
 TEAM_FILE = ROOT_DIR / "examples" / "incident" / "team.toml"
@@ -59,37 +58,16 @@ def test_the_readme_shows_every_client_example_verbatim() -> None:
 # --- the clients' toolchains ----------------------------------------------------------------------------
 
 
-def need(tool: str, why: str) -> str:
-    """``tool``'s path; skipped without it, unless in CI (then it fails)."""
-    path = shutil.which(tool)
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{tool} must be on PATH in CI ({why})")
-        pytest.skip(f"{tool} is not on PATH")
-    return path
-
-
 @pytest.fixture(scope="session")
 def clients_node_modules() -> Path:
     """``npm ci`` in ``examples/clients`` once per test session."""
-    need("node", "the nats.js client example needs it")
-    npm = need("npm", "the nats.js client example needs it")
-    done = subprocess.run(
-        [npm, "ci", "--no-audit", "--no-fund"],
-        cwd=CLIENTS,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    return CLIENTS / "node_modules"
+    return npm_ci(CLIENTS, "the nats.js client example needs it")
 
 
 @pytest.fixture(scope="session")
 def go_nats() -> Path:
     """Debian's Go toolchain and nats.go (``.ci/run`` installs both)."""
-    need("go", "the nats.go client example needs it")
+    need_tool("go", "the nats.go client example needs it")
     if not (GOPATH / "src" / "github.com" / "nats-io" / "nats.go").is_dir():
         if os.environ.get("CI"):
             pytest.fail(

@@ -8,7 +8,6 @@ import asyncio
 import importlib.util
 import json
 import os
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from schemas.outcome import Check, Outcome
 from schemas.session import SessionSubmit
 from schemas.team import AgentSpec, CustomTool, Playbook, PlaybookCall, TeamSpec
 from schemas.trace import CustomToolUse, SessionStatusIdle
-from tests.helpers import submit, wait_result
+from tests.helpers import npm_ci, submit, wait_result
 
 CONTRACT_DIR = Path(__file__).parent / "contract"
 BIN = CONTRACT_DIR / "node_modules" / ".bin"
@@ -47,14 +46,7 @@ def _run(
 @pytest.fixture(scope="session")
 def contract_modules() -> Path:
     """``npm ci`` in ``tests/contract`` once per test session (skipped without node, unless CI)."""
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if node is None or npm is None:
-        if os.environ.get("CI"):
-            pytest.fail("node and npm must be on PATH in CI (the contract tests need them)")
-        pytest.skip("node or npm is not on PATH")
-    done = _run(npm, "ci", "--no-audit", "--no-fund", cwd=CONTRACT_DIR, timeout=300)
-    assert done.returncode == 0, done.stderr
-    return CONTRACT_DIR / "node_modules"
+    return npm_ci(CONTRACT_DIR, "the contract tests need them")
 
 
 @dataclass(frozen=True)
