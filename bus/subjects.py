@@ -259,6 +259,11 @@ class Subjects:
         """Endpoint state: consecutive failures, disabled."""
         return f"{self.key}_webhooks"
 
+    @property
+    def api_bucket(self) -> str:
+        """KV bucket: the HTTP API's records (environments, agents and their versions), per workspace."""
+        return f"{self.key}_api"
+
     # --- every session at once (consumer filters and permissions) ---
     @property
     def all_tasks(self) -> str:

@@ -1,0 +1,57 @@
+"""The API's own resources (environments, agents and their versions...) as JSON records in the
+``<key>_api`` KV bucket, one key per record: ``<workspace>.<kind>.<id>``. Changes are compare-and-set
+on the entry's revision, so two ``api`` processes never lose each other's writes."""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+import msgspec
+
+from bus.connection import Bus
+from bus.state import KV
+
+T = TypeVar("T")
+
+
+class Records:
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+        self._kv: KV | None = None
+
+    async def kv(self) -> KV:
+        if self._kv is None:
+            self._kv = await self.bus.kv(self.bus.subjects.api_bucket)
+        return self._kv
+
+    @staticmethod
+    def key(workspace: str, kind: str, id: str) -> str:
+        return f"{workspace}.{kind}.{id}"
+
+    async def create(self, workspace: str, kind: str, id: str, record: object) -> bool:
+        """Store a new record; False if one with that id exists."""
+        return await (await self.kv()).create(self.key(workspace, kind, id), msgspec.json.encode(record))
+
+    async def get(self, workspace: str, kind: str, id: str, type: type[T]) -> tuple[T, int] | None:
+        """The record and its revision (for :meth:`update`), or None."""
+        entry = await (await self.kv()).entry(self.key(workspace, kind, id))
+        if entry is None:
+            return None
+        return msgspec.json.decode(entry[0], type=type), entry[1]
+
+    async def update(self, workspace: str, kind: str, id: str, record: object, revision: int) -> bool:
+        """Replace the record if it is still at ``revision``; False if it changed since."""
+        data = msgspec.json.encode(record)
+        return await (await self.kv()).update(self.key(workspace, kind, id), data, revision)
+
+    async def list(self, workspace: str, kind: str, type: type[T]) -> list[T]:
+        """Every record of ``kind`` in ``workspace`` (in key order)."""
+        kv = await self.kv()
+        prefix = f"{workspace}.{kind}."
+        found: list[T] = []
+        for key in await kv.keys(prefix):
+            if "." in key[len(prefix) :]:
+                continue  # a record of a longer kind name sharing the prefix's tokens
+            if (data := await kv.get(key)) is not None:
+                found.append(msgspec.json.decode(data, type=type))
+        return found

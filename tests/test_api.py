@@ -1,0 +1,66 @@
+"""The HTTP API with the official ``anthropic`` SDK as its client: a real server (uvicorn) on a random
+port in front of a real nats-server, exactly as a program written for the hosted service reaches it,
+but for ``base_url`` and the key."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import anthropic
+import pytest
+
+from actors.api.actor import ApiActor
+from actors.api.auth import ApiKeys
+from bus.connection import Bus
+
+KEY = "sk-test-acme-0123456789abcdef"
+OTHER_KEY = "sk-test-globex-0123456789abcdef"
+
+
+@pytest.fixture
+async def api(bus: Bus) -> AsyncIterator[ApiActor]:
+    actor = ApiActor(ApiKeys.parse(f"acme={KEY},globex={OTHER_KEY}"), port=0)
+    await actor.on_start(bus)
+    try:
+        yield actor
+    finally:
+        await actor.on_stop()
+
+
+def client(api: ApiActor, key: str = KEY) -> anthropic.AsyncAnthropic:
+    """The SDK as a program written for the hosted service uses it, but for ``base_url`` and the key
+    (no retries, so a test sees the first answer)."""
+    return anthropic.AsyncAnthropic(base_url=api.url, api_key=key, max_retries=0)
+
+
+@pytest.fixture
+async def sdk(api: ApiActor) -> AsyncIterator[anthropic.AsyncAnthropic]:
+    async with client(api) as sdk:
+        yield sdk
+
+
+async def test_a_wrong_key_is_the_sdks_authentication_error(api: ApiActor) -> None:
+    async with client(api, "sk-nobody-0123456789abcdef") as stranger:
+        with pytest.raises(anthropic.AuthenticationError) as caught:
+            await stranger.beta.environments.retrieve("env_x")
+    assert caught.value.status_code == 401
+    assert caught.value.body["error"]["type"] == "authentication_error"  # type: ignore[index]
+    assert str(caught.value.request_id).startswith("req_")
+
+
+async def test_an_unknown_endpoint_is_the_sdks_not_found_error(sdk: anthropic.AsyncAnthropic) -> None:
+    with pytest.raises(anthropic.NotFoundError, match="no such endpoint: GET /v1/vaults"):
+        await sdk.beta.vaults.list()
+
+
+def test_api_keys_name_the_offending_entry() -> None:
+    with pytest.raises(Exception, match="entry 2 is not WORKSPACE=KEY"):
+        ApiKeys.parse(f"acme={KEY},oops")
+    with pytest.raises(Exception, match="the key of 'acme' is shorter than 16 characters"):
+        ApiKeys.parse("acme=short")
+    keys = ApiKeys.parse(f"acme={KEY}, globex={OTHER_KEY}")
+    assert (keys.workspace(KEY), keys.workspace(OTHER_KEY), keys.workspace("x" * 20)) == (
+        "acme",
+        "globex",
+        None,
+    )
