@@ -10,13 +10,26 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import anthropic
 import pytest
 import structlog
 from nats.aio.client import Client as NATS
 
+from actors.api.actor import ApiActor
+from actors.api.auth import ApiKeys
 from bus.connection import Bus
 from bus.provision import StreamSettings, provision
-from tests.helpers import JS_DIR, NatsServer, nats_client, npm_ci, start_nats_server, stop_nats_server
+from tests.helpers import (
+    API_KEY,
+    JS_DIR,
+    OTHER_API_KEY,
+    NatsServer,
+    api_client,
+    nats_client,
+    npm_ci,
+    start_nats_server,
+    stop_nats_server,
+)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -82,3 +95,22 @@ def no_server_on_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 def node_modules() -> Path:
     """``npm ci`` in ``examples/tools/js`` once per test session (skipped without node, unless CI)."""
     return npm_ci(JS_DIR, "the JavaScript example service needs them")
+
+
+@pytest.fixture
+async def api(bus: Bus) -> AsyncIterator[ApiActor]:
+    """The HTTP API on a random port, on the test's bus; keys: ``API_KEY`` (workspace acme) and
+    ``OTHER_API_KEY`` (globex)."""
+    actor = ApiActor(ApiKeys.parse(f"acme={API_KEY},globex={OTHER_API_KEY}"), port=0)
+    await actor.on_start(bus)
+    try:
+        yield actor
+    finally:
+        await actor.on_stop()
+
+
+@pytest.fixture
+async def sdk(api: ApiActor) -> AsyncIterator[anthropic.AsyncAnthropic]:
+    """The official SDK's async client on ``api``, with ``API_KEY``."""
+    async with api_client(api) as client:
+        yield client

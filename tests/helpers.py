@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
+import anthropic
 import msgspec
 import nats
 import nats.errors
@@ -37,6 +38,7 @@ from nats.aio.subscription import Subscription
 from actors.agent.models.base import ModelRequest, ModelResponse
 from actors.agent.models.scripted import calls, text
 from actors.agent.tools.base import ToolContext
+from actors.api.actor import ApiActor
 from actors.client import Client
 from actors.collector.actor import CollectorActor, TraceStore
 from actors.collector.otlp import OtlpExporter
@@ -480,3 +482,13 @@ def npm_ci(directory: Path, why: str) -> Path:
     )
     assert done.returncode == 0, done.stderr
     return directory / "node_modules"
+
+
+API_KEY = "sk-test-acme-0123456789abcdef"  # workspace acme
+OTHER_API_KEY = "sk-test-globex-0123456789abcdef"  # workspace globex
+
+
+def api_client(api: ApiActor, key: str = API_KEY) -> anthropic.AsyncAnthropic:
+    """The SDK as a program written for the hosted service uses it, but for ``base_url`` and the key
+    (no retries, so a test sees the first answer)."""
+    return anthropic.AsyncAnthropic(base_url=api.url, api_key=key, max_retries=0)

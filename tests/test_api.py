@@ -4,39 +4,14 @@ but for ``base_url`` and the key."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import anthropic
 import pytest
 
 from actors.api.actor import ApiActor
 from actors.api.auth import ApiKeys
-from bus.connection import Bus
-
-KEY = "sk-test-acme-0123456789abcdef"
-OTHER_KEY = "sk-test-globex-0123456789abcdef"
-
-
-@pytest.fixture
-async def api(bus: Bus) -> AsyncIterator[ApiActor]:
-    actor = ApiActor(ApiKeys.parse(f"acme={KEY},globex={OTHER_KEY}"), port=0)
-    await actor.on_start(bus)
-    try:
-        yield actor
-    finally:
-        await actor.on_stop()
-
-
-def client(api: ApiActor, key: str = KEY) -> anthropic.AsyncAnthropic:
-    """The SDK as a program written for the hosted service uses it, but for ``base_url`` and the key
-    (no retries, so a test sees the first answer)."""
-    return anthropic.AsyncAnthropic(base_url=api.url, api_key=key, max_retries=0)
-
-
-@pytest.fixture
-async def sdk(api: ApiActor) -> AsyncIterator[anthropic.AsyncAnthropic]:
-    async with client(api) as sdk:
-        yield sdk
+from tests.helpers import API_KEY as KEY
+from tests.helpers import OTHER_API_KEY as OTHER_KEY
+from tests.helpers import api_client as client
 
 
 async def test_a_wrong_key_is_the_sdks_authentication_error(api: ApiActor) -> None:
