@@ -25,6 +25,8 @@ import structlog
 
 from actors.agent.models import default_model, model_profile
 from actors.agent.models.base import Model
+from actors.api.actor import ApiActor, ApiSettings
+from actors.api.auth import ENV as API_KEYS_ENV
 from actors.collector.actor import CollectorActor, TraceStore
 from actors.collector.otlp import OtlpExporter
 from actors.dreamer.actor import DreamerService, DreamSchedule
@@ -38,7 +40,7 @@ from actors.subagent import SubagentActor
 from actors.webhooks.actor import WebhookDeliverer, WebhookEvents, WebhookSettings
 from bus.actor import Actor, BaseActor
 from bus.connection import Bus
-from bus.errors import BusError
+from bus.errors import BusError, ConfigError
 from bus.health import ProcessIdentity
 from bus.lifecycle import run_actors
 from bus.paths import data_dir
@@ -78,6 +80,7 @@ class RoleConfig:
     check_timeout: float = CHECK_TIMEOUT  # grader: seconds per machine check
     schedules: Sequence[DreamSchedule] = ()  # dreamer: dreams on a schedule
     team: TeamSpec | None = None  # subagent: the team about to run (its agents' MCP servers start now)
+    api: ApiSettings | None = None  # api: where it listens and its keys (it cannot run without keys)
 
 
 Built = list[tuple[Actor[Any], RuntimeSettings]]
@@ -157,6 +160,13 @@ def _webhooks(process: Process) -> Built:
     return [(WebhookEvents(settings), runtime), (WebhookDeliverer(settings), runtime)]
 
 
+def _api(process: Process) -> Built:
+    settings = process.config.api
+    if settings is None:
+        raise ConfigError(f"the api role needs API keys: set {API_KEYS_ENV}=WORKSPACE=KEY[,...]")
+    return [(ApiActor(settings.keys, host=settings.host, port=settings.port), RuntimeSettings())]
+
+
 def _dreamer(process: Process) -> Built:
     return [(DreamerService(process.model, schedules=process.config.schedules), RuntimeSettings())]
 
@@ -225,6 +235,13 @@ ROLES: dict[str, Role] = {
             "curates memory stores from past sessions on request and on a schedule",
             _dreamer,
             needed=lambda team: False,
+        ),
+        Role(
+            "api",
+            "the Managed Agents HTTP API (the anthropic SDK's client.beta.*) onto the bus",
+            _api,
+            needed=lambda team: False,
+            options=("api_host", "api_port"),
         ),
     )
 }

@@ -8,9 +8,12 @@ import anthropic
 import pytest
 
 from actors.api.actor import ApiActor
+from actors.api.auth import ENV as API_KEYS_ENV
 from actors.api.auth import ApiKeys
+from bus.connection import Bus
 from tests.helpers import API_KEY as KEY
 from tests.helpers import OTHER_API_KEY as OTHER_KEY
+from tests.helpers import NatsServer, free_port, ready_process, run_cli
 from tests.helpers import api_client as client
 
 
@@ -39,3 +42,22 @@ def test_api_keys_name_the_offending_entry() -> None:
         "globex",
         None,
     )
+
+
+async def test_the_api_role_is_a_process_of_its_own(
+    nats_server: NatsServer, bus: Bus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``staffwork actor api``: keys from the environment, never the command line; without keys, one
+    line says what to set."""
+    args = ["actor", "api", "--nats", nats_server.url, "--root", bus.subjects.root]
+    monkeypatch.delenv(API_KEYS_ENV, raising=False)
+    code, _, err = await run_cli(*args)
+    assert code == 1
+    assert "error: the api role needs API keys: set STAFFWORK_API_KEYS=WORKSPACE=KEY[,...]" in err
+    monkeypatch.setenv(API_KEYS_ENV, f"acme={KEY}")
+    port = free_port()
+    async with ready_process("actors.cli", *args, "--api-port", str(port), ready_word=b"api ready"):
+        url = f"http://127.0.0.1:{port}"
+        async with anthropic.AsyncAnthropic(base_url=url, api_key=KEY, max_retries=0) as sdk:
+            with pytest.raises(anthropic.NotFoundError, match="no such endpoint"):
+                await sdk.beta.vaults.list()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import structlog
 import uvicorn
@@ -20,6 +21,15 @@ from bus.errors import ConfigError
 from bus.subjects import Subjects
 
 log = structlog.get_logger("staffwork.api")
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    """Where the HTTP API listens, and the keys it accepts."""
+
+    keys: ApiKeys
+    host: str = "127.0.0.1"
+    port: int = 8480  # 0: any free port
 
 
 class _Server(uvicorn.Server):

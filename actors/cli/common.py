@@ -77,6 +77,12 @@ AllowPrivateOption = Annotated[
         help="Deliver webhooks to private and loopback addresses too (refused by default).",
     ),
 ]
+ApiPortOption = Annotated[
+    int, typer.Option("--api-port", help="The HTTP API's port (api role; 0 picks a free one).")
+]
+ApiHostOption = Annotated[
+    str, typer.Option("--api-host", help="The HTTP API's address (api role; 0.0.0.0 for every interface).")
+]
 RootOption = Annotated[
     str,
     typer.Option(

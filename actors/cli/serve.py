@@ -12,9 +12,14 @@ from typing import Annotated
 
 import typer
 
+from actors.api.actor import ApiSettings
+from actors.api.auth import ENV as API_KEYS_ENV
+from actors.api.auth import ApiKeys
 from actors.cli.common import (
     EXAMPLES,
     AllowPrivateOption,
+    ApiHostOption,
+    ApiPortOption,
     NatsOption,
     OtlpOption,
     RootOption,
@@ -85,10 +90,13 @@ def actor(
     db: Annotated[Path | None, typer.Option(help="The collector's SQLite database.")] = None,
     otlp: OtlpOption = None,
     allow_private: AllowPrivateOption = False,
+    api_host: ApiHostOption = "127.0.0.1",
+    api_port: ApiPortOption = 8480,
     nats: NatsOption = None,
     root: RootOption = "sw",
 ) -> None:
-    """Run one actor process against a NATS server (what a container runs)."""
+    """Run one actor process against a NATS server (what a container runs). The api role reads its
+    keys from STAFFWORK_API_KEYS (WORKSPACE=KEY, comma-separated), never from the command line."""
     if role not in ROLES:
         fail(StaffworkError(f"unknown role {role!r} (roles: {', '.join(ROLES)})"))
 
@@ -113,16 +121,28 @@ def actor(
                 db=db or data_dir() / "trace.db",
                 otlp=otlp,
                 webhooks=WebhookSettings.from_env(os.environ, allow_private=allow_private),
+                api=_api_settings(role, api_host, api_port),
             )
             details = {
                 "lead": "lead",
                 "subagent": ", ".join(names),
                 "collector": f"{config.db}" + (f"; exporting spans to {otlp}" if otlp else ""),
+                "api": f"http://{api_host}:{api_port}",
             }.get(role, "")
             ready = f"{role} ready on {url} (root {root!r})" + (f": {details}" if details else "")
             await serve_here(bus, [role], config, ready)
 
     run_async(go)
+
+
+def _api_settings(role: str, host: str, port: int) -> ApiSettings | None:
+    """The api role's settings, its keys from the environment (the other roles: None)."""
+    if role != "api":
+        return None
+    keys = os.environ.get(API_KEYS_ENV, "")
+    if not keys:
+        raise StaffworkError(f"the api role needs API keys: set {API_KEYS_ENV}=WORKSPACE=KEY[,...]")
+    return ApiSettings(ApiKeys.parse(keys), host=host, port=port)
 
 
 async def serve_here(bus: Bus, roles: list[str], config: RoleConfig, ready: str) -> None:
@@ -154,6 +174,8 @@ def up(
     port: Annotated[int, typer.Option(help="Client port (-1 picks a free one).")] = -1,
     otlp: OtlpOption = None,
     allow_private: AllowPrivateOption = False,
+    api_host: ApiHostOption = "127.0.0.1",
+    api_port: ApiPortOption = 8480,
     nats: NatsOption = None,
     root: RootOption = "sw",
     cluster: Annotated[
@@ -198,7 +220,7 @@ def up(
                     err.print(f"waiting for {count} staffwork command(s) still using this server")
 
                 await owned.enter_async_context(local.serving(server, "up", on_wait=waiting))
-            roles = await _up(url, root, otlp, allow_private, settings)
+            roles = await _up(url, root, otlp, allow_private, settings, api_address=(api_host, api_port))
             await Supervisor(url, root, roles, server, cluster=nodes).run()
         out.print("staffwork is down")
 
@@ -211,6 +233,8 @@ async def _up(
     otlp: str | None = None,
     allow_private: bool = False,
     settings: StreamSettings | None = None,
+    *,
+    api_address: tuple[str, int] = ("127.0.0.1", 8480),
 ) -> list[tuple[str, list[str]]]:
     """Register the bundled teams and say what runs; the processes to supervise (name, arguments)."""
     async with await Bus.connect(url, root=root, name="staffwork-up") as bus:
@@ -222,9 +246,16 @@ async def _up(
     options = {
         "otlp": ["--otlp", otlp] if otlp else [],
         "allow_private": ["--allow-private-webhooks"] * allow_private,
+        "api_host": ["--api-host", api_address[0]],
+        "api_port": ["--api-port", str(api_address[1])],
     }
+    serve_api = bool(os.environ.get(API_KEYS_ENV))
+    if serve_api:
+        ApiKeys.parse(os.environ[API_KEYS_ENV])  # a typo is one line now, not a restart loop later
     roles: list[tuple[str, list[str]]] = []
     for role in ROLES.values():  # one process per role, per agent for subagents
+        if role.name == "api" and not serve_api:
+            continue
         passed = [arg for option in role.options for arg in options.get(option, [])]
         if role.per_agent:
             roles += [(f"agent:{a}", [role.name, "--agents", a, *passed]) for a in agent_names]
@@ -236,4 +267,9 @@ async def _up(
         highlight=False,
     )
     out.print(f"export STAFFWORK_NATS_URL={url}", highlight=False)
+    if serve_api:
+        base_url = f"http://{api_address[0]}:{api_address[1]}"
+        out.print(f"the Managed Agents API: ANTHROPIC_BASE_URL={base_url}", highlight=False)
+    else:
+        out.print(f"the Managed Agents API is off: set {API_KEYS_ENV} to serve it", highlight=False)
     return roles
