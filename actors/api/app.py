@@ -6,6 +6,7 @@ from __future__ import annotations
 from starlette.applications import Starlette
 from starlette.routing import Route
 
+from actors.api import agents, environments, memories, memory_stores
 from actors.api.errors import ApiError
 from actors.api.http import ApiState, Call, endpoint
 
@@ -15,7 +16,12 @@ async def _unknown(call: Call) -> object:
 
 
 def create_app(state: ApiState) -> Starlette:
-    routes: list[Route] = []
+    routes: list[Route] = [
+        *environments.routes,
+        *agents.routes,
+        *memory_stores.routes,
+        *memories.routes,
+    ]
     methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]
     app = Starlette(routes=[*routes, Route("/{path:path}", endpoint(_unknown), methods=methods)])
     app.state.api = state
