@@ -4,6 +4,10 @@ but for ``base_url`` and the key."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import sys
+
 import anthropic
 import pytest
 
@@ -13,7 +17,7 @@ from actors.api.auth import ApiKeys
 from bus.connection import Bus
 from tests.helpers import API_KEY as KEY
 from tests.helpers import OTHER_API_KEY as OTHER_KEY
-from tests.helpers import NatsServer, free_port, ready_process, run_cli
+from tests.helpers import ROOT_DIR, NatsServer, free_port, ready_process, run_cli
 from tests.helpers import api_client as client
 
 
@@ -61,3 +65,27 @@ async def test_the_api_role_is_a_process_of_its_own(
         async with anthropic.AsyncAnthropic(base_url=url, api_key=KEY, max_retries=0) as sdk:
             with pytest.raises(anthropic.NotFoundError, match="no such endpoint"):
                 await sdk.beta.vaults.list()
+
+
+async def test_the_readmes_sdk_program_runs_as_written(api: ApiActor) -> None:
+    """README's "Use it from the anthropic SDK" program is examples/sdk/managed_agents.py, verbatim,
+    and runs unchanged against the API but for ANTHROPIC_BASE_URL and ANTHROPIC_API_KEY."""
+    program = ROOT_DIR / "examples" / "sdk" / "managed_agents.py"
+    readme = (ROOT_DIR / "README.md").read_text()
+    section = readme[readme.index("## Use it from the anthropic SDK") :]
+    assert section.split("```python\n", 1)[1].split("```", 1)[0] == program.read_text()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(program),
+        env={**os.environ, "ANTHROPIC_BASE_URL": api.url, "ANTHROPIC_API_KEY": KEY},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(60):
+        out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()[-2000:]
+    lines = out.decode().splitlines()
+    assert lines[0].startswith("coordinator agent_")
+    assert lines[0].count("agent_") == 4  # the coordinator and its three specialists
+    assert lines[1:3] == ["conflict: memory_precondition_failed_error", "memories: ['/style.md']"]
+    assert "agent 'agent_does_not_exist' not found" in lines[3]

@@ -1,0 +1,49 @@
+"""A program written for Claude Managed Agents with the official anthropic SDK, run against staffwork
+unchanged: only ANTHROPIC_BASE_URL and ANTHROPIC_API_KEY point at staffwork's HTTP API.
+
+    STAFFWORK_API_KEYS=demo=sk-demo-0123456789abcdef staffwork up
+    export ANTHROPIC_BASE_URL=http://127.0.0.1:8480 ANTHROPIC_API_KEY=sk-demo-0123456789abcdef
+    python managed_agents.py
+"""
+
+import anthropic
+
+client = anthropic.Anthropic()  # reads ANTHROPIC_BASE_URL and ANTHROPIC_API_KEY
+beta, tools = client.beta, [{"type": "agent_toolset_20260401"}]
+
+env = beta.environments.create(name="ci", config={"type": "cloud", "networking": {"type": "unrestricted"}})
+specialists = [
+    beta.agents.create(name=name, model="claude-sonnet-4-6", system=f"You investigate {name}.", tools=tools)
+    for name in ("deploys", "logs", "metrics")
+]
+lead = beta.agents.create(
+    name="lead",
+    model="claude-opus-4-7",
+    system="Split the investigation, delegate it, and merge the findings.",
+    tools=tools,
+    multiagent={"type": "coordinator", "agents": [agent.id for agent in specialists]},
+)
+print("coordinator", lead.id, "version", lead.version, "with", [a.id for a in lead.multiagent.agents])
+
+store = beta.memory_stores.create(name="team-notes", description="Findings shared across runs")
+note = beta.memory_stores.memories.create(store.id, path="/style.md", content="Cite a log line.")
+beta.memory_stores.memories.update(
+    note.id,
+    memory_store_id=store.id,
+    content="Cite one log line per claim.",
+    precondition={"type": "content_sha256", "content_sha256": note.content_sha256},
+)
+try:  # the same precondition again is stale now: a conflict, which the SDK does not retry
+    beta.memory_stores.memories.update(
+        note.id,
+        memory_store_id=store.id,
+        content="Cite nothing.",
+        precondition={"type": "content_sha256", "content_sha256": note.content_sha256},
+    )
+except anthropic.ConflictError as exc:
+    print("conflict:", exc.body["error"]["type"])
+print("memories:", [m.path for m in beta.memory_stores.memories.list(store.id, path_prefix="/")])
+try:
+    beta.agents.retrieve("agent_does_not_exist")
+except anthropic.NotFoundError as exc:
+    print("not found:", exc.message)
