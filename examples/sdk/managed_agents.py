@@ -7,9 +7,11 @@ unchanged: only ANTHROPIC_BASE_URL and ANTHROPIC_API_KEY point at staffwork's HT
 """
 
 import anthropic
+from anthropic.types.beta import BetaManagedAgentsAgentToolset20260401Params as Toolset
 
 client = anthropic.Anthropic()  # reads ANTHROPIC_BASE_URL and ANTHROPIC_API_KEY
-beta, tools = client.beta, [{"type": "agent_toolset_20260401"}]
+beta = client.beta
+tools: list[Toolset] = [{"type": "agent_toolset_20260401"}]
 
 env = beta.environments.create(name="ci", config={"type": "cloud", "networking": {"type": "unrestricted"}})
 specialists = [
@@ -23,7 +25,11 @@ lead = beta.agents.create(
     tools=tools,
     multiagent={"type": "coordinator", "agents": [agent.id for agent in specialists]},
 )
-print("coordinator", lead.id, "version", lead.version, "with", [a.id for a in lead.multiagent.agents])
+roster = lead.multiagent
+assert roster is not None
+assert roster.type == "coordinator"
+pinned = [agent.id for agent in roster.agents if agent.type == "agent"]  # each pinned to its version
+print("coordinator", lead.id, "version", lead.version, "with", pinned)
 
 store = beta.memory_stores.create(name="team-notes", description="Findings shared across runs")
 note = beta.memory_stores.memories.create(store.id, path="/style.md", content="Cite a log line.")
@@ -41,7 +47,7 @@ try:  # the same precondition again is stale now: a conflict, which the SDK does
         precondition={"type": "content_sha256", "content_sha256": note.content_sha256},
     )
 except anthropic.ConflictError as exc:
-    print("conflict:", exc.body["error"]["type"])
+    print("conflict:", exc.status_code, exc.message)
 print("memories:", [m.path for m in beta.memory_stores.memories.list(store.id, path_prefix="/")])
 try:
     beta.agents.retrieve("agent_does_not_exist")
