@@ -107,11 +107,11 @@ class SessionResult(Message, frozen=True, kw_only=True, tag="session.result.v1")
 
 
 class SessionCancel(Message, frozen=True, kw_only=True, tag="session.cancel.v1"):
-    """Stop a session (or, with ``thread_id``, one thread of it). No further model calls are made."""
+    """Stop a session: no further model calls are made, and its result says ``canceled``."""
 
     #: why, in a few words (shown in the trace and the result)
     reason: str = ""
-    #: cancel only this thread of the session (empty: the whole session)
+    #: reserved for stopping one thread of the session; not honoured yet: the whole session stops
     thread_id: str = ""
 
 

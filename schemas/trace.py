@@ -222,6 +222,20 @@ class ThreadMessageReceived(TraceEvent, frozen=True, kw_only=True, tag="agent.th
     content: str
 
 
+# --- users ---------------------------------------------------------------------------------------
+
+
+class UserEvent(TraceEvent, frozen=True, kw_only=True, tag="user.event.v1"):
+    """An event a user sent to the session through the HTTP API (a message, an outcome, an
+    interrupt, a custom tool's answer), recorded as the API echoed it: the session's log then holds
+    both sides, and the API lists and streams it as ``user.<...>`` with the id ``sevt_<msg_id>``."""
+
+    #: the hosted service's event type: ``user.message``, ``user.define_outcome``...
+    event_type: str
+    #: the event's fields as the API echoed them (without ``id``, ``type`` and ``processed_at``)
+    payload: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
 # --- spans -----------------------------------------------------------------------------------------
 
 
@@ -385,6 +399,7 @@ AnyTraceEvent = (
     | ToolSourceFailed
     | ThreadMessageSent
     | ThreadMessageReceived
+    | UserEvent
     | ModelRequestStart
     | ModelRequestEnd
     | OutcomeEvaluationStart

@@ -11,9 +11,11 @@ import sys
 import anthropic
 import pytest
 
+from actors.agent.models.offline import OfflineModel
 from actors.api.actor import ApiActor
 from actors.api.auth import ENV as API_KEYS_ENV
 from actors.api.auth import ApiKeys
+from actors.roles import running_agents
 from bus.connection import Bus
 from tests.helpers import API_KEY as KEY
 from tests.helpers import OTHER_API_KEY as OTHER_KEY
@@ -67,27 +69,36 @@ async def test_the_api_role_is_a_process_of_its_own(
                 await sdk.beta.vaults.list()
 
 
-async def test_the_readmes_sdk_program_runs_as_written(api: ApiActor) -> None:
+async def test_the_readmes_sdk_program_runs_as_written(api: ApiActor, bus: Bus) -> None:
     """README's "Use it from the anthropic SDK" program is examples/sdk/managed_agents.py, verbatim,
-    and runs unchanged against the API but for ANTHROPIC_BASE_URL and ANTHROPIC_API_KEY."""
+    and runs unchanged against the API but for ANTHROPIC_BASE_URL and ANTHROPIC_API_KEY: its session
+    runs on a lead and workers for its three specialists (offline)."""
     program = ROOT_DIR / "examples" / "sdk" / "managed_agents.py"
     readme = (ROOT_DIR / "README.md").read_text()
     section = readme[readme.index("## Use it from the anthropic SDK") :]
     assert section.split("```python\n", 1)[1].split("```", 1)[0] == program.read_text()
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(program),
-        env={**os.environ, "ANTHROPIC_BASE_URL": api.url, "ANTHROPIC_API_KEY": KEY},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    async with asyncio.timeout(60):
-        out, err = await proc.communicate()
+    async with running_agents(bus, OfflineModel(), agents=["deploys", "logs", "metrics"]):
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(program),
+            env={**os.environ, "ANTHROPIC_BASE_URL": api.url, "ANTHROPIC_API_KEY": KEY},
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        async with asyncio.timeout(60):
+            out, err = await proc.communicate()
     assert proc.returncode == 0, err.decode()[-2000:]
     lines = out.decode().splitlines()
     assert lines[0].startswith("coordinator agent_")
     assert lines[0].count("agent_") == 4  # the coordinator and its three specialists
-    assert lines[1].startswith("conflict: 409")
-    assert "memory_precondition_failed_error" in lines[1]
-    assert lines[2] == "memories: ['/style.md']"
-    assert "agent 'agent_does_not_exist' not found" in lines[3]
+    threads = sorted(line.rsplit(" ", 1)[1] for line in lines if line.startswith("thread "))
+    assert threads == ["deploys", "logs", "metrics"]
+    assert any(line.startswith("lead: # Report") for line in lines), lines
+    summary = next(line for line in lines if line.startswith("threads: "))
+    assert summary.startswith("threads: 4 events: ")
+    assert int(summary.rsplit(" ", 1)[1]) > 10
+    conflict = next(line for line in lines if line.startswith("conflict: "))
+    assert conflict.startswith("conflict: 409")
+    assert "memory_precondition_failed_error" in conflict
+    assert "memories: ['/style.md']" in lines
+    assert "agent 'agent_does_not_exist' not found" in lines[-1]

@@ -164,6 +164,14 @@ SAMPLES: dict[type[Message], Message] = {
         t.WebhookDeliverySkipped(
             session_id=SID, time=NOW, url="https://x", event_id="e", event_type="t", reason="refused"
         ),
+        t.UserEvent(
+            session_id=SID,
+            time=NOW,
+            thread_id="lead",
+            agent="user",
+            event_type="user.message",
+            payload={"content": [{"type": "text", "text": "Why did build 2 fail?"}]},
+        ),
     ]
 }
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from starlette.applications import Starlette
 from starlette.routing import Route
 
-from actors.api import agents, environments, memories, memory_stores
+from actors.api import agents, environments, memories, memory_stores, session_events, sessions, threads
 from actors.api.errors import ApiError
 from actors.api.http import ApiState, Call, endpoint
 
@@ -21,6 +21,9 @@ def create_app(state: ApiState) -> Starlette:
         *agents.routes,
         *memory_stores.routes,
         *memories.routes,
+        *sessions.routes,
+        *session_events.routes,
+        *threads.routes,
     ]
     methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]
     app = Starlette(routes=[*routes, Route("/{path:path}", endpoint(_unknown), methods=methods)])

@@ -1,7 +1,7 @@
 """A program written for Claude Managed Agents with the official anthropic SDK, run against staffwork
 unchanged: only ANTHROPIC_BASE_URL and ANTHROPIC_API_KEY point at staffwork's HTTP API.
 
-    STAFFWORK_API_KEYS=demo=sk-demo-0123456789abcdef staffwork up
+    STAFFWORK_API_KEYS=demo=sk-demo-0123456789abcdef staffwork up   # its workers serve deploys, logs, metrics
     export ANTHROPIC_BASE_URL=http://127.0.0.1:8480 ANTHROPIC_API_KEY=sk-demo-0123456789abcdef
     python managed_agents.py
 """
@@ -30,6 +30,23 @@ assert roster is not None
 assert roster.type == "coordinator"
 pinned = [agent.id for agent in roster.agents if agent.type == "agent"]  # each pinned to its version
 print("coordinator", lead.id, "version", lead.version, "with", pinned)
+
+session = beta.sessions.create(agent=lead.id, environment_id=env.id, title="Why did the builds fail?")
+with beta.sessions.events.stream(session.id) as stream:  # staffwork's stream replays: no race here
+    beta.sessions.events.send(
+        session.id,
+        events=[{"type": "user.message", "content": [{"type": "text", "text": "Why did builds 1-3 fail?"}]}],
+    )
+    for event in stream:
+        if event.type == "session.thread_created":
+            print("thread", event.session_thread_id, "for", event.agent_name)
+        elif event.type == "agent.message":
+            text = "".join(block.text for block in event.content if block.type == "text")
+            print("lead:", " ".join(text.split())[:72])
+        elif event.type == "session.status_idle":
+            break
+history = [event.type for event in beta.sessions.events.list(session.id, limit=1000)]
+print("threads:", len(list(beta.sessions.threads.list(session.id))), "events:", len(history))
 
 store = beta.memory_stores.create(name="team-notes", description="Findings shared across runs")
 note = beta.memory_stores.memories.create(store.id, path="/style.md", content="Cite a log line.")

@@ -1,0 +1,172 @@
+"""Events sent to a session (``POST /v1/sessions/{id}/events``): each is checked, recorded in the
+session's log as a ``user.event`` (so the list and the stream show both sides in order), then acted
+on: the first ``user.message`` starts the staffwork session through the gateway with the outcome
+defined before it, ``user.interrupt`` cancels the session, ``user.custom_tool_result`` answers a
+custom tool call. What staffwork cannot do yet is refused with a 400 or 409 that says so (see
+``actors/api/sessions.py``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from starlette.routing import Route
+
+from actors.api.environments import rfc3339_now
+from actors.api.errors import ApiError, bad_request
+from actors.api.events import (
+    LEAD,
+    NOT_SUPPORTED,
+    DefineOutcome,
+    FileRubric,
+    Interrupt,
+    SendBody,
+    ToolAnswer,
+    Unsupported,
+    UserMessage,
+    event_id,
+    outcome_id,
+    rfc3339,
+    texts,
+)
+from actors.api.http import Call, route
+from actors.api.session_records import KIND, ApiSession, DefinedOutcome, load_for_update, save
+from actors.client import Client, SubmitRefused
+from actors.sessions.cancel import cancel_session
+from bus.errors import BusError, StaffworkError
+from schemas.outcome import Outcome
+from schemas.trace import CustomToolUse, UserEvent, event_kind
+
+
+async def _tool_call(call: Call, session_id: str, given: str, where: str) -> CustomToolUse:
+    """The custom tool call ``given`` names: by its event id (``sevt_…``) or staffwork's call id."""
+    calls = await Client(call.bus).custom_tool_calls(session_id, pending=False)
+    for found in calls:
+        if given in (event_id(found.msg_id), found.tool_use_id):
+            return found
+    raise bad_request(
+        f"{where}.custom_tool_use_id={given!r} names no custom tool call of session {session_id!r}"
+    )
+
+
+async def send_events(call: Call, id: str, events: list[Any]) -> list[dict[str, Any]]:
+    """Check every event, record them in the session's log, then act on them (start the session,
+    cancel it, answer a tool call). The echo as the SDK reads it."""
+    session, revision = await load_for_update(call, id)
+    if session.archived_at is not None:
+        raise bad_request(f"session {id!r} is archived: it takes no more events")
+    task: list[str] = []
+    outcome: DefinedOutcome | None = None
+    answers: dict[int, CustomToolUse] = {}
+    for n, event in enumerate(events):
+        where = f"events[{n}]"
+        match event:
+            case UserMessage():
+                if session.started:
+                    raise ApiError(
+                        409,
+                        f"session {id!r} already ran its task: staffwork has no follow-up turn yet; "
+                        "start a new session with the whole request",
+                    )
+                task.append(texts(event.content, where))
+            case DefineOutcome():
+                if session.started or session.outcome is not None or outcome is not None:
+                    raise ApiError(
+                        409,
+                        f"{where}: session {id!r} takes one outcome, defined before its first user.message",
+                    )
+                if isinstance(event.rubric, FileRubric):
+                    raise bad_request(f"{where}.rubric: file rubrics are not supported; give type=text")
+                try:
+                    rubric = Outcome(
+                        rubric=event.rubric.content,
+                        max_iterations=event.max_iterations or 3,
+                        description=event.description,
+                    )
+                except ValueError as exc:
+                    raise bad_request(f"{where}: {exc}") from None
+                outcome = DefinedOutcome(
+                    outcome_id=outcome_id(id), description=event.description, outcome=rubric
+                )
+            case Interrupt(session_thread_id=thread) if thread not in (None, LEAD):
+                raise bad_request(
+                    f"{where}.session_thread_id={thread!r}: interrupting one subagent thread is not "
+                    "supported yet (staffwork's cancel stops the whole session); omit it to stop the session"
+                )
+            case ToolAnswer():
+                if not session.started:
+                    raise bad_request(f"{where}: session {id!r} has not started: no tool call waits")
+                answers[n] = await _tool_call(call, id, event.custom_tool_use_id, where)
+                texts(event.content or [], where)
+            case Unsupported():
+                kind = type(event).__struct_config__.tag
+                raise bad_request(f"{where}.type={kind!r} is not supported: {NOT_SUPPORTED[str(kind)]}")
+    if task or outcome is not None:
+        session.outcome = outcome or session.outcome
+        session.started = session.started or bool(task)
+        session.updated_at = rfc3339_now()
+        await save(call, session, revision)
+    echoed = [await _record(call, session, n, event, answers.get(n)) for n, event in enumerate(events)]
+    if task:
+        await _start(call, session, "\n\n".join(task))
+    for n, event in enumerate(events):
+        if isinstance(event, Interrupt) and session.started:
+            await cancel_session(call.bus, id, "interrupted by the user (user.interrupt)")
+        elif isinstance(event, ToolAnswer):
+            found = answers[n]
+            text = texts(event.content or [], f"events[{n}]")
+            try:
+                await Client(call.bus).answer_tool(id, found.tool_use_id, text, is_error=bool(event.is_error))
+            except StaffworkError as exc:
+                raise ApiError(409, str(exc)) from None
+    return echoed
+
+
+async def _record(
+    call: Call, session: ApiSession, n: int, event: Any, answered: CustomToolUse | None
+) -> dict[str, Any]:
+    """Store the event in the session's log as a ``user.event``; its echo."""
+    payload: dict[str, Any] = msgspec.to_builtins(event)
+    kind = str(payload.pop("type"))
+    thread = LEAD
+    if isinstance(event, DefineOutcome):
+        payload["outcome_id"] = outcome_id(session.id)
+        payload.setdefault("max_iterations", 3)
+        payload["max_iterations"] = payload["max_iterations"] or 3
+    elif isinstance(event, Interrupt):
+        payload = {k: v for k, v in payload.items() if v is not None}
+    elif answered is not None:
+        payload = {k: v for k, v in payload.items() if v is not None}
+        payload["custom_tool_use_id"] = event_id(answered.msg_id)
+        if answered.thread_id != LEAD:
+            thread = payload["session_thread_id"] = answered.thread_id
+    recorded = UserEvent(
+        session_id=session.id, thread_id=thread, agent="user", event_type=kind, payload=payload
+    )
+    await call.bus.publish(call.bus.subjects.event(session.id, event_kind(UserEvent)), recorded)
+    return {**payload, "id": event_id(recorded.msg_id), "type": kind, "processed_at": rfc3339(recorded.time)}
+
+
+async def _start(call: Call, session: ApiSession, task: str) -> None:
+    """Start the staffwork session; if the gateway refuses or does not answer, the API session is
+    not started (a later user.message may try again)."""
+    outcome = session.outcome.outcome if session.outcome else None
+    try:
+        await Client(call.bus).submit(task, team=session.team, session_id=session.id, outcome=outcome)
+    except (SubmitRefused, BusError) as exc:
+        current, revision = await load_for_update(call, session.id)
+        current.started = False
+        await call.records.update(call.workspace, KIND, current.id, current, revision)
+        if isinstance(exc, SubmitRefused):
+            raise ApiError(
+                409 if exc.kind == "conflict" else 400, f"the session could not start: {exc}"
+            ) from None
+        raise
+
+
+async def send(call: Call) -> object:
+    body = await call.body(SendBody)
+    return {"data": await send_events(call, call.path("session_id"), list(body.events))}
+
+
+routes: list[Route] = [route("/v1/sessions/{session_id}/events", send, "POST")]
