@@ -36,10 +36,11 @@ from actors.api.agent_shapes import (
     resolve_model,
     resolve_tools,
 )
-from actors.api.environments import check_metadata, patch_metadata, rfc3339_now
+from actors.api.environments import patch_metadata
 from actors.api.errors import ApiError, bad_request, not_found
 from actors.api.http import Call, page, route
 from actors.api.records import Records
+from actors.api.values import check_metadata, rfc3339_now
 from schemas.ids import new_id
 from schemas.team import MAX_AGENTS
 

@@ -12,7 +12,6 @@ package installed, no network restricted); ``self_hosted`` likewise starts no wo
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -21,28 +20,12 @@ from starlette.routing import Route
 
 from actors.api.errors import ApiError, bad_request, not_found
 from actors.api.http import Call, page, route
+from actors.api.values import check_metadata, rfc3339_now
 from schemas.ids import new_id
 
 KIND = "env"
 Scope = Literal["organization", "account"]
 NonEmpty = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
-
-
-def rfc3339_now() -> str:
-    """Now as RFC 3339 in UTC with milliseconds (``2026-12-02T10:11:12.345Z``): sorts as it reads."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def check_metadata(metadata: dict[str, str]) -> dict[str, str]:
-    """The hosted limits: at most 16 pairs, keys up to 64 characters, values up to 512."""
-    if len(metadata) > 16:
-        raise bad_request(f"metadata has {len(metadata)} keys, over the 16 allowed")
-    for key, value in metadata.items():
-        if not 1 <= len(key) <= 64:
-            raise bad_request(f"metadata key {key[:80]!r} must be 1 to 64 characters")
-        if len(value) > 512:
-            raise bad_request(f"metadata[{key!r}] is {len(value)} characters, over the 512 allowed")
-    return metadata
 
 
 def patch_metadata(stored: dict[str, str], patch: dict[str, str | None]) -> dict[str, str]:

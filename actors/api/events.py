@@ -28,12 +28,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import msgspec
 
 from actors.api.errors import bad_request
+from actors.api.values import rfc3339
 from bus.codec import Decoder
 from bus.connection import Bus
 from bus.direct import read_subject
@@ -86,10 +86,6 @@ _events: Decoder[AnyTraceEvent] = Decoder(AnyTraceEvent, max_bytes=4 * 1024 * 10
 def event_id(msg_id: str) -> str:
     """The API id of the event made from the trace event ``msg_id``."""
     return f"sevt_{msg_id}"
-
-
-def rfc3339(when: datetime) -> str:
-    return when.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _text(text: str) -> list[dict[str, str]]:

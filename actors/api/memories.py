@@ -33,7 +33,8 @@ from starlette.routing import Route
 
 from actors.api.errors import ApiError, bad_request, not_found
 from actors.api.http import Call, page, route
-from actors.api.memory_stores import INDEX_KIND, get_store, memory, rfc3339, writer
+from actors.api.memory_stores import INDEX_KIND, get_store, memory, writer
+from actors.api.values import rfc3339
 from bus.errors import InvalidPath, MemoryConflict, MemoryFileNotFound
 from bus.memory import Memory
 from bus.objects import normalize_path

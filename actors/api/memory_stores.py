@@ -24,6 +24,7 @@ from starlette.routing import Route
 
 from actors.api.errors import ApiError, bad_request, not_found
 from actors.api.http import Call, page, route
+from actors.api.values import check_metadata, rfc3339_now
 from bus.connection import Bus
 from bus.errors import MemoryConflict, MemoryFileNotFound
 from bus.memory import Memory
@@ -49,11 +50,6 @@ def memory(bus: Bus) -> Memory:
 def writer(call: Call) -> Writer:
     """Who a change made through the API is recorded as in the store's versions."""
     return Writer(kind="user", user=f"api:{call.workspace}")
-
-
-def rfc3339(when: datetime) -> str:
-    """``when`` in UTC with milliseconds (``2026-12-02T10:11:12.345Z``)."""
-    return when.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class StoreRecord(msgspec.Struct, kw_only=True):
@@ -94,17 +90,6 @@ async def get_store(call: Call, store_id: str, *, writable: bool = False) -> Sto
     return found[0]
 
 
-def _check_metadata(metadata: dict[str, str]) -> dict[str, str]:
-    if len(metadata) > 16:
-        raise bad_request(f"metadata has {len(metadata)} keys, over the 16 allowed")
-    for key, value in metadata.items():
-        if not 1 <= len(key) <= 64:
-            raise bad_request(f"metadata key {key[:80]!r} must be 1 to 64 characters")
-        if len(value) > 512:
-            raise bad_request(f"metadata[{key!r}] is {len(value)} characters, over the 512 allowed")
-    return metadata
-
-
 class _Create(msgspec.Struct, frozen=True, kw_only=True):
     name: Name
     description: Description | None = None
@@ -119,12 +104,12 @@ class _Update(msgspec.Struct, frozen=True, kw_only=True):
 
 async def create(call: Call) -> object:
     body = await call.body(_Create)
-    now = rfc3339(datetime.now(UTC))
+    now = rfc3339_now()
     record = StoreRecord(
         id=new_id("memstore"),
         name=body.name,
         description=body.description or "",
-        metadata=_check_metadata(body.metadata or {}),
+        metadata=check_metadata(body.metadata or {}),
         created_at=now,
         updated_at=now,
     )
@@ -159,8 +144,8 @@ async def update(call: Call) -> object:
                     merged.pop(key, None)
                 else:
                     merged[key] = value
-            record.metadata = _check_metadata(merged)
-        record.updated_at = rfc3339(datetime.now(UTC))
+            record.metadata = check_metadata(merged)
+        record.updated_at = rfc3339_now()
         if await call.records.update(call.workspace, KIND, store_id, record, revision):
             return record.out()
     raise ApiError(503, f"memory store {store_id!r} is changing too often to update; try again")
@@ -176,7 +161,7 @@ async def _set(call: Call, field: Literal["archived_at", "deleted_at"]) -> Store
         record, revision = found
         if getattr(record, field) is not None:
             return record
-        setattr(record, field, rfc3339(datetime.now(UTC)))
+        setattr(record, field, rfc3339_now())
         if field == "archived_at":
             record.updated_at = record.archived_at or record.updated_at
         if await call.records.update(call.workspace, KIND, store_id, record, revision):

@@ -12,7 +12,6 @@ from typing import Any
 import msgspec
 from starlette.routing import Route
 
-from actors.api.environments import rfc3339_now
 from actors.api.errors import ApiError, bad_request
 from actors.api.events import (
     LEAD,
@@ -26,11 +25,11 @@ from actors.api.events import (
     UserMessage,
     event_id,
     outcome_id,
-    rfc3339,
     texts,
 )
 from actors.api.http import Call, route
 from actors.api.session_records import KIND, ApiSession, DefinedOutcome, load_for_update, save
+from actors.api.values import rfc3339, rfc3339_now
 from actors.client import Client, SubmitRefused
 from actors.sessions.cancel import cancel_session
 from bus.errors import BusError, StaffworkError

@@ -29,18 +29,17 @@ from starlette.routing import Route
 from actors.api.agent_shapes import Agent
 from actors.api.agents import load as load_agent
 from actors.api.agents import version_of
-from actors.api.environments import check_metadata, rfc3339_now
 from actors.api.errors import bad_request, not_found
 from actors.api.events import (
     DefineOutcome,
     UserMessage,
-    rfc3339,
 )
 from actors.api.http import Call, page, route
 from actors.api.memory_stores import get_store
 from actors.api.session_events import send_events
 from actors.api.session_records import KIND, ApiSession, load_for_update, load_session, save
 from actors.api.teams import team_for
+from actors.api.values import check_metadata, rfc3339, rfc3339_now
 from actors.sessions.directory import SessionDirectory
 from bus.direct import read_subject
 from schemas.base import Usage

@@ -22,9 +22,10 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from actors.api.errors import ApiError, bad_request
-from actors.api.events import LEAD, ApiEvent, Translator, rfc3339, stored_events, translate
+from actors.api.events import LEAD, ApiEvent, Translator, stored_events, translate
 from actors.api.http import Call, page, route
 from actors.api.session_records import ApiSession, load_session
+from actors.api.values import rfc3339
 from bus.connection import Bus
 from schemas.trace import AnyTraceEvent, ThreadCreated
 
