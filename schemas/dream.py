@@ -140,6 +140,10 @@ class DreamRequest(Message, frozen=True, kw_only=True, tag="dream.request.v1"):
     instructions: str = ""
     #: an existing store to write to (empty: a new store)
     target: str = ""
+    #: read exactly these sessions, oldest first (at most 100), instead of the most recent ones
+    session_ids: list[str] = msgspec.field(default_factory=list)
+    #: the name of the new store (empty: ``<store>-dream-<id>``); unused with ``target``
+    output: str = ""
 
 
 class DreamCancel(Message, frozen=True, kw_only=True, tag="dream.cancel.v1"):

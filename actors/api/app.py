@@ -7,6 +7,7 @@ from starlette.applications import Starlette
 from starlette.routing import Route
 
 from actors.api import agents, environments, memories, memory_stores, session_events, sessions, threads
+from actors.api.dreams import routes as dream_routes
 from actors.api.errors import ApiError
 from actors.api.http import ApiState, Call, endpoint
 
@@ -24,6 +25,7 @@ def create_app(state: ApiState) -> Starlette:
         *sessions.routes,
         *session_events.routes,
         *threads.routes,
+        *dream_routes,
     ]
     methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]
     app = Starlette(routes=[*routes, Route("/{path:path}", endpoint(_unknown), methods=methods)])

@@ -166,6 +166,10 @@ class Dreamer:
         """Check the request and record the dream as ``pending``."""
         if not 1 <= request.sessions <= MAX_DREAM_SESSIONS:
             raise DreamError(f"--sessions must be 1 to {MAX_DREAM_SESSIONS}, got {request.sessions}")
+        if len(request.session_ids) > MAX_DREAM_SESSIONS:
+            raise DreamError(
+                f"a dream reads at most {MAX_DREAM_SESSIONS} sessions, not {len(request.session_ids)}"
+            )
         await self.memory.info(request.store)
         if request.target:
             if request.target == request.store:
@@ -179,7 +183,7 @@ class Dreamer:
         record = DreamRecord(
             dream_id=dream_id,
             store=request.store,
-            output_store=request.target or output_name(request.store, dream_id),
+            output_store=request.target or request.output or output_name(request.store, dream_id),
             target=bool(request.target),
             model=self.model_label(request),
             instructions=request.instructions,
@@ -268,6 +272,7 @@ class Dreamer:
             limit=request.sessions,
             since_s=request.since_s,
             attached_only=request.attached_only,
+            ids=request.session_ids,
         )
         digests = [await read_session(self.bus, session) for session in chosen]
         ids = [d.session_id for d in digests]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,12 +72,23 @@ class SessionDigest:
 
 
 async def select_sessions(
-    bus: Bus, *, store: str, limit: int, since_s: float | None, attached_only: bool
+    bus: Bus,
+    *,
+    store: str,
+    limit: int,
+    since_s: float | None,
+    attached_only: bool,
+    ids: Sequence[str] = (),
 ) -> list[SessionRecord]:
     """The most recent ``limit`` finished sessions (started in the last ``since_s`` seconds; whose
-    team attached ``store``), oldest first."""
-    kv = await bus.kv(bus.subjects.sessions_bucket)
+    team attached ``store``), oldest first; given ``ids``, exactly those sessions, oldest first."""
     directory = SessionDirectory(bus)
+    if ids:
+        named = [(id, await directory.get(id)) for id in ids]
+        if missing := [id for id, record in named if record is None]:
+            raise DreamError(f"no session {missing[0]!r} to dream from")
+        return sorted((r for _, r in named if r is not None), key=lambda r: (r.started, r.session_id))
+    kv = await bus.kv(bus.subjects.sessions_bucket)
     cutoff = time.time() - since_s if since_s is not None else 0.0
     chosen: list[SessionRecord] = []
     for key in await kv.keys():
