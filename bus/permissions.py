@@ -29,11 +29,12 @@ from bus.subjects import JetStreamApi as J
 from bus.subjects import Subjects, check_token
 from schemas.team import AgentSpec, TeamSpec
 from schemas.thread import LEAD_THREAD
+from schemas.trace import UserEvent, event_kind
 
 Inbox = Literal["per_user", "shared"]
 
 #: The roles a deployment has users for: the actor roles, the submit-only client and the admin.
-ROLES = ("lead", "subagent", "grader", "collector", "webhooks", "dreamer", "submit", "admin")
+ROLES = ("lead", "subagent", "grader", "collector", "webhooks", "dreamer", "api", "submit", "admin")
 #: The registry key where session-serving processes note their model (``actors.roles.NOTICE_KEY``).
 NOTICE_KEY = "serving"
 #: Why an unnamed consumer create is granted only where the code cannot do without it (verified
@@ -414,6 +415,48 @@ def _dreamer(g: _Grants) -> None:
     g.kv(s.dreams_bucket, get=[">"], put=[">"], why="dream records")
 
 
+def _api(g: _Grants) -> None:
+    s = g.s
+    g.base()
+    g.kv(s.api_bucket, get=[">"], put=[">"], why="the API's records (<workspace>.<kind>.<id>)")
+    g.listing(J.kv_stream(s.api_bucket), "a workspace's records")
+    g.note(
+        "records: one bucket for every workspace, so it reads and writes every workspace's records "
+        "(the API's keys, not NATS, keep workspaces apart)"
+    )
+    g.memory(None, listing=True)
+    g.kv(s.memory_stores_bucket, put=[">"], why="memory store registrations (a store made through the API)")
+    g.note(
+        "memory: API stores are named by their id when created, and a subject token cannot be matched "
+        "by prefix, so it reads, writes and deletes the files of every store, teams' own stores "
+        "included, and may register any store name"
+    )
+    g.pub(s.api_submit, "start a session (its first user.message): <root>.api.submit")
+    g.pub(s.events("*", event_kind(UserEvent)), "the user's events, recorded in the session's log")
+    g.pub(s.all_tool_results, "answer a custom tool call (user.custom_tool_result)")
+    g.pub(s.all_ctl, "cancel a session (user.interrupt)")
+    g.sessions(write=True)  # cancel_session marks the record canceled
+    g.note(
+        "sessions: static permissions cannot follow session ids, so it may record user events in, "
+        "answer the tool calls of and cancel any session (its record included), not only its "
+        "workspaces' (the API checks the workspace)"
+    )
+    g.read_log("a session's events and custom tool calls")
+    g.follow("a session's events (the event stream)")
+    g.pub(s.api_dream, "start a dream: <root>.api.dream")
+    g.kv(s.dreams_bucket, get=[">"], put=[">"], why="dream records (a dream's status; a cancel)")
+    g.pub(s.all_dream_cancels, "cancel a dream")  # its final record: followed on the log (above)
+    g.note(
+        "dreams: dream records are keyed by dream id, so it reads and may rewrite (a cancel is a "
+        "compare-and-set) every dream's record, and may cancel any dream, not only its workspaces'"
+    )
+    g.note(
+        "not granted: session files (the workspace: the API serves none), old memory versions "
+        "(Memory.versions, read(version=): a batched direct get on the memory stream; the API serves "
+        "no memory_versions yet)"
+    )
+
+
 def _submit(g: _Grants) -> None:
     s = g.s
     g.base(process=False)
@@ -515,6 +558,7 @@ def deployment(
         "collector": _collector,
         "webhooks": _webhooks,
         "dreamer": _dreamer,
+        "api": _api,
         "submit": _submit,
         "admin": _admin,
     }

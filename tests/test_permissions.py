@@ -1,6 +1,7 @@
 """Least privilege, enforced by a real nats-server: ``staffwork auth`` makes one user per role and per
 agent, the server runs with that config, what a user may not do is refused, and a whole session
-still works with every actor on its own user (each a process, on the offline model).
+still works with every actor on its own user (each a process, on the offline model), also when the
+HTTP API (in this process, on the api user) drives it for the official SDK.
 
 The server is ``tests/helpers.start_nats_server`` with the generated config included.
 """
@@ -22,7 +23,9 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import anthropic
 import nats
 import nats.errors
 import pytest
@@ -30,28 +33,34 @@ import typer
 from nats.aio.client import Client as NATS
 from typer.testing import CliRunner
 
+from actors.api.actor import ApiActor, ApiSettings
+from actors.api.auth import ApiKeys
 from actors.cli.auth import CONFIG_FILE, auth
 from actors.cli.common import load_team
 from actors.client import Client
 from actors.collector.actor import CollectorActor, TraceStore
 from actors.dreamer.actor import request_dream
-from actors.dreamer.dream import ensure_dreams, wait_dream
-from actors.roles import NOTICE_KEY
+from actors.dreamer.dream import DreamBook, cancel_dream, ensure_dreams, wait_dream
+from actors.roles import NOTICE_KEY, RoleConfig, build
 from actors.sessions.teams import register_team
 from bus.codec import encode
 from bus.connection import Bus
+from bus.errors import NoResponders
+from bus.health import ProcessIdentity, probe
+from bus.lifecycle import run_actors
 from bus.memory import Memory
 from bus.permissions import NOTICE_KEY as GRANTED_NOTICE_KEY
 from bus.provision import ensure_consumer, provision
 from bus.subjects import JetStreamApi as J
 from bus.subjects import Subjects
 from bus.workspace import Workspace
-from schemas.dream import DreamRequest
+from schemas.dream import DreamRecord, DreamRequest
 from schemas.ids import new_id
 from schemas.memory import Writer
 from schemas.session import SessionResult
+from schemas.thread import CustomToolResult
 from schemas.webhooks import WebhookSpec
-from tests.helpers import ROOT_DIR, inbox, start_nats_server, stop_nats_server
+from tests.helpers import API_KEY, ROOT_DIR, api_client, inbox, start_nats_server, stop_nats_server
 
 READY_TIMEOUT = 20.0
 OPERATOR = Writer(kind="user", user="operator")
@@ -238,7 +247,7 @@ def user_of(server: AuthServer, role: str, agent: str = "") -> str:
 def test_auth_writes_the_config_and_private_credentials(server: AuthServer) -> None:
     files = sorted(p.name for p in server.bundle.iterdir())
     key = Subjects(server.root).key
-    roles = ("lead", "grader", "collector", "webhooks", "dreamer", "submit", "admin")
+    roles = ("lead", "grader", "collector", "webhooks", "dreamer", "api", "submit", "admin")
     users = [f"{key}-{r}" for r in roles] + [f"{key}-agent-{a}" for a in AGENTS]
     assert files == sorted([CONFIG_FILE, *(f"{u}.env" for u in users)])
     for path in server.bundle.iterdir():
@@ -598,6 +607,172 @@ async def test_a_session_runs_with_every_actor_on_its_own_user(
     finally:
         codes = await stop_actors(actors)
     assert server.violations() == []
+    for actor in actors:
+        assert not [line for line in actor.stderr if "PERMISSION_VIOLATION" in line], actor.name
+    assert set(codes.values()) <= {0}, codes
+
+
+# --- the HTTP API on its own user ---------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def api_as(server: AuthServer, user: str) -> AsyncIterator[tuple[ApiActor, Bus, Refusals]]:
+    """The api role in this process as ``staffwork actor api`` builds it (from the roles table, with
+    the process's identity service), on ``user``'s connection and any free port; with the refusals
+    that connection gets. Like ``tests/perm_actor.py`` it does not provision (the admin did)."""
+    async with client(server, user) as (nc, refusals):
+        bus = Bus(nc, Subjects(server.root), server.url)
+        built = build(bus, ["api"], RoleConfig(api=ApiSettings(ApiKeys.parse(f"acme={API_KEY}"), port=0)))
+        [(actor, _)] = built
+        assert isinstance(actor, ApiActor)
+        stop = asyncio.Event()
+        ready = asyncio.Event()
+        identity = ProcessIdentity(roles=("api",))
+        serving = asyncio.ensure_future(run_actors(bus, built, stop, on_ready=ready.set, identity=identity))
+        waiting = asyncio.ensure_future(ready.wait())
+        try:
+            async with asyncio.timeout(READY_TIMEOUT):
+                await asyncio.wait({serving, waiting}, return_when=asyncio.FIRST_COMPLETED)
+            if serving.done():
+                serving.result()  # it failed to start: raise why
+            yield actor, bus, refusals
+        finally:
+            waiting.cancel()
+            stop.set()
+            await serving
+
+
+async def idle_stream(stream: anthropic.AsyncStream[Any]) -> list[Any]:
+    """The stream's events up to the session's ``session.status_idle`` (one that waits on no caller)."""
+    seen: list[Any] = []
+    async with asyncio.timeout(60):
+        async for event in stream:
+            seen.append(event)
+            if event.type == "session.status_idle" and event.stop_reason.type != "requires_action":
+                return seen
+    raise AssertionError(f"the stream ended before the session went idle: {[e.type for e in seen]}")
+
+
+async def test_the_api_serves_the_sdk_on_its_own_user_and_is_refused_the_rest(server: AuthServer) -> None:
+    """The api role on its own user, with the lead, a worker and the grader on theirs: the official
+    SDK makes an agent, an environment, a memory store and its memories, runs a session with an
+    outcome and reads its events, and nothing is refused; what the api does not need is."""
+    s = Subjects(server.root)
+    await provisioned(server)
+    actors: list[ActorProcess] = []
+    try:
+        for role, user, args in [
+            ("lead", user_of(server, "lead"), ()),
+            ("subagent", user_of(server, "subagent", "scout"), ("--agents", "scout")),
+            ("grader", user_of(server, "grader"), ()),
+        ]:
+            actors.append(await spawn_actor(server, role, user, *args))
+        async with asyncio.timeout(30):
+            await asyncio.gather(*(actor.wait_ready() for actor in actors))
+        async with (
+            api_as(server, user_of(server, "api")) as (api, api_bus, refusals),
+            api_client(api) as sdk,
+        ):
+            b = sdk.beta
+            env = await b.environments.create(name="perm", config={"type": "cloud"})
+            scout = await b.agents.create(name="scout", model="claude-sonnet-4-6", system="Look.")
+            tools: Any = [{"type": "agent_toolset_20260401"}]
+            lead = await b.agents.create(
+                name="lead",
+                model="claude-sonnet-4-6",
+                system="Delegate, then report.",
+                tools=tools,
+                multiagent={"type": "coordinator", "agents": [scout.id]},
+            )
+            # memory: a store and its memories, written, read, listed, deleted
+            store = await b.memory_stores.create(name="perm notes", description="the api's own")
+            memories = b.memory_stores.memories
+            mem = await memories.create(store.id, path="/notes/a.md", content="first")
+            other = await memories.create(store.id, path="/notes/b.md", content="second")
+            mem = await memories.update(mem.id, memory_store_id=store.id, content="first, again")
+            assert (await memories.retrieve(mem.id, memory_store_id=store.id)).content == "first, again"
+            assert [m.path async for m in memories.list(store.id)] == ["/notes/a.md", "/notes/b.md"]
+            await memories.delete(other.id, memory_store_id=store.id)
+            assert [m.path async for m in memories.list(store.id)] == ["/notes/a.md"]
+            assert store.id in [m.id async for m in b.memory_stores.list()]
+
+            # a session with an outcome, followed live, then listed
+            session = await b.sessions.create(agent=lead.id, environment_id=env.id)
+            async with await b.sessions.events.stream(session.id) as stream:
+                sent = await b.sessions.events.send(
+                    session.id,
+                    events=[
+                        {"type": "user.message", "content": [{"type": "text", "text": "what failed?"}]},
+                        {
+                            "type": "user.define_outcome",
+                            "description": "a report",
+                            "rubric": {"type": "text", "content": "- It names what failed."},
+                            "max_iterations": 1,
+                        },
+                    ],
+                )
+                live = await idle_stream(stream)
+            assert sent.data is not None
+            assert live[0].id == sent.data[0].id
+            types = [e.type for e in live]
+            assert {"session.thread_created", "agent.thread_message_received", "agent.message"} <= set(types)
+            assert "span.outcome_evaluation_end" in types  # the grader, on its user, graded it
+            listed = [e async for e in b.sessions.events.list(session.id, limit=1000)]
+            assert [e.id for e in listed] == [e.id for e in live]
+            assert (await b.sessions.retrieve(session.id)).status == "idle"
+            assert len([t async for t in b.sessions.threads.list(session.id)]) == 2
+
+            # an interrupt cancels a session (its record and <root>.s.<session>.ctl)
+            stopped = await b.sessions.create(agent=lead.id, environment_id=env.id)
+            await b.sessions.events.send(
+                stopped.id,
+                events=[
+                    {"type": "user.message", "content": [{"type": "text", "text": "never mind"}]},
+                    {"type": "user.interrupt"},
+                ],
+            )
+            assert (await b.sessions.retrieve(stopped.id)).status == "terminated"
+            # a custom tool's answer may be stored (no agent here calls one: published directly)
+            answer = CustomToolResult(session_id=session.id, custom_tool_use_id="toolu_x", content="ok")
+            assert await api_bus.publish_once(s.tool_result(session.id, "toolu_x"), answer, msg_id="answer-x")
+            # dreams: a request is allowed (no dreamer here: "no responders", not a refusal), a
+            # dream's record is read and a pending dream canceled
+            with pytest.raises(NoResponders):
+                await request_dream(api_bus, DreamRequest(store=store.id, sessions=1), timeout=5)
+            dream = DreamRecord(dream_id=new_id("drm"), store=store.id, output_store="perm-out")
+            async with bus_as(server, user_of(server, "admin")) as admin:
+                await ensure_dreams(admin)
+                await DreamBook(admin).create(dream)
+            assert await DreamBook(api_bus).get(dream.dream_id) == dream
+            assert (await cancel_dream(api_bus, dream.dream_id, "not now")).status == "canceled"
+            # the process answers health probes like every actor process
+            async with bus_as(server, user_of(server, "admin")) as admin:
+                found = await probe(admin, timeout=5, enough=lambda r: "api" in r.roles)
+            assert any("api" in r.roles for r in found)
+            assert refusals.seen == []  # all of the above was allowed
+
+            # what the api does not need
+            nc = api_bus._nc
+            assert await refused_publish(nc, refusals, s.task(session.id, "scout"))
+            assert await refused_publish(nc, refusals, s.out(session.id, "result"))
+            assert await refused_publish(nc, refusals, s.history(session.id, "lead"))
+            assert await refused_publish(nc, refusals, s.submit)  # only through the gateway
+            assert await refused_publish(nc, refusals, s.event(session.id, "agent.message"))
+            assert await refused_publish(nc, refusals, J.msg_next(s.log_stream, s.agent_consumer("scout")))
+            files = J.object_stream(s.files_bucket)
+            assert await refused_publish(nc, refusals, J.direct_get(files), b'{"seq": 1}')
+            webhooks = J.kv_stream(s.webhooks_bucket)
+            assert await refused_publish(
+                nc, refusals, J.direct_get_last(webhooks, J.kv_key(s.webhooks_bucket, "x"))
+            )
+            assert await refused_publish(nc, refusals, J.kv_key(s.webhooks_bucket, "x"))
+            assert await refused_publish(nc, refusals, J.kv_key(s.registry_bucket, "team.x"))
+            assert await refused_subscription(nc, refusals, s.all_replies)
+            assert await refused_subscription(nc, refusals, s.events())
+    finally:
+        codes = await stop_actors(actors)
+    refused = len(refusals.seen)
+    assert len(server.violations()) == refused, server.violations()
     for actor in actors:
         assert not [line for line in actor.stderr if "PERMISSION_VIOLATION" in line], actor.name
     assert set(codes.values()) <= {0}, codes
