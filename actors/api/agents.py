@@ -14,7 +14,7 @@ staffwork has no advisor model call. :mod:`actors.api.teams` maps a version to a
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from datetime import datetime
 
 import msgspec
 from msgspec import UNSET
@@ -223,24 +223,13 @@ async def _updated(call: Call, current: Agent, body: UpdateBody) -> Agent:
     )
 
 
-def _since(call: Call, name: str) -> datetime | None:
-    raw = call.query(name)
-    if not raw:
-        return None
-    try:
-        when = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
-        raise bad_request(f"query parameter {name}={raw!r} is not an RFC 3339 time") from None
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
-
-
 def _time(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 async def list_(call: Call) -> object:
     archived = call.query_bool("include_archived")
-    gte, lte = _since(call, "created_at[gte]"), _since(call, "created_at[lte]")
+    gte, lte = call.query_time("created_at[gte]"), call.query_time("created_at[lte]")
     agents = [
         a
         for a in await call.records.list(call.workspace, KIND, Agent)

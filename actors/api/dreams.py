@@ -242,24 +242,13 @@ async def retrieve(call: Call) -> object:
     return await _show(call, dream, record)
 
 
-def _when(call: Call, name: str) -> datetime | None:
-    raw = call.query(name)
-    if not raw:
-        return None
-    try:
-        when = datetime.fromisoformat(raw)
-    except ValueError:
-        raise bad_request(f"query parameter {name}={raw!r} is not an RFC 3339 time") from None
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
-
-
 async def list_dreams(call: Call) -> object:
     """Newest first; archived dreams only with ``include_archived=true``; ``statuses[]`` filters."""
     archived = call.query_bool("include_archived")
     statuses = call.query_list("statuses")
     if unknown := [s for s in statuses if s not in STATUSES]:
         raise bad_request(f"query parameter statuses[]={unknown[0]!r} is not one of {', '.join(STATUSES)}")
-    after, before = _when(call, "created_at[gt]"), _when(call, "created_at[lt]")
+    after, before = call.query_time("created_at[gt]"), call.query_time("created_at[lt]")
     book = DreamBook(call.bus)
     shown = []
     for dream in await call.records.list(call.workspace, KIND, ApiDream):

@@ -13,6 +13,7 @@ import base64
 import binascii
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import msgspec
@@ -83,6 +84,17 @@ class Call:
         """A list parameter, in the SDK's bracket form (``types[]=a&types[]=b``) or repeated."""
         params = self.request.query_params
         return [*params.getlist(f"{name}[]"), *params.getlist(name)]
+
+    def query_time(self, name: str) -> datetime | None:
+        """A time parameter (``created_at[gte]=...``, RFC 3339; UTC when it names no zone), or None."""
+        raw = self.query(name)
+        if not raw:
+            return None
+        try:
+            when = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+        except ValueError:
+            raise bad_request(f"query parameter {name}={raw!r} is not an RFC 3339 time") from None
+        return when if when.tzinfo else when.replace(tzinfo=UTC)
 
     def query_bool(self, name: str) -> bool:
         value = self.query(name, "false").lower()

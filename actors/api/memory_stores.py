@@ -15,14 +15,14 @@ cannot drop a store, so its name stays registered and its old versions stay in t
 from __future__ import annotations
 
 import weakref
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import UNSET, UnsetType
 from starlette.routing import Route
 
-from actors.api.errors import ApiError, bad_request, not_found
+from actors.api.errors import ApiError, not_found
 from actors.api.http import Call, page, route
 from actors.api.values import check_metadata, rfc3339_now
 from bus.connection import Bus
@@ -184,21 +184,10 @@ async def delete(call: Call) -> object:
     return {"id": record.id, "type": "memory_store_deleted"}
 
 
-def _when(call: Call, name: str) -> datetime | None:
-    raw = call.query(name)
-    if not raw:
-        return None
-    try:
-        when = datetime.fromisoformat(raw)
-    except ValueError:
-        raise bad_request(f"query parameter {name}={raw!r} is not an RFC 3339 time") from None
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
-
-
 async def list_stores(call: Call) -> object:
     """Newest first; archived stores only with ``include_archived=true``."""
     archived = call.query_bool("include_archived")
-    since, until = _when(call, "created_at[gte]"), _when(call, "created_at[lte]")
+    since, until = call.query_time("created_at[gte]"), call.query_time("created_at[lte]")
     shown = []
     for record in await call.records.list(call.workspace, KIND, StoreRecord):
         created = datetime.fromisoformat(record.created_at)
