@@ -164,6 +164,11 @@ class ProvisionError(BusError):
     """A stream, consumer or bucket could not be created or brought to the wanted config."""
 
 
+class ProvisionRefused(ProvisionError):
+    """The server refused this connection's user the right to provision (a least-privilege user):
+    the admin provisions, and the actor goes on with what is there."""
+
+
 class HistoryConflict(BusError):
     """Appending to a thread's history failed: another worker extended it since we read it."""
 

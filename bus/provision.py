@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import nats.errors
 import nats.js.errors
@@ -32,7 +32,7 @@ from nats.js.api import (
 )
 
 from bus.connection import Bus
-from bus.errors import ProvisionError
+from bus.errors import ProvisionError, ProvisionRefused
 from bus.subjects import JetStreamApi, Subjects
 from bus.workspace import Workspace
 
@@ -309,12 +309,33 @@ async def ensure_session_index(bus: Bus, bucket: str) -> None:
         log.info("workspace_index_added", bucket=bucket, files=indexed)
 
 
+async def _unless_refused(bus: Bus, first: Coroutine[Any, Any, None]) -> None:
+    """Run the first step of provisioning, unless the server says this user may not: a refused
+    request reaches only the error callback and would otherwise wait out its deadline."""
+    mark = bus.permission_errors.count
+    step = asyncio.ensure_future(first)
+    refused = asyncio.ensure_future(bus.permission_errors.after(mark))
+    try:
+        await asyncio.wait({step, refused}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        denied = refused.result() if refused.done() and not step.done() else None
+        for task in (step, refused):
+            task.cancel()
+        await asyncio.gather(step, refused, return_exceptions=True)
+    if denied is not None:
+        raise ProvisionRefused(
+            f"this NATS user may not provision root {bus.subjects.root!r} ({denied}): the admin user "
+            "provisions (any staffwork command run as the admin), then the actors go on"
+        )
+    step.result()  # done: its own error, if it failed
+
+
 async def provision(
     bus: Bus, *, settings: StreamSettings | None = None, agents: tuple[str, ...] = ()
 ) -> None:
     """Make sure every stream, consumer and bucket the design needs exists for ``bus``'s root."""
     settings = settings or StreamSettings()
-    await ensure_stream(bus, log_stream_config(bus, settings))
+    await _unless_refused(bus, ensure_stream(bus, log_stream_config(bus, settings)))
     await ensure_consumer(bus, lead_consumer(bus.subjects))
     await ensure_consumer(bus, grader_consumer(bus.subjects), update=False)
     await ensure_consumer(bus, webhook_events_consumer(bus.subjects), update=False)

@@ -60,7 +60,7 @@ from schemas.memory import Writer
 from schemas.session import SessionResult
 from schemas.thread import CustomToolResult
 from schemas.webhooks import WebhookSpec
-from tests.helpers import API_KEY, ROOT_DIR, api_client, inbox, start_nats_server, stop_nats_server
+from tests.helpers import API_KEY, ROOT_DIR, api_client, free_port, inbox, start_nats_server, stop_nats_server
 
 READY_TIMEOUT = 20.0
 OPERATOR = Writer(kind="user", user="operator")
@@ -776,3 +776,39 @@ async def test_the_api_serves_the_sdk_on_its_own_user_and_is_refused_the_rest(se
     for actor in actors:
         assert not [line for line in actor.stderr if "PERMISSION_VIOLATION" in line], actor.name
     assert set(codes.values()) <= {0}, codes
+
+
+async def test_staffwork_actor_on_its_own_user_goes_on_with_what_the_admin_provisioned(
+    server: AuthServer,
+) -> None:
+    """``staffwork actor api`` as the api user: its user may not create streams, so provisioning is
+    refused at once (not after a timeout) with a note, and the actor serves what the admin made."""
+    await provisioned(server)
+    port = free_port()
+    env = {key: value for key, value in os.environ.items() if not key.startswith("STAFFWORK_NATS_")}
+    env |= server.env(user_of(server, "api")) | {"STAFFWORK_API_KEYS": f"acme={API_KEY}"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "actors.cli", "actor", "api", "--nats", server.url, "--root", server.root,
+        "--api-port", str(port), cwd=ROOT_DIR, env=env, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    said: list[str] = []
+    try:
+        async with asyncio.timeout(15):  # the refused STREAM.CREATE alone would have taken 10 s
+            while not said or "api ready" not in said[-1]:
+                line = (await proc.stderr.readline()).decode()
+                assert line, "the actor exited:\n" + "".join(said)
+                said.append(line)
+        async with anthropic.AsyncAnthropic(
+            base_url=f"http://127.0.0.1:{port}", api_key=API_KEY, max_retries=0
+        ) as sdk:
+            env_made = await sdk.beta.environments.create(name="e", config={"type": "self_hosted"})
+            assert (await sdk.beta.environments.retrieve(env_made.id)).name == "e"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(30):
+            await proc.wait()
+    notes = [line for line in said if line.startswith("note: this NATS user may not provision root")]
+    assert len(notes) == 1, said
+    assert "permissions violation" in notes[0]
+    assert proc.returncode == 0

@@ -37,7 +37,7 @@ from actors.webhooks.actor import WebhookSettings
 from bus import local
 from bus.cluster import LocalCluster
 from bus.connection import Bus
-from bus.errors import StaffworkError
+from bus.errors import ProvisionRefused, StaffworkError
 from bus.health import ProcessIdentity
 from bus.lifecycle import install_stop_signals
 from bus.paths import data_dir, server_store_dir
@@ -105,7 +105,10 @@ def actor(
         if url is None:
             raise StaffworkError("no NATS server: give --nats URL (or start one with staffwork up)")
         async with await Bus.connect(url, root=root, name=f"staffwork-{role}") as bus:
-            await provision(bus)
+            try:
+                await provision(bus)
+            except ProvisionRefused as exc:  # a least-privilege user: the admin provisioned
+                err.print(f"note: {exc}", highlight=False, markup=False)
             names = [a for a in agents.split(",") if a]
             if role == "subagent" and not names:
                 names = sorted({a.name for team in await registered_teams(bus) for a in team.agents})
