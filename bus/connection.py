@@ -411,9 +411,10 @@ class Bus:
     async def kv(self, bucket: str) -> KV:
         """A KV bucket (it must exist: provisioning creates the design's buckets).
 
-        The design's own buckets (sessions, registry, webhooks) are looked up once per connection:
-        finding a bucket is a stream-info round trip, which the hot path would otherwise pay on
-        every read. Memory stores and dreams come and go, so they are looked up each time."""
+        The design's own buckets (sessions, registry, webhooks, dreams, the HTTP API's records) are
+        looked up once per connection: finding a bucket is a stream-info round trip, which the hot
+        path would otherwise pay on every read. Memory stores come and go, so they are looked up
+        each time."""
         cached = self._kvs.get(bucket)
         if cached is not None:
             return cached
@@ -422,7 +423,7 @@ class Bus:
         except nats.js.errors.BucketNotFoundError as exc:
             raise BusError(f"KV bucket {bucket!r} does not exist: was the bus provisioned?") from exc
         s = self.subjects
-        if bucket in (s.sessions_bucket, s.registry_bucket, s.webhooks_bucket):
+        if bucket in (s.sessions_bucket, s.registry_bucket, s.webhooks_bucket, s.dreams_bucket, s.api_bucket):
             self._kvs[bucket] = kv
         return kv
 

@@ -346,6 +346,7 @@ async def provision(
     await ensure_kv(bus, bus.subjects.registry_bucket, history=8, settings=settings)
     await ensure_kv(bus, bus.subjects.webhooks_bucket, history=1, settings=settings)
     await ensure_kv(bus, bus.subjects.api_bucket, history=1, settings=settings)
+    await ensure_kv(bus, bus.subjects.dreams_bucket, history=8, settings=settings)
     await ensure_object_store(bus, bus.subjects.files_bucket, settings=settings)
     await ensure_session_index(bus, bus.subjects.files_bucket)
     await ensure_stream(bus, memory_stream_config(bus, settings))

@@ -40,7 +40,7 @@ from actors.cli.common import load_team
 from actors.client import Client
 from actors.collector.actor import CollectorActor, TraceStore
 from actors.dreamer.actor import request_dream
-from actors.dreamer.dream import DreamBook, cancel_dream, ensure_dreams, wait_dream
+from actors.dreamer.dream import DreamBook, cancel_dream, wait_dream
 from actors.roles import NOTICE_KEY, RoleConfig, build
 from actors.sessions.teams import register_team
 from bus.codec import encode
@@ -550,7 +550,6 @@ async def test_a_session_runs_with_every_actor_on_its_own_user(
         trace = TraceStore(tmp_path / "unused.db")
         await ensure_consumer(admin, CollectorActor(trace).consumer(s))  # provision() leaves it out
         trace.close()
-        await ensure_dreams(admin)
         await register_team(admin, load_team(team_file))
         memory = Memory(admin)
         await memory.create("notes")
@@ -741,7 +740,6 @@ async def test_the_api_serves_the_sdk_on_its_own_user_and_is_refused_the_rest(se
                 await request_dream(api_bus, DreamRequest(store=store.id, sessions=1), timeout=5)
             dream = DreamRecord(dream_id=new_id("drm"), store=store.id, output_store="perm-out")
             async with bus_as(server, user_of(server, "admin")) as admin:
-                await ensure_dreams(admin)
                 await DreamBook(admin).create(dream)
             assert await DreamBook(api_bus).get(dream.dream_id) == dream
             assert (await cancel_dream(api_bus, dream.dream_id, "not now")).status == "canceled"

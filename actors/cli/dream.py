@@ -15,7 +15,7 @@ from actors.agent.models.offline import OfflineModel
 from actors.cli.common import NatsOption, RootOption, bus_target, err, fail, out, run_async
 from actors.cli.serve import serve_here
 from actors.dreamer.actor import DreamSchedule, request_dream
-from actors.dreamer.dream import DreamBook, Dreamer, cancel_dream, ensure_dreams, wait_dream
+from actors.dreamer.dream import DreamBook, Dreamer, cancel_dream, wait_dream
 from actors.dreamer.sessions import DreamError
 from actors.roles import RoleConfig
 from actors.views.tail import parse_duration
@@ -67,7 +67,6 @@ def _with_bus(nats: str | None, root: str, body: Callable[[Bus], Awaitable[T]]) 
     async def go() -> T:
         async with bus_target(nats, root, name="staffwork-dream") as target:
             await provision(target.bus)
-            await ensure_dreams(target.bus)
             return await body(target.bus)
 
     return run_async(go)

@@ -12,7 +12,7 @@ import msgspec
 import structlog
 
 from actors.agent.models.base import Model
-from actors.dreamer.dream import Dreamer, ensure_dreams
+from actors.dreamer.dream import Dreamer
 from actors.dreamer.sessions import (
     DREAMER,
     DreamError,
@@ -70,7 +70,6 @@ class DreamerService(BaseActor[None]):
         return None
 
     async def on_start(self, bus: Bus) -> None:
-        await ensure_dreams(bus)
         self.bus = bus
         self.dreamer = Dreamer(bus, self.model)
         self._responder = await bus.respond(bus.subjects.api_dream, self._answer, queue=DREAMER)

@@ -34,7 +34,6 @@ from actors.sessions.cancel import race_cancel
 from bus.connection import Bus
 from bus.errors import StaffworkError
 from bus.memory import Memory, sha256_hex
-from bus.provision import StreamSettings, ensure_kv
 from bus.subjects import check_token
 from schemas.base import Usage
 from schemas.dream import (
@@ -60,11 +59,6 @@ def output_name(store: str, dream_id: str) -> str:
     return store[: 48 - len(suffix)] + suffix
 
 
-async def ensure_dreams(bus: Bus, settings: StreamSettings | None = None) -> None:
-    """Create the dream records bucket if it is missing (idempotent)."""
-    await ensure_kv(bus, bus.subjects.dreams_bucket, history=8, settings=settings or StreamSettings())
-
-
 # --- records ---------------------------------------------------------------------------------------
 
 _record_decoder = msgspec.json.Decoder(DreamRecord)
@@ -77,8 +71,7 @@ class DreamBook:
         self.bus = bus
 
     async def _kv(self) -> Any:
-        await ensure_dreams(self.bus)
-        return await self.bus.kv(self.bus.subjects.dreams_bucket)
+        return await self.bus.kv(self.bus.subjects.dreams_bucket)  # provisioning made it
 
     async def create(self, record: DreamRecord) -> None:
         if not await (await self._kv()).create(record.dream_id, msgspec.json.encode(record)):
