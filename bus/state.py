@@ -73,6 +73,18 @@ class KV:
                 found.append(key)
         return sorted(found)
 
+    async def values(self, pattern: str = ">") -> list[tuple[str, bytes]]:
+        """Every live key matching ``pattern`` (subject wildcards over the key's dot-separated
+        tokens) with its value, in one read, sorted by key."""
+        head = JetStreamApi.kv_key(self.bucket, "")
+        found: list[tuple[str, bytes]] = []
+        stream, wanted = JetStreamApi.kv_stream(self.bucket), JetStreamApi.kv_key(self.bucket, pattern)
+        async for msg in last_per_subject(self._js, stream, wanted):
+            if (msg.headers or {}).get("KV-Operation") in ("DEL", "PURGE"):
+                continue
+            found.append((msg.subject[len(head) :], msg.data))
+        return sorted(found)
+
     async def create(self, key: str, value: bytes) -> bool:
         """Store ``value`` unless ``key`` exists; False if it did."""
         try:

@@ -169,6 +169,17 @@ async def test_kv_keys_lists_every_live_key_without_racing(bus: Bus, nc: NATS) -
     assert await kv.keys("other") == ["other"]
 
 
+async def test_kv_values_reads_the_live_keys_of_a_pattern_in_one_go(bus: Bus, nc: NATS) -> None:
+    kv = await bus.kv(bus.subjects.api_bucket)
+    for key in ("acme.agent.a1", "acme.agent.a2", "acme.agentv.a1-v1", "acme.env.e1", "globex.agent.g1"):
+        await kv.put(key, key.encode())
+    raw = await nc.jetstream().key_value(bus.subjects.api_bucket)
+    await raw.delete("acme.agent.a2")
+    assert await kv.values("acme.agent.*") == [("acme.agent.a1", b"acme.agent.a1")]
+    assert [key for key, _ in await kv.values("*.agent.*")] == ["acme.agent.a1", "globex.agent.g1"]
+    assert len(await kv.values()) == 4
+
+
 async def test_two_workers_extending_one_thread_conflict_and_the_loser_is_told(bus: Bus) -> None:
     """The server refuses the second append at the same index (expected last subject sequence); the
     loser gets :class:`HistoryConflict`, never a generic bus error, and the log keeps one entry."""

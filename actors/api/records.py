@@ -45,13 +45,6 @@ class Records:
         return await (await self.kv()).update(self.key(workspace, kind, id), data, revision)
 
     async def list(self, workspace: str, kind: str, type: type[T]) -> list[T]:
-        """Every record of ``kind`` in ``workspace`` (in key order)."""
+        """Every record of ``kind`` in ``workspace`` (in key order), in one read of the bucket."""
         kv = await self.kv()
-        prefix = f"{workspace}.{kind}."
-        found: list[T] = []
-        for key in await kv.keys(prefix):
-            if "." in key[len(prefix) :]:
-                continue  # a record of a longer kind name sharing the prefix's tokens
-            if (data := await kv.get(key)) is not None:
-                found.append(msgspec.json.decode(data, type=type))
-        return found
+        return [msgspec.json.decode(data, type=type) for _, data in await kv.values(f"{workspace}.{kind}.*")]
