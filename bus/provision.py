@@ -120,7 +120,9 @@ def grader_consumer(subjects: Subjects, *, ack_wait: float = 30.0) -> ConsumerSp
     )
 
 
-#: The trace events that webhooks can announce (the rest never reach the webhooks actor).
+#: The trace events that webhooks can announce (the rest never reach the webhooks actor). The
+#: webhooks actor updates its consumer to these filters when it starts; :func:`provision` only
+#: creates it.
 WEBHOOK_SOURCES = (
     "session.status_running",
     "session.status_idle",
@@ -128,6 +130,7 @@ WEBHOOK_SOURCES = (
     "session.thread_created",
     "session.thread_status_idle",
     "span.outcome_evaluation_end",
+    "agent.custom_tool_use",
 )
 
 

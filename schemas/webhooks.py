@@ -29,6 +29,7 @@ WebhookEventType = Literal[
     "session.thread_created",
     "session.thread_idled",
     "session.outcome_evaluation_ended",
+    "session.requires_action",
 ]
 #: the events an endpoint gets when it does not list any
 DEFAULT_EVENTS: tuple[WebhookEventType, ...] = ("session.status_idled", "session.status_terminated")

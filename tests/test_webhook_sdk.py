@@ -20,6 +20,7 @@ from anthropic import Anthropic
 from anthropic.types.beta import (
     BetaWebhookEvent,
     BetaWebhookSessionOutcomeEvaluationEndedEventData,
+    BetaWebhookSessionRequiresActionEventData,
     BetaWebhookSessionStatusIdledEventData,
     BetaWebhookSessionStatusRunStartedEventData,
     BetaWebhookSessionStatusTerminatedEventData,
@@ -32,15 +33,22 @@ from actors.agent.models.scripted import ScriptedModel, calls, text
 from actors.cli.progress import Progress
 from actors.client import Client
 from actors.roles import RoleConfig, running
-from actors.webhooks.actor import WebhookSettings, WebhookSource, send_test_event, webhook_event
-from actors.webhooks.http import event_id_for, payload, signed_headers
+from actors.webhooks.actor import (
+    WebhookSettings,
+    WebhookSource,
+    send_test_event,
+    webhook_event,
+    webhook_event_id,
+)
+from actors.webhooks.http import payload, signed_headers
 from bus.connection import Bus
 from bus.direct import read_subject
 from schemas.base import Usage
 from schemas.outcome import Check, Outcome
-from schemas.team import AgentSpec, TeamSpec
+from schemas.team import AgentSpec, CustomTool, TeamSpec
 from schemas.trace import (
     AnyTraceEvent,
+    CustomToolUse,
     OutcomeEvaluationEnd,
     SessionStatusIdle,
     SessionStatusRunning,
@@ -67,6 +75,7 @@ SDK_DATA: dict[str, type[BaseModel]] = {
     "session.thread_created": BetaWebhookSessionThreadCreatedEventData,
     "session.thread_idled": BetaWebhookSessionThreadIdledEventData,
     "session.outcome_evaluation_ended": BetaWebhookSessionOutcomeEvaluationEndedEventData,
+    "session.requires_action": BetaWebhookSessionRequiresActionEventData,
 }
 SessionData = (
     BetaWebhookSessionStatusRunStartedEventData
@@ -75,6 +84,7 @@ SessionData = (
     | BetaWebhookSessionThreadCreatedEventData
     | BetaWebhookSessionThreadIdledEventData
     | BetaWebhookSessionOutcomeEvaluationEndedEventData
+    | BetaWebhookSessionRequiresActionEventData
 )
 ThreadData = BetaWebhookSessionThreadCreatedEventData | BetaWebhookSessionThreadIdledEventData
 THREAD_EVENTS = {"session.thread_created", "session.thread_idled"}
@@ -118,6 +128,18 @@ CASES: list[tuple[WebhookSource, dict[str, Any]]] = [
         OutcomeEvaluationEnd(session_id=SID, time=AT, outcome_id="outc_1", iteration=2, result="satisfied"),
         {"outcome_id": "outc_1", "iteration": 2, "result": "satisfied"},
     ),
+    (
+        CustomToolUse(
+            session_id=SID,
+            time=AT,
+            thread_id="thr_ops",
+            agent="ops",
+            tool_use_id="toolu_approve",
+            name="approve",
+            input={"change": "roll back"},
+        ),
+        {"session_thread_id": "thr_ops", "agent": "ops", "tool_use_id": "toolu_approve", "name": "approve"},
+    ),
 ]
 
 
@@ -130,7 +152,7 @@ def test_the_cases_cover_every_event_kind_we_send() -> None:
 @pytest.mark.parametrize(("event", "details"), CASES, ids=[event_kind(event) for event, _ in CASES])
 def test_every_event_kind_is_the_sdks_own_type(event: WebhookSource, details: dict[str, Any]) -> None:
     kind, built = webhook_event(event, IDS)
-    event_id = event_id_for(event.msg_id)
+    event_id = webhook_event_id(event)
     body = payload(event_id, event.time, built)
     parsed, data = sdk_event(body, signed_headers(secret_key(SECRET), event_id, body))
     assert (parsed.type, parsed.id, parsed.created_at) == ("event", event_id, AT)
@@ -139,6 +161,21 @@ def test_every_event_kind_is_the_sdks_own_type(event: WebhookSource, details: di
     thread = data.session_thread_id if isinstance(data, ThreadData) else None
     assert thread == (event.thread_id if kind in THREAD_EVENTS else None)
     assert data.model_extra == {"staffwork": details}  # ours, kept as the SDK's extra field
+
+
+def test_a_custom_tool_call_is_one_webhook_event_however_often_announced() -> None:
+    """A worker that picks a waiting call's thread up again announces the call again (a new trace
+    event): the same webhook event id, so receivers, and JetStream's dedup, see one event per call."""
+    call = CustomToolUse(
+        session_id=SID, thread_id="thr_ops", agent="ops", tool_use_id="toolu_1", name="approve"
+    )
+    again = msgspec.structs.replace(call, msg_id="msg_again", time=AT)
+    assert webhook_event_id(call) == webhook_event_id(again)
+    other_call = msgspec.structs.replace(call, tool_use_id="toolu_2")
+    other_session = msgspec.structs.replace(call, session_id="ses_other")
+    ids = {webhook_event_id(event) for event in (call, other_call, other_session)}
+    assert len(ids) == 3
+    assert all(event_id.startswith("whevt_") and len(event_id) == 32 for event_id in ids)
 
 
 def test_the_old_shape_is_not_the_sdks_type() -> None:
@@ -216,13 +253,15 @@ async def trace_events(bus: Bus, session_id: str, kind: str = ">") -> list[AnyTr
 
 
 async def test_a_real_session_delivers_every_event_kind_as_the_sdks_type(bus: Bus) -> None:
-    """One session delegates to a worker and is graded (run started, thread created and idled,
-    outcome evaluated, session idled); then another fails (terminated). Each delivery, checked by
-    the SDK, matches the trace event it announces."""
+    """One session delegates to a worker, whose custom tool call the test answers when its webhook
+    arrives, and is graded (run started, thread created and idled, action required, outcome
+    evaluated, session idled); then another fails (terminated). Each delivery, checked by the SDK,
+    matches the trace event it announces."""
+    ask: tuple[str, str, dict[str, object]] = ("toolu_ask", "approve", {"change": "look at the deploys"})
     model = ScriptedModel(
         {
             "lead": [calls(delegate("toolu_1", "logs", "look")), text("Deploy dpl-48db40 broke payments.")],
-            "logs": [text("dpl-48db40 at 14:02")],
+            "logs": [calls(ask), text("dpl-48db40 at 14:02")],
         }
     )  # the second session's lead finds no step left: its model call fails for good
     every: list[WebhookEventType] = list(get_args(WebhookEventType))
@@ -232,10 +271,20 @@ async def test_a_real_session_delivers_every_event_kind_as_the_sdks_type(bus: Bu
     config = RoleConfig(model=model, agents=("logs",), webhooks=settings)
     async with Receiver() as receiver, running(bus, ["lead", "subagent", "grader", "webhooks"], config):
         hook = WebhookSpec(url=f"{receiver.url}/all", events=every, secret=SECRET)
-        agents = [AgentSpec(name="logs")]
+        approve = CustomTool(name="approve", description="Ask the on-call engineer.")
+        agents = [AgentSpec(name="logs", custom_tools=[approve])]
         team = TeamSpec(name="graded", lead=AgentSpec(name="lead"), agents=agents, outcome=outcome)
         client = Client(bus)
         graded = await client.submit("What broke payments?", team=team, webhooks=[hook])
+
+        def requires_action() -> list[dict[str, Any]]:
+            delivered = [r.payload["data"] for r in receiver.delivered()]
+            return [data for data in delivered if data["type"] == "session.requires_action"]
+
+        await receiver.wait_for(lambda: bool(requires_action()), timeout=20)
+        [action] = requires_action()
+        assert action["id"] == graded
+        await client.answer_tool(graded, action["staffwork"]["tool_use_id"], "approved")
         assert (await client.wait(graded, timeout=30)).status == "idle"
         lone = TeamSpec(name="lone", lead=AgentSpec(name="lead"))
         failed = await client.submit("Fail.", team=lone, webhooks=[hook])
@@ -253,9 +302,10 @@ async def test_a_real_session_delivers_every_event_kind_as_the_sdks_type(bus: Bu
             timeout=20,
         )
         announced = {
-            event_id_for(event.msg_id): event
+            webhook_event_id(event): event
             for session_id in (graded, failed)
             for event in await trace_events(bus, session_id)
+            if isinstance(event, WebhookSource)
         }
     model.assert_done()
     seen: set[str] = set()
@@ -267,6 +317,15 @@ async def test_a_real_session_delivers_every_event_kind_as_the_sdks_type(bus: Bu
         assert isinstance(data, ThreadData) == (data.type in THREAD_EVENTS)
         if isinstance(data, ThreadData):
             assert data.session_thread_id == source.thread_id != ""
+        if isinstance(source, CustomToolUse):
+            assert data.model_extra == {
+                "staffwork": {
+                    "session_thread_id": source.thread_id,
+                    "agent": "logs",
+                    "tool_use_id": "toolu_ask",
+                    "name": "approve",
+                }
+            }
         seen.add(data.type)
     assert seen == set(every)
 

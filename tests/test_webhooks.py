@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -29,6 +30,7 @@ from typing import Any, TypeVar
 import msgspec
 import pytest
 import standardwebhooks
+from nats.aio.client import Client as NATS
 
 from actors.agent.models.scripted import ScriptedModel, text
 from actors.client import Client
@@ -46,12 +48,13 @@ from actors.webhooks.http import event_id_for, redacted, refusal, send_test_even
 from bus.connection import Bus
 from bus.direct import read_subject
 from bus.errors import StaffworkError
-from bus.provision import WEBHOOK_SOURCES
+from bus.provision import WEBHOOK_SOURCES, ensure_consumer, provision, webhook_events_consumer
 from schemas.base import Usage
 from schemas.ids import new_id
 from schemas.team import AgentSpec, TeamSpec
 from schemas.trace import (
     AnyTraceEvent,
+    CustomToolUse,
     SessionStatusIdle,
     ThreadCreated,
     ThreadStatusIdle,
@@ -395,6 +398,32 @@ async def test_an_event_is_delivered_signed_to_each_endpoint_that_wants_it(
         "staffwork": {"agent": "logs"},
     }
     assert threads["session.status_idled"]["id"] == to_idle.id  # one event, the same id everywhere
+
+
+async def test_the_webhooks_actor_gives_an_existing_consumer_the_new_filters(bus: Bus, nc: NATS) -> None:
+    """A deployment provisioned before ``agent.custom_tool_use`` could become a webhook: provisioning
+    leaves its ``webhooks`` consumer as it is, and the new webhooks actor updates it when it starts."""
+    await provision(bus)
+    current = webhook_events_consumer(bus.subjects)
+    old = [s for s in current.filter_subjects if not s.endswith(".agent.custom_tool_use")]
+    await ensure_consumer(bus, dataclasses.replace(current, filter_subjects=tuple(old)))
+
+    async def filters() -> list[str]:
+        info = await nc.jetstream().consumer_info(bus.subjects.log_stream, current.durable)
+        return sorted(info.config.filter_subjects or [])
+
+    assert await filters() == sorted(old)
+    await provision(bus)
+    assert await filters() == sorted(old)  # provisioning does not change an existing consumer
+    async with Receiver() as receiver, webhooks(bus):
+        assert await filters() == sorted(current.filter_subjects)
+        spec = WebhookSpec(url=f"{receiver.url}/act", events=["session.requires_action"], secret=SECRET)
+        sid = await session(bus, spec)
+        call = CustomToolUse(session_id=sid, thread_id="t-ops", agent="ops", tool_use_id="toolu_1", name="ok")
+        await publish(bus, call)
+        await receiver.wait_for(lambda: len(receiver.delivered()) == 1)
+    [request] = receiver.delivered()
+    assert request.payload["data"]["type"] == "session.requires_action"
 
 
 async def test_failed_attempts_are_retried_with_backoff_and_the_same_id(bus: Bus) -> None:

@@ -32,13 +32,13 @@ from actors.webhooks.http import (
     ALLOW_PRIVATE_HINT,
     AddressRefused,
     WebhookError,
-    event_id_for,
     http_client,
     payload,
     post,
     redacted,
     send_test_event,
     signed_headers,
+    webhook_event_id,
 )
 from bus.actor import BaseActor, Context
 from bus.connection import Bus
@@ -65,6 +65,7 @@ __all__ = [
     "endpoint_states",
     "send_test_event",
     "webhook_event",
+    "webhook_event_id",
 ]
 
 log = structlog.get_logger("staffwork.webhooks")
@@ -98,7 +99,7 @@ class WebhookEvents(BaseActor[WebhookSource]):
             if team is None or not team.webhooks:
                 return
             event_type, data = webhook_event(msg, self.settings)
-            event_id = event_id_for(msg.msg_id)
+            event_id = webhook_event_id(msg)
             for index, spec in enumerate(team.webhooks):
                 if event_type not in spec.events:
                     continue

@@ -3,7 +3,9 @@ the shape the anthropic SDK types it (``anthropic.types.beta.BetaWebhookEventDat
 
 ``data`` has the SDK's fields: ``type``, ``id`` (the session's id), ``organization_id`` and
 ``workspace_id`` (:class:`~actors.webhooks.endpoints.WebhookSettings`: staffwork has neither), and
-for thread events ``session_thread_id``. Staffwork's own details (an object, maybe empty) go under
+for thread events ``session_thread_id``. ``session.requires_action`` (a custom tool call waits for
+the session's caller) has no ``session_thread_id`` in the SDK's type: the thread, like the call's id
+and name, is among staffwork's details. Staffwork's own details (an object, maybe empty) go under
 one extra key, :data:`~schemas.webhooks.DETAILS_KEY` (``"staffwork"``), which the SDK's models keep
 as an extra field; docs/architecture.md, "Webhooks", lists them.
 """
@@ -16,6 +18,7 @@ import msgspec
 
 from actors.webhooks.endpoints import WebhookSettings
 from schemas.trace import (
+    CustomToolUse,
     OutcomeEvaluationEnd,
     SessionStatusIdle,
     SessionStatusRunning,
@@ -33,6 +36,7 @@ WebhookSource = (
     | ThreadCreated
     | ThreadStatusIdle
     | OutcomeEvaluationEnd
+    | CustomToolUse
 )
 
 
@@ -57,6 +61,14 @@ def webhook_event(event: WebhookSource, settings: WebhookSettings) -> tuple[Webh
         case OutcomeEvaluationEnd():
             kind = "session.outcome_evaluation_ended"
             details = {"outcome_id": event.outcome_id, "iteration": event.iteration, "result": event.result}
+        case CustomToolUse():
+            kind = "session.requires_action"
+            details = {
+                "session_thread_id": event.thread_id,
+                "agent": event.agent,
+                "tool_use_id": event.tool_use_id,
+                "name": event.name,
+            }
         case _:
             assert_never(event)
     data: dict[str, Any] = {
