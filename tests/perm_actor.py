@@ -2,11 +2,11 @@
 
 ``python -m tests.perm_actor ROLE URL ROOT [--agents a,b] [--db PATH]``, with the user's
 ``STAFFWORK_NATS_USER``, ``STAFFWORK_NATS_PASSWORD`` and ``STAFFWORK_NATS_INBOX_PREFIX`` in the
-environment (its credentials file). What ``staffwork actor ROLE`` does, on the offline model and
-with webhooks to private addresses allowed, but for two things it cannot do yet: it does not
-provision (the admin user's job: an actor's user may not create streams) and it connects with the
-user's own inbox prefix (``Bus.connect`` has no option for it). Prints ``READY`` once the role
-consumes, and ``PERMISSION_VIOLATION <what>`` on stderr for each publish or subscription refused.
+environment (its credentials file). What ``staffwork actor ROLE`` does (which now also runs on
+such a user: tests/test_permissions.py runs ``staffwork actor api`` so), but on the offline model,
+with webhooks to private addresses allowed, without trying to provision (the admin user's job), and
+reporting each refusal: it prints ``READY`` once the role consumes, and ``PERMISSION_VIOLATION
+<what>`` on stderr for each publish or subscription refused.
 """
 
 from __future__ import annotations

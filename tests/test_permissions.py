@@ -219,7 +219,7 @@ async def client(server: AuthServer, user: str) -> AsyncIterator[tuple[NATS, Ref
 
 @asynccontextmanager
 async def bus_as(server: AuthServer, user: str) -> AsyncIterator[Bus]:
-    """A :class:`Bus` on ``user``'s connection (``Bus.connect`` cannot set the inbox prefix yet)."""
+    """A :class:`Bus` on ``user``'s connection (the plain client's, so its refusals are seen)."""
     async with client(server, user) as (nc, _):
         yield Bus(nc, Subjects(server.root), server.url)
 
