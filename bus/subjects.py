@@ -18,9 +18,14 @@ _TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 _KIND = re.compile(r"^[a-z0-9_]+(\.[a-z0-9_]+)*$")
 
 
+def is_token(value: object) -> bool:
+    """Whether ``value`` is a valid single subject token (1-128 letters, digits, ``_`` or ``-``)."""
+    return isinstance(value, str) and _TOKEN.match(value) is not None
+
+
 def check_token(value: str, what: str) -> str:
     """Return ``value`` if it is a valid single subject token, else raise :class:`ConfigError`."""
-    if not isinstance(value, str) or not _TOKEN.match(value):
+    if not is_token(value):
         raise ConfigError(
             f"{what} {value!r} is not a valid subject token "
             "(use 1-128 letters, digits, '_' or '-'; no dots, spaces or wildcards)"

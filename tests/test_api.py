@@ -102,3 +102,19 @@ async def test_the_readmes_sdk_program_runs_as_written(api: ApiActor, bus: Bus) 
     assert "memory_precondition_failed_error" in conflict
     assert "memories: ['/style.md']" in lines
     assert "agent 'agent_does_not_exist' not found" in lines[-1]
+
+
+@pytest.mark.parametrize("bad", ["a*b", "a.b", "x>", "a b"])
+async def test_an_id_that_is_no_token_is_not_found_on_every_resource(
+    sdk: anthropic.AsyncAnthropic, bad: str
+) -> None:
+    """A caller's id never addresses another record's key: Records answers None for it."""
+    for get in (
+        sdk.beta.environments.retrieve,
+        sdk.beta.agents.retrieve,
+        sdk.beta.memory_stores.retrieve,
+        sdk.beta.sessions.retrieve,
+        sdk.beta.dreams.retrieve,
+    ):
+        with pytest.raises(anthropic.NotFoundError):
+            await get(bad)

@@ -76,7 +76,7 @@ async def _roster(
                     raise bad_request(f"{where}: agent {id!r} is this agent: use {{'type': 'self'}}")
                 if any(p.id == id for p in pinned):
                     raise bad_request(f"{where}: agent {id!r} is listed twice")
-                found = await load(call.records, call.workspace, id) if _is_id(id) else None
+                found = await load(call.records, call.workspace, id)
                 if found is None:
                     raise bad_request(f"{where}: agent {id!r} not found")
                 current = found[0]
@@ -104,13 +104,9 @@ async def _roster(
 # --- storage --------------------------------------------------------------------------------------
 
 
-def _is_id(id: str) -> bool:
-    return bool(id) and all(c.isalnum() or c in "_-" for c in id)
-
-
 async def load(records: Records, workspace: str, id: str) -> tuple[Agent, int] | None:
     """The current version of agent ``id`` and its record's revision, or None."""
-    return await records.get(workspace, KIND, id, Agent) if _is_id(id) else None
+    return await records.get(workspace, KIND, id, Agent)
 
 
 async def version_of(records: Records, workspace: str, current: Agent, version: int) -> Agent:

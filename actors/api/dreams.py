@@ -17,7 +17,6 @@ is null.
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -42,7 +41,6 @@ KIND = "dream"
 STATUSES = ("pending", "running", "completed", "failed", "canceled")
 #: how long a cancel that came too late (the dream is writing) waits for the dream to end
 CANCEL_WAIT = 10.0
-_ID = re.compile(r"^[a-z0-9_-]{1,64}$")
 
 # --- request bodies -------------------------------------------------------------------------------
 
@@ -158,7 +156,7 @@ async def _record_output(call: Call, dream: ApiDream, record: DreamRecord) -> No
 async def _load(call: Call) -> tuple[ApiDream, int, DreamRecord | None]:
     """The workspace's dream named in the path (404 otherwise), its revision and the dreamer's record."""
     dream_id = call.path("dream_id")
-    found = await call.records.get(call.workspace, KIND, dream_id, ApiDream) if _ID.match(dream_id) else None
+    found = await call.records.get(call.workspace, KIND, dream_id, ApiDream)
     if found is None:
         raise not_found("dream", dream_id)
     return found[0], found[1], await DreamBook(call.bus).get(dream_id)

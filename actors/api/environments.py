@@ -191,14 +191,10 @@ def _config(
 
 
 async def _load(call: Call, id: str) -> tuple[Environment, int]:
-    found = await call.records.get(call.workspace, KIND, id, Environment) if _is_id(id) else None
+    found = await call.records.get(call.workspace, KIND, id, Environment)
     if found is None or found[0].deleted_at is not None:
         raise not_found("environment", id)
     return found
-
-
-def _is_id(id: str) -> bool:
-    return bool(id) and all(c.isalnum() or c in "_-" for c in id)
 
 
 async def _save(call: Call, env: Environment, revision: int) -> None:

@@ -10,6 +10,7 @@ import msgspec
 
 from bus.connection import Bus
 from bus.state import KV
+from bus.subjects import is_token
 
 T = TypeVar("T")
 
@@ -33,7 +34,10 @@ class Records:
         return await (await self.kv()).create(self.key(workspace, kind, id), msgspec.json.encode(record))
 
     async def get(self, workspace: str, kind: str, id: str, type: type[T]) -> tuple[T, int] | None:
-        """The record and its revision (for :meth:`update`), or None."""
+        """The record and its revision (for :meth:`update`), or None; also None for an id that is
+        not a single token (a caller's id from a URL must never address another key)."""
+        if not is_token(id):
+            return None
         entry = await (await self.kv()).entry(self.key(workspace, kind, id))
         if entry is None:
             return None

@@ -46,8 +46,7 @@ async def load_session(call: Call, id: str) -> ApiSession:
 
 
 async def load_for_update(call: Call, id: str) -> tuple[ApiSession, int]:
-    valid = bool(id) and all(c.isalnum() or c in "_-" for c in id)
-    found = await call.records.get(call.workspace, KIND, id, ApiSession) if valid else None
+    found = await call.records.get(call.workspace, KIND, id, ApiSession)
     if found is None:
         raise not_found("session", id)
     return found

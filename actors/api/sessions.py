@@ -172,7 +172,7 @@ async def show(call: Call, session: ApiSession) -> dict[str, Any]:
 
 
 async def _environment(call: Call, id: str) -> None:
-    found = await call.records.get(call.workspace, "env", id, _EnvState) if _is_id(id) else None
+    found = await call.records.get(call.workspace, "env", id, _EnvState)
     if found is None or found[0].deleted_at is not None:
         raise not_found("environment", id)
     if found[0].archived_at is not None:
@@ -182,10 +182,6 @@ async def _environment(call: Call, id: str) -> None:
 class _EnvState(msgspec.Struct, frozen=True):
     archived_at: str | None = None
     deleted_at: str | None = None
-
-
-def _is_id(id: str) -> bool:
-    return bool(id) and all(c.isalnum() or c in "_-" for c in id)
 
 
 # --- endpoints ------------------------------------------------------------------------------------
