@@ -492,3 +492,17 @@ def api_client(api: ApiActor, key: str = API_KEY) -> anthropic.AsyncAnthropic:
     """The SDK as a program written for the hosted service uses it, but for ``base_url`` and the key
     (no retries, so a test sees the first answer)."""
     return anthropic.AsyncAnthropic(base_url=api.url, api_key=key, max_retries=0)
+
+
+class BlockingModel:
+    """A model whose call blocks until it is canceled (``called`` is set once it was called)."""
+
+    name = "scripted"
+
+    def __init__(self) -> None:
+        self.called = asyncio.Event()
+
+    async def complete(self, request: ModelRequest) -> ModelResponse:
+        self.called.set()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")

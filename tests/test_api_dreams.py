@@ -17,7 +17,6 @@ import anthropic
 import pytest
 from anthropic.types.beta import BetaDream
 
-from actors.agent.models.base import ModelRequest, ModelResponse
 from actors.agent.models.offline import OfflineModel
 from actors.agent.models.scripted import ScriptedModel, text
 from actors.api.actor import ApiActor
@@ -25,7 +24,7 @@ from actors.dreamer.actor import DreamerService
 from actors.dreamer.dream import wait_dream
 from actors.roles import running_agents
 from bus.connection import Bus
-from tests.helpers import API_KEY, OTHER_API_KEY, running_actors
+from tests.helpers import API_KEY, OTHER_API_KEY, BlockingModel, running_actors
 
 FACTS = "db: pg12\nregion: eu\ndb: pg15\n"
 
@@ -39,20 +38,6 @@ def client(api: ApiActor, key: str = API_KEY) -> anthropic.AsyncAnthropic:
 def checked(dream: BetaDream) -> BetaDream:
     """``dream`` as the SDK's model reads it in strict mode (every field it models, typed)."""
     return BetaDream.model_validate_json(dream.to_json(), strict=True)
-
-
-class _BlockingModel:
-    """A dreamer's model whose call blocks until it is canceled (and says when it was called)."""
-
-    name = "scripted"
-
-    def __init__(self) -> None:
-        self.called = asyncio.Event()
-
-    async def complete(self, request: ModelRequest) -> ModelResponse:
-        self.called.set()
-        await asyncio.Event().wait()
-        raise AssertionError("unreachable")
 
 
 @asynccontextmanager
@@ -156,7 +141,7 @@ async def test_a_dream_over_a_store_and_a_session_completes_into_a_new_store(bus
         assert (await b.dreams.archive(created.id)).archived_at == archived.archived_at
 
     # a dream that is running when it is canceled
-    blocking = _BlockingModel()
+    blocking = BlockingModel()
     async with client(api) as sdk, dreamer(bus, blocking):
         b = sdk.beta
         running = await b.dreams.create(inputs=inputs, model={"id": "claude-sonnet-4-6", "speed": "standard"})

@@ -35,7 +35,7 @@ from schemas.trace import (
     OutcomeEvaluationEnd,
     ThreadMessageSent,
 )
-from tests.helpers import NatsServer, collector, run_cli, running_actors
+from tests.helpers import BlockingModel, NatsServer, collector, run_cli, running_actors
 
 USER = Writer(kind="user", user="alice")
 TEAM = TeamSpec(
@@ -162,22 +162,8 @@ async def test_a_dream_can_target_an_existing_store_but_never_its_input(bus: Bus
     assert LESSONS in [v.path for v in await store.list("reviewed")]
 
 
-class _BlockingModel:
-    """A model whose call blocks until it is canceled (and says when it was called)."""
-
-    name = "scripted"
-
-    def __init__(self) -> None:
-        self.called = asyncio.Event()
-
-    async def complete(self, request: ModelRequest) -> ModelResponse:
-        self.called.set()
-        await asyncio.Event().wait()
-        raise AssertionError("unreachable")
-
-
 async def test_a_dream_canceled_mid_run_leaves_no_store(bus: Bus, store: Memory) -> None:
-    model = _BlockingModel()
+    model = BlockingModel()
     dreamer = Dreamer(bus, model)
     record = await dreamer.start(DreamRequest(store="notes"))
     running = asyncio.create_task(dreamer.run(record.dream_id, DreamRequest(store="notes")))
@@ -325,7 +311,7 @@ async def test_a_dream_reads_past_sessions_from_the_collector(
 async def test_a_dream_waiting_for_a_slot_when_the_dreamer_stops_fails_instead_of_hanging(
     bus: Bus, store: Memory
 ) -> None:
-    model = _BlockingModel()
+    model = BlockingModel()
     async with running_actors(bus, [DreamerService(model, max_running=1, grace=0.2)]):
         first = await request_dream(bus, DreamRequest(store="notes"))
         second = await request_dream(bus, DreamRequest(store="notes"))  # waits for the only slot
