@@ -32,7 +32,7 @@ from msgspec import inspect as mi
 from schemas.conversation import ThreadTurn
 from schemas.dream import DreamAnswer, DreamCancel, DreamRecord, DreamRequest
 from schemas.errors import StaffworkError
-from schemas.session import SessionCancel, SessionSubmit
+from schemas.session import SessionCancel, SessionInterrupt, SessionMessage, SessionSubmit
 from schemas.team import TeamSpec
 from schemas.thread import CustomToolResult
 from schemas.trace import (
@@ -53,7 +53,9 @@ DEFS = "#/$defs/"
 #: default are required in these and in every struct they contain.
 INBOUND: tuple[type[msgspec.Struct], ...] = (
     SessionSubmit,
+    SessionMessage,
     SessionCancel,
+    SessionInterrupt,
     CustomToolResult,
     SessionsQuery,
     EventsQuery,

@@ -87,11 +87,35 @@ class SessionAccepted(Message, frozen=True, kw_only=True, tag="session.accepted.
     lead: str
 
 
-class SessionResult(Message, frozen=True, kw_only=True, tag="session.result.v1"):
-    """The session's deliverable: the final text, the report's path, every file written, totals."""
+class SessionMessage(Message, frozen=True, kw_only=True, tag="session.message.v1"):
+    """A follow-up to an idle session: the lead takes another turn with everything from the earlier
+    ones (its own history and its specialists' threads). Sent on ``<root>.api.message`` (request/reply,
+    answered with ``session.submit_reply.v1``); the turn ends with its own ``session.result.v1``."""
 
-    #: how the session ended
+    #: the session to continue
+    session_id: Token
+    #: the follow-up, in plain language
+    text: Annotated[str, msgspec.Meta(min_length=1)]
+    #: which turn this is: 1 for the first follow-up, then 2... (the same turn twice is one follow-up)
+    turn: Annotated[int, msgspec.Meta(ge=1)]
+    #: paths of further files in the session's workspace the team should read
+    inputs: list[str] = msgspec.field(default_factory=list)
+    #: the outcome this turn is graded against (absent: none)
+    outcome: Outcome | None = None
+    #: how long the turn may run, in seconds from its start (absent: the team's deadline)
+    deadline_s: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    #: the caller's own labels; kept in the log, not read
+    metadata: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+class SessionResult(Message, frozen=True, kw_only=True, tag="session.result.v1"):
+    """The deliverable of a session's turn: the final text, the report's path, every file written,
+    totals. One per turn: the submit's (turn 0), then one per ``session.message.v1``."""
+
+    #: how the turn ended (``idle``: the session can take a follow-up)
     status: SessionState
+    #: the turn this result ends: 0 for the submit, n for the n-th follow-up
+    turn: int = 0
     #: the lead's final answer
     final_text: str = ""
     #: the path of the report in the session's workspace ("" when none was written)
@@ -111,8 +135,22 @@ class SessionCancel(Message, frozen=True, kw_only=True, tag="session.cancel.v1")
 
     #: why, in a few words (shown in the trace and the result)
     reason: str = ""
-    #: reserved for stopping one thread of the session; not honoured yet: the whole session stops
+    #: reserved: a cancel always ends the whole session (to stop one thread, send ``session.interrupt.v1``)
     thread_id: str = ""
+
+
+class SessionInterrupt(Message, frozen=True, kw_only=True, tag="session.interrupt.v1"):
+    """Stop work in progress without ending the session, on ``<root>.s.<session>.ctl``.
+
+    An interrupted thread closes its pending tool calls with an error result, records that it was
+    interrupted and idles: it can take a follow-up. Without ``thread_id`` every thread stops, the
+    lead's turn included, and the session goes ``idle`` (its turn's result says ``interrupted``).
+    A thread that is not working when the interrupt arrives is left as it is."""
+
+    #: the thread to stop ("" for every thread of the session, the lead's turn included)
+    thread_id: str = ""
+    #: why, in a few words (shown in the trace and to the thread's model)
+    reason: str = ""
 
 
 class SessionRecord(msgspec.Struct, kw_only=True):
@@ -141,3 +179,5 @@ class SessionRecord(msgspec.Struct, kw_only=True):
     threads: int = 0
     #: tokens and cost so far, all threads together
     usage: Usage = msgspec.field(default_factory=Usage)
+    #: the turn the session is on: 0 for the submit's, n once the n-th follow-up was accepted
+    turn: int = 0

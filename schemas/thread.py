@@ -49,7 +49,7 @@ class FollowUp(Message, frozen=True, kw_only=True, tag="thread.follow_up.v1"):
     tool_use_id: str = ""
 
 
-ThreadOutcome = Literal["completed", "failed", "canceled", "max_turns_reached"]
+ThreadOutcome = Literal["completed", "failed", "canceled", "max_turns_reached", "interrupted"]
 
 
 class ThreadReply(Message, frozen=True, kw_only=True, tag="thread.reply.v1"):

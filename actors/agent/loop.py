@@ -37,7 +37,8 @@ from schemas.trace import (
 
 TRACE_TEXT_LIMIT = 20_000
 #: stop reasons of the note turns the loop records when a request stops without an answer
-STOPPED = frozenset({"max_turns", "error"})
+INTERRUPTED = "interrupted"
+STOPPED = frozenset({"max_turns", "error", INTERRUPTED})
 
 
 def turns_since_trigger(history: ThreadHistory) -> int:
@@ -155,6 +156,8 @@ class AgentLoop:
     def _stopped(self, last: ThreadTurn) -> LoopResult:
         if last.stop_reason == "max_turns":
             return self._result("max_turns_reached", self._last_text(), "max_turns")
+        if last.stop_reason == INTERRUPTED:
+            return self._result("interrupted", last.turn.text, INTERRUPTED)
         error = ErrorInfo(kind="model", message=last.turn.text)
         return self._result("failed", last.turn.text, last.stop_reason, error)
 
@@ -269,3 +272,42 @@ class AgentLoop:
             )
         )
         return result
+
+
+async def record_interrupt(bus: Bus, log: ThreadLog, history: ThreadHistory, reason: str) -> ThreadHistory:
+    """Record in a thread's log that its request was interrupted (its loop task already cancelled).
+
+    Tool calls the model made and that have no result yet get an error result (in the trace too),
+    then a note turn with stop reason ``interrupted`` ends the request, so the thread's history stays
+    a valid conversation that a follow-up continues, and a replay sees the request as ended. A request
+    that had already ended is left as it is. Returns the thread's history as stored now."""
+    fresh = await log.load(history.session_id, history.thread_id)
+    last = fresh.last
+    if last is None or last.stop_reason in STOPPED:
+        return fresh
+    uses = last.turn.tool_uses if last.turn.role == "assistant" else []
+    if last.turn.role == "assistant" and not uses and last.stop_reason != PAUSE_TURN:
+        return fresh  # it had answered: nothing was cut short
+    why = f"interrupted by the user{f': {reason}' if reason else ''}"
+    fields = {"session_id": fresh.session_id, "thread_id": fresh.thread_id, "agent": last.agent}
+    if uses:
+        results = [ToolResultBlock(tool_use_id=use.id, content=f"[{why}]", is_error=True) for use in uses]
+        for use in uses:
+            closed = {"tool_use_id": use.id, "name": use.name, "is_error": True, "content": f"[{why}]"}
+            await bus.emit(AgentToolResult(**closed, **fields))
+        await _append_to(log, fresh, last.agent, Turn(role="user", content=list(results)))
+    note = Turn(role="assistant", content=[TextBlock(text=f"[stopped: {why}]")])
+    await _append_to(log, fresh, last.agent, note, stop_reason=INTERRUPTED)
+    return fresh
+
+
+async def _append_to(log: ThreadLog, history: ThreadHistory, agent: str, turn: Turn, **fields: Any) -> None:
+    entry = ThreadTurn(
+        session_id=history.session_id,
+        thread_id=history.thread_id,
+        agent=agent,
+        index=len(history.entries),
+        turn=turn,
+        **fields,
+    )
+    await log.append(history, entry)

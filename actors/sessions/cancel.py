@@ -1,10 +1,18 @@
 """Cancelling a session and noticing it: ``cancel_session`` marks the session in the directory and
 publishes ``session.cancel.v1`` on ``<root>.s.<session>.ctl``; a :class:`CancelWatch` per process
-keeps one event per canceled session; :func:`race_cancel` runs work against those events."""
+keeps one event per canceled session; :func:`race_cancel` runs work against those events.
+
+Interrupts travel on the same subject (``session.interrupt.v1``, from :func:`interrupt`): they stop
+the work in progress of one thread, or of every thread, without ending the session. Work that can be
+interrupted registers with :meth:`CancelWatch.interrupts` while it runs; an interrupt for a thread
+with no work in progress in any process changes nothing.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import structlog
@@ -12,7 +20,7 @@ import structlog
 from actors.sessions.directory import TERMINAL, Bounded, SessionDirectory
 from bus.connection import Bus
 from bus.state import Listener
-from schemas.session import SessionCancel, SessionState
+from schemas.session import SessionCancel, SessionInterrupt, SessionState
 
 log = structlog.get_logger("staffwork.sessions")
 
@@ -33,19 +41,33 @@ async def cancel_session(
     await bus.publish(bus.subjects.ctl(session_id), SessionCancel(session_id=session_id, reason=reason))
 
 
+async def interrupt(bus: Bus, session_id: str, thread_id: str = "", reason: str = "") -> None:
+    """Stop one thread's work in progress (or, without ``thread_id``, every thread's and the lead's
+    turn); the session goes on and its threads can take follow-ups."""
+    message = SessionInterrupt(session_id=session_id, thread_id=thread_id, reason=reason)
+    await bus.publish(bus.subjects.ctl(session_id), message)
+
+
 class CancelWatch:
-    """Watches ``<root>.s.*.ctl`` in this process and keeps one event per canceled session."""
+    """Watches ``<root>.s.*.ctl`` in this process: keeps one event per canceled session, and sets the
+    event of each piece of interruptible work an interrupt names."""
 
     def __init__(self, bus: Bus) -> None:
         self.bus = bus
         self._events: Bounded[asyncio.Event] = Bounded(10_000)
-        self._listener: Listener[SessionCancel] | None = None
+        self._listener: Listener[SessionCancel | SessionInterrupt] | None = None
+        #: work in progress that an interrupt stops: (session, thread) -> its events
+        self._interrupts: dict[tuple[str, str], list[asyncio.Event]] = {}
+        #: why each interrupted piece of work was stopped
+        self.reasons: dict[int, str] = {}
         self._users = 0  # the actors of this process that started it (lead and workers share one)
 
     async def start(self) -> None:
         self._users += 1
         if self._listener is None:
-            self._listener = await self.bus.listen(self.bus.subjects.all_ctl, SessionCancel, self._on_cancel)
+            self._listener = await self.bus.listen(
+                self.bus.subjects.all_ctl, SessionCancel | SessionInterrupt, self._on_control
+            )
 
     async def stop(self) -> None:
         self._users = max(0, self._users - 1)
@@ -53,9 +75,44 @@ class CancelWatch:
             await self._listener.close()
             self._listener = None
 
-    def _on_cancel(self, cancel: SessionCancel) -> None:
-        log.info("session_cancel_seen", session_id=cancel.session_id, reason=cancel.reason)
-        self.event(cancel.session_id).set()
+    def _on_control(self, message: SessionCancel | SessionInterrupt) -> None:
+        if isinstance(message, SessionCancel):
+            log.info("session_cancel_seen", session_id=message.session_id, reason=message.reason)
+            self.event(message.session_id).set()
+            return
+        hit = 0
+        for (session_id, thread_id), events in self._interrupts.items():
+            if session_id == message.session_id and message.thread_id in ("", thread_id):
+                for event in events:
+                    self.reasons[id(event)] = message.reason
+                    event.set()
+                    hit += 1
+        log.info(
+            "session_interrupt_seen",
+            session_id=message.session_id,
+            thread_id=message.thread_id or "*",
+            stopped=hit,
+        )
+
+    @contextlib.contextmanager
+    def interrupts(self, session_id: str, thread_id: str) -> Iterator[asyncio.Event]:
+        """An event set when an interrupt names this thread (or all of the session's), while the
+        ``with`` block runs: the work in it races the event. ``reason_of(event)`` says why."""
+        event = asyncio.Event()
+        key = (session_id, thread_id)
+        self._interrupts.setdefault(key, []).append(event)
+        try:
+            yield event
+        finally:
+            events = self._interrupts.get(key, [])
+            if event in events:
+                events.remove(event)
+            if not events:
+                self._interrupts.pop(key, None)
+            self.reasons.pop(id(event), None)
+
+    def reason_of(self, event: asyncio.Event) -> str:
+        return self.reasons.get(id(event), "")
 
     def event(self, session_id: str) -> asyncio.Event:
         event = self._events.get(session_id)
