@@ -289,12 +289,22 @@ async def record_interrupt(bus: Bus, log: ThreadLog, history: ThreadHistory, rea
     if last.turn.role == "assistant" and not uses and last.stop_reason != PAUSE_TURN:
         return fresh  # it had answered: nothing was cut short
     why = f"interrupted by the user{f': {reason}' if reason else ''}"
-    fields = {"session_id": fresh.session_id, "thread_id": fresh.thread_id, "agent": last.agent}
     if uses:
-        results = [ToolResultBlock(tool_use_id=use.id, content=f"[{why}]", is_error=True) for use in uses]
+        text = f"[{why}]"
+        results = [ToolResultBlock(tool_use_id=use.id, content=text, is_error=True) for use in uses]
         for use in uses:
-            closed = {"tool_use_id": use.id, "name": use.name, "is_error": True, "content": f"[{why}]"}
-            await bus.emit(AgentToolResult(**closed, **fields))
+            sid, thread = fresh.session_id, fresh.thread_id
+            await bus.emit(
+                AgentToolResult(
+                    session_id=sid,
+                    thread_id=thread,
+                    agent=last.agent,
+                    tool_use_id=use.id,
+                    name=use.name,
+                    is_error=True,
+                    content=text,
+                )
+            )
         await _append_to(log, fresh, last.agent, Turn(role="user", content=list(results)))
     note = Turn(role="assistant", content=[TextBlock(text=f"[stopped: {why}]")])
     await _append_to(log, fresh, last.agent, note, stop_reason=INTERRUPTED)
