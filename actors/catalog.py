@@ -131,12 +131,24 @@ def channels() -> list[Channel]:
             reply=(m["SessionSubmitReplyV1"],),
         ),
         Channel(
+            "apiMessage",
+            s.api_message,
+            (m["SessionMessageV1"],),
+            True,
+            "A follow-up turn of an idle session, answered like a submit (accepted, or why not: busy, "
+            "ended, conflict, unknown_session). Not logged.",
+            ("caller",),
+            ("gateway",),
+            reply=(m["SessionSubmitReplyV1"],),
+        ),
+        Channel(
             "submit",
             s.submit,
-            (m["SessionSubmitV1"],),
+            (m["SessionSubmitV1"], m["SessionMessageV1"]),
             True,
             "The lead pool's durable inbox (stream `<key>_log`, consumer `lead`): what the gateway "
-            "accepted, or a submit published directly (no check, no record before the lead's).",
+            "accepted (submits and follow-ups), or one published directly (no check, no record before "
+            "the lead's).",
             ("gateway", "caller"),
             ("lead",),
         ),
@@ -154,7 +166,8 @@ def channels() -> list[Channel]:
             s.out("SESSION", "result"),
             (m["SessionResultV1"],),
             True,
-            "The session's deliverable; read the last message on it (direct get) to find it later.",
+            "The deliverable of each of the session's turns (`turn` says which): the submit's, then one "
+            "per follow-up; read the last message on it (direct get) to find the latest.",
             ("lead",),
             ("caller", "dreamer"),
         ),
@@ -179,9 +192,9 @@ def channels() -> list[Channel]:
         Channel(
             "control",
             s.ctl("SESSION"),
-            (m["SessionCancelV1"],),
+            (m["SessionCancelV1"], m["SessionInterruptV1"]),
             True,
-            "Cancel a session, or with `thread_id` one of its threads.",
+            "Cancel a session (it ends), or interrupt one thread or all of them (the session goes on).",
             ("caller", "lead"),
             ("lead", "subagent", "grader"),
         ),

@@ -8,6 +8,8 @@
             print(event_kind(event), event.agent)
         result = await client.wait(session_id)
         report = await client.read_file(session_id, result.report_path)
+        turn = await client.send(session_id, "Now add a timeline of the deploys.")
+        followed = await client.wait(session_id, turn=turn)
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from types import TracebackType
 
 import structlog
 
-from actors.sessions.cancel import cancel_session
+from actors.sessions.cancel import cancel_session, interrupt
 from actors.sessions.directory import SessionDirectory
 from bus.codec import Decoder
 from bus.connection import Bus
@@ -31,7 +33,7 @@ from bus.logs import configure_logging
 from bus.workspace import Workspace
 from schemas.files import FileInfo
 from schemas.outcome import Outcome
-from schemas.session import SessionRecord, SessionResult, SessionSubmit, SubmitReply
+from schemas.session import SessionMessage, SessionRecord, SessionResult, SessionSubmit, SubmitReply
 from schemas.team import TeamSpec
 from schemas.thread import CustomToolResult
 from schemas.trace import AnyTraceEvent, CustomToolUse, SessionStatusIdle, SessionStatusTerminated, event_kind
@@ -110,33 +112,57 @@ class Client:
             timeout=timeout,
             hint="no lead is running (start one: staffwork up, or staffwork actor lead)",
         )
-        reply = _reply.decode(answer)
-        if not reply.accepted:
-            error = reply.error
-            raise SubmitRefused(error.kind if error else "refused", error.message if error else "refused")
-        for warning in reply.warnings:  # accepted, but something may stop it finishing well
-            log.warning("submit_warning", session_id=reply.session_id, warning=warning)
-        return reply.session_id
+        return _accepted(answer).session_id
 
-    async def wait(self, session_id: str, timeout: float | None = None) -> SessionResult:
-        """The session's result, once there is one (it may already be stored)."""
+    async def send(
+        self,
+        session_id: str,
+        text: str,
+        *,
+        turn: int | None = None,
+        inputs: list[str] | None = None,
+        outcome: Outcome | None = None,
+        deadline_s: float | None = None,
+        timeout: float = 10.0,
+    ) -> int:
+        """Send a follow-up to an idle session: the lead takes another turn with its whole history.
+        Returns the turn's number (for :meth:`wait`); ``turn`` defaults to the session's next one.
+        :class:`SubmitRefused` says why the session cannot take it (``busy``, ``ended``...)."""
+        if turn is None:
+            record = await self.directory.get(session_id)
+            turn = (record.turn if record is not None else 0) + 1
+        message = SessionMessage(
+            session_id=session_id,
+            text=text,
+            turn=turn,
+            inputs=inputs or [],
+            outcome=outcome,
+            deadline_s=deadline_s,
+        )
+        answer = await self.bus.request(
+            self.bus.subjects.api_message,
+            message,
+            timeout=timeout,
+            hint="no lead is running (start one: staffwork up, or staffwork actor lead)",
+        )
+        _accepted(answer)
+        return turn
+
+    async def wait(self, session_id: str, timeout: float | None = None, *, turn: int = 0) -> SessionResult:
+        """The result of the session's ``turn`` (0: the submit's), once there is one (it may already
+        be stored)."""
         subject = self.bus.subjects.out(session_id, "result")
-        try:
-            async for result in self._results(subject, timeout):
-                return result
-        except TimeoutError:
-            pass
-        raise BusTimeout("wait for the session's result", subject, timeout or 0.0)
-
-    async def _results(self, subject: str, timeout: float | None) -> AsyncIterator[SessionResult]:
         stream = self.bus.follow(subject, SessionResult)
         try:
             async with asyncio.timeout(timeout):
                 async for result in stream:
-                    yield result
-                    return
+                    if result.turn == turn:
+                        return result
+        except TimeoutError:
+            pass
         finally:
             await stream.aclose()
+        raise BusTimeout(f"wait for the result of the session's turn {turn}", subject, timeout or 0.0)
 
     async def events(self, session_id: str) -> AsyncIterator[AnyTraceEvent]:
         """The session's trace events from the first, then live, until the session goes idle."""
@@ -175,6 +201,11 @@ class Client:
 
     async def cancel(self, session_id: str, reason: str = "canceled by the user") -> None:
         await cancel_session(self.bus, session_id, reason)
+
+    async def interrupt(self, session_id: str, thread_id: str = "", reason: str = "") -> None:
+        """Stop one thread's work in progress, or every thread's and the lead's turn (no ``thread_id``):
+        the session goes on, idle, and takes follow-ups."""
+        await interrupt(self.bus, session_id, thread_id, reason)
 
     async def custom_tool_calls(self, session_id: str, *, pending: bool = True) -> list[CustomToolUse]:
         """The session's calls to custom tools (the ones the caller answers), oldest first; with
@@ -222,6 +253,17 @@ class Client:
             raise StaffworkError(
                 f"custom tool call {tool_use_id!r} of session {session_id!r} is already answered"
             )
+
+
+def _accepted(answer: bytes) -> SubmitReply:
+    """The gateway's reply if it accepted the request; :class:`SubmitRefused` (kind and why) if not."""
+    reply = _reply.decode(answer)
+    if not reply.accepted:
+        error = reply.error
+        raise SubmitRefused(error.kind if error else "refused", error.message if error else "refused")
+    for warning in reply.warnings:  # accepted, but something may stop it finishing well
+        log.warning("submit_warning", session_id=reply.session_id, warning=warning)
+    return reply
 
 
 __all__ = ["Client", "SubmitRefused"]

@@ -69,6 +69,11 @@ class Subjects:
         """Request/reply: validate a submit, start the session, answer with its id (or the error)."""
         return f"{self.root}.api.submit"
 
+    @property
+    def api_message(self) -> str:
+        """Request/reply: a follow-up to an idle session (``session.message.v1``), answered like a submit."""
+        return f"{self.root}.api.message"
+
     def session(self, session_id: str) -> str:
         """Filter for all of one session's traffic."""
         return f"{self.root}.s.{check_token(session_id, 'session id')}.>"
@@ -113,9 +118,9 @@ class Subjects:
     def all_grades(self) -> str:
         return f"{self.root}.s.*.grade"
 
-    def verdict(self, session_id: str, iteration: int) -> str:
-        """The grader's verdict on attempt ``iteration``."""
-        return self.out(session_id, f"verdict-{iteration}")
+    def verdict(self, session_id: str, iteration: int, turn: int = 0) -> str:
+        """The grader's verdict on attempt ``iteration`` (of the session's ``turn``: 0 is the submit's)."""
+        return self.out(session_id, f"verdict-{iteration}" if not turn else f"verdict-{turn}-{iteration}")
 
     def hook(self, session_id: str) -> str:
         """Pending webhook deliveries of one session."""

@@ -137,10 +137,12 @@ class CriterionVerdict(msgspec.Struct, frozen=True, kw_only=True):
 class GradeRequest(Message, frozen=True, kw_only=True, tag="outcome.grade.v1"):
     """Grade attempt ``iteration`` of a session's deliverable (sent by the lead to the grader)."""
 
-    #: the outcome's id, the same for every attempt of a session
+    #: the outcome's id, the same for every attempt of a session's turn
     outcome_id: str
     #: the attempt graded, from 1
     iteration: Annotated[int, msgspec.Meta(ge=1)]
+    #: the session's turn whose deliverable is graded (0: the submit's, n: the n-th follow-up's)
+    turn: Annotated[int, msgspec.Meta(ge=0)] = 0
     #: what the deliverable must meet
     outcome: Outcome
     #: the session's task
@@ -163,6 +165,8 @@ class GradeVerdict(Message, frozen=True, kw_only=True, tag="outcome.verdict.v1")
     outcome_id: str
     #: the attempt graded, from 1
     iteration: int
+    #: the session's turn graded (0: the submit's)
+    turn: int = 0
     #: the overall result of this attempt
     result: OutcomeResult
     #: why: the feedback the lead revises with

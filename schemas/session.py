@@ -181,3 +181,7 @@ class SessionRecord(msgspec.Struct, kw_only=True):
     usage: Usage = msgspec.field(default_factory=Usage)
     #: the turn the session is on: 0 for the submit's, n once the n-th follow-up was accepted
     turn: int = 0
+    #: what the current turn's follow-up said ("" on turn 0: see ``task``)
+    turn_text: str = ""
+    #: when the current turn was accepted: Unix time, seconds (0 on turn 0: see ``started``)
+    turn_started: float = 0.0

@@ -22,6 +22,8 @@ from schemas import (
     Provenance,
     SessionAccepted,
     SessionCancel,
+    SessionInterrupt,
+    SessionMessage,
     SessionRecord,
     SessionResult,
     SessionSubmit,
@@ -61,6 +63,8 @@ SAMPLES: dict[type[Message], Message] = {
         SubmitReply(session_id=SID, accepted=False, error=ErrorInfo(kind="invalid_request", message="bad")),
         SessionResult(session_id=SID, status="idle", final_text="done", files=["report.md"], usage=USAGE),
         SessionCancel(session_id=SID, reason="user", thread_id="thr_1"),
+        SessionInterrupt(session_id=SID, thread_id="thr_1", reason="wrong direction"),
+        SessionMessage(session_id=SID, text="and the p99?", turn=1, inputs=["more.csv"]),
         Delegation(session_id=SID, thread_id="thr_1", agent="logs", task="grep errors", tool_use_id="tu_1"),
         FollowUp(session_id=SID, thread_id="thr_1", agent="logs", message="and then?"),
         ThreadReply(
@@ -287,6 +291,9 @@ def test_a_stored_session_record_keeps_decoding() -> None:
         "ended",
         "threads",
         "usage",
+        "turn",
+        "turn_text",
+        "turn_started",
     ]
 
 

@@ -74,13 +74,14 @@ class GraderActor(BaseActor[GradeRequest]):
         return grader_consumer(subjects, ack_wait=self.ack_wait)
 
     def reply_subject(self, msg: GradeRequest, reply: Message, ctx: Context) -> str | None:
-        return ctx.bus.subjects.verdict(msg.session_id, msg.iteration)
+        return ctx.bus.subjects.verdict(msg.session_id, msg.iteration, msg.turn)
 
     def failure(self, msg: GradeRequest, error: ErrorInfo) -> Message | None:
         return GradeVerdict(
             session_id=msg.session_id,
             outcome_id=msg.outcome_id,
             iteration=msg.iteration,
+            turn=msg.turn,
             result="failed",
             explanation=f"grading failed ({error.kind}): {error.message}",
         )
@@ -111,6 +112,7 @@ class GraderActor(BaseActor[GradeRequest]):
                 session_id=msg.session_id,
                 outcome_id=msg.outcome_id,
                 iteration=msg.iteration,
+                turn=msg.turn,
                 result="failed",
                 explanation=f"grading failed after {ctx.delivery} attempts: {exc}",
             )
@@ -141,6 +143,7 @@ class GraderActor(BaseActor[GradeRequest]):
             "outcome_graded",
             outcome_id=msg.outcome_id,
             iteration=msg.iteration,
+            turn=msg.turn,
             result=verdict.result,
             failed=sum(c.status == "failed" for c in verdict.criteria),
             not_graded=sum(c.status == "not_graded" for c in verdict.criteria),
@@ -169,6 +172,7 @@ class GraderActor(BaseActor[GradeRequest]):
             session_id=msg.session_id,
             outcome_id=msg.outcome_id,
             iteration=msg.iteration,
+            turn=msg.turn,
             result=result,
             explanation=explanation,
             criteria=verdicts,
@@ -221,7 +225,7 @@ class GraderActor(BaseActor[GradeRequest]):
 async def _stored_verdict(msg: GradeRequest, bus: Bus) -> GradeVerdict | None:
     """The verdict already stored for this request (the first, which is the one the lead reads), if
     any: this request was graded before (a redelivery after the reply, a request sent again)."""
-    subject = bus.subjects.verdict(msg.session_id, msg.iteration)
+    subject = bus.subjects.verdict(msg.session_id, msg.iteration, msg.turn)
     try:
         async with contextlib.aclosing(
             read_subject(bus, bus.subjects.log_stream, subject, limit=1)

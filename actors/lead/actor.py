@@ -1,4 +1,5 @@
-"""The lead actor: consumes ``<root>.submit`` and drives each session with a :class:`LeadRun`.
+"""The lead actor: consumes ``<root>.submit`` and drives each session with a :class:`LeadRun`: the
+submit's turn, then each follow-up (``session.message.v1``) as a turn of its own.
 
 Before a session starts it makes sure every agent of the team has its task consumer (once per agent
 and process; a worker's own consumer settings win). The session's result is published on
@@ -21,7 +22,7 @@ import structlog
 from actors.agent.models.base import Model
 from actors.agent.tools.sources import ToolSources
 from actors.lead.delegation import given_up_reply
-from actors.lead.run import LeadRun
+from actors.lead.run import LeadRun, result_id
 from actors.sessions.cancel import CancelWatch
 from actors.sessions.directory import SessionDirectory
 from bus.actor import BaseActor, Context
@@ -31,7 +32,7 @@ from bus.provision import ConsumerSpec, agent_consumer, ensure_consumer, lead_co
 from bus.state import Listener
 from bus.subjects import Subjects
 from schemas.base import ErrorInfo, Message
-from schemas.session import SessionResult, SessionSubmit
+from schemas.session import SessionMessage, SessionResult, SessionSubmit
 
 log = structlog.get_logger("staffwork.lead")
 
@@ -45,9 +46,12 @@ class LeadSettings:
     session_deadline: float = 3600.0  # the deadline of a session whose submit and team set none
 
 
-class LeadActor(BaseActor[SessionSubmit]):
+LeadInbox = SessionSubmit | SessionMessage
+
+
+class LeadActor(BaseActor[LeadInbox]):
     role = "lead"
-    inbox = SessionSubmit
+    inbox = LeadInbox
 
     def __init__(
         self,
@@ -104,15 +108,21 @@ class LeadActor(BaseActor[SessionSubmit]):
         )
         await bus.publish(bus.subjects.reply(reply.session_id, reply.thread_id), reply)
 
-    def reply_subject(self, msg: SessionSubmit, reply: Message, ctx: Context) -> str | None:
+    def reply_subject(self, msg: LeadInbox, reply: Message, ctx: Context) -> str | None:
         return ctx.bus.subjects.out(msg.session_id, "result")
 
-    def failure(self, msg: SessionSubmit, error: ErrorInfo) -> Message | None:
+    def failure(self, msg: LeadInbox, error: ErrorInfo) -> Message | None:
+        turn = msg.turn if isinstance(msg, SessionMessage) else 0
         return SessionResult(
-            session_id=msg.session_id, status="failed", final_text=error.message, error=error
+            session_id=msg.session_id,
+            msg_id=result_id(msg.session_id, turn),
+            turn=turn,
+            status="failed",
+            final_text=error.message,
+            error=error,
         )
 
-    async def handle(self, msg: SessionSubmit, ctx: Context) -> Message | None:
+    async def handle(self, msg: LeadInbox, ctx: Context) -> Message | None:
         run = LeadRun(
             msg,
             bus=ctx.bus,

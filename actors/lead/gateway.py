@@ -1,4 +1,5 @@
-"""The submit gateway: ``<root>.api.submit``, request/reply, answered by every lead process.
+"""The submit gateway: ``<root>.api.submit``, request/reply, answered by every lead process (and
+``<root>.api.message`` for follow-ups: :mod:`actors.lead.followups`).
 
 Another system sends a session request as plain JSON (``nats req sw.api.submit '{...}'``) and gets
 back ``session.submit_reply.v1``: the session id and the subjects to watch, or an error that names
@@ -30,6 +31,8 @@ import hashlib
 import msgspec
 import structlog
 
+from actors.lead.followups import FollowUps
+from actors.lead.followups import clip as _clip
 from actors.sessions.directory import SessionDirectory
 from actors.sessions.teams import UnknownTeam, resolve_team
 from bus.actor import BaseActor
@@ -52,10 +55,6 @@ log = structlog.get_logger("staffwork.gateway")
 PAYLOAD_HEADROOM = 8 * 1024
 
 
-def _clip(text: str, limit: int = 60) -> str:
-    return repr(text if len(text) <= limit else text[: limit - 3] + "...")
-
-
 def session_id_for_key(key: str) -> str:
     digest = hashlib.sha256(key.encode()).digest()[:16]
     return "ses_" + base64.b32hexencode(digest).decode("ascii")[:26].lower()
@@ -69,6 +68,7 @@ class SubmitGateway(BaseActor[None]):
     def __init__(self, *, claim_timeout: float = 120.0) -> None:
         self._decoder: Decoder[SessionSubmit] = Decoder(SessionSubmit, max_bytes=1024 * 1024)
         self._responder: Responder | None = None
+        self._followups: Responder | None = None  # <root>.api.message
         self.claim_timeout = claim_timeout  # the lead's: said in the no-worker warning
         self.max_payload = 0
 
@@ -81,11 +81,16 @@ class SubmitGateway(BaseActor[None]):
         self.workspace = Workspace(bus)
         self.max_payload = (await bus.server_info()).max_payload
         self._responder = await bus.respond(bus.subjects.api_submit, self._answer, queue="gateway")
+        followups = FollowUps(
+            bus, self.directory, self.workspace, max_payload=self.max_payload, missing=self._missing
+        )
+        self._followups = await bus.respond(bus.subjects.api_message, followups.answer, queue="gateway")
 
     async def on_stop(self) -> None:
-        if self._responder is not None:
-            await self._responder.close()
-            self._responder = None
+        for responder in (self._responder, self._followups):
+            if responder is not None:
+                await responder.close()
+        self._responder = self._followups = None
 
     def _refuse(self, kind: str, message: str, session_id: str = "") -> bytes:
         log.info("submit_refused", kind=kind, reason=message)

@@ -58,6 +58,8 @@ class Revision:
         task: str,
         grade_timeout: float,
         on_usage: Callable[[Usage], None],
+        turn: int = 0,
+        start: int = 0,
     ) -> None:
         self.bus = bus
         self.sid = session_id
@@ -67,12 +69,19 @@ class Revision:
         self.task = task  # the task as the lead got it (with the input files)
         self.grade_timeout = grade_timeout
         self.verdicts: list[GradeVerdict] = []
+        self.turn = turn  # the session's turn whose deliverable this is (0: the submit's)
+        self.start = start  # where the turn starts in the lead's history
         self._on_usage = on_usage
         self._strays = Strays(bus, session_id, team.lead.name, what="not the grader's verdict")
 
     @property
     def outcome_id(self) -> str:
-        return f"outc_{self.sid.removeprefix('ses_')}"
+        base = f"outc_{self.sid.removeprefix('ses_')}"
+        return base if not self.turn else f"{base}_{self.turn}"
+
+    def _id(self, iteration: int) -> str:
+        """``<session>-<iteration>``, with the turn for a follow-up's attempts."""
+        return f"{self.sid}-{iteration}" if not self.turn else f"{self.sid}-{self.turn}-{iteration}"
 
     def report(self) -> OutcomeReport | None:
         """The verdicts so far, for the session's result (None without any)."""
@@ -86,7 +95,8 @@ class Revision:
         team = self.team
         result = await loop.run()
         outcome = team.outcome
-        iteration = 1 + sum(1 for e in history.entries if e.trigger.startswith(FEEDBACK))
+        this_turn = history.entries[self.start :]
+        iteration = 1 + sum(1 for e in this_turn if e.trigger.startswith(FEEDBACK))
         for earlier in range(1, iteration):  # a replay: the verdicts that led to the revisions so far
             stored = await self._stored_verdict(earlier)
             if stored is not None:
@@ -107,7 +117,7 @@ class Revision:
                 agent=team.lead.name,
                 index=len(history.entries),
                 turn=Turn(role="user", content=[TextBlock(text=_feedback(verdict, outcome))]),
-                trigger=f"{FEEDBACK}{self.sid}-{iteration}",
+                trigger=f"{FEEDBACK}{self._id(iteration)}",
             )
             await self.log.append(history, feedback)
             iteration += 1
@@ -124,9 +134,10 @@ class Revision:
             return stored
         request = GradeRequest(
             session_id=self.sid,
-            msg_id=f"grade-{self.sid}-{iteration}",
+            msg_id=f"grade-{self._id(iteration)}",
             outcome_id=self.outcome_id,
             iteration=iteration,
+            turn=self.turn,
             outcome=outcome,
             task=_cut(self.task, _GRADE_TEXT, "the task as submitted"),
             answer=_cut(answer, _GRADE_TEXT, f"the whole answer is in {team.report_path}"),
@@ -145,6 +156,7 @@ class Revision:
                 session_id=self.sid,
                 outcome_id=self.outcome_id,
                 iteration=iteration,
+                turn=self.turn,
                 result="failed",
                 explanation=f"no verdict from the grader within {limit:g}s: is a grader running? "
                 "(staffwork actor grader, or staffwork up)",
@@ -155,7 +167,7 @@ class Revision:
     async def _next_verdict(self, iteration: int) -> GradeVerdict | None:
         """The first valid verdict on attempt ``iteration`` (stored or to come), or None after
         ``grade_timeout``; strays are rejected on the way."""
-        subject = self.bus.subjects.verdict(self.sid, iteration)
+        subject = self.bus.subjects.verdict(self.sid, iteration, self.turn)
         payloads = self.bus.follow_raw(subject)
         ends = time.monotonic() + self.grade_timeout
         try:
@@ -172,7 +184,7 @@ class Revision:
 
     async def _stored_verdict(self, iteration: int) -> GradeVerdict | None:
         """The grader's first valid verdict on attempt ``iteration``, if it is in the stream."""
-        subject = self.bus.subjects.verdict(self.sid, iteration)
+        subject = self.bus.subjects.verdict(self.sid, iteration, self.turn)
         stored = read_subject(self.bus, self.bus.subjects.log_stream, subject)
         async with contextlib.aclosing(stored):
             async for message in stored:

@@ -19,8 +19,9 @@ from collections.abc import Awaitable, Callable
 from typing import cast
 
 import msgspec
+import structlog
 
-from actors.agent.loop import AgentLoop, LoopResult
+from actors.agent.loop import AgentLoop, LoopResult, record_interrupt
 from actors.agent.models.base import Model
 from actors.agent.tools.base import ToolContext
 from actors.agent.tools.memory import memory_note
@@ -37,10 +38,12 @@ from bus.workspace import Workspace
 from schemas.base import ErrorInfo, Usage
 from schemas.conversation import TextBlock, ThreadTurn, Turn
 from schemas.errors import SpecError
-from schemas.session import SessionAccepted, SessionResult, SessionState, SessionSubmit
+from schemas.session import SessionAccepted, SessionMessage, SessionResult, SessionState, SessionSubmit
 from schemas.team import TeamSpec
 from schemas.thread import LEAD_THREAD
-from schemas.trace import SessionStatusIdle, SessionStatusRunning, SessionStatusTerminated
+from schemas.trace import SessionErrorEvent, SessionStatusIdle, SessionStatusRunning, SessionStatusTerminated
+
+log = structlog.get_logger("staffwork.lead")
 
 
 def lead_system_prompt(team: TeamSpec) -> str:
@@ -57,12 +60,18 @@ def lead_system_prompt(team: TeamSpec) -> str:
     )
 
 
+def result_id(session_id: str, turn: int) -> str:
+    """The message id of a turn's result (JetStream dedups on it): one result per turn."""
+    return f"{session_id}.result" if not turn else f"{session_id}.result.{turn}"
+
+
 class LeadRun:
-    """One session, from submit to result (or from a replayed log to result)."""
+    """One turn of a session, from submit (or a follow-up message) to result, or from a replayed log
+    to result."""
 
     def __init__(
         self,
-        submit: SessionSubmit,
+        submit: SessionSubmit | SessionMessage,
         *,
         bus: Bus,
         model: Model,
@@ -85,6 +94,8 @@ class LeadRun:
         self.claim_timeout = claim_timeout
         self.session_deadline = session_deadline
         self.sid = submit.session_id
+        #: the session's turn: 0 for the submit's, n for the n-th follow-up
+        self.turn = submit.turn if isinstance(submit, SessionMessage) else 0
         self.usage = Usage()
         self.started = time.time()
         self.team: TeamSpec | None = None
@@ -94,7 +105,10 @@ class LeadRun:
         self._delegations: Delegations | None = None
         self._revision: Revision | None = None
 
-    async def run(self) -> SessionResult:
+    async def run(self) -> SessionResult | None:
+        """The turn's result (None when there is nothing to publish: a turn that ended before)."""
+        if isinstance(self.submit, SessionMessage):
+            return await self._follow_up(self.submit)
         existing = await self.directory.get(self.sid)
         try:  # a submit that bypassed the gateway has no record yet: resolve its team here
             team = existing.team if existing is not None else await resolve_team(self.bus, self.submit)
@@ -103,21 +117,53 @@ class LeadRun:
         record = await self.directory.start(self.sid, team, self.submit.task)
         team = self.team = record.team  # the record's team, overrides applied, is the session's
         self.started = record.started
+        if record.turn:  # the submit again, after follow-ups: its turn's result was published then
+            return None
         if record.status in TERMINAL:  # a finished session submitted again: its result stands
             stored = await self.bus.last(self.bus.subjects.out(self.sid, "result"))
             if stored:
                 return msgspec.json.decode(stored, type=SessionResult)
         if record.status == "canceled":
             return self._result("canceled", "the session was canceled")
+        return await self._run_turn(team, accepted=True)
+
+    async def _follow_up(self, message: SessionMessage) -> SessionResult | None:
+        """A follow-up turn: claimed by the gateway (or here, for one published straight to
+        ``<root>.submit``), then run like the first with the lead's whole history."""
+        record, why = await self.directory.begin_turn(self.sid, message.turn, message.text)
+        if record is None:
+            return self._result(
+                "failed",
+                f"no session {self.sid!r} to follow up",
+                error=ErrorInfo(kind="unknown_session", message=f"no session {self.sid!r}"),
+            )
+        if why and why != "taken":  # not through the gateway, and not possible now: say so in the trace
+            text = f"follow-up turn {message.turn} of session {self.sid!r} not taken ({why}): {record.status}"
+            log.warning("follow_up_refused", session_id=self.sid, turn=message.turn, reason=why)
+            error = ErrorInfo(kind=why, message=text)
+            await self.bus.emit(
+                SessionErrorEvent(session_id=self.sid, agent=record.team.lead.name, error=error)
+            )
+            return None
+        if record.turn != message.turn or record.status not in ("pending", "running"):
+            return None  # that turn ended (or a later one began): its result was published then
+        await self.directory.set_status(self.sid, "running")
+        self.team = record.team
+        self.started = record.turn_started or time.time()
+        self.usage = record.usage  # the turns before this one count against the session's budget
+        return await self._run_turn(record.team, accepted=False)
+
+    async def _run_turn(self, team: TeamSpec, *, accepted: bool) -> SessionResult:
         delegations = self._delegations = Delegations(
             self.bus, self.sid, team, on_usage=self._count, claim_timeout=self.claim_timeout
         )
         await asyncio.gather(*(self.agent_consumer(a.name) for a in team.agents))
-        await self.bus.publish(
-            self.bus.subjects.out(self.sid, "accepted"),
-            SessionAccepted(session_id=self.sid, team=team.name, lead=team.lead.name),
-            msg_id=f"{self.sid}.accepted",
-        )
+        if accepted:
+            await self.bus.publish(
+                self.bus.subjects.out(self.sid, "accepted"),
+                SessionAccepted(session_id=self.sid, team=team.name, lead=team.lead.name),
+                msg_id=f"{self.sid}.accepted",
+            )
         await self.bus.emit(
             SessionStatusRunning(session_id=self.sid, thread_id=LEAD_THREAD, agent=team.lead.name)
         )
@@ -136,28 +182,34 @@ class LeadRun:
 
     async def _drive(self, team: TeamSpec, delegations: Delegations) -> SessionResult:
         history = await self.log.load(self.sid, LEAD_THREAD)
-        if not history.entries:
+        trigger = self.submit.msg_id
+        if not history.has_trigger(trigger):
             first = ThreadTurn(
                 session_id=self.sid,
                 thread_id=LEAD_THREAD,
                 agent=team.lead.name,
-                index=0,
+                index=len(history.entries),
                 turn=Turn(role="user", content=[TextBlock(text=self._task_text())]),
-                trigger=self.submit.msg_id,
+                trigger=trigger,
             )
             await self.log.append(history, first)
-        for entry in history.entries:  # a replay: the lead's model usage so far counts
+        start = next(i for i, entry in enumerate(history.entries) if entry.trigger == trigger)
+        for entry in history.entries[start:]:  # a replay: the lead's model usage in this turn counts
             self._count(entry.usage)
         delegations.replay(history)
         revision = self._revision = Revision(
             self.bus,
             self.sid,
-            team,
+            team
+            if not isinstance(self.submit, SessionMessage)
+            else msgspec.structs.replace(team, outcome=self.submit.outcome),
             log=self.log,
             workspace=self.workspace,
             task=self._task_text(),
             grade_timeout=self.grade_timeout,
             on_usage=self._count,
+            turn=self.turn,
+            start=start,
         )
         loop = AgentLoop(
             bus=self.bus,
@@ -192,18 +244,25 @@ class LeadRun:
         work: asyncio.Task[LoopResult] = asyncio.ensure_future(revision.attempts(loop, history))
         deadline = self.submit.deadline_s or team.deadline_s or self.session_deadline
         deadline_hit = asyncio.Event()
-        # measured from the session's recorded start, so a replaying lead does not reset it
+        # measured from the turn's recorded start, so a replaying lead does not reset it
         left = max(0.0, deadline - (time.time() - self.started))
         timer = asyncio.get_running_loop().call_later(left, deadline_hit.set)
-        try:
-            outcome = await race_cancel(
-                work,
-                (self.cancels.event(self.sid), "canceled"),
-                (self._budget_hit, "budget_reached"),
-                (deadline_hit, "deadline_reached"),
-            )
-        finally:
-            timer.cancel()
+        with self.cancels.interrupts(self.sid, LEAD_THREAD) as interrupted:
+            try:
+                outcome = await race_cancel(
+                    work,
+                    (self.cancels.event(self.sid), "canceled"),
+                    (self._budget_hit, "budget_reached"),
+                    (deadline_hit, "deadline_reached"),
+                    (interrupted, "interrupted"),
+                )
+            finally:
+                timer.cancel()
+            reason = self.cancels.reason_of(interrupted)
+        if outcome == "interrupted":  # the turn stops; the session goes on and takes a follow-up
+            await record_interrupt(self.bus, self.log, history, reason)
+            text = f"[interrupted by the user{f': {reason}' if reason else ''}]"
+            return await self._finish("idle", text, stop="interrupted")
         if outcome != "done":
             status = cast(SessionState, outcome)
             if outcome != "canceled":  # stop the threads still running for this session
@@ -217,7 +276,7 @@ class LeadRun:
         return await self._finish("idle", result.text, report=team.report_path, stop=result.stop_reason)
 
     def _task_text(self) -> str:
-        text = self.submit.task
+        text = self.submit.text if isinstance(self.submit, SessionMessage) else self.submit.task
         if self.submit.inputs:
             text += "\n\nInput files in the workspace: " + ", ".join(self.submit.inputs)
         return text
@@ -266,7 +325,8 @@ class LeadRun:
     ) -> SessionResult:
         return SessionResult(
             session_id=self.sid,
-            msg_id=f"{self.sid}.result",
+            msg_id=result_id(self.sid, self.turn),
+            turn=self.turn,
             status=status,
             final_text=text,
             report_path=report,

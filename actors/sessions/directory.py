@@ -2,11 +2,13 @@
 
 The gateway records a session ``pending`` with its effective team; the lead marks it running and,
 at the end, records its end, thread count and usage. Every other role reads the team from here.
-Status changes are compare-and-set, and a stopped status is never overwritten.
+Status changes are compare-and-set, and a stopped status is never overwritten. A follow-up turn
+(:meth:`SessionDirectory.begin_turn`) takes an ``idle`` session back to ``pending``, one turn at a time.
 """
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from typing import TypeVar
 
@@ -98,6 +100,32 @@ class SessionDirectory:
                 return again
         self._teams[session_id] = team
         return record
+
+    async def begin_turn(self, session_id: str, turn: int, text: str) -> tuple[SessionRecord | None, str]:
+        """Claim follow-up ``turn`` of an idle session (compare-and-set: of two claims of one turn,
+        one wins). Returns the record and "" when claimed; else the record as it is (None if there is
+        no such session) and why not: ``taken`` (that turn was claimed before: a repeat, or a
+        conflict if its text differs), ``out_of_order``, ``busy`` (a turn is in progress) or
+        ``ended`` (the session stopped for good)."""
+        kv = await self._kv()
+        for _ in range(10):
+            current = await kv.entry(session_id)
+            if current is None:
+                return None, "unknown"
+            record = _record.decode(current[0])
+            if record.turn >= turn:
+                return record, "taken"
+            if turn != record.turn + 1:
+                return record, "out_of_order"
+            if record.status in ("pending", "running"):
+                return record, "busy"
+            if record.status != "idle":
+                return record, "ended"
+            record.turn, record.turn_text, record.turn_started = turn, text, time.time()
+            record.status, record.stop_reason, record.ended = "pending", "", 0.0
+            if await kv.update(session_id, _encoder.encode(record), current[1]):
+                return record, ""
+        return await self.get(session_id), "busy"
 
     async def set_status(
         self,
