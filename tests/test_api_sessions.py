@@ -222,7 +222,11 @@ async def read_until_idle(stream: Any) -> list[Any]:
 async def test_a_coordinator_session_with_an_outcome_streams_replays_and_lists(
     bus: Bus, api: ApiActor
 ) -> None:
-    lead_steps = [*fan_out_lead(["log-reader"]), text("REPORT v2: build 2, line 3")]
+    lead_steps = [
+        *fan_out_lead(["log-reader"]),
+        text("REPORT v2: build 2, line 3"),
+        text("Build 3 failed on the same line"),
+    ]
     model = ScriptedModel(
         {"lead": lead_steps, "grader": [grades(False, "no log line"), grades(True, "cites line 3")]},
         responder=specialist,
@@ -273,8 +277,9 @@ async def test_a_coordinator_session_with_an_outcome_streams_replays_and_lists(
         paged = b.sessions.events.list(session.id, limit=3)
         assert [e.id async for e in paged] == [e.id for e in live]
 
-        async with await b.sessions.events.stream(session.id) as again:  # after the end: replayed
-            replayed = await read_until_idle(again)
+        replay_all = {"replay": "all"}
+        async with await b.sessions.events.stream(session.id, extra_query=replay_all) as again:
+            replayed = await read_until_idle(again)  # after the end, asked for: everything stored
         assert [e.id for e in replayed] == [e.id for e in live]
 
         done = await b.sessions.retrieve(session.id)
@@ -297,10 +302,18 @@ async def test_a_coordinator_session_with_an_outcome_streams_replays_and_lists(
         assert "agent.message" in {e.type for e in own}
         assert (await b.sessions.threads.retrieve(worker.id, session_id=session.id)).id == worker.id
 
-        with pytest.raises(anthropic.ConflictError, match="no follow-up turn"):
-            await b.sessions.events.send(
-                session.id, events=[{"type": "user.message", "content": [{"type": "text", "text": "More?"}]}]
-            )
+        async with await b.sessions.events.stream(session.id) as follow:  # idle: from now on
+            more = [{"type": "user.message", "content": [{"type": "text", "text": "And build 3?"}]}]
+            [asked] = (await b.sessions.events.send(session.id, events=more)).data or []
+            turn = await read_until_idle(follow)
+        assert turn[0].id == asked.id  # not the first turn's events again
+        assert [e.content[0].text for e in turn if e.type == "agent.message"] == [
+            "Build 3 failed on the same line"
+        ]
+        history = [t.text for t in model.calls_by("lead")[-1].request.messages]
+        assert history[0] == "Why did build 2 fail?" and history[-1] == "And build 3?"
+        assert "REPORT v2: build 2, line 3" in history
+        assert (await b.sessions.retrieve(session.id)).status == "idle"
         listed_sessions = [s.id async for s in b.sessions.list()]
         assert session.id in listed_sessions
         archived = await b.sessions.archive(session.id)

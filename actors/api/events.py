@@ -69,7 +69,12 @@ MAX_LIMIT = 1000
 #: staffwork's stop reasons the SDK has a type for; the others are shown as the closest one, with
 #: staffwork's own in ``staffwork_stop_reason``
 _STOP_REASONS = {"end_turn", "requires_action", "retries_exhausted", "budget_reached", "refusal"}
-_CLOSEST_STOP = {"canceled": "end_turn", "max_tokens": "end_turn", "max_turns": "retries_exhausted"}
+_CLOSEST_STOP = {
+    "canceled": "end_turn",
+    "max_tokens": "end_turn",
+    "max_turns": "retries_exhausted",
+    "interrupted": "end_turn",
+}
 #: events of other threads that the primary thread's view shows too (as the hosted stream does)
 _CROSS_POSTED = {
     "session.thread_created",
@@ -396,7 +401,8 @@ def texts(blocks: list[dict[str, Any]], where: str) -> str:
     return "\n\n".join(texts)
 
 
-def outcome_id(session_id: str) -> str:
-    """The outcome id staffwork's lead grades under (``actors/lead/revision.py``), so the echo's id
-    is the one the ``span.outcome_evaluation_*`` events carry."""
-    return f"outc_{session_id.removeprefix('ses_')}"
+def outcome_id(session_id: str, turn: int = 0) -> str:
+    """The outcome id staffwork's lead grades a turn under (``actors/lead/revision.py``), so the
+    echo's id is the one the ``span.outcome_evaluation_*`` events carry."""
+    base = f"outc_{session_id.removeprefix('ses_')}"
+    return base if not turn else f"{base}_{turn}"

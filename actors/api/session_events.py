@@ -1,9 +1,11 @@
 """Events sent to a session (``POST /v1/sessions/{id}/events``): each is checked, recorded in the
 session's log as a ``user.event`` (so the list and the stream show both sides in order), then acted
 on: the first ``user.message`` starts the staffwork session through the gateway with the outcome
-defined before it, ``user.interrupt`` cancels the session, ``user.custom_tool_result`` answers a
-custom tool call. What staffwork cannot do yet is refused with a 400 or 409 that says so (see
-``actors/api/sessions.py``)."""
+defined before it; a later one, once the session is idle, is a follow-up turn (``session.message.v1``)
+graded against the outcome defined since the last turn, if any; ``user.interrupt`` stops one thread,
+or every thread and the lead's turn (the session goes idle and takes a follow-up);
+``user.custom_tool_result`` answers a custom tool call. What staffwork cannot do yet is refused with a
+400 or 409 that says so (see ``actors/api/sessions.py``)."""
 
 from __future__ import annotations
 
@@ -31,8 +33,10 @@ from actors.api.http import Call, route
 from actors.api.session_records import KIND, ApiSession, DefinedOutcome, load_for_update, save
 from actors.api.values import rfc3339, rfc3339_now
 from actors.client import Client, SubmitRefused
-from actors.sessions.cancel import cancel_session
+from actors.sessions.cancel import interrupt
+from actors.sessions.directory import SessionDirectory
 from bus.errors import BusError, StaffworkError
+from bus.subjects import is_token
 from schemas.outcome import Outcome
 from schemas.trace import CustomToolUse, UserEvent, event_kind
 
@@ -54,6 +58,8 @@ async def send_events(call: Call, id: str, events: list[Any]) -> list[dict[str, 
     session, revision = await load_for_update(call, id)
     if session.archived_at is not None:
         raise bad_request(f"session {id!r} is archived: it takes no more events")
+    record = await SessionDirectory(call.bus).get(id) if session.started else None
+    next_turn = record.turn + 1 if record is not None else 0
     task: list[str] = []
     outcome: DefinedOutcome | None = None
     answers: dict[int, CustomToolUse] = {}
@@ -61,19 +67,12 @@ async def send_events(call: Call, id: str, events: list[Any]) -> list[dict[str, 
         where = f"events[{n}]"
         match event:
             case UserMessage():
-                if session.started:
-                    raise ApiError(
-                        409,
-                        f"session {id!r} already ran its task: staffwork has no follow-up turn yet; "
-                        "start a new session with the whole request",
-                    )
+                if record is not None and record.status != "idle":
+                    raise ApiError(409, _not_idle(id, record.status, record.stop_reason))
                 task.append(texts(event.content, where))
             case DefineOutcome():
-                if session.started or session.outcome is not None or outcome is not None:
-                    raise ApiError(
-                        409,
-                        f"{where}: session {id!r} takes one outcome, defined before its first user.message",
-                    )
+                if outcome is not None or (not session.started and session.outcome is not None):
+                    raise ApiError(409, f"{where}: session {id!r} takes one outcome per turn")
                 if isinstance(event.rubric, FileRubric):
                     raise bad_request(f"{where}.rubric: file rubrics are not supported; give type=text")
                 try:
@@ -85,13 +84,13 @@ async def send_events(call: Call, id: str, events: list[Any]) -> list[dict[str, 
                 except ValueError as exc:
                     raise bad_request(f"{where}: {exc}") from None
                 outcome = DefinedOutcome(
-                    outcome_id=outcome_id(id), description=event.description, outcome=rubric
+                    outcome_id=outcome_id(id, next_turn),
+                    description=event.description,
+                    outcome=rubric,
+                    turn=next_turn,
                 )
-            case Interrupt(session_thread_id=thread) if thread not in (None, LEAD):
-                raise bad_request(
-                    f"{where}.session_thread_id={thread!r}: interrupting one subagent thread is not "
-                    "supported yet (staffwork's cancel stops the whole session); omit it to stop the session"
-                )
+            case Interrupt(session_thread_id=thread) if thread is not None and not is_token(thread):
+                raise bad_request(f"{where}.session_thread_id={thread!r} is not a thread id")
             case ToolAnswer():
                 if not session.started:
                     raise bad_request(f"{where}: session {id!r} has not started: no tool call waits")
@@ -100,17 +99,21 @@ async def send_events(call: Call, id: str, events: list[Any]) -> list[dict[str, 
             case Unsupported():
                 kind = type(event).__struct_config__.tag
                 raise bad_request(f"{where}.type={kind!r} is not supported: {NOT_SUPPORTED[str(kind)]}")
+    first = bool(task) and not session.started
     if task or outcome is not None:
         session.outcome = outcome or session.outcome
         session.started = session.started or bool(task)
         session.updated_at = rfc3339_now()
         await save(call, session, revision)
     echoed = [await _record(call, session, n, event, answers.get(n)) for n, event in enumerate(events)]
-    if task:
+    if first:
         await _start(call, session, "\n\n".join(task))
+    elif task:
+        await _follow_up(call, session, "\n\n".join(task), next_turn)
     for n, event in enumerate(events):
         if isinstance(event, Interrupt) and session.started:
-            await cancel_session(call.bus, id, "interrupted by the user (user.interrupt)")
+            thread = "" if event.session_thread_id in (None, LEAD) else event.session_thread_id
+            await interrupt(call.bus, id, thread or "", "user.interrupt")
         elif isinstance(event, ToolAnswer):
             found = answers[n]
             text = texts(event.content or [], f"events[{n}]")
@@ -161,6 +164,26 @@ async def _start(call: Call, session: ApiSession, task: str) -> None:
                 409 if exc.kind == "conflict" else 400, f"the session could not start: {exc}"
             ) from None
         raise
+
+
+async def _follow_up(call: Call, session: ApiSession, text: str, turn: int) -> None:
+    """A follow-up turn of the staffwork session, graded against the outcome defined for it."""
+    defined = session.outcome
+    outcome = defined.outcome if defined is not None and defined.turn == turn else None
+    try:
+        await Client(call.bus).send(session.id, text, turn=turn, outcome=outcome)
+    except SubmitRefused as exc:
+        status = 409 if exc.kind in ("busy", "ended", "conflict") else 400
+        raise ApiError(status, f"the follow-up was not taken: {exc}") from None
+
+
+def _not_idle(id: str, status: str, stop_reason: str) -> str:
+    if status in ("pending", "running"):
+        return (
+            f"session {id!r} is {status}: send a user.message once it is idle (session.status_idle), "
+            "or interrupt it first (user.interrupt)"
+        )
+    return f"session {id!r} ended ({status}: {stop_reason or status}): it takes no more user.message events"
 
 
 async def send(call: Call) -> object:

@@ -19,6 +19,8 @@ class DefinedOutcome(msgspec.Struct, frozen=True, kw_only=True):
     outcome_id: str
     description: str
     outcome: Outcome
+    #: the session's turn it grades: 0 for the first user.message, n for the n-th follow-up
+    turn: int = 0
 
 
 class ApiSession(msgspec.Struct, kw_only=True):

@@ -9,12 +9,12 @@ status comes from the session directory: ``idle`` until it starts, ``running`` w
 ``idle`` when it is done, ``terminated`` when it stopped otherwise.
 
 The user's events are recorded in the session's log as ``user.event`` trace events (so the list and
-the stream show them in order with the rest) before they act. What staffwork cannot do yet is
-refused with a 400 or 409 that says so: a ``user.message`` after the session started (staffwork runs
-one task per session; there is no follow-up turn), an outcome defined after it started or a second
-one, interrupting one subagent thread (a cancel stops the whole session), tool confirmations
-(agents run with ``always_allow``), image and document blocks, file and GitHub resources, vaults,
-agent overrides.
+the stream show them in order with the rest) before they act. A ``user.message`` to an idle session
+that already ran is a follow-up turn with the lead's whole history; one sent while the session works
+is refused with a 409 (the hosted service queues it: send it once the session is idle, or interrupt
+first). What staffwork cannot do yet is refused with a 400 that says so: tool confirmations (agents
+run with ``always_allow``), image and document blocks, file and GitHub resources, vaults, agent
+overrides.
 """
 
 from __future__ import annotations

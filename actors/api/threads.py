@@ -5,8 +5,14 @@ Everything is read from the session's log (``<root>.s.<session>.evt.>`` in ``<ke
 translated by :mod:`actors.api.events`; nothing else is kept. A session's threads are the lead's
 (``lead``, the primary: ``parent_thread_id`` null) and one per ``session.thread_created``; a thread's
 id is staffwork's thread id, the one webhooks carry as ``session_thread_id``; its status is its
-latest status event's (``running`` until one says otherwise). The stream replays, unlike the hosted
-one: it sends every stored event first, then the live ones.
+latest status event's (``running`` until one says otherwise).
+
+The stream replays, unlike the hosted one, where that is what a program written for the hosted one
+wants (:class:`Replay`): opened while the session works, it sends the current turn's stored events
+first (a client that reconnects misses nothing), then the live ones; opened while it is idle, only
+what happens from then on (so a program that opens the stream, sends a follow-up and reads until
+``session.status_idle`` is not handed the earlier turn's idle); ``?replay=all`` sends every stored
+event first.
 """
 
 from __future__ import annotations
@@ -26,8 +32,9 @@ from actors.api.events import LEAD, ApiEvent, Translator, stored_events, transla
 from actors.api.http import Call, page, route
 from actors.api.session_records import ApiSession, load_session
 from actors.api.values import rfc3339
+from actors.sessions.directory import SessionDirectory
 from bus.connection import Bus
-from schemas.trace import AnyTraceEvent, ThreadCreated
+from schemas.trace import AnyTraceEvent, ThreadCreated, UserEvent
 
 PING_SECONDS = 15.0
 PING = b'event: ping\ndata: {"type": "ping"}\n\n'
@@ -97,9 +104,42 @@ def frame(event: dict[str, Any]) -> bytes:
     return b"event: " + str(event["type"]).encode() + b"\ndata: " + msgspec.json.encode(event) + b"\n\n"
 
 
-async def sse(bus: Bus, session_id: str, *, thread_id: str | None = None) -> AsyncIterator[bytes]:
-    """The session's events (the primary view, or ``thread_id``'s) as SSE frames: stored ones, then
-    live ones, a ping while nothing happens. Runs until the client goes away."""
+class Replay:
+    """Which of a session's events a new stream shows: all of them (``all``), those from the start of
+    turn ``turn`` on (``turn``: the turn starts at its ``user.message``), or those from ``opened`` on
+    (``live``). Every event still goes through the translator, which needs the whole log."""
+
+    def __init__(self, mode: str, *, turn: int = 0, opened: datetime | None = None) -> None:
+        self.mode, self.turn = mode, turn
+        self.opened = opened or datetime.now(UTC)
+        self.showing = mode == "all"
+        self._messages = 0
+
+    def shows(self, event: AnyTraceEvent) -> bool:
+        if not self.showing:
+            if self.mode == "turn" and isinstance(event, UserEvent) and event.event_type == "user.message":
+                self._messages += 1
+                self.showing = self._messages > self.turn
+            elif self.mode == "live":
+                self.showing = event.time >= self.opened
+        return self.showing
+
+
+async def replay_for(call: Call, session_id: str) -> Replay:
+    """The stream's replay: ``?replay=all``, else the current turn's if the session works, else live."""
+    if call.query("replay") == "all":
+        return Replay("all")
+    record = await SessionDirectory(call.bus).get(session_id)
+    if record is not None and record.status in ("pending", "running"):
+        return Replay("turn", turn=record.turn)
+    return Replay("live")
+
+
+async def sse(
+    bus: Bus, session_id: str, replay: Replay, *, thread_id: str | None = None
+) -> AsyncIterator[bytes]:
+    """The session's events (the primary view, or ``thread_id``'s) as SSE frames: stored ones as
+    ``replay`` says, then live ones, a ping while nothing happens. Runs until the client goes away."""
     yield PING  # the headers and a first frame at once: the SDK returns from stream() on them
     translator = Translator()
     events = bus.follow(bus.subjects.events(session_id), AnyTraceEvent)
@@ -117,8 +157,9 @@ async def sse(bus: Bus, session_id: str, *, thread_id: str | None = None) -> Asy
             except StopAsyncIteration:  # the bus connection is closing
                 return
             pending = None
+            shows = replay.shows(event)
             for shown in translator(event):
-                if shown.primary if thread_id is None else shown.in_thread(thread_id):
+                if shows and (shown.primary if thread_id is None else shown.in_thread(thread_id)):
                     yield frame(shown.data)
     finally:
         if pending is not None:
@@ -145,7 +186,7 @@ async def list_events(call: Call) -> object:
 
 async def stream(call: Call) -> object:
     session = await load_session(call, call.path("session_id"))
-    return stream_response(sse(call.bus, session.id))
+    return stream_response(sse(call.bus, session.id, await replay_for(call, session.id)))
 
 
 # --- threads ----------------------------------------------------------------------------------------
@@ -244,7 +285,7 @@ async def thread_events(call: Call) -> object:
 async def thread_stream(call: Call) -> object:
     session, threads, _ = await _read(call)
     thread = _find(threads, call.path("thread_id"), session.id)["id"]
-    return stream_response(sse(call.bus, session.id, thread_id=thread))
+    return stream_response(sse(call.bus, session.id, await replay_for(call, session.id), thread_id=thread))
 
 
 routes: list[Route] = [

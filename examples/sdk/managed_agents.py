@@ -31,8 +31,13 @@ assert roster.type == "coordinator"
 pinned = [agent.id for agent in roster.agents if agent.type == "agent"]  # each pinned to its version
 print("coordinator", lead.id, "version", lead.version, "with", pinned)
 
+
+def said(event: anthropic.types.beta.sessions.BetaManagedAgentsAgentMessageEvent) -> str:
+    return " ".join("".join(block.text for block in event.content if block.type == "text").split())
+
+
 session = beta.sessions.create(agent=lead.id, environment_id=env.id, title="Why did the builds fail?")
-with beta.sessions.events.stream(session.id) as stream:  # staffwork's stream replays: no race here
+with beta.sessions.events.stream(session.id) as stream:  # open it first, then send
     beta.sessions.events.send(
         session.id,
         events=[{"type": "user.message", "content": [{"type": "text", "text": "Why did builds 1-3 fail?"}]}],
@@ -41,8 +46,17 @@ with beta.sessions.events.stream(session.id) as stream:  # staffwork's stream re
         if event.type == "session.thread_created":
             print("thread", event.session_thread_id, "for", event.agent_name)
         elif event.type == "agent.message":
-            text = "".join(block.text for block in event.content if block.type == "text")
-            print("lead:", " ".join(text.split())[:72])
+            print("lead:", said(event)[:72])
+        elif event.type == "session.status_idle":
+            break
+with beta.sessions.events.stream(session.id) as stream:  # idle now: it streams from here on
+    follow_up = "Which failure should we fix first?"  # the lead goes on with everything so far
+    beta.sessions.events.send(
+        session.id, events=[{"type": "user.message", "content": [{"type": "text", "text": follow_up}]}]
+    )
+    for event in stream:
+        if event.type == "agent.message":
+            print("follow-up:", said(event)[:60])
         elif event.type == "session.status_idle":
             break
 history = [event.type for event in beta.sessions.events.list(session.id, limit=1000)]
