@@ -67,6 +67,9 @@ class WebhookSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     secret: str = ""
     #: the name of the webhooks actor's environment variable holding the signing secret; or empty
     secret_env: str = ""
+    #: the ``workspace_id`` this endpoint's payloads carry ("": the webhooks actor's, from
+    #: ``STAFFWORK_WORKSPACE_ID``); the HTTP API sets its key's workspace here
+    workspace_id: str = ""
 
     def __post_init__(self) -> None:
         parts = urlsplit(self.url)

@@ -5,18 +5,31 @@ Keys come as ``WORKSPACE=KEY`` pairs, comma-separated (``--api-key``, or ``STAFF
 the workspace is a subject token, the key anything but a comma. A request carries its key as
 ``x-api-key`` or ``Authorization: Bearer`` (the SDK sends the latter). Keys are compared by their
 SHA-256 digest, in constant time.
+
+A workspace's webhook endpoints, as the hosted service configures them per workspace, come as
+``WORKSPACE=URL`` pairs in ``STAFFWORK_API_WEBHOOKS``: every session the workspace starts announces
+every webhook event type there, each payload with the session's API id and ``workspace_id`` the
+workspace, signed with the secret in the webhooks actor's ``STAFFWORK_API_WEBHOOK_SECRET``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import get_args
 
 from bus.errors import ConfigError
 from bus.subjects import check_token
+from schemas.webhooks import WebhookEventType, WebhookSpec
 
 ENV = "STAFFWORK_API_KEYS"
+WEBHOOKS_ENV = "STAFFWORK_API_WEBHOOKS"
+#: the webhooks actor's environment variable with the signing secret of the API's endpoints
+WEBHOOK_SECRET_ENV = "STAFFWORK_API_WEBHOOK_SECRET"
+#: a workspace's endpoints get every event type (as the hosted service's can)
+EVERY_EVENT: list[WebhookEventType] = list(get_args(WebhookEventType))
 
 
 @dataclass(frozen=True)
@@ -24,6 +37,8 @@ class ApiKeys:
     """The configured keys, by digest; :meth:`workspace` finds a request's."""
 
     digests: tuple[tuple[bytes, str], ...]
+    #: each workspace's webhook endpoints (its sessions' ``webhooks``)
+    webhooks: Mapping[str, tuple[WebhookSpec, ...]] = field(default_factory=dict)
 
     @classmethod
     def parse(cls, text: str, *, source: str = ENV) -> ApiKeys:
@@ -44,6 +59,31 @@ class ApiKeys:
         if not pairs:
             raise ConfigError(f"{source}: no API key configured (WORKSPACE=KEY, comma-separated)")
         return cls(tuple(pairs))
+
+    def with_webhooks(self, text: str, *, source: str = WEBHOOKS_ENV) -> ApiKeys:
+        """These keys with the endpoints of ``ws1=https://...,ws2=https://...`` (a workspace may be
+        named more than once); a :class:`ConfigError` naming the offending entry."""
+        endpoints: dict[str, tuple[WebhookSpec, ...]] = {}
+        known = {workspace for _, workspace in self.digests}
+        for n, entry in enumerate(part.strip() for part in text.split(",")):
+            if not entry:
+                continue
+            workspace, sep, url = entry.partition("=")
+            if not sep or not url:
+                raise ConfigError(f"{source}: entry {n + 1} is not WORKSPACE=URL (got {entry!r})")
+            if workspace not in known:
+                raise ConfigError(
+                    f"{source}: entry {n + 1}: no API key has the workspace {workspace!r} "
+                    f"(the keys' workspaces: {', '.join(sorted(known))})"
+                )
+            try:
+                spec = WebhookSpec(
+                    url=url, events=EVERY_EVENT, secret_env=WEBHOOK_SECRET_ENV, workspace_id=workspace
+                )
+            except ValueError as exc:
+                raise ConfigError(f"{source}: entry {n + 1}: {exc}") from None
+            endpoints[workspace] = (*endpoints.get(workspace, ()), spec)
+        return replace(self, webhooks=endpoints)
 
     def workspace(self, key: str) -> str | None:
         """The workspace of ``key``, or None if no configured key matches."""

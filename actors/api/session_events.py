@@ -154,7 +154,10 @@ async def _start(call: Call, session: ApiSession, task: str) -> None:
     not started (a later user.message may try again)."""
     outcome = session.outcome.outcome if session.outcome else None
     try:
-        await Client(call.bus).submit(task, team=session.team, session_id=session.id, outcome=outcome)
+        webhooks = list(call.state.keys.webhooks.get(call.workspace, ())) or None
+        await Client(call.bus).submit(
+            task, team=session.team, session_id=session.id, outcome=outcome, webhooks=webhooks
+        )
     except (SubmitRefused, BusError) as exc:
         current, revision = await load_for_update(call, session.id)
         current.started = False

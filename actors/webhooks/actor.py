@@ -104,6 +104,7 @@ class WebhookEvents(BaseActor[WebhookSource]):
                 if event_type not in spec.events:
                     continue
                 delivery_id = f"{event_id}.{index}"
+                sent = {**data, "workspace_id": spec.workspace_id} if spec.workspace_id else data
                 delivery = WebhookDelivery(
                     session_id=msg.session_id,
                     msg_id=delivery_id,
@@ -112,7 +113,7 @@ class WebhookEvents(BaseActor[WebhookSource]):
                     event_id=event_id,
                     event_type=event_type,
                     created_at=msg.time,
-                    data=data,
+                    data=sent,
                 )
                 await ctx.bus.publish(ctx.bus.subjects.hook(msg.session_id), delivery, msg_id=delivery_id)
                 ctx.log.debug("webhook_queued", url=spec.url, event_id=event_id, event_type=event_type)
