@@ -5,6 +5,10 @@ thread; a follow-up continues the thread's history, whichever worker picks it up
 delivered twice never creates a second thread and never repeats finished work: the trigger's id is in
 the log, and a finished answer is sent again as is. Across processes the history log decides who
 owns a thread: the worker whose append conflicts steps aside.
+
+A request's work races the session's cancel and the interrupts that name its thread: an interrupted
+request closes its pending tool calls, records a stop note (which ends the request, for a redelivery
+too) and replies ``interrupted``; the thread idles and a follow-up continues it.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import contextlib
 import dataclasses
 from typing import Any
 
-from actors.agent.loop import AgentLoop, LoopResult, answer_for
+from actors.agent.loop import INTERRUPTED, AgentLoop, LoopResult, answer_for, record_interrupt
 from actors.agent.models.base import Model
 from actors.agent.tools.base import ToolContext
 from actors.agent.tools.memory import memory_note
@@ -30,7 +34,7 @@ from bus.objects import normalize_path
 from bus.provision import ConsumerSpec, agent_consumer
 from bus.subjects import Subjects
 from bus.workspace import Workspace
-from schemas.base import ErrorInfo, Message
+from schemas.base import ErrorInfo, Message, Usage
 from schemas.conversation import TextBlock, ThreadTurn, ToolResultBlock, Turn
 from schemas.files import Provenance
 from schemas.team import AgentSpec, TeamSpec
@@ -44,6 +48,7 @@ _ENDED_AS: dict[str, ThreadOutcome] = {
     "max_turns": "max_turns_reached",
     "error": "failed",
     "refusal": "failed",
+    INTERRUPTED: "interrupted",
 }
 
 
@@ -192,8 +197,7 @@ class SubagentActor(BaseActor[SubagentInbox]):
         answered = answer_for(history, msg.msg_id)
         if answered is not None:
             # This request was answered before (a redelivery, or a duplicate): answer it again.
-            status = _ENDED_AS.get(answered.stop_reason, "completed")
-            return self._reply(msg, status=status, text=answered.turn.text, files=written_files(history))
+            return self._answer_again(msg, history, answered)
 
         workspace = Workspace(bus)
         fields: dict[str, Any] = {
@@ -225,10 +229,21 @@ class SubagentActor(BaseActor[SubagentInbox]):
             prices=team.prices,
         )
         work: asyncio.Task[LoopResult] = asyncio.ensure_future(loop.run())
-        outcome = await race_cancel(work, (self.cancels.event(msg.session_id), "canceled"))
+        with self.cancels.interrupts(msg.session_id, msg.thread_id) as interrupted:
+            outcome = await race_cancel(
+                work, (self.cancels.event(msg.session_id), "canceled"), (interrupted, INTERRUPTED)
+            )
+            reason = self.cancels.reason_of(interrupted)
         if outcome == "canceled":
             await bus.emit(ThreadStatusIdle(stop_reason="canceled", **fields))
             return self._reply(msg, status="canceled", text="the session was canceled", usage=loop.usage)
+        if outcome == INTERRUPTED:
+            ctx.log.info("thread_interrupted", thread_id=msg.thread_id, reason=reason)
+            history = await record_interrupt(bus, log, history, reason)
+            answered = answer_for(history, msg.msg_id)
+            assert answered is not None  # the note, or the answer that came just before the interrupt
+            await bus.emit(ThreadStatusIdle(stop_reason=answered.stop_reason or "end_turn", **fields))
+            return self._answer_again(msg, history, answered, usage=loop.usage, turns=loop.model_turns)
         result = work.result()
         await bus.emit(ThreadStatusIdle(stop_reason=result.stop_reason, **fields))
         text = result.text
@@ -247,6 +262,23 @@ class SubagentActor(BaseActor[SubagentInbox]):
             usage=result.usage,
             error=result.error,
         )
+
+    def _answer_again(
+        self,
+        msg: SubagentInbox,
+        history: ThreadHistory,
+        answered: ThreadTurn,
+        *,
+        usage: Usage | None = None,
+        turns: int = 0,
+    ) -> ThreadReply:
+        """The reply to a request whose end is in the log (``answered``: its answer or stop note)."""
+        status = _ENDED_AS.get(answered.stop_reason, "completed")
+        text = answered.turn.text
+        if status == "interrupted":  # the note says by whom and why
+            text = f"{text}\n{_interrupted_note(msg.thread_id)}"
+        files = written_files(history)
+        return self._reply(msg, status=status, text=text, files=files, turns=turns, usage=usage or Usage())
 
     async def _start_turn(
         self, bus: Any, log: ThreadLog, history: ThreadHistory, msg: SubagentInbox, spec: AgentSpec
@@ -289,6 +321,14 @@ class SubagentActor(BaseActor[SubagentInbox]):
                 )
             )
         return True
+
+
+def _interrupted_note(thread_id: str) -> str:
+    """What an interrupted thread's reply adds to its stop note."""
+    return (
+        f"Thread {thread_id} stopped before it answered; what it did so far is kept in its history. "
+        "It is idle: a follow-up to this thread continues it."
+    )
 
 
 def written_files(history: ThreadHistory) -> list[str]:

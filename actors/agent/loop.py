@@ -12,6 +12,7 @@ ends the thread as ``failed`` with the model's message.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from actors.agent.calls import call_model
 from actors.agent.models.base import MAX_TOKENS, PAUSE_TURN, REFUSAL, Model, ModelFatal, ModelRequest
 from actors.agent.tools.base import Toolbox, ToolContext
 from bus.connection import Bus
+from bus.errors import HistoryConflict
 from bus.history import ThreadHistory, ThreadLog
 from schemas.base import ErrorInfo, Usage
 from schemas.conversation import TextBlock, ThinkingBlock, ThreadTurn, ToolResultBlock, ToolUseBlock, Turn
@@ -274,13 +276,25 @@ class AgentLoop:
         return result
 
 
-async def record_interrupt(bus: Bus, log: ThreadLog, history: ThreadHistory, reason: str) -> ThreadHistory:
+async def record_interrupt(
+    bus: Bus, log: ThreadLog, history: ThreadHistory, reason: str, *, tries: int = 3
+) -> ThreadHistory:
     """Record in a thread's log that its request was interrupted (its loop task already cancelled).
 
     Tool calls the model made and that have no result yet get an error result (in the trace too),
     then a note turn with stop reason ``interrupted`` ends the request, so the thread's history stays
     a valid conversation that a follow-up continues, and a replay sees the request as ended. A request
-    that had already ended is left as it is. Returns the thread's history as stored now."""
+    that had already ended is left as it is. Returns the thread's history as stored now.
+
+    An append the cut loop had in flight may land meanwhile: the log is read afresh and the record
+    tried again (``tries`` in all); a real other writer still wins (``HistoryConflict``)."""
+    for _ in range(tries - 1):
+        with contextlib.suppress(HistoryConflict):
+            return await _record_interrupt(bus, log, history, reason)
+    return await _record_interrupt(bus, log, history, reason)
+
+
+async def _record_interrupt(bus: Bus, log: ThreadLog, history: ThreadHistory, reason: str) -> ThreadHistory:
     fresh = await log.load(history.session_id, history.thread_id)
     last = fresh.last
     if last is None or last.stop_reason in STOPPED:

@@ -113,6 +113,7 @@ for command in (
     sessions.submit,
     sessions.status,
     sessions.cancel,
+    sessions.interrupt,
     sessions.answer,
     trace.tail,
     trace.trace,

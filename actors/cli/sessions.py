@@ -1,5 +1,6 @@
 """The session commands: ``run`` (submit a session and follow it live; how it runs one is in
-:mod:`actors.cli.running`), ``submit``, ``status``, ``cancel`` and ``answer`` (a custom tool call)."""
+:mod:`actors.cli.running`), ``submit``, ``status``, ``cancel``, ``interrupt`` (one thread's work, or
+the whole session's, without ending it) and ``answer`` (a custom tool call)."""
 
 from __future__ import annotations
 
@@ -25,9 +26,11 @@ from actors.cli.common import (
 )
 from actors.cli.running import RunOutcome, run_session
 from actors.client import Client
+from actors.sessions.cancel import interrupt as interrupt_work
 from actors.sessions.directory import TERMINAL
 from bus.errors import StaffworkError
 from bus.provision import provision
+from bus.subjects import check_token
 from schemas.ids import new_id
 from schemas.session import SessionResult
 from schemas.team import TeamSpec
@@ -193,6 +196,37 @@ def cancel(session: str, nats: NatsOption = None, root: RootOption = "sw") -> No
                 return
             await Client(target.bus).cancel(session)
             out.print(f"{session}: canceled", highlight=False)
+
+    run_async(go)
+
+
+def interrupt(
+    session: str,
+    thread: Annotated[
+        str,
+        typer.Option("--thread", help="The thread to stop (without it: every thread and the lead's turn)."),
+    ] = "",
+    reason: Annotated[str, typer.Option("--reason", help="Why, in a few words (its model reads it).")] = "",
+    nats: NatsOption = None,
+    root: RootOption = "sw",
+) -> None:
+    """Stop work in progress without ending the session: one thread, or all of them. An interrupted
+    thread keeps its history and idles; a follow-up continues it. A thread not working is left as is."""
+
+    async def go() -> None:
+        async with bus_target(nats, root, name="staffwork-interrupt") as target:
+            record = await session_record(target.bus, session, root)
+            if record.status in TERMINAL:
+                out.print(f"{session}: not running ({record.status}); nothing to interrupt", highlight=False)
+                return
+            if thread:
+                check_token(thread, "thread id")
+                if await target.bus.last(target.bus.subjects.history(session, thread)) is None:
+                    threads = f"staffwork trace {session} shows its threads"
+                    raise StaffworkError(f"no thread {thread!r} in session {session!r} ({threads})")
+            await interrupt_work(target.bus, session, thread, reason)
+            what = f"thread {thread}" if thread else "every thread"
+            out.print(f"{session}: interrupted {what}", highlight=False, markup=False)
 
     run_async(go)
 

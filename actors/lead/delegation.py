@@ -8,7 +8,8 @@ answers the request (its ``in_reply_to``, thread, agent and session match); anyt
 reply subject is rejected with a ``bus.message_rejected`` event and ignored. A request no worker
 has taken within ``claim_timeout`` (its trigger is not in the thread's history) while no worker
 serves its agent fails, and so does one JetStream stopped delivering (:func:`given_up_reply`, from
-the max-deliveries advisory). The lead's tools reach it through
+the max-deliveries advisory). A thread the user interrupted is no failure: its tool result says so
+and names the thread to continue with ``message_agent``. The lead's tools reach it through
 :class:`~actors.agent.tools.base.Delegating` on their :class:`ToolContext`.
 """
 
@@ -294,9 +295,15 @@ def _mismatch(request: Request, reply: ThreadReply) -> str:
 
 
 def _describe(reply: ThreadReply) -> str:
-    head = f"[thread {reply.thread_id} · agent {reply.agent} · {reply.status}]"
-    files = f"\n\nfiles written: {', '.join(reply.files)}" if reply.files else ""
-    return f"{head}\n{reply.text}{files}"
+    parts = [f"[thread {reply.thread_id} · agent {reply.agent} · {reply.status}]\n{reply.text}"]
+    if reply.files:
+        parts.append(f"files written: {', '.join(reply.files)}")
+    if reply.status == "interrupted":  # not a failure: the thread goes on where it stopped if asked to
+        parts.append(
+            f"To continue it, call message_agent with thread_id {reply.thread_id!r}; "
+            "otherwise go on without its answer."
+        )
+    return "\n\n".join(parts)
 
 
 def _delegating(ctx: ToolContext, name: str) -> Delegating:
