@@ -27,6 +27,7 @@ from actors.api.events import Translator, event_id
 from actors.roles import RoleConfig, running
 from bus.connection import Bus
 from schemas.base import ErrorInfo, Usage
+from schemas.conversation import ToolResultBlock
 from schemas.files import Provenance
 from schemas.outcome import CriterionVerdict
 from schemas.trace import (
@@ -303,7 +304,7 @@ async def test_a_coordinator_session_with_an_outcome_streams_replays_and_lists(
         assert (await b.sessions.threads.retrieve(worker.id, session_id=session.id)).id == worker.id
 
         async with await b.sessions.events.stream(session.id) as follow:  # idle: from now on
-            more = [{"type": "user.message", "content": [{"type": "text", "text": "And build 3?"}]}]
+            more: Any = [{"type": "user.message", "content": [{"type": "text", "text": "And build 3?"}]}]
             [asked] = (await b.sessions.events.send(session.id, events=more)).data or []
             turn = await read_until_idle(follow)
         assert turn[0].id == asked.id  # not the first turn's events again
@@ -311,7 +312,8 @@ async def test_a_coordinator_session_with_an_outcome_streams_replays_and_lists(
             "Build 3 failed on the same line"
         ]
         history = [t.text for t in model.calls_by("lead")[-1].request.messages]
-        assert history[0] == "Why did build 2 fail?" and history[-1] == "And build 3?"
+        assert history[0] == "Why did build 2 fail?"
+        assert history[-1] == "And build 3?"
         assert "REPORT v2: build 2, line 3" in history
         assert (await b.sessions.retrieve(session.id)).status == "idle"
         listed_sessions = [s.id async for s in b.sessions.list()]
@@ -320,6 +322,86 @@ async def test_a_coordinator_session_with_an_outcome_streams_replays_and_lists(
         assert archived.archived_at is not None
         assert session.id not in [s.id async for s in b.sessions.list()]
     model.assert_done()
+
+
+class HoldFirst:
+    """The scripted model, except that ``agent``'s first call waits until it is canceled."""
+
+    name = "scripted"
+
+    def __init__(self, inner: ScriptedModel, agent: str) -> None:
+        self.inner, self.agent = inner, agent
+        self.held = asyncio.Event()
+
+    async def complete(self, request: ModelRequest) -> ModelResponse:
+        if request.agent == self.agent and not self.held.is_set():
+            self.held.set()
+            await asyncio.Event().wait()
+        return await self.inner.complete(request)
+
+
+def ask_again(request: ModelRequest) -> ModelResponse:
+    """The lead's first call of a follow-up turn: a follow-up to the thread it started before."""
+    first = next(b for t in request.messages for b in t.content if isinstance(b, ToolResultBlock))
+    thread_id = first.content.split()[1]  # "[thread <id> · agent ..."
+    return calls(("toolu_again", "message_agent", {"thread_id": thread_id, "message": "Now read the log."}))
+
+
+async def test_one_thread_interrupted_then_continued_by_a_follow_up(bus: Bus, api: ApiActor) -> None:
+    """A specialist stuck in its work is interrupted alone: the lead hears it was and ends its turn;
+    a stream opened in the middle of the turn replays it from its start; the follow-up turn continues
+    the interrupted thread with its history."""
+    model = HoldFirst(
+        ScriptedModel(
+            {
+                "lead": [
+                    *fan_out_lead(["log-reader"]),
+                    ask_again,
+                    text("line 3 of build 2"),
+                ],
+                "log-reader": [text("build 2 failed at line 3")],
+            }
+        ),
+        "log-reader",
+    )
+    async with strict(api) as sdk, team_running(bus, model):  # type: ignore[arg-type]
+        b = sdk.beta
+        env_id, agent_id = await coordinator(sdk)
+        session = await b.sessions.create(agent=agent_id, environment_id=env_id)
+        message: Any = {
+            "type": "user.message",
+            "content": [{"type": "text", "text": "Why did build 2 fail?"}],
+        }
+        await b.sessions.events.send(session.id, events=[message])
+        await asyncio.wait_for(model.held.wait(), 20)  # the specialist is stuck
+        async with await b.sessions.events.stream(session.id) as late:  # opened mid-turn: replayed
+            seen = [await anext(aiter(late)) for _ in range(3)]
+            assert [e.type for e in seen][:1] == ["user.message"]
+            [thread] = [t async for t in b.sessions.threads.list(session.id) if t.parent_thread_id]
+            stop: Any = {"type": "user.interrupt", "session_thread_id": thread.id}
+            [echo] = (await b.sessions.events.send(session.id, events=[stop])).data or []
+            assert echo.type == "user.interrupt"
+            rest = await read_until_idle(late)
+        types = [e.type for e in seen + rest]
+        assert "session.thread_status_idle" in types
+        assert types[-1] == "session.status_idle"
+        received = [e for e in rest if e.type == "agent.thread_message_received"]
+        assert "interrupted" in received[0].content[0].text
+        assert (await b.sessions.threads.retrieve(thread.id, session_id=session.id)).status == "idle"
+        assert (await b.sessions.retrieve(session.id)).status == "idle"
+
+        async with await b.sessions.events.stream(session.id) as follow:
+            more: Any = {"type": "user.message", "content": [{"type": "text", "text": "Try again."}]}
+            await b.sessions.events.send(session.id, events=[more])
+            turn = await read_until_idle(follow)
+        said = [e.content[0].text for e in turn if e.type == "agent.message"]
+        assert said == ["line 3 of build 2"]
+        [continued] = model.inner.calls_by("log-reader")
+        assert continued.thread_id == thread.id
+        history = [t.text for t in continued.request.messages]
+        assert history[0] == "task for log-reader"
+        assert history[-1] == "Now read the log."
+        assert any("interrupted by the user" in line for line in history)
 
 
 async def test_unknown_ids_and_bad_events_are_the_sdks_errors(sdk: anthropic.AsyncAnthropic) -> None:
