@@ -97,7 +97,8 @@ async def test_the_readmes_sdk_program_runs_as_written(api: ApiActor, bus: Bus) 
     summary = next(line for line in lines if line.startswith("threads: "))
     assert summary.startswith("threads: 7 events: ")  # the lead's, three per turn
     follow_ups = [line for line in lines if line.startswith("follow-up: ")]
-    assert follow_ups and follow_ups[0].startswith("follow-up: # Report"), lines
+    assert follow_ups, lines
+    assert follow_ups[0].startswith("follow-up: # Report"), lines
     assert int(summary.rsplit(" ", 1)[1]) > 10
     conflict = next(line for line in lines if line.startswith("conflict: "))
     assert conflict.startswith("conflict: 409")

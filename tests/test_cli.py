@@ -237,7 +237,9 @@ def test_up_in_one_terminal_and_run_submit_status_fs_in_another(tmp_path: Path) 
         status = staffwork("status", session, home=tmp_path)
         assert f"{session}: idle  team incident" in status.stdout
         canceled = staffwork("cancel", session, home=tmp_path)
-        assert f"{session}: already ended (idle); nothing to cancel" in canceled.stdout
+        assert f"{session}: canceled (it was idle: it takes no more follow-ups)" in canceled.stdout
+        again = staffwork("cancel", session, home=tmp_path)
+        assert f"{session}: already ended (canceled); nothing to cancel" in again.stdout
         listing = staffwork("fs", "ls", session, home=tmp_path)
         assert "incident-report.md  (lead)" in listing.stdout
         report = staffwork("fs", "cat", session, "incident-report.md", home=tmp_path)

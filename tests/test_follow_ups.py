@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 
+import msgspec
 import pytest
 
 from actors.agent.models.base import ModelRequest, ModelResponse
@@ -18,6 +19,7 @@ from bus.connection import Bus
 from bus.history import ThreadLog
 from schemas.conversation import ToolResultBlock, ToolUseBlock
 from schemas.thread import LEAD_THREAD
+from schemas.trace import SessionStatusTerminated, event_kind
 from tests.helpers import team, tool_results
 
 
@@ -76,7 +78,8 @@ async def test_a_follow_up_turn_keeps_the_leads_history_and_its_threads(bus: Bus
     assert [t.text for t in second_call.request.messages] == ["p50 latency?", "p50: 120 ms", "and the p99?"]
     assert "p99: 900 ms" in tool_results(model.calls_by("lead")[3].request)[0].content
     record = await SessionDirectory(bus).get(sid)
-    assert record is not None and (record.turn, record.status, record.turn_text) == (
+    assert record is not None
+    assert (record.turn, record.status, record.turn_text) == (
         1,
         "idle",
         "What about the tail?",
@@ -102,7 +105,8 @@ async def test_follow_ups_the_session_cannot_take_are_refused_by_kind(bus: Bus) 
         assert await client.send(sid, "again") == 1
         assert await client.send(sid, "again", turn=1) == 1  # the same follow-up twice: one turn
         conflict = await refused(sid, "other", turn=1)
-        assert conflict.startswith("conflict: turn 1 of session") and "'again'" in conflict
+        assert conflict.startswith("conflict: turn 1 of session")
+        assert "'again'" in conflict
         assert (await client.wait(sid, timeout=30, turn=1)).final_text == "second"
         assert await client.send(sid, "third") == 2
         await asyncio.wait_for(model.blocked.wait(), 30)  # turn 2 is working
@@ -141,7 +145,8 @@ async def test_interrupting_the_lead_ends_its_turn_and_the_next_follow_up_goes_o
             "[interrupted by the user: wrong direction]",
         )
         record = await SessionDirectory(bus).get(sid)
-        assert record is not None and (record.status, record.stop_reason) == ("idle", "interrupted")
+        assert record is not None
+        assert (record.status, record.stop_reason) == ("idle", "interrupted")
         after = await client.wait(sid, timeout=30, turn=await client.send(sid, "summarise"))
     assert (after.status, after.final_text) == ("idle", "after the interrupt")
     history = await ThreadLog(bus).load(sid, LEAD_THREAD)
@@ -153,3 +158,18 @@ async def test_interrupting_the_lead_ends_its_turn_and_the_next_follow_up_goes_o
     last_call = model.inner.calls_by("lead")[-1].request.messages
     assert last_call[-2].text == "[stopped: interrupted by the user: wrong direction]"
     assert last_call[-1].text == "summarise"
+
+
+async def test_canceling_an_idle_session_ends_it(bus: Bus) -> None:
+    model = ScriptedModel({"lead": [text("done")]})
+    client = Client(bus)
+    async with running_agents(bus, model, agents=[]):
+        sid = await client.submit("start", team=team())
+        await client.wait(sid, timeout=30)
+        await client.cancel(sid, "no more")
+        with pytest.raises(SubmitRefused, match=r"ended \(canceled: no more\): it takes no follow-ups"):
+            await client.send(sid, "one more thing")
+    stored = await bus.last(bus.subjects.event(sid, event_kind(SessionStatusTerminated)))
+    assert stored is not None
+    terminated = msgspec.json.decode(stored, type=SessionStatusTerminated)
+    assert (terminated.thread_id, terminated.reason) == ("lead", "no more")

@@ -186,16 +186,18 @@ def status(session: str, nats: NatsOption = None, root: RootOption = "sw") -> No
 
 
 def cancel(session: str, nats: NatsOption = None, root: RootOption = "sw") -> None:
-    """Stop a session: the lead and every running thread stop within moments."""
+    """End a session: the lead and every running thread stop within moments; an idle one takes no
+    more follow-ups."""
 
     async def go() -> None:
         async with bus_target(nats, root, name="staffwork-cancel") as target:
             record = await session_record(target.bus, session, root)
-            if record.status in TERMINAL:
+            if record.status in TERMINAL and record.status != "idle":
                 out.print(f"{session}: already ended ({record.status}); nothing to cancel", highlight=False)
                 return
             await Client(target.bus).cancel(session)
-            out.print(f"{session}: canceled", highlight=False)
+            was = " (it was idle: it takes no more follow-ups)" if record.status == "idle" else ""
+            out.print(f"{session}: canceled{was}", highlight=False)
 
     run_async(go)
 

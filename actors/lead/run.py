@@ -29,7 +29,7 @@ from actors.agent.tools.sources import ToolSources
 from actors.lead.delegation import LEAD_TOOLS, Delegations
 from actors.lead.revision import Revision
 from actors.sessions.cancel import CancelWatch, cancel_session, race_cancel
-from actors.sessions.directory import TERMINAL, SessionDirectory
+from actors.sessions.directory import STOPPED, TERMINAL, SessionDirectory
 from actors.sessions.teams import resolve_team
 from bus.connection import Bus
 from bus.errors import HistoryConflict, Retryable
@@ -145,6 +145,10 @@ class LeadRun:
                 SessionErrorEvent(session_id=self.sid, agent=record.team.lead.name, error=error)
             )
             return None
+        if record.turn == message.turn and record.status in STOPPED:  # ended before the lead took it
+            stored = await self.bus.last(self.bus.subjects.out(self.sid, "result"))
+            if stored is None or msgspec.json.decode(stored, type=SessionResult).turn < message.turn:
+                return self._result(record.status, f"the session {record.status.replace('_', ' ')}")
         if record.turn != message.turn or record.status not in ("pending", "running"):
             return None  # that turn ended (or a later one began): its result was published then
         await self.directory.set_status(self.sid, "running")

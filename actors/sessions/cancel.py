@@ -21,6 +21,8 @@ from actors.sessions.directory import TERMINAL, Bounded, SessionDirectory
 from bus.connection import Bus
 from bus.state import Listener
 from schemas.session import SessionCancel, SessionInterrupt, SessionState
+from schemas.thread import LEAD_THREAD
+from schemas.trace import SessionStatusTerminated
 
 log = structlog.get_logger("staffwork.sessions")
 
@@ -32,10 +34,19 @@ async def cancel_session(
     ``budget_reached``, ``deadline_reached``, ``failed``) and tell every lead and worker.
 
     A session that already ended keeps its status (the lead's own budget/deadline stop still
-    reaches its threads)."""
+    reaches its threads). An idle one, waiting for a follow-up, ends here: no lead runs a turn that
+    would say so, so its ``session.status_terminated`` is emitted here."""
     directory = SessionDirectory(bus)
     record = await directory.get(session_id)
     if record is not None and record.status in TERMINAL and status == "canceled":
+        if record.status == "idle":
+            await directory.set_status(session_id, status, reason)
+            lead = record.team.lead.name
+            await bus.emit(
+                SessionStatusTerminated(
+                    session_id=session_id, thread_id=LEAD_THREAD, agent=lead, reason=reason
+                )
+            )
         return
     await directory.set_status(session_id, status, reason)
     await bus.publish(bus.subjects.ctl(session_id), SessionCancel(session_id=session_id, reason=reason))
