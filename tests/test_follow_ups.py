@@ -20,7 +20,7 @@ from bus.history import ThreadLog
 from schemas.conversation import ToolResultBlock, ToolUseBlock
 from schemas.thread import LEAD_THREAD
 from schemas.trace import SessionStatusTerminated, event_kind
-from tests.helpers import team, tool_results
+from tests.helpers import NatsServer, run_cli, team, tool_results
 
 
 class Gated:
@@ -173,3 +173,20 @@ async def test_canceling_an_idle_session_ends_it(bus: Bus) -> None:
     assert stored is not None
     terminated = msgspec.json.decode(stored, type=SessionStatusTerminated)
     assert (terminated.thread_id, terminated.reason) == ("lead", "no more")
+
+
+async def test_staffwork_send_takes_a_turn_and_prints_its_result(
+    bus: Bus, nats_server: NatsServer, root: str
+) -> None:
+    model = ScriptedModel({"lead": [text("first"), text("the second answer")]})
+    connect = ("--nats", nats_server.url, "--root", root)
+    client = Client(bus)
+    async with running_agents(bus, model, agents=[]):
+        sid = await client.submit("start", team=team())
+        await client.wait(sid, timeout=30)
+        code, out, err = await run_cli("send", sid, "and then?", *connect)
+        unknown = await run_cli("send", "ses_nope", "hello", *connect)
+    assert (code, err) == (0, ""), err
+    assert out.splitlines() == ["the second answer", f"status: idle   session: {sid}   turn: 1"]
+    assert unknown[0] == 1
+    assert unknown[2].strip() == f"error: no session 'ses_nope' (under root {root!r})"

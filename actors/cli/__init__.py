@@ -111,6 +111,7 @@ for command in (
     admin.schema,
     sessions.run,
     sessions.submit,
+    sessions.send,
     sessions.status,
     sessions.cancel,
     sessions.interrupt,

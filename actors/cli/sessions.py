@@ -1,6 +1,7 @@
 """The session commands: ``run`` (submit a session and follow it live; how it runs one is in
-:mod:`actors.cli.running`), ``submit``, ``status``, ``cancel``, ``interrupt`` (one thread's work, or
-the whole session's, without ending it) and ``answer`` (a custom tool call)."""
+:mod:`actors.cli.running`), ``submit``, ``send`` (a follow-up), ``status``, ``cancel``,
+``interrupt`` (one thread's work, or the whole session's, without ending it) and ``answer`` (a
+custom tool call)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from actors.cli.common import (
     session_record,
 )
 from actors.cli.running import RunOutcome, run_session
-from actors.client import Client
+from actors.client import Client, SubmitRefused
 from actors.sessions.cancel import interrupt as interrupt_work
 from actors.sessions.directory import TERMINAL
 from bus.errors import StaffworkError
@@ -153,6 +154,44 @@ def submit(
             return await client.submit(text, team=spec, inputs=uploaded, session_id=session_id)
 
     out.print(run_async(go), highlight=False)
+
+
+def send(
+    session: str,
+    text: Annotated[str, typer.Argument(help="The follow-up, in plain language.")],
+    inputs: InputOption = None,
+    wait: Annotated[
+        bool, typer.Option("--wait/--no-wait", help="Wait for the turn's result and print it.")
+    ] = True,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait for the result.")] = 3600.0,
+    nats: NatsOption = None,
+    root: RootOption = "sw",
+) -> None:
+    """Send a follow-up to an idle session: the lead takes another turn with everything so far."""
+
+    async def go() -> SessionResult | int:
+        async with bus_target(nats, root, name="staffwork-send") as target:
+            client = Client(target.bus)
+            await session_record(target.bus, session, root)
+            uploaded: list[str] = []
+            for folder in inputs or []:
+                uploaded += await client.upload(session, folder)
+            try:
+                turn = await client.send(session, text, inputs=uploaded)
+            except SubmitRefused as exc:
+                raise StaffworkError(f"{session}: {exc.kind}: {exc}") from None
+            if not wait:
+                return turn
+            return await client.wait(session, timeout, turn=turn)
+
+    answer = run_async(go)
+    if isinstance(answer, int):
+        out.print(f"{session}: turn {answer} sent", highlight=False)
+        return
+    out.print(answer.final_text, markup=False, highlight=False)
+    out.print(f"status: {answer.status}   session: {session}   turn: {answer.turn}", highlight=False)
+    if answer.status != "idle":
+        raise typer.Exit(2)
 
 
 def status(session: str, nats: NatsOption = None, root: RootOption = "sw") -> None:
