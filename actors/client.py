@@ -164,17 +164,22 @@ class Client:
             await stream.aclose()
         raise BusTimeout(f"wait for the result of the session's turn {turn}", subject, timeout or 0.0)
 
-    async def events(self, session_id: str) -> AsyncIterator[AnyTraceEvent]:
-        """The session's trace events from the first, then live, until the session goes idle."""
+    async def events(self, session_id: str, *, turn: int = 0) -> AsyncIterator[AnyTraceEvent]:
+        """The session's trace events from the first, then live, until its ``turn`` ends (0: the
+        submit's; each turn ends with one ``session.status_idle`` of the lead thread) or it stops."""
         stream = self.bus.follow(self.bus.subjects.events(session_id), AnyTraceEvent)
+        ended = 0
         try:
             async for event in stream:
                 yield event
-                if (
-                    isinstance(event, SessionStatusIdle | SessionStatusTerminated)
-                    and event.thread_id == "lead"
-                ):
+                if event.thread_id != "lead":
+                    continue
+                if isinstance(event, SessionStatusTerminated):
                     return
+                if isinstance(event, SessionStatusIdle):
+                    ended += 1
+                    if ended > turn:
+                        return
         finally:
             await stream.aclose()
 

@@ -19,7 +19,7 @@ from bus.connection import Bus
 from bus.history import ThreadLog
 from schemas.conversation import ToolResultBlock, ToolUseBlock
 from schemas.thread import LEAD_THREAD
-from schemas.trace import SessionStatusTerminated, event_kind
+from schemas.trace import SessionStatusIdle, SessionStatusTerminated, event_kind
 from tests.helpers import NatsServer, run_cli, team, tool_results
 
 
@@ -85,6 +85,10 @@ async def test_a_follow_up_turn_keeps_the_leads_history_and_its_threads(bus: Bus
         "What about the tail?",
     )
     assert record.usage.input_tokens == second.usage.input_tokens  # the session's totals, all turns
+    through_turn_1 = [e async for e in client.events(sid, turn=1)]
+    idles = [e for e in through_turn_1 if isinstance(e, SessionStatusIdle) and e.thread_id == LEAD_THREAD]
+    assert len(idles) == 2
+    assert through_turn_1[-1] is idles[-1]
     model.assert_done()
 
 
