@@ -18,6 +18,7 @@ from bus.health import HealthRecord
 from bus.subjects import Subjects
 from schemas.dream import DreamAnswer, DreamRecord
 from schemas.export import bus_messages, def_name
+from schemas.pool import PoolServe, PoolServed
 from schemas.trace import AnyTraceEvent
 
 #: Placeholder tokens and the parameters they become: (token, name, description).
@@ -42,7 +43,8 @@ ROLES = {
     "caller": "An outside system, or staffwork's own CLI and client: submits, cancels, watches, answers.",
     "gateway": "The submit gateway, in every lead process: validates a submit, records it, answers.",
     "lead": "The lead role: drives a session (plans, delegates, grades, writes the result).",
-    "subagent": "A subagent worker: runs the threads of the agents it serves.",
+    "subagent": "A subagent worker, dedicated or a pool's: runs the threads of the agents it serves.",
+    "pool": "A pool: runs a subagent worker for any agent of any session it learns of.",
     "grader": "The grader: grades an attempt against the session's outcome.",
     "collector": "The trace collector: stores every event, answers trace queries.",
     "webhooks": "The webhooks actor: turns lifecycle events into signed, retried HTTP deliveries.",
@@ -159,7 +161,7 @@ def channels() -> list[Channel]:
             True,
             "A lead took the session and validated its team.",
             ("lead",),
-            ("caller",),
+            ("caller", "pool"),
         ),
         Channel(
             "sessionResult",
@@ -257,6 +259,17 @@ def channels() -> list[Channel]:
             ("subagent", "lead"),
             ("tool_service",),
             reply=("ToolCallReply",),
+        ),
+        Channel(
+            "apiPool",
+            s.api_pool,
+            (PoolServe,),
+            False,
+            "Serve a session's agents: a pool (queue group `pool`) answers once it pulls from each "
+            "agent's consumer. Not logged.",
+            ("gateway",),
+            ("pool",),
+            reply=(PoolServed,),
         ),
         Channel(
             "task",

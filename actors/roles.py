@@ -2,10 +2,11 @@
 
 A role is the list of actors (consumers and services) built for one job from a :class:`RoleConfig`.
 ``staffwork actor ROLE`` serves one role, ``staffwork up`` starts a process per role (per agent for
-``subagent``), ``staffwork run`` runs in-process the roles a team needs that nobody serves, and
-tests use :func:`running`. The actors of one process share a session directory and a cancel watch.
+``subagent``; the ``pool`` serves any agent), ``staffwork run`` runs in-process the roles a team
+needs that nobody serves, and tests use :func:`running`. The actors of one process share a session
+directory and a cancel watch.
 
-A process that serves sessions (the lead, subagent or grader role) says with which model it does
+A process that serves sessions (the lead, subagent, pool or grader role) says with which model it does
 (:class:`ModelNotice`: provider and endpoint, in the root's registry), so that ``run`` shares actors
 only with processes of its own model.
 """
@@ -34,6 +35,7 @@ from actors.grader.actor import GraderActor
 from actors.grader.checks import CHECK_TIMEOUT
 from actors.lead.actor import LeadActor, LeadSettings
 from actors.lead.gateway import SubmitGateway
+from actors.pool import POOL_AGENTS, PoolService
 from actors.sessions.cancel import CancelWatch
 from actors.sessions.directory import SessionDirectory
 from actors.subagent import SubagentActor
@@ -65,6 +67,8 @@ class AgentSettings:
     grade_timeout: float = 900.0  # how long the lead waits for the grader's verdict on an attempt
     claim_timeout: float = 120.0  # a delegation no worker has taken by then fails (no worker serves it)
     session_deadline: float = 3600.0  # a session's deadline when neither its submit nor its team sets one
+    #: agents one pool process serves at most (beyond: a warning, and the gateway's no_worker)
+    pool_agents: int = POOL_AGENTS
 
 
 @dataclass(frozen=True)
@@ -122,24 +126,41 @@ def _lead(process: Process) -> Built:
     ]
 
 
+def _subagent(process: Process, name: str, warm: AgentSpec | None = None) -> SubagentActor:
+    settings = process.config.agent_settings
+    return SubagentActor(
+        name,
+        model=process.model,
+        directory=process.directory,
+        cancels=process.cancels,
+        ack_wait=settings.subagent_ack_wait,
+        max_deliver=settings.max_deliver,
+        warm=warm,
+    )
+
+
 def _subagents(process: Process) -> Built:
     settings = process.config.agent_settings
     runtime = RuntimeSettings(concurrency=settings.subagent_concurrency, grace=settings.grace)
     return [
-        (
-            SubagentActor(
-                name,
-                model=process.model,
-                directory=process.directory,
-                cancels=process.cancels,
-                ack_wait=settings.subagent_ack_wait,
-                max_deliver=settings.max_deliver,
-                warm=_spec(process.config.team, name),
-            ),
-            runtime,
-        )
+        (_subagent(process, name, warm=_spec(process.config.team, name)), runtime)
         for name in process.config.agents
     ]
+
+
+def _pool(process: Process) -> Built:
+    settings = process.config.agent_settings
+    # The pool makes sure of each agent's consumer itself, leaving one that exists as it is.
+    runtime = RuntimeSettings(
+        concurrency=settings.subagent_concurrency, grace=settings.grace, create_consumer=False
+    )
+    pool = PoolService(
+        lambda name: _subagent(process, name),  # no team known ahead: MCP servers start on first use
+        directory=process.directory,
+        settings=runtime,
+        limit=settings.pool_agents,
+    )
+    return [(pool, RuntimeSettings())]
 
 
 def _collector(process: Process) -> Built:
@@ -208,6 +229,13 @@ ROLES: dict[str, Role] = {
             per_agent=True,
         ),
         Role(
+            "pool",
+            "runs delegations and follow-ups for any agent of any session (<root>.api.pool)",
+            _pool,
+            needed=lambda team: False,
+            options=("max_agents",),
+        ),
+        Role(
             "collector",
             "stores every trace event and answers <root>.api.trace",
             _collector,
@@ -254,7 +282,7 @@ NOTICE_KEY = "serving"
 NOTICE_EVERY = 5.0  # seconds between renewals of a process's line
 NOTICE_FRESH = 3 * NOTICE_EVERY  # a line not renewed for this long is forgotten (its process died)
 #: The roles whose actors call a model on a session's behalf.
-SESSION_ROLES = frozenset({"lead", "subagent", "grader"})
+SESSION_ROLES = frozenset({"lead", "subagent", "pool", "grader"})
 
 
 class NoticeLine(msgspec.Struct, frozen=True):
@@ -406,10 +434,11 @@ def running_agents(
     *,
     lead: bool = True,
     agents: Sequence[str] = (),
+    pool: bool = False,
     settings: AgentSettings | None = None,
 ) -> AbstractAsyncContextManager[None]:
-    """The lead (with its gateway) and/or subagent workers for ``agents``, for a block."""
-    roles = (["lead"] if lead else []) + (["subagent"] if agents else [])
+    """The lead (with its gateway), subagent workers for ``agents`` and/or a pool, for a block."""
+    roles = (["lead"] if lead else []) + (["subagent"] if agents else []) + (["pool"] if pool else [])
     config = RoleConfig(model=model, agents=tuple(agents), agent_settings=settings or AgentSettings())
     return running(bus, roles, config)
 

@@ -34,7 +34,7 @@ from schemas.trace import UserEvent, event_kind
 Inbox = Literal["per_user", "shared"]
 
 #: The roles a deployment has users for: the actor roles, the submit-only client and the admin.
-ROLES = ("lead", "subagent", "grader", "collector", "webhooks", "dreamer", "api", "submit", "admin")
+ROLES = ("lead", "subagent", "pool", "grader", "collector", "webhooks", "dreamer", "api", "submit", "admin")
 #: The registry key where session-serving processes note their model (``actors.roles.NOTICE_KEY``).
 NOTICE_KEY = "serving"
 #: Why an unnamed consumer create is granted only where the code cannot do without it (verified
@@ -325,6 +325,8 @@ def _lead(g: _Grants, access: AgentAccess, agents: Sequence[str]) -> None:
     )
     g.sub(J.max_deliveries(g.log), "requests JetStream gave up on (it answers them as failed)")
     g.sub(s.api_submit, "the submit gateway: <root>.api.submit")
+    g.sub(s.api_message, "the gateway's follow-ups: <root>.api.message")
+    g.pub(s.api_pool, "ask a pool to serve a session's agents (the gateway): <root>.api.pool")
     g.pub(s.submit, "accepted submits, for the lead pool")
     g.sub(s.all_replies, "its threads' replies")
     g.pub(s.all_replies, "the failed reply of a request no worker answered")
@@ -345,11 +347,39 @@ def _lead(g: _Grants, access: AgentAccess, agents: Sequence[str]) -> None:
 
 
 def _worker(g: _Grants, accesses: Sequence[AgentAccess]) -> None:
-    s = g.s
     g.base()
     g.events()
     for access in accesses:
-        g.consume(s.agent_consumer(access.name))
+        g.consume(g.s.agent_consumer(access.name))
+    merged = accesses[0]
+    for access in accesses[1:]:
+        merged = merged.merge(access)
+    _threads(g, merged, ", ".join(a.name for a in accesses))
+
+
+def _pool(g: _Grants) -> None:
+    s = g.s
+    g.base()
+    g.events()
+    g.sub(s.api_pool, "serve a session's agents when the gateway asks: <root>.api.pool")
+    g.sub(s.all_out("accepted"), "sessions taken by a lead (their agents, from the session's record)")
+    g.pub(J.consumer_info(g.log, "*"), "whether an agent's consumer agent_<name> is there")
+    g.pub(J.durable_create(g.log, "*"), "create an agent's consumer agent_<name> when it is not there")
+    g.pub(J.msg_next(g.log, "*"), "pull from agent_<name>")
+    g.pub(J.ack(g.log, "*"), "ack, nak, in-progress and term agent_<name>'s messages")
+    g.note(
+        "consumers: it serves agents it learns of at run time, and a consumer's name is one subject "
+        "token, which no wildcard matches by prefix (agent_<name>), so it may create, update, pull "
+        f"from and settle any consumer of {g.log}, the lead's and the grader's included; and "
+        + PUSH_CAUTION.format(stream=g.log)
+    )
+    # listing the sessions: at start, it serves the agents of those pending or running
+    _threads(g, AgentAccess("pool", known=False), "the pool's agents", list_sessions=True)
+
+
+def _threads(g: _Grants, merged: AgentAccess, who: str, *, list_sessions: bool = False) -> None:
+    """What a worker does on its threads: histories, replies, cancel notices, files, tools."""
+    s = g.s
     g.pub(s.all_histories, "append to its threads' histories")
     g.deny(s.thread_histories(LEAD_THREAD), "the lead's own thread")
     g.pub(s.all_replies, "reply to the lead")
@@ -359,13 +389,10 @@ def _worker(g: _Grants, accesses: Sequence[AgentAccess]) -> None:
     )
     g.sub(s.all_ctl, "cancel notices")
     g.read_log("its threads' histories")
-    g.sessions()
+    g.sessions(listing=list_sessions)
     g.notice()
-    merged = accesses[0]
-    for access in accesses[1:]:
-        merged = merged.merge(access)
     g.workspace(write=True, listing=merged.lists_files)  # write: an answer too long for a reply too
-    g.tools(merged, ", ".join(a.name for a in accesses))
+    g.tools(merged, who)
 
 
 def _grader(g: _Grants) -> None:
@@ -432,9 +459,10 @@ def _api(g: _Grants) -> None:
         "included, and may register any store name"
     )
     g.pub(s.api_submit, "start a session (its first user.message): <root>.api.submit")
+    g.pub(s.api_message, "a follow-up turn (a later user.message): <root>.api.message")
     g.pub(s.events("*", event_kind(UserEvent)), "the user's events, recorded in the session's log")
     g.pub(s.all_tool_results, "answer a custom tool call (user.custom_tool_result)")
-    g.pub(s.all_ctl, "cancel a session (user.interrupt)")
+    g.pub(s.all_ctl, "interrupt a session's threads (user.interrupt)")
     g.sessions(write=True)  # cancel_session marks the record canceled
     g.note(
         "sessions: static permissions cannot follow session ids, so it may record user events in, "
@@ -461,6 +489,7 @@ def _submit(g: _Grants) -> None:
     s = g.s
     g.base(process=False)
     g.pub(s.api_submit, "submit a session: <root>.api.submit")
+    g.pub(s.api_message, "send a follow-up: <root>.api.message")
     g.read_last(s.all_outs, "a session's result")
     g.sub(s.all_outs, "results as they come")
     g.sub(s.events("*"), "trace events as they come")
@@ -554,6 +583,7 @@ def deployment(
     lead_access = lead or AgentAccess("lead", known=False)
     builders: dict[str, Callable[[_Grants], None]] = {
         "lead": partial(_lead, access=lead_access, agents=list(merged)),
+        "pool": _pool,
         "grader": _grader,
         "collector": _collector,
         "webhooks": _webhooks,

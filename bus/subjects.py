@@ -160,6 +160,11 @@ class Subjects:
         return f"{self.root}.api.health"
 
     @property
+    def api_pool(self) -> str:
+        """Request/reply: a pool starts serving a session's agents, then answers (queue group ``pool``)."""
+        return f"{self.root}.api.pool"
+
+    @property
     def api_dream(self) -> str:
         """Request/reply: start a dream (the dreamer answers with its record)."""
         return f"{self.root}.api.dream"

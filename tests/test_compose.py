@@ -254,7 +254,7 @@ def test_credentials_stay_with_their_group(services: dict[str, dict[str, Any]]) 
     def env_files(service: dict[str, Any]) -> list[str]:
         return [entry["path"] if isinstance(entry, dict) else entry for entry in service.get("env_file", [])]
 
-    model_users = {"lead", "grader", "dreamer"} | {n for n in services if n.startswith("workers-")}
+    model_users = {"lead", "grader", "dreamer", "pool"} | {n for n in services if n.startswith("workers-")}
     for name, service in services.items():
         files = env_files(service)
         assert ("secrets/model.env" in files) == (name in model_users), name

@@ -247,7 +247,7 @@ def user_of(server: AuthServer, role: str, agent: str = "") -> str:
 def test_auth_writes_the_config_and_private_credentials(server: AuthServer) -> None:
     files = sorted(p.name for p in server.bundle.iterdir())
     key = Subjects(server.root).key
-    roles = ("lead", "grader", "collector", "webhooks", "dreamer", "api", "submit", "admin")
+    roles = ("lead", "pool", "grader", "collector", "webhooks", "dreamer", "api", "submit", "admin")
     users = [f"{key}-{r}" for r in roles] + [f"{key}-agent-{a}" for a in AGENTS]
     assert files == sorted([CONFIG_FILE, *(f"{u}.env" for u in users)])
     for path in server.bundle.iterdir():
@@ -721,16 +721,15 @@ async def test_the_api_serves_the_sdk_on_its_own_user_and_is_refused_the_rest(se
             assert (await b.sessions.retrieve(session.id)).status == "idle"
             assert len([t async for t in b.sessions.threads.list(session.id)]) == 2
 
-            # an interrupt cancels a session (its record and <root>.s.<session>.ctl)
-            stopped = await b.sessions.create(agent=lead.id, environment_id=env.id)
-            await b.sessions.events.send(
-                stopped.id,
-                events=[
-                    {"type": "user.message", "content": [{"type": "text", "text": "never mind"}]},
-                    {"type": "user.interrupt"},
-                ],
-            )
-            assert (await b.sessions.retrieve(stopped.id)).status == "terminated"
+            # a follow-up turn (<root>.api.message), then an interrupt (<root>.s.<session>.ctl),
+            # which leaves the session idle
+            async with await b.sessions.events.stream(session.id) as stream:
+                more: Any = [{"type": "user.message", "content": [{"type": "text", "text": "and then?"}]}]
+                await b.sessions.events.send(session.id, events=more)
+                turn = await idle_stream(stream)
+            assert "agent.message" in [e.type for e in turn]
+            await b.sessions.events.send(session.id, events=[{"type": "user.interrupt"}])
+            assert (await b.sessions.retrieve(session.id)).status == "idle"
             # a custom tool's answer may be stored (no agent here calls one: published directly)
             answer = CustomToolResult(session_id=session.id, custom_tool_use_id="toolu_x", content="ok")
             assert await api_bus.publish_once(s.tool_result(session.id, "toolu_x"), answer, msg_id="answer-x")

@@ -245,7 +245,7 @@ class Up:
             self.proc.stdout.close()
 
 
-PROCESSES = 9  # the lead, the incident team's four agents, the collector, grader, webhooks and dreamer
+PROCESSES = 10  # the lead, the incident team's four agents, the pool, collector, grader, webhooks, dreamer
 
 
 @pytest.fixture(scope="module")
@@ -300,6 +300,7 @@ def test_ps_lists_every_process_with_its_pid_host_and_uptime(up: Up) -> None:
         "subagent,logs",
         "subagent,metrics",
         "subagent,tickets",
+        "pool",
         "collector",
         "grader",
         "webhooks",

@@ -14,6 +14,7 @@ import typer
 
 from actors.api.actor import ApiSettings
 from actors.api.auth import ENV as API_KEYS_ENV
+from actors.api.auth import WEBHOOKS_ENV as API_WEBHOOKS_ENV
 from actors.api.auth import ApiKeys
 from actors.cli.common import (
     EXAMPLES,
@@ -31,7 +32,7 @@ from actors.cli.common import (
 )
 from actors.cli.supervisor import RESTARTS_ENV, Supervisor
 from actors.collector.otlp import OtlpExporter
-from actors.roles import ROLES, RoleConfig, serve_roles
+from actors.roles import ROLES, AgentSettings, RoleConfig, serve_roles
 from actors.sessions.teams import register_team, registered_teams
 from actors.webhooks.actor import WebhookSettings
 from bus import local
@@ -88,6 +89,9 @@ def actor(
         str, typer.Option(help="Comma-separated agents to serve (subagent; default: all registered).")
     ] = "",
     db: Annotated[Path | None, typer.Option(help="The collector's SQLite database.")] = None,
+    max_agents: Annotated[
+        int, typer.Option(min=1, help="The most agents a pool serves (pool; beyond: a warning).")
+    ] = AgentSettings().pool_agents,
     otlp: OtlpOption = None,
     allow_private: AllowPrivateOption = False,
     api_host: ApiHostOption = "127.0.0.1",
@@ -121,6 +125,7 @@ def actor(
                     raise StaffworkError(f"--otlp: {exc}") from None
             config = RoleConfig(
                 agents=names,
+                agent_settings=AgentSettings(pool_agents=max_agents),
                 db=db or data_dir() / "trace.db",
                 otlp=otlp,
                 webhooks=WebhookSettings.from_env(os.environ, allow_private=allow_private),
@@ -129,6 +134,7 @@ def actor(
             details = {
                 "lead": "lead",
                 "subagent": ", ".join(names),
+                "pool": f"any agent of any session, {max_agents} at most",
                 "collector": f"{config.db}" + (f"; exporting spans to {otlp}" if otlp else ""),
                 "api": f"http://{api_host}:{api_port}",
             }.get(role, "")
@@ -145,7 +151,8 @@ def _api_settings(role: str, host: str, port: int) -> ApiSettings | None:
     keys = os.environ.get(API_KEYS_ENV, "")
     if not keys:
         raise StaffworkError(f"the api role needs API keys: set {API_KEYS_ENV}=WORKSPACE=KEY[,...]")
-    return ApiSettings(ApiKeys.parse(keys), host=host, port=port)
+    webhooks = os.environ.get(API_WEBHOOKS_ENV, "")
+    return ApiSettings(ApiKeys.parse(keys).with_webhooks(webhooks), host=host, port=port)
 
 
 async def serve_here(bus: Bus, roles: list[str], config: RoleConfig, ready: str) -> None:
@@ -191,8 +198,8 @@ def up(
     ] = 0,
 ) -> None:
     """The embedded server plus every actor as its own process (lead, one worker per agent of the
-    registered teams); logs prefixed by role; a process that dies is restarted (and the server, or a
-    cluster's node, too); Ctrl-C stops them all gracefully."""
+    registered teams, a pool for any other agent); logs prefixed by role; a process that dies is
+    restarted (and the server, or a cluster's node, too); Ctrl-C stops them all gracefully."""
 
     async def go() -> None:
         if nats is None and (running := local.running_server()) is not None:
@@ -254,9 +261,10 @@ async def _up(
     }
     serve_api = bool(os.environ.get(API_KEYS_ENV))
     if serve_api:
-        ApiKeys.parse(os.environ[API_KEYS_ENV])  # a typo is one line now, not a restart loop later
+        # a typo is one line now, not a restart loop later
+        ApiKeys.parse(os.environ[API_KEYS_ENV]).with_webhooks(os.environ.get(API_WEBHOOKS_ENV, ""))
     roles: list[tuple[str, list[str]]] = []
-    for role in ROLES.values():  # one process per role, per agent for subagents
+    for role in ROLES.values():  # one process per role (the pool's too), per agent for subagents
         if role.name == "api" and not serve_api:
             continue
         passed = [arg for option in role.options for arg in options.get(option, [])]

@@ -15,7 +15,7 @@ no session is ``unknown_session``; inputs must be in the workspace (``missing_in
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import msgspec
 import structlog
@@ -27,6 +27,7 @@ from bus.errors import MessageRejected
 from bus.workspace import Workspace
 from schemas.base import ErrorInfo
 from schemas.session import SessionMessage, SubmitReply
+from schemas.team import TeamSpec
 
 log = structlog.get_logger("staffwork.gateway")
 
@@ -46,12 +47,14 @@ class FollowUps:
         *,
         max_payload: int,
         missing: Callable[[str, list[str]], str],
+        unserved: Callable[[str, TeamSpec], Awaitable[list[str]]],
     ) -> None:
         self.bus = bus
         self.directory = directory
         self.workspace = workspace
         self.max_payload = max_payload
         self._missing = missing  # the gateway's wording of absent inputs
+        self._unserved = unserved  # the gateway's check that the team's agents are served (a pool asked)
         self._decoder: Decoder[SessionMessage] = Decoder(SessionMessage, max_bytes=1024 * 1024)
 
     def _refuse(self, kind: str, message: str, session_id: str = "") -> bytes:
@@ -83,7 +86,10 @@ class FollowUps:
         if refusal is not None:
             return self._refuse(*refusal, sid)
         duplicate = why == "taken"
-        if record.status == "pending":  # not yet taken by a lead: (again) hand it to the pool
+        warnings: list[str] = []
+        if record.status == "pending":  # not yet taken by a lead: (again) hand it to the lead pool
+            # the team's workers may have gone since the last turn (a pool restarted): ask again
+            warnings = await self._unserved(sid, record.team) if not duplicate else []
             await self.bus.publish_once(self.bus.subjects.submit, message, msg_id=message.msg_id)
         subjects = self.bus.subjects
         return encode(
@@ -93,6 +99,7 @@ class FollowUps:
                 duplicate=duplicate,
                 events_subject=subjects.events(sid),
                 result_subject=subjects.out(sid, "result"),
+                warnings=warnings,
             )
         )
 

@@ -38,12 +38,13 @@ from actors.sessions.teams import UnknownTeam, resolve_team
 from bus.actor import BaseActor
 from bus.codec import Decoder, encode
 from bus.connection import Bus
-from bus.errors import MessageRejected
+from bus.errors import BusTimeout, MessageRejected, NoResponders
 from bus.state import Responder
 from bus.subjects import Subjects
 from bus.workspace import Workspace
 from schemas.base import ErrorInfo
 from schemas.errors import SpecError
+from schemas.pool import PoolServe, PoolServed
 from schemas.session import SessionRecord, SessionSubmit, SubmitReply
 from schemas.team import TeamSpec
 from schemas.trace import SessionErrorEvent
@@ -82,7 +83,12 @@ class SubmitGateway(BaseActor[None]):
         self.max_payload = (await bus.server_info()).max_payload
         self._responder = await bus.respond(bus.subjects.api_submit, self._answer, queue="gateway")
         followups = FollowUps(
-            bus, self.directory, self.workspace, max_payload=self.max_payload, missing=self._missing
+            bus,
+            self.directory,
+            self.workspace,
+            max_payload=self.max_payload,
+            missing=self._missing,
+            unserved=self._unserved,
         )
         self._followups = await bus.respond(bus.subjects.api_message, followups.answer, queue="gateway")
 
@@ -188,8 +194,23 @@ class SubmitGateway(BaseActor[None]):
         )
 
     async def _unserved(self, sid: str, team: TeamSpec) -> list[str]:
-        """A warning for each agent of ``team`` no worker serves right now (also in the trace)."""
+        """A warning for each agent of ``team`` no worker serves right now (also in the trace).
+
+        A pool is asked first to serve them (``<root>.api.pool``, answered within 2 s once they are
+        served); an agent no pool serves is served if its consumer has a waiting pull request."""
         names = [agent.name for agent in team.agents]
+        pooled: set[str] = set()
+        if names:
+            try:
+                answer = await self.bus.request(
+                    self.bus.subjects.api_pool, PoolServe(session_id=sid, agents=names), timeout=2.0
+                )
+                pooled = set(Decoder(PoolServed).decode(answer, subject=self.bus.subjects.api_pool).agents)
+            except NoResponders:
+                pass  # no pool runs: the workers' consumers tell
+            except (BusTimeout, MessageRejected) as exc:
+                log.warning("pool_unanswered", session_id=sid, error=str(exc))
+        names = [name for name in names if name not in pooled]
         served = await asyncio.gather(
             *(self.bus.consumer_active(self.bus.subjects.agent_consumer(name)) for name in names)
         )
