@@ -72,12 +72,12 @@ async def test_the_api_role_is_a_process_of_its_own(
 async def test_the_readmes_sdk_program_runs_as_written(api: ApiActor, bus: Bus) -> None:
     """README's "Use it from the anthropic SDK" program is examples/sdk/managed_agents.py, verbatim,
     and runs unchanged against the API but for ANTHROPIC_BASE_URL and ANTHROPIC_API_KEY: its session
-    runs on a lead and workers for its three specialists (offline)."""
+    runs on a lead and a pool that serves its three specialists (offline)."""
     program = ROOT_DIR / "examples" / "sdk" / "managed_agents.py"
     readme = (ROOT_DIR / "README.md").read_text()
     section = readme[readme.index("## Use it from the anthropic SDK") :]
     assert section.split("```python\n", 1)[1].split("```", 1)[0] == program.read_text()
-    async with running_agents(bus, OfflineModel(), agents=["deploys", "logs", "metrics"]):
+    async with running_agents(bus, OfflineModel(), pool=True):  # the pool serves the program's agents
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             str(program),

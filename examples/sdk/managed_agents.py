@@ -1,7 +1,7 @@
 """A program written for Claude Managed Agents with the official anthropic SDK, run against staffwork
 unchanged: only ANTHROPIC_BASE_URL and ANTHROPIC_API_KEY point at staffwork's HTTP API.
 
-    STAFFWORK_API_KEYS=demo=sk-demo-0123456789abcdef staffwork up   # its workers serve deploys, logs, metrics
+    STAFFWORK_API_KEYS=demo=sk-demo-0123456789abcdef staffwork up   # its pool serves any agent
     export ANTHROPIC_BASE_URL=http://127.0.0.1:8480 ANTHROPIC_API_KEY=sk-demo-0123456789abcdef
     python managed_agents.py
 """
