@@ -15,7 +15,7 @@ from actors.agent.models.offline import OfflineModel
 from actors.api.actor import ApiActor
 from actors.api.auth import ENV as API_KEYS_ENV
 from actors.api.auth import ApiKeys
-from actors.roles import running_agents
+from actors.roles import RoleConfig, running, running_agents
 from bus.connection import Bus
 from tests.helpers import API_KEY as KEY
 from tests.helpers import OTHER_API_KEY as OTHER_KEY
@@ -105,6 +105,39 @@ async def test_the_readmes_sdk_program_runs_as_written(api: ApiActor, bus: Bus) 
     assert "memory_precondition_failed_error" in conflict
     assert "memories: ['/style.md']" in lines
     assert "agent 'agent_does_not_exist' not found" in lines[-1]
+
+
+async def test_the_hosted_services_minimal_program_runs_unchanged(api: ApiActor, bus: Bus) -> None:
+    """tests/fixtures/hosted_program.py is the program a compatible server must run unchanged (from
+    the SDK 2.16 notes): a coordinator with a specialist and ``self``, a memory store written with a
+    precondition and attached read-write, a session with an outcome followed on the stream, its
+    threads and their events, an interrupt, the event list, the memories, a dream. It runs as
+    written, on a lead, a pool, the grader and the dreamer (offline), the key and base URL set."""
+    program = ROOT_DIR / "tests" / "fixtures" / "hosted_program.py"
+    roles = ["lead", "pool", "grader", "dreamer"]
+    async with running(bus, roles, RoleConfig(model=OfflineModel())):
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(program),
+            env={**os.environ, "ANTHROPIC_BASE_URL": api.url, "ANTHROPIC_API_KEY": KEY},
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        async with asyncio.timeout(90):
+            out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()[-3000:]
+    lines = out.decode().splitlines()
+    assert any(line.startswith("lead: ") for line in lines), lines
+    graded = [line for line in lines if line.startswith("grader: ")]
+    assert graded, lines
+    threads = [line.split() for line in lines if line.startswith("thread ")]
+    assert [t[2] for t in threads].count("None") == 1  # the primary thread; the others its children
+    assert len(threads) == 3, threads  # the lead's, log-reader's and the lead's copy (self)
+    assert all(t[3] == "idle" and int(t[4]) > 0 for t in threads), threads
+    memories, events = lines[-2].rsplit(" ", 2)[0], int(lines[-2].rsplit(" ", 2)[1])
+    assert memories == "['/style.md']"
+    assert events > 10
+    assert lines[-1] in ("dream pending", "dream running", "dream completed")
 
 
 @pytest.mark.parametrize("bad", ["a*b", "a.b", "x>", "a b"])
