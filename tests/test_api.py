@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from pathlib import Path
 
 import anthropic
 import pytest
@@ -69,6 +70,22 @@ async def test_the_api_role_is_a_process_of_its_own(
                 await sdk.beta.vaults.list()
 
 
+async def run_program(program: Path, api: ApiActor) -> list[str]:
+    """``program`` run to its end as a process, with only the base URL and the key set for it; the
+    lines it printed (a failure shows its stderr)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(program),
+        env={**os.environ, "ANTHROPIC_BASE_URL": api.url, "ANTHROPIC_API_KEY": KEY},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(90):
+        out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()[-3000:]
+    return out.decode().splitlines()
+
+
 async def test_the_readmes_sdk_program_runs_as_written(api: ApiActor, bus: Bus) -> None:
     """README's "Use it from the anthropic SDK" program is examples/sdk/managed_agents.py, verbatim,
     and runs unchanged against the API but for ANTHROPIC_BASE_URL and ANTHROPIC_API_KEY: its session
@@ -78,17 +95,7 @@ async def test_the_readmes_sdk_program_runs_as_written(api: ApiActor, bus: Bus) 
     section = readme[readme.index("## Use it from the anthropic SDK") :]
     assert section.split("```python\n", 1)[1].split("```", 1)[0] == program.read_text()
     async with running_agents(bus, OfflineModel(), pool=True):  # the pool serves the program's agents
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            str(program),
-            env={**os.environ, "ANTHROPIC_BASE_URL": api.url, "ANTHROPIC_API_KEY": KEY},
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        async with asyncio.timeout(60):
-            out, err = await proc.communicate()
-    assert proc.returncode == 0, err.decode()[-2000:]
-    lines = out.decode().splitlines()
+        lines = await run_program(program, api)
     assert lines[0].startswith("coordinator agent_")
     assert lines[0].count("agent_") == 4  # the coordinator and its three specialists
     threads = sorted(line.rsplit(" ", 1)[1] for line in lines if line.startswith("thread "))
@@ -116,17 +123,7 @@ async def test_the_hosted_services_minimal_program_runs_unchanged(api: ApiActor,
     program = ROOT_DIR / "tests" / "fixtures" / "hosted_program.py"
     roles = ["lead", "pool", "grader", "dreamer"]
     async with running(bus, roles, RoleConfig(model=OfflineModel())):
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            str(program),
-            env={**os.environ, "ANTHROPIC_BASE_URL": api.url, "ANTHROPIC_API_KEY": KEY},
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        async with asyncio.timeout(90):
-            out, err = await proc.communicate()
-    assert proc.returncode == 0, err.decode()[-3000:]
-    lines = out.decode().splitlines()
+        lines = await run_program(program, api)
     assert any(line.startswith("lead: ") for line in lines), lines
     graded = [line for line in lines if line.startswith("grader: ")]
     assert graded, lines

@@ -36,6 +36,13 @@ def clip(text: str, limit: int = 60) -> str:
     return repr(text if len(text) <= limit else text[: limit - 3] + "...")
 
 
+def refuse(kind: str, message: str, session_id: str = "", *, event: str = "submit_refused") -> bytes:
+    """The gateway's answer to a request it refuses (logged as ``event``)."""
+    log.info(event, kind=kind, reason=message)
+    error = ErrorInfo(kind=kind, message=message)
+    return encode(SubmitReply(session_id=session_id, accepted=False, error=error))
+
+
 class FollowUps:
     """Answers ``<root>.api.message`` for the gateway."""
 
@@ -58,9 +65,7 @@ class FollowUps:
         self._decoder: Decoder[SessionMessage] = Decoder(SessionMessage, max_bytes=1024 * 1024)
 
     def _refuse(self, kind: str, message: str, session_id: str = "") -> bytes:
-        log.info("follow_up_refused", kind=kind, reason=message)
-        error = ErrorInfo(kind=kind, message=message)
-        return encode(SubmitReply(session_id=session_id, accepted=False, error=error))
+        return refuse(kind, message, session_id, event="follow_up_refused")
 
     async def answer(self, data: bytes) -> bytes:
         try:

@@ -31,7 +31,7 @@ import hashlib
 import msgspec
 import structlog
 
-from actors.lead.followups import FollowUps
+from actors.lead.followups import FollowUps, refuse
 from actors.lead.followups import clip as _clip
 from actors.sessions.directory import SessionDirectory
 from actors.sessions.teams import UnknownTeam, resolve_team
@@ -99,9 +99,7 @@ class SubmitGateway(BaseActor[None]):
         self._responder = self._followups = None
 
     def _refuse(self, kind: str, message: str, session_id: str = "") -> bytes:
-        log.info("submit_refused", kind=kind, reason=message)
-        error = ErrorInfo(kind=kind, message=message)
-        return encode(SubmitReply(session_id=session_id, accepted=False, error=error))
+        return refuse(kind, message, session_id)
 
     async def _answer(self, data: bytes) -> bytes:
         try:
