@@ -24,6 +24,7 @@ from actors.sessions.directory import SessionDirectory
 from bus.codec import Decoder, encode
 from bus.connection import Bus
 from bus.errors import MessageRejected
+from bus.subjects import Subjects
 from bus.workspace import Workspace
 from schemas.base import ErrorInfo
 from schemas.session import SessionMessage, SubmitReply
@@ -34,6 +35,19 @@ log = structlog.get_logger("staffwork.gateway")
 
 def clip(text: str, limit: int = 60) -> str:
     return repr(text if len(text) <= limit else text[: limit - 3] + "...")
+
+
+def accept(subjects: Subjects, session_id: str, *, duplicate: bool, warnings: list[str]) -> bytes:
+    """The gateway's answer to a request it accepted: where to watch the session."""
+    reply = SubmitReply(
+        session_id=session_id,
+        accepted=True,
+        duplicate=duplicate,
+        events_subject=subjects.events(session_id),
+        result_subject=subjects.out(session_id, "result"),
+        warnings=warnings,
+    )
+    return encode(reply)
 
 
 def refuse(kind: str, message: str, session_id: str = "", *, event: str = "submit_refused") -> bytes:
@@ -96,17 +110,7 @@ class FollowUps:
             # the team's workers may have gone since the last turn (a pool restarted): ask again
             warnings = await self._unserved(sid, record.team) if not duplicate else []
             await self.bus.publish_once(self.bus.subjects.submit, message, msg_id=message.msg_id)
-        subjects = self.bus.subjects
-        return encode(
-            SubmitReply(
-                session_id=sid,
-                accepted=True,
-                duplicate=duplicate,
-                events_subject=subjects.events(sid),
-                result_subject=subjects.out(sid, "result"),
-                warnings=warnings,
-            )
-        )
+        return accept(self.bus.subjects, sid, duplicate=duplicate, warnings=warnings)
 
 
 def _refusal(

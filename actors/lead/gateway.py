@@ -31,7 +31,7 @@ import hashlib
 import msgspec
 import structlog
 
-from actors.lead.followups import FollowUps, refuse
+from actors.lead.followups import FollowUps, accept, refuse
 from actors.lead.followups import clip as _clip
 from actors.sessions.directory import SessionDirectory
 from actors.sessions.teams import UnknownTeam, resolve_team
@@ -45,7 +45,7 @@ from bus.workspace import Workspace
 from schemas.base import ErrorInfo
 from schemas.errors import SpecError
 from schemas.pool import PoolServe, PoolServed
-from schemas.session import SessionRecord, SessionSubmit, SubmitReply
+from schemas.session import SessionRecord, SessionSubmit
 from schemas.team import TeamSpec
 from schemas.trace import SessionErrorEvent
 
@@ -138,17 +138,7 @@ class SubmitGateway(BaseActor[None]):
         if not duplicate:
             await self.bus.publish_once(self.bus.subjects.submit, submit, msg_id=submit.msg_id)
         warnings = await self._unserved(sid, team) if not duplicate else []
-        subjects = self.bus.subjects
-        return encode(
-            SubmitReply(
-                session_id=sid,
-                accepted=True,
-                duplicate=duplicate,
-                events_subject=subjects.events(sid),
-                result_subject=subjects.out(sid, "result"),
-                warnings=warnings,
-            )
-        )
+        return accept(self.bus.subjects, sid, duplicate=duplicate, warnings=warnings)
 
     def _missing(self, sid: str, missing: list[str]) -> str:
         shown = ", ".join(repr(path) for path in missing[:5]) + (", ..." if len(missing) > 5 else "")
