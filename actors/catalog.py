@@ -201,6 +201,16 @@ def channels() -> list[Channel]:
             ("lead", "subagent", "grader"),
         ),
         Channel(
+            "toolConfirmation",
+            s.confirmation("SESSION", "TOOLUSE"),
+            (m["UserToolConfirmationV1"],),
+            True,
+            "A person's answer to an `agent.tool_confirmation_requested` event: allow runs the call, deny "
+            "gives the model an error result; the first answer counts.",
+            ("caller",),
+            ("subagent", "lead"),
+        ),
+        Channel(
             "customToolResult",
             s.tool_result("SESSION", "TOOLUSE"),
             (m["UserCustomToolResultV1"],),

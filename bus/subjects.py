@@ -189,6 +189,15 @@ class Subjects:
         """One memory file's versions; ``path_token`` is its path in base64url without padding."""
         return f"{self.root}.mem.{check_token(store, 'memory store')}.f.{path_token}"
 
+    def confirmation(self, session_id: str, tool_use_id: str) -> str:
+        """A person's answer (``user.tool_confirmation.v1``) to a tool call that waits for it."""
+        sid = check_token(session_id, "session id")
+        return f"{self.root}.s.{sid}.in.confirm.{check_token(tool_use_id, 'tool use id')}"
+
+    @property
+    def all_confirmations(self) -> str:
+        return f"{self.root}.s.*.in.confirm.*"
+
     def tool_result(self, session_id: str, tool_use_id: str) -> str:
         """The caller's answer to a custom tool call (a ``user.custom_tool_result``), kept by the log."""
         sid = check_token(session_id, "session id")

@@ -24,7 +24,7 @@ from schemas.session import (
     SubmitReply,
 )
 from schemas.team import AgentSpec, MemoryAttachment, TeamSpec, parse_team, team_from_dict
-from schemas.thread import CustomToolResult, Delegation, FollowUp, ThreadReply
+from schemas.thread import CustomToolResult, Delegation, FollowUp, ThreadReply, ToolConfirmation
 from schemas.trace import (
     AnyTraceEvent,
     EventsAnswer,
@@ -56,6 +56,7 @@ SESSION_MESSAGES: tuple[type[Message], ...] = (
     FollowUp,
     ThreadReply,
     CustomToolResult,
+    ToolConfirmation,
     GradeRequest,
     GradeVerdict,
     WebhookDelivery,
@@ -112,6 +113,7 @@ __all__ = [
     "TeamSpec",
     "ThreadReply",
     "Token",
+    "ToolConfirmation",
     "TraceAnswer",
     "TraceEvent",
     "TraceQuery",

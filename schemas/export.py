@@ -34,7 +34,7 @@ from schemas.dream import DreamAnswer, DreamCancel, DreamRecord, DreamRequest
 from schemas.errors import StaffworkError
 from schemas.session import SessionCancel, SessionInterrupt, SessionMessage, SessionSubmit
 from schemas.team import TeamSpec
-from schemas.thread import CustomToolResult
+from schemas.thread import CustomToolResult, ToolConfirmation
 from schemas.trace import (
     AnyTraceEvent,
     EventsAnswer,
@@ -57,6 +57,7 @@ INBOUND: tuple[type[msgspec.Struct], ...] = (
     SessionCancel,
     SessionInterrupt,
     CustomToolResult,
+    ToolConfirmation,
     SessionsQuery,
     EventsQuery,
     ProvenanceQuery,

@@ -151,6 +151,8 @@ class SessionInterrupt(Message, frozen=True, kw_only=True, tag="session.interrup
     thread_id: str = ""
     #: why, in a few words (shown in the trace and to the thread's model)
     reason: str = ""
+    #: who interrupts (a user name, ``api:<workspace>``...), kept in the trace
+    by: str = ""
 
 
 class SessionRecord(msgspec.Struct, kw_only=True):

@@ -165,6 +165,37 @@ class Playbook(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     answer: str = "{results}"
 
 
+Permission = Literal["always_allow", "always_ask"]
+
+
+class PermissionPolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Which of an agent's tool calls wait for a person's confirmation before they run (any kind of
+    tool: built-in, MCP, service, custom, and the lead's ``delegate``). A tool named in neither list
+    follows ``default``."""
+
+    #: the policy of every tool not named below
+    default: Permission = "always_allow"
+    #: tools whose every call waits for a person's confirmation
+    always_ask: list[str] = msgspec.field(default_factory=list)
+    #: tools that never wait
+    always_allow: list[str] = msgspec.field(default_factory=list)
+    #: how long a call waits for an answer before it is denied, in seconds
+    timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 3600.0
+
+    def __post_init__(self) -> None:
+        both = sorted(set(self.always_ask) & set(self.always_allow))
+        if both:
+            raise ValueError(f"tool {both[0]!r} is in both always_ask and always_allow")
+
+    def asks(self, tool: str) -> bool:
+        """Whether a call of ``tool`` waits for confirmation."""
+        if tool in self.always_ask:
+            return True
+        if tool in self.always_allow:
+            return False
+        return self.default == "always_ask"
+
+
 class AgentSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """One agent: who it is (``description`` is what the lead reads to choose it), its model, its
     system prompt, the tools it may call, its limits and its memory stores."""
@@ -199,6 +230,8 @@ class AgentSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     custom_tools: Annotated[list[CustomTool], msgspec.Meta(max_length=64)] = msgspec.field(
         default_factory=list
     )
+    #: which tool calls wait for a person's confirmation
+    permissions: PermissionPolicy = msgspec.field(default_factory=PermissionPolicy)
     #: what it does under the offline model (tests and demos)
     playbook: Playbook | None = None
 

@@ -94,3 +94,30 @@ class CustomToolResult(Message, frozen=True, kw_only=True, tag="user.custom_tool
         if self.custom_tool_use_id != tool_use_id:
             return f"answers {self.custom_tool_use_id!r}, not {tool_use_id!r}"
         return ""
+
+
+ConfirmationResult = Literal["allow", "deny"]
+
+
+class ToolConfirmation(Message, frozen=True, kw_only=True, tag="user.tool_confirmation.v1"):
+    """A person's answer to a tool call that waits for confirmation (``agent.tool_confirmation_requested``),
+    published on ``<root>.s.<session>.in.confirm.<tool_use_id>``: ``allow`` runs the call, ``deny``
+    gives the model an error result with ``deny_message``. The first answer stored counts; another is
+    refused. Shaped as the hosted service's ``user.tool_confirmation`` event."""
+
+    #: the id of the tool call answered (the request's ``tool_use_id``)
+    tool_use_id: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    #: ``allow`` or ``deny``
+    result: ConfirmationResult
+    #: why it was denied: the model reads it as the call's error result
+    deny_message: str = ""
+    #: who answered (a user name, ``run``, ``api:<workspace>``...), kept in the trace
+    by: str = ""
+
+    def mismatch(self, session_id: str, tool_use_id: str) -> str:
+        """Why this is not the answer to call ``tool_use_id`` of ``session_id`` ("" if it is)."""
+        if self.session_id != session_id:
+            return f"names session {self.session_id!r}, not {session_id!r}"
+        if self.tool_use_id != tool_use_id:
+            return f"answers {self.tool_use_id!r}, not {tool_use_id!r}"
+        return ""

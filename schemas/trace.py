@@ -13,7 +13,7 @@ The collector answers queries on ``<root>.api.trace`` (core request/reply, JSON)
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -138,6 +138,9 @@ class AgentToolUse(TraceEvent, frozen=True, kw_only=True, tag="agent.tool_use.v1
     kind: ToolKindName = "builtin"
     #: the MCP server or tool service that serves it (empty for built-in tools)
     source: str = ""
+    #: ``allow``: the call runs; ``ask``: it waits for a person's confirmation first (the agent's
+    #: permission policy)
+    evaluated_permission: Literal["allow", "ask"] = "allow"
 
 
 class AgentToolResult(TraceEvent, frozen=True, kw_only=True, tag="agent.tool_result.v1"):
@@ -174,6 +177,56 @@ class CustomToolUse(TraceEvent, frozen=True, kw_only=True, tag="agent.custom_too
     input: dict[str, Any] = msgspec.field(default_factory=dict)
     #: where to send the answer
     result_subject: str = ""
+
+
+class ToolConfirmationRequested(
+    TraceEvent, frozen=True, kw_only=True, tag="agent.tool_confirmation_requested.v1"
+):
+    """A tool call waits for a person's confirmation (its agent's policy for the tool is
+    ``always_ask``): its thread idles with ``requires_action`` until a ``user.tool_confirmation``
+    naming ``tool_use_id`` arrives on ``answer_subject``, or ``timeout_s`` passes (then it is denied).
+    Cross-posted to the session's primary view by the HTTP API."""
+
+    #: the call's id: the answer's ``tool_use_id``
+    tool_use_id: str
+    #: the tool's name
+    name: str
+    #: the tool's input, as the model wrote it
+    input: dict[str, Any] = msgspec.field(default_factory=dict)
+    #: what serves the tool: ``builtin``, ``mcp``, ``service`` or ``custom``
+    kind: ToolKindName = "builtin"
+    #: where to send the answer
+    answer_subject: str = ""
+    #: how long the call waits before it is denied, in seconds
+    timeout_s: float = 0.0
+
+
+class ToolConfirmationAnswered(
+    TraceEvent, frozen=True, kw_only=True, tag="agent.tool_confirmation_answered.v1"
+):
+    """The answer a waiting tool call got: ``allow`` (it runs), ``deny`` (the model reads
+    ``deny_message``) or ``timeout`` (no answer in time: denied)."""
+
+    #: the call's id
+    tool_use_id: str
+    #: the tool's name
+    name: str = ""
+    #: ``allow``, ``deny``, or ``timeout``
+    result: Literal["allow", "deny", "timeout"]
+    #: why it was denied, as the model reads it
+    deny_message: str = ""
+    #: who answered (empty for a timeout)
+    by: str = ""
+
+
+class ThreadInterrupted(TraceEvent, frozen=True, kw_only=True, tag="session.thread_interrupted.v1"):
+    """An interrupt stopped this thread's work in progress (``session.interrupt.v1``): its pending
+    tool calls were closed with an error result and it idles; a follow-up continues it."""
+
+    #: why, as the interrupt said
+    reason: str = ""
+    #: who interrupted (as the interrupt said)
+    by: str = ""
 
 
 class ToolSourceFailed(TraceEvent, frozen=True, kw_only=True, tag="agent.tool_source_failed.v1"):
@@ -396,6 +449,9 @@ AnyTraceEvent = (
     | AgentToolResult
     | ToolDenied
     | CustomToolUse
+    | ToolConfirmationRequested
+    | ToolConfirmationAnswered
+    | ThreadInterrupted
     | ToolSourceFailed
     | ThreadMessageSent
     | ThreadMessageReceived

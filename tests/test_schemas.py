@@ -31,6 +31,7 @@ from schemas import (
     SubmitReply,
     TeamSpec,
     ThreadReply,
+    ToolConfirmation,
     Usage,
     json_schema,
     new_id,
@@ -65,6 +66,7 @@ SAMPLES: dict[type[Message], Message] = {
         SessionCancel(session_id=SID, reason="user", thread_id="thr_1"),
         SessionInterrupt(session_id=SID, thread_id="thr_1", reason="wrong direction"),
         SessionMessage(session_id=SID, text="and the p99?", turn=1, inputs=["more.csv"]),
+        ToolConfirmation(session_id=SID, tool_use_id="tu_4", result="deny", deny_message="not now", by="ana"),
         Delegation(session_id=SID, thread_id="thr_1", agent="logs", task="grep errors", tool_use_id="tu_1"),
         FollowUp(session_id=SID, thread_id="thr_1", agent="logs", message="and then?"),
         ThreadReply(
@@ -91,6 +93,26 @@ SAMPLES: dict[type[Message], Message] = {
             session_id=SID, time=NOW, tool_use_id="tu_1", content="3 matches", ref="out/grep.txt"
         ),
         t.ToolDenied(session_id=SID, time=NOW, tool_use_id="tu_2", name="sql", allowed=["grep"]),
+        t.ToolConfirmationRequested(
+            session_id=SID,
+            time=NOW,
+            tool_use_id="tu_4",
+            name="rollback",
+            input={"deploy": "dpl-1"},
+            kind="service",
+            answer_subject=f"sw.s.{SID}.in.confirm.tu_4",
+            timeout_s=600.0,
+        ),
+        t.ToolConfirmationAnswered(
+            session_id=SID,
+            time=NOW,
+            tool_use_id="tu_4",
+            name="rollback",
+            result="deny",
+            deny_message="no",
+            by="ana",
+        ),
+        t.ThreadInterrupted(session_id=SID, time=NOW, thread_id="thr_1", reason="wrong direction", by="ana"),
         t.CustomToolUse(
             session_id=SID,
             time=NOW,
