@@ -35,7 +35,7 @@ def test_markup_in_tool_arguments_and_errors_is_shown_as_written() -> None:
     pattern = {"pattern": "[bold red]ERROR[/]"}
     failure = ErrorInfo(kind="x", message="bad [link=https://x.example]y")
     events += [
-        AgentToolUse(**ids, time=base, tool_use_id="tu_m", name="grep", input=pattern),
+        AgentToolUse(**ids, time=base, tool_use_id="tu_m", name="grep", input=pattern),  # type: ignore[arg-type]
         AgentToolResult(**ids, time=base, tool_use_id="tu_m", name="grep", content="level=[/ERROR]"),  # type: ignore[arg-type]
         SessionErrorEvent(**ids, time=base, error=failure),
     ]
