@@ -207,10 +207,10 @@ class Client:
     async def cancel(self, session_id: str, reason: str = "canceled by the user") -> None:
         await cancel_session(self.bus, session_id, reason)
 
-    async def interrupt(self, session_id: str, thread_id: str = "", reason: str = "") -> None:
+    async def interrupt(self, session_id: str, thread_id: str = "", reason: str = "", by: str = "") -> None:
         """Stop one thread's work in progress, or every thread's and the lead's turn (no ``thread_id``):
-        the session goes on, idle, and takes follow-ups."""
-        await interrupt(self.bus, session_id, thread_id, reason)
+        the session goes on, idle, and takes follow-ups. ``by`` says who, in the trace."""
+        await interrupt(self.bus, session_id, thread_id, reason, by)
 
     async def custom_tool_calls(self, session_id: str, *, pending: bool = True) -> list[CustomToolUse]:
         """The session's calls to custom tools (the ones the caller answers), oldest first; with

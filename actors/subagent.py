@@ -233,13 +233,14 @@ class SubagentActor(BaseActor[SubagentInbox]):
             outcome = await race_cancel(
                 work, (self.cancels.event(msg.session_id), "canceled"), (interrupted, INTERRUPTED)
             )
-            reason = self.cancels.reason_of(interrupted)
+            stopped_by = self.cancels.interrupt_of(interrupted)
+        reason, by = (stopped_by.reason, stopped_by.by) if stopped_by is not None else ("", "")
         if outcome == "canceled":
             await bus.emit(ThreadStatusIdle(stop_reason="canceled", **fields))
             return self._reply(msg, status="canceled", text="the session was canceled", usage=loop.usage)
         if outcome == INTERRUPTED:
             ctx.log.info("thread_interrupted", thread_id=msg.thread_id, reason=reason)
-            history = await record_interrupt(bus, log, history, reason)
+            history = await record_interrupt(bus, log, history, reason, by=by)
             answered = answer_for(history, msg.msg_id)
             assert answered is not None  # the note, or the answer that came just before the interrupt
             await bus.emit(ThreadStatusIdle(stop_reason=answered.stop_reason or "end_turn", **fields))

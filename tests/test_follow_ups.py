@@ -19,7 +19,7 @@ from bus.connection import Bus
 from bus.history import ThreadLog
 from schemas.conversation import ToolResultBlock, ToolUseBlock
 from schemas.thread import LEAD_THREAD
-from schemas.trace import SessionStatusIdle, SessionStatusTerminated, event_kind
+from schemas.trace import SessionStatusIdle, SessionStatusTerminated, ThreadInterrupted, event_kind
 from tests.helpers import NatsServer, run_cli, team, tool_results
 
 
@@ -142,7 +142,7 @@ async def test_interrupting_the_lead_ends_its_turn_and_the_next_follow_up_goes_o
         await client.wait(sid, timeout=30)
         turn = await client.send(sid, "dig deeper")
         await asyncio.wait_for(model.blocked.wait(), 30)
-        await client.interrupt(sid, reason="wrong direction")
+        await client.interrupt(sid, reason="wrong direction", by="ana")
         interrupted = await client.wait(sid, timeout=30, turn=turn)
         assert (interrupted.status, interrupted.final_text) == (
             "idle",
@@ -159,6 +159,10 @@ async def test_interrupting_the_lead_ends_its_turn_and_the_next_follow_up_goes_o
         b.tool_use_id for e in history.entries for b in e.turn.content if isinstance(b, ToolResultBlock)
     }
     assert uses == answered  # every tool call has its result: a valid conversation to go on from
+    stored = await bus.last(bus.subjects.event(sid, event_kind(ThreadInterrupted)))
+    assert stored is not None
+    who = msgspec.json.decode(stored, type=ThreadInterrupted)
+    assert (who.thread_id, who.reason, who.by) == (LEAD_THREAD, "wrong direction", "ana")
     last_call = model.inner.calls_by("lead")[-1].request.messages
     assert last_call[-2].text == "[stopped: interrupted by the user: wrong direction]"
     assert last_call[-1].text == "summarise"

@@ -34,6 +34,7 @@ from schemas.trace import (
     AgentThinking,
     AgentToolResult,
     AgentToolUse,
+    ThreadInterrupted,
     ToolDenied,
 )
 
@@ -277,24 +278,27 @@ class AgentLoop:
 
 
 async def record_interrupt(
-    bus: Bus, log: ThreadLog, history: ThreadHistory, reason: str, *, tries: int = 3
+    bus: Bus, log: ThreadLog, history: ThreadHistory, reason: str, *, by: str = "", tries: int = 3
 ) -> ThreadHistory:
     """Record in a thread's log that its request was interrupted (its loop task already cancelled).
 
     Tool calls the model made and that have no result yet get an error result (in the trace too),
     then a note turn with stop reason ``interrupted`` ends the request, so the thread's history stays
     a valid conversation that a follow-up continues, and a replay sees the request as ended. A request
-    that had already ended is left as it is. Returns the thread's history as stored now.
+    that had already ended is left as it is; one that was cut gets a ``session.thread_interrupted``
+    event (why, and ``by`` whom). Returns the thread's history as stored now.
 
     An append the cut loop had in flight may land meanwhile: the log is read afresh and the record
     tried again (``tries`` in all); a real other writer still wins (``HistoryConflict``)."""
     for _ in range(tries - 1):
         with contextlib.suppress(HistoryConflict):
-            return await _record_interrupt(bus, log, history, reason)
-    return await _record_interrupt(bus, log, history, reason)
+            return await _record_interrupt(bus, log, history, reason, by)
+    return await _record_interrupt(bus, log, history, reason, by)
 
 
-async def _record_interrupt(bus: Bus, log: ThreadLog, history: ThreadHistory, reason: str) -> ThreadHistory:
+async def _record_interrupt(
+    bus: Bus, log: ThreadLog, history: ThreadHistory, reason: str, by: str
+) -> ThreadHistory:
     fresh = await log.load(history.session_id, history.thread_id)
     last = fresh.last
     if last is None or last.stop_reason in STOPPED:
@@ -322,6 +326,12 @@ async def _record_interrupt(bus: Bus, log: ThreadLog, history: ThreadHistory, re
         await _append_to(log, fresh, last.agent, Turn(role="user", content=list(results)))
     note = Turn(role="assistant", content=[TextBlock(text=f"[stopped: {why}]")])
     await _append_to(log, fresh, last.agent, note, stop_reason=INTERRUPTED)
+    thread = fresh.thread_id
+    await bus.emit(
+        ThreadInterrupted(
+            session_id=fresh.session_id, thread_id=thread, agent=last.agent, reason=reason, by=by
+        )
+    )
     return fresh
 
 

@@ -113,7 +113,7 @@ async def send_events(call: Call, id: str, events: list[Any]) -> list[dict[str, 
     for n, event in enumerate(events):
         if isinstance(event, Interrupt) and session.started:
             thread = "" if event.session_thread_id in (None, LEAD) else event.session_thread_id
-            await interrupt(call.bus, id, thread or "", "user.interrupt")
+            await interrupt(call.bus, id, thread or "", "user.interrupt", by=f"api:{call.workspace}")
         elif isinstance(event, ToolAnswer):
             found = answers[n]
             text = texts(event.content or [], f"events[{n}]")

@@ -5,6 +5,7 @@ custom tool call)."""
 
 from __future__ import annotations
 
+import getpass
 import json
 import sys
 from pathlib import Path
@@ -265,7 +266,7 @@ def interrupt(
                 if await target.bus.last(target.bus.subjects.history(session, thread)) is None:
                     threads = f"staffwork trace {session} shows its threads"
                     raise StaffworkError(f"no thread {thread!r} in session {session!r} ({threads})")
-            await interrupt_work(target.bus, session, thread, reason)
+            await interrupt_work(target.bus, session, thread, reason, by=getpass.getuser())
             what = f"thread {thread}" if thread else "every thread"
             out.print(f"{session}: interrupted {what}", highlight=False, markup=False)
 

@@ -262,9 +262,10 @@ class LeadRun:
                 )
             finally:
                 timer.cancel()
-            reason = self.cancels.reason_of(interrupted)
+            stopped_by = self.cancels.interrupt_of(interrupted)
+        reason, by = (stopped_by.reason, stopped_by.by) if stopped_by is not None else ("", "")
         if outcome == "interrupted":  # the turn stops; the session goes on and takes a follow-up
-            await record_interrupt(self.bus, self.log, history, reason)
+            await record_interrupt(self.bus, self.log, history, reason, by=by)
             text = f"[interrupted by the user{f': {reason}' if reason else ''}]"
             return await self._finish("idle", text, stop="interrupted")
         if outcome != "done":

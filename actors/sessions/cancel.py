@@ -52,10 +52,10 @@ async def cancel_session(
     await bus.publish(bus.subjects.ctl(session_id), SessionCancel(session_id=session_id, reason=reason))
 
 
-async def interrupt(bus: Bus, session_id: str, thread_id: str = "", reason: str = "") -> None:
+async def interrupt(bus: Bus, session_id: str, thread_id: str = "", reason: str = "", by: str = "") -> None:
     """Stop one thread's work in progress (or, without ``thread_id``, every thread's and the lead's
-    turn); the session goes on and its threads can take follow-ups."""
-    message = SessionInterrupt(session_id=session_id, thread_id=thread_id, reason=reason)
+    turn); the session goes on and its threads can take follow-ups. ``by`` is who, for the trace."""
+    message = SessionInterrupt(session_id=session_id, thread_id=thread_id, reason=reason, by=by)
     await bus.publish(bus.subjects.ctl(session_id), message)
 
 
@@ -69,8 +69,8 @@ class CancelWatch:
         self._listener: Listener[SessionCancel | SessionInterrupt] | None = None
         #: work in progress that an interrupt stops: (session, thread) -> its events
         self._interrupts: dict[tuple[str, str], list[asyncio.Event]] = {}
-        #: why each interrupted piece of work was stopped
-        self.reasons: dict[int, str] = {}
+        #: the interrupt that stopped each interrupted piece of work
+        self._stopped_by: dict[int, SessionInterrupt] = {}
         self._users = 0  # the actors of this process that started it (lead and workers share one)
 
     async def start(self) -> None:
@@ -95,7 +95,7 @@ class CancelWatch:
         for (session_id, thread_id), events in self._interrupts.items():
             if session_id == message.session_id and message.thread_id in ("", thread_id):
                 for event in events:
-                    self.reasons[id(event)] = message.reason
+                    self._stopped_by[id(event)] = message
                     event.set()
                     hit += 1
         log.info(
@@ -108,7 +108,7 @@ class CancelWatch:
     @contextlib.contextmanager
     def interrupts(self, session_id: str, thread_id: str) -> Iterator[asyncio.Event]:
         """An event set when an interrupt names this thread (or all of the session's), while the
-        ``with`` block runs: the work in it races the event. ``reason_of(event)`` says why."""
+        ``with`` block runs: the work in it races the event. ``interrupt_of(event)`` is the interrupt."""
         event = asyncio.Event()
         key = (session_id, thread_id)
         self._interrupts.setdefault(key, []).append(event)
@@ -120,10 +120,11 @@ class CancelWatch:
                 events.remove(event)
             if not events:
                 self._interrupts.pop(key, None)
-            self.reasons.pop(id(event), None)
+            self._stopped_by.pop(id(event), None)
 
-    def reason_of(self, event: asyncio.Event) -> str:
-        return self.reasons.get(id(event), "")
+    def interrupt_of(self, event: asyncio.Event) -> SessionInterrupt | None:
+        """The interrupt that set ``event`` (None while it is not set)."""
+        return self._stopped_by.get(id(event))
 
     def event(self, session_id: str) -> asyncio.Event:
         event = self._events.get(session_id)
