@@ -131,6 +131,7 @@ WEBHOOK_SOURCES = (
     "session.thread_status_idle",
     "span.outcome_evaluation_end",
     "agent.custom_tool_use",
+    "agent.tool_confirmation_requested",
 )
 
 

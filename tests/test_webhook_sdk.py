@@ -55,6 +55,7 @@ from schemas.trace import (
     SessionStatusTerminated,
     ThreadCreated,
     ThreadStatusIdle,
+    ToolConfirmationRequested,
     WebhookDeliverySkipped,
     WebhookEndpointDisabled,
     WebhookFailed,
@@ -138,7 +139,33 @@ CASES: list[tuple[WebhookSource, dict[str, Any]]] = [
             name="approve",
             input={"change": "roll back"},
         ),
-        {"session_thread_id": "thr_ops", "agent": "ops", "tool_use_id": "toolu_approve", "name": "approve"},
+        {
+            "session_thread_id": "thr_ops",
+            "agent": "ops",
+            "tool_use_id": "toolu_approve",
+            "name": "approve",
+            "action": "custom_tool_result",
+        },
+    ),
+    (
+        ToolConfirmationRequested(
+            session_id=SID,
+            time=AT,
+            thread_id="thr_ops",
+            agent="ops",
+            tool_use_id="toolu_rollback",
+            name="rollback",
+            input={"deploy": "dpl-1"},
+            answer_subject=f"sw.s.{SID}.in.confirm.toolu_rollback",
+        ),
+        {
+            "session_thread_id": "thr_ops",
+            "agent": "ops",
+            "tool_use_id": "toolu_rollback",
+            "name": "rollback",
+            "action": "tool_confirmation",
+            "answer_subject": f"sw.s.{SID}.in.confirm.toolu_rollback",
+        },
     ),
 ]
 
@@ -324,6 +351,7 @@ async def test_a_real_session_delivers_every_event_kind_as_the_sdks_type(bus: Bu
                     "agent": "logs",
                     "tool_use_id": "toolu_ask",
                     "name": "approve",
+                    "action": "custom_tool_result",
                 }
             }
         seen.add(data.type)

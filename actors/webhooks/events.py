@@ -4,10 +4,11 @@ the shape the anthropic SDK types it (``anthropic.types.beta.BetaWebhookEventDat
 ``data`` has the SDK's fields: ``type``, ``id`` (the session's id), ``organization_id`` and
 ``workspace_id`` (:class:`~actors.webhooks.endpoints.WebhookSettings`: staffwork has neither), and
 for thread events ``session_thread_id``. ``session.requires_action`` (a custom tool call waits for
-the session's caller) has no ``session_thread_id`` in the SDK's type: the thread, like the call's id
-and name, is among staffwork's details. Staffwork's own details (an object, maybe empty) go under
-one extra key, :data:`~schemas.webhooks.DETAILS_KEY` (``"staffwork"``), which the SDK's models keep
-as an extra field; docs/architecture.md, "Webhooks", lists them.
+the session's caller, or a tool call for a person's confirmation: ``action`` says which) has no
+``session_thread_id`` in the SDK's type: the thread, like the call's id and name, is among
+staffwork's details. Staffwork's own details (an object, maybe empty) go under one extra key,
+:data:`~schemas.webhooks.DETAILS_KEY` (``"staffwork"``), which the SDK's models keep as an extra
+field; docs/architecture.md, "Webhooks", lists them.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from schemas.trace import (
     SessionStatusTerminated,
     ThreadCreated,
     ThreadStatusIdle,
+    ToolConfirmationRequested,
 )
 from schemas.webhooks import DETAILS_KEY, WebhookEventType
 
@@ -37,6 +39,7 @@ WebhookSource = (
     | ThreadStatusIdle
     | OutcomeEvaluationEnd
     | CustomToolUse
+    | ToolConfirmationRequested
 )
 
 
@@ -68,6 +71,17 @@ def webhook_event(event: WebhookSource, settings: WebhookSettings) -> tuple[Webh
                 "agent": event.agent,
                 "tool_use_id": event.tool_use_id,
                 "name": event.name,
+                "action": "custom_tool_result",
+            }
+        case ToolConfirmationRequested():
+            kind = "session.requires_action"
+            details = {
+                "session_thread_id": event.thread_id,
+                "agent": event.agent,
+                "tool_use_id": event.tool_use_id,
+                "name": event.name,
+                "action": "tool_confirmation",
+                "answer_subject": event.answer_subject,
             }
         case _:
             assert_never(event)

@@ -29,7 +29,7 @@ from actors.webhooks.endpoints import WebhookSettings
 from actors.webhooks.events import WebhookSource, webhook_event
 from bus.errors import StaffworkError
 from schemas.ids import new_id
-from schemas.trace import CustomToolUse, SessionStatusIdle
+from schemas.trace import CustomToolUse, SessionStatusIdle, ToolConfirmationRequested
 from schemas.webhooks import secret_key
 
 USER_AGENT = "staffwork-webhooks"
@@ -66,9 +66,9 @@ def event_id_for(msg_id: str) -> str:
 
 def webhook_event_id(event: WebhookSource) -> str:
     """The id of the webhook event announcing ``event``: :func:`event_id_for` its msg id; for a custom
-    tool call, derived from the session and the call, so a call announced again (by a worker that
-    picks its thread up after a crash) is the same webhook event."""
-    if isinstance(event, CustomToolUse):
+    tool call or a confirmation request, derived from the session and the call, so a call announced
+    again (by a worker that picks its thread up after a crash) is the same webhook event."""
+    if isinstance(event, CustomToolUse | ToolConfirmationRequested):
         call = f"{event.session_id}/{event.tool_use_id}"
         return f"whevt_{hashlib.sha256(call.encode()).hexdigest()[:26]}"
     return event_id_for(event.msg_id)
