@@ -165,6 +165,35 @@ async def test_an_agent_resolves_its_model_and_tools(sdk: anthropic.AsyncAnthrop
     assert agent.mcp_servers[0].url == "https://mcp.example.com/mcp"
 
 
+async def test_a_toolsets_always_ask_becomes_the_agents_permission_policy(
+    sdk: anthropic.AsyncAnthropic,
+) -> None:
+    tools: Any = [
+        {
+            "type": "agent_toolset_20260401",
+            "configs": [{"name": "write", "permission_policy": {"type": "always_ask"}}],
+        }
+    ]
+    agent = await sdk.beta.agents.create(name="careful", model="claude-sonnet-4-6", tools=tools)
+    [toolset] = agent.tools
+    assert toolset.type == "agent_toolset_20260401"
+    policies = {c.name: c.permission_policy.type for c in toolset.configs if c.permission_policy}
+    assert (policies["write"], policies["read"]) == ("always_ask", "always_allow")
+    stored = _agent("agent_c", "careful", tools=[toolset.model_dump(mode="json", exclude_none=True)])
+    spec = team_of(stored, []).lead
+    assert spec.permissions.always_ask == ["write_file"]
+    assert spec.permissions.asks("write_file")
+    assert not spec.permissions.asks("read_file")
+    mcp: Any = {
+        "type": "mcp_toolset",
+        "mcp_server_name": "docs",
+        "default_config": {"permission_policy": {"type": "always_ask"}},
+    }
+    servers: Any = [{"type": "url", "name": "docs", "url": "https://docs.example.com/mcp"}]
+    with pytest.raises(anthropic.BadRequestError, match=r"an agent_toolset's tools only"):
+        await sdk.beta.agents.create(name="m", model="m", tools=[mcp], mcp_servers=servers)
+
+
 async def test_every_update_is_a_version_and_version_is_compare_and_set(
     api: ApiActor, sdk: anthropic.AsyncAnthropic
 ) -> None:
@@ -299,14 +328,11 @@ async def test_a_roster_is_validated_with_one_line_per_mistake(sdk: anthropic.As
 
 async def test_what_staffwork_cannot_run_is_refused_by_name(sdk: anthropic.AsyncAnthropic) -> None:
     create = sdk.beta.agents.create
-    ask: Any = {
-        "type": "agent_toolset_20260401",
-        "default_config": {"permission_policy": {"type": "always_ask"}},
-    }
+    auto: Any = {"type": "agent_toolset_20260401", "default_config": {"permission_policy": {"type": "auto"}}}
     with pytest.raises(
-        anthropic.BadRequestError, match=r"tools\[0\]\.default_config\.permission_policy 'always_ask'"
+        anthropic.BadRequestError, match=r"tools\[0\]\.default_config\.permission_policy 'auto' is not"
     ):
-        await create(name="a", model="m", tools=[ask])
+        await create(name="a", model="m", tools=[auto])
     bash: Any = {"type": "agent_toolset_20260401", "configs": [{"name": "bash", "enabled": True}]}
     with pytest.raises(anthropic.BadRequestError, match="tool 'bash' is not available in staffwork"):
         await create(name="a", model="m", tools=[bash])

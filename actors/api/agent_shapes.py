@@ -47,16 +47,23 @@ class AlwaysAllow(msgspec.Struct, frozen=True, tag="always_allow", tag_field="ty
     pass
 
 
+class AlwaysAsk(msgspec.Struct, frozen=True, tag="always_ask", tag_field="type"):
+    pass
+
+
+Policy = AlwaysAllow | AlwaysAsk
+
+
 class ToolDefaults(msgspec.Struct, frozen=True, kw_only=True):
     enabled: bool = True
-    permission_policy: AlwaysAllow = AlwaysAllow()
+    permission_policy: Policy = AlwaysAllow()
 
 
 class ToolConfig(msgspec.Struct, frozen=True, kw_only=True):
     type: str
     name: str
     enabled: bool
-    permission_policy: AlwaysAllow = AlwaysAllow()
+    permission_policy: Policy = AlwaysAllow()
 
 
 class AgentToolset(msgspec.Struct, frozen=True, kw_only=True, tag="agent_toolset_20260401", tag_field="type"):
@@ -66,6 +73,14 @@ class AgentToolset(msgspec.Struct, frozen=True, kw_only=True, tag="agent_toolset
     def builtins(self) -> list[str]:
         """The staffwork built-in tools this toolset enables, in the toolset's order."""
         names = [TOOLSET[c.name] for c in self.configs if c.enabled]
+        return list(dict.fromkeys(n for n in names if n))
+
+    def asked(self) -> list[str]:
+        """The enabled staffwork built-ins whose calls wait for a confirmation (``always_ask``; a
+        built-in two toolset tools map to, as ``write_file`` for write and edit, asks if either does)."""
+        names = [
+            TOOLSET[c.name] for c in self.configs if c.enabled and isinstance(c.permission_policy, AlwaysAsk)
+        ]
         return list(dict.fromkeys(n for n in names if n))
 
 
@@ -267,20 +282,37 @@ def _allow(policy: _Policy | None, where: str) -> None:
     if policy is not None and not isinstance(policy, _Allow):
         kind = type(policy).__struct_config__.tag
         raise bad_request(
-            f"{where}.permission_policy {kind!r} is not supported: staffwork runs an agent's enabled "
-            "tools without asking (use 'always_allow', or leave the tool disabled)"
+            f"{where}.permission_policy {kind!r} is not supported here: staffwork asks for confirmations "
+            "of an agent_toolset's tools only (use 'always_allow', or leave the tool disabled)"
         )
+
+
+def _policy(policy: _Policy | None, where: str, default: Policy) -> Policy:
+    """A toolset tool's policy: ``always_allow`` or ``always_ask`` (``auto`` has no staffwork
+    counterpart: a 400); unset, the toolset's default."""
+    match policy:
+        case None:
+            return default
+        case _Allow():
+            return AlwaysAllow()
+        case _Ask():
+            return AlwaysAsk()
+    raise bad_request(
+        f"{where}.permission_policy 'auto' is not supported: staffwork has no judge of its own for "
+        "tool calls (use 'always_allow' or 'always_ask')"
+    )
 
 
 def _toolset(given: _ToolsetIn, where: str) -> AgentToolset:
     defaults = given.default_config or _DefaultsIn()
-    _allow(defaults.permission_policy, f"{where}.default_config")
+    default_policy = _policy(defaults.permission_policy, f"{where}.default_config", AlwaysAllow())
     default_on = defaults.enabled is not False
     overrides: dict[str, bool | None] = {}
+    policies: dict[str, Policy] = {}
     for i, config in enumerate(given.configs):
         if config.name in overrides:
             raise bad_request(f"{where}.configs[{i}]: tool {config.name!r} is configured twice")
-        _allow(config.permission_policy, f"{where}.configs[{i}]")
+        policies[config.name] = _policy(config.permission_policy, f"{where}.configs[{i}]", default_policy)
         if config.enabled and TOOLSET[config.name] is None:
             raise bad_request(
                 f"{where}.configs[{i}]: tool {config.name!r} is not available in staffwork (available: "
@@ -291,8 +323,10 @@ def _toolset(given: _ToolsetIn, where: str) -> AgentToolset:
     for name, builtin in TOOLSET.items():
         wanted = overrides.get(name)
         enabled = builtin is not None and (default_on if wanted is None else wanted)
-        configs.append(ToolConfig(type=name, name=name, enabled=enabled))
-    return AgentToolset(configs=configs, default_config=ToolDefaults(enabled=default_on))
+        policy = policies.get(name, default_policy)
+        configs.append(ToolConfig(type=name, name=name, enabled=enabled, permission_policy=policy))
+    defaults_out = ToolDefaults(enabled=default_on, permission_policy=default_policy)
+    return AgentToolset(configs=configs, default_config=defaults_out)
 
 
 def _mcp_toolset(given: _McpToolsetIn, where: str) -> McpToolset:

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -59,6 +59,8 @@ from schemas.trace import (
     ThreadStatusIdle,
     ThreadStatusRunning,
     ThreadStatusTerminated,
+    ToolConfirmationAnswered,
+    ToolConfirmationRequested,
     ToolSourceFailed,
     UserEvent,
 )
@@ -107,10 +109,12 @@ def _usage(usage: Any) -> dict[str, Any]:
 
 
 class ApiEvent(msgspec.Struct, frozen=True):
-    """One API event and the staffwork thread it belongs to."""
+    """One API event and the staffwork thread it belongs to (``cross``: a subagent thread's event the
+    primary view shows too, as a tool call that waits for a confirmation)."""
 
     thread_id: str
     data: dict[str, Any]
+    cross: bool = False
 
     @property
     def type(self) -> str:
@@ -119,7 +123,7 @@ class ApiEvent(msgspec.Struct, frozen=True):
     @property
     def primary(self) -> bool:
         """Whether the session's own list and stream show it (the primary thread's view)."""
-        return self.thread_id in (LEAD, "") or self.type in _CROSS_POSTED
+        return self.thread_id in (LEAD, "") or self.cross or self.type in _CROSS_POSTED
 
     def in_thread(self, thread_id: str) -> bool:
         """Whether it belongs to ``thread_id``'s own events (the lead's has the session's)."""
@@ -142,8 +146,9 @@ class Translator:
         if id in self._seen:  # published twice (a retried emit): one event
             return []
         self._seen.add(id)
+        cross = isinstance(event, AgentToolUse) and event.evaluated_permission == "ask"
         shown = [
-            ApiEvent(event.thread_id, d | {"processed_at": rfc3339(event.time)})
+            ApiEvent(event.thread_id, d | {"processed_at": rfc3339(event.time)}, cross)
             for d in self._data(event, id)
         ]
         return shown
@@ -227,10 +232,16 @@ class Translator:
                 return [{"id": id, "type": "agent.thinking"}]  # hosted: a progress signal, no text
             case AgentToolUse():
                 self._calls[event.tool_use_id] = id
+                fields: dict[str, Any]
                 if event.kind == "mcp":
                     fields = {"type": "agent.mcp_tool_use", "mcp_server_name": event.source}
                 else:
                     fields = {"type": "agent.tool_use"}
+                permission = event.evaluated_permission
+                fields |= {
+                    "evaluated_permission": permission,
+                    "evaluation": {"type": "always_ask" if permission == "ask" else "always_allow"},
+                }
                 return [{"id": id, **fields, "name": event.name, "input": event.input, **sub}]
             case AgentToolResult():
                 call = self._calls.get(event.tool_use_id, event.tool_use_id)
@@ -251,6 +262,20 @@ class Translator:
                         **sub,
                     }
                 ]
+            case ToolConfirmationRequested():  # the call's own event is what the person answers
+                self._waiting.setdefault(thread, []).append(self._calls.get(event.tool_use_id, id))
+                return []
+            case ToolConfirmationAnswered(by=by) if not by.startswith("api:"):  # (the API's are echoed)
+                if event.result == "timeout":
+                    return []
+                answered: dict[str, Any] = {
+                    "id": id,
+                    "type": "user.tool_confirmation",
+                    "tool_use_id": self._calls.get(event.tool_use_id, event.tool_use_id),
+                    "result": event.result,
+                    **sub,
+                }
+                return [answered | ({"deny_message": event.deny_message} if event.result == "deny" else {})]
             case ThreadMessageSent():
                 return [
                     {
@@ -362,8 +387,10 @@ class Unsupported(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
     pass
 
 
-class _Confirmation(Unsupported, frozen=True, kw_only=True, tag="user.tool_confirmation"):
-    pass
+class Confirmation(msgspec.Struct, frozen=True, kw_only=True, tag="user.tool_confirmation", tag_field="type"):
+    tool_use_id: str
+    result: Literal["allow", "deny"]
+    deny_message: str | None = None
 
 
 class _UserToolResult(Unsupported, frozen=True, kw_only=True, tag="user.tool_result"):
@@ -375,7 +402,7 @@ class _SystemMessage(Unsupported, frozen=True, kw_only=True, tag="system.message
 
 
 SentEvent = (
-    UserMessage | DefineOutcome | Interrupt | ToolAnswer | _Confirmation | _UserToolResult | _SystemMessage
+    UserMessage | DefineOutcome | Interrupt | ToolAnswer | Confirmation | _UserToolResult | _SystemMessage
 )
 
 
@@ -384,7 +411,6 @@ class SendBody(msgspec.Struct, frozen=True):
 
 
 NOT_SUPPORTED = {
-    "user.tool_confirmation": "agents run with the always_allow permission policy, so no call waits for one",
     "user.tool_result": "self-hosted tool execution is not supported",
     "system.message": "system messages to a running session are not supported",
 }

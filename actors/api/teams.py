@@ -30,7 +30,7 @@ from actors.api.agents import load as load_agent
 from actors.api.agents import version_of
 from actors.api.records import Records
 from schemas.errors import SpecError
-from schemas.team import AgentSpec, McpServer, TeamSpec
+from schemas.team import AgentSpec, McpServer, PermissionPolicy, TeamSpec
 from schemas.team import CustomTool as StaffworkCustomTool
 
 
@@ -76,11 +76,12 @@ async def team_for(records: Records, workspace: str, agent: Agent) -> TeamSpec:
 
 def _spec(agent: Agent, name: str) -> AgentSpec:
     builtins: list[str] = []
+    asked: list[str] = []
     customs: list[StaffworkCustomTool] = []
     toolsets = {t.mcp_server_name: t for t in agent.tools if isinstance(t, McpToolset)}
     for tool in agent.tools:
         if isinstance(tool, AgentToolset):
-            builtins = tool.builtins()
+            builtins, asked = tool.builtins(), tool.asked()
         elif isinstance(tool, CustomTool):
             customs.append(
                 StaffworkCustomTool(
@@ -104,6 +105,7 @@ def _spec(agent: Agent, name: str) -> AgentSpec:
         tools=builtins,
         custom_tools=customs,
         mcp_servers=servers,
+        permissions=PermissionPolicy(always_ask=asked),
     )
 
 
