@@ -8,6 +8,8 @@
             print(event_kind(event), event.agent)
         result = await client.wait(session_id)
         report = await client.read_file(session_id, result.report_path)
+        for call in await client.confirmations(session_id):  # tool calls waiting for a person
+            await client.approve(session_id, call.tool_use_id, by="dana")
         turn = await client.send(session_id, "Now add a timeline of the deploys.")
         followed = await client.wait(session_id, turn=turn)
 """
@@ -15,7 +17,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -23,20 +24,27 @@ from types import TracebackType
 
 import structlog
 
+from actors.sessions import approvals
+from actors.sessions.answers import announced, first_answer
 from actors.sessions.cancel import cancel_session, interrupt
 from actors.sessions.directory import SessionDirectory
 from bus.codec import Decoder
 from bus.connection import Bus
-from bus.direct import read_subject
-from bus.errors import BusTimeout, MessageRejected, StaffworkError
+from bus.errors import BusTimeout, StaffworkError
 from bus.logs import configure_logging
 from bus.workspace import Workspace
 from schemas.files import FileInfo
 from schemas.outcome import Outcome
 from schemas.session import SessionMessage, SessionRecord, SessionResult, SessionSubmit, SubmitReply
 from schemas.team import TeamSpec
-from schemas.thread import CustomToolResult
-from schemas.trace import AnyTraceEvent, CustomToolUse, SessionStatusIdle, SessionStatusTerminated, event_kind
+from schemas.thread import CustomToolResult, ToolConfirmation
+from schemas.trace import (
+    AnyTraceEvent,
+    CustomToolUse,
+    SessionStatusIdle,
+    SessionStatusTerminated,
+    ToolConfirmationRequested,
+)
 from schemas.webhooks import WebhookSpec
 
 log = structlog.get_logger("staffwork.client")
@@ -215,26 +223,16 @@ class Client:
     async def custom_tool_calls(self, session_id: str, *, pending: bool = True) -> list[CustomToolUse]:
         """The session's calls to custom tools (the ones the caller answers), oldest first; with
         ``pending`` only those not answered yet."""
-        subject = self.bus.subjects.event(session_id, event_kind(CustomToolUse))
-        calls: dict[str, CustomToolUse] = {}
-        async for stored in read_subject(self.bus, self.bus.subjects.log_stream, subject):
-            with contextlib.suppress(MessageRejected):  # the thread that waits reports strays
-                call = _custom_call.decode(stored.data, subject=subject)
-                calls.setdefault(call.tool_use_id, call)  # announced again after a restart: once
+        calls = await announced(self.bus, session_id, CustomToolUse, _custom_call)
         if not pending:
-            return list(calls.values())
-        answered = await asyncio.gather(*(self._answered(session_id, c.tool_use_id) for c in calls.values()))
-        return [call for call, done in zip(calls.values(), answered, strict=True) if not done]
+            return calls
+        answered = await asyncio.gather(*(self._custom_answer(session_id, c.tool_use_id) for c in calls))
+        return [call for call, answer in zip(calls, answered, strict=True) if answer is None]
 
-    async def _answered(self, session_id: str, tool_use_id: str) -> bool:
-        """Whether the call's answer is stored (what else is on its subject does not count)."""
+    async def _custom_answer(self, session_id: str, tool_use_id: str) -> CustomToolResult | None:
+        """The call's answer, if one is stored (what else is on its subject does not count)."""
         subject = self.bus.subjects.tool_result(session_id, tool_use_id)
-        async for stored in read_subject(self.bus, self.bus.subjects.log_stream, subject):
-            with contextlib.suppress(MessageRejected):
-                answer = _custom_answer.decode(stored.data, subject=subject)
-                if not answer.mismatch(session_id, tool_use_id):
-                    return True
-        return False
+        return await first_answer(self.bus, subject, _custom_answer, session_id, tool_use_id)
 
     async def answer_tool(
         self, session_id: str, tool_use_id: str, content: str, *, is_error: bool = False
@@ -252,12 +250,34 @@ class Client:
         answer = CustomToolResult(
             session_id=session_id, custom_tool_use_id=tool_use_id, content=content, is_error=is_error
         )
-        if await self._answered(session_id, tool_use_id) or not await self.bus.publish_once(
+        if await self._custom_answer(session_id, tool_use_id) or not await self.bus.publish_once(
             subject, answer, msg_id=f"{session_id}.{tool_use_id}.answer"
         ):
             raise StaffworkError(
                 f"custom tool call {tool_use_id!r} of session {session_id!r} is already answered"
             )
+
+    async def confirmations(
+        self, session_id: str, *, pending: bool = True
+    ) -> list[ToolConfirmationRequested]:
+        """The session's tool calls that asked for a person's confirmation, oldest first; with
+        ``pending`` only those still waiting."""
+        if pending:
+            return await approvals.pending(self.bus, session_id)
+        return await approvals.requests(self.bus, session_id)
+
+    async def approve(self, session_id: str, tool_use_id: str, *, by: str = "") -> ToolConfirmation:
+        """Let a waiting tool call run. ``by`` says who, in the trace. :class:`StaffworkError` if the
+        session has no such call or it is already answered."""
+        return await approvals.answer(self.bus, session_id, tool_use_id, "allow", by=by)
+
+    async def deny(
+        self, session_id: str, tool_use_id: str, reason: str = "", *, by: str = ""
+    ) -> ToolConfirmation:
+        """Refuse a waiting tool call: its model gets an error result with ``reason``. ``by`` says
+        who, in the trace. :class:`StaffworkError` if the session has no such call or it is
+        already answered."""
+        return await approvals.answer(self.bus, session_id, tool_use_id, "deny", reason, by=by)
 
 
 def _accepted(answer: bytes) -> SubmitReply:

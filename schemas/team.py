@@ -363,7 +363,8 @@ def parse_team(text: str | bytes, *, source: str = "<string>") -> TeamSpec:
 
 
 def _origin(team: TeamSpec, source: str, text: str) -> TeamOrigin:
-    """The lines of every tool source, allowlist entry and custom tool of ``team`` in ``text``."""
+    """The lines of every tool source, allowlist entry, custom tool and permission policy entry of
+    ``team`` in ``text``."""
     paths: list[list[str | int]] = []
     for base, spec in [(["lead"], team.lead)] + [(["agents", i], a) for i, a in enumerate(team.agents)]:
         sources: list[tuple[str, Sequence[McpServer | ToolService]]] = [
@@ -376,6 +377,9 @@ def _origin(team: TeamSpec, source: str, text: str) -> TeamOrigin:
                 paths.extend([*base, kind, j, "tools", k] for k in range(len(found.tools or [])))
         paths.extend([*base, "custom_tools", j] for j in range(len(spec.custom_tools)))
         paths.extend([*base, "tools", k] for k in range(len(spec.tools)))
+        policy = spec.permissions
+        for listed, names in (("always_ask", policy.always_ask), ("always_allow", policy.always_allow)):
+            paths.extend([*base, "permissions", listed, k] for k in range(len(names)))
     lines = {_format_path(path): line for path in paths if (line := _find_line(text, path)) is not None}
     return TeamOrigin(file=source, lines=lines)
 

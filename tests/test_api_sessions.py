@@ -48,11 +48,14 @@ from schemas.trace import (
     SessionStatusRunning,
     SessionStatusTerminated,
     ThreadCreated,
+    ThreadInterrupted,
     ThreadMessageReceived,
     ThreadMessageSent,
     ThreadStatusIdle,
     ThreadStatusRunning,
     ThreadStatusTerminated,
+    ToolConfirmationAnswered,
+    ToolConfirmationRequested,
     ToolDenied,
     ToolSourceFailed,
     UserEvent,
@@ -97,6 +100,18 @@ def trace() -> list[AnyTraceEvent]:
         CustomToolUse(**sub, tool_use_id="toolu_4", name="approve", input={"change": 1}),
         ThreadStatusIdle(**sub, stop_reason="requires_action"),
         UserEvent(**sub, event_type="user.custom_tool_result", payload={"custom_tool_use_id": "x"}),
+        ThreadStatusRunning(**sub),
+        AgentToolUse(
+            **sub, tool_use_id="toolu_5", name="rollback", input={"d": 1}, evaluated_permission="ask"
+        ),
+        ToolConfirmationRequested(
+            **sub, tool_use_id="toolu_5", name="rollback", answer_subject="x", timeout_s=9
+        ),
+        ThreadStatusIdle(**sub, stop_reason="requires_action"),
+        ToolConfirmationAnswered(
+            **sub, tool_use_id="toolu_5", result="deny", deny_message="not today", by="ana"
+        ),
+        ThreadInterrupted(**sub, reason="enough", by="ana"),
         ThreadStatusIdle(**sub, stop_reason="end_turn"),
         ThreadStatusTerminated(**sub, reason="done"),
         AgentMessage(**sub, text="build 2 failed"),
@@ -150,8 +165,17 @@ def test_every_trace_event_is_an_sdk_session_event_or_is_left_out() -> None:
         "agent_name": "logs",
     }
     waiting = [a.data for _, a in shown if a.data.get("stop_reason", {}).get("type") == "requires_action"]
-    assert [w["type"] for w in waiting] == ["session.thread_status_idle", "session.status_idle"]
+    assert [w["type"] for w in waiting] == ["session.thread_status_idle", "session.status_idle"] * 2
     assert waiting[0]["stop_reason"]["event_ids"] == [by_type["agent.custom_tool_use"]["id"]]
+    # a call that waits for a confirmation: its tool_use (on the primary view too) is what is answered
+    [ask] = [a for e, a in shown if isinstance(e, AgentToolUse) and e.evaluated_permission == "ask"]
+    assert ask.primary
+    assert (ask.data["evaluated_permission"], ask.data["evaluation"]) == ("ask", {"type": "always_ask"})
+    assert waiting[2]["stop_reason"]["event_ids"] == [ask.data["id"]]
+    confirmed = by_type["user.tool_confirmation"]
+    assert (confirmed["tool_use_id"], confirmed["result"]) == (ask.data["id"], "deny")
+    assert (confirmed["deny_message"], confirmed["session_thread_id"]) == ("not today", "t-toolu_1")
+    assert "ThreadInterrupted" not in kinds
     assert by_type["session.error"]["error"]["type"] == "unknown_error"
     errors = [a.data["error"] for _, a in shown if a.type == "session.error"]
     assert errors[0] == errors[0] | {"type": "mcp_connection_failed_error", "mcp_server_name": "logs-mcp"}
@@ -420,7 +444,9 @@ async def test_unknown_ids_and_bad_events_are_the_sdks_errors(sdk: anthropic.Asy
     image: Any = {"type": "image", "source": {"type": "url", "url": "https://x/y.png"}}
     with pytest.raises(anthropic.BadRequestError, match=r"events\[0\].content\[0\]: only text blocks"):
         await b.sessions.events.send(session.id, events=[{"type": "user.message", "content": [image]}])
-    with pytest.raises(anthropic.BadRequestError, match=r"user\.tool_confirmation.*always_allow"):
+    with pytest.raises(
+        anthropic.BadRequestError, match=r"events\[0\]: session .* has not started: no tool call"
+    ):
         await b.sessions.events.send(
             session.id, events=[{"type": "user.tool_confirmation", "tool_use_id": "x", "result": "allow"}]
         )

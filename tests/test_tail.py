@@ -8,16 +8,26 @@ import json
 import os
 import re
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
-from actors.views.tail import agent_style, event_subjects, parse_duration
+from actors.views.tail import agent_style, event_subjects, line, parse_duration, summary
 from bus.connection import Bus
 from bus.direct import tail_subjects
 from bus.errors import StaffworkError
 from bus.subjects import Subjects
 from schemas.base import Usage
-from schemas.trace import AgentMessage, AgentToolResult, AgentToolUse, ModelRequestEnd, TraceEvent
+from schemas.trace import (
+    AgentMessage,
+    AgentToolResult,
+    AgentToolUse,
+    ModelRequestEnd,
+    ThreadInterrupted,
+    ToolConfirmationAnswered,
+    ToolConfirmationRequested,
+    TraceEvent,
+)
 from tests.helpers import NatsServer, ready_process, round_trip, run_cli
 
 
@@ -48,6 +58,30 @@ def test_each_agent_keeps_its_colour() -> None:
     styles = {agent_style(agent) for agent in ("logs", "metrics", "deploys", "tickets")}
     assert len(styles) >= 3  # distinct agents are told apart
     assert agent_style("logs") == agent_style("logs")
+
+
+def test_confirmations_and_interrupts_say_who() -> None:
+    ids: dict[str, Any] = {"session_id": "ses_c", "thread_id": "t-1", "agent": "logs"}
+    request = ToolConfirmationRequested(**ids, tool_use_id="tu_1", name="sql", input={"query": "drop"},
+                                        timeout_s=90)  # fmt: skip
+    assert summary(request) == (
+        "⏸ sql(query='drop') waits for confirmation, denied after 90s: staffwork approve|deny ses_c tu_1"
+    )
+    answers = [
+        ToolConfirmationAnswered(**ids, tool_use_id="tu_1", name="sql", result="allow", by="run:alice"),
+        ToolConfirmationAnswered(**ids, tool_use_id="tu_1", name="sql", result="deny", by="api:acme",
+                                 deny_message="not [bold]now[/]"),
+        ToolConfirmationAnswered(**ids, tool_use_id="tu_1", name="sql", result="timeout"),
+    ]  # fmt: skip
+    assert [summary(answer) for answer in answers] == [
+        "✓ sql allowed by run:alice",
+        "✗ sql denied by api:acme: not [bold]now[/]",
+        "✗ sql not confirmed in time: denied",
+    ]
+    interrupted = ThreadInterrupted(**ids, reason="wrong window", by="bob")
+    assert summary(interrupted) == "interrupted by bob: wrong window"
+    assert "session.thread_interrupted" in line(interrupted, with_session=False).plain
+    assert line(answers[1], with_session=True).plain.endswith("denied by api:acme: not [bold]now[/]")
 
 
 def events(session: str) -> list[TraceEvent]:

@@ -36,7 +36,10 @@ from schemas.trace import (
     ModelRequestStart,
     SessionErrorEvent,
     SessionStatusIdle,
+    ThreadInterrupted,
     ThreadStatusRunning,
+    ToolConfirmationAnswered,
+    ToolConfirmationRequested,
 )
 from tests.helpers import incident_trace
 
@@ -213,6 +216,72 @@ def test_a_lead_that_failed_for_good_is_failed() -> None:
     failure = ErrorInfo(kind="RuntimeError", message="the lead crashed")
     data = timeline("s", [*events, SessionErrorEvent(session_id="s", time=events[-1].time, error=failure)])
     assert data["session"]["status"] == "failed"
+
+
+def confirmations() -> list[AnyTraceEvent]:
+    """The incident trace, then: an allowed and a denied confirmation, one that waits, and one an
+    interrupt closed (then its thread's interrupt)."""
+    events = incident_trace()
+    base = events[-1].time
+    logs: dict[str, Any] = {"session_id": events[0].session_id, "thread_id": THREADS[2], "agent": "logs"}
+
+    def at(seconds: float) -> datetime:
+        return base + timedelta(seconds=seconds)
+
+    for n, call in enumerate(("tu_allow", "tu_deny", "tu_wait", "tu_cut")):
+        events += [
+            AgentToolUse(**logs, time=at(n), tool_use_id=call, name="sql", input={"query": "select 1"}),
+            ToolConfirmationRequested(**logs, time=at(n), tool_use_id=call, name="sql", timeout_s=60,
+                                      answer_subject=f"sw.s.x.in.confirm.{call}"),
+        ]  # fmt: skip
+    events += [
+        ToolConfirmationAnswered(**logs, time=at(5), tool_use_id="tu_allow", name="sql", result="allow",
+                                 by="run:alice"),
+        AgentToolResult(**logs, time=at(5.5), tool_use_id="tu_allow", name="sql", content="1"),
+        ToolConfirmationAnswered(**logs, time=at(6), tool_use_id="tu_deny", name="sql", result="deny",
+                                 deny_message="not on the primary", by="api:acme"),
+        ToolConfirmationAnswered(**logs, time=at(6.5), tool_use_id="tu_deny", name="sql", result="allow",
+                                 by="late"),  # a second answer: the first counts
+        AgentToolResult(**logs, time=at(6), tool_use_id="tu_deny", name="sql", is_error=True,
+                        content="denied: not on the primary"),
+        AgentToolResult(**logs, time=at(7), tool_use_id="tu_cut", name="sql", is_error=True,
+                        content="[interrupted by the user: enough]"),
+        ThreadInterrupted(**logs, time=at(7), reason="enough", by="bob"),
+    ]  # fmt: skip
+    return events
+
+
+def test_confirmations_are_spans_from_the_request_to_the_answer() -> None:
+    spans = {s["id"]: s for s in timeline("s", confirmations())["spans"]}
+
+    def fields(span: str) -> dict[str, str]:
+        return {f["k"]: f["v"] for f in spans[span]["fields"]}
+
+    allowed, denied = spans["confirm-tu_allow"], spans["confirm-tu_deny"]
+    assert (allowed["kind"], allowed["name"]) == ("confirm", "sql allowed by run:alice")
+    assert allowed["end"] - allowed["start"] == pytest.approx(5.0)
+    assert denied["name"] == "sql denied by api:acme"
+    assert fields("confirm-tu_deny")["deny message"] == "not on the primary"
+    assert fields("confirm-tu_deny")["answered by"] == "api:acme"
+    assert fields("tool-tu_deny")["confirmation"] == "denied by api:acme"
+    assert spans["confirm-tu_wait"]["end"] is None  # still waiting: drawn unfinished
+    assert spans["confirm-tu_cut"]["name"] == "sql closed unanswered"
+    assert spans["confirm-tu_cut"]["end"] is not None
+    [interrupt] = [s for s in spans.values() if s["kind"] == "interrupt"]
+    assert (interrupt["name"], interrupt["lane"]) == ("interrupted by bob", THREADS[2])
+    assert {"k": "reason", "v": "enough", "pre": "1"} in interrupt["fields"]
+
+
+def test_confirmations_and_interrupts_render(chromium: str, tmp_path: Path) -> None:
+    page = load(chromium, tmp_path, write_page(tmp_path, confirmations()), span="confirm-tu_deny")
+
+    page.assert_clean()
+    spans = {values["data-span"]: values for values in page.dom.with_attr("data-span")}
+    assert "k-confirm" in spans["confirm-tu_allow"]["class"].split()
+    assert "open" in spans["confirm-tu_wait"]["class"].split()
+    assert any(s.startswith("interrupt-") and "mark" in v["class"].split() for s, v in spans.items())
+    assert "not on the primary" in page.dom.details
+    assert "confirmation" in page.dom.details  # the kind's label
 
 
 def test_fixture_renders_a_lane_per_thread(chromium: str, tmp_path: Path) -> None:

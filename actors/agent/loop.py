@@ -2,7 +2,8 @@
 
 Its last entry says the next step, whose result is appended before the step after it: a user turn
 → a model call (:func:`~actors.agent.calls.call_model`); an assistant turn with tool calls → run
-them concurrently, one user turn of results in call order; without tool calls → the answer
+them concurrently (a call the agent's permission policy asks for waits for a person's answer first:
+:mod:`actors.agent.approvals`), one user turn of results in call order; without tool calls → the answer
 (``pause_turn`` continues, ``max_tokens`` keeps the cut answer, ``refusal`` fails). So whoever picks
 the thread up (a follow-up, another worker after a crash) continues where it stopped. A retryable
 model failure raises :class:`bus.errors.Retryable` (redelivered, resumed from the log); a fatal one
@@ -16,8 +17,9 @@ import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
+from actors.agent.approvals import confirm
 from actors.agent.calls import call_model
 from actors.agent.models.base import MAX_TOKENS, PAUSE_TURN, REFUSAL, Model, ModelFatal, ModelRequest
 from actors.agent.tools.base import Toolbox, ToolContext
@@ -237,9 +239,21 @@ class AgentLoop:
             elif isinstance(block, ToolUseBlock):
                 tool = self.toolbox.get(block.name)
                 served: dict[str, Any] = {"kind": tool.kind, "source": tool.source} if tool else {}
-                await self.bus.emit(
-                    AgentToolUse(tool_use_id=block.id, name=block.name, input=block.input, **served, **fields)
+                permission: Literal["allow", "ask"] = "ask" if self._asks(block.name) else "allow"
+                use = AgentToolUse(
+                    tool_use_id=block.id,
+                    name=block.name,
+                    input=block.input,
+                    evaluated_permission=permission,
+                    **served,
+                    **fields,
                 )
+                await self.bus.emit(use)
+
+    def _asks(self, name: str) -> bool:
+        """Whether a call of ``name`` waits for a person's confirmation (a tool the agent cannot call
+        now is refused without asking)."""
+        return self.toolbox.get(name) is not None and self.spec.permissions.asks(name)
 
     async def _run_tool(self, use: ToolUseBlock) -> ToolResultBlock:
         fields = self._event_fields()
@@ -250,7 +264,11 @@ class AgentLoop:
             served = {"kind": tool.kind, "source": tool.source}
             context = self.tool_context(use.id)
             context.replayed = use.id not in self._fresh
-            result = await tool.run(context, use.input)
+            denied = None
+            if self._asks(use.name):
+                denied = await confirm(context, use, tool.kind, self.spec.permissions)
+                started = time.monotonic()  # the call's duration, not the wait for its answer
+            result = denied or await tool.run(context, use.input)
         elif why := self.toolbox.why_unavailable(use.name):
             # allowed, but its source cannot serve it now: the reason, not a refusal
             result = ToolResultBlock(tool_use_id=use.id, content=why, is_error=True)

@@ -9,6 +9,7 @@ or every thread and the lead's turn (the session goes idle and takes a follow-up
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import msgspec
@@ -18,6 +19,7 @@ from actors.api.errors import ApiError, bad_request
 from actors.api.events import (
     LEAD,
     NOT_SUPPORTED,
+    Confirmation,
     DefineOutcome,
     FileRubric,
     Interrupt,
@@ -33,12 +35,17 @@ from actors.api.http import Call, route
 from actors.api.session_records import KIND, ApiSession, DefinedOutcome, load_for_update, save
 from actors.api.values import rfc3339, rfc3339_now
 from actors.client import Client, SubmitRefused
+from actors.sessions import approvals
 from actors.sessions.cancel import interrupt
 from actors.sessions.directory import SessionDirectory
-from bus.errors import BusError, StaffworkError
+from bus.codec import Decoder
+from bus.direct import read_subject
+from bus.errors import BusError, MessageRejected, StaffworkError
 from bus.subjects import is_token
 from schemas.outcome import Outcome
-from schemas.trace import CustomToolUse, UserEvent, event_kind
+from schemas.trace import AgentToolUse, CustomToolUse, ToolConfirmationRequested, UserEvent, event_kind
+
+_tool_uses: Decoder[AgentToolUse] = Decoder(AgentToolUse, max_bytes=4 * 1024 * 1024)
 
 
 async def _tool_call(call: Call, session_id: str, given: str, where: str) -> CustomToolUse:
@@ -52,6 +59,28 @@ async def _tool_call(call: Call, session_id: str, given: str, where: str) -> Cus
     )
 
 
+async def _waiting_call(call: Call, session_id: str, given: str, where: str) -> ToolConfirmationRequested:
+    """The tool call waiting for a confirmation that ``given`` names: by its ``agent.tool_use`` event
+    id (``sevt_…``, what ``session.status_idle`` lists) or staffwork's call id. A call that does not
+    wait (answered already, or it never asked) is a 409; no such call, a 400."""
+    waiting = {request.tool_use_id: request for request in await approvals.pending(call.bus, session_id)}
+    if given in waiting:
+        return waiting[given]
+    subject = call.bus.subjects.event(session_id, event_kind(AgentToolUse))
+    async for stored in read_subject(call.bus, call.bus.subjects.log_stream, subject):
+        with contextlib.suppress(MessageRejected):
+            use = _tool_uses.decode(stored.data, subject=subject)
+            if given in (event_id(use.msg_id), use.tool_use_id):
+                if use.tool_use_id in waiting:
+                    return waiting[use.tool_use_id]
+                raise ApiError(
+                    409,
+                    f"{where}.tool_use_id={given!r}: that call does not wait for a confirmation "
+                    "(it was answered already, or it never asked)",
+                )
+    raise bad_request(f"{where}.tool_use_id={given!r} names no tool call of session {session_id!r}")
+
+
 async def send_events(call: Call, id: str, events: list[Any]) -> list[dict[str, Any]]:
     """Check every event, record them in the session's log, then act on them (start the session,
     cancel it, answer a tool call). The echo as the SDK reads it."""
@@ -63,6 +92,7 @@ async def send_events(call: Call, id: str, events: list[Any]) -> list[dict[str, 
     task: list[str] = []
     outcome: DefinedOutcome | None = None
     answers: dict[int, CustomToolUse] = {}
+    confirmed: dict[int, ToolConfirmationRequested] = {}
     for n, event in enumerate(events):
         where = f"events[{n}]"
         match event:
@@ -91,6 +121,12 @@ async def send_events(call: Call, id: str, events: list[Any]) -> list[dict[str, 
                 )
             case Interrupt(session_thread_id=thread) if thread is not None and not is_token(thread):
                 raise bad_request(f"{where}.session_thread_id={thread!r} is not a thread id")
+            case Confirmation():
+                if not session.started:
+                    raise bad_request(f"{where}: session {id!r} has not started: no tool call waits")
+                if event.deny_message is not None and event.result != "deny":
+                    raise bad_request(f"{where}.deny_message: only allowed when result is 'deny'")
+                confirmed[n] = await _waiting_call(call, id, event.tool_use_id, where)
             case ToolAnswer():
                 if not session.started:
                     raise bad_request(f"{where}: session {id!r} has not started: no tool call waits")
@@ -105,7 +141,10 @@ async def send_events(call: Call, id: str, events: list[Any]) -> list[dict[str, 
         session.started = session.started or bool(task)
         session.updated_at = rfc3339_now()
         await save(call, session, revision)
-    echoed = [await _record(call, session, n, event, answers.get(n)) for n, event in enumerate(events)]
+    echoed = [
+        await _record(call, session, event, answers.get(n), confirmed.get(n))
+        for n, event in enumerate(events)
+    ]
     if first:
         await _start(call, session, "\n\n".join(task))
     elif task:
@@ -114,6 +153,19 @@ async def send_events(call: Call, id: str, events: list[Any]) -> list[dict[str, 
         if isinstance(event, Interrupt) and session.started:
             thread = "" if event.session_thread_id in (None, LEAD) else event.session_thread_id
             await interrupt(call.bus, id, thread or "", "user.interrupt", by=f"api:{call.workspace}")
+        elif isinstance(event, Confirmation):
+            request = confirmed[n]
+            try:
+                await approvals.answer(
+                    call.bus,
+                    id,
+                    request.tool_use_id,
+                    event.result,
+                    event.deny_message or "",
+                    by=f"api:{call.workspace}",
+                )
+            except StaffworkError as exc:
+                raise ApiError(409, str(exc)) from None
         elif isinstance(event, ToolAnswer):
             found = answers[n]
             text = texts(event.content or [], f"events[{n}]")
@@ -125,7 +177,11 @@ async def send_events(call: Call, id: str, events: list[Any]) -> list[dict[str, 
 
 
 async def _record(
-    call: Call, session: ApiSession, n: int, event: Any, answered: CustomToolUse | None
+    call: Call,
+    session: ApiSession,
+    event: Any,
+    answered: CustomToolUse | None,
+    confirmed: ToolConfirmationRequested | None,
 ) -> dict[str, Any]:
     """Store the event in the session's log as a ``user.event``; its echo."""
     payload: dict[str, Any] = msgspec.to_builtins(event)
@@ -137,6 +193,10 @@ async def _record(
         payload["max_iterations"] = payload["max_iterations"] or 3
     elif isinstance(event, Interrupt):
         payload = {k: v for k, v in payload.items() if v is not None}
+    elif confirmed is not None:
+        payload = {k: v for k, v in payload.items() if v is not None}
+        if confirmed.thread_id != LEAD:
+            thread = payload["session_thread_id"] = confirmed.thread_id
     elif answered is not None:
         payload = {k: v for k, v in payload.items() if v is not None}
         payload["custom_tool_use_id"] = event_id(answered.msg_id)

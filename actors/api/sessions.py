@@ -12,9 +12,9 @@ The user's events are recorded in the session's log as ``user.event`` trace even
 the stream show them in order with the rest) before they act. A ``user.message`` to an idle session
 that already ran is a follow-up turn with the lead's whole history; one sent while the session works
 is refused with a 409 (the hosted service queues it: send it once the session is idle, or interrupt
-first). What staffwork cannot do yet is refused with a 400 that says so: tool confirmations (agents
-run with ``always_allow``), image and document blocks, file and GitHub resources, vaults, agent
-overrides.
+first). ``user.tool_confirmation`` answers a tool call that waits for one (the agent's permission
+policy in its team asks for it). What staffwork cannot do yet is refused with a 400 that says so:
+image and document blocks, file and GitHub resources, vaults, agent overrides.
 """
 
 from __future__ import annotations

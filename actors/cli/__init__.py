@@ -116,6 +116,8 @@ for command in (
     sessions.cancel,
     sessions.interrupt,
     sessions.answer,
+    sessions.approve,
+    sessions.deny,
     trace.tail,
     trace.trace,
     trace.sessions,

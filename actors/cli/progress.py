@@ -2,13 +2,15 @@
 elapsed), built from the session's trace events. A thread ends when it goes idle, is terminated, or
 fails for good (the runtime's ``session.error`` while it runs: its model calls were exhausted, say),
 as ``staffwork trace`` tells it. The webhooks actor's events are no thread: they are not rows, but a
-delivery skipped or given up and an endpoint disabled are notices."""
+delivery skipped or given up and an endpoint disabled are notices. How a tool call that waits for a
+person's confirmation, and its answer, read (:func:`confirmation_request`, :func:`confirmation_hint`,
+:func:`confirmation_answer`)."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from rich.table import Table
@@ -28,6 +30,8 @@ from schemas.trace import (
     ThreadStatusIdle,
     ThreadStatusRunning,
     ThreadStatusTerminated,
+    ToolConfirmationAnswered,
+    ToolConfirmationRequested,
     ToolSourceFailed,
     WebhookDelivered,
     WebhookDeliverySkipped,
@@ -36,6 +40,49 @@ from schemas.trace import (
 )
 
 _WEBHOOK_EVENTS = (WebhookDelivered, WebhookDeliverySkipped, WebhookEndpointDisabled, WebhookFailed)
+_COLOURS = {"running": "yellow", "idle": "green", "requires_action": "magenta"}  # else red
+
+
+def _input(arguments: dict[str, Any]) -> str:
+    flat = json.dumps(arguments, ensure_ascii=False)
+    return flat if len(flat) <= 160 else json.dumps(arguments, ensure_ascii=False, indent=2)
+
+
+def _deadline(request: ToolConfirmationRequested) -> str:
+    at = (request.time + timedelta(seconds=request.timeout_s)).astimezone()
+    return f"denied without an answer in {request.timeout_s:g}s (at {at:%H:%M:%S})"
+
+
+def confirmation_request(request: ToolConfirmationRequested) -> str:
+    """What a person reads before answering: who asks (agent, thread), the tool, its input, the timeout."""
+    where = f" ({request.thread_id})" if request.thread_id else ""
+    served = "" if request.kind == "builtin" else f" ({request.kind} tool)"
+    return (
+        f"confirm: {request.agent or 'lead'}{where} wants to call {request.name}{served} with "
+        f"{_input(request.input)}\n  {_deadline(request)} · session {request.session_id} "
+        f"· call {request.tool_use_id}"
+    )
+
+
+def confirmation_hint(request: ToolConfirmationRequested) -> str:
+    """One line: a tool call waits for confirmation, and the commands that answer it."""
+    call = f"{request.session_id} {request.tool_use_id}"
+    return (
+        f"waiting for confirmation: {request.agent or 'lead'} ({request.thread_id or 'lead'}) calls "
+        f"{request.name} {json.dumps(request.input, ensure_ascii=False)}; answer with staffwork approve "
+        f"{call}, or staffwork deny {call} --reason TEXT ({_deadline(request)})"
+    )
+
+
+def confirmation_answer(answer: ToolConfirmationAnswered) -> str:
+    """One line: how a tool call waiting for confirmation was answered, and by whom."""
+    call = f"{answer.name} ({answer.tool_use_id})" if answer.name else answer.tool_use_id
+    if answer.result == "allow":
+        return f"{call} allowed by {answer.by or '-'}"
+    if answer.result == "deny":
+        why = f": {answer.deny_message}" if answer.deny_message else ""
+        return f"{call} denied by {answer.by or '-'}{why}"
+    return f"{call} not confirmed in time: denied"
 
 
 @dataclass
@@ -163,7 +210,7 @@ class Progress:
             )
         now = self.last or datetime.now().astimezone()
         for row in self.threads.values():
-            colour = {"running": "yellow", "idle": "green"}.get(row.status, "red")
+            colour = _COLOURS.get(row.status, "red")
             table.add_row(
                 row.thread_id,
                 row.agent,

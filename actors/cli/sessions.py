@@ -1,13 +1,14 @@
 """The session commands: ``run`` (submit a session and follow it live; how it runs one is in
 :mod:`actors.cli.running`), ``submit``, ``send`` (a follow-up), ``status``, ``cancel``,
-``interrupt`` (one thread's work, or the whole session's, without ending it) and ``answer`` (a
-custom tool call)."""
+``interrupt`` (one thread's work, or the whole session's, without ending it), ``answer`` (a
+custom tool call), ``approve`` and ``deny`` (a tool call waiting for a person's confirmation)."""
 
 from __future__ import annotations
 
 import getpass
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
 
@@ -36,6 +37,7 @@ from bus.subjects import check_token
 from schemas.ids import new_id
 from schemas.session import SessionResult
 from schemas.team import TeamSpec
+from schemas.trace import CustomToolUse, ToolConfirmationRequested
 
 TeamOption = Annotated[Path | None, typer.Option("--team", help="A team file (TOML).")]
 ExampleOption = Annotated[
@@ -213,6 +215,15 @@ def status(session: str, nats: NatsOption = None, root: RootOption = "sw") -> No
                     highlight=False,
                     markup=False,
                 )
+            for request in await Client(target.bus).confirmations(session):
+                use = request.tool_use_id
+                out.print(
+                    f"waiting for your confirmation: {request.agent} ({request.thread_id}) calls "
+                    f"{request.name} {json.dumps(request.input)} (staffwork approve {session} {use}, "
+                    f"or staffwork deny {session} {use} --reason TEXT)",
+                    highlight=False,
+                    markup=False,
+                )
             stored = await target.bus.last(target.bus.subjects.out(session, "result"))
             if stored:
                 result = msgspec.json.decode(stored, type=SessionResult)
@@ -293,14 +304,7 @@ def answer(
             client = Client(target.bus)
             if tool_use_id is None:
                 calls = await client.custom_tool_calls(session)
-                for call in calls:
-                    out.print(
-                        f"{call.tool_use_id}  {call.agent}  {call.name} {json.dumps(call.input)}",
-                        highlight=False,
-                        markup=False,
-                    )
-                if not calls:
-                    out.print(f"{session}: no custom tool call is waiting for an answer", highlight=False)
+                _list_waiting(calls, f"{session}: no custom tool call is waiting for an answer")
                 return
             if content is None:
                 raise StaffworkError(
@@ -311,3 +315,60 @@ def answer(
             out.print(f"{session}: answered {tool_use_id}", highlight=False)
 
     run_async(go)
+
+
+ToolUseArgument = Annotated[
+    str | None,
+    typer.Argument(help="The call's id (without it: list the calls waiting for a confirmation)."),
+]
+
+
+def approve(
+    session: str, tool_use_id: ToolUseArgument = None, nats: NatsOption = None, root: RootOption = "sw"
+) -> None:
+    """Let a tool call that waits for your confirmation run."""
+    _confirm(session, tool_use_id, "allow", "", nats, root)
+
+
+def deny(
+    session: str,
+    tool_use_id: ToolUseArgument = None,
+    reason: Annotated[str, typer.Option("--reason", help="Why (the agent's model reads it).")] = "",
+    nats: NatsOption = None,
+    root: RootOption = "sw",
+) -> None:
+    """Refuse a tool call that waits for your confirmation: the agent gets an error result saying so."""
+    _confirm(session, tool_use_id, "deny", reason, nats, root)
+
+
+def _confirm(
+    session: str, tool_use_id: str | None, result: str, reason: str, nats: str | None, root: str
+) -> None:
+    async def go() -> None:
+        async with bus_target(
+            nats, root, name=f"staffwork-{'approve' if result == 'allow' else 'deny'}"
+        ) as target:
+            await session_record(target.bus, session, root)
+            client = Client(target.bus)
+            if tool_use_id is None:
+                waiting = await client.confirmations(session)
+                _list_waiting(waiting, f"{session}: no tool call is waiting for a confirmation")
+                return
+            by = getpass.getuser()
+            if result == "allow":
+                await client.approve(session, tool_use_id, by=by)
+                out.print(f"{session}: allowed {tool_use_id}", highlight=False, markup=False)
+            else:
+                await client.deny(session, tool_use_id, reason, by=by)
+                out.print(f"{session}: denied {tool_use_id}", highlight=False, markup=False)
+
+    run_async(go)
+
+
+def _list_waiting(calls: Sequence[CustomToolUse | ToolConfirmationRequested], none: str) -> None:
+    """One line per waiting call (its id first), or ``none``."""
+    for call in calls:
+        line = f"{call.tool_use_id}  {call.agent}  {call.name} {json.dumps(call.input)}"
+        out.print(line, highlight=False, markup=False)
+    if not calls:
+        out.print(none, highlight=False, markup=False)

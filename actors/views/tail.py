@@ -32,10 +32,13 @@ from schemas.trace import (
     SessionStatusIdle,
     SessionStatusTerminated,
     ThreadCreated,
+    ThreadInterrupted,
     ThreadMessageReceived,
     ThreadMessageSent,
     ThreadStatusIdle,
     ThreadStatusTerminated,
+    ToolConfirmationAnswered,
+    ToolConfirmationRequested,
     ToolDenied,
     ToolSourceFailed,
     TraceEvent,
@@ -120,6 +123,21 @@ def summary(event: TraceEvent) -> str:
         case CustomToolUse(name=name, input=arguments, tool_use_id=call):
             shown = ", ".join(f"{k}={v!r}" for k, v in arguments.items())
             return _clip(f"⏸ {name}({shown}) waits for the caller: staffwork answer SESSION {call} TEXT")
+        case ToolConfirmationRequested(name=name, input=arguments, tool_use_id=call, timeout_s=timeout):
+            shown = ", ".join(f"{k}={v!r}" for k, v in arguments.items())
+            return _clip(
+                f"⏸ {name}({shown}) waits for confirmation, denied after {timeout:g}s: "
+                f"staffwork approve|deny {event.session_id} {call}",
+                160,
+            )
+        case ToolConfirmationAnswered(name=name, result="allow", by=by):
+            return f"✓ {name} allowed by {by or '-'}"
+        case ToolConfirmationAnswered(name=name, result="deny", by=by, deny_message=message):
+            return _clip(f"✗ {name} denied by {by or '-'}" + (f": {message}" if message else ""))
+        case ToolConfirmationAnswered(name=name):
+            return f"✗ {name} not confirmed in time: denied"
+        case ThreadInterrupted(reason=reason, by=by):
+            return _clip(f"interrupted by {by or '-'}" + (f": {reason}" if reason else ""))
         case ToolSourceFailed(kind=kind, source=source, message=message):
             return _clip(f"{kind} {source} failed: {message}")
         case ToolDenied(name=name, allowed=allowed):

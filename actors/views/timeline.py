@@ -1,13 +1,15 @@
 """A session as a timeline, in one self-contained HTML page: a lane per thread on a shared time axis.
 
-Python turns the trace events into spans (thread lifetimes, model calls, tool calls) and point markers
-(messages between threads, file writes, errors), each with the fields its details panel shows; the
+Python turns the trace events into spans (thread lifetimes, model calls, tool calls, waits for a
+person's confirmation, from the request to its answer) and point markers (messages between threads,
+file writes, errors, interrupts), each with the fields its details panel shows; the
 page's script draws them. The data travels as JSON in a ``<script type="application/json">`` block
 with ``<``, ``>`` and ``&`` escaped, and the script renders it with ``textContent`` only, so model
 output in the trace cannot become markup. No external resources: the page works from ``file://``.
 
 Span ids are stable, for deep links (``page.html#span=tool-<tool_use_id>``): ``thread-<thread_id>``,
-``model-<thread_id>-<n>``, ``tool-<tool_use_id>``, and ``<kind>-<n>`` for markers (n counts events).
+``model-<thread_id>-<n>``, ``tool-<tool_use_id>``, ``confirm-<tool_use_id>``, and ``<kind>-<n>`` for
+markers (n counts events).
 """
 
 from __future__ import annotations
@@ -42,11 +44,14 @@ from schemas.trace import (
     SessionStatusRunning,
     SessionStatusTerminated,
     ThreadCreated,
+    ThreadInterrupted,
     ThreadMessageReceived,
     ThreadMessageSent,
     ThreadStatusIdle,
     ThreadStatusRunning,
     ThreadStatusTerminated,
+    ToolConfirmationAnswered,
+    ToolConfirmationRequested,
     ToolDenied,
     ToolSourceFailed,
     WebhookDelivered,
@@ -61,7 +66,7 @@ LEAD = "lead"
 class _Span:
     id: str
     lane: str
-    kind: str  # thread | model | tool | send | receive | file | error
+    kind: str  # thread | model | tool | confirm | grade | send | receive | file | error | hook | interrupt
     name: str
     start: datetime
     end: datetime | None = None
@@ -114,6 +119,11 @@ def timeline(session_id: str, events: list[AnyTraceEvent]) -> dict[str, Any]:
     open_models: dict[tuple[str, str], deque[_Span]] = defaultdict(deque)  # by lane and run (span id)
     last_model: dict[str, _Span] = {}
     tools: dict[str, _Span] = {}
+    confirms: dict[str, _Span] = {}  # by tool_use_id: the wait for a person's confirmation
+    answered: set[str] = set()  # calls whose (first) answer is shown
+    unanswered = {e.tool_use_id for e in ordered if isinstance(e, ToolConfirmationRequested)} - {
+        e.tool_use_id for e in ordered if isinstance(e, ToolConfirmationAnswered)
+    }
     grades: dict[int, _Span] = {}
     counts: dict[str, int] = defaultdict(int)
     session: dict[str, str | int | float] = {"status": "running", "tokens": 0, "cost": 0.0}
@@ -223,9 +233,45 @@ def timeline(session_id: str, events: list[AnyTraceEvent]) -> dict[str, Any]:
                 if event.ref:
                     span.add("ref", event.ref)
                 span.add("result", event.content, pre=True)
+                waiting = confirms.get(event.tool_use_id)
+                if waiting is not None and event.tool_use_id in unanswered:  # closed without an answer
+                    waiting.end = event.time
+                    waiting.name = f"{event.name or waiting.name.removeprefix('confirm ')} closed unanswered"
+                    waiting.add("answer", "none: the call was closed (an interrupt, say)")
+                    waiting.add("result", event.content, pre=True)
             case CustomToolUse():
                 waiting = tools.get(event.tool_use_id) or marker("tool", event, event.name)
                 waiting.add("waits for", f"the caller's answer on {event.result_subject}")
+            case ToolConfirmationRequested():
+                name = f"confirm {event.name}"
+                span = _Span(f"confirm-{event.tool_use_id}", lane, "confirm", name, event.time)
+                span.add("tool", event.name)
+                span.add("tool_use_id", event.tool_use_id, link=f"tool-{event.tool_use_id}")
+                span.add("input", _json(event.input), pre=True)
+                span.add("timeout", f"denied after {event.timeout_s:g} s without an answer")
+                span.add("answer on", event.answer_subject)
+                confirms.setdefault(event.tool_use_id, span)
+                spans.append(span)
+                if event.tool_use_id in tools:
+                    tools[event.tool_use_id].add("confirmation", "asked", link=span.id)
+            case ToolConfirmationAnswered() if event.tool_use_id not in answered:  # the first counts
+                answered.add(event.tool_use_id)
+                span = confirms.get(event.tool_use_id) or marker("confirm", event, f"confirm {event.name}")
+                span.end = event.time
+                by = f" by {event.by}" if event.by else ""
+                answer = {"allow": "allowed", "deny": "denied", "timeout": "timed out"}[event.result]
+                span.name = f"{event.name or span.name.removeprefix('confirm ')} {answer}{by}"
+                span.add("answer", event.result)
+                if event.by:
+                    span.add("answered by", event.by)
+                if event.deny_message:
+                    span.add("deny message", event.deny_message, pre=True)
+                if event.tool_use_id in tools:
+                    tools[event.tool_use_id].add("confirmation", f"{answer}{by}", link=span.id)
+            case ThreadInterrupted():
+                span = marker("interrupt", event, f"interrupted{f' by {event.by}' if event.by else ''}")
+                span.add("by", event.by or "-")
+                span.add("reason", event.reason or "-", pre=True)
             case ToolSourceFailed():
                 marker("error", event, f"{event.kind} {event.source} failed", error=True).add(
                     "error", event.message, pre=True

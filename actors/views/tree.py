@@ -1,8 +1,9 @@
 """A session as a tree, from its trace events: who did what, in what order, at what cost.
 
 The root is the session with its totals; the lead's thread is under it, and each delegation shows the
-subagent thread it started, with that thread's model calls and tool calls; every node carries its
-duration, tokens and cost. Built from the events alone, so it works from the stream (no collector
+subagent thread it started, with that thread's model calls and tool calls (a call that waited for a
+person's confirmation says how it was answered, and by whom; an interrupt says who); every node
+carries its duration, tokens and cost. Built from the events alone, so it works from the stream (no collector
 needed) and after the run has ended.
 """
 
@@ -29,10 +30,13 @@ from schemas.trace import (
     SessionStatusRunning,
     SessionStatusTerminated,
     ThreadCreated,
+    ThreadInterrupted,
     ThreadMessageSent,
     ThreadStatusIdle,
     ThreadStatusRunning,
     ThreadStatusTerminated,
+    ToolConfirmationAnswered,
+    ToolConfirmationRequested,
     ToolSourceFailed,
     WebhookDelivered,
     WebhookEndpointDisabled,
@@ -62,11 +66,52 @@ def _seconds(start: datetime | None, end: datetime | None) -> str:
     return f"{(end - start).total_seconds():.2f}s" if start and end else "-"
 
 
+def _closed_by_interrupts(events: list[AnyTraceEvent]) -> set[str]:
+    """The tool calls an interrupt closed: the error results a thread's log got right before its
+    ``session.thread_interrupted`` (the runtime writes them, then the event, with nothing between)."""
+    closed: set[str] = set()
+    trailing: dict[str, list[str]] = defaultdict(list)
+    for event in events:
+        thread = event.thread_id or "lead"
+        if isinstance(event, AgentToolResult) and event.is_error:
+            trailing[thread].append(event.tool_use_id)
+        elif isinstance(event, ThreadInterrupted):
+            closed.update(trailing.pop(thread, []))
+        else:
+            trailing.pop(thread, None)
+    return closed
+
+
+def _confirmation(
+    request: ToolConfirmationRequested,
+    answer: ToolConfirmationAnswered | None,
+    result: AgentToolResult | None,
+    closed: set[str],
+) -> str:
+    """A confirmation request's step: waiting, its answer (and who gave it), a timeout, or closed."""
+    call = request.tool_use_id
+    if answer is None:
+        if result is not None:  # no answer came: an interrupt (or a crash) closed the call
+            why = "closed by an interrupt" if call in closed else "closed without an answer"
+            return f"✗ {request.name} asked for confirmation, {why} · {call}"
+        return f"⏸ {request.name} waits for confirmation (denied after {request.timeout_s:g}s) · {call}"
+    after = _seconds(request.time, answer.time)
+    if answer.result == "allow":
+        return f"✓ {request.name} allowed by {answer.by or '-'} after {after} · {call}"
+    if answer.result == "deny":
+        why = f": {answer.deny_message}" if answer.deny_message else ""
+        return f"✗ {request.name} denied by {answer.by or '-'} after {after}{why} · {call}"
+    return f"✗ {request.name} not confirmed within {request.timeout_s:g}s: denied · {call}"
+
+
 def build(events: list[AnyTraceEvent]) -> tuple[dict[str, ThreadNode], dict[str, float | int | str]]:
     """Threads (keyed by id, ``lead`` first) with their steps, and the session's totals."""
     threads: dict[str, ThreadNode] = {}
     tool_names: dict[str, str] = {}
     results: dict[str, AgentToolResult] = {}
+    answers: dict[str, ToolConfirmationAnswered] = {}
+    asked: set[str] = set()
+    closed = _closed_by_interrupts(events)
     delegated: dict[str, str] = defaultdict(str)  # child thread -> parent thread
     totals: dict[str, float | int | str] = {"tokens": 0, "cost": 0.0, "status": "running", "errors": 0}
     first: datetime | None = None
@@ -85,6 +130,10 @@ def build(events: list[AnyTraceEvent]) -> tuple[dict[str, ThreadNode], dict[str,
         last = event.time
         if isinstance(event, AgentToolResult):
             results[event.tool_use_id] = event
+        elif isinstance(event, ToolConfirmationAnswered):
+            answers.setdefault(event.tool_use_id, event)  # the first answer counts
+        elif isinstance(event, ToolConfirmationRequested):
+            asked.add(event.tool_use_id)
     for event in events:
         current = node(event)
         if isinstance(event, ThreadCreated):
@@ -112,7 +161,27 @@ def build(events: list[AnyTraceEvent]) -> tuple[dict[str, ThreadNode], dict[str,
                 f"{mark} {event.name}({arguments}) · {duration}{served} · {event.tool_use_id}"
             )
         elif isinstance(event, CustomToolUse):
-            current.steps.append(f"⏸ {event.name} waits for the caller's answer · {event.tool_use_id}")
+            result = results.get(event.tool_use_id)
+            if result is None:
+                step = f"⏸ {event.name} waits for the caller's answer"
+            elif event.tool_use_id in closed:
+                step = f"✗ {event.name} closed by an interrupt before the caller answered"
+            else:
+                mark = "✗" if result.is_error else "✓"
+                step = f"{mark} {event.name} answered by the caller after {_seconds(event.time, result.time)}"
+            current.steps.append(f"{step} · {event.tool_use_id}")
+        elif isinstance(event, ToolConfirmationRequested):
+            result = results.get(event.tool_use_id)
+            answer = answers.get(event.tool_use_id)
+            current.steps.append(_confirmation(event, answer, result, closed))
+        elif isinstance(event, ToolConfirmationAnswered):
+            if event.tool_use_id not in asked:  # its request is not in the trace: the answer alone
+                by = f" by {event.by}" if event.by else ""
+                why = f": {event.deny_message}" if event.deny_message else ""
+                current.steps.append(f"{event.result}{by} · {event.name}{why} · {event.tool_use_id}")
+        elif isinstance(event, ThreadInterrupted):
+            by = f" by {event.by}" if event.by else ""
+            current.steps.append(f"⏹ interrupted{by}" + (f": {event.reason}" if event.reason else ""))
         elif isinstance(event, ToolSourceFailed):
             current.steps.append(f"⚠ {event.kind} {event.source}: {event.message}")
         elif isinstance(event, ThreadMessageSent):
