@@ -64,25 +64,18 @@ def webhook_event(event: WebhookSource, settings: WebhookSettings) -> tuple[Webh
         case OutcomeEvaluationEnd():
             kind = "session.outcome_evaluation_ended"
             details = {"outcome_id": event.outcome_id, "iteration": event.iteration, "result": event.result}
-        case CustomToolUse():
+        case CustomToolUse() | ToolConfirmationRequested():
             kind = "session.requires_action"
             details = {
                 "session_thread_id": event.thread_id,
                 "agent": event.agent,
                 "tool_use_id": event.tool_use_id,
                 "name": event.name,
-                "action": "custom_tool_result",
             }
-        case ToolConfirmationRequested():
-            kind = "session.requires_action"
-            details = {
-                "session_thread_id": event.thread_id,
-                "agent": event.agent,
-                "tool_use_id": event.tool_use_id,
-                "name": event.name,
-                "action": "tool_confirmation",
-                "answer_subject": event.answer_subject,
-            }
+            if isinstance(event, CustomToolUse):
+                details["action"] = "custom_tool_result"
+            else:
+                details |= {"action": "tool_confirmation", "answer_subject": event.answer_subject}
         case _:
             assert_never(event)
     data: dict[str, Any] = {
