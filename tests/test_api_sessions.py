@@ -496,3 +496,75 @@ async def test_a_stream_leaves_nothing_behind_when_the_client_goes_away(
         async with asyncio.timeout(15):
             while await consumers(nats_server, bus) > idle_consumers:  # noqa: ASYNC110 - server state
                 await asyncio.sleep(0.2)
+
+
+async def test_a_specialists_call_waits_for_a_confirmation_and_a_denial_reaches_its_model(
+    bus: Bus, api: ApiActor
+) -> None:
+    """A specialist whose ``read`` tool is ``always_ask``: its call shows on the primary stream as an
+    ``agent.tool_use`` with ``evaluated_permission: ask``, the session idles ``requires_action`` naming
+    it, and the SDK's ``user.tool_confirmation`` deny reaches the specialist's model as the call's
+    error result, with the reason."""
+    model = ScriptedModel(
+        {
+            "lead": fan_out_lead(["log-reader"]),
+            "log-reader": [
+                calls(("toolu_read", "read_file", {"path": "build-2.log"})),
+                text("I was not allowed to read the log"),
+            ],
+        }
+    )
+    async with strict(api) as sdk, team_running(bus, model):
+        b = sdk.beta
+        env = await b.environments.create(name="demo")
+        ask: Any = [
+            {
+                "type": "agent_toolset_20260401",
+                "configs": [{"name": "read", "permission_policy": {"type": "always_ask"}}],
+            }
+        ]
+        worker = await b.agents.create(name="log-reader", model="claude-sonnet-4-6", tools=ask)
+        lead = await b.agents.create(
+            name="lead", model="claude-sonnet-4-6", multiagent={"type": "coordinator", "agents": [worker.id]}
+        )
+        session = await b.sessions.create(agent=lead.id, environment_id=env.id)
+        async with await b.sessions.events.stream(session.id) as stream:
+            message: Any = {"type": "user.message", "content": [{"type": "text", "text": "Read build 2."}]}
+            await b.sessions.events.send(session.id, events=[message])
+            waiting: list[Any] = []
+            async with asyncio.timeout(20):
+                async for event in stream:
+                    waiting.append(event)
+                    if event.type == "session.status_idle":
+                        break
+            idle = waiting[-1]
+            assert idle.stop_reason.type == "requires_action"
+            [use] = [e for e in waiting if e.type == "agent.tool_use" and e.evaluated_permission == "ask"]
+            assert use.name == "read_file"  # the staffwork tool the hosted toolset's read is
+            assert idle.stop_reason.event_ids == [use.id]
+            assert use.session_thread_id is not None
+            no: Any = {
+                "type": "user.tool_confirmation",
+                "tool_use_id": use.id,
+                "result": "deny",
+                "deny_message": "not that log",
+            }
+            [echo] = (await b.sessions.events.send(session.id, events=[no])).data or []
+            assert echo.type == "user.tool_confirmation"
+            assert echo.result == "deny"
+            rest = await read_until_idle(stream)
+        assert [e.type for e in rest][:3] == [
+            "user.tool_confirmation",
+            "session.thread_status_running",
+            "session.status_running",
+        ]
+        assert rest[0].id == echo.id
+        with pytest.raises(anthropic.ConflictError):  # answered already: nothing waits
+            await b.sessions.events.send(session.id, events=[no])
+        said = [e.content[0].text for e in rest if e.type == "agent.message"]
+        assert said[-1].startswith("REPORT")
+        [_, after] = model.calls_by("log-reader")
+        [result] = [b for t in after.request.messages for b in t.content if isinstance(b, ToolResultBlock)]
+        assert result.is_error
+        assert "not that log" in result.content
+    model.assert_done()

@@ -5,8 +5,9 @@ Resolving: the model string becomes ``{id, ...}``; ``agent_toolset_20260401`` li
 its ``enabled`` and ``permission_policy``; an ``mcp_toolset`` must name a declared URL server and
 every server must have one; custom tools keep name, description and input schema. What staffwork
 cannot run is refused with a 400 that says so: enabling ``bash``, ``web_fetch`` or ``web_search``
-(no counterpart: they resolve to ``enabled: false``), a permission policy other than
-``always_allow`` (staffwork runs an agent's enabled tools without asking), disabling single MCP tools
+(no counterpart: they resolve to ``enabled: false``), the ``auto`` permission policy (staffwork has
+no judge of its own; ``always_ask`` on a toolset tool becomes the agent's staffwork permission
+policy), asking for MCP tools, disabling single MCP tools
 under an enabled default (staffwork allowlists them), skills, an ``aws_role`` identity. ``effort``,
 ``speed`` and ``inference_geo`` are stored and returned, but staffwork's model calls do not use them.
 """

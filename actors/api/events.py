@@ -87,6 +87,7 @@ _CROSS_POSTED = {
     "span.outcome_evaluation_start",
     "span.outcome_evaluation_end",
 }
+_SESSION_STATUS = {"session.status_idle", "session.status_running"}
 _events: Decoder[AnyTraceEvent] = Decoder(AnyTraceEvent, max_bytes=4 * 1024 * 1024)
 
 
@@ -110,7 +111,7 @@ def _usage(usage: Any) -> dict[str, Any]:
 
 class ApiEvent(msgspec.Struct, frozen=True):
     """One API event and the staffwork thread it belongs to (``cross``: a subagent thread's event the
-    primary view shows too, as a tool call that waits for a confirmation)."""
+    primary view shows too, as a tool call that waits for a confirmation or the user's answer)."""
 
     thread_id: str
     data: dict[str, Any]
@@ -146,12 +147,19 @@ class Translator:
         if id in self._seen:  # published twice (a retried emit): one event
             return []
         self._seen.add(id)
-        cross = isinstance(event, AgentToolUse) and event.evaluated_permission == "ask"
-        shown = [
-            ApiEvent(event.thread_id, d | {"processed_at": rfc3339(event.time)}, cross)
+        # shown on the primary view too: a call waiting for a confirmation, and what the user sent
+        # to a subagent's thread (its answer to that call, or to a custom tool call)
+        cross = isinstance(event, UserEvent) or (
+            isinstance(event, AgentToolUse) and event.evaluated_permission == "ask"
+        )
+        stamp = {"processed_at": rfc3339(event.time)}
+        return [
+            # a subagent thread's wait is the session's too: its session status is the primary view's
+            ApiEvent(LEAD, d | stamp)
+            if d["type"] in _SESSION_STATUS
+            else ApiEvent(event.thread_id, d | stamp, cross)
             for d in self._data(event, id)
         ]
-        return shown
 
     def _stop(self, thread: str, reason: str) -> dict[str, Any]:
         if reason == "requires_action":
@@ -205,12 +213,16 @@ class Translator:
                     }
                 ]
             case ThreadStatusRunning():
-                self._waiting.pop(thread, None)
                 kind = "session.thread_status_running"
-                return [{"id": id, "type": kind, "session_thread_id": thread, "agent_name": event.agent}]
+                shown: list[dict[str, Any]] = [
+                    {"id": id, "type": kind, "session_thread_id": thread, "agent_name": event.agent}
+                ]
+                if self._waiting.pop(thread, None) and thread != LEAD:  # its wait was the session's
+                    shown.append({"id": f"{id}_session", "type": "session.status_running"})
+                return shown
             case ThreadStatusIdle():
                 stop = self._stop(thread, event.stop_reason)
-                shown = [
+                idle: list[dict[str, Any]] = [
                     {
                         "id": id,
                         "type": "session.thread_status_idle",
@@ -221,8 +233,8 @@ class Translator:
                     }
                 ]
                 if stop["type"] == "requires_action":  # the session waits on the caller, as hosted
-                    shown.append({"id": f"{id}_session", "type": "session.status_idle", "stop_reason": stop})
-                return shown
+                    idle.append({"id": f"{id}_session", "type": "session.status_idle", "stop_reason": stop})
+                return idle
             case ThreadStatusTerminated():
                 kind = "session.thread_status_terminated"
                 return [{"id": id, "type": kind, "session_thread_id": thread, "agent_name": event.agent}]
