@@ -146,23 +146,65 @@ def _no_repeats(owner: str, tools: list[str] | None) -> None:
 
 
 class PlaybookCall(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """One tool call of an offline playbook. String inputs may use ``{task}``."""
+    """One tool call of an offline playbook. String inputs are templates: ``{task}``, the fields
+    ``task_pattern`` read from the task (``{batch}``), the results of the earlier turns
+    (``{result[0]}``), and with ``for_each`` the row's cells (``{row[build_id]}``)."""
 
     #: the tool's name
     tool: str
-    #: the tool's input; string values may use ``{task}``
+    #: the tool's input; string values are templates
     input: dict[str, Any] = msgspec.field(default_factory=dict)
+    #: one call per row of this earlier result (its index among the results so far), a ``sql``
+    #: table; their results, joined by blank lines, are one result
+    for_each: Annotated[int, msgspec.Meta(ge=0)] | None = None
+
+
+class PlaybookStep(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One later turn of a playbook: its calls, made once the previous turn's results are in."""
+
+    #: the tool calls of this turn, made concurrently
+    calls: list[PlaybookCall]
 
 
 class Playbook(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """What an agent does under the offline model: these tool calls (in one turn, concurrently), then
-    an answer from a template over their real results: ``{task}``, ``{results}`` (all, in order) and
-    ``{result[0]}``, ``{result[1]}``, ..."""
+    """What an agent does under the offline model: these tool calls (in one turn, concurrently), the
+    calls of each ``then`` step in a turn of its own, then an answer from a template over their real
+    results: ``{task}``, ``{results}`` (all, in order), ``{result[0]}``, ``{result[1]}``... and the
+    fields ``task_pattern`` read from the task."""
 
     #: the tool calls, made in one turn
     calls: list[PlaybookCall] = msgspec.field(default_factory=list)
+    #: the later turns, each with calls that may use the results of the turns before it
+    then: list[PlaybookStep] = msgspec.field(default_factory=list)
+    #: a regular expression whose named groups, searched in the task, are template fields
+    task_pattern: str = ""
     #: the answer's template: ``{task}``, ``{results}``, ``{result[0]}``...
     answer: str = "{results}"
+
+    @property
+    def turns(self) -> list[list[PlaybookCall]]:
+        """The calls of each turn, in order: ``calls``, then each step's."""
+        return [self.calls, *(step.calls for step in self.then)]
+
+    def __post_init__(self) -> None:
+        try:
+            re.compile(self.task_pattern)
+        except re.error as exc:
+            raise ValueError(
+                f"task_pattern {self.task_pattern!r} is not a regular expression: {exc}"
+            ) from None
+        seen = len(self.calls)  # results there are before each step
+        for n, step in enumerate(self.then):
+            for call in step.calls:
+                if call.for_each is not None and call.for_each >= seen:
+                    raise ValueError(
+                        f"then[{n}]: call {call.tool!r} has for_each = {call.for_each}, but only "
+                        f"{seen} results come before it"
+                    )
+            seen += len(step.calls)  # a for_each call's results are one result, joined
+        for call in self.calls:
+            if call.for_each is not None:
+                raise ValueError(f"call {call.tool!r}: for_each needs an earlier result (use it in then)")
 
 
 Permission = Literal["always_allow", "always_ask"]

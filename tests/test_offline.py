@@ -10,7 +10,7 @@ from actors.roles import running_agents
 from bus.connection import Bus
 from bus.workspace import Workspace
 from schemas import AgentSpec, SessionSubmit, TeamSpec
-from schemas.team import Playbook, PlaybookCall
+from schemas.team import Playbook, PlaybookCall, PlaybookStep
 from tests.helpers import submit_and_wait, team
 
 CSV = "\n".join(
@@ -65,6 +65,80 @@ async def test_playbooks_make_real_tool_calls_and_fill_the_answer(bus: Bus) -> N
     assert "Asked: which service fails?" in result.final_text
     assert "payments | 2" in result.final_text  # computed by SQLite over the CSV
     assert "2 matches in 1 file" in result.final_text  # counted by grep
+
+
+async def test_a_playbook_in_turns_fans_out_over_a_results_rows(bus: Bus) -> None:
+    """A lead's playbook of three turns: a query, one delegation per row of its result (the subagent
+    reads its parameter from the task with ``task_pattern``), then a query that uses what came back;
+    the answer sees every turn's results, a for_each call's joined as one."""
+    probe = AgentSpec(
+        name="probe",
+        tools=["sql"],
+        playbook=Playbook(
+            task_pattern=r"service (?P<service>\w+)",
+            calls=[
+                PlaybookCall(
+                    tool="sql",
+                    input={
+                        "query": "SELECT COUNT(*) AS failed FROM requests WHERE service = '{service}' AND status >= 500"
+                    },
+                )
+            ],
+            answer="{service} failed {result[0]}",
+        ),
+    )
+    lead = AgentSpec(
+        name="lead",
+        tools=["sql"],
+        playbook=Playbook(
+            calls=[
+                PlaybookCall(
+                    tool="sql", input={"query": "SELECT DISTINCT service FROM requests ORDER BY service"}
+                )
+            ],
+            then=[
+                PlaybookStep(
+                    calls=[
+                        PlaybookCall(
+                            tool="delegate",
+                            for_each=0,
+                            input={"agent": "probe", "task": "Count the failures of service {row[service]}."},
+                        )
+                    ]
+                ),
+                PlaybookStep(
+                    calls=[
+                        PlaybookCall(
+                            tool="sql", input={"query": "SELECT COUNT(*) AS rows_seen FROM requests"}
+                        )
+                    ]
+                ),
+            ],
+            answer="services:\n{result[0]}\nprobes:\n{result[1]}\ntotal:\n{result[2]}",
+        ),
+    )
+    spec = TeamSpec(name="fan", lead=lead, agents=[probe])
+    submit = SessionSubmit(task="where do requests fail?", team_spec=spec, inputs=["requests.csv"])
+    await Workspace(bus).put(submit.session_id, "requests.csv", CSV)
+    async with running_agents(bus, OfflineModel(), agents=["probe"]):
+        result = await submit_and_wait(bus, submit)
+    assert result.status == "idle", result.final_text
+    text = result.final_text
+    assert text.index("api\npayments") < text.index("probes:")
+    assert "api failed failed\n1\n" in text  # one delegation per row, each with its own service
+    assert "payments failed failed\n2\n" in text
+    assert "rows_seen\n5" in text  # the third turn ran after the delegations came back
+    assert text.count(MARK) == 3  # the lead's answer and the two probes' quoted in it
+
+
+def test_a_playbook_step_may_only_loop_over_a_result_before_it() -> None:
+    with pytest.raises(ValueError, match=r"then\[0\]: call 'delegate' has for_each = 1, but only 1 results"):
+        Playbook(
+            calls=[PlaybookCall(tool="sql")],
+            then=[PlaybookStep(calls=[PlaybookCall(tool="delegate", for_each=1)])],
+        )
+    with pytest.raises(ValueError, match="task_pattern '\\(' is not a regular expression"):
+        Playbook(task_pattern="(")
 
 
 async def test_a_broken_answer_template_says_so(bus: Bus) -> None:
