@@ -319,6 +319,42 @@ async def test_sql_names_clashing_tables_and_odd_columns(ctx: ToolContext) -> No
     assert out == "a | a | select\n1 | 2 | 5\n\n1 row"
 
 
+async def test_sql_log_files_are_lines_and_a_folder_of_alike_files_is_one_table(ctx: ToolContext) -> None:
+    for n in (1, 2):
+        await ctx.workspace.put(SID, f"builds/ci/b-{n}.log", f"step one\r\nstep two: exit {n}\n")
+    await ctx.workspace.put(SID, "builds/ci/summary.csv", "build,ok\nb-1,1\n")  # other columns: alone
+    await ctx.workspace.put(SID, "exports/day-1.csv", "n,v\n1,x\n")
+    await ctx.workspace.put(SID, "exports/day-2.csv", "n,v\n2,2.5\n")  # v is TEXT in one, REAL here
+    await ctx.workspace.put(SID, "exports/odd.csv", "n\n3\n")
+    out = await ok(sql, ctx, query="SELECT path, line, text FROM ci WHERE text LIKE '%exit%' ORDER BY path")
+    assert (
+        out
+        == "path | line | text\nbuilds/ci/b-1.log | 2 | step two: exit 1\nbuilds/ci/b-2.log | 2 | step two: exit 2\n\n2 rows"
+    )
+    assert await ok(sql, ctx, query="SELECT COUNT(*) AS n FROM b_1") == "n\n2\n\n1 row"  # each file too
+    assert await ok(sql, ctx, query="SELECT path, n, v FROM exports ORDER BY n") == (
+        "path | n | v\nexports/day-1.csv | 1 | x\nexports/day-2.csv | 2 | 2.5\n\n2 rows"
+    )
+    message = await error(sql, ctx, query="SELECT * FROM nope")
+    assert message.splitlines()[1:] == [
+        "tables:",
+        "  summary (builds/ci/summary.csv, 1 row): build TEXT, ok INTEGER",
+        "  odd (exports/odd.csv, 1 row): n INTEGER",
+        "  ci (the 2 files in builds/ci/, each also a table of its own: b_1, b_2, ...; 4 rows): path TEXT, "
+        "line INTEGER, text TEXT",
+        "  exports (the 2 files in exports/, each also a table of its own: day_1, day_2, ...; 2 rows): "
+        "path TEXT, n INTEGER, v",
+    ]
+
+
+async def test_sql_csv_results_are_whole_or_an_error(ctx: ToolContext) -> None:
+    await ctx.workspace.put(SID, "n.csv", 'n,label\n1,a\n2,"b, c"\n3,\n')
+    out = await ok(sql, ctx, query="SELECT n, label FROM n ORDER BY n", format="csv")
+    assert out == 'n,label\n1,a\n2,"b, c"\n3,\n'  # NULL is an empty field
+    message = await error(sql, ctx, query="SELECT n FROM n", format="csv", max_rows=2)
+    assert message.startswith("the result has 3 rows, more than the 2 a CSV result may hold here")
+
+
 async def test_sql_max_rows_and_exact_count(ctx: ToolContext) -> None:
     await ctx.workspace.put(SID, "n.csv", "n\n" + "".join(f"{i}\n" for i in range(1000)))
     out = await ok(sql, ctx, query="SELECT n FROM n ORDER BY n", max_rows=2)
@@ -364,7 +400,7 @@ async def test_sql_syntax_error_lists_the_tables(ctx: ToolContext) -> None:
 async def test_sql_with_no_data_files(ctx: ToolContext) -> None:
     assert await ok(sql, ctx, query="SELECT 1 + 1 AS two") == "two\n2\n\n1 row"
     assert await error(sql, ctx, query="SELECT * FROM t") == (
-        "SQL error: no such table: t\nno tables: the workspace has no .csv, .json, .jsonl or .ndjson files"
+        "SQL error: no such table: t\nno tables: the workspace has no .csv, .json, .jsonl, .ndjson or .log files"
     )
 
 

@@ -1,4 +1,4 @@
-"""The ``sql`` tool: one read-only SQLite query over the session's CSV and JSON files.
+"""The ``sql`` tool: one read-only SQLite query over the session's CSV, JSON and log files.
 
 The data files are loaded into a database, in a worker thread so the event loop is not blocked. The
 built database is kept, as an image (``serialize()``) with its table catalog, under the paths and
@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import csv
+import io
 import re
 import sqlite3
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import PurePosixPath
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -123,9 +126,24 @@ def _open(database: Database) -> sqlite3.Connection:
     return conn
 
 
-def _query(database: Database, query: str, max_rows: int, stop: threading.Event | None = None) -> str:
+def _csv_line(row: Sequence[Any]) -> str:
+    """One CSV record, with its line end; NULL is an empty field."""
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerow(["" if v is None else v for v in row])
+    return out.getvalue()
+
+
+def _query(
+    database: Database,
+    query: str,
+    max_rows: int,
+    stop: threading.Event | None = None,
+    *,
+    as_csv: bool = False,
+) -> str:
     """Run one read-only query on a private copy of ``database`` (in a thread; setting ``stop`` ends
-    the query at SQLite's next progress check)."""
+    the query at SQLite's next progress check). The result is a table to read, or with ``as_csv``
+    every row as CSV (more rows than fit is an error: a CSV cut short would pass for whole)."""
     conn = _open(database)
     try:
         conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, SQL_VALUE_BYTES)
@@ -151,7 +169,7 @@ def _query(database: Database, query: str, max_rows: int, stop: threading.Event 
             for row in cursor:
                 count += 1
                 if count <= max_rows and size < SQL_RESULT_CHARS:  # both only grow: a prefix is kept
-                    lines.append(" | ".join(_cell(v) for v in row))
+                    lines.append(_csv_line(row) if as_csv else " | ".join(_cell(v) for v in row))
                     size += len(lines[-1]) + 1
         except (sqlite3.Error, MemoryError) as exc:
             if denied:
@@ -177,6 +195,13 @@ def _query(database: Database, query: str, max_rows: int, stop: threading.Event 
             raise ToolError(f"{message}\n{database.catalog}") from exc
     finally:
         conn.close()
+    if as_csv:
+        if count > len(lines):
+            raise ToolError(
+                f"the result has {plural(count, 'row', 'rows')}, more than the {len(lines)} a CSV result may "
+                "hold here (max_rows, and 1,000,000 characters): aggregate, filter or LIMIT it"
+            )
+        return _csv_line(header) + "".join(lines)
     out = [" | ".join(header), *lines, ""]
     summary = plural(count, "row", "rows")
     out.append(summary + (f" (showing the first {len(lines)})" if count > len(lines) else ""))
@@ -192,15 +217,21 @@ def _run_query(
 
 
 @tool
-async def sql(ctx: ToolContext, *, query: str, max_rows: MaxRows = 200) -> str:
+async def sql(
+    ctx: ToolContext, *, query: str, max_rows: MaxRows = 200, format: Literal["table", "csv"] = "table"
+) -> str:
     """Run one read-only SQL query (SQLite) over the data files of the session's workspace.
 
     Every .csv, .json (an array of objects, or an object holding one) and .jsonl/.ndjson file is a table
     named after its file: data/metrics.csv is `metrics` (when two files share a name, both are named by
     path: `data_metrics`). Column names are kept when they are identifiers, else made into ones. CSV
     columns are INTEGER, REAL or TEXT as their values allow, empty values are NULL; nested JSON values
-    are JSON text (use json_extract). Only a single SELECT or WITH ... SELECT is allowed. The result is a
-    table (columns separated by " | ") and its row count; an error lists the tables and their columns.
+    are JSON text (use json_extract). A .log file is a table of its lines (line, text). A folder of
+    files with the same columns is also one table named after the folder, with their path first:
+    builds/jenkins/*.log is `jenkins` (path, line, text). Only a single SELECT or WITH ... SELECT is
+    allowed. The result is a table (columns separated by " | ") and its row count, or with format
+    "csv" the rows as CSV with a header (to write to a file as they are); an error lists the tables
+    and their columns.
     """
     _check_read_only(query)
     files = tuple(
@@ -221,7 +252,7 @@ async def sql(ctx: ToolContext, *, query: str, max_rows: MaxRows = 200) -> str:
     database = await _CACHE.get_or_build(files, read_and_build)
     stop = threading.Event()
     try:
-        return await asyncio.to_thread(_query, database, query, max_rows, stop)
+        return await asyncio.to_thread(_query, database, query, max_rows, stop, as_csv=format == "csv")
     except asyncio.CancelledError:
         stop.set()  # the thread would otherwise run on until the deadline
         raise

@@ -1,10 +1,13 @@
 """Turning the workspace's data files into SQLite tables, for the ``sql`` tool (``sql.py``).
 
-Every .csv, .json (an array of objects, or an object holding one) and .jsonl/.ndjson file becomes a
-table named after its file (by path when two files share a name). Column names are kept when they
-are identifiers, else made into ones; CSV columns are INTEGER, REAL or TEXT as their values allow,
-empty values NULL; nested JSON values are JSON text. A file that cannot become a table is skipped,
-with the reason in the catalog.
+Every .csv, .json (an array of objects, or an object holding one), .jsonl/.ndjson and .log file
+becomes a table named after its file (by path when two files share a name). Column names are kept
+when they are identifiers, else made into ones; CSV columns are INTEGER, REAL or TEXT as their values
+allow, empty values NULL; nested JSON values are JSON text; a .log file is its lines (``line``, from
+1, and ``text``). A folder holding several files of the same columns is also one table, named after
+the folder, with a first column ``path`` (``builds/jenkins/*.log`` is ``jenkins``): a day's exports or
+a batch of logs are queried at once. A file that cannot become a table is skipped, with the reason in
+the catalog.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ def plural(n: int, one: str, many: str) -> str:
     return f"{n} {one if n == 1 else many}"
 
 
-DATA_KINDS = {".csv": "csv", ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+DATA_KINDS = {".csv": "csv", ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".log": "lines"}
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _INT64 = range(-(2**63), 2**63)
 _JSON = msgspec.json.Decoder()
@@ -45,10 +48,17 @@ class _Table:
     path: str
     columns: list[tuple[str, str]]  # (name, declared type)
     rows: int
+    files: list[_Table] | None = None  # a folder's table: the tables of its files
+    in_folder: bool = False  # a file's table that a folder's table holds too
 
     def describe(self) -> str:
         columns = ", ".join(f"{name} {kind}".rstrip() for name, kind in self.columns)
-        return f"  {self.name} ({self.path}, {plural(self.rows, 'row', 'rows')}): {columns}"
+        rows = plural(self.rows, "row", "rows")
+        if self.files is None:
+            return f"  {self.name} ({self.path}, {rows}): {columns}"
+        examples = ", ".join(t.name for t in self.files[:2])
+        where = f"the {len(self.files)} files in {self.path}/, each also a table of its own: {examples}, ..."
+        return f"  {self.name} ({where}; {rows}): {columns}"
 
 
 def _identifier(text: str, fallback: str) -> str:
@@ -197,7 +207,12 @@ def load(conn: sqlite3.Connection, sources: list[tuple[str, bytes]]) -> tuple[li
     for path, data in sources:
         kind = DATA_KINDS[PurePosixPath(path).suffix.lower()]
         try:
-            header, typed = _parse_csv(data) if kind == "csv" else _parse_json(data, kind)
+            if kind == "csv":
+                header, typed = _parse_csv(data)
+            elif kind == "lines":
+                header, typed = _parse_lines(data)
+            else:
+                header, typed = _parse_json(data, kind)
             if not header:
                 raise _Skip("no columns")
         except _Skip as exc:
@@ -212,11 +227,61 @@ def load(conn: sqlite3.Connection, sources: list[tuple[str, bytes]]) -> tuple[li
             f"INSERT INTO {_quote(name)} VALUES ({', '.join('?' * len(columns))})", zip(*values, strict=True)
         )
         tables.append(_Table(name, path, list(zip(columns, types, strict=True)), len(values[0])))
+    tables += _folder_tables(conn, tables)
     conn.execute("COMMIT")
     return tables, skipped
 
 
+def _folder_tables(conn: sqlite3.Connection, tables: list[_Table]) -> list[_Table]:
+    """One more table for each folder holding two or more files' tables of the same columns: their
+    rows, each with its file's ``path``; named after the folder (by its path if that name is taken)."""
+    groups: dict[tuple[str, tuple[str, ...]], list[_Table]] = {}
+    for table in tables:
+        folder = str(PurePosixPath(table.path).parent)
+        if folder != "." and "path" not in (c for c, _ in table.columns):
+            groups.setdefault((folder, tuple(c for c, _ in table.columns)), []).append(table)
+    taken = {t.name.lower() for t in tables}
+    made: list[_Table] = []
+    for (folder, columns), members in sorted(groups.items()):
+        if len(members) < 2:
+            continue
+        name = next(
+            (
+                n
+                for n in (_identifier(PurePosixPath(folder).name, "t"), _identifier(folder, "t"))
+                if n.lower() not in taken
+            ),
+            None,
+        )
+        if name is None:
+            continue
+        taken.add(name.lower())
+        types = [{t.columns[i][1] for t in members} for i in range(len(columns))]
+        declared = [
+            ("path", "TEXT"),
+            *((c, kinds.pop() if len(kinds) == 1 else "") for c, kinds in zip(columns, types, strict=True)),
+        ]
+        conn.execute(
+            f"CREATE TABLE {_quote(name)} ({', '.join(f'{_quote(c)} {t}'.rstrip() for c, t in declared)})"
+        )
+        for member in members:
+            member.in_folder = True
+            conn.execute(f"INSERT INTO {_quote(name)} SELECT ?, * FROM {_quote(member.name)}", (member.path,))
+        made.append(_Table(name, folder, declared, sum(t.rows for t in members), files=members))
+    return made
+
+
+def _parse_lines(data: bytes) -> tuple[list[str], list[tuple[list[Any], str]]]:
+    """A text file as its lines: their numbers (from 1) and their text, without the line ends."""
+    lines = data.decode("utf-8", errors="replace").splitlines()
+    if not lines:
+        raise _Skip("no lines")
+    return ["line", "text"], [(list(range(1, len(lines) + 1)), "INTEGER"), (lines, "TEXT")]
+
+
 def catalog(tables: list[_Table], skipped: list[str]) -> str:
+    """The tables, for the model: a folder's table stands for its files' own (listed by name only)."""
     if not tables and not skipped:
-        return "no tables: the workspace has no .csv, .json, .jsonl or .ndjson files"
-    return "\n".join(["tables:", *(t.describe() for t in tables), *skipped])
+        return "no tables: the workspace has no .csv, .json, .jsonl, .ndjson or .log files"
+    shown = [t.describe() for t in tables if not t.in_folder]
+    return "\n".join(["tables:", *shown, *skipped])
