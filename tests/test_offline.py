@@ -80,7 +80,8 @@ async def test_a_playbook_in_turns_fans_out_over_a_results_rows(bus: Bus) -> Non
                 PlaybookCall(
                     tool="sql",
                     input={
-                        "query": "SELECT COUNT(*) AS failed FROM requests WHERE service = '{service}' AND status >= 500"
+                        "query": "SELECT COUNT(*) AS failed FROM requests "
+                        "WHERE service = '{service}' AND status >= 500"
                     },
                 )
             ],

@@ -328,8 +328,8 @@ async def test_sql_log_files_are_lines_and_a_folder_of_alike_files_is_one_table(
     await ctx.workspace.put(SID, "exports/odd.csv", "n\n3\n")
     out = await ok(sql, ctx, query="SELECT path, line, text FROM ci WHERE text LIKE '%exit%' ORDER BY path")
     assert (
-        out
-        == "path | line | text\nbuilds/ci/b-1.log | 2 | step two: exit 1\nbuilds/ci/b-2.log | 2 | step two: exit 2\n\n2 rows"
+        out == "path | line | text\nbuilds/ci/b-1.log | 2 | step two: exit 1\n"
+        "builds/ci/b-2.log | 2 | step two: exit 2\n\n2 rows"
     )
     assert await ok(sql, ctx, query="SELECT COUNT(*) AS n FROM b_1") == "n\n2\n\n1 row"  # each file too
     assert await ok(sql, ctx, query="SELECT path, n, v FROM exports ORDER BY n") == (
@@ -400,7 +400,8 @@ async def test_sql_syntax_error_lists_the_tables(ctx: ToolContext) -> None:
 async def test_sql_with_no_data_files(ctx: ToolContext) -> None:
     assert await ok(sql, ctx, query="SELECT 1 + 1 AS two") == "two\n2\n\n1 row"
     assert await error(sql, ctx, query="SELECT * FROM t") == (
-        "SQL error: no such table: t\nno tables: the workspace has no .csv, .json, .jsonl, .ndjson or .log files"
+        "SQL error: no such table: t\n"
+        "no tables: the workspace has no .csv, .json, .jsonl, .ndjson or .log files"
     )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import sys
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -193,13 +194,6 @@ def load_example(name: str) -> Example:
         raise FileNotFoundError(f"no example {name!r} (known: {known})")
     team = load_team(team_file)
     data = data_dir() / "examples" / name
-    if name == "incident":
-        from examples.incident import ensure_data
-
-        ensure_data(data)
-        task = (
-            "Payments are failing since this afternoon. Find out what happened and write the incident report."
-        )
-    else:
-        task = f"Run the {name} example."
-    return Example(team=team, task=task, data=data)
+    package = importlib.import_module(f"examples.{name}")
+    package.ensure_data(data)
+    return Example(team=team, task=package.TASK, data=data)

@@ -118,7 +118,7 @@ def run(
             f"status: {result.status}   session: {result.session_id}   wall time: {outcome.wall_s:.1f}s",
             highlight=False,
         )
-        out.print(f"files: {', '.join(result.files) or 'none'}", highlight=False, markup=False)
+        out.print(f"files: {files_line(result.files)}", highlight=False, markup=False)
         out.print(
             f"usage: {usage.input_tokens:,} input + {usage.output_tokens:,} output tokens, "
             f"cost ${usage.cost_usd:.4f} (model: {outcome.served()})",
@@ -372,3 +372,20 @@ def _list_waiting(calls: Sequence[CustomToolUse | ToolConfirmationRequested], no
         out.print(line, highlight=False, markup=False)
     if not calls:
         out.print(none, highlight=False, markup=False)
+
+
+def files_line(files: list[str], *, most: int = 5) -> str:
+    """The workspace's files in one line: a folder holding more than ``most`` of them as one entry
+    with its count (a batch of logs), the others by path."""
+    folders: dict[str, int] = {}
+    for path in files:
+        folder = path.rpartition("/")[0]
+        folders[folder] = folders.get(folder, 0) + 1
+    shown: list[str] = []
+    for path in files:
+        folder = path.rpartition("/")[0]
+        if not folder or folders[folder] <= most:
+            shown.append(path)
+        elif (entry := f"{folder}/ ({folders[folder]} files)") not in shown:
+            shown.append(entry)
+    return ", ".join(shown) or "none"

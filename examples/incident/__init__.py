@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
+
+from examples import ensure_generated
+
+TASK = "Payments are failing since this afternoon. Find out what happened and write the incident report."
 
 
 def standard_data() -> Path:
@@ -15,20 +17,8 @@ def standard_data() -> Path:
 
 
 def ensure_data(folder: Path) -> Path:
-    """``folder``, with the example's data (the default seed) generated into it if it does not exist.
-
-    The data is generated privately, then renamed into place: a process starting at the same moment
-    never reads half-written files (the rename is atomic; if another process won, its data is used).
-    """
+    """``folder``, with the example's data (the default seed) generated into it if it does not exist."""
     # imported here: the package must not import the module `python -m examples.incident.generate` runs
     from examples.incident.generate import generate
 
-    if not folder.exists():
-        private = folder.with_name(f".{folder.name}-{os.getpid()}")
-        shutil.rmtree(private, ignore_errors=True)
-        generate(private)
-        try:
-            private.rename(folder)
-        except OSError:
-            shutil.rmtree(private, ignore_errors=True)
-    return folder
+    return ensure_generated(folder, generate)
