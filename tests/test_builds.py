@@ -3,21 +3,31 @@ model, and the report checked against the ground truth the agents never see."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 import re
+import shutil
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
 from actors.agent.models.offline import OfflineModel, table_rows
 from actors.agent.tools.catalog import check_team_tools
+from actors.dreamer.sessions import session_events
 from actors.roles import RoleConfig, running, running_agents
+from actors.views.timeline import render_html, timeline
 from bus.connection import Bus
 from bus.workspace import Workspace
 from examples.builds import TASK
 from examples.builds.generate import GroundTruth, files, generate
 from schemas import SessionSubmit
 from schemas.team import parse_team
+from schemas.trace import AgentToolUse, AnyTraceEvent
 from tests.helpers import submit_and_wait
+from tests.test_timeline import CONSOLE, chromium, run_chromium
+
+__all__ = ["chromium"]  # the fixture, shared with the timeline's tests
 
 TEAM_FILE = Path(__file__).parent.parent / "examples" / "builds" / "team.toml"
 
@@ -111,3 +121,50 @@ async def test_the_triage_reports_the_regressions_and_sets_the_noise_aside(
     written = {f.path for f in await workspace.list(submit.session_id)}
     assert {f"findings/{b['source']}-{b['first_build']}.csv" for b in batches} <= written
     assert "triage-report.md" in written
+
+
+async def test_the_triage_timeline_renders(
+    bus: Bus, data: tuple[Path, GroundTruth], chromium: str, tmp_path: Path
+) -> None:
+    """The timeline page of a triage session: a lane per batch, as the README's screenshot shows it
+    (``STAFFWORK_SCREENSHOT_DIR`` keeps the picture)."""
+    directory, _ = data
+    team = parse_team(TEAM_FILE.read_text(), source=str(TEAM_FILE))
+    names = files(directory)
+    submit = SessionSubmit(task=TASK, team_spec=team, inputs=names)
+    workspace = Workspace(bus)
+    for name in names:
+        await workspace.put(submit.session_id, name, (directory / name).read_bytes())
+    model = OfflineModel()
+    async with (
+        running_agents(bus, model, agents=["triage"]),
+        running(bus, ["grader"], RoleConfig(model=model)),
+    ):
+        result = await submit_and_wait(bus, submit, timeout=120)
+    assert result.status == "idle", result.final_text
+    events = [event async for event in session_events(bus, submit.session_id)]
+    lanes = timeline(submit.session_id, events)["lanes"]
+    batches = [e for e in events if isinstance(e, AgentToolUse) and e.name == "delegate"]
+    assert len(batches) > team.max_concurrent_threads
+    assert sum(lane["agent"] == "triage" for lane in lanes) == len(batches)  # a lane per batch
+    await asyncio.to_thread(screenshot, chromium, tmp_path, submit.session_id, events)
+
+
+def screenshot(chromium: str, folder: Path, session_id: str, events: list[AnyTraceEvent]) -> None:
+    """The page in Chromium, opened on the lead's query that finds the regressions in the findings."""
+    page = folder / "timeline.html"
+    page.write_text(render_html(session_id, events), encoding="utf-8")
+    reduce = next(
+        e for e in events if isinstance(e, AgentToolUse) and "main_builds_since" in str(e.input.get("query"))
+    )
+    url = page.as_uri() + f"#span=tool-{quote(reduce.tool_use_id)}"
+    shot = folder / "builds-timeline.png"
+    _, err = run_chromium(
+        chromium, folder / "profile", f"--screenshot={shot}", "--window-size=1400,1000", url
+    )
+    assert [m["message"] for m in CONSOLE.finditer(err)] == []
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    target = os.environ.get("STAFFWORK_SCREENSHOT_DIR")
+    if target:
+        Path(target).mkdir(parents=True, exist_ok=True)
+        shutil.copy(shot, Path(target) / "builds-timeline.png")
