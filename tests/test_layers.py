@@ -20,10 +20,9 @@ def _modules(package: str) -> list[Path]:
 
 
 def _parse(path: Path) -> ast.Module:
-    """``path``'s syntax tree. CPython 3.11 before 3.11.8 keeps the AST converter's recursion depth
-    in state other threads share (gh-106905): a parse while another thread parses (a test's
-    leftover worker thread) can fail with "AST constructor recursion depth mismatch" for a file
-    that is fine; parsed again, it is."""
+    """``path``'s syntax tree. The AST converter of CPython 3.11.7 and before can raise a spurious
+    "AST constructor recursion depth mismatch" (gh-106905, fixed later; seen in threaded programs,
+    and once in this suite on an unchanged file); parsed again, the file is fine."""
     source = path.read_text()
     try:
         return ast.parse(source, str(path))
