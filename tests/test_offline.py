@@ -132,6 +132,30 @@ async def test_a_playbook_in_turns_fans_out_over_a_results_rows(bus: Bus) -> Non
     assert text.count(MARK) == 3  # the lead's answer and the two probes' quoted in it
 
 
+async def test_a_playbook_stops_at_a_failed_call_instead_of_using_its_error(bus: Bus) -> None:
+    agent = AgentSpec(
+        name="logs",
+        tools=["sql", "write_file"],
+        playbook=Playbook(
+            calls=[PlaybookCall(tool="sql", input={"query": "SELECT * FROM nowhere"})],
+            then=[
+                PlaybookStep(
+                    calls=[
+                        PlaybookCall(tool="write_file", input={"path": "out.csv", "content": "{result[0]}"})
+                    ]
+                )
+            ],
+        ),
+    )
+    spec = TeamSpec(name="t", lead=AgentSpec(name="lead"), agents=[agent])
+    submit = SessionSubmit(task="x", team_spec=spec)
+    async with running_agents(bus, OfflineModel(), agents=["logs"]):
+        result = await submit_and_wait(bus, submit)
+    assert "The playbook stopped after turn 1 of 2: a call failed" in result.final_text
+    assert "SQL error: no such table: nowhere" in result.final_text
+    assert "out.csv" not in [f.path for f in await Workspace(bus).list(submit.session_id)]
+
+
 def test_a_playbook_step_may_only_loop_over_a_result_before_it() -> None:
     with pytest.raises(ValueError, match=r"then\[0\]: call 'delegate' has for_each = 1, but only 1 results"):
         Playbook(

@@ -347,6 +347,19 @@ async def test_sql_log_files_are_lines_and_a_folder_of_alike_files_is_one_table(
     ]
 
 
+async def test_sql_table_valued_json_functions(ctx: ToolContext) -> None:
+    await ctx.workspace.put(
+        SID, "news.jsonl", '{"domain": "a.com", "news": [{"kind": "funding"}, {"kind": "hiring"}]}\n'
+    )
+    out = await ok(
+        sql,
+        ctx,
+        query="SELECT n.domain, json_extract(j.value, '$.kind') AS kind "
+        "FROM news AS n, json_each(n.news) AS j",
+    )
+    assert out == "domain | kind\na.com | funding\na.com | hiring\n\n2 rows"
+
+
 async def test_sql_csv_results_are_whole_or_an_error(ctx: ToolContext) -> None:
     await ctx.workspace.put(SID, "n.csv", 'n,label\n1,a\n2,"b, c"\n3,\n')
     out = await ok(sql, ctx, query="SELECT n, label FROM n ORDER BY n", format="csv")

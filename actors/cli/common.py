@@ -196,4 +196,5 @@ def load_example(name: str) -> Example:
     data = data_dir() / "examples" / name
     package = importlib.import_module(f"examples.{name}")
     package.ensure_data(data)
-    return Example(team=team, task=package.TASK, data=data)
+    # the session's inputs: the data folder, or its INPUTS part (the rest is for the example's services)
+    return Example(team=team, task=package.TASK, data=data / getattr(package, "INPUTS", ""))

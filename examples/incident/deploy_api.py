@@ -26,12 +26,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
-from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp.types import CallToolResult, InputRequiredResult, ToolAnnotations
-from pydantic import Field, ValidationError
+from mcp.types import ToolAnnotations
+from pydantic import Field
 
 from examples.incident import ensure_data, standard_data
+from examples.mcp_server import StrictServer
 
 STATUSES = ("succeeded", "failed")
 COLUMNS = ("deploy_id", "service", "version", "deployed_at", "author", "status")
@@ -228,39 +229,12 @@ def dumps(document: dict[str, Any]) -> str:
     return "{\n" + ",\n".join(f"  {json.dumps(k)}: {value(v)}" for k, v in document.items()) + "\n}"
 
 
-class _Server(MCPServer[Any]):
-    """An MCP server whose tools refuse arguments they do not take (a misspelt filter would otherwise be
-    ignored, and the answer would silently be unfiltered), with one line for arguments of the wrong type."""
-
-    async def call_tool(
-        self, name: str, arguments: dict[str, Any], context: Context[Any, Any] | None = None
-    ) -> CallToolResult | InputRequiredResult:
-        tool = next((t for t in await self.list_tools() if t.name == name), None)
-        known: list[str] = list(tool.input_schema.get("properties", {})) if tool is not None else []
-        unknown = sorted(set(arguments) - set(known)) if tool is not None else []
-        if unknown:
-            named = ", ".join(repr(a) for a in unknown)
-            raise ToolError(
-                f"Error executing tool {name}: no argument {named} (it takes: {', '.join(known)})"
-            )
-        try:
-            return await super().call_tool(name, arguments, context)
-        except ToolError as exc:
-            if not isinstance(exc.__cause__, ValidationError):
-                raise
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in error['loc']) or 'arguments'}: {error['msg']}"
-                for error in exc.__cause__.errors()
-            )
-            raise ToolError(f"Error executing tool {name}: {problems}") from exc.__cause__
-
-
 ServiceArg = Annotated[str | None, Field(description="Only this service's deploys (e.g. checkout).")]
 READ_ONLY = ToolAnnotations(read_only_hint=True, idempotent_hint=True, open_world_hint=False)
 
 
 def build_server(history: DeployHistory) -> MCPServer[Any]:
-    server = _Server(
+    server = StrictServer(
         "deployapi",
         instructions="The deploy system: every deploy of every service, and the rollbacks among them. "
         f"Times are ISO UTC, like {EXAMPLE_TIME}.",

@@ -43,7 +43,7 @@ class OfflineModel:
         playbook = request.playbook
         if playbook is not None:
             turns = playbook.turns
-            if len(steps) >= len(turns):
+            if len(steps) >= len(turns) or _failed(steps):
                 return []
             fields = _fields(playbook, task, _slots(steps, turns))
             uses: list[ContentBlock] = []
@@ -67,6 +67,11 @@ class OfflineModel:
     def _answer(self, request: ModelRequest, task: str, steps: list[list[ToolResultBlock]]) -> str:
         if request.playbook is not None:
             playbook = request.playbook
+            if (failed := _failed(steps)) and len(steps) < len(playbook.turns):
+                return (
+                    f"The playbook stopped after turn {len(steps)} of {len(playbook.turns)}: a call failed, "
+                    f"so what the next turns would make of its result is not made.\n\n{failed}\n\n{MARK}"
+                )
             fields = _fields(playbook, task, _slots(steps, playbook.turns))
             try:
                 body = string.Formatter().vformat(playbook.answer, (), fields)
@@ -98,6 +103,11 @@ def _state(messages: list[Turn]) -> tuple[str, list[list[ToolResultBlock]]]:
         if turn.role == "user" and not turn.text
     ]
     return task, [results for results in steps if results]
+
+
+def _failed(steps: list[list[ToolResultBlock]]) -> str:
+    """The error results of the latest turn, one per line ("" if none failed)."""
+    return "\n".join(r.content for r in (steps[-1] if steps else []) if r.is_error)
 
 
 def _slots(steps: list[list[ToolResultBlock]], turns: list[list[Any]]) -> list[str]:
