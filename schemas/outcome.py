@@ -20,7 +20,7 @@ from schemas.prices import ModelPrice
 
 MAX_ITERATIONS = 20
 
-CheckKind = Literal["file_exists", "contains", "matches", "json_schema", "number_in_range"]
+CheckKind = Literal["file_exists", "contains", "matches", "json_schema", "number_in_range", "sql_number"]
 OutcomeResult = Literal["satisfied", "needs_revision", "max_iterations_reached", "failed"]
 CriterionStatus = Literal["passed", "failed", "not_graded"]
 
@@ -34,6 +34,9 @@ class Check(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     - ``json_schema``: ``path`` is JSON that validates against ``schema``.
     - ``number_in_range``: the first group of ``pattern`` (or, without a group, the whole match) in
       ``path`` (or the answer) is a number within ``min``..``max`` (inclusive).
+    - ``sql_number``: that number equals, within ``tolerance``, the value ``query`` computes over the
+      session's data files (one SQLite SELECT, as the ``sql`` tool runs it): a figure in a report
+      checked against its source.
     """
 
     #: the criterion as the verdict names it
@@ -52,6 +55,10 @@ class Check(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     min: float | None = None
     #: the highest number ``number_in_range`` accepts (inclusive)
     max: float | None = None
+    #: the SELECT whose first value a ``sql_number`` check compares with the number found
+    query: str = ""
+    #: how far the number found may be from the query's value (``sql_number``; rounding)
+    tolerance: Annotated[float, msgspec.Meta(ge=0)] = 0.0
 
     def __post_init__(self) -> None:
         path = self.path
@@ -61,7 +68,9 @@ class Check(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
             raise ValueError(f"check {self.name!r}: {self.kind} needs a path")
         if self.kind == "contains" and not self.value:
             raise ValueError(f"check {self.name!r}: contains needs a value")
-        if self.kind in ("matches", "number_in_range"):
+        if self.kind == "sql_number" and not self.query.strip():
+            raise ValueError(f"check {self.name!r}: sql_number needs a query")
+        if self.kind in ("matches", "number_in_range", "sql_number"):
             if not self.pattern:
                 raise ValueError(f"check {self.name!r}: {self.kind} needs a pattern")
             try:

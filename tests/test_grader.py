@@ -407,6 +407,57 @@ async def test_offline_grades_the_checks_and_leaves_the_rubric_ungraded(bus: Bus
     assert await stored(bus, sid, "span.model_request_start", ModelRequestStart) == []  # no model call
 
 
+async def test_sql_number_checks_a_reports_figures_against_the_data(bus: Bus) -> None:
+    sid = new_id("ses")
+    workspace = Workspace(bus)
+    await workspace.put(sid, "sales/2026-07.csv", "deal,amount\nd1,1000.40\nd2,250\n")
+    await workspace.put(sid, "sales/2026-08.csv", "deal,amount\nd3,500\n")
+    await workspace.put(sid, "report.md", "| Bookings | $1,750 |\n| Deals | 4 |\n| Average | n/a |\n")
+    total = "SELECT SUM(amount) FROM sales"
+    outcome = Outcome(
+        checks=[
+            Check(
+                name="bookings",
+                kind="sql_number",
+                path="report.md",
+                pattern=r"Bookings \| \$([\d,]+)",
+                query=total,
+                tolerance=0.5,
+            ),
+            Check(
+                name="deals",
+                kind="sql_number",
+                path="report.md",
+                pattern=r"Deals \| (\d+)",
+                query="SELECT COUNT(*) FROM sales",
+            ),
+            Check(
+                name="average",
+                kind="sql_number",
+                path="report.md",
+                pattern=r"Average \| (\S+)",
+                query="SELECT AVG(amount) FROM sales",
+            ),
+            Check(
+                name="broken",
+                kind="sql_number",
+                path="report.md",
+                pattern=r"Deals \| (\d+)",
+                query="SELECT COUNT(*) FROM nowhere",
+            ),
+        ],
+    )
+    async with grader(bus, OfflineModel()):
+        verdict = await grade(bus, request(sid, outcome))
+    explained = {c.criterion: (c.status, c.explanation) for c in verdict.criteria}
+    assert explained["bookings"] == ("passed", f"found 1,750, the data says 1750.4 ({total})")
+    assert explained["deals"] == ("failed", "found 4, the data says 3 (SELECT COUNT(*) FROM sales)")
+    assert explained["average"][0] == "failed"
+    assert "which is not a number" in explained["average"][1]
+    assert explained["broken"][0] == "failed"
+    assert explained["broken"][1].startswith("its query failed: SQL error: no such table: nowhere")
+
+
 async def test_offline_with_every_check_passing_is_satisfied_and_says_what_was_not_graded(bus: Bus) -> None:
     sid = new_id("ses")
     outcome = Outcome(

@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import hashlib
 import json
+import sqlite3
 from typing import Any
 
 import pytest
@@ -360,12 +361,39 @@ async def test_sql_table_valued_json_functions(ctx: ToolContext) -> None:
     assert out == "domain | kind\na.com | funding\na.com | hiring\n\n2 rows"
 
 
+async def test_sql_a_sqlite_database_brings_its_tables(ctx: ToolContext) -> None:
+    book = sqlite3.connect(":memory:")
+    book.execute(
+        "CREATE TABLE journal (entry_id INTEGER PRIMARY KEY, account VARCHAR(20), amount NUMERIC(12,2))"
+    )
+    book.execute("CREATE TABLE metrics (k TEXT)")  # a name a CSV file takes too
+    book.executemany("INSERT INTO journal VALUES (?, ?, ?)", [(1, "revenue", 120.5), (2, "revenue", 79.5)])
+    book.execute("CREATE VIEW totals AS SELECT SUM(amount) FROM journal")
+    await ctx.workspace.put(SID, "finance/ledger.sqlite", book.serialize())
+    await ctx.workspace.put(SID, "metrics.csv", "service\napi\n")
+    await ctx.workspace.put(SID, "broken.db", b"not a database at all")
+    out = await ok(sql, ctx, query="SELECT account, SUM(amount) AS total FROM journal GROUP BY account")
+    assert out == "account | total\nrevenue | 200.0\n\n1 row"
+    message = await error(sql, ctx, query="SELECT * FROM totals")
+    assert message.splitlines()[1:] == [
+        "tables:",
+        "  journal (finance/ledger.sqlite: journal, 2 rows): entry_id INTEGER, account TEXT, amount",
+        "  ledger_metrics (finance/ledger.sqlite: metrics, 0 rows): k TEXT",
+        "  metrics (metrics.csv, 1 row): service TEXT",
+        "  broken.db: skipped, not a SQLite database: file is not a database",
+    ]
+
+
 async def test_sql_csv_results_are_whole_or_an_error(ctx: ToolContext) -> None:
     await ctx.workspace.put(SID, "n.csv", 'n,label\n1,a\n2,"b, c"\n3,\n')
     out = await ok(sql, ctx, query="SELECT n, label FROM n ORDER BY n", format="csv")
     assert out == 'n,label\n1,a\n2,"b, c"\n3,\n'  # NULL is an empty field
     message = await error(sql, ctx, query="SELECT n FROM n", format="csv", max_rows=2)
-    assert message.startswith("the result has 3 rows, more than the 2 a CSV result may hold here")
+    assert message.startswith("the result has 3 rows, more than the 2 a csv result may hold here")
+    markdown = await ok(sql, ctx, query="SELECT n, label FROM n ORDER BY n", format="markdown")
+    assert markdown == "| n | label |\n| --- | --- |\n| 1 | a |\n| 2 | b, c |\n| 3 |  |"
+    text = await ok(sql, ctx, query="SELECT 'row', n, label FROM n ORDER BY n", format="text")
+    assert text == "row 1 a\nrow 2 b, c\nrow 3"
 
 
 async def test_sql_max_rows_and_exact_count(ctx: ToolContext) -> None:

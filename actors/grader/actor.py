@@ -20,7 +20,14 @@ import msgspec
 
 from actors.agent.calls import call_model
 from actors.agent.models.base import Model, ModelFatal, ModelRequest
-from actors.grader.checks import CHECK_TIMEOUT, FileRead, clip, read_file, run_checks_apart
+from actors.grader.checks import (
+    CHECK_TIMEOUT,
+    FileRead,
+    clip,
+    read_file,
+    resolve_queries,
+    run_checks_apart,
+)
 from actors.grader.verdict import (
     GRADER,
     NEEDS_A_MODEL,
@@ -156,8 +163,10 @@ class GraderActor(BaseActor[GradeRequest]):
         files: dict[str, bytes | FileRead | None] = {}
         for path in dict.fromkeys(check.path for check in outcome.checks if check.path):
             files[path] = await read_file(workspace, msg.session_id, path)
+        resolved, unresolved = await resolve_queries(workspace, msg.session_id, outcome.checks)
         # In a child process with a deadline: a team's regex holds the GIL, so a thread would not do.
-        checks = await run_checks_apart(outcome.checks, msg.answer, files, timeout=self.check_timeout)
+        graded = iter(await run_checks_apart(resolved, msg.answer, files, timeout=self.check_timeout))
+        checks = [unresolved[n] if n in unresolved else next(graded) for n in range(len(outcome.checks))]
         rubric = await self._grade_rubric(msg, outcome.criteria(), checks, workspace, bus)
         verdicts = [*checks, *rubric.verdicts]
         attempt: dict[str, Any] = {

@@ -89,12 +89,44 @@ def run_check(check: Check, answer: str, files: Mapping[str, bytes | FileRead | 
         matched = clip(found_text, 80)
         return verdict(False, f"'{check.pattern}' matched {matched!r} in {where}, which is not a number")
     low, high = check.min, check.max
+    if check.kind == "sql_number" and low is not None and high is not None:
+        data = (low + high) / 2
+        within = low <= value <= high
+        return verdict(
+            within, f"found {found_text.strip()}, the data says {_number(data)} ({clip(check.query, 200)})"
+        )
     if low is not None and high is not None:
         expected = f"{_number(low)}..{_number(high)}"
     else:
         expected = f"at least {_number(low)}" if low is not None else f"at most {_number(high)}"
     within = (low is None or value >= low) and (high is None or value <= high)
     return verdict(within, f"found {found_text.strip()}, expected {expected}")
+
+
+async def resolve_queries(
+    workspace: Workspace, session_id: str, checks: Sequence[Check]
+) -> tuple[list[Check], dict[int, CriterionVerdict]]:
+    """Each ``sql_number`` check with its query's value as its range (``min``/``max``: the value and
+    its tolerance), the others as they are; a query that fails is its check's failed verdict, by
+    the check's index, and left out of the list."""
+    from actors.agent.tools.base import ToolError  # here: the child process imports this module too
+    from actors.agent.tools.sql import query_number
+
+    resolved: list[Check] = []
+    failed: dict[int, CriterionVerdict] = {}
+    for n, check in enumerate(checks):
+        if check.kind != "sql_number":
+            resolved.append(check)
+            continue
+        try:
+            value = await query_number(workspace, session_id, check.query)
+        except ToolError as exc:
+            failed[n] = _failed(check, f"its query failed: {clip(str(exc), 300)}")
+            continue
+        resolved.append(
+            msgspec.structs.replace(check, min=value - check.tolerance, max=value + check.tolerance)
+        )
+    return resolved, failed
 
 
 def run_checks(
@@ -107,7 +139,7 @@ def run_checks(
 
 #: Kinds that run a team's regex or JSON Schema (``pattern`` keywords are regexes too): in the child.
 #: ``file_exists`` and ``contains`` cannot run away and stay in-process.
-_RUN_APART = frozenset({"matches", "number_in_range", "json_schema"})
+_RUN_APART = frozenset({"matches", "number_in_range", "json_schema", "sql_number"})
 _FRAME = 4  # bytes of a frame's big-endian length
 
 

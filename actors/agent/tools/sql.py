@@ -33,6 +33,7 @@ from actors.agent.tools.sql_cache import BuildCache, Database, Files
 from actors.agent.tools.sql_load import DATA_KINDS, catalog, load, plural
 from bus.errors import FileNotFound
 from bus.objects import digest_of
+from bus.workspace import Workspace
 
 SQL_CELL_CHARS = 500
 SQL_SECONDS = 30.0
@@ -44,6 +45,11 @@ SQL_RESULT_CHARS = 1_000_000  # printed rows kept, beyond which they are counted
 # The built databases kept for later calls, in this process (their images, outside SQLite's heap).
 SQL_CACHE_BYTES = 256 * 2**20
 SQL_CACHE_ENTRIES = 32
+
+
+def _table_line(row: Sequence[Any]) -> str:
+    return " | ".join(_cell(v) for v in row)
+
 
 MaxRows = Annotated[int, msgspec.Meta(ge=1, le=10_000, description="Most result rows to print.")]
 
@@ -126,6 +132,20 @@ def _open(database: Database) -> sqlite3.Connection:
     return conn
 
 
+Output = Literal["table", "csv", "markdown", "text"]
+
+
+def _markdown_line(row: Sequence[Any]) -> str:
+    """One Markdown table row: NULL is empty, a pipe is escaped, a line end is a space."""
+    cells = ["" if v is None else str(v).replace("|", "\\|").replace("\n", " ") for v in row]
+    return "| " + " | ".join(cells) + " |"
+
+
+def _text_line(row: Sequence[Any]) -> str:
+    """A row as text: its values, NULL left out, one space between."""
+    return " ".join(str(v) for v in row if v is not None)
+
+
 def _csv_line(row: Sequence[Any]) -> str:
     """One CSV record, with its line end; NULL is an empty field."""
     out = io.StringIO()
@@ -139,11 +159,12 @@ def _query(
     max_rows: int,
     stop: threading.Event | None = None,
     *,
-    as_csv: bool = False,
+    output: Output = "table",
 ) -> str:
     """Run one read-only query on a private copy of ``database`` (in a thread; setting ``stop`` ends
-    the query at SQLite's next progress check). The result is a table to read, or with ``as_csv``
-    every row as CSV (more rows than fit is an error: a CSV cut short would pass for whole)."""
+    the query at SQLite's next progress check). The result is a table to read, or in another
+    ``output`` every row as CSV, a Markdown table, or text lines (more rows than fit is an error
+    there: a file or a report cut short would pass for whole)."""
     conn = _open(database)
     try:
         conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, SQL_VALUE_BYTES)
@@ -173,7 +194,7 @@ def _query(
             for row in cursor:
                 count += 1
                 if count <= max_rows and size < SQL_RESULT_CHARS:  # both only grow: a prefix is kept
-                    lines.append(_csv_line(row) if as_csv else " | ".join(_cell(v) for v in row))
+                    lines.append(_FORMATS[output](row))
                     size += len(lines[-1]) + 1
         except (sqlite3.Error, MemoryError) as exc:
             if denied:
@@ -199,13 +220,17 @@ def _query(
             raise ToolError(f"{message}\n{database.catalog}") from exc
     finally:
         conn.close()
-    if as_csv:
+    if output != "table":
         if count > len(lines):
             raise ToolError(
-                f"the result has {plural(count, 'row', 'rows')}, more than the {len(lines)} a CSV result may "
-                "hold here (max_rows, and 1,000,000 characters): aggregate, filter or LIMIT it"
+                f"the result has {plural(count, 'row', 'rows')}, more than the {len(lines)} a {output} "
+                "result may hold here (max_rows, and 1,000,000 characters): aggregate, filter or LIMIT it"
             )
-        return _csv_line(header) + "".join(lines)
+        if output == "csv":
+            return _csv_line(header) + "".join(lines)
+        if output == "markdown":
+            return "\n".join([_markdown_line(header), "|" + " --- |" * len(header), *lines])
+        return "\n".join(lines)
     out = [" | ".join(header), *lines, ""]
     summary = plural(count, "row", "rows")
     out.append(summary + (f" (showing the first {len(lines)})" if count > len(lines) else ""))
@@ -220,28 +245,41 @@ def _run_query(
     return _query(_build(sources), query, max_rows, stop)
 
 
+_FORMATS = {"table": _table_line, "csv": _csv_line, "markdown": _markdown_line, "text": _text_line}
+
+
 @tool
-async def sql(
-    ctx: ToolContext, *, query: str, max_rows: MaxRows = 200, format: Literal["table", "csv"] = "table"
-) -> str:
+async def sql(ctx: ToolContext, *, query: str, max_rows: MaxRows = 200, format: Output = "table") -> str:
     """Run one read-only SQL query (SQLite) over the data files of the session's workspace.
 
     Every .csv, .json (an array of objects, or an object holding one) and .jsonl/.ndjson file is a table
     named after its file: data/metrics.csv is `metrics` (when two files share a name, both are named by
     path: `data_metrics`). Column names are kept when they are identifiers, else made into ones. CSV
     columns are INTEGER, REAL or TEXT as their values allow, empty values are NULL; nested JSON values
-    are JSON text (use json_extract). A .log file is a table of its lines (line, text). A folder of
+    are JSON text (use json_extract). A .log file is a table of its lines (line, text); a SQLite
+    database (.sqlite, .db) brings its own tables. A folder of
     files with the same columns is also one table named after the folder, with their path first:
     builds/jenkins/*.log is `jenkins` (path, line, text). Only a single SELECT or WITH ... SELECT is
-    allowed. The result is a table (columns separated by " | ") and its row count, or with format
-    "csv" the rows as CSV with a header (to write to a file as they are); an error lists the tables
-    and their columns.
+    allowed. The result is a table (columns separated by " | ") and its row count; with format "csv"
+    the rows as CSV with a header, "markdown" a Markdown table, "text" each row's values as one line
+    (to write to a file or a report as they are); an error lists the tables and their columns.
     """
     _check_read_only(query)
+    database = await _database(ctx.workspace, ctx.session_id)
+    stop = threading.Event()
+    try:
+        return await asyncio.to_thread(_query, database, query, max_rows, stop, output=format)
+    except asyncio.CancelledError:
+        stop.set()  # the thread would otherwise run on until the deadline
+        raise
+
+
+async def _database(workspace: Workspace, session_id: str) -> Database:
+    """The session's data files as a database: the one kept for these files, or built now."""
     files = tuple(
         sorted(
             (info.path, info.digest)
-            for info in await ctx.workspace.list(ctx.session_id)
+            for info in await workspace.list(session_id)
             if PurePosixPath(info.path).suffix.lower() in DATA_KINDS
         )
     )
@@ -250,13 +288,23 @@ async def sql(
         sources: list[tuple[str, bytes]] = []
         for path, _ in files:
             with contextlib.suppress(FileNotFound):  # deleted since the listing
-                sources.append((path, await ctx.workspace.get(ctx.session_id, path)))
+                sources.append((path, await workspace.get(session_id, path)))
         return await asyncio.to_thread(_build_and_keep, sources)
 
-    database = await _CACHE.get_or_build(files, read_and_build)
-    stop = threading.Event()
+    return await _CACHE.get_or_build(files, read_and_build)
+
+
+async def query_number(workspace: Workspace, session_id: str, query: str) -> float:
+    """The number in the first column of the first row of one read-only query over the session's data
+    files, under the ``sql`` tool's rules and bounds (an outcome's ``sql_number`` check).
+    :class:`ToolError` if the query fails, returns no row, or its value is not a number."""
+    _check_read_only(query)
+    database = await _database(workspace, session_id)
+    text = await asyncio.to_thread(_query, database, query, 1, None, output="csv")
+    found = list(csv.reader(io.StringIO(text)))
+    if len(found) < 2 or not found[1]:
+        raise ToolError("the query returned no row")
     try:
-        return await asyncio.to_thread(_query, database, query, max_rows, stop, as_csv=format == "csv")
-    except asyncio.CancelledError:
-        stop.set()  # the thread would otherwise run on until the deadline
-        raise
+        return float(found[1][0])
+    except ValueError:
+        raise ToolError(f"the query's value {found[1][0]!r} is not a number") from None

@@ -1,7 +1,8 @@
 """Turning the workspace's data files into SQLite tables, for the ``sql`` tool (``sql.py``).
 
 Every .csv, .json (an array of objects, or an object holding one), .jsonl/.ndjson and .log file
-becomes a table named after its file (by path when two files share a name). Column names are kept
+becomes a table named after its file (by path when two files share a name); a SQLite database
+(.sqlite, .sqlite3, .db) brings its tables, under their own names. Column names are kept
 when they are identifiers, else made into ones; CSV columns are INTEGER, REAL or TEXT as their values
 allow, empty values NULL; nested JSON values are JSON text; a .log file is its lines (``line``, from
 1, and ``text``). A folder holding several files of the same columns is also one table, named after
@@ -31,7 +32,16 @@ def plural(n: int, one: str, many: str) -> str:
     return f"{n} {one if n == 1 else many}"
 
 
-DATA_KINDS = {".csv": "csv", ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".log": "lines"}
+DATA_KINDS = {
+    ".csv": "csv",
+    ".json": "json",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".log": "lines",
+    ".sqlite": "sqlite",
+    ".sqlite3": "sqlite",
+    ".db": "sqlite",
+}
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _INT64 = range(-(2**63), 2**63)
 _JSON = msgspec.json.Decoder()
@@ -206,6 +216,14 @@ def load(conn: sqlite3.Connection, sources: list[tuple[str, bytes]]) -> tuple[li
     conn.execute("BEGIN")
     for path, data in sources:
         kind = DATA_KINDS[PurePosixPath(path).suffix.lower()]
+        if kind == "sqlite":
+            try:
+                tables += _copy_database(
+                    conn, path, data, {t.name.lower() for t in tables} | {*names.values()}
+                )
+            except _Skip as exc:
+                skipped.append(f"  {path}: skipped, {exc}")
+            continue
         try:
             if kind == "csv":
                 header, typed = _parse_csv(data)
@@ -269,6 +287,56 @@ def _folder_tables(conn: sqlite3.Connection, tables: list[_Table]) -> list[_Tabl
             conn.execute(f"INSERT INTO {_quote(name)} SELECT ?, * FROM {_quote(member.name)}", (member.path,))
         made.append(_Table(name, folder, declared, sum(t.rows for t in members), files=members))
     return made
+
+
+def _copy_database(conn: sqlite3.Connection, path: str, data: bytes, taken: set[str]) -> list[_Table]:
+    """The tables of a SQLite database file, copied in under their own names (``<file>_<table>`` when
+    a name is taken); its views and indexes are not."""
+    source = sqlite3.connect(":memory:")
+    try:
+        try:
+            source.deserialize(data)
+            found = source.execute(
+                "SELECT name FROM sqlite_master "
+                "WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name"
+            ).fetchall()
+        except sqlite3.Error as exc:
+            raise _Skip(f"not a SQLite database: {exc}") from None
+        if not found:
+            raise _Skip("a SQLite database with no tables")
+        copied: list[_Table] = []
+        stem = _identifier(PurePosixPath(path).stem, "t")
+        for (table,) in found:
+            info = source.execute(f"PRAGMA table_info({_quote(table)})").fetchall()
+            columns = _column_names([str(row[1]) for row in info])
+            types = [_affinity(str(row[2])) for row in info]
+            name = _identifier(table, "t")
+            if name.lower() in taken:
+                name = f"{stem}_{name}"
+            base, n = name, 2
+            while name.lower() in taken:
+                name, n = f"{base}_{n}", n + 1
+            taken.add(name.lower())
+            spec = ", ".join(f"{_quote(c)} {t}".rstrip() for c, t in zip(columns, types, strict=True))
+            conn.execute(f"CREATE TABLE {_quote(name)} ({spec})")
+            rows = source.execute(f"SELECT * FROM {_quote(table)}").fetchall()
+            conn.executemany(f"INSERT INTO {_quote(name)} VALUES ({', '.join('?' * len(columns))})", rows)
+            copied.append(_Table(name, f"{path}: {table}", list(zip(columns, types, strict=True)), len(rows)))
+        return copied
+    finally:
+        source.close()
+
+
+def _affinity(declared: str) -> str:
+    """A column's declared type as SQLite reads its affinity (a file's own type text is not kept)."""
+    kind = declared.upper()
+    if "INT" in kind:
+        return "INTEGER"
+    if any(word in kind for word in ("CHAR", "CLOB", "TEXT")):
+        return "TEXT"
+    if any(word in kind for word in ("REAL", "FLOA", "DOUB")):
+        return "REAL"
+    return "BLOB" if "BLOB" in kind else ""
 
 
 def _parse_lines(data: bytes) -> tuple[list[str], list[tuple[list[Any], str]]]:
