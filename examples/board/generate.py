@@ -45,6 +45,7 @@ ACCOUNTS = [
     ("9000", "Intercompany transfer", "transfer"),
 ]
 REGIONS = ("EMEA", "North America", "APAC", "LATAM")
+CUSTOMERS = ("Acme", "Globex", "Initech", "Umbrella", "Hooli", "Vandelay")
 DEPARTMENTS = ("engineering", "sales", "support", "operations", "finance", "people")
 
 
@@ -159,8 +160,8 @@ def generate(folder: Path, *, seed: int = 7) -> GroundTruth:
                 {
                     "deal_id": f"D-{quarter}-{n + 1:03d}",
                     "closed_on": _days(start, end, rng).isoformat(),
-                    "customer": f"{rng.choice(('Acme', 'Globex', 'Initech', 'Umbrella', 'Hooli', 'Vandelay'))} "
-                    f"{rng.choice(('GmbH', 'Inc', 'Ltd', 'BV', 'KK'))} {rng.randint(1, 99)}",
+                    "customer": f"{rng.choice(CUSTOMERS)} {rng.choice(('GmbH', 'Inc', 'Ltd', 'BV', 'KK'))} "
+                    f"{rng.randint(1, 99)}",
                     "region": rng.choices(REGIONS, weights=(4, 5, 2, 1) if quarter == "Q3" else (5, 4, 2, 1))[
                         0
                     ],
