@@ -27,6 +27,7 @@ from actors.cli.common import (
     err,
     fail,
     load_example,
+    load_team,
     out,
     run_async,
 )
@@ -237,6 +238,10 @@ def up(
     run_async(go)
 
 
+#: the bundled example whose agents `up` gives processes of their own (the others are the pool's)
+DEDICATED = "incident"
+
+
 async def _up(
     url: str,
     root: str,
@@ -249,10 +254,22 @@ async def _up(
     """Register the bundled teams and say what runs; the processes to supervise (name, arguments)."""
     async with await Bus.connect(url, root=root, name="staffwork-up") as bus:
         await provision(bus, settings=settings)
+        bundled: set[str] = set()
         for example in sorted(p.parent.name for p in EXAMPLES.glob("*/team.toml")):
-            await register_team(bus, load_example(example).team)
+            # the quickstart's team with its data (its deploy API reads it); the others' teams only
+            team = (
+                load_example(example).team
+                if example == DEDICATED
+                else load_team(EXAMPLES / example / "team.toml")
+            )
+            await register_team(bus, team)
+            bundled.add(team.name)
         teams = await registered_teams(bus)
-    agent_names = sorted({a.name for team in teams for a in team.agents})
+    # A worker process per agent of the quickstart's team and of the teams registered on the root;
+    # the other bundled examples' agents are the pool's (one process, however many examples there are).
+    agent_names = sorted(
+        {a.name for t in teams if t.name not in bundled or t.name == DEDICATED for a in t.agents}
+    )
     options = {
         "otlp": ["--otlp", otlp] if otlp else [],
         "allow_private": ["--allow-private-webhooks"] * allow_private,
