@@ -13,10 +13,12 @@ import time
 
 import msgspec
 import pytest
+from structlog.testing import capture_logs
 
 from actors.agent.models.base import ModelRequest, ModelResponse
 from actors.agent.models.scripted import ScriptedModel, calls, text
 from actors.roles import AgentSettings, RoleConfig, running, running_agents
+from actors.sessions import cancel
 from actors.sessions.teams import register_team
 from bus.codec import Decoder
 from bus.connection import Bus
@@ -267,3 +269,29 @@ async def test_a_submit_whose_record_would_not_fit_the_server_is_refused_at_once
     assert f"max payload {max_payload:,}" in reply.error.message
     assert fits.accepted
     print(f"refused in {took * 1000:.0f} ms: {reply.error.message}")
+
+
+async def test_work_that_will_not_stop_is_left_behind_after_a_grace(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An interrupt or cancel must end the wait even when the cancelled work does not stop: the
+    caller goes on after STOP_GRACE, and the stuck work's place is logged."""
+    monkeypatch.setattr(cancel, "STOP_GRACE", 0.2)
+    release = asyncio.Event()
+
+    async def stubborn() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            await release.wait()  # swallows the cancel until released
+
+    work = asyncio.ensure_future(stubborn())
+    stop = asyncio.Event()
+    asyncio.get_running_loop().call_later(0.05, stop.set)
+    with capture_logs() as logs:
+        started = time.monotonic()
+        assert await cancel.race_cancel(work, (stop, "interrupted")) == "interrupted"
+    assert time.monotonic() - started < 2
+    [stuck] = [entry for entry in logs if entry["event"] == "work_did_not_stop"]
+    assert "stubborn" in stuck["where"]
+    release.set()
+    await asyncio.wait({work}, timeout=2)
+    assert work.done()

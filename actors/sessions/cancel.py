@@ -136,15 +136,21 @@ class CancelWatch:
         self._events.pop(session_id, None)
 
 
+#: how long cancelled work may take to stop before the caller goes on without it
+STOP_GRACE = 5.0
+
+
 async def race_cancel(work: asyncio.Future[Any], *events: tuple[asyncio.Event, str]) -> str:
     """Wait for ``work`` or the first of ``events`` (each with its name); cancel ``work`` if an
-    event wins, and return that event's name (or ``"done"``)."""
+    event wins, and return that event's name (or ``"done"``). Cancelled work gets ``STOP_GRACE``
+    seconds to stop; work that does not is logged with where it is stuck, and left to finish alone
+    (the caller goes on: a stop that never returns would hang the session)."""
     waiters = {asyncio.ensure_future(event.wait()): name for event, name in events}
     try:
         done, _ = await asyncio.wait({work, *waiters}, return_when=asyncio.FIRST_COMPLETED)
     except asyncio.CancelledError:
         work.cancel()  # we are being cancelled: the work goes with us, never orphaned
-        await asyncio.wait({work})
+        await _stopped(work)
         raise
     finally:
         for waiter in waiters:
@@ -152,8 +158,23 @@ async def race_cancel(work: asyncio.Future[Any], *events: tuple[asyncio.Event, s
     if work in done:
         return "done"
     work.cancel()
-    await asyncio.wait({work})
+    await _stopped(work)
     for waiter, name in waiters.items():
         if waiter in done:
             return name
     return "done"
+
+
+async def _stopped(work: asyncio.Future[Any]) -> None:
+    """Wait up to ``STOP_GRACE`` for cancelled ``work`` to end."""
+    done, _ = await asyncio.wait({work}, timeout=STOP_GRACE)
+    if done:
+        return
+    where = ""
+    if isinstance(work, asyncio.Task):
+        frames = work.get_stack()
+        where = " < ".join(
+            f"{f.f_code.co_name} ({f.f_code.co_filename.rsplit('/', 1)[-1]}:{f.f_lineno})" for f in frames
+        )
+    log.warning("work_did_not_stop", after_s=STOP_GRACE, where=where)
+    work.add_done_callback(lambda task: task.cancelled() or task.exception())  # its end, retrieved
