@@ -10,18 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from actors.agent.models.offline import OfflineModel
-from actors.agent.tools.catalog import check_team_tools
-from actors.roles import RoleConfig, running, running_agents
 from bus.connection import Bus
-from bus.workspace import Workspace
 from examples.board import TASK
 from examples.board.generate import GroundTruth, generate
-from schemas import SessionSubmit
-from schemas.team import parse_team
-from tests.helpers import submit_and_wait
+from tests.helpers import run_example
 
-TEAM_FILE = Path(__file__).parent.parent / "examples" / "board" / "team.toml"
 METRICS = {
     "Revenue": "revenue",
     "Gross margin": "gross_margin_pct",
@@ -61,20 +54,9 @@ async def test_every_figure_is_the_sources_and_the_checks_say_so(
     bus: Bus, data: tuple[Path, GroundTruth]
 ) -> None:
     directory, truth = data
-    team = parse_team(TEAM_FILE.read_text(), source=str(TEAM_FILE))
-    check_team_tools(team, source=str(TEAM_FILE))
     names = sorted(str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file())
     assert {n.split("/")[0] for n in names} == {"finance", "sales", "operations", "hr"}
-    submit = SessionSubmit(task=TASK, team_spec=team, inputs=names)
-    workspace = Workspace(bus)
-    for name in names:
-        await workspace.put(submit.session_id, name, (directory / name).read_bytes())
-    model = OfflineModel()
-    async with (
-        running_agents(bus, model, agents=[a.name for a in team.agents]),
-        running(bus, ["grader"], RoleConfig(model=model)),
-    ):
-        result = await submit_and_wait(bus, submit, timeout=120)
+    result, _ = await run_example(bus, "board", directory, names, TASK)
     assert result.status == "idle", result.final_text
     report = result.final_text
 

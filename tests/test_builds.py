@@ -12,24 +12,21 @@ from urllib.parse import quote
 
 import pytest
 
-from actors.agent.models.offline import OfflineModel, table_rows
-from actors.agent.tools.catalog import check_team_tools
+from actors.agent.models.offline import table_rows
+from actors.cli.common import load_team
 from actors.dreamer.sessions import session_events
-from actors.roles import RoleConfig, running, running_agents
 from actors.views.timeline import render_html, timeline
 from bus.connection import Bus
 from bus.workspace import Workspace
 from examples.builds import TASK
 from examples.builds.generate import GroundTruth, files, generate
-from schemas import SessionSubmit
-from schemas.team import parse_team
 from schemas.trace import AgentToolUse, AnyTraceEvent
-from tests.helpers import submit_and_wait
+from tests.helpers import EXAMPLES, run_example
 from tests.test_timeline import CONSOLE, chromium, run_chromium
 
 __all__ = ["chromium"]  # the fixture, shared with the timeline's tests
 
-TEAM_FILE = Path(__file__).parent.parent / "examples" / "builds" / "team.toml"
+MAX_THREADS = load_team(EXAMPLES / "builds" / "team.toml").max_concurrent_threads
 
 
 @pytest.fixture(scope="module")
@@ -68,19 +65,7 @@ async def test_the_triage_reports_the_regressions_and_sets_the_noise_aside(
     bus: Bus, data: tuple[Path, GroundTruth]
 ) -> None:
     directory, truth = data
-    team = parse_team(TEAM_FILE.read_text(), source=str(TEAM_FILE))
-    check_team_tools(team, source=str(TEAM_FILE))
-    names = files(directory)
-    submit = SessionSubmit(task=TASK, team_spec=team, inputs=names)
-    workspace = Workspace(bus)
-    for name in names:
-        await workspace.put(submit.session_id, name, (directory / name).read_bytes())
-    model = OfflineModel()
-    async with (
-        running_agents(bus, model, agents=[a.name for a in team.agents]),
-        running(bus, ["grader"], RoleConfig(model=model)),
-    ):
-        result = await submit_and_wait(bus, submit, timeout=120)
+    result, session_id = await run_example(bus, "builds", directory, files(directory), TASK)
     assert result.status == "idle", result.final_text
     assert result.outcome is not None
     assert result.outcome.result == "satisfied"
@@ -116,9 +101,9 @@ async def test_the_triage_reports_the_regressions_and_sets_the_noise_aside(
         "unclassified": "0",
     }
     batches = table(section(report, "Batches"))
-    assert len(batches) > team.max_concurrent_threads  # more batches than threads at once: they queued
+    assert len(batches) > MAX_THREADS  # more batches than threads at once: they queued
     assert sum(int(b["failed_builds"]) for b in batches) == truth.failed_builds
-    written = {f.path for f in await workspace.list(submit.session_id)}
+    written = {f.path for f in await Workspace(bus).list(session_id)}
     assert {f"findings/{b['source']}-{b['first_build']}.csv" for b in batches} <= written
     assert "triage-report.md" in written
 
@@ -129,25 +114,14 @@ async def test_the_triage_timeline_renders(
     """The timeline page of a triage session: a lane per batch, as the README's screenshot shows it
     (``STAFFWORK_SCREENSHOT_DIR`` keeps the picture)."""
     directory, _ = data
-    team = parse_team(TEAM_FILE.read_text(), source=str(TEAM_FILE))
-    names = files(directory)
-    submit = SessionSubmit(task=TASK, team_spec=team, inputs=names)
-    workspace = Workspace(bus)
-    for name in names:
-        await workspace.put(submit.session_id, name, (directory / name).read_bytes())
-    model = OfflineModel()
-    async with (
-        running_agents(bus, model, agents=["triage"]),
-        running(bus, ["grader"], RoleConfig(model=model)),
-    ):
-        result = await submit_and_wait(bus, submit, timeout=120)
+    result, session_id = await run_example(bus, "builds", directory, files(directory), TASK)
     assert result.status == "idle", result.final_text
-    events = [event async for event in session_events(bus, submit.session_id)]
-    lanes = timeline(submit.session_id, events)["lanes"]
+    events = [event async for event in session_events(bus, session_id)]
+    lanes = timeline(session_id, events)["lanes"]
     batches = [e for e in events if isinstance(e, AgentToolUse) and e.name == "delegate"]
-    assert len(batches) > team.max_concurrent_threads
+    assert len(batches) > MAX_THREADS
     assert sum(lane["agent"] == "triage" for lane in lanes) == len(batches)  # a lane per batch
-    await asyncio.to_thread(screenshot, chromium, tmp_path, submit.session_id, events)
+    await asyncio.to_thread(screenshot, chromium, tmp_path, session_id, events)
 
 
 def screenshot(chromium: str, folder: Path, session_id: str, events: list[AnyTraceEvent]) -> None:

@@ -11,18 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from actors.agent.models.offline import OfflineModel
-from actors.agent.tools.catalog import check_team_tools
-from actors.roles import RoleConfig, running, running_agents
 from bus.connection import Bus
 from bus.workspace import Workspace
 from examples.leads import INPUTS, TASK
 from examples.leads.generate import GroundTruth, generate
-from schemas import SessionSubmit
-from schemas.team import parse_team
-from tests.helpers import submit_and_wait
-
-TEAM_FILE = Path(__file__).parent.parent / "examples" / "leads" / "team.toml"
+from tests.helpers import run_example
 
 
 @pytest.fixture(scope="module")
@@ -39,23 +32,14 @@ async def test_the_team_ranks_by_the_rubric_and_drafts_cite_real_facts(
     bus: Bus, data: tuple[Path, GroundTruth], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     directory, truth = data
-    team = parse_team(TEAM_FILE.read_text(), source=str(TEAM_FILE))
-    check_team_tools(team, source=str(TEAM_FILE))
-    submit = SessionSubmit(task=TASK, team_spec=team, inputs=["leads.csv"])
-    workspace = Workspace(bus)
-    await workspace.put(submit.session_id, "leads.csv", (directory / INPUTS / "leads.csv").read_bytes())
     monkeypatch.setenv("LEADS_DATA", str(directory))  # where the provider (the MCP server) reads
-    model = OfflineModel()
-    async with (
-        running_agents(bus, model, agents=[a.name for a in team.agents]),
-        running(bus, ["grader"], RoleConfig(model=model)),
-    ):
-        result = await submit_and_wait(bus, submit, timeout=120)
+    result, session_id = await run_example(bus, "leads", directory / INPUTS, ["leads.csv"], TASK)
+    workspace = Workspace(bus)
     assert result.status == "idle", result.final_text
     assert result.outcome is not None
     assert result.outcome.result == "satisfied"
 
-    ranked = rows((await workspace.get(submit.session_id, "qualified.csv")).decode())
+    ranked = rows((await workspace.get(session_id, "qualified.csv")).decode())
     assert [(r["lead_id"], int(r["score"])) for r in ranked] == [(t.lead_id, t.score) for t in truth.ranking]
     assert sorted(r["lead_id"] for r in ranked if r["note"]) == truth.unknown
     report = result.final_text
@@ -65,7 +49,7 @@ async def test_the_team_ranks_by_the_rubric_and_drafts_cite_real_facts(
         assert lead in report.split("## Companies the provider does not know")[1]
 
     companies = json.loads((directory / "provider" / "companies.json").read_text())
-    drafts = rows((await workspace.get(submit.session_id, "outreach.csv")).decode())
+    drafts = rows((await workspace.get(session_id, "outreach.csv")).decode())
     assert [d["lead_id"] for d in drafts] == [t.lead_id for t in truth.ranking[:5]]
     by_lead = {r["lead_id"]: r for r in ranked}
     for draft in drafts:

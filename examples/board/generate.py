@@ -22,16 +22,17 @@ returns every figure of the report (:class:`GroundTruth`), computed from the row
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
 import random
 import sqlite3
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
+
+from examples import generator_main
 
 QUARTERS = {"Q2": (date(2026, 4, 1), date(2026, 6, 30)), "Q3": (date(2026, 7, 1), date(2026, 9, 30))}
 ACCOUNTS = [
@@ -273,14 +274,7 @@ def generate(folder: Path, *, seed: int = 7) -> GroundTruth:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m examples.board.generate", description=__doc__)
-    parser.add_argument("folder", type=Path)
-    parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--truth", action="store_true", help="also print the true figures (JSON)")
-    args = parser.parse_args(argv)
-    truth = generate(args.folder, seed=args.seed)
-    if args.truth:
-        print(json.dumps(asdict(truth), indent=2))
+    generator_main("board", __doc__, generate, argv)
 
 
 if __name__ == "__main__":

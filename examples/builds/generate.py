@@ -24,14 +24,14 @@ which; :func:`generate` returns it (:class:`GroundTruth`). The same seed gives b
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
-import json
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+from examples import generator_main
 
 START = datetime(2026, 11, 23, 0, 0, tzinfo=UTC)
 DAYS = 7
@@ -368,14 +368,7 @@ def files(folder: Path) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m examples.builds.generate", description=__doc__)
-    parser.add_argument("folder", type=Path)
-    parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--truth", action="store_true", help="also print the ground truth (JSON)")
-    args = parser.parse_args(argv)
-    truth = generate(args.folder, seed=args.seed)
-    if args.truth:
-        print(json.dumps(asdict(truth), indent=2))
+    generator_main("builds", __doc__, generate, argv)
 
 
 if __name__ == "__main__":

@@ -19,15 +19,16 @@ team file (``SCORING``, below, is the same rubric as code). :func:`generate` ret
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+from examples import generator_main
 
 LEADS = 50
 TODAY = datetime(2026, 12, 1, tzinfo=UTC)
@@ -234,14 +235,7 @@ def generate(folder: Path, *, seed: int = 7) -> GroundTruth:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m examples.leads.generate", description=__doc__)
-    parser.add_argument("folder", type=Path)
-    parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--truth", action="store_true", help="also print the ground truth (JSON)")
-    args = parser.parse_args(argv)
-    truth = generate(args.folder, seed=args.seed)
-    if args.truth:
-        print(json.dumps(asdict(truth), indent=2))
+    generator_main("leads", __doc__, generate, argv)
 
 
 if __name__ == "__main__":
