@@ -386,3 +386,16 @@ def test_trace_and_sessions_work_after_the_run_ended(tmp_path: Path) -> None:
     assert as_json["ended"] > as_json["started"]
     unknown = staffwork("trace", "ses_nothing", home=tmp_path)
     assert unknown.stderr.strip() == "error: no session 'ses_nothing' (under root 'sw')"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("example", ["builds", "leads", "board"])
+def test_every_bundled_example_runs_from_the_cli(tmp_path: Path, example: str) -> None:
+    """``staffwork run --example NAME`` on a fresh home: the data generated, the team run offline (the
+    leads' company-data MCP server finding the generated data), the outcome met."""
+    result = staffwork("run", "--example", example, "--json", home=tmp_path, timeout=180)
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert document["status"] == "idle", document["final_text"]
+    assert document["outcome"]["result"] == "satisfied", document["outcome"]
+    assert document["report_path"] in document["files"]
