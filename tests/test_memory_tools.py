@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import msgspec
+
 from actors.agent.models.scripted import ScriptedModel, calls, text
 from actors.roles import running_agents
 from bus.connection import Bus
@@ -94,3 +96,41 @@ async def test_an_agent_reads_and_writes_its_stores_and_a_read_only_one_stays_un
     system = model.calls_by("logs")[0].request.system
     assert "- /memory/runbooks/ (read only): How we handle incidents." in system
     assert "- /memory/notes/ (read and write)" in system
+
+
+async def test_sql_reads_the_data_files_of_the_attached_stores(bus: Bus) -> None:
+    """A CSV in an attached store is a table beside the workspace's; an unattached store's is not."""
+    memory = Memory(bus)
+    user = Writer(kind="user", user="ops")
+    await memory.create("runbooks")
+    await memory.create("notes")
+    await memory.create("secrets")
+    await memory.write("runbooks", "deals/past.csv", "vendor,cap_months\nacme,12\nglobex,6\n", writer=user)
+    await memory.write("secrets", "keys.csv", "name,key\nprod,hunter2\n", writer=user)
+    query = "SELECT vendor FROM past WHERE cap_months >= 12"
+    model = ScriptedModel(
+        {
+            "lead": fan_out_lead(["logs"]),
+            "logs": [
+                calls(
+                    ("toolu_q", "sql", {"query": query}), ("toolu_k", "sql", {"query": "SELECT * FROM keys"})
+                ),
+                text("done"),
+            ],
+        }
+    )
+    spec = team_with_memory()
+    logs = spec.agents[0]
+    spec = TeamSpec(
+        name=spec.name,
+        lead=spec.lead,
+        agents=[AgentSpec(**{**msgspec.structs.asdict(logs), "tools": [*TOOLS, "sql"]})],
+    )
+    async with running_agents(bus, model, agents=["logs"]):
+        result = await submit_and_wait(bus, SessionSubmit(task="x", team_spec=spec))
+    assert result.status == "idle"
+    past, keys = tool_results(model.calls_by("logs")[1].request)
+    assert past.content == "vendor\nacme\n\n1 row"
+    assert keys.is_error
+    assert "no such table: keys" in keys.content
+    assert "past (/memory/runbooks/deals/past.csv, 2 rows)" in keys.content

@@ -29,9 +29,11 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from actors.agent.tools.base import ToolContext, ToolError, tool
+from actors.agent.tools.memory import MOUNT
 from actors.agent.tools.sql_cache import BuildCache, Database, Files
 from actors.agent.tools.sql_load import DATA_KINDS, catalog, load, plural
-from bus.errors import FileNotFound
+from bus.errors import FileNotFound, MemoryFileNotFound
+from bus.memory import Memory
 from bus.objects import digest_of
 from bus.workspace import Workspace
 
@@ -257,7 +259,8 @@ async def sql(ctx: ToolContext, *, query: str, max_rows: MaxRows = 200, format: 
     path: `data_metrics`). Column names are kept when they are identifiers, else made into ones. CSV
     columns are INTEGER, REAL or TEXT as their values allow, empty values are NULL; nested JSON values
     are JSON text (use json_extract). A .log file is a table of its lines (line, text); a SQLite
-    database (.sqlite, .db) brings its own tables. A folder of
+    database (.sqlite, .db) brings its own tables; the data files of the memory stores attached to
+    the agent (/memory/<store>/...) are tables too. A folder of
     files with the same columns is also one table named after the folder, with their path first:
     builds/jenkins/*.log is `jenkins` (path, line, text). Only a single SELECT or WITH ... SELECT is
     allowed. The result is a table (columns separated by " | ") and its row count; with format "csv"
@@ -265,7 +268,7 @@ async def sql(ctx: ToolContext, *, query: str, max_rows: MaxRows = 200, format: 
     (to write to a file or a report as they are); an error lists the tables and their columns.
     """
     _check_read_only(query)
-    database = await _database(ctx.workspace, ctx.session_id)
+    database = await _database(ctx.workspace, ctx.session_id, [a.store for a in ctx.memory.values()])
     stop = threading.Event()
     try:
         return await asyncio.to_thread(_query, database, query, max_rows, stop, output=format)
@@ -274,21 +277,32 @@ async def sql(ctx: ToolContext, *, query: str, max_rows: MaxRows = 200, format: 
         raise
 
 
-async def _database(workspace: Workspace, session_id: str) -> Database:
-    """The session's data files as a database: the one kept for these files, or built now."""
-    files = tuple(
-        sorted(
-            (info.path, info.digest)
-            for info in await workspace.list(session_id)
-            if PurePosixPath(info.path).suffix.lower() in DATA_KINDS
-        )
-    )
+async def _database(workspace: Workspace, session_id: str, stores: Sequence[str] = ()) -> Database:
+    """The session's data files, and those of the memory ``stores`` (as ``/memory/<store>/<path>``),
+    as a database: the one kept for these files, or built now."""
+    listed = [
+        (info.path, info.digest)
+        for info in await workspace.list(session_id)
+        if PurePosixPath(info.path).suffix.lower() in DATA_KINDS
+    ]
+    memory = Memory(workspace.bus)
+    for store in stores:
+        listed += [
+            (f"{MOUNT}{store}/{entry.path}", f"sha256={entry.sha256}")
+            for entry in await memory.list(store)
+            if PurePosixPath(entry.path).suffix.lower() in DATA_KINDS
+        ]
+    files = tuple(sorted(listed))
 
     async def read_and_build() -> Database:
         sources: list[tuple[str, bytes]] = []
         for path, _ in files:
-            with contextlib.suppress(FileNotFound):  # deleted since the listing
-                sources.append((path, await workspace.get(session_id, path)))
+            with contextlib.suppress(FileNotFound, MemoryFileNotFound):  # deleted since the listing
+                if path.startswith(MOUNT):
+                    store, _, inner = path[len(MOUNT) :].partition("/")
+                    sources.append((path, (await memory.read(store, inner)).content.encode()))
+                else:
+                    sources.append((path, await workspace.get(session_id, path)))
         return await asyncio.to_thread(_build_and_keep, sources)
 
     return await _CACHE.get_or_build(files, read_and_build)
