@@ -23,7 +23,6 @@ import sqlite3
 import threading
 import time
 from collections.abc import Sequence
-from pathlib import PurePosixPath
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -31,7 +30,7 @@ import msgspec
 from actors.agent.tools.base import ToolContext, ToolError, tool
 from actors.agent.tools.memory import MOUNT
 from actors.agent.tools.sql_cache import BuildCache, Database, Files
-from actors.agent.tools.sql_load import DATA_KINDS, catalog, load, plural
+from actors.agent.tools.sql_load import catalog, is_data, load, plural
 from bus.errors import FileNotFound, MemoryFileNotFound
 from bus.memory import Memory
 from bus.objects import digest_of
@@ -258,7 +257,7 @@ async def sql(ctx: ToolContext, *, query: str, max_rows: MaxRows = 200, format: 
     named after its file: data/metrics.csv is `metrics` (when two files share a name, both are named by
     path: `data_metrics`). Column names are kept when they are identifiers, else made into ones. CSV
     columns are INTEGER, REAL or TEXT as their values allow, empty values are NULL; nested JSON values
-    are JSON text (use json_extract). A .log file is a table of its lines (line, text); a SQLite
+    are JSON text (use json_extract). A .log or .txt file is a table of its lines (line, text); a SQLite
     database (.sqlite, .db) brings its own tables; the data files of the memory stores attached to
     the agent (/memory/<store>/...) are tables too. A folder of
     files with the same columns is also one table named after the folder, with their path first:
@@ -280,17 +279,13 @@ async def sql(ctx: ToolContext, *, query: str, max_rows: MaxRows = 200, format: 
 async def _database(workspace: Workspace, session_id: str, stores: Sequence[str] = ()) -> Database:
     """The session's data files, and those of the memory ``stores`` (as ``/memory/<store>/<path>``),
     as a database: the one kept for these files, or built now."""
-    listed = [
-        (info.path, info.digest)
-        for info in await workspace.list(session_id)
-        if PurePosixPath(info.path).suffix.lower() in DATA_KINDS
-    ]
+    listed = [(info.path, info.digest) for info in await workspace.list(session_id) if is_data(info.path)]
     memory = Memory(workspace.bus)
     for store in stores:
         listed += [
             (f"{MOUNT}{store}/{entry.path}", f"sha256={entry.sha256}")
             for entry in await memory.list(store)
-            if PurePosixPath(entry.path).suffix.lower() in DATA_KINDS
+            if is_data(entry.path)
         ]
     files = tuple(sorted(listed))
 

@@ -1,14 +1,14 @@
 """Turning the workspace's data files into SQLite tables, for the ``sql`` tool (``sql.py``).
 
-Every .csv, .json (an array of objects, or an object holding one), .jsonl/.ndjson and .log file
-becomes a table named after its file (by path when two files share a name); a SQLite database
-(.sqlite, .sqlite3, .db) brings its tables, under their own names. Column names are kept
-when they are identifiers, else made into ones; CSV columns are INTEGER, REAL or TEXT as their values
-allow, empty values NULL; nested JSON values are JSON text; a .log file is its lines (``line``, from
-1, and ``text``). A folder holding several files of the same columns is also one table, named after
-the folder, with a first column ``path`` (``builds/jenkins/*.log`` is ``jenkins``): a day's exports or
-a batch of logs are queried at once. A file that cannot become a table is skipped, with the reason in
-the catalog.
+Every .csv, .json (an array of objects, or an object holding one), .jsonl/.ndjson, .log and .txt
+file becomes a table named after its file (by path when two files share a name); a SQLite database
+(.sqlite, .sqlite3, .db) brings its tables, under their own names. Column names are kept when they
+are identifiers, else made into ones; CSV columns are INTEGER, REAL or TEXT as their values allow,
+empty values NULL; nested JSON values are JSON text; a .log or .txt file is its lines (``line``,
+from 1, and ``text``; not the tools' spilled outputs under ``tool-outputs/``). A folder holding
+several files of the same columns is also one table, named after the folder, with a first column
+``path`` (``builds/jenkins/*.log`` is ``jenkins``): a day's exports or a batch of logs are queried
+at once. A file that cannot become a table is skipped, with the reason in the catalog.
 """
 
 from __future__ import annotations
@@ -32,12 +32,22 @@ def plural(n: int, one: str, many: str) -> str:
     return f"{n} {one if n == 1 else many}"
 
 
+#: workspace folders whose files are never tables: the tools' own spilled outputs
+NOT_DATA = ("tool-outputs/",)
+
+
+def is_data(path: str) -> bool:
+    """Whether ``path`` is a data file the sql tool loads."""
+    return PurePosixPath(path).suffix.lower() in DATA_KINDS and not path.startswith(NOT_DATA)
+
+
 DATA_KINDS = {
     ".csv": "csv",
     ".json": "json",
     ".jsonl": "jsonl",
     ".ndjson": "jsonl",
     ".log": "lines",
+    ".txt": "lines",
     ".sqlite": "sqlite",
     ".sqlite3": "sqlite",
     ".db": "sqlite",
@@ -350,6 +360,6 @@ def _parse_lines(data: bytes) -> tuple[list[str], list[tuple[list[Any], str]]]:
 def catalog(tables: list[_Table], skipped: list[str]) -> str:
     """The tables, for the model: a folder's table stands for its files' own (listed by name only)."""
     if not tables and not skipped:
-        return "no tables: the workspace has no .csv, .json, .jsonl, .ndjson or .log files"
+        return "no tables: the workspace has no data files (.csv, .json, .jsonl, .ndjson, .log, .txt, .sqlite, .db)"
     shown = [t.describe() for t in tables if not t.in_folder]
     return "\n".join(["tables:", *shown, *skipped])
