@@ -360,6 +360,7 @@ def _parse_lines(data: bytes) -> tuple[list[str], list[tuple[list[Any], str]]]:
 def catalog(tables: list[_Table], skipped: list[str]) -> str:
     """The tables, for the model: a folder's table stands for its files' own (listed by name only)."""
     if not tables and not skipped:
-        return "no tables: the workspace has no data files (.csv, .json, .jsonl, .ndjson, .log, .txt, .sqlite, .db)"
+        kinds = ", ".join(DATA_KINDS)
+        return f"no tables: the workspace has no data files ({kinds})"
     shown = [t.describe() for t in tables if not t.in_folder]
     return "\n".join(["tables:", *shown, *skipped])
