@@ -442,7 +442,8 @@ async def test_sql_with_no_data_files(ctx: ToolContext) -> None:
     assert await ok(sql, ctx, query="SELECT 1 + 1 AS two") == "two\n2\n\n1 row"
     assert await error(sql, ctx, query="SELECT * FROM t") == (
         "SQL error: no such table: t\n"
-        "no tables: the workspace has no data files (.csv, .json, .jsonl, .ndjson, .log, .txt, .sqlite, .sqlite3, .db)"
+        "no tables: the workspace has no data files "
+        "(.csv, .json, .jsonl, .ndjson, .log, .txt, .sqlite, .sqlite3, .db)"
     )
 
 
