@@ -512,13 +512,21 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 async def run_example(
-    bus: Bus, example: str, data: Path, names: Sequence[str], task: str, *, timeout: float = 120
+    bus: Bus,
+    example: str,
+    data: Path,
+    names: Sequence[str],
+    task: str,
+    *,
+    memory: dict[str, Path] | None = None,
+    timeout: float = 120,
 ) -> tuple[SessionResult, str]:
     """One session of a bundled example's team on the offline model, its workers and the grader in
-    this process, with the files ``names`` (relative to ``data``) as its inputs: the result and the
-    session's id."""
+    this process, with the files ``names`` (relative to ``data``) as its inputs and the ``memory``
+    stores seeded from their folders: the result and the session's id."""
     from actors.agent.models.offline import OfflineModel
     from actors.agent.tools.catalog import check_team_tools
+    from actors.cli.common import seed_memory
     from actors.roles import RoleConfig, running, running_agents
     from schemas.team import parse_team
 
@@ -526,6 +534,7 @@ async def run_example(
     team = parse_team(await asyncio.to_thread(team_file.read_bytes), source=str(team_file))
     check_team_tools(team, source=str(team_file))
     submit = SessionSubmit(task=task, team_spec=team, inputs=list(names))
+    await seed_memory(bus, memory or {})
     workspace = Workspace(bus)
     for name in names:
         await workspace.put(submit.session_id, name, await asyncio.to_thread((data / name).read_bytes))

@@ -389,7 +389,7 @@ def test_trace_and_sessions_work_after_the_run_ended(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("example", ["builds", "leads", "board"])
+@pytest.mark.parametrize("example", ["builds", "leads", "board", "compliance"])
 def test_every_bundled_example_runs_from_the_cli(tmp_path: Path, example: str) -> None:
     """``staffwork run --example NAME`` on a fresh home: the data generated, the team run offline (the
     leads' company-data MCP server finding the generated data), the outcome met."""

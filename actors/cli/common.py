@@ -15,7 +15,7 @@ import importlib
 import sys
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, NoReturn, TypeVar
 
@@ -26,11 +26,13 @@ from rich.measure import Measurement
 from actors.client import Client
 from bus import local
 from bus.connection import Bus
-from bus.errors import StaffworkError, StoreInUse
+from bus.errors import MemoryStoreExists, StaffworkError, StoreInUse
+from bus.memory import Memory
 from bus.paths import data_dir, server_store_dir
 from bus.provision import provision
 from bus.server import EmbeddedServer
 from bus.subjects import check_token
+from schemas.memory import Writer
 from schemas.session import SessionRecord
 from schemas.team import TeamSpec, parse_team
 
@@ -180,6 +182,8 @@ class Example:
     team: TeamSpec
     task: str
     data: Path
+    #: memory stores the example's team reads, each seeded from a folder of its data
+    memory: dict[str, Path] = field(default_factory=dict)
 
 
 def load_team(path: Path) -> TeamSpec:
@@ -196,5 +200,22 @@ def load_example(name: str) -> Example:
     data = data_dir() / "examples" / name
     package = importlib.import_module(f"examples.{name}")
     package.ensure_data(data)
-    # the session's inputs: the data folder, or its INPUTS part (the rest is for the example's services)
-    return Example(team=team, task=package.TASK, data=data / getattr(package, "INPUTS", ""))
+    # the session's inputs: the data folder, or its INPUTS part (the rest is for the example's services
+    # and its memory stores)
+    memory = {store: data / folder for store, folder in getattr(package, "MEMORY", {}).items()}
+    return Example(team=team, task=package.TASK, data=data / getattr(package, "INPUTS", ""), memory=memory)
+
+
+async def seed_memory(bus: Bus, stores: dict[str, Path]) -> None:
+    """Create each memory store that does not exist yet with the files of its folder (written by the
+    user ``example``); a store that exists is left as it is, with whatever was learned in it since."""
+    memory = Memory(bus)
+    writer = Writer(kind="user", user="example")
+    for store, folder in stores.items():
+        try:
+            await memory.create(store, f"seeded from the example's {folder.name}/")
+        except MemoryStoreExists:
+            continue
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            content = await asyncio.to_thread(path.read_text)
+            await memory.write(store, str(path.relative_to(folder)), content, writer=writer)

@@ -32,7 +32,7 @@ from rich.live import Live
 
 from actors.agent.models import default_model, model_profile
 from actors.agent.models.base import Model
-from actors.cli.common import Target
+from actors.cli.common import Target, seed_memory
 from actors.cli.confirming import Confirmations
 from actors.cli.progress import Progress
 from actors.client import Client
@@ -171,6 +171,7 @@ async def run_session(
     task: str,
     inputs: list[Path],
     *,
+    memory: dict[str, Path] | None = None,
     console: Console,
     live: bool,
     timeout: float | None = None,
@@ -192,6 +193,7 @@ async def run_session(
                     highlight=False,
                     markup=False,
                 )
+        await seed_memory(here.bus, memory or {})  # on the root the session runs on
         outcome = await _run_here(
             here,
             team,

@@ -25,6 +25,7 @@ from actors.cli.common import (
     load_team,
     out,
     run_async,
+    seed_memory,
     session_record,
 )
 from actors.cli.running import RunOutcome, run_session
@@ -57,18 +58,19 @@ def _directories(paths: list[Path]) -> list[Path]:
 
 def _team_and_task(
     team: Path | None, example: str | None, task: str | None, inputs: list[Path]
-) -> tuple[TeamSpec, str, list[Path]]:
+) -> tuple[TeamSpec, str, list[Path], dict[str, Path]]:
+    """The team, the task, the folders to upload, and the memory stores to seed (an example's)."""
     if team is not None and example is not None:
         raise StaffworkError("give --team FILE or --example NAME, not both")
     inputs = _directories(inputs)
     if team is not None:
         if not task:
             raise StaffworkError('give the TASK to run (staffwork run --team team.toml "...")')
-        return load_team(team), task, inputs
+        return load_team(team), task, inputs, {}
     if example is None:
         raise StaffworkError("give --team FILE or --example NAME (try: staffwork run --example incident)")
     bundled = load_example(example)
-    return bundled.team, task or bundled.task, [bundled.data, *inputs]
+    return bundled.team, task or bundled.task, [bundled.data, *inputs], bundled.memory
 
 
 def run(
@@ -88,7 +90,7 @@ def run(
     (and, when the team has an outcome, the grader's verdict on each attempt)."""
 
     async def go() -> RunOutcome:
-        spec, text, folders = _team_and_task(team, example, task, list(inputs or []))
+        spec, text, folders, memory = _team_and_task(team, example, task, list(inputs or []))
         async with bus_target(nats, root, name="staffwork-run") as target:
             await provision(target.bus)  # a bus that cannot be used says so before anything else
             if not as_json:
@@ -99,6 +101,7 @@ def run(
                 spec,
                 text,
                 folders,
+                memory=memory,
                 console=err,
                 live=not as_json,
                 timeout=timeout,
@@ -146,9 +149,10 @@ def submit(
     """Start a session and print its id, without waiting (a lead must be running: staffwork up)."""
 
     async def go() -> str:
-        spec, text, folders = _team_and_task(team, example, task, list(inputs or []))
+        spec, text, folders, memory = _team_and_task(team, example, task, list(inputs or []))
         async with bus_target(nats, root, name="staffwork-submit") as target:
             await provision(target.bus)
+            await seed_memory(target.bus, memory)
             client = Client(target.bus)
             session_id = new_id("ses")
             uploaded: list[str] = []

@@ -3,13 +3,14 @@ the regulations it must meet, and what past negotiations achieved.
 
 Files::
 
-    contract/northwind-msa.txt          the contract: one numbered clause per line
-                                        ("7. Limitation of Liability. ... six (6) months ...")
-    policy/procurement-policy.csv       rule_id, heading, kind (min, max, phrase), value, unit, requirement
-    regulations/requirements.csv        req_id, regulation, heading, kind, value, unit, requirement
-    memory/deals/negotiations.csv       the past deals (for the memory store ``deals``, never the
-                                        workspace): deal, vendor, year, heading, vendor_initial,
-                                        agreed, unit, agreed_text
+    inputs/contract/northwind-msa.txt     the contract: one numbered clause per line
+                                          ("7. Limitation of Liability. ... six (6) months ...")
+    inputs/policy/procurement-policy.csv  rule_id, heading, kind (min, max, phrase), value, unit,
+                                          requirement
+    inputs/regulations/requirements.csv   req_id, regulation, heading, kind, value, unit, requirement
+    memory/deals/negotiations.csv         the past deals (the memory store ``deals``, never the
+                                          workspace): deal, vendor, year, heading, vendor_initial,
+                                          agreed, unit, agreed_text
 
 A clause meets a ``min`` rule when its number (the one in parentheses) is at least the value, a
 ``max`` rule when at most, and a ``phrase`` rule when it contains the phrase. :func:`generate` returns
@@ -157,20 +158,22 @@ def generate(folder: Path, *, seed: int = 7) -> GroundTruth:
     """Write the contract, the policy, the regulations and the past deals into ``folder``."""
     rng = random.Random(seed)
     clauses, values = _clauses(rng)
-    for part in ("contract", "policy", "regulations", "memory/deals"):
-        (folder / part).mkdir(parents=True, exist_ok=True)
+    inputs = folder / "inputs"
+    for part in ("contract", "policy", "regulations"):
+        (inputs / part).mkdir(parents=True, exist_ok=True)
+    (folder / "memory" / "deals").mkdir(parents=True, exist_ok=True)
     contract = ["MASTER SERVICES AGREEMENT between Northwind Analytics Ltd (Vendor) and the Customer", ""]
     contract += [f"{n}. {heading}. {body}" for n, (heading, body) in enumerate(clauses, 1)]
-    (folder / "contract" / "northwind-msa.txt").write_text("\n".join(contract) + "\n")
+    (inputs / "contract" / "northwind-msa.txt").write_text("\n".join(contract) + "\n")
     policy = [r for r in RULES if r.source == "policy"]
     regulation = [r for r in RULES if r.source == "regulation"]
-    (folder / "policy" / "procurement-policy.csv").write_text(
+    (inputs / "policy" / "procurement-policy.csv").write_text(
         _table(
             ["rule_id", "heading", "kind", "value", "unit", "requirement"],
             [[r.rule_id, r.heading, r.kind, r.value, r.unit, r.requirement] for r in policy],
         )
     )
-    (folder / "regulations" / "requirements.csv").write_text(
+    (inputs / "regulations" / "requirements.csv").write_text(
         _table(
             ["req_id", "regulation", "heading", "kind", "value", "unit", "requirement"],
             [[r.rule_id, r.regulation, r.heading, r.kind, r.value, r.unit, r.requirement] for r in regulation],
