@@ -49,23 +49,98 @@ class Rule:
 
 
 RULES = [
-    Rule("P-01", "policy", "", "Limitation of Liability", "min", "12", "months",
-         "The vendor's liability cap is at least twelve months of fees."),
-    Rule("P-02", "policy", "", "Payment Terms", "min", "45", "days", "Invoices are payable in no less than 45 days."),
-    Rule("P-03", "policy", "", "Price Adjustments", "max", "5", "percent", "Yearly price increases are capped at 5%."),
+    Rule(
+        "P-01",
+        "policy",
+        "",
+        "Limitation of Liability",
+        "min",
+        "12",
+        "months",
+        "The vendor's liability cap is at least twelve months of fees.",
+    ),
+    Rule(
+        "P-02",
+        "policy",
+        "",
+        "Payment Terms",
+        "min",
+        "45",
+        "days",
+        "Invoices are payable in no less than 45 days.",
+    ),
+    Rule(
+        "P-03",
+        "policy",
+        "",
+        "Price Adjustments",
+        "max",
+        "5",
+        "percent",
+        "Yearly price increases are capped at 5%.",
+    ),
     Rule("P-04", "policy", "", "Renewal", "max", "60", "days", "A non-renewal notice needs at most 60 days."),
-    Rule("P-05", "policy", "", "Termination for Convenience", "max", "90", "days",
-         "We may terminate for convenience with at most 90 days' notice."),
-    Rule("P-06", "policy", "", "Insurance", "min", "5", "million USD", "The vendor carries at least $5M of cover."),
-    Rule("GDPR-28", "regulation", "GDPR Art. 28(2)", "Subprocessors", "phrase", "prior written", "",
-         "A processor engages subprocessors only with the controller's prior written authorisation."),
-    Rule("GDPR-33", "regulation", "GDPR Art. 33", "Security Incidents", "max", "48", "hours",
-         "Breaches reach us in time for our 72-hour notice to the authority: within 48 hours."),
-    Rule("GDPR-44", "regulation", "GDPR Art. 44", "Data Location", "phrase", "European Economic Area", "",
-         "Personal data stays in the European Economic Area unless a transfer mechanism applies."),
-    Rule("DORA-30", "regulation", "DORA Art. 30(3)", "Audit", "phrase", "regulators", "",
-         "Contracts for ICT services give the customer and its regulators access and audit rights."),
-]  # fmt: skip
+    Rule(
+        "P-05",
+        "policy",
+        "",
+        "Termination for Convenience",
+        "max",
+        "90",
+        "days",
+        "We may terminate for convenience with at most 90 days' notice.",
+    ),
+    Rule(
+        "P-06",
+        "policy",
+        "",
+        "Insurance",
+        "min",
+        "5",
+        "million USD",
+        "The vendor carries at least $5M of cover.",
+    ),
+    Rule(
+        "GDPR-28",
+        "regulation",
+        "GDPR Art. 28(2)",
+        "Subprocessors",
+        "phrase",
+        "prior written",
+        "",
+        "A processor engages subprocessors only with the controller's prior written authorisation.",
+    ),
+    Rule(
+        "GDPR-33",
+        "regulation",
+        "GDPR Art. 33",
+        "Security Incidents",
+        "max",
+        "48",
+        "hours",
+        "Breaches reach us in time for our 72-hour notice to the authority: within 48 hours.",
+    ),
+    Rule(
+        "GDPR-44",
+        "regulation",
+        "GDPR Art. 44",
+        "Data Location",
+        "phrase",
+        "European Economic Area",
+        "",
+        "Personal data stays in the European Economic Area unless a transfer mechanism applies.",
+    ),
+    Rule(
+        "DORA-30",
+        "regulation",
+        "DORA Art. 30(3)",
+        "Audit",
+        "phrase",
+        "regulators",
+        "",
+        "Contracts for ICT services give the customer and its regulators access and audit rights.",
+    ),
+]
 
 
 @dataclass(frozen=True)
@@ -102,40 +177,86 @@ def _clauses(rng: random.Random) -> tuple[list[tuple[str, str]], dict[str, str]]
     eea = rng.random() < 0.5
     regulators = rng.random() < 0.4
     values = {
-        "P-01": str(liability), "P-02": str(payment), "P-03": str(price), "P-04": str(renewal),
-        "P-05": str(termination), "P-06": str(insurance), "GDPR-33": str(incident),
-        "GDPR-28": "prior written" if subprocessors else "", "GDPR-44": "European Economic Area" if eea else "",
+        "P-01": str(liability),
+        "P-02": str(payment),
+        "P-03": str(price),
+        "P-04": str(renewal),
+        "P-05": str(termination),
+        "P-06": str(insurance),
+        "GDPR-33": str(incident),
+        "GDPR-28": "prior written" if subprocessors else "",
+        "GDPR-44": "European Economic Area" if eea else "",
         "DORA-30": "regulators" if regulators else "",
-    }  # fmt: skip
+    }
     clauses = [
         ("Definitions", "Capitalised terms have the meanings given in Schedule 1."),
         ("Services", "Vendor provides the hosted analytics platform described in each Order Form."),
         ("Fees", "Customer pays the fees set out in each Order Form, in US dollars."),
         ("Payment Terms", f"Undisputed invoices are payable within {_number(payment)} days of receipt."),
         ("Price Adjustments", f"Vendor may increase the fees once a year by up to {_number(price)} percent."),
-        ("Term", "This Agreement starts on the Effective Date and runs for an initial term of two (2) years."),
-        ("Renewal", "This Agreement renews for successive one-year terms unless either party gives notice of "
-                    f"non-renewal at least {_number(renewal)} days before the end of the then-current term."),
-        ("Termination for Convenience", "Customer may terminate this Agreement for convenience on "
-                                        f"{_number(termination)} days' written notice."),
-        ("Confidentiality", "Each party keeps the other's Confidential Information confidential for five (5) years."),
-        ("Data Protection", "Vendor processes Customer Personal Data only on Customer's documented instructions."),
-        ("Subprocessors", "Vendor may engage subprocessors " + (
-            "only with Customer's prior written authorisation." if subprocessors
-            else "and will inform Customer of any change by updating its website.")),
-        ("Security Incidents", f"Vendor notifies Customer of a Security Incident within {_number(incident)} hours "
-                               "of becoming aware of it."),
-        ("Audit", "Vendor allows audits by Customer" + (
-            " and its regulators, on reasonable notice." if regulators else ", once a year, on thirty (30) days' notice.")),
-        ("Data Location", "Vendor stores and processes Customer Personal Data " + (
-            "only in the European Economic Area." if eea else "in the data centres of its choice.")),
-        ("Limitation of Liability", "Each party's total liability under this Agreement shall not exceed the fees "
-                                    f"paid in the {_number(liability)} months preceding the claim."),
+        (
+            "Term",
+            "This Agreement starts on the Effective Date and runs for an initial term of two (2) years.",
+        ),
+        (
+            "Renewal",
+            "This Agreement renews for successive one-year terms unless either party gives notice of "
+            f"non-renewal at least {_number(renewal)} days before the end of the then-current term.",
+        ),
+        (
+            "Termination for Convenience",
+            "Customer may terminate this Agreement for convenience on "
+            f"{_number(termination)} days' written notice.",
+        ),
+        (
+            "Confidentiality",
+            "Each party keeps the other's Confidential Information confidential for five (5) years.",
+        ),
+        (
+            "Data Protection",
+            "Vendor processes Customer Personal Data only on Customer's documented instructions.",
+        ),
+        (
+            "Subprocessors",
+            "Vendor may engage subprocessors "
+            + (
+                "only with Customer's prior written authorisation."
+                if subprocessors
+                else "and will inform Customer of any change by updating its website."
+            ),
+        ),
+        (
+            "Security Incidents",
+            f"Vendor notifies Customer of a Security Incident within {_number(incident)} hours "
+            "of becoming aware of it.",
+        ),
+        (
+            "Audit",
+            "Vendor allows audits by Customer"
+            + (
+                " and its regulators, on reasonable notice."
+                if regulators
+                else ", once a year, on thirty (30) days' notice."
+            ),
+        ),
+        (
+            "Data Location",
+            "Vendor stores and processes Customer Personal Data "
+            + ("only in the European Economic Area." if eea else "in the data centres of its choice."),
+        ),
+        (
+            "Limitation of Liability",
+            "Each party's total liability under this Agreement shall not exceed the fees "
+            f"paid in the {_number(liability)} months preceding the claim.",
+        ),
         ("Indemnification", "Vendor indemnifies Customer against third-party claims of infringement."),
-        ("Insurance", f"Vendor maintains professional liability insurance of at least {_number(insurance)} "
-                      "million US dollars."),
+        (
+            "Insurance",
+            f"Vendor maintains professional liability insurance of at least {_number(insurance)} "
+            "million US dollars.",
+        ),
         ("Governing Law", "This Agreement is governed by the laws of the State of New York."),
-    ]  # fmt: skip
+    ]
     return clauses, values
 
 
@@ -176,7 +297,10 @@ def generate(folder: Path, *, seed: int = 7) -> GroundTruth:
     (inputs / "regulations" / "requirements.csv").write_text(
         _table(
             ["req_id", "regulation", "heading", "kind", "value", "unit", "requirement"],
-            [[r.rule_id, r.regulation, r.heading, r.kind, r.value, r.unit, r.requirement] for r in regulation],
+            [
+                [r.rule_id, r.regulation, r.heading, r.kind, r.value, r.unit, r.requirement]
+                for r in regulation
+            ],
         )
     )
     deals = []
@@ -193,7 +317,11 @@ def generate(folder: Path, *, seed: int = 7) -> GroundTruth:
             else:
                 bound = int(rule.value)
                 step = max(1, bound // 4)
-                agreed_n = bound + step * rng.randint(0, 2) if rule.kind == "min" else max(1, bound - step * rng.randint(0, 2))
+                agreed_n = (
+                    bound + step * rng.randint(0, 2)
+                    if rule.kind == "min"
+                    else max(1, bound - step * rng.randint(0, 2))
+                )
                 initial_n = agreed_n - 2 * step if rule.kind == "min" else agreed_n + 2 * step
                 initial, agreed, text = str(max(initial_n, 1)), str(agreed_n), ""
                 score = float(agreed_n if rule.kind == "min" else -agreed_n) + year / 10_000
@@ -203,7 +331,9 @@ def generate(folder: Path, *, seed: int = 7) -> GroundTruth:
         assert best is not None
         precedents[rule.heading] = best[1]
     (folder / "memory" / "deals" / "negotiations.csv").write_text(
-        _table(["deal", "vendor", "year", "heading", "vendor_initial", "agreed", "unit", "agreed_text"], deals)
+        _table(
+            ["deal", "vendor", "year", "heading", "vendor_initial", "agreed", "unit", "agreed_text"], deals
+        )
     )
     number = {heading: n for n, (heading, _) in enumerate(clauses, 1)}
     breaches = [
