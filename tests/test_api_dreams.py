@@ -105,7 +105,7 @@ async def test_a_dream_over_a_store_and_a_session_completes_into_a_new_store(bus
         assert new.description == "what the team learned"
         assert output.memory_store_id in [s.id async for s in b.memory_stores.list()]
         listed = {m.path: m async for m in b.memory_stores.memories.list(output.memory_store_id)}
-        assert sorted(listed) == ["/facts.md", "/lessons.md", "/runbook.md"]
+        assert sorted(listed) == ["/facts.md", "/lessons.csv", "/lessons.md", "/runbook.md"]
         facts = await b.memory_stores.memories.retrieve(
             listed["/facts.md"].id,  # type: ignore[union-attr]
             memory_store_id=output.memory_store_id,

@@ -126,7 +126,7 @@ async def test_offline_dream_merges_adds_lessons_and_leaves_the_input_alone(bus:
     assert await store.versions("notes") == before  # the input is never written
 
     out = record.output_store
-    assert [v.path for v in await store.list(out)] == ["copy.md", "facts.md", LESSONS]
+    assert [v.path for v in await store.list(out)] == ["copy.md", "facts.md", "lessons.csv", LESSONS]
     assert (await store.read(out, "facts.md")).content == "db: pg15\nregion: eu\n"
     assert (await store.read(out, "copy.md")).content == "# Runbook\n\nrestart api\ncheck disk\n"
     lessons = (await store.read(out, LESSONS)).content
@@ -137,6 +137,10 @@ async def test_offline_dream_merges_adds_lessons_and_leaves_the_input_alone(bus:
         "- `grep` (agent logs): 3 error(s); latest: grep: /var/log/app.log: No such file (ses_b)" in lessons
     )
     assert "- to logs: 2 follow-up(s); latest: dates in UTC" in lessons
+    table = (await store.read(out, "lessons.csv")).content.splitlines()
+    assert table[0] == "criterion,kind,failed,sessions,latest"
+    assert table[1].startswith(f"{DATES},rubric,3,2,") or table[1].startswith(f'"{DATES}",')
+    assert len(table) == 3  # the two rejected criteria, most often rejected first
 
     report = record.report
     assert report is not None

@@ -5,6 +5,8 @@ must answer with the ``write_store`` tool, validated.
 
 from __future__ import annotations
 
+import csv
+import io
 import re
 import secrets
 from collections.abc import Awaitable, Callable
@@ -13,7 +15,7 @@ import msgspec
 import structlog
 
 from actors.agent.models.base import ModelError, ModelRequest, ModelResponse
-from actors.dreamer.sessions import DREAMER, LESSONS, DreamError, SessionDigest
+from actors.dreamer.sessions import DREAMER, LESSONS, LESSONS_TABLE, DreamError, SessionDigest
 from bus.errors import InvalidPath, Retryable
 from bus.objects import normalize_path
 from schemas.base import Usage
@@ -87,7 +89,7 @@ def offline_dream(
     changes: list[str] = []
     first_with: dict[str, str] = {}
     for path in sorted(files):
-        if path == LESSONS:
+        if path in (LESSONS, LESSONS_TABLE):
             continue  # rewritten from the sessions below
         merged, notes = merge_lines(files[path])
         changes.extend(f"{path}: {note}" for note in notes)
@@ -98,15 +100,37 @@ def offline_dream(
         first_with.setdefault(body, path)
         out[path] = merged
     out[LESSONS] = lessons(digests, dream_id, previous=files.get(LESSONS, ""))
-    changes.append(
-        f"{LESSONS}: {'rewritten' if LESSONS in files else 'written'} from {len(digests)} session(s)"
-    )
+    out[LESSONS_TABLE] = lessons_table(digests)
+    for name in (LESSONS, LESSONS_TABLE):
+        changes.append(
+            f"{name}: {'rewritten' if name in files else 'written'} from {len(digests)} session(s)"
+        )
     return out, changes
 
 
 def _clip(text: str, limit: int = 200) -> str:
     flat = " ".join(text.split())
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def lessons_table(digests: list[SessionDigest]) -> str:
+    """``lessons.csv``: each criterion the grader rejected in these sessions (criterion, kind, failed,
+    sessions, latest explanation), most frequent first: what ``lessons.md`` says first, as a table an
+    agent's ``sql`` reads from the store."""
+    found: dict[str, tuple[str, int, set[str], str]] = {}
+    for digest in digests:
+        for verdict in digest.verdicts:
+            for criterion in verdict.criteria:
+                if criterion.status == "failed":
+                    _, count, where, _ = found.get(criterion.criterion, ("", 0, set(), ""))
+                    where.add(digest.session_id)
+                    found[criterion.criterion] = (criterion.kind, count + 1, where, criterion.explanation)
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["criterion", "kind", "failed", "sessions", "latest"])
+    for name, (kind, count, where, why) in sorted(found.items(), key=lambda kv: (-kv[1][1], kv[0])):
+        writer.writerow([name, kind, count, len(where), _clip(why)])
+    return out.getvalue()
 
 
 def lessons(digests: list[SessionDigest], dream_id: str, *, previous: str = "") -> str:

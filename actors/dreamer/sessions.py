@@ -38,6 +38,8 @@ from schemas.trace import (
 log = structlog.get_logger("staffwork.dreamer")
 
 LESSONS = "lessons.md"
+#: the same rejected criteria as a table (criterion, kind, failed, sessions, latest), for sql
+LESSONS_TABLE = "lessons.csv"
 DREAMER = "dreamer"
 COLLECTOR_TIMEOUT = 5.0
 
