@@ -519,6 +519,7 @@ async def run_example(
     task: str,
     *,
     memory: dict[str, Path] | None = None,
+    stores: dict[str, str] | None = None,
     timeout: float = 120,
 ) -> tuple[SessionResult, str]:
     """One session of a bundled example's team on the offline model, its workers and the grader in
@@ -527,12 +528,16 @@ async def run_example(
     from actors.agent.models.offline import OfflineModel
     from actors.agent.tools.catalog import check_team_tools
     from actors.cli.common import seed_memory
+    from actors.cli.sessions import with_stores
     from actors.roles import RoleConfig, running, running_agents
     from schemas.team import parse_team
 
     team_file = EXAMPLES / example / "team.toml"
     team = parse_team(await asyncio.to_thread(team_file.read_bytes), source=str(team_file))
     check_team_tools(team, source=str(team_file))
+    team = with_stores(
+        team, [f"{store}={other}" for store, other in (stores or {}).items() if store != other]
+    )
     submit = SessionSubmit(task=task, team_spec=team, inputs=list(names))
     await seed_memory(bus, memory or {})
     workspace = Workspace(bus)

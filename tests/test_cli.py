@@ -391,11 +391,14 @@ def test_trace_and_sessions_work_after_the_run_ended(tmp_path: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("example", ["builds", "leads", "board", "compliance"])
 def test_every_bundled_example_runs_from_the_cli(tmp_path: Path, example: str) -> None:
-    """``staffwork run --example NAME`` on a fresh home: the data generated, the team run offline (the
-    leads' company-data MCP server finding the generated data), the outcome met."""
+    """``staffwork run --example NAME`` on a fresh home: the data generated (and the compliance
+    example's memory store seeded), the team run offline (the leads' company-data MCP server finding
+    the generated data), the outcome graded."""
     result = staffwork("run", "--example", example, "--json", home=tmp_path, timeout=180)
     assert result.returncode == 0, result.stderr
     document = json.loads(result.stdout)
     assert document["status"] == "idle", document["final_text"]
-    assert document["outcome"]["result"] == "satisfied", document["outcome"]
+    # the compliance review fails one criterion until a dream teaches it (tests/test_compliance.py)
+    expected = "max_iterations_reached" if example == "compliance" else "satisfied"
+    assert document["outcome"]["result"] == expected, document["outcome"]
     assert document["report_path"] in document["files"]

@@ -37,7 +37,7 @@ from bus.provision import provision
 from bus.subjects import check_token
 from schemas.ids import new_id
 from schemas.session import SessionResult
-from schemas.team import TeamSpec
+from schemas.team import AgentSpec, TeamSpec
 from schemas.trace import CustomToolUse, ToolConfirmationRequested
 
 TeamOption = Annotated[Path | None, typer.Option("--team", help="A team file (TOML).")]
@@ -47,6 +47,41 @@ ExampleOption = Annotated[
 InputOption = Annotated[
     list[Path] | None, typer.Option("--input", help="A directory to upload into the session's workspace.")
 ]
+MemoryOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--memory",
+        help="STORE=OTHER: attach the memory store OTHER wherever the team attaches STORE (a dream's new "
+        "store, say).",
+    ),
+]
+
+
+def with_stores(team: TeamSpec, swaps: list[str]) -> TeamSpec:
+    """``team`` with each ``STORE=OTHER`` swap made in every agent's memory attachments (the lead's
+    too); a swap of a store the team does not attach is one error naming the ones it does."""
+    attached = sorted({m.store for agent in [team.lead, *team.agents] for m in agent.memory})
+    names: dict[str, str] = {}
+    for swap in swaps:
+        store, sep, other = swap.partition("=")
+        if not sep or not store or not other:
+            raise StaffworkError(
+                f"--memory {swap!r}: give STORE=OTHER (e.g. --memory deals=deals-dream-1a2b)"
+            )
+        if store not in attached:
+            raise StaffworkError(
+                f"--memory {swap!r}: team {team.name!r} attaches no store {store!r} "
+                f"(it attaches: {', '.join(attached) or 'none'})"
+            )
+        names[store] = other
+
+    def swapped(agent: AgentSpec) -> AgentSpec:
+        memory = [msgspec.structs.replace(m, store=names.get(m.store, m.store)) for m in agent.memory]
+        return msgspec.structs.replace(agent, memory=memory)
+
+    if not names:
+        return team
+    return msgspec.structs.replace(team, lead=swapped(team.lead), agents=[swapped(a) for a in team.agents])
 
 
 def _directories(paths: list[Path]) -> list[Path]:
@@ -80,6 +115,7 @@ def run(
     team: TeamOption = None,
     example: ExampleOption = None,
     inputs: InputOption = None,
+    memory_swaps: MemoryOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one machine-readable result.")] = False,
     timeout: Annotated[float | None, typer.Option(help="Give up after this many seconds.")] = None,
     allow_private: AllowPrivateOption = False,
@@ -91,6 +127,7 @@ def run(
 
     async def go() -> RunOutcome:
         spec, text, folders, memory = _team_and_task(team, example, task, list(inputs or []))
+        spec = with_stores(spec, list(memory_swaps or []))
         async with bus_target(nats, root, name="staffwork-run") as target:
             await provision(target.bus)  # a bus that cannot be used says so before anything else
             if not as_json:

@@ -11,6 +11,8 @@ Files::
     memory/deals/negotiations.csv         the past deals (the memory store ``deals``, never the
                                           workspace): deal, vendor, year, heading, vendor_initial,
                                           agreed, unit, agreed_text
+    memory/deals/lessons.csv              what the grader rejected in past reviews: empty at first
+                                          (criterion, kind, failed, sessions, latest; a dream fills it)
 
 A clause meets a ``min`` rule when its number (the one in parentheses) is at least the value, a
 ``max`` rule when at most, and a ``phrase`` rule when it contains the phrase. :func:`generate` returns
@@ -330,6 +332,8 @@ def generate(folder: Path, *, seed: int = 7) -> GroundTruth:
                 best = (score, deal)
         assert best is not None
         precedents[rule.heading] = best[1]
+    # what the grader rejected before: nothing yet (a dream over past reviews fills it)
+    (folder / "memory" / "deals" / "lessons.csv").write_text("criterion,kind,failed,sessions,latest\n")
     (folder / "memory" / "deals" / "negotiations.csv").write_text(
         _table(
             ["deal", "vendor", "year", "heading", "vendor_initial", "agreed", "unit", "agreed_text"], deals
