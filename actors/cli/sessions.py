@@ -180,6 +180,7 @@ def submit(
     team: TeamOption = None,
     example: ExampleOption = None,
     inputs: InputOption = None,
+    memory_swaps: MemoryOption = None,
     nats: NatsOption = None,
     root: RootOption = "sw",
 ) -> None:
@@ -187,6 +188,7 @@ def submit(
 
     async def go() -> str:
         spec, text, folders, memory = _team_and_task(team, example, task, list(inputs or []))
+        spec = with_stores(spec, list(memory_swaps or []))
         async with bus_target(nats, root, name="staffwork-submit") as target:
             await provision(target.bus)
             await seed_memory(target.bus, memory)
