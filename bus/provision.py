@@ -295,6 +295,18 @@ async def ensure_object_store(bus: Bus, bucket: str, *, settings: StreamSettings
         raise ProvisionError(f"cannot create object store {bucket!r}: {exc.description}") from exc
 
 
+def covers(wide: str, narrow: str) -> bool:
+    """Whether every subject ``narrow`` matches is matched by ``wide`` too (NATS wildcards: ``*`` one
+    token, ``>`` one or more at the end)."""
+    outer, inner = wide.split("."), narrow.split(".")
+    for n, token in enumerate(outer):
+        if token == ">":
+            return len(inner) > n
+        if n >= len(inner) or inner[n] == ">" or (token != "*" and token != inner[n]):
+            return False
+    return len(outer) == len(inner)
+
+
 async def ensure_session_index(bus: Bus, bucket: str) -> None:
     """Add the session index subjects to the object store's stream; a store made before the index
     existed gets every file's entry written from its metadata."""
@@ -302,8 +314,8 @@ async def ensure_session_index(bus: Bus, bucket: str) -> None:
     index = JetStreamApi.object_index(bucket)
     config = (await bus._js.stream_info(stream)).config
     subjects = list(config.subjects or [])
-    if index in subjects:
-        return
+    if any(covers(subject, index) for subject in subjects):
+        return  # the index subjects, or a wider subject that holds them too
     try:
         await _placed(lambda: bus._js.update_stream(dataclasses.replace(config, subjects=[*subjects, index])))
     except nats.js.errors.APIError as exc:

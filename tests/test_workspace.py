@@ -23,7 +23,7 @@ from bus.errors import (
     InvalidPath,
 )
 from bus.objects import normalize_path
-from bus.provision import provision
+from bus.provision import covers, provision
 from bus.workspace import Workspace
 from schemas import Provenance
 
@@ -338,5 +338,32 @@ async def test_a_store_without_the_session_index_says_to_provision_it(bus: Bus, 
     with pytest.raises(BusError, match=r"has no session index .* provision it again"):
         await ws.put("ses_a", "a.txt", b"a")
     await provision(bus)
+    await ws.put("ses_a", "a.txt", b"a")
+    assert [f.path for f in await ws.list("ses_a")] == ["a.txt"]
+
+
+def test_a_wider_subject_covers_the_session_index() -> None:
+    index = "$O.sw_files.S.*.>"
+    assert covers(index, index)
+    assert covers("$O.sw_files.S.>", index)
+    assert covers("$O.sw_files.>", index)
+    assert covers("$O.*.S.*.>", index)
+    assert not covers("$O.sw_files.S.*", index)  # one token after the session, not more
+    assert not covers("$O.sw_files.M.>", index)
+    assert not covers("$O.sw_files.S.*.*", index)
+    assert not covers("$O.other.S.>", index)
+
+
+async def test_a_store_whose_stream_already_holds_the_index_under_a_wider_subject_is_left_as_it_is(
+    bus: Bus, nc: NATS
+) -> None:
+    ws = Workspace(bus)
+    js = nc.jetstream()
+    config = (await js.stream_info(ws.stream)).config
+    wider = f"$O.{ws.bucket}.S.>"
+    config.subjects = [*(s for s in config.subjects or [] if ".S." not in s), wider]
+    await js.update_stream(config)
+    await provision(bus)  # adding the narrower subject would overlap: not needed, not tried
+    assert wider in ((await js.stream_info(ws.stream)).config.subjects or [])
     await ws.put("ses_a", "a.txt", b"a")
     assert [f.path for f in await ws.list("ses_a")] == ["a.txt"]
