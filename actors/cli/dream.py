@@ -193,15 +193,16 @@ def report(name: str, nats: NatsOption = None, root: RootOption = "sw") -> None:
     if not chosen:
         err.print(f"no dreams of {name!r} yet (start one with: staffwork dream run --store {name})")
         return
+    width = max(44, *(len(f"{r.store} -> {r.output_store}") for r in chosen))
     _line(
-        f"{'DREAM':<30}  {'CREATED':<19}  {'STORE -> OUTPUT':<44} {'STATUS':<9} {'SESS':>4} "
+        f"{'DREAM':<30}  {'CREATED':<19}  {'STORE -> OUTPUT':<{width}} {'STATUS':<9} {'SESS':>4} "
         f"{'PASS':>5} {'AVG REV':>7} {'TOOL ERR':>8}"
     )
     for record in chosen:
         r = record.report
         created = datetime.fromtimestamp(record.created).astimezone().strftime("%Y-%m-%d %H:%M:%S")
         _line(
-            f"{record.dream_id:<30}  {created}  {record.store + ' -> ' + record.output_store:<44} "
+            f"{record.dream_id:<30}  {created}  {record.store + ' -> ' + record.output_store:<{width}} "
             f"{record.status:<9} {r.sessions if r else 0:>4} {_pct(r.pass_rate) if r else '-':>5} "
             f"{_num(r.avg_revisions) if r else '-':>7} {r.tool_errors if r else 0:>8}"
         )
