@@ -540,7 +540,7 @@ async def test_a_specialists_call_waits_for_a_confirmation_and_a_denial_reaches_
             idle = waiting[-1]
             assert idle.stop_reason.type == "requires_action"
             [use] = [e for e in waiting if e.type == "agent.tool_use" and e.evaluated_permission == "ask"]
-            assert use.name == "read_file"  # the staffwork tool the hosted toolset's read is
+            assert use.name == "read"  # as hosted: the toolset's name of the staffwork read_file
             assert idle.stop_reason.event_ids == [use.id]
             assert use.session_thread_id is not None
             no: Any = {

@@ -87,6 +87,9 @@ _CROSS_POSTED = {
     "span.outcome_evaluation_start",
     "span.outcome_evaluation_end",
 }
+#: the hosted toolset's name of each staffwork built-in an API agent's toolset enables (write_file is
+#: both write and edit there: shown as write); sql and the memory tools have none and keep theirs
+HOSTED_NAME = {"read_file": "read", "write_file": "write", "list_files": "glob", "grep": "grep"}
 _SESSION_STATUS = {"session.status_idle", "session.status_running"}
 _events: Decoder[AnyTraceEvent] = Decoder(AnyTraceEvent, max_bytes=4 * 1024 * 1024)
 
@@ -254,7 +257,8 @@ class Translator:
                     "evaluated_permission": permission,
                     "evaluation": {"type": "always_ask" if permission == "ask" else "always_allow"},
                 }
-                return [{"id": id, **fields, "name": event.name, "input": event.input, **sub}]
+                name = HOSTED_NAME.get(event.name, event.name) if event.kind == "builtin" else event.name
+                return [{"id": id, **fields, "name": name, "input": event.input, **sub}]
             case AgentToolResult():
                 call = self._calls.get(event.tool_use_id, event.tool_use_id)
                 if event.kind == "mcp":
