@@ -102,8 +102,7 @@ async def test_sql_reads_the_data_files_of_the_attached_stores(bus: Bus) -> None
     """A CSV in an attached store is a table beside the workspace's; an unattached store's is not."""
     memory = Memory(bus)
     user = Writer(kind="user", user="ops")
-    await memory.create("runbooks")
-    await memory.create("notes")
+    await memory.create("runbooks")  # "notes", attached too, does not exist: sql goes on without it
     await memory.create("secrets")
     await memory.write("runbooks", "deals/past.csv", "vendor,cap_months\nacme,12\nglobex,6\n", writer=user)
     await memory.write("secrets", "keys.csv", "name,key\nprod,hunter2\n", writer=user)

@@ -31,7 +31,7 @@ from actors.agent.tools.base import ToolContext, ToolError, tool
 from actors.agent.tools.memory import MOUNT
 from actors.agent.tools.sql_cache import BuildCache, Database, Files
 from actors.agent.tools.sql_load import catalog, is_data, load, plural
-from bus.errors import FileNotFound, MemoryFileNotFound
+from bus.errors import FileNotFound, MemoryFileNotFound, MemoryStoreNotFound
 from bus.memory import Memory
 from bus.objects import digest_of
 from bus.workspace import Workspace
@@ -282,11 +282,11 @@ async def _database(workspace: Workspace, session_id: str, stores: Sequence[str]
     listed = [(info.path, info.digest) for info in await workspace.list(session_id) if is_data(info.path)]
     memory = Memory(workspace.bus)
     for store in stores:
-        listed += [
-            (f"{MOUNT}{store}/{entry.path}", f"sha256={entry.sha256}")
-            for entry in await memory.list(store)
-            if is_data(entry.path)
-        ]
+        try:
+            entries = await memory.list(store)
+        except MemoryStoreNotFound:
+            continue  # attached but gone: its tables are missing, the rest still answer
+        listed += [(f"{MOUNT}{store}/{e.path}", f"sha256={e.sha256}") for e in entries if is_data(e.path)]
     files = tuple(sorted(listed))
 
     async def read_and_build() -> Database:
