@@ -32,6 +32,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from actors.api.agent_shapes import TOOLSET
 from actors.api.errors import bad_request
 from actors.api.values import rfc3339
 from bus.codec import Decoder
@@ -87,9 +88,10 @@ _CROSS_POSTED = {
     "span.outcome_evaluation_start",
     "span.outcome_evaluation_end",
 }
-#: the hosted toolset's name of each staffwork built-in an API agent's toolset enables (write_file is
-#: both write and edit there: shown as write); sql and the memory tools have none and keep theirs
-HOSTED_NAME = {"read_file": "read", "write_file": "write", "list_files": "glob", "grep": "grep"}
+#: the hosted toolset's name of each staffwork built-in an API agent's toolset enables, the inverse of
+#: TOOLSET (write_file is both edit and write there: the later, write, is shown); sql and the memory
+#: tools have none and keep theirs
+HOSTED_NAME = {builtin: name for name, builtin in TOOLSET.items() if builtin}
 _SESSION_STATUS = {"session.status_idle", "session.status_running"}
 _events: Decoder[AnyTraceEvent] = Decoder(AnyTraceEvent, max_bytes=4 * 1024 * 1024)
 

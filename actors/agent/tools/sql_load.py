@@ -89,6 +89,15 @@ def _identifier(text: str, fallback: str) -> str:
     return name
 
 
+def _claim(name: str, taken: set[str]) -> str:
+    """``name``, or with ``_2``, ``_3``... the first not in ``taken`` (case-insensitive); now taken."""
+    base, n = name, 2
+    while name.lower() in taken:
+        name, n = f"{base}_{n}", n + 1
+    taken.add(name.lower())
+    return name
+
+
 def _table_names(paths: Sequence[str]) -> dict[str, str]:
     """``data/metrics.csv`` → ``metrics``; files whose names clash are named by path (``data_metrics``)."""
     stems = {path: _identifier(PurePosixPath(path).stem, "t") for path in paths}
@@ -101,10 +110,7 @@ def _table_names(paths: Sequence[str]) -> dict[str, str]:
             name = _identifier(path.rsplit(".", 1)[0], "t")
         if name.lower() in taken:
             name = _identifier(path, "t")
-        base, n = name, 2
-        while name.lower() in taken:
-            name, n = f"{base}_{n}", n + 1
-        taken.add(name.lower())
+        name = _claim(name, taken)
         names[path] = name
     return names
 
@@ -115,10 +121,7 @@ def _column_names(raw: Sequence[str]) -> list[str]:
     taken: set[str] = set()
     for i, original in enumerate(raw, 1):
         name = original if _IDENT.fullmatch(original) else _identifier(original, f"c{i}")
-        base, n = name, 2
-        while name.lower() in taken:
-            name, n = f"{base}_{n}", n + 1
-        taken.add(name.lower())
+        name = _claim(name, taken)
         names.append(name)
     return names
 
@@ -323,10 +326,7 @@ def _copy_database(conn: sqlite3.Connection, path: str, data: bytes, taken: set[
             name = _identifier(table, "t")
             if name.lower() in taken:
                 name = f"{stem}_{name}"
-            base, n = name, 2
-            while name.lower() in taken:
-                name, n = f"{base}_{n}", n + 1
-            taken.add(name.lower())
+            name = _claim(name, taken)
             spec = ", ".join(f"{_quote(c)} {t}".rstrip() for c, t in zip(columns, types, strict=True))
             conn.execute(f"CREATE TABLE {_quote(name)} ({spec})")
             rows = source.execute(f"SELECT * FROM {_quote(table)}").fetchall()
