@@ -7,18 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from actors.agent.models.offline import OfflineModel
 from actors.agent.tools.catalog import check_team_tools
-from actors.roles import RoleConfig, running, running_agents
 from bus.connection import Bus
-from bus.workspace import Workspace
+from examples.incident import TASK
 from examples.incident.generate import FILES, GroundTruth, generate
-from schemas import SessionSubmit, TeamSpec
+from schemas import TeamSpec
 from schemas.team import parse_team
-from tests.helpers import submit_and_wait
+from tests.helpers import run_example
 
 TEAM_FILE = Path(__file__).parent.parent / "examples" / "incident" / "team.toml"
-TASK = "Payments are failing since this afternoon. Find out what happened and write the incident report."
 SECTION = re.compile(r"^## From thread (\S+) · agent (\S+) · (\w+)$", re.MULTILINE)
 
 
@@ -57,21 +54,11 @@ def first_row(section: str, column: str) -> str:
 
 
 async def test_the_offline_team_finds_what_happened(
-    bus: Bus, data: tuple[Path, GroundTruth], team: TeamSpec, monkeypatch: pytest.MonkeyPatch
+    bus: Bus, data: tuple[Path, GroundTruth], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     directory, truth = data
-    submit = SessionSubmit(task=TASK, team_spec=team, inputs=list(FILES))
-    workspace = Workspace(bus)
-    for name in FILES:
-        await workspace.put(submit.session_id, name, (directory / name).read_bytes())
-
-    model = OfflineModel()
     monkeypatch.setenv("INCIDENT_DATA", str(directory))  # where the deploy API reads the deploys
-    async with (
-        running_agents(bus, model, agents=[a.name for a in team.agents]),
-        running(bus, ["grader"], RoleConfig(model=model)),
-    ):
-        result = await submit_and_wait(bus, submit)
+    result, _ = await run_example(bus, "incident", directory, list(FILES), TASK)
 
     assert result.status == "idle", result.final_text
     # the outcome: every machine check passes offline (the rubric's items need a model: not graded)

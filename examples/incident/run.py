@@ -24,12 +24,12 @@ from bus.connection import Bus
 from bus.logs import configure_logging
 from bus.provision import provision
 from bus.server import EmbeddedServer
+from examples.incident import TASK
 from examples.incident.generate import FILES, generate
 from schemas.ids import new_id
 from schemas.team import parse_team
 
 TEAM_FILE = Path(__file__).with_name("team.toml")
-TASK = "Payments are failing since this afternoon. Find out what happened and write the incident report."
 
 
 async def run(data: Path, *, timeout: float = 600.0) -> str:
