@@ -303,8 +303,12 @@ async def _run_here(
             finally:
                 for job in (follower, asker):
                     job.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await job
+                # waited for, not awaited: a Ctrl-C (this task's own cancel) that lands here is not
+                # taken for the jobs' CancelledError and swallowed
+                await asyncio.wait({follower, asker})
+                for job in (follower, asker):
+                    if not job.cancelled() and (error := job.exception()) is not None:
+                        raise error
             progress.finish(result.status)  # a lead that failed for good shows as failed too
             if display is not None:
                 display.update(progress.table())
