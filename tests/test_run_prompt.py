@@ -12,6 +12,7 @@ import json
 import os
 import re
 import select
+import signal
 import struct
 import subprocess
 import termios
@@ -132,8 +133,11 @@ def staffwork_json(home: Path, *args: str) -> list[dict[str, object]]:
 
 def _controlling_terminal() -> None:
     """In the child, after its new session: stdin's terminal becomes its own, so Ctrl-C typed there
-    interrupts it as in a real terminal."""
+    interrupts it as in a real terminal. SIGINT starts at its default, as a shell gives its foreground
+    job: a suite started in the background by a non-interactive shell ignores SIGINT, and a child
+    would inherit that and take Ctrl-C for nothing."""
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def on_a_terminal(args: list[str], home: Path) -> tuple[subprocess.Popen[bytes], int]:
